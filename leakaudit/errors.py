@@ -1,0 +1,40 @@
+"""Every failure a user can cause, as one small hierarchy.
+
+The library raises these; only the CLI turns them into one line on stderr and
+exit code 2. Anything else escaping the library is a bug (also exit 2, with a
+hint to re-run with ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class LeakAuditError(Exception):
+    """Base class: a problem the user can fix, reported as one clear line."""
+
+
+class UsageError(LeakAuditError):
+    """Flags or arguments that contradict each other or are out of range."""
+
+
+class ConfigError(LeakAuditError):
+    """A configuration file that cannot be read or holds invalid values."""
+
+
+class ModelError(LeakAuditError):
+    """A model file that cannot be loaded safely or does not fit the data."""
+
+
+class UnsafeModelError(ModelError):
+    """A model file that would run code when loaded (a pickled module)."""
+
+
+class DataError(LeakAuditError):
+    """An image folder that is missing, empty, unreadable or inconsistent."""
+
+
+class OutputError(LeakAuditError):
+    """An output folder or file that cannot be written."""
+
+
+class AuditInterrupted(LeakAuditError):
+    """The audit was stopped by SIGINT/SIGTERM; partial state is checkpointed."""

@@ -1,0 +1,18 @@
+"""Process exit codes: the CI gate contract."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """What ``leakaudit`` returns to the shell.
+
+    ``GATE_FAILED`` is reserved for the gate: no option can turn an error into
+    a pass, and no error is ever reported as 0 or 1.
+    """
+
+    PASSED = 0
+    GATE_FAILED = 1
+    ERROR = 2
+    INTERRUPTED = 130

@@ -1,0 +1,275 @@
+"""Reference audits built from bundled real images: the demo, tests and benchmarks.
+
+Nothing is downloaded: the digits come with scikit-learn (1,797 real 8×8
+handwritten digits, upsampled to 32×32) and the faces with scikit-image
+(``lfw_subset``: 100 face and 100 non-face 25×25 crops, upsampled to 32×32).
+A reference is a member (training) folder, a non-member (holdout) folder, and a
+classifier trained here on the members, saved as TorchScript.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leakaudit.data import write_image_folder
+from leakaudit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """How to build one reference model and its member / non-member folders."""
+
+    name: str = "digits-mlp-1pc"
+    dataset: str = "digits"  # "digits" | "lfw"
+    train_per_class: int = 1  # members per class
+    holdout_per_class: int = 50  # non-members per class (prior + evaluation)
+    size: int = 32
+    arch: str = "mlp"  # "mlp" | "cnn" | "cnn-bn"
+    hidden: int = 1000
+    init_scale: float = 1.0  # multiplies the default initialisation (small init < 1)
+    optimizer: str = "adam"  # "adam" | "sgd"
+    lr: float = 1e-3
+    epochs: int = 300
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    augment: bool = False  # random shifts of up to 2 px
+    early_stopping: bool = False  # stop when a validation split stops improving
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("digits", "lfw"):
+            raise ConfigError(f"reference dataset must be 'digits' or 'lfw', not {self.dataset!r}")
+        if self.arch not in ("mlp", "cnn", "cnn-bn"):
+            raise ConfigError(f"reference arch must be 'mlp', 'cnn' or 'cnn-bn', not {self.arch!r}")
+        if self.train_per_class < 1 or self.holdout_per_class < 1:
+            raise ConfigError("train_per_class and holdout_per_class must be at least 1")
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """Member and non-member images of one reference, uint8 (M, C, H, W)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    holdout_images: torch.Tensor
+    holdout_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+
+def _upsample(images01: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(images01.astype(np.float32))[:, None]  # (N, 1, h, w)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def bundled_images(dataset: str, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """All bundled images of a dataset: (N, 1, size, size) uint8, labels, class names."""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = _upsample(digits.images / 16.0, size)
+        return images, torch.from_numpy(digits.target.astype(np.int64)), tuple(str(d) for d in range(10))
+    if dataset == "lfw":
+        from skimage.data import lfw_subset
+
+        faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; first 100 faces
+        labels = np.array([0] * 100 + [1] * 100, dtype=np.int64)
+        return _upsample(faces, size), torch.from_numpy(labels), ("face", "non-face")
+    raise ConfigError(f"unknown bundled dataset {dataset!r}")
+
+
+def split_members(spec: ReferenceSpec) -> ReferenceData:
+    """Deterministic per-class split into members and non-members."""
+    images, labels, classes = bundled_images(spec.dataset, spec.size)
+    rng = np.random.default_rng(spec.seed)
+    train_idx: list[int] = []
+    holdout_idx: list[int] = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels.numpy() == c)
+        rng.shuffle(idx)
+        need = spec.train_per_class + spec.holdout_per_class
+        if len(idx) < need:
+            raise ConfigError(f"class {classes[c]} has {len(idx)} images, the spec needs {need}")
+        train_idx.extend(idx[: spec.train_per_class].tolist())
+        holdout_idx.extend(idx[spec.train_per_class : need].tolist())
+    tr, ho = torch.tensor(train_idx), torch.tensor(holdout_idx)
+    return ReferenceData(images[tr], labels[tr], images[ho], labels[ho], classes)
+
+
+def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Sequential:
+    """A small over-parameterised classifier, as an ``nn.Sequential``.
+
+    Sequential on purpose: its penultimate features are reachable even after
+    TorchScript export (see ``models.FeatureProbe``).
+    """
+    side = spec.size
+    if spec.arch == "mlp":
+        model = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * side * side, spec.hidden),
+            nn.ReLU(),
+            nn.Linear(spec.hidden, spec.hidden),
+            nn.ReLU(),
+            nn.Linear(spec.hidden, num_classes),
+        )
+    else:
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d if spec.arch == "cnn-bn" else (lambda c: nn.Identity())
+        model = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            norm(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            norm(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (side // 4) * (side // 4), 256),
+            nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+    if spec.init_scale != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(spec.init_scale)
+    return model
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_classifier(spec: ReferenceSpec, data: ReferenceData) -> tuple[nn.Sequential, dict[str, float]]:
+    """Train the reference classifier on the members; returns it (eval mode) and its accuracies."""
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed)
+    x = data.train_images.float() / 255.0
+    y = data.train_labels
+    val_x = val_y = None
+    if spec.early_stopping:
+        perm = torch.randperm(len(x), generator=generator)
+        n_val = max(len(x) // 10, len(data.classes))
+        val_x, val_y = x[perm[:n_val]], y[perm[:n_val]]
+        x, y = x[perm[n_val:]], y[perm[n_val:]]
+    model = build_classifier(spec, x.shape[1], len(data.classes))
+    params = model.parameters()
+    opt: torch.optim.Optimizer
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    best_state, best_val, patience = None, -1.0, 0
+    for _epoch in range(spec.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), spec.batch_size):
+            idx = perm[start : start + spec.batch_size]
+            xb = _shift(x[idx], generator) if spec.augment else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if val_x is not None:
+            model.eval()
+            with torch.no_grad():
+                acc = (model(val_x).argmax(1) == val_y).float().mean().item()
+            if acc > best_val:
+                best_val, patience = acc, 0
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            else:
+                patience += 1
+                if patience >= 10:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        train_acc = (model(data.train_images.float() / 255).argmax(1) == data.train_labels).float().mean().item()
+        holdout_acc = (model(data.holdout_images.float() / 255).argmax(1) == data.holdout_labels).float().mean().item()
+    return model, {"train_accuracy": train_acc, "holdout_accuracy": holdout_acc}
+
+
+@dataclass(frozen=True)
+class BuiltReference:
+    """Where a built reference lies on disk."""
+
+    model_path: Path
+    train_dir: Path
+    holdout_dir: Path
+    metrics: dict[str, float]
+
+
+def build_reference(spec: ReferenceSpec, out_dir: str | Path) -> BuiltReference:
+    """Write members, non-members and a TorchScript classifier under ``out_dir``.
+
+    A previous build of the same spec in the same folder is reused (the spec is
+    stored beside it), since training is the slow part.
+    """
+    out = Path(out_dir)
+    spec_file = out / "reference.json"
+    model_path, train_dir, holdout_dir = out / "model.pt", out / "train", out / "holdout"
+    if spec_file.exists() and model_path.exists():
+        stored = json.loads(spec_file.read_text())
+        if stored.get("spec") == asdict(spec):
+            return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"])
+    out.mkdir(parents=True, exist_ok=True)
+    data = split_members(spec)
+    model, metrics = train_classifier(spec, data)
+    import shutil
+
+    for folder in (train_dir, holdout_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+    write_image_folder(train_dir, data.train_images, data.train_labels, data.classes)
+    write_image_folder(holdout_dir, data.holdout_images, data.holdout_labels, data.classes)
+    torch.jit.save(torch.jit.script(model), str(model_path))
+    spec_file.write_text(json.dumps({"spec": asdict(spec), "metrics": metrics}, indent=2))
+    return BuiltReference(model_path, train_dir, holdout_dir, metrics)
+
+
+def load_spec(path_or_name: str | Path) -> tuple[ReferenceSpec, dict]:
+    """Read an audit definition (TOML): its ``[reference]`` table and its audit settings.
+
+    A bare name (``digits-mlp-1pc``) is looked up among the audits that ship
+    with leakaudit.
+    """
+    path = Path(path_or_name)
+    if path.suffix != ".toml" and not path.exists():
+        resource = resources.files("leakaudit.audits").joinpath(f"{path_or_name}.toml")
+        if not resource.is_file():
+            raise ConfigError(f"no shipped audit named {path_or_name!r}; see `leakaudit demo --list`")
+        text = resource.read_text(encoding="utf-8")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read audit definition {path}: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path_or_name}: invalid TOML: {exc}") from None
+    table = doc.get("reference", {})
+    known = {f.name for f in fields(ReferenceSpec)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{path_or_name}: unknown [reference] keys: {', '.join(unknown)}")
+    spec = replace(ReferenceSpec(), **table)
+    return spec, doc.get("tool", {}).get("leakaudit", {})
+
+
+def shipped_audits() -> list[str]:
+    """Names of the audit definitions that ship with leakaudit."""
+    folder = resources.files("leakaudit.audits")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
