@@ -121,7 +121,9 @@ class GateSettings:
     baseline_path: str | None = None
 
     def __post_init__(self) -> None:
-        problems = settings_problems(self)
+        problems = threshold_problems(
+            self.fail_ssim, self.warn_ssim, self.fail_lpips, self.fail_leak_score, self.holdout_quantile
+        )
         if problems:
             raise ConfigError("invalid gate settings: " + "; ".join(problems))
 
@@ -137,25 +139,24 @@ class GateSettings:
         }
 
 
-def settings_problems(settings: GateSettings) -> list[str]:
-    """Every inconsistency of a settings object (empty when valid)."""
+def threshold_problems(
+    fail_ssim: float | None,
+    warn_ssim: float | None,
+    fail_lpips: float | None,
+    fail_leak_score: float | None,
+    holdout_quantile: float,
+) -> list[str]:
+    """Every inconsistency among the thresholds (empty when valid)."""
     problems: list[str] = []
-    for name in ("fail_ssim", "warn_ssim"):
-        value = getattr(settings, name)
+    for name, value in (("fail_ssim", fail_ssim), ("warn_ssim", warn_ssim), ("fail_lpips", fail_lpips)):
         if value is not None and not (0.0 < value <= 1.0):
             problems.append(f"{name} must be in (0, 1], got {value}")
-    if settings.fail_lpips is not None and not (0.0 < settings.fail_lpips <= 1.0):
-        problems.append(f"fail_lpips must be in (0, 1], got {settings.fail_lpips}")
-    if settings.fail_leak_score is not None and not (0.5 < settings.fail_leak_score <= 1.0):
-        problems.append(f"fail_leak_score must be in (0.5, 1], got {settings.fail_leak_score}")
-    if not (0.5 <= settings.holdout_quantile < 1.0):
-        problems.append(f"holdout_quantile must be in [0.5, 1), got {settings.holdout_quantile}")
-    if (
-        settings.fail_ssim is not None
-        and settings.warn_ssim is not None
-        and settings.warn_ssim > settings.fail_ssim
-    ):
-        problems.append(f"warn_ssim ({settings.warn_ssim}) must not exceed fail_ssim ({settings.fail_ssim})")
+    if fail_leak_score is not None and not (0.5 < fail_leak_score <= 1.0):
+        problems.append(f"fail_leak_score must be in (0.5, 1], got {fail_leak_score}")
+    if not (0.5 <= holdout_quantile < 1.0):
+        problems.append(f"holdout_quantile must be in [0.5, 1), got {holdout_quantile}")
+    if fail_ssim is not None and warn_ssim is not None and warn_ssim > fail_ssim:
+        problems.append(f"warn_ssim ({warn_ssim}) must not exceed fail_ssim ({fail_ssim})")
     return problems
 
 
@@ -228,18 +229,10 @@ def gate_settings_from_mapping(mapping: Mapping[str, Any], baseline_path: str | 
         problems.append("holdout_quantile cannot be switched off")
         quantile = defaults.holdout_quantile
     ignore = _ignore_entries(mapping.get("ignore", []), problems)
-    candidate = dict(values, holdout_quantile=quantile, ignore=ignore, baseline_path=baseline_path)
-    try:
-        settings = GateSettings(**candidate)
-    except ConfigError:
-        settings = None
-        probe = object.__new__(GateSettings)
-        for key, value in candidate.items():
-            object.__setattr__(probe, key, value)
-        problems.extend(settings_problems(probe))
-    if problems or settings is None:
+    problems.extend(threshold_problems(holdout_quantile=quantile, **values))
+    if problems:
         raise ConfigError("[tool.leakaudit.gate]: " + "; ".join(problems))
-    return settings
+    return GateSettings(**values, holdout_quantile=quantile, ignore=ignore, baseline_path=baseline_path)
 
 
 # --------------------------------------------------------------------------- outcome
