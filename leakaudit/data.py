@@ -247,3 +247,25 @@ def write_image_folder(root: str | Path, images: torch.Tensor, labels: torch.Ten
         pil = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
         pil.save(root / classes[label] / f"{counters[label]:05d}.png")
         counters[label] += 1
+
+
+def peek_shape(root: str | Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first readable image under ``root``: a hint of what the model takes.
+
+    Returns None when nothing can be read; ``load_image_folder`` then reports
+    the real problem with the folder.
+    """
+    root = Path(root)
+    try:
+        classes = list_classes(root)
+    except DataError:
+        return None
+    files, _ = _list_files(root, classes)
+    for path, _label in files[:20]:
+        try:
+            with Image.open(path) as img:
+                channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
+                return channels, img.height, img.width
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return None

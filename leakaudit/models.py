@@ -456,7 +456,9 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
 def _load_module(path: Path, fmt: str, arch: str | None, unsafe_pickle: bool, device: torch.device) -> tuple[nn.Module, str]:
     if fmt == "torchscript":
         try:
-            return torch.jit.load(str(path), map_location=device), fmt
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, not unsafe
+                return torch.jit.load(str(path), map_location=device), fmt
         except Exception as exc:
             raise ModelError(f"{path}: TorchScript archive could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if fmt == "export":

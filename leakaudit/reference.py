@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
@@ -234,7 +235,9 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path) -> BuiltReference:
             shutil.rmtree(folder)
     write_image_folder(train_dir, data.train_images, data.train_labels, data.classes)
     write_image_folder(holdout_dir, data.holdout_images, data.holdout_labels, data.classes)
-    torch.jit.save(torch.jit.script(model), str(model_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still widely shipped
+        torch.jit.save(torch.jit.script(model), str(model_path))
     spec_file.write_text(json.dumps({"spec": asdict(spec), "metrics": metrics}, indent=2))
     return BuiltReference(model_path, train_dir, holdout_dir, metrics)
 
@@ -265,6 +268,7 @@ def load_spec(path_or_name: str | Path) -> tuple[ReferenceSpec, dict]:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{path_or_name}: unknown [reference] keys: {', '.join(unknown)}")
+    table.setdefault("name", path.stem if path.suffix == ".toml" else str(path_or_name))
     spec = replace(ReferenceSpec(), **table)
     return spec, doc.get("tool", {}).get("leakaudit", {})
 

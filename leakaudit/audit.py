@@ -1,0 +1,444 @@
+"""One audit, end to end: load → invert → match → score → gate → write.
+
+This module only sequences the stages and assembles the findings document
+(``OUT/leakaudit.json``); each stage lives in its own module. It never prints:
+progress goes to an ``Observer``, and the CLI turns the outcome into text and
+an exit code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leakaudit import __version__
+from leakaudit.config import AuditSettings
+from leakaudit.data import ImageSet, load_image_folder, peek_shape
+from leakaudit.errors import DataError, ModelError, OutputError
+from leakaudit.exit_codes import ExitStatus
+from leakaudit.models import TargetModel, load_model
+from leakaudit.progress import Observer, SilentObserver
+
+SCHEMA_VERSION = "1.0"
+PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
+FRACTION_THRESHOLDS = (0.4, 0.5, 0.6)
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """The validated model and image sets of one audit."""
+
+    target: TargetModel
+    train: ImageSet
+    holdout: ImageSet | None
+
+
+@dataclass
+class AuditOutcome:
+    """What the CLI needs after an audit: the document, the exit status, what was written."""
+
+    document: dict[str, Any]
+    exit_status: ExitStatus
+    written: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    summary_lines: list[str] = field(default_factory=list)
+
+
+# --- stage 1: inputs ----------------------------------------------------------
+
+def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
+    """Load and cross-check model and data; every mismatch is a clear error."""
+    observer.phase("loading model and data")
+    hint = peek_shape(settings.data)
+    target = load_model(
+        settings.model, arch=settings.arch, unsafe_pickle=settings.unsafe_pickle, input_size=settings.input_size,
+        mean=settings.mean, std=settings.std, shape_hint=hint, device=settings.device,
+    )
+    channels, height, width = target.input_shape
+    train = load_image_folder(settings.data, channels=channels, size=(height, width), strict=settings.strict_data,
+                              progress=lambda d, t: observer.advance(d, t, "training images"))
+    if len(train.classes) != target.num_classes:
+        raise DataError(
+            f"{settings.data} has {len(train.classes)} class folders but the model has {target.num_classes} outputs; "
+            "the folders must be exactly the classes the model was trained on (sorted names = class indices)"
+        )
+    for skipped in train.skipped:
+        observer.note(f"skipped {skipped.path}: {skipped.reason}")
+    holdout = None
+    if settings.holdout is not None:
+        holdout = load_image_folder(settings.holdout, channels=channels, size=(height, width), classes=train.classes,
+                                    strict=settings.strict_data)
+        for skipped in holdout.skipped:
+            observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
+        overlap = set(_pixel_digests(train)) & set(_pixel_digests(holdout))
+        if overlap:
+            observer.note(f"{len(overlap)} holdout image(s) are pixel-identical to training images; they are left out of the null")
+            keep = torch.tensor([d not in overlap for d in _pixel_digests(holdout)])
+            holdout = _subset(holdout, keep)
+            if len(holdout) == 0:
+                raise DataError(f"every image in {settings.holdout} is also in {settings.data}: no non-members left")
+    return AuditInputs(target, train, holdout)
+
+
+def _pixel_digests(images: ImageSet) -> list[str]:
+    return [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in images.images]
+
+
+def _subset(images: ImageSet, keep: torch.Tensor) -> ImageSet:
+    idx = torch.nonzero(keep).flatten()
+    return replace(images, images=images.images[idx], labels=images.labels[idx],
+                   paths=tuple(images.paths[i] for i in idx.tolist()))
+
+
+def split_holdout(holdout: ImageSet, seed: int, fraction: float = PRIOR_FRACTION) -> tuple[ImageSet, ImageSet]:
+    """Per class, a seeded share of the non-members trains the prior; the rest is the null.
+
+    The two parts never overlap, so the null measures what a generator that
+    never saw those images reaches.
+    """
+    gen = torch.Generator().manual_seed(seed + 7919)
+    prior_mask = torch.zeros(len(holdout), dtype=torch.bool)
+    for c in holdout.labels.unique().tolist():
+        idx = torch.nonzero(holdout.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_prior = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n_prior = min(max(n_prior, 1), len(idx) - 1)
+            prior_mask[idx[:n_prior]] = True
+    return _subset(holdout, prior_mask), _subset(holdout, ~prior_mask)
+
+
+# --- stage 3: matching and statistics ----------------------------------------
+
+def fingerprint(path: str, image: torch.Tensor) -> str:
+    """Stable identity of a training sample: its relative path and its pixels."""
+    return hashlib.sha256(path.encode("utf-8") + b"\0" + image.numpy().tobytes()).hexdigest()
+
+
+@torch.no_grad()
+def _losses(target: TargetModel, images: ImageSet, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = []
+    for start in range(0, len(images), batch):
+        logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
+    return torch.cat(logits), images.labels
+
+
+def _quantile(values: torch.Tensor, q: float) -> float | None:
+    return float(torch.quantile(values.double(), q)) if len(values) else None
+
+
+# --- the whole audit ------------------------------------------------------------
+
+def run_audit(settings: AuditSettings, observer: Observer | None = None,
+              should_stop: Callable[[], bool] | None = None) -> AuditOutcome:
+    """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input."""
+    from leakaudit.gate import apply_gate, gate_settings_from_mapping
+    from leakaudit.inversion import InversionConfig, invert
+    from leakaudit.matching.baseline import (
+        class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
+    )
+    from leakaudit.matching.lpips import LpipsScorer
+    from leakaudit.matching.search import best_matches
+    from leakaudit.matching.ssim import SSIM_SETTINGS
+    from leakaudit.report import write_outputs
+    from leakaudit.report.json_format import load_document
+
+    observer = observer or SilentObserver()
+    stop = should_stop or (lambda: False)
+    started = time.monotonic()
+    started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    gate_settings = gate_settings_from_mapping(settings.gate, str(settings.baseline) if settings.baseline else None)
+    previous = load_document(settings.baseline) if settings.baseline else None
+    _check_output_folder(settings.out)
+    torch.manual_seed(settings.seed)
+
+    inputs = load_inputs(settings, observer)
+    target, train = inputs.target, inputs.train
+    notes: list[str] = []
+    informed = inputs.holdout is not None and settings.prior in ("auto", "holdout")
+    prior_set: ImageSet | None = None
+    null_set = inputs.holdout
+    if informed and inputs.holdout is not None:
+        prior_set, null_set = split_holdout(inputs.holdout, settings.seed)
+        if len(prior_set) == 0 or len(null_set) == 0:
+            informed, prior_set, null_set = False, None, inputs.holdout
+            notes.append("The holdout is too small to split into a prior and a null part; the inversion ran data-free.")
+
+    # stage 2: inversion
+    config_kwargs: dict[str, Any] = {"seed": settings.seed, "budget_s": settings.budget}
+    if settings.candidates_per_class is not None:
+        config_kwargs["candidates_per_class"] = settings.candidates_per_class
+    config = InversionConfig(**config_kwargs)
+    callbacks = _InversionProgress(observer)
+    checkpoint_dir = settings.out / "checkpoints"
+    result = invert(
+        target, config,
+        prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
+        callbacks=callbacks, checkpoint_dir=checkpoint_dir, should_stop=stop,
+    )
+    if stop():
+        return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
+    candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
+    notes.extend(result.notes)
+
+    # stage 3: matching
+    observer.phase("matching reconstructions against training images", len(train))
+    train_match = best_matches(candidates, train.images, k=5,
+                               progress=lambda d, t: observer.advance(d, t, "training images"))
+    null_match = None
+    if null_set is not None:
+        observer.phase("matching reconstructions against non-member images", len(null_set))
+        null_match = best_matches(candidates, null_set.images, k=5,
+                                  progress=lambda d, t: observer.advance(d, t, "non-member images"))
+
+    observer.phase("statistics")
+    train_best = train_match.best_ssim.double()
+    null_best = null_match.best_ssim.double() if null_match is not None else None
+    score = leak_score(train_best, null_best, seed=settings.seed) if null_best is not None else None
+    logits_train, labels_train = _losses(target, train)
+    membership_auc = None
+    if null_set is not None:
+        logits_null, labels_null = _losses(target, null_set)
+        membership_auc = loss_membership_auc(logits_train, labels_train, logits_null, labels_null)
+    mean_source = prior_set if prior_set is not None else (null_set if null_set is not None else train)
+    prototype = class_mean_null(mean_source.images, mean_source.labels, target.num_classes,
+                                train.images, null_set.images if null_set is not None else None)
+    p95 = _quantile(null_best, 0.95) if null_best is not None else None
+    p99 = _quantile(null_best, 0.99) if null_best is not None else None
+
+    weights_gain = None
+    if informed and result.pretrained_images is not None and null_set is not None:
+        observer.phase("matching the pre-trained generator's candidates (what the weights added)")
+        pre = result.pretrained_images.detach().float().cpu().clamp(0, 1)
+        pre_train = best_matches(pre, train.images, k=1).best_ssim.double()
+        pre_null = best_matches(pre, null_set.images, k=1).best_ssim.double()
+        gain = leak_score(train_best - pre_train, null_best - pre_null, seed=settings.seed)
+        before = leak_score(pre_train, pre_null, seed=settings.seed)
+        weights_gain = {
+            "paired_auc": gain.value, "ci_low": gain.ci_low, "ci_high": gain.ci_high, "p_value": gain.p_value,
+            "leak_score_before_fine_tuning": before.value,
+            "train_mean_gain": float((train_best - pre_train).mean()),
+            "holdout_mean_gain": float((null_best - pre_null).mean()),
+        }
+
+    # findings: the top-K training samples by best-match SSIM
+    order = torch.argsort(train_best, descending=True, stable=True)[: settings.top]
+    duplicate_groups = near_duplicates(train_match.best_index, train_best, train.images)
+    shared = _shared_lookup(duplicate_groups)
+    observer.phase("LPIPS on the best pairs", len(order))
+    scorer = LpipsScorer.load(settings.lpips_net, settings.lpips_weights)
+    lpips_values: list[float | None] = [None] * len(order)
+    if scorer.available and len(order):
+        pair_idx = train_match.best_index[order]
+        distances = scorer.distance_pairs(candidates[pair_idx], train.float01(order))
+        lpips_values = [float(v) for v in distances]
+    else:
+        notes.append(f"LPIPS unavailable: {scorer.reason}")
+    findings = []
+    for rank, (i, lp) in enumerate(zip(order.tolist(), lpips_values), start=1):
+        s = float(train_best[i])
+        findings.append({
+            "rank": rank, "fingerprint": fingerprint(train.paths[i], train.images[i]), "path": train.paths[i],
+            "class": train.class_of(i), "class_index": int(train.labels[i]), "train_index": i,
+            "reconstruction_index": int(train_match.best_index[i]), "ssim": s, "lpips": lp,
+            "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
+            "above_holdout_p99": (s > p99) if p99 is not None else None,
+            "shares_reconstruction_with": sorted(j for j in shared.get(i, ()) if j != i),
+            "status": "ok", "baseline_status": None,
+        })
+
+    if null_set is None:
+        notes.append("No holdout (--holdout): without non-member images the similarity of reconstructions to training "
+                     "images cannot be told apart from how well any digit of the class would match; the thresholds are "
+                     "absolute and uncalibrated.")
+    notes.append("Exact copies of training images among the reconstructions raise the leak score; near copies that are "
+                 "no closer to their member than typical non-members of the class are not detectable by this statistic.")
+
+    summary: dict[str, Any] = {
+        "n_train": len(train), "n_holdout": len(null_set) if null_set is not None else None,
+        "n_candidates": int(candidates.shape[0]),
+        "leak_score": _score_dict(score),
+        "membership_loss_auc": membership_auc,
+        "train": distribution_summary(train_best, FRACTION_THRESHOLDS),
+        "holdout": distribution_summary(null_best, FRACTION_THRESHOLDS) if null_best is not None else None,
+        "holdout_ssim_p95": p95, "holdout_ssim_p99": p99,
+        "class_mean_null": prototype,
+        "per_class": _per_class(train, train_best, null_set, null_best, p99),
+        "histogram": histogram(train_best, null_best),
+        "weights_gain": weights_gain,
+        "notes": notes,
+    }
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "leakaudit", "version": __version__},
+        "verdict": "pass", "exit_code": 0,
+        "mode": result.mode, "threat_model": result.threat_model,
+        "calibrated": null_set is not None,
+        "thresholds": {},
+        "metrics": {"ssim": dict(SSIM_SETTINGS), "lpips": scorer.describe()},
+        "summary": summary,
+        "findings": findings,
+        "gate": {},
+        "inversion": {
+            "mode": result.mode, "steps": result.steps, "planned_steps": result.planned_steps,
+            "seconds": result.seconds, "completed_fraction": result.completed_fraction,
+            "candidates_per_class": int(candidates.shape[0] // max(target.num_classes, 1)),
+            "notes": list(result.notes),
+            "gallery": {str(k): v for k, v in result.gallery.items()} if result.gallery else None,
+        },
+        "provenance": _provenance(settings, inputs, null_set, started_at, started),
+    }
+    document = apply_gate(document, gate_settings, today=dt.date.today(), previous=previous,
+                          baseline_path=str(settings.baseline) if settings.baseline else None)
+    document["provenance"]["elapsed_s"] = round(time.monotonic() - started, 3)
+
+    observer.phase("writing outputs")
+    arrays = {
+        "images": candidates.numpy().astype(np.float32),
+        "targets": result.targets.cpu().numpy().astype(np.int64),
+        "confidence": result.confidence.cpu().numpy().astype(np.float32),
+        "finding_train_images": train.images[order].numpy() if len(order) else np.zeros((0, *train.images.shape[1:]), np.uint8),
+    }
+    outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
+                            junit_path=settings.junit, markdown_path=settings.markdown)
+    status = ExitStatus(int(document["exit_code"]))
+    return AuditOutcome(document=document, exit_status=status, written=list(outputs.paths),
+                        warnings=list(outputs.warnings), summary_lines=summary_lines(document, outputs.paths))
+
+
+class _InversionProgress:
+    """Adapts the inversion's callbacks to the observer."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self.planned = 0
+
+    def on_phase(self, name: str) -> None:
+        self.observer.phase(f"inversion: {name}", self.planned or None)
+
+    def on_start(self, planned_steps: int) -> None:
+        self.planned = planned_steps
+        self.observer.phase("inverting the classifier", planned_steps)
+
+    def on_step(self, step: int, planned: int, losses: dict[str, float]) -> None:
+        loss = losses.get("total")
+        self.observer.advance(step, planned, f"loss {loss:.3f}" if loss is not None else "")
+
+    def on_note(self, message: str) -> None:
+        self.observer.note(message)
+
+
+def _check_output_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".leakaudit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+
+
+def _shared_lookup(groups: Any) -> dict[int, tuple[int, ...]]:
+    lookup: dict[int, tuple[int, ...]] = {}
+    for group in groups:
+        members = tuple(int(i) for i in getattr(group, "train_indices", group))
+        for i in members:
+            lookup[i] = tuple(sorted(set(lookup.get(i, ())) | set(members)))
+    return lookup
+
+
+def _score_dict(score: Any) -> dict[str, Any] | None:
+    if score is None:
+        return None
+    return {"value": score.value, "ci_low": score.ci_low, "ci_high": score.ci_high, "ci_level": 0.95,
+            "p_value": score.p_value, "n_members": score.n_members, "n_nonmembers": score.n_nonmembers,
+            "method": "AUC of members' vs non-members' best-match SSIM (Mann-Whitney, ties half); bootstrap interval; "
+                      "one-sided permutation p-value"}
+
+
+def _per_class(train: ImageSet, train_best: torch.Tensor, null_set: ImageSet | None, null_best: torch.Tensor | None,
+               p99: float | None) -> list[dict[str, Any]]:
+    rows = []
+    for c, name in enumerate(train.classes):
+        mask = train.labels == c
+        row: dict[str, Any] = {"class": name, "class_index": c, "n_train": int(mask.sum()),
+                               "train_mean_best_ssim": float(train_best[mask].mean()) if mask.any() else None,
+                               "n_holdout": None, "holdout_mean_best_ssim": None,
+                               "n_flagged": int((train_best[mask] > p99).sum()) if p99 is not None else 0}
+        if null_set is not None and null_best is not None:
+            nmask = null_set.labels == c
+            row["n_holdout"] = int(nmask.sum())
+            row["holdout_mean_best_ssim"] = float(null_best[nmask].mean()) if nmask.any() else None
+        rows.append(row)
+    return rows
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"leakaudit": __version__, "python": platform.python_version()}
+    for name in ("torch", "torchvision", "lpips", "scikit-image", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _provenance(settings: AuditSettings, inputs: AuditInputs, null_set: ImageSet | None, started_at: str,
+                started: float) -> dict[str, Any]:
+    def image_set(images: ImageSet | None, path: Path | None) -> dict[str, Any] | None:
+        if images is None or path is None:
+            return None
+        return {"path": str(path), "manifest_sha256": images.manifest_sha256, "n_images": len(images),
+                "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped]}
+
+    target = inputs.target
+    return {
+        "model": {"path": str(settings.model), "sha256": target.sha256, "format": target.format,
+                  "input_shape": list(target.input_shape), "num_classes": target.num_classes,
+                  "features": "penultimate features reached" if target.has_features else target.feature_note},
+        "data": image_set(inputs.train, settings.data),
+        "holdout": image_set(inputs.holdout, settings.holdout),
+        "seed": settings.seed, "budget_s": settings.budget, "elapsed_s": round(time.monotonic() - started, 3),
+        "started_at": started_at, "versions": _versions(), "device": _device_name(target.device),
+        "command": list(settings.command),
+        "nondeterminism": ("CUDA kernels (cuDNN convolution algorithms, atomic adds in backward passes) are not bitwise "
+                           "deterministic; CPU runs with the same seed are."
+                           if target.device.type == "cuda" else None),
+    }
+
+
+def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
+    """The human summary the CLI prints on stderr."""
+    verdict = document["verdict"].upper()
+    symbol = {"PASS": "✔", "WARN": "⚠", "FAIL": "✖"}.get(verdict, "")
+    lines = [f"{symbol} {verdict}: {len(document['findings'])} findings listed, mode {document['mode']}"]
+    score = document["summary"].get("leak_score")
+    if score:
+        lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "
+                     f"(p = {score['p_value']:.3g}; 0.5 = members matched no better than non-members)")
+    else:
+        lines.append("  no holdout: the result is not calibrated against non-members")
+    for condition in document["gate"].get("conditions", []):
+        lines.append(f"  {condition['status']:>7}  {condition['name']}: {condition['message']}")
+    for path in written:
+        lines.append(f"  wrote {path}")
+    return lines

@@ -1,0 +1,388 @@
+"""The command line: the only place that prints or exits.
+
+``main`` maps every outcome to an ``ExitStatus``: the gate's verdict (0 or 1),
+any ``LeakAuditError`` or usage problem (2, one line, no traceback unless
+``--debug``), Ctrl-C / SIGTERM (130).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from leakaudit import __version__
+from leakaudit.config import AuditSettings, read_config
+from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
+from leakaudit.exit_codes import ExitStatus
+
+
+# --- streams and progress -----------------------------------------------------
+
+class Console:
+    """stderr for people, stdout only for machine output; replaced in tests."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.err = sys.stderr
+        self.out = sys.stdout
+        self.interactive = self.err.isatty() and not os.environ.get("CI")
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=self.err, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"leakaudit: warning: {message}", file=self.err, flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"leakaudit: error: {message}", file=self.err, flush=True)
+
+
+class LineObserver:
+    """Progress for logs: one line per phase and at most one line every few seconds."""
+
+    def __init__(self, console: Console, every_s: float = 5.0) -> None:
+        self.console = console
+        self.every_s = every_s
+        self._last = 0.0
+        self._name = ""
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._name = name
+        self._last = time.monotonic()
+        self.console.say(f"· {name}" + (f" ({total})" if total else ""))
+
+    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            share = f" {100 * done / total:.0f}%" if total else f" {done}"
+            self.console.say(f"  {self._name}:{share}" + (f" {detail}" if detail else ""))
+
+    def note(self, message: str) -> None:
+        self.console.say(f"  {message}")
+
+
+class RichObserver:
+    """A live progress bar on an interactive terminal."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.console import Console as RichConsole
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self._rich = RichConsole(file=console.err)
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self._rich, transient=False,
+        )
+        self._task: Any = None
+        self._progress.start()
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=self._progress.tasks[-1].total or 1)
+        self._task = self._progress.add_task(name, total=total or 1, detail="")
+
+    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=done, total=total or None, detail=detail)
+
+    def note(self, message: str) -> None:
+        self._progress.console.print(message, markup=False, highlight=False)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def make_observer(console: Console) -> Any:
+    from leakaudit.progress import SilentObserver
+
+    if console.quiet:
+        return SilentObserver()
+    if console.interactive:
+        return RichObserver(console)
+    return LineObserver(console)
+
+
+# --- interruption ---------------------------------------------------------------
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the engine polls it and checkpoints before stopping."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.signal_name = ""
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+    def install(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self.stopped:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self.stopped = True
+            self.signal_name = signal.Signals(signum).name
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+# --- option types -----------------------------------------------------------------
+
+class FloatList(click.ParamType):
+    """``0.485,0.456,0.406`` (or one value for every channel)."""
+
+    name = "FLOATS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [v for v in str(value).replace(",", " ").split() if v]
+        try:
+            floats = tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not floats or len(floats) > 4:
+            self.fail(f"{value!r}: give 1 to 4 values (one per channel)", param, ctx)
+        return floats
+
+
+def _unit_interval(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _load_config_into_context(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager callback: read the config file before other options are processed."""
+    file_config = read_config(Path(value) if value else None)
+    ctx.default_map = {**(ctx.default_map or {}), **file_config.defaults}
+    ctx.meta["leakaudit.config"] = file_config
+    return value
+
+
+# --- commands -----------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="leakaudit")
+def cli() -> None:
+    """Audit an image classifier's weights for training-data leakage.
+
+    leakaudit inverts the classifier, matches what it reconstructs against the
+    training images (SSIM, LPIPS) and against non-member images as a null
+    baseline, writes an HTML report and exits 1 when leakage passes the gate.
+    """
+
+
+def run_options(func: Any) -> Any:
+    options = [
+        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--data", type=click.Path(path_type=Path), help="Training images (ImageFolder layout: DIR/<class>/<image>)."),
+        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null baseline."),
+        click.option("--arch", metavar="MODULE:CALLABLE", help="Builds the nn.Module for a state_dict or safetensors file (imported from the working directory)."),
+        click.option("--unsafe-pickle", is_flag=True, help="Allow loading a fully pickled model. This runs code from the file: only for files you trust."),
+        click.option("--input-size", type=(int, int), metavar="H W", help="Model input size (default: from the model file or the data)."),
+        click.option("--mean", type=FloatList(), help="Per-channel mean the model expects, e.g. 0.485,0.456,0.406 (applied inside the pipeline)."),
+        click.option("--std", type=FloatList(), help="Per-channel std the model expects."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-out"), show_default=True, help="Output folder."),
+        click.option("--fail-ssim", type=float, callback=_unit_interval, help="Fail when a training image is reconstructed at SSIM ≥ X (higher = more similar)."),
+        click.option("--warn-ssim", type=float, callback=_unit_interval, help="Warn when a training image is reconstructed at SSIM ≥ X."),
+        click.option("--fail-lpips", type=float, help="Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar)."),
+        click.option("--fail-leak-score", type=float, callback=_unit_interval, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
+        click.option("--budget", type=click.FloatRange(min=1.0), default=180.0, show_default=True, help="Wall-clock budget of the inversion, in seconds."),
+        click.option("--prior", type=click.Choice(["auto", "holdout", "none"]), default="auto", show_default=True, help="Informed inversion from part of the holdout (auto: when --holdout is given)."),
+        click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),
+        click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, help="Findings listed in the report."),
+        click.option("--lpips-net", type=click.Choice(["alex", "vgg", "squeeze"]), default="alex", show_default=True, help="LPIPS backbone."),
+        click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help="Backbone weights file for LPIPS (default: torchvision's cache under $TORCH_HOME)."),
+        click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report."),
+        click.option("--images/--no-images", default=True, show_default=True, help="Include images in the HTML report."),
+        click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), help="A previous leakaudit.json: fail only on new or worse findings."),
+        click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here."),
+        click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown summary here."),
+        click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: print the result document on stdout."),
+        click.option("--strict-data", is_flag=True, help="Fail on an unreadable image instead of skipping and recording it."),
+        click.option("--device", help="torch device (default: cuda when available, else cpu)."),
+        click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+        click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True, expose_value=False,
+                     callback=_load_config_into_context, help="TOML settings (default: [tool.leakaudit] in ./pyproject.toml)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@run_options
+@click.pass_context
+def run(ctx: click.Context, **opts: Any) -> None:
+    """Audit MODEL against its training images (--data)."""
+    if opts["data"] is None:
+        raise UsageError("--data DIR is required (the training images, in ImageFolder layout)")
+    settings = _settings_from(ctx, opts)
+    ctx.exit(_execute(ctx, settings, opts))
+
+
+def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
+    file_config = ctx.meta.get("leakaudit.config")
+    gate = dict(file_config.gate) if file_config else {}
+    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score"):
+        if opts.get(key) is not None:
+            gate[key] = opts[key]
+    if "holdout_quantile" in (ctx.default_map or {}):
+        gate["holdout_quantile"] = ctx.default_map["holdout_quantile"]
+    if opts.get("prior") == "holdout" and opts.get("holdout") is None:
+        raise UsageError("--prior holdout needs --holdout DIR")
+    return AuditSettings(
+        model=opts["model"], data=opts["data"], holdout=opts.get("holdout"), arch=opts.get("arch"),
+        unsafe_pickle=bool(opts.get("unsafe_pickle")), input_size=opts.get("input_size"), mean=opts.get("mean"),
+        std=opts.get("std"), out=opts["out"], seed=opts["seed"], budget=opts["budget"], prior=opts["prior"],
+        candidates_per_class=opts.get("candidates_per_class"), top=opts["top"], lpips_net=opts["lpips_net"],
+        lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
+        redact=opts["redact"], images=opts["images"], junit=opts.get("junit"), markdown=opts.get("markdown"),
+        baseline=opts.get("baseline"), gate=gate, command=tuple(sys.argv),
+    )
+
+
+def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
+    from leakaudit.audit import run_audit
+
+    console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=bool(opts.get("quiet")))
+    console.quiet = bool(opts.get("quiet"))
+    file_config = ctx.meta.get("leakaudit.config")
+    if file_config is not None:
+        for warning in file_config.warnings:
+            console.warn(warning)
+    stop = StopFlag()
+    stop.install()
+    observer = make_observer(console)
+    try:
+        outcome = run_audit(settings, observer=observer, should_stop=stop)
+    finally:
+        if hasattr(observer, "close"):
+            observer.close()
+    if stop.stopped:
+        raise AuditInterrupted(f"stopped by {stop.signal_name}; the inversion checkpoint is kept in {settings.out}, re-run the same command to resume")
+    for warning in outcome.warnings:
+        console.warn(warning)
+    if opts.get("output_format") == "json":
+        print(json.dumps(outcome.document, indent=2), file=console.out, flush=True)
+    for line in outcome.summary_lines:
+        console.say(line)
+    return int(outcome.exit_status)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
+@click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
+@click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
+@click.option("--budget", type=click.FloatRange(min=1.0), default=120.0, show_default=True, help="Inversion budget in seconds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget: float, seed: int, quiet: bool, debug: bool) -> None:
+    """Build a bundled reference (real handwritten digits) and audit it.
+
+    Trains a small classifier on a handful of real digits per class, saves it
+    as TorchScript beside member and non-member image folders, then runs
+    `leakaudit run` on it. Everything is built from data that ships with
+    scikit-learn and scikit-image: nothing is downloaded.
+    """
+    from leakaudit.reference import build_reference, load_spec, shipped_audits
+
+    console = Console(quiet=quiet)
+    if list_only:
+        for name in shipped_audits():
+            print(name, file=console.out)
+        ctx.exit(0)
+    spec, _ = load_spec(audit_name)
+    console.say(f"building reference {spec.name!r}: {spec.train_per_class} training image(s) per class, {spec.arch} classifier …")
+    built = build_reference(spec, out / "reference")
+    console.say(
+        f"  model {built.model_path} (train accuracy {built.metrics['train_accuracy']:.2f}, "
+        f"holdout accuracy {built.metrics['holdout_accuracy']:.2f})"
+    )
+    argv = ["run", str(built.model_path), "--data", str(built.train_dir), "--holdout", str(built.holdout_dir),
+            "--out", str(out / "audit"), "--budget", str(budget), "--seed", str(seed)]
+    if quiet:
+        argv.append("--quiet")
+    if debug:
+        argv.append("--debug")
+    console.say("$ leakaudit " + " ".join(argv))
+    ctx.obj = console
+    sub = run.make_context("run", argv, parent=ctx)
+    with sub:
+        ctx.exit(run.invoke(sub))
+
+
+@cli.command()
+@click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write (default: report.html beside RESULT).")
+@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True)
+@click.option("--images/--no-images", default=True, show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
+    """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
+    from leakaudit.report import load_outputs, render_report_file
+
+    document, arrays = load_outputs(result)
+    target = out or result.parent / "report.html"
+    written, warnings = render_report_file(document, arrays, target, redact=redact, include_images=images)
+    console = Console()
+    for warning in warnings:
+        console.warn(warning)
+    console.say(f"report written: {written} ({written.stat().st_size / 1024:.0f} KiB)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every outcome into an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    console = Console()
+    try:
+        code = cli.main(args=args, prog_name="leakaudit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        code = ExitStatus.ERROR
+    except click.exceptions.Abort:
+        console.error("interrupted")
+        code = ExitStatus.INTERRUPTED
+    except AuditInterrupted as exc:
+        console.error(str(exc))
+        code = ExitStatus.INTERRUPTED
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        code = ExitStatus.INTERRUPTED
+    except LeakAuditError as exc:
+        if debug:
+            traceback.print_exc()
+        console.error(str(exc))
+        code = ExitStatus.ERROR
+    except Exception as exc:  # a bug: still exit 2, never 0 or 1
+        if debug:
+            traceback.print_exc()
+        console.error(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
+        code = ExitStatus.ERROR
+    sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    main()

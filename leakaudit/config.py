@@ -1,0 +1,129 @@
+"""Audit settings: one frozen dataclass, and the TOML files that feed it.
+
+Settings come from ``[tool.leakaudit]`` in ``./pyproject.toml`` or from a
+``--config FILE`` (the same table, or the keys at the top level of a
+standalone file). The CLI feeds the file's values into click's ``default_map``
+so that a flag overrides the file through the one code path click already
+has; unknown keys are returned as warnings, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leakaudit.errors import ConfigError
+
+# Keys of [tool.leakaudit] (and of its [gate] sub-table) that map to `run` options.
+RUN_KEYS = frozenset(
+    {
+        "data", "holdout", "arch", "unsafe_pickle", "input_size", "mean", "std", "out", "seed", "budget",
+        "quiet", "format", "junit", "markdown", "baseline", "redact", "images", "top", "lpips_net",
+        "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data",
+    }
+)
+GATE_KEYS = frozenset({"fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "holdout_quantile", "ignore"})
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Everything one audit needs to know, after the file and the flags are merged."""
+
+    model: Path
+    data: Path
+    holdout: Path | None = None
+    arch: str | None = None
+    unsafe_pickle: bool = False
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    out: Path = Path("leakaudit-out")
+    seed: int = 0
+    budget: float | None = 180.0
+    prior: str = "auto"  # "auto" (holdout when given) | "holdout" | "none"
+    conditioning: str = "both"
+    candidates_per_class: int | None = None  # None: the inversion's default
+    top: int = 25
+    lpips_net: str = "alex"
+    lpips_weights: Path | None = None
+    strict_data: bool = False
+    device: str | None = None
+    redact: str = "none"
+    images: bool = True
+    junit: Path | None = None
+    markdown: Path | None = None
+    baseline: Path | None = None
+    gate: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.gate], read by leakaudit.gate
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """What a configuration file said, flattened for click's ``default_map``."""
+
+    source: Path | None
+    defaults: dict[str, Any]
+    gate: dict[str, Any]
+    warnings: tuple[str, ...]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
+    """Read ``--config FILE`` if given, else ``./pyproject.toml``'s ``[tool.leakaudit]``.
+
+    Keys may use dashes or underscores (``fail-ssim`` = ``fail_ssim``).
+    Relative paths in the file are taken relative to the file's folder.
+    """
+    if explicit is not None:
+        doc = _read_toml(explicit)
+        table = doc.get("tool", {}).get("leakaudit", doc) if "tool" in doc else doc
+        source = explicit
+    else:
+        candidate = (cwd or Path.cwd()) / "pyproject.toml"
+        if not candidate.is_file():
+            return FileConfig(None, {}, {}, ())
+        table = _read_toml(candidate).get("tool", {}).get("leakaudit", {})
+        source = candidate
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [tool.leakaudit] must be a table")
+    warnings: list[str] = []
+    defaults: dict[str, Any] = {}
+    gate: dict[str, Any] = {}
+    base = source.parent
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key == "gate" and isinstance(value, dict):
+            for raw_gate_key, gate_value in value.items():
+                gate_key = raw_gate_key.replace("-", "_")
+                if gate_key in GATE_KEYS:
+                    gate[gate_key] = gate_value
+                else:
+                    warnings.append(f"{source}: unknown key [tool.leakaudit.gate] {raw_gate_key!r} ignored")
+        elif key in GATE_KEYS:
+            gate[key] = value
+        elif key in RUN_KEYS:
+            if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights") and isinstance(value, str):
+                value = str((base / value)) if not Path(value).is_absolute() else value
+            defaults[key] = value
+        elif key == "reference":
+            continue  # audit definitions in audits/ carry a [reference] table for the builder
+        else:
+            warnings.append(f"{source}: unknown key {raw_key!r} ignored")
+    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "holdout_quantile"):
+        if key in gate:
+            defaults[key] = gate.pop(key)
+    return FileConfig(source, defaults, gate, tuple(warnings))
