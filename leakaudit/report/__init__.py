@@ -1,0 +1,99 @@
+"""Report writers: JSON (the source of truth), HTML, JUnit XML and Markdown.
+
+Each format is one module with a pure ``render_*``/``dumps`` function; this
+module writes them atomically into the output folder. Nothing here prints:
+warnings (e.g. a very large HTML file) come back to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leakaudit.report.atomic import atomic_write_text
+from leakaudit.report.html import render_html
+from leakaudit.report.images import Redaction
+from leakaudit.report.json_format import (
+    ARRAYS_NAME,
+    JSON_NAME,
+    dumps,
+    load_outputs,
+    write_arrays,
+)
+from leakaudit.report.junit import render_junit
+from leakaudit.report.markdown import render_markdown
+
+HTML_NAME = "report.html"
+DEFAULT_SIZE_WARN_BYTES = 20_000_000
+
+__all__ = [
+    "ARRAYS_NAME",
+    "HTML_NAME",
+    "JSON_NAME",
+    "WrittenOutputs",
+    "dumps",
+    "load_outputs",
+    "render_html",
+    "render_junit",
+    "render_markdown",
+    "write_outputs",
+]
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """What ``write_outputs`` wrote, the HTML size, and warnings for the caller to show."""
+
+    paths: tuple[Path, ...]
+    html_path: Path
+    html_bytes: int
+    warnings: tuple[str, ...]
+
+
+def write_outputs(
+    document: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    out_dir: str | Path,
+    *,
+    redact: Redaction = "none",
+    include_images: bool = True,
+    junit_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
+    size_warn_bytes: int = DEFAULT_SIZE_WARN_BYTES,
+    write_array_file: bool = True,
+) -> WrittenOutputs:
+    """Write arrays, leakaudit.json, report.html and the optional JUnit/Markdown files, each atomically.
+
+    Everything is rendered before anything is written, so a rendering error
+    leaves the folder as it was. ``write_array_file=False`` keeps an existing
+    reconstructions.npz (re-rendering with ``leakaudit report``).
+    """
+    out = Path(out_dir)
+    json_text = dumps(document)
+    html_text = render_html(document, arrays, redact=redact, include_images=include_images)
+    junit_text = render_junit(document) if junit_path is not None else None
+    markdown_text = render_markdown(document) if markdown_path is not None else None
+
+    paths: list[Path] = []
+    if write_array_file and arrays:
+        paths.append(write_arrays(arrays, out))
+    paths.append(atomic_write_text(out / JSON_NAME, json_text))
+    html_path = atomic_write_text(out / HTML_NAME, html_text)
+    paths.append(html_path)
+    if junit_text is not None and junit_path is not None:
+        paths.append(atomic_write_text(junit_path, junit_text))
+    if markdown_text is not None and markdown_path is not None:
+        paths.append(atomic_write_text(markdown_path, markdown_text))
+
+    html_bytes = html_path.stat().st_size
+    warnings: list[str] = []
+    if html_bytes > size_warn_bytes:
+        warnings.append(
+            f"{html_path} is {html_bytes / 1e6:.1f} MB (above {size_warn_bytes / 1e6:.0f} MB); "
+            "show fewer findings (--top) or leave images out (--redact omit)."
+        )
+    return WrittenOutputs(tuple(paths), html_path, html_bytes, tuple(warnings))

@@ -1,0 +1,45 @@
+"""JUnit XML: one test case per gate condition, so CI systems show the gate natively.
+
+A failed condition is a ``<failure>``, a skipped one ``<skipped>``; a warning
+passes and carries its message in ``<system-out>``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
+
+
+def render_junit(document: Mapping[str, Any]) -> str:
+    """The gate of ``document`` as a JUnit XML string."""
+    conditions = (document.get("gate") or {}).get("conditions") or []
+    elapsed = float((document.get("provenance") or {}).get("elapsed_s") or 0.0)
+    failures = sum(1 for c in conditions if c["status"] == "fail")
+    skipped = sum(1 for c in conditions if c["status"] == "skipped")
+    suites = ET.Element("testsuites", name="leakaudit", tests=str(len(conditions)), failures=str(failures))
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="leakaudit.gate",
+        tests=str(len(conditions)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{elapsed:.3f}",
+    )
+    for condition in conditions:
+        case = ET.SubElement(suite, "testcase", classname="leakaudit.gate", name=condition["name"], time="0")
+        detail = (
+            f"{condition['message']} (threshold {condition.get('threshold')}, observed {condition.get('observed')})"
+        )
+        if condition["status"] == "fail":
+            failure = ET.SubElement(case, "failure", message=condition["message"], type="LeakageGateFailure")
+            failure.text = detail
+        elif condition["status"] == "skipped":
+            ET.SubElement(case, "skipped", message=condition["message"])
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"{condition['status'].upper()}: {detail}"
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
