@@ -1,0 +1,1 @@
+"""Benchmarks of leakaudit: reference attacks and the scripts that print figures."""

@@ -1,0 +1,244 @@
+"""Reference attacks that the benchmarks run beside leakaudit's own inversion.
+
+Each attack turns a classifier (or a folder of non-member images) into
+candidate reconstructions, so that the tool's inversion can be measured against
+known yardsticks on the same matching (SSIM) and the same member / non-member
+split. Every function returns ``(images, targets)``: ``images`` (N, C, H, W)
+float32 in [0, 1] and ``targets`` (N,) int64, the class each candidate stands
+for. All are deterministic for a given seed (on CPU, when a time budget does
+not cut the run short) and never print.
+
+``class_mean_candidates(images_uint8, labels, num_classes)``
+    The per-class mean image of the given images: the prototype null. Any
+    attack that only recovers class prototypes scores like this.
+
+``pixel_inversion(target, per_class, steps=400, seed=0, *, lr, tv_weight, init_std, budget_s)``
+    The simple pixel inversion (model inversion in the manner of Fredrikson et
+    al. 2015, "MIFace"): pixels parameterised through a sigmoid, cross-entropy
+    to the target class plus total variation, Adam, ``per_class`` candidates
+    per class from different random starts. The yardstick of the ladder.
+
+``kkt_reconstruction(target, n_candidates, steps=3000, seed=0, *, lr_x, lr_lambda, lambda_min, init_std, budget_s, trace)``
+    Reconstruction from the implicit bias of gradient training (Haim et al.
+    2022, "Reconstructing Training Data from Trained Neural Networks"), in its
+    multiclass form (Buzaglo et al. 2023, "Deconstructing Data Reconstruction").
+    A network trained long enough from small initialisation converges in
+    direction to a KKT point of margin maximisation, where its parameters are a
+    non-negative combination of the margin gradients of its training points:
+    θ = Σ_i λ_i ∇_θ [Φ_{y_i}(θ; x_i) − max_{j≠y_i} Φ_j(θ; x_i)]. The attack
+    learns candidates x_i (labels fixed, spread evenly over the classes) and
+    λ_i ≥ λ_min that satisfy this identity as well as possible. It needs a
+    double backward pass through the whole model, once per step; that is cheap
+    for the reference MLPs (~2M weights, a few ms per candidate batch) and
+    grows with the parameter count times the candidate count, which makes it
+    too costly for large convolutional networks on CPU. It only works on models
+    trained in that regime (small init, long training, homogeneous ReLU
+    network, no or tiny biases).
+
+Callers should enable ``torch.set_flush_denormal(True)``: the reference models
+are trained to losses near 1e-4 and denormal floats slow CPU steps severalfold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from leakaudit.models import TargetModel
+
+__all__ = ["class_mean_candidates", "pixel_inversion", "kkt_reconstruction", "kkt_objective", "spread_targets"]
+
+
+def class_mean_candidates(
+    images_uint8: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One candidate per class present: the mean image of that class.
+
+    images_uint8 (M, C, H, W) uint8, labels (M,) int64 → images (K', C, H, W)
+    float32 in [0, 1], targets (K',), K' = classes with at least one image,
+    in increasing class order.
+    """
+    if images_uint8.ndim != 4:
+        raise ValueError(f"images must be (M, C, H, W), got {tuple(images_uint8.shape)}")
+    x = images_uint8.to(torch.float64) / 255.0 if images_uint8.dtype == torch.uint8 else images_uint8.double()
+    labels = labels.long()
+    means: list[torch.Tensor] = []
+    targets: list[int] = []
+    for c in range(num_classes):
+        mask = labels == c
+        if mask.any():
+            means.append(x[mask].mean(0))  # (C, H, W)
+            targets.append(c)
+    if not means:
+        return torch.empty(0, *x.shape[1:], dtype=torch.float32), torch.empty(0, dtype=torch.int64)
+    return torch.stack(means).float().clamp(0, 1), torch.tensor(targets, dtype=torch.int64)
+
+
+def spread_targets(n: int, num_classes: int) -> torch.Tensor:
+    """n labels spread evenly over the classes: 0, 1, …, K−1, 0, 1, … (n,) int64."""
+    return torch.arange(n, dtype=torch.int64) % num_classes
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels, per image: (N, C, H, W) → (N,).
+
+    Squared (not absolute) differences keep the gradient smooth near flat regions.
+    """
+    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).flatten(1).mean(1)
+    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).flatten(1).mean(1)
+    return dh + dw
+
+
+def _deadline(budget_s: float | None) -> float:
+    return float("inf") if budget_s is None else time.monotonic() + budget_s
+
+
+def pixel_inversion(
+    target: TargetModel,
+    per_class: int,
+    steps: int = 400,
+    seed: int = 0,
+    *,
+    lr: float = 0.1,
+    tv_weight: float = 0.3,
+    init_std: float = 1.0,
+    budget_s: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert the classifier pixel by pixel, ``per_class`` random starts per class.
+
+    Each candidate is x = sigmoid(w) (so it stays in [0, 1] without clipping)
+    and minimises CE(f(x), y) + tv_weight · TV(x) with Adam. All candidates run
+    as one batch; they do not interact (the loss is a sum over candidates).
+    Returns images (K·per_class, C, H, W) float32 in [0, 1], targets grouped by
+    class: [0]*per_class + [1]*per_class + …
+    """
+    if per_class < 1:
+        raise ValueError("per_class must be at least 1")
+    k = target.num_classes
+    c, h, w = target.input_shape
+    targets = torch.arange(k, dtype=torch.int64).repeat_interleave(per_class)  # (N,)
+    gen = torch.Generator().manual_seed(seed)
+    logits_w = (init_std * torch.randn(len(targets), c, h, w, generator=gen)).to(target.device)  # (N, C, H, W)
+    logits_w.requires_grad_(True)
+    opt = torch.optim.Adam([logits_w], lr=lr)
+    y = targets.to(target.device)
+    deadline = _deadline(budget_s)
+    for _step in range(steps):
+        x = torch.sigmoid(logits_w)  # (N, C, H, W)
+        ce = F.cross_entropy(target.logits(x), y, reduction="none")  # (N,)
+        loss = (ce + tv_weight * total_variation(x)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if time.monotonic() > deadline:
+            break
+    with torch.no_grad():
+        images = torch.sigmoid(logits_w).float().cpu()
+    return images, targets
+
+
+@contextmanager
+def _differentiable(params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Temporarily let autograd differentiate with respect to the frozen weights."""
+    before = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield params
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+
+
+def multiclass_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Φ_y − max_{j≠y} Φ_j per row: (N, K) logits, (N,) labels → (N,)."""
+    own = logits.gather(1, y[:, None]).squeeze(1)  # (N,)
+    others = logits.scatter(1, y[:, None], float("-inf"))  # (N, K)
+    return own - others.max(1).values
+
+
+def kkt_objective(
+    target: TargetModel, x01: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, params: list[torch.Tensor]
+) -> torch.Tensor:
+    """‖θ − Σ_i λ_i ∇_θ margin_i‖² / ‖θ‖², differentiable in x01 and λ.
+
+    x01 (N, C, H, W), y (N,), lam (N,). ``params`` must require grad. The sum
+    of λ-weighted margins is differentiated once (Σ_i λ_i ∇_θ m_i is the
+    gradient of Σ_i λ_i m_i) with ``create_graph`` so the result can be
+    differentiated again with respect to the candidates.
+    """
+    margins = multiclass_margin(target.logits(x01), y)  # (N,)
+    grads = torch.autograd.grad((lam * margins).sum(), params, create_graph=True)
+    residual = sum(((p - g) ** 2).sum() for p, g in zip(params, grads))
+    norm = sum((p.detach() ** 2).sum() for p in params)
+    return residual / norm
+
+
+def kkt_reconstruction(
+    target: TargetModel,
+    n_candidates: int,
+    steps: int = 3000,
+    seed: int = 0,
+    *,
+    lr_x: float = 0.01,
+    lr_lambda: float = 0.01,
+    lambda_min: float = 0.05,
+    init_mean: float = 0.0,
+    init_std: float = 0.01,
+    prior_weight: float = 1.0,
+    budget_s: float | None = None,
+    trace: list[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruct training points from the KKT identity of a margin-maximising network.
+
+    Candidates x_i (labels ``spread_targets``) start as small noise around
+    ``init_mean``; λ_i start at the least-squares scale that best fits θ with
+    all candidates weighted alike. Each step lowers
+    ``kkt_objective + prior_weight · Σ (relu(x − 1)² + relu(−x)²)`` with Adam
+    on x and λ, then projects λ onto λ ≥ λ_min. ``trace``, if given, receives
+    the KKT objective of every step. Returns images (n_candidates, C, H, W)
+    float32 clipped to [0, 1] and their targets.
+    """
+    if n_candidates < 1:
+        raise ValueError("n_candidates must be at least 1")
+    c, h, w = target.input_shape
+    y = spread_targets(n_candidates, target.num_classes).to(target.device)  # (N,)
+    gen = torch.Generator().manual_seed(seed)
+    x = (init_mean + init_std * torch.randn(n_candidates, c, h, w, generator=gen)).to(target.device)
+    x.requires_grad_(True)  # (N, C, H, W)
+    params = [p for p in target.parameters()]
+    deadline = _deadline(budget_s)
+    with _differentiable(params):
+        scale = _lambda_scale(target, x.detach(), y, params)
+        lam = torch.full((n_candidates,), max(scale, lambda_min), device=target.device)
+        lam.requires_grad_(True)  # (N,)
+        opt = torch.optim.Adam([{"params": [x], "lr": lr_x}, {"params": [lam], "lr": lr_lambda}])
+        for _step in range(steps):
+            kkt = kkt_objective(target, x, y, lam, params)
+            prior = (F.relu(x - 1).pow(2) + F.relu(-x).pow(2)).sum()
+            loss = kkt + prior_weight * prior
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                lam.clamp_(min=lambda_min)
+            if trace is not None:
+                trace.append(float(kkt.detach()))
+            if time.monotonic() > deadline:
+                break
+        for p in params:
+            p.grad = None
+    return x.detach().clamp(0, 1).float().cpu(), y.cpu()
+
+
+def _lambda_scale(target: TargetModel, x01: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]) -> float:
+    """argmin_s ‖θ − s Σ_i ∇_θ m_i‖²: the common λ that best fits θ at the start."""
+    margins = multiclass_margin(target.logits(x01), y)
+    grads = torch.autograd.grad(margins.sum(), params)
+    dot = sum((p.detach() * g).sum() for p, g in zip(params, grads))
+    sq = sum((g * g).sum() for g in grads)
+    return float(dot / sq) if float(sq) > 0 else 1.0
