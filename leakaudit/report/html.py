@@ -80,8 +80,6 @@ def _pick(array: np.ndarray | None, index: int) -> np.ndarray | None:
 
 
 def _finding_rows(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> list[dict]:
-    lpips_info = document["metrics"].get("lpips") or {}
-    lpips_missing = "unavailable: " + str(lpips_info.get("reason") or "no reason given")
     recon, train = arrays.get("images"), arrays.get("finding_train_images")
     rows = []
     for k, finding in enumerate(document.get("findings") or []):
@@ -92,7 +90,7 @@ def _finding_rows(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                 "recon": images.uri(r),
                 "train": images.uri(t),
                 "diff": images.diff_uri(r, t),
-                "lpips": _num(finding.get("lpips")) if finding.get("lpips") is not None else lpips_missing,
+                "lpips": _num(finding.get("lpips")) if finding.get("lpips") is not None else "unavailable",
             }
         )
     return rows
@@ -149,6 +147,8 @@ def report_context(
     symbol, word, sentence = VERDICTS.get(verdict, VERDICTS["fail"])
     banner_kind, banner_text = _banner(include_images, redact, bool(arrays))
     summary = document["summary"]
+    lpips_info = document["metrics"].get("lpips") or {}
+    lpips_reason = None if lpips_info.get("available") else str(lpips_info.get("reason") or "no reason given")
     notes = list(summary.get("notes") or []) + list((document.get("inversion") or {}).get("notes") or [])
     return {
         "doc": document,
@@ -159,6 +159,7 @@ def report_context(
         "galleries": _galleries(document, arrays, images),
         "plot": _plot(document),
         "notes": notes,
+        "lpips_reason": lpips_reason,
     }
 
 
