@@ -78,7 +78,17 @@ def _best_same_class(sim: torch.Tensor, cand_labels: np.ndarray, labels: np.ndar
 
 
 @lru_cache(maxsize=8)
-def _build(
+def _build(*key: object) -> Scenario:
+    # one thread: on a shared 2-core machine, two threads contend and run ~10× slower here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_unthreaded(*key)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_unthreaded(
     leaky: bool, calibrated: bool, train_per_class: int, holdout_per_class: int, classes: tuple[str, ...] | None, seed: int
 ) -> Scenario:
     images, labels_t, default_classes = bundled_images("digits", 32)

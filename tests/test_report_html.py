@@ -1,0 +1,175 @@
+"""The HTML report: escaping, self-containment, accessibility, redaction, size."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from datetime import date
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.report import render_html, write_outputs
+from leakaudit.report.images import MAX_THUMB_SIDE, ImageRenderer
+from tests.test_report_data import scenario
+
+TODAY = date(2026, 11, 28)
+HOSTILE = (
+    "0",
+    "1",
+    "2",
+    "<script>alert(1)</script>",
+    "<script>document.title='pwned'</script>",
+    '" onerror="alert(2)',
+    "<img src=x onerror=alert(3)>",
+    "7",
+    "8",
+    "9",
+)
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the text of the <title>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(html: str) -> Tags:
+    parser = Tags()
+    parser.feed(html)
+    return parser
+
+
+def hostile_report(**kwargs: object) -> tuple[dict, str]:
+    s = scenario(leaky=True, train_per_class=1, classes=HOSTILE)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    return doc, render_html(doc, s.arrays, **kwargs)  # type: ignore[arg-type]
+
+
+def test_user_strings_are_escaped_and_no_script_exists() -> None:
+    doc, html = hostile_report()
+    assert {f["class"] for f in doc["findings"]} >= set(HOSTILE[3:7])
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page = parse(html)
+    text = "".join(page.text)
+    for name in HOSTILE[3:7]:
+        assert name in text  # shown as text, not interpreted
+    assert all(not key.startswith("on") for _, attrs in page.tags for key in attrs)
+    assert not any(tag == "img" and attrs.get("src") == "x" for tag, attrs in page.tags)
+
+
+def test_report_is_self_contained() -> None:
+    _, html = hostile_report()
+    assert "http://" not in html and "https://" not in html
+    page = parse(html)
+    links = [v for _, attrs in page.tags for k, v in attrs.items() if k in ("src", "href", "srcset", "action", "data")]
+    assert all(not (v or "").startswith("//") for v in links)
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert images
+    assert all((a.get("src") or "").startswith("data:image/png;base64,") for a in images)
+    assert not any(tag in ("script", "link", "iframe", "object", "embed", "base") for tag, _ in page.tags)
+    styles = re.findall(r"<style>(.*?)</style>", html, flags=re.S)
+    assert styles and "url(" not in styles[0] and "@import" not in styles[0]
+
+
+def test_accessibility_basics() -> None:
+    doc, html = hostile_report()
+    page = parse(html)
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert all((a.get("alt") or "").strip() for a in images)
+    headers = [attrs for tag, attrs in page.tags if tag == "th"]
+    assert headers and all(a.get("scope") in ("col", "row") for a in headers)
+    assert "✖ FAIL" in html  # symbol and word, never colour alone
+    assert 'lang="en"' in html
+
+
+def test_findings_rows_and_images_match_the_document() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    html = render_html(doc, s.arrays)
+    body = html.split('<table class="findings">')[1].split("</table>")[0]
+    assert body.count("<tr>") - 1 == len(doc["findings"])  # minus the header row
+    assert body.count("<img ") == 3 * len(doc["findings"])
+    for f in doc["findings"]:
+        assert f"{f['ssim']:.3f}" in body
+    gallery_images = sum(min(len(v), 12) for v in doc["inversion"]["gallery"].values())
+    assert html.count("<img ") == 3 * len(doc["findings"]) + gallery_images
+    assert "LPIPS is unavailable for this audit" in html
+    assert "fail_ssim 0.70" in html and "<svg" in html
+
+
+@pytest.mark.parametrize(
+    ("leaky", "settings", "shown"),
+    [
+        (True, GateSettings(), "✖ FAIL"),
+        (False, GateSettings(), "✔ PASS"),
+        (True, GateSettings(fail_ssim=None, fail_leak_score=None), "⚠ WARN"),
+    ],
+)
+def test_verdict_is_shown_as_symbol_and_word(leaky: bool, settings: GateSettings, shown: str) -> None:
+    s = scenario(leaky=leaky)
+    html = render_html(apply_gate(s.document, settings, today=TODAY), s.arrays)
+    assert shown in html
+
+
+def _training_thumb(html: str) -> np.ndarray:
+    match = re.search(r'<img class="thumb" src="data:image/png;base64,([^"]+)" alt="Training image', html)
+    assert match, "no training image in the report"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(match.group(1)))))
+
+
+def test_redact_blur_changes_pixels_and_none_keeps_them() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    original = s.arrays["finding_train_images"][0, 0]
+    plain = _training_thumb(render_html(doc, s.arrays, redact="none"))
+    blurred_html = render_html(doc, s.arrays, redact="blur")
+    blurred = _training_thumb(blurred_html)
+    assert np.array_equal(plain, original)
+    assert blurred.shape == original.shape
+    assert np.abs(blurred.astype(int) - original.astype(int)).mean() > 10
+    assert "blurred" in blurred_html
+
+
+def test_omit_removes_every_image() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    html = render_html(doc, s.arrays, include_images=False)
+    assert "<img" not in html and "data:image" not in html
+    assert "Images are left out of this report" in html
+    assert "This report contains training images." not in html
+    assert "This report contains training images." in render_html(doc, s.arrays)
+
+
+def test_large_images_are_downscaled() -> None:
+    from leakaudit.reference import bundled_images
+
+    faces, _, _ = bundled_images("lfw", 256)
+    uri = ImageRenderer().uri(faces[0].numpy())
+    assert uri is not None
+    thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert max(thumb.size) == MAX_THUMB_SIDE
+
+
+def test_writer_reports_size_and_warns_above_the_limit(tmp_path) -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    quiet = write_outputs(doc, s.arrays, tmp_path / "a")
+    assert quiet.html_bytes == (tmp_path / "a" / "report.html").stat().st_size
+    assert quiet.warnings == ()
+    loud = write_outputs(doc, s.arrays, tmp_path / "b", size_warn_bytes=10_000)
+    assert len(loud.warnings) == 1 and "report.html" in loud.warnings[0]
