@@ -22,7 +22,7 @@ import torch
 
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
-from leakaudit.data import ImageSet, load_image_folder, peek_shape
+from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
 from leakaudit.errors import DataError, ModelError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
@@ -58,6 +58,9 @@ class AuditOutcome:
 def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
     """Load and cross-check model and data; every mismatch is a clear error."""
     observer.phase("loading model and data")
+    list_classes(settings.data)  # a missing or empty folder is reported before the model is touched
+    if settings.holdout is not None:
+        list_classes(settings.holdout)
     hint = peek_shape(settings.data)
     target = load_model(
         settings.model, arch=settings.arch, unsafe_pickle=settings.unsafe_pickle, input_size=settings.input_size,
@@ -142,14 +145,6 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
               should_stop: Callable[[], bool] | None = None) -> AuditOutcome:
     """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input."""
     from leakaudit.gate import apply_gate, gate_settings_from_mapping
-    from leakaudit.inversion import InversionConfig, invert
-    from leakaudit.matching.baseline import (
-        class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
-    )
-    from leakaudit.matching.lpips import LpipsScorer
-    from leakaudit.matching.search import best_matches
-    from leakaudit.matching.ssim import SSIM_SETTINGS
-    from leakaudit.report import write_outputs
     from leakaudit.report.json_format import load_document
 
     observer = observer or SilentObserver()
@@ -158,10 +153,18 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     gate_settings = gate_settings_from_mapping(settings.gate, str(settings.baseline) if settings.baseline else None)
     previous = load_document(settings.baseline) if settings.baseline else None
-    _check_output_folder(settings.out)
     torch.manual_seed(settings.seed)
 
     inputs = load_inputs(settings, observer)
+    _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
+    from leakaudit.inversion import InversionConfig, invert
+    from leakaudit.matching.baseline import (
+        class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
+    )
+    from leakaudit.matching.lpips import LpipsScorer
+    from leakaudit.matching.search import best_matches
+    from leakaudit.matching.ssim import SSIM_SETTINGS
+    from leakaudit.report import write_outputs
     target, train = inputs.target, inputs.train
     notes: list[str] = []
     informed = inputs.holdout is not None and settings.prior in ("auto", "holdout")

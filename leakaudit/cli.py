@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -128,7 +128,10 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.stopped
 
-    def install(self) -> None:
+    def install(self) -> Callable[[], None]:
+        """Route SIGINT/SIGTERM here; returns a function that restores the previous handlers."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
         def handler(signum: int, frame: FrameType | None) -> None:
             if self.stopped:  # a second Ctrl-C: stop at once
                 raise KeyboardInterrupt
@@ -137,6 +140,12 @@ class StopFlag:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
 
 
 # --- option types -----------------------------------------------------------------
@@ -269,11 +278,12 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         for warning in file_config.warnings:
             console.warn(warning)
     stop = StopFlag()
-    stop.install()
+    restore_signals = stop.install()
     observer = make_observer(console)
     try:
         outcome = run_audit(settings, observer=observer, should_stop=stop)
     finally:
+        restore_signals()
         if hasattr(observer, "close"):
             observer.close()
     if stop.stopped:

@@ -121,7 +121,7 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8))
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -244,7 +244,7 @@ def write_image_folder(root: str | Path, images: torch.Tensor, labels: torch.Ten
     counters = [0] * len(classes)
     for image, label in zip(images, labels.tolist()):
         arr = image.numpy()
-        pil = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
+        pil = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)))
         pil.save(root / classes[label] / f"{counters[label]:05d}.png")
         counters[label] += 1
 

@@ -381,6 +381,8 @@ def detect_format(path: Path) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "state_dict"
         raise ModelError(f"{path}: a zip archive, but not a PyTorch model file")
+    if head[:4] == b"PK\x03\x04":
+        raise ModelError(f"{path}: a zip archive (as PyTorch saves models) that is truncated or corrupt")
     if head[:1] == b"\x80":  # legacy torch.save / plain pickle stream
         return "state_dict"
     raise ModelError(f"{path}: not a model file leakaudit can read (TorchScript, .pt2, state_dict, safetensors)")

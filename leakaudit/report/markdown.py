@@ -47,7 +47,7 @@ def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> st
     lines += ["", "| Condition | Status | Threshold | Observed | Explanation |", "|---|---|---:|---:|---|"]
     for c in (document.get("gate") or {}).get("conditions") or []:
         lines.append(
-            f"| {md_escape(c['name'])} | {STATUS.get(c['status'], c['status'])} | {_num(c.get('threshold'))} | "
+            f"| {c['name']} | {STATUS.get(c['status'], c['status'])} | {_num(c.get('threshold'))} | "
             f"{_num(c.get('observed'))} | {md_escape(c['message'])} |"
         )
     findings = (document.get("findings") or [])[:max_rows]

@@ -1,0 +1,165 @@
+"""The CLI contract: exit codes, one-line errors, config files, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from leakaudit import __version__
+from leakaudit.cli import main
+from leakaudit.exit_codes import ExitStatus
+
+from .conftest import TinyReference
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def assert_error(code: int, err: str, message: str) -> None:
+    assert code == ExitStatus.ERROR, err
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def assert_no_result(out_dir: Path) -> None:
+    for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
+        assert not (out_dir / name).exists(), f"{name} written by a failed run"
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and __version__ in out
+    code, out, _ = run_cli(["run", "--help"], capsys)
+    assert code == 0
+    for flag in ("--data", "--holdout", "--arch", "--unsafe-pickle", "--input-size", "--mean", "--std", "--out",
+                 "--fail-ssim", "--warn-ssim", "--fail-lpips", "--seed", "--budget", "--config", "--quiet"):
+        assert flag in out, flag
+
+
+def test_entry_point_runs_as_a_program(tiny: TinyReference, tmp_path: Path) -> None:
+    """The installed console script, in a fresh process: an error is exit 2 and one line."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "leakaudit"), "run", str(tmp_path / "absent.pt"), "--data", str(tiny.train_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"leakaudit: error: model file not found: {tmp_path / 'absent.pt'}"
+    assert proc.stdout == ""
+
+
+def test_data_is_required(tiny: TinyReference, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tiny.torchscript)], capsys)
+    assert_error(code, err, "--data DIR is required")
+
+
+def test_bad_threshold_is_a_usage_error(tiny: TinyReference, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--fail-ssim", "1.5"], capsys)
+    assert_error(code, err, "must be between 0 and 1")
+
+
+def _bad_inputs(tiny: TinyReference, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    model, data = str(tiny.torchscript), str(tiny.train_dir)
+    (tmp / "empty").mkdir()
+    (tmp / "flat").mkdir()
+    Image.new("L", (32, 32)).save(tmp / "flat" / "x.png")
+    (tmp / "three" / "a").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (tmp / "three" / name).mkdir(exist_ok=True)
+        Image.new("L", (32, 32)).save(tmp / "three" / name / "x.png")
+    broken = tmp / "broken"
+    import shutil
+
+    shutil.copytree(tiny.train_dir, broken)
+    (broken / "4" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (tmp / "truncated.pt").write_bytes(tiny.torchscript.read_bytes()[:3000])
+    (tmp / "text.pt").write_text("hello")
+    torch.save(tiny.module, tmp / "pickled.pt")
+    return {
+        "missing model": ([str(tmp / "nope.pt"), "--data", data], "model file not found"),
+        "missing data": ([model, "--data", str(tmp / "nodata")], "data folder not found"),
+        "empty data folder": ([model, "--data", str(tmp / "empty")], "no class folders"),
+        "no class folders": ([model, "--data", str(tmp / "flat")], "no class folders"),
+        "class count": ([model, "--data", str(tmp / "three")], "has 3 class folders but the model has 10 outputs"),
+        "corrupt image, strict": ([model, "--data", str(broken), "--strict-data"], "corrupt.png"),
+        "input size": ([model, "--data", data, "--input-size", "16", "16"], "could not run the model"),
+        "truncated model": ([str(tmp / "truncated.pt"), "--data", data], "truncated or corrupt"),
+        "not a model": ([str(tmp / "text.pt"), "--data", data], "not a model file"),
+        "pickle": ([str(tmp / "pickled.pt"), "--data", data], "--unsafe-pickle"),
+        "state_dict without arch": ([str(tiny.state_dict), "--data", data], "--arch module.path:callable"),
+        "arch import": ([str(tiny.state_dict), "--data", data, "--arch", "no_such_mod:f"], "cannot import 'no_such_mod'"),
+        "holdout classes": ([model, "--data", data, "--holdout", str(tmp / "three")], "class folders not in the training data"),
+        "mean length": ([model, "--data", data, "--mean", "0.1,0.2,0.3"], "--mean has 3 values"),
+    }
+
+
+def test_every_bad_input_is_exit_2_with_its_message(tiny: TinyReference, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    for case, (args, message) in _bad_inputs(tiny, tmp_path).items():
+        out_dir = tmp_path / f"out-{case.replace(' ', '-')}"
+        code, out, err = run_cli(["run", *args, "--out", str(out_dir)], capsys)
+        assert code == ExitStatus.ERROR, f"{case}: exit {code}, stderr {err!r}"
+        assert message in err, f"{case}: {err!r}"
+        assert "Traceback" not in err, case
+        assert out == "", case
+        assert_no_result(out_dir)
+
+
+def test_debug_shows_the_traceback(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tmp_path / "nope.pt"), "--data", str(tiny.train_dir), "--debug"], capsys)
+    assert code == 2 and "Traceback" in err
+
+
+def test_config_file_feeds_options_and_flags_win(tiny: TinyReference, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "audit.toml"
+    config.write_text('fail_ssim = 7.0\nbogus_key = 1\n[gate]\nwarn_ssim = 0.3\nmystery = 2\n')
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config)], capsys)
+    assert_error(code, err, "must be between 0 and 1, got 7.0")  # the file's value reached the option
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config),
+                            "--fail-ssim", "0.5"], capsys)
+    assert_error(code, err, "data folder not found")  # the flag replaced the file's bad value
+    assert "unknown key 'bogus_key' ignored" in err
+    assert "unknown key [tool.leakaudit.gate] 'mystery' ignored" in err
+
+
+def test_pyproject_in_the_working_directory_is_read(tiny: TinyReference, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.leakaudit]\ndata = "missing-train"\n')
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["run", str(tiny.torchscript)], capsys)
+    assert_error(code, err, "missing-train")
+
+
+def test_invalid_config_file(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("this is = = not toml")
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(config)], capsys)
+    assert_error(code, err, "is not valid TOML")
+
+
+def test_unwritable_output_folder(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(blocker)], capsys)
+    assert_error(code, err, "is a file")
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(blocker / "sub")],
+                           capsys)
+    assert_error(code, err, "cannot write to the output folder")
+
+
+def test_demo_lists_the_bundled_references(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["demo", "--list"], capsys)
+    assert code == 0
+    assert "digits-mlp-1pc" in out.split()
