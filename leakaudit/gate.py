@@ -464,10 +464,10 @@ def evaluate_gate(
         tail = binomial_tail(exceed, n_train, rate)
         significant = tail < CHANCE_ALPHA
         chance_note = (
-            f"{at_least}{exceed} of {n_train} training samples exceed the holdout's "
-            f"q{settings.holdout_quantile:g} SSIM {reference:.3f} (chance expects {n_train * rate:.1f}; "
-            f"binomial p = {tail:.3g}, {'significant' if significant else 'consistent with chance'} "
-            f"at {CHANCE_ALPHA:g})"
+            f"Calibrated: only training samples above the holdout's q{settings.holdout_quantile:g} "
+            f"best-match SSIM ({reference:.3f}) count; {at_least}{exceed} of {n_train} exceed it "
+            f"(chance expects {n_train * rate:.1f}; binomial p = {tail:.3g}, "
+            f"{'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
         )
 
     # 3. adjustments: chance, then baseline; a downgraded fail is still shown as a warning
@@ -546,10 +546,7 @@ def _ssim_condition(
     if reference is None:
         parts.append("Uncalibrated: no holdout, so the absolute threshold applies; class prototypes can exceed it.")
     else:
-        parts.append(
-            f"Calibrated: only training samples above the holdout's q{settings.holdout_quantile:g} "
-            f"best-match SSIM ({reference:.3f}) count; {chance_note}."
-        )
+        parts.append(chance_note)
     if by_chance:
         parts.append(f"{by_chance} fail-level finding(s) reported as warnings: consistent with chance.")
     if by_baseline:
@@ -584,7 +581,7 @@ def _lpips_condition(
         + "."
     )
     if chance_note:
-        message += f" Calibrated: {chance_note}."
+        message += " " + chance_note
     else:
         message += " Uncalibrated: no holdout, so the absolute threshold applies."
     return Condition("lpips", status, settings.fail_lpips, observed, message)

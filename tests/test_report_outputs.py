@@ -1,0 +1,158 @@
+"""Output files: JSON round trip and schema, atomic writes, JUnit XML, Markdown."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leakaudit.errors import OutputError
+from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.report import load_outputs, render_html, render_junit, render_markdown, write_outputs
+from leakaudit.report.atomic import atomic_write, atomic_write_text
+from leakaudit.report.schema import schema_errors, validate
+from tests.test_report_data import scenario
+
+TODAY = date(2026, 11, 28)
+
+
+def gated(leaky: bool = True, settings: GateSettings | None = None, **kwargs: object):
+    s = scenario(leaky=leaky, **kwargs)  # type: ignore[arg-type]
+    return apply_gate(s.document, settings or GateSettings(), today=TODAY), s.arrays
+
+
+def test_outputs_round_trip_and_rerender(tmp_path: Path) -> None:
+    doc, arrays = gated()
+    written = write_outputs(
+        doc, arrays, tmp_path, junit_path=tmp_path / "junit.xml", markdown_path=tmp_path / "summary.md"
+    )
+    names = sorted(p.name for p in written.paths)
+    assert names == ["junit.xml", "leakaudit.json", "reconstructions.npz", "report.html", "summary.md"]
+    loaded, loaded_arrays = load_outputs(tmp_path / "leakaudit.json")
+    assert loaded == doc
+    assert schema_errors(loaded) == []
+    assert set(loaded_arrays) == set(arrays)
+    for key in arrays:
+        assert np.array_equal(loaded_arrays[key], arrays[key])
+        assert loaded_arrays[key].dtype == arrays[key].dtype
+    assert render_html(loaded, loaded_arrays) == (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_schema_rejects_a_broken_document() -> None:
+    doc, _ = gated()
+    doc["verdict"] = "maybe"
+    doc["findings"][0]["ssim"] = "high"
+    del doc["provenance"]
+    problems = schema_errors(doc)
+    assert len(problems) >= 3
+    with pytest.raises(OutputError, match="verdict"):
+        validate(doc)
+
+
+def test_without_arrays_the_report_renders_without_images(tmp_path: Path) -> None:
+    doc, arrays = gated()
+    write_outputs(doc, arrays, tmp_path)
+    (tmp_path / "reconstructions.npz").unlink()
+    loaded, loaded_arrays = load_outputs(tmp_path / "leakaudit.json")
+    assert loaded_arrays == {}
+    html = render_html(loaded, loaded_arrays)
+    assert "<img" not in html and "reconstructions.npz was not found" in html
+
+
+def test_malformed_json_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "leakaudit.json").write_text('{"findings": [', encoding="utf-8")
+    with pytest.raises(OutputError, match="not valid JSON"):
+        load_outputs(tmp_path / "leakaudit.json")
+    with pytest.raises(OutputError, match="no findings document"):
+        load_outputs(tmp_path / "missing.json")
+
+
+def test_non_finite_numbers_are_refused_and_old_files_stay(tmp_path: Path) -> None:
+    doc, arrays = gated()
+    write_outputs(doc, arrays, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    doc["findings"][0]["ssim"] = float("nan")
+    with pytest.raises(OutputError, match="findings/0/ssim"):
+        write_outputs(doc, arrays, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_existing_report_is_replaced_and_unrelated_files_untouched(tmp_path: Path) -> None:
+    old_doc, old_arrays = gated(leaky=False)
+    write_outputs(old_doc, old_arrays, tmp_path)
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("keep me", encoding="utf-8")
+    os.utime(unrelated, (1_000_000_000, 1_000_000_000))
+    old_html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "✔ PASS" in old_html
+
+    new_doc, new_arrays = gated(leaky=True)
+    write_outputs(new_doc, new_arrays, tmp_path)
+    assert "✖ FAIL" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert load_outputs(tmp_path / "leakaudit.json")[0]["verdict"] == "fail"
+    assert unrelated.read_text(encoding="utf-8") == "keep me"
+    assert unrelated.stat().st_mtime == 1_000_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "leakaudit.json", "notes.txt", "reconstructions.npz", "report.html"
+    ]
+
+
+def test_failure_mid_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    atomic_write_text(target, "old report")
+
+    def half_then_crash(stream) -> None:
+        stream.write(b"<html>half of a new rep")
+        raise RuntimeError("disk pulled out")
+
+    with pytest.raises(RuntimeError, match="disk pulled out"):
+        atomic_write(target, half_then_crash)
+    assert target.read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left behind
+
+
+def test_unwritable_destination_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match="cannot write"):
+        atomic_write_text(blocker / "report.html", "x")
+
+
+def test_junit_has_one_testcase_per_condition() -> None:
+    doc, _ = gated()
+    root = ET.fromstring(render_junit(doc))
+    cases = root.findall("./testsuite/testcase")
+    conditions = doc["gate"]["conditions"]
+    assert [c.get("name") for c in cases] == [c["name"] for c in conditions]
+    for case, condition in zip(cases, conditions):
+        assert (case.find("failure") is not None) == (condition["status"] == "fail")
+        assert (case.find("skipped") is not None) == (condition["status"] == "skipped")
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert int(suite.get("failures", "-1")) == sum(c["status"] == "fail" for c in conditions) > 0
+
+
+def test_junit_of_a_passing_audit_has_no_failures() -> None:
+    doc, _ = gated(leaky=False)
+    root = ET.fromstring(render_junit(doc))
+    assert root.findall(".//failure") == []
+    assert len(root.findall(".//testcase")) == len(doc["gate"]["conditions"])
+
+
+def test_markdown_summary_table() -> None:
+    hostile = ("0", "1", "2", "a|b <script>x</script>", "4", "5", "6", "7", "8", "9")
+    doc, _ = gated(train_per_class=1, classes=hostile)
+    md = render_markdown(doc)
+    lines = md.splitlines()
+    assert lines[0].startswith("## leakaudit: ✖ FAIL")
+    header = lines.index("| Condition | Status | Threshold | Observed | Explanation |")
+    assert all(lines[header + 2 + i].startswith(f"| {c['name']} |") for i, c in enumerate(doc["gate"]["conditions"]))
+    rows = [line for line in lines if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(rows) == min(10, len(doc["findings"]))
+    assert all(row.count("|") - row.count("\\|") == 8 for row in rows)  # escaped pipes do not split cells
+    assert "<script" not in md and "&lt;script&gt;" in md
+    assert "data:image" not in md and "<img" not in md
