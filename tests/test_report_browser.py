@@ -1,0 +1,100 @@
+"""The report in a real browser: headless Chromium loads it from disk, runs no script, shows the findings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from datetime import date
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.report import write_outputs
+from tests.test_report_data import scenario
+
+CHROMIUM = Path("/usr/bin/chromium")
+TODAY = date(2026, 11, 28)
+PWN = "<script>document.title='pwned'</script>"
+CLASSES = ("0", "1", "2", PWN, "<img src=x onerror=\"document.title='pwned'\">", "5", "6", "7", "8", "9")
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"chromium not installed: {CHROMIUM} is missing")
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+class Dom(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.title = ""
+        self.images: list[dict[str, str | None]] = []
+        self.finding_rows = 0
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script":
+            self.scripts += 1
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag == "tr" and "findings-body" in self.stack:
+            self.finding_rows += 1
+        marker = "findings-body" if tag == "tbody" and self.stack and self.stack[-1] == "findings" else tag
+        if tag == "table" and ("class", "findings") in attrs:
+            marker = "findings"
+        if tag not in ("img", "br", "meta", "link", "input"):
+            self.stack.append(marker)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in ("img", "br", "meta", "link", "input") and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.stack and self.stack[-1] == "title":
+            self.title += data
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    s = scenario(leaky=True, train_per_class=2, classes=CLASSES)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    out = tmp_path_factory.mktemp("browser-report")
+    write_outputs(doc, s.arrays, out)
+    return doc, out / "report.html"
+
+
+def test_chromium_renders_findings_and_runs_no_script(report: tuple[dict, Path], tmp_path: Path) -> None:
+    doc, path = report
+    dom_text = chromium(tmp_path / "profile", "--dump-dom", path.resolve().as_uri()).stdout
+    dom = Dom()
+    dom.feed(dom_text)
+    assert dom.scripts == 0
+    assert dom.title.startswith("leakaudit report")  # a class name's <script> did not set it
+    assert "pwned" not in dom.title
+    assert dom.finding_rows == len(doc["findings"]) > 0
+    shown_classes = {f["class"] for f in doc["findings"]}
+    assert PWN in shown_classes
+    assert re.search(r"&lt;script&gt;document\.title='pwned'&lt;/script&gt;", dom_text)
+    assert len(dom.images) >= 3 * len(doc["findings"])
+    assert all((img.get("src") or "").startswith("data:image/png;base64,") for img in dom.images)
+
+
+def test_chromium_screenshot_shows_the_page(report: tuple[dict, Path], tmp_path: Path) -> None:
+    _, path = report
+    shot = tmp_path / "report.png"
+    chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1600", path.resolve().as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1280)
+    assert pixels.std() > 20  # text, tables and thumbnails, not a blank or error page
+    top = pixels[:300]
+    assert (top < 80).mean() > 0.01  # the dark verdict badge and heading are drawn near the top
