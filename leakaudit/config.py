@@ -90,13 +90,18 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
     """
     if explicit is not None:
         doc = _read_toml(explicit)
-        table = doc.get("tool", {}).get("leakaudit", doc) if "tool" in doc else doc
+        tool = doc.get("tool")
+        nested = isinstance(tool, dict) and "leakaudit" in tool
+        table = tool["leakaudit"] if nested else doc  # type: ignore[index]
         source = explicit
     else:
         candidate = (cwd or Path.cwd()) / "pyproject.toml"
         if not candidate.is_file():
             return FileConfig(None, {}, {}, ())
-        table = _read_toml(candidate).get("tool", {}).get("leakaudit", {})
+        tool = _read_toml(candidate).get("tool", {})
+        if not isinstance(tool, dict):
+            raise ConfigError(f"{candidate}: [tool] must be a table")
+        table = tool.get("leakaudit", {})
         source = candidate
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [tool.leakaudit] must be a table")
