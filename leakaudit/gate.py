@@ -540,8 +540,8 @@ def _ssim_condition(
     by_baseline = sum(1 for _, why in adjusted if why == "baseline")
     status: Status = "fail" if fails else "warn" if warns else "pass"
     parts = [
-        f"{fails} finding(s) at or above fail_ssim {_fmt(settings.fail_ssim)}, "
-        f"{warns} warning(s) at or above warn_ssim {_fmt(settings.warn_ssim)} (SSIM: higher is more similar)."
+        f"{fails} finding(s) fail, {warns} warn (fail at SSIM ≥ {_fmt(settings.fail_ssim)}, "
+        f"warn at ≥ {_fmt(settings.warn_ssim)}; higher is more similar)."
     ]
     if reference is None:
         parts.append("Uncalibrated: no holdout, so the absolute threshold applies; class prototypes can exceed it.")

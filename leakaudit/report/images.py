@@ -145,6 +145,10 @@ def ssim_distribution_svg(
             f'<text x="{x(tick):.1f}" y="{_TOP + plot_h + 18}" text-anchor="middle" font-size="12">{tick:.1f}</text>'
         )
         tick += step
+    for frac in (0.0, top / 1.1):
+        parts.append(
+            f'<text x="{_LEFT - 4}" y="{y(frac) + 4:.1f}" text-anchor="end" font-size="11">{frac:.2f}</text>'
+        )
     parts.append(
         f'<text x="{_LEFT + plot_w / 2}" y="{_H - 8}" text-anchor="middle" font-size="13">'
         "best-match SSIM (higher is more similar)</text>"
