@@ -177,10 +177,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             notes.append("The holdout is too small to split into a prior and a null part; the inversion ran data-free.")
 
     # stage 2: inversion
-    config_kwargs: dict[str, Any] = {"seed": settings.seed, "budget_s": settings.budget}
-    if settings.candidates_per_class is not None:
-        config_kwargs["candidates_per_class"] = settings.candidates_per_class
-    config = InversionConfig(**config_kwargs)
+    config = inversion_config(settings)
     callbacks = _InversionProgress(observer)
     checkpoint_dir = settings.out / "checkpoints"
     result = invert(
@@ -316,6 +313,29 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     status = ExitStatus(int(document["exit_code"]))
     return AuditOutcome(document=document, exit_status=status, written=list(outputs.paths),
                         warnings=list(outputs.warnings), summary_lines=summary_lines(document, outputs.paths))
+
+
+def inversion_config(settings: AuditSettings) -> Any:
+    """The engine's settings: its defaults, then [tool.leakaudit.inversion], then the flags."""
+    from dataclasses import fields
+
+    from leakaudit.errors import ConfigError
+    from leakaudit.inversion import InversionConfig
+
+    known = {f.name for f in fields(InversionConfig)}
+    unknown = sorted(set(settings.inversion) - known)
+    if unknown:
+        raise ConfigError(f"unknown [tool.leakaudit.inversion] keys: {', '.join(unknown)}")
+    values: dict[str, Any] = dict(settings.inversion)
+    values.update(seed=settings.seed, budget_s=settings.budget, conditioning=settings.conditioning)
+    if settings.candidates_per_class is not None:
+        values["candidates_per_class"] = settings.candidates_per_class
+    if settings.prior == "none":
+        values["prior"] = "none"
+    try:
+        return InversionConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
 
 
 class _InversionProgress:

@@ -214,6 +214,7 @@ def run_options(func: Any) -> Any:
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
         click.option("--budget", type=click.FloatRange(min=1.0), default=180.0, show_default=True, help="Wall-clock budget of the inversion, in seconds."),
         click.option("--prior", type=click.Choice(["auto", "holdout", "none"]), default="auto", show_default=True, help="Informed inversion from part of the holdout (auto: when --holdout is given)."),
+        click.option("--conditioning", type=click.Choice(["vector", "matrix", "both"]), default="both", show_default=True, help="How the generator is told the class: soft vector, hot matrix channel, or both."),
         click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),
         click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, help="Findings listed in the report."),
         click.option("--lpips-net", type=click.Choice(["alex", "vgg", "squeeze"]), default="alex", show_default=True, help="LPIPS backbone."),
@@ -261,10 +262,12 @@ def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
         model=opts["model"], data=opts["data"], holdout=opts.get("holdout"), arch=opts.get("arch"),
         unsafe_pickle=bool(opts.get("unsafe_pickle")), input_size=opts.get("input_size"), mean=opts.get("mean"),
         std=opts.get("std"), out=opts["out"], seed=opts["seed"], budget=opts["budget"], prior=opts["prior"],
+        conditioning=opts["conditioning"],
         candidates_per_class=opts.get("candidates_per_class"), top=opts["top"], lpips_net=opts["lpips_net"],
         lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
         redact=opts["redact"], images=opts["images"], junit=opts.get("junit"), markdown=opts.get("markdown"),
         baseline=opts.get("baseline"), gate=gate, command=tuple(sys.argv),
+        inversion=dict(file_config.inversion) if file_config else {},
     )
 
 

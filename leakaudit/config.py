@@ -56,6 +56,7 @@ class AuditSettings:
     markdown: Path | None = None
     baseline: Path | None = None
     gate: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.gate], read by leakaudit.gate
+    inversion: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.inversion]: InversionConfig fields
     command: tuple[str, ...] = ()
 
 
@@ -67,6 +68,7 @@ class FileConfig:
     defaults: dict[str, Any]
     gate: dict[str, Any]
     warnings: tuple[str, ...]
+    inversion: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
     warnings: list[str] = []
     defaults: dict[str, Any] = {}
     gate: dict[str, Any] = {}
+    inversion: dict[str, Any] = {}
     base = source.parent
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
@@ -118,12 +121,14 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
                     gate[gate_key] = gate_value
                 else:
                     warnings.append(f"{source}: unknown key [tool.leakaudit.gate] {raw_gate_key!r} ignored")
+        elif key == "inversion" and isinstance(value, dict):
+            inversion = {k.replace("-", "_"): v for k, v in value.items()}  # checked by InversionConfig
         elif key in GATE_KEYS:
             gate[key] = value
         elif key in RUN_KEYS:
             if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights") and isinstance(value, str):
                 value = str((base / value)) if not Path(value).is_absolute() else value
-            defaults[key] = value
+            defaults["output_format" if key == "format" else key] = value
         elif key == "reference":
             continue  # audit definitions in audits/ carry a [reference] table for the builder
         else:
@@ -131,4 +136,4 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
     for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "holdout_quantile"):
         if key in gate:
             defaults[key] = gate.pop(key)
-    return FileConfig(source, defaults, gate, tuple(warnings))
+    return FileConfig(source, defaults, gate, tuple(warnings), inversion)
