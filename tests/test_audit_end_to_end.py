@@ -1,0 +1,162 @@
+"""Whole audits through the CLI, on a classifier trained here on real digits.
+
+The inversion is kept short through ``[tool.leakaudit.inversion]`` (a few
+dozen steps) so that a run takes seconds; what is checked is the contract a
+user relies on, not the strength of the attack (that is ``bench/``'s job).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from leakaudit.cli import main
+from leakaudit.data import load_image_folder
+from leakaudit.exit_codes import ExitStatus
+from leakaudit.matching.ssim import ssim_pairs
+from leakaudit.report.schema import load_schema
+
+from .conftest import TinyReference
+from .test_cli import run_cli
+
+QUICK_INVERSION = """
+[inversion]
+steps = 30
+pool_per_class = 8
+candidates_per_class = 2
+refine_steps = 10
+pretrain_steps = 60
+finetune_steps = 20
+checkpoint_every = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "quick.toml"
+    path.write_text(QUICK_INVERSION)
+    return path
+
+
+@pytest.fixture(scope="module")
+def audited(tiny: TinyReference, quick_config: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One informed audit with every output switched on."""
+    out = tmp_path_factory.mktemp("audit")
+    args = ["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
+            "--out", str(out / "result"), "--config", str(quick_config), "--budget", "120", "--seed", "3",
+            "--junit", str(out / "junit.xml"), "--markdown", str(out / "summary.md"), "--format", "json", "--top", "10"]
+    out_buffer, err_buffer = io.StringIO(), io.StringIO()
+    with redirect_stdout(out_buffer), redirect_stderr(err_buffer), pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return {"code": int(exit_info.value.code or 0), "stdout": out_buffer.getvalue(), "stderr": err_buffer.getvalue(),
+            "out": out, "result": out / "result"}
+
+
+def test_exit_code_matches_the_verdict(audited: dict[str, Any]) -> None:
+    document = json.loads((audited["result"] / "leakaudit.json").read_text())
+    assert audited["code"] in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), audited["stderr"]
+    assert audited["code"] == document["exit_code"]
+    assert (document["verdict"] == "fail") == (audited["code"] == ExitStatus.GATE_FAILED)
+
+
+def test_stdout_is_exactly_the_json_document(audited: dict[str, Any]) -> None:
+    printed = json.loads(audited["stdout"])
+    written = json.loads((audited["result"] / "leakaudit.json").read_text())
+    assert printed == written
+    assert "PASS" in audited["stderr"] or "WARN" in audited["stderr"] or "FAIL" in audited["stderr"]
+
+
+def test_document_follows_the_schema(audited: dict[str, Any]) -> None:
+    document = json.loads((audited["result"] / "leakaudit.json").read_text())
+    jsonschema.validate(document, load_schema())
+    assert document["calibrated"] is True
+    assert document["mode"] == "informed"
+    assert document["summary"]["leak_score"]["n_members"] == 30
+    assert 0.0 <= document["summary"]["leak_score"]["value"] <= 1.0
+    assert document["provenance"]["seed"] == 3
+    assert len(document["provenance"]["model"]["sha256"]) == 64
+
+
+def test_findings_can_be_recomputed_from_the_saved_reconstructions(audited: dict[str, Any], tiny: TinyReference) -> None:
+    document = json.loads((audited["result"] / "leakaudit.json").read_text())
+    saved = np.load(audited["result"] / "reconstructions.npz")
+    train = load_image_folder(tiny.train_dir, channels=1, size=(32, 32))
+    findings = document["findings"]
+    assert len(findings) == 10
+    assert [f["ssim"] for f in findings] == sorted((f["ssim"] for f in findings), reverse=True)
+    for finding in findings:
+        reconstruction = torch.from_numpy(saved["images"][finding["reconstruction_index"]])[None]
+        member = train.float01(torch.tensor([train.paths.index(finding["path"])]))
+        recomputed = float(ssim_pairs(reconstruction, member)[0])
+        assert recomputed == pytest.approx(finding["ssim"], abs=1e-5)
+        assert finding["class"] == finding["path"].split("/")[0]
+    assert saved["finding_train_images"].shape == (10, 1, 32, 32)
+
+
+def test_lpips_is_reported_unavailable_offline(audited: dict[str, Any]) -> None:
+    document = json.loads((audited["result"] / "leakaudit.json").read_text())
+    assert document["metrics"]["lpips"]["available"] is False
+    assert "weights" in document["metrics"]["lpips"]["reason"]
+    assert all(f["lpips"] is None for f in document["findings"])
+    assert "LPIPS unavailable" in (audited["result"] / "report.html").read_text()
+
+
+def test_machine_outputs_are_written(audited: dict[str, Any]) -> None:
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(audited["out"] / "junit.xml").getroot()
+    assert suite.iter("testcase")
+    assert "|" in (audited["out"] / "summary.md").read_text()
+    html = (audited["result"] / "report.html").read_text()
+    assert "<script" not in html.lower()
+    assert "data:image/png;base64," in html
+
+
+def test_report_can_be_rerendered_from_the_outputs(audited: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    target = audited["out"] / "again.html"
+    code, _, err = run_cli(["report", str(audited["result"] / "leakaudit.json"), "--out", str(target)], capsys)
+    assert code == 0, err
+    assert "report written" in err
+    assert target.read_text().count("<tr") == (audited["result"] / "report.html").read_text().count("<tr")
+
+
+def _without_timings(document: dict[str, Any]) -> dict[str, Any]:
+    document = json.loads(json.dumps(document))
+    for key in ("elapsed_s", "started_at", "command"):
+        document["provenance"].pop(key, None)
+    document["inversion"].pop("seconds", None)
+    return document
+
+
+def test_same_seed_same_result(tiny: TinyReference, quick_config: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    documents = []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
+                                str(tiny.holdout_dir), "--out", str(out), "--config", str(quick_config),
+                                "--seed", "5", "--quiet", "--prior", "none"], capsys)
+        assert code in (0, 1), err
+        documents.append(_without_timings(json.loads((out / "leakaudit.json").read_text())))
+    assert documents[0] == documents[1]
+
+
+def test_without_holdout_the_result_says_it_is_uncalibrated(tiny: TinyReference, quick_config: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
+                            "--config", str(quick_config)], capsys)
+    assert code in (0, 1), err
+    document = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
+    assert document["calibrated"] is False
+    assert document["mode"] == "data-free"
+    assert document["summary"]["leak_score"] is None
+    assert any("uncalibrated" in note for note in document["summary"]["notes"])
+    assert "not calibrated" in err
