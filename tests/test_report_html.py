@@ -173,3 +173,35 @@ def test_writer_reports_size_and_warns_above_the_limit(tmp_path) -> None:
     assert quiet.warnings == ()
     loud = write_outputs(doc, s.arrays, tmp_path / "b", size_warn_bytes=10_000)
     assert len(loud.warnings) == 1 and "report.html" in loud.warnings[0]
+
+
+def _only_required(value: object, schema: dict, root: dict) -> object:
+    """``value`` stripped of every key its schema does not require."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    for key in ("oneOf", "anyOf"):
+        if key in schema and value is not None:
+            branch = next(s for s in schema[key] if s.get("type") != "null")
+            return _only_required(value, branch, root)
+    if isinstance(value, dict) and "properties" in schema:
+        required = set(schema.get("required", []))
+        return {
+            k: _only_required(v, schema["properties"].get(k, {}), root)
+            for k, v in value.items()
+            if k in required
+        }
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_only_required(v, schema["items"], root) for v in value]
+    return value
+
+
+def test_a_minimal_valid_document_renders() -> None:
+    from leakaudit.report.schema import load_schema, schema_errors
+
+    s = scenario(leaky=True)
+    schema = load_schema()
+    doc = _only_required(apply_gate(s.document, GateSettings(), today=TODAY), schema, schema)
+    assert isinstance(doc, dict) and schema_errors(doc) == []
+    assert "directions" not in doc["thresholds"] and "format" not in doc["provenance"]["model"]
+    html = render_html(doc, s.arrays)
+    assert "✖ FAIL" in html and "<script" not in html
