@@ -1,0 +1,119 @@
+"""Every weight and schedule of the inversion engine, in one frozen dataclass.
+
+Defaults were chosen by ``bench/bench_inversion.py`` on the reference models in
+``audits/`` (see the benchmark section of ``bench/README.md``), not by guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leakaudit.errors import ConfigError
+
+OBJECTIVES = ("reconstruction", "diverse")
+PRIORS = ("auto", "none", "holdout")
+CONDITIONINGS = ("vector", "matrix", "both")
+PRETRAINS = ("vae", "ae")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings of one inversion run.
+
+    ``mode`` is the objective: "reconstruction" (audits: one-hot conditioning,
+    confidence, priors that single out training points) or "diverse" (the
+    paper's interpretability use: soft conditioning, diversity losses, class
+    galleries). ``prior`` selects the threat model: "holdout" pre-trains the
+    generator on non-member images (informed), "none" uses the classifier
+    alone (data-free), "auto" is informed exactly when prior images are given.
+    """
+
+    # --- run ---
+    mode: str = "reconstruction"
+    prior: str = "auto"
+    seed: int = 0
+    budget_s: float | None = None  # wall-clock bound of the whole inversion
+    device: str | None = None  # None: the target model's device
+    threads: int | None = None  # torch CPU threads during the run (None: leave as is)
+    candidates_per_class: int = 4
+    checkpoint_every: int = 200  # generator checkpoint every N steps (with checkpoint_dir)
+
+    # --- generator ---
+    conditioning: str = "both"
+    latent_dim: int = 32
+    embed_dim: int = 32
+    width: int = 64  # channels of the first (lowest-resolution) stage
+    gen_scale: float = 0.25  # generation resolution relative to the model input (then bilinear up-sampling)
+    min_gen_side: int = 8
+    dropout: float = 0.1  # channel dropout in the low-resolution up-convolutions (diverse mode: diverse_dropout)
+    diverse_dropout: float = 0.5
+    soft_temperature: float = 1.0  # spread of the random soft conditioning vector (diverse mode)
+
+    # --- data-free generator training ---
+    steps: int = 600
+    batch_per_class: int = 8
+    lr: float = 2e-3
+    lr_final_fraction: float = 0.1  # cosine decay to lr · this
+    w_kl: float = 1.0
+    w_ce: float = 1.0
+    w_cos: float = 0.0  # diverse mode: diverse_w_cos
+    w_orth: float = 0.0  # diverse mode: diverse_w_orth
+    diverse_w_cos: float = 1.0
+    diverse_w_orth: float = 1.0
+    w_perturbed: float = 1.0  # KL + CE on perturbed copies x + ε
+    perturb_sigma: float = 0.05
+    perturb_shift: int = 1  # random shifts of up to this many pixels
+    w_gradnorm: float = 0.0
+    gradnorm_max_params: int = 3_000_000  # above this, the double-backprop prior is skipped with a note
+    w_tv: float = 0.02
+    w_range: float = 1.0  # out-of-range penalty of pre-activation pixels
+    w_l2: float = 0.0  # norm in the classifier's normalised input space (minimum-norm prior)
+    w_bn: float = 0.05
+    w_margin: float = 0.0
+    target_margin: float = 10.0
+
+    # --- candidate selection and per-sample refinement ---
+    pool_per_class: int = 64  # samples drawn per class; the most confident K are kept
+    refine_steps: int = 200
+    refine_lr: float = 0.05
+    w_refine_latent: float = 0.01  # ‖z‖² keeps refined latents where the generator was trained
+
+    # --- informed mode ---
+    pretrain: str = "vae"
+    pretrain_steps: int = 1500
+    pretrain_lr: float = 2e-3
+    pretrain_batch: int = 64
+    vae_beta: float = 0.05
+    finetune_steps: int = 300
+    finetune_lr: float = 5e-4
+    w_anchor: float = 1.0  # keep reconstructing the prior images while fine-tuning
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.mode not in OBJECTIVES:
+            problems.append(f"mode must be one of {OBJECTIVES}, not {self.mode!r}")
+        if self.prior not in PRIORS:
+            problems.append(f"prior must be one of {PRIORS}, not {self.prior!r}")
+        if self.conditioning not in CONDITIONINGS:
+            problems.append(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
+        if self.pretrain not in PRETRAINS:
+            problems.append(f"pretrain must be one of {PRETRAINS}, not {self.pretrain!r}")
+        if self.candidates_per_class < 1:
+            problems.append("candidates_per_class must be at least 1")
+        if self.pool_per_class < self.candidates_per_class:
+            problems.append("pool_per_class must be at least candidates_per_class")
+        if self.budget_s is not None and self.budget_s <= 0:
+            problems.append("budget_s must be positive")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.diverse_dropout < 1.0:
+            problems.append("dropout rates must lie in [0, 1)")
+        if not 0.0 < self.gen_scale <= 1.0:
+            problems.append("gen_scale must lie in (0, 1]")
+        for name in ("steps", "refine_steps", "pretrain_steps", "finetune_steps", "checkpoint_every", "batch_per_class"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        if problems:
+            raise ConfigError("invalid inversion settings: " + "; ".join(problems))
+
+    @property
+    def diverse(self) -> bool:
+        return self.mode == "diverse"

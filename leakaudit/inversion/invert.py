@@ -1,0 +1,391 @@
+"""The inversion loop: train the conditioned generator, pick and refine candidates.
+
+Phases (each reported through ``InversionCallbacks.on_phase``):
+- data-free: "train" (the generator against the classifier), "refine";
+- informed: "pretrain" (the generator on the prior images), "finetune"
+  (against the classifier, still anchored to the prior), "refine".
+"refine" draws ``pool_per_class`` samples per class, keeps the
+``candidates_per_class`` the classifier is most sure of (largest logit margin)
+and optimises their latents against the same objective.
+
+The wall-clock budget is shared among the phases in proportion to fixed
+fractions, with time a phase leaves unused passed on; when it runs out (or
+``should_stop`` says so) the loop stops training and still returns candidates,
+with ``completed_fraction`` < 1. The engine never prints: progress goes to
+callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from leakaudit.errors import ConfigError
+from leakaudit.inversion.config import InversionConfig
+from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
+from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
+from leakaudit.inversion.objective import Weights, objective, resolve_weights
+from leakaudit.models import TargetModel
+
+THREAT_MODELS = {
+    "data-free": "An attacker holding only the model's weights, with no data from the training distribution.",
+    "informed": (
+        "An attacker holding the model's weights and public images from the training distribution "
+        "(part of the non-member holdout), who is never shown the training images."
+    ),
+}
+
+# Share of the budget each phase may use (unused time passes on to later phases).
+_PHASE_SHARE = {"train": 0.65, "pretrain": 0.45, "finetune": 0.25, "refine": 0.35}
+
+
+@dataclass
+class InversionCallbacks:
+    """Observers of a run; any may be None."""
+
+    on_start: Callable[[int], None] | None = None  # planned steps
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None  # step, planned, losses
+    on_phase: Callable[[str], None] | None = None
+
+
+@dataclass
+class InversionResult:
+    """Candidates of one inversion run, in [0, 1] pixels."""
+
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    targets: torch.Tensor  # (N,) int64
+    confidence: torch.Tensor  # (N,) float32: softmax probability of the target
+    mode: str  # "data-free" | "informed"
+    threat_model: str
+    steps: int
+    planned_steps: int
+    seconds: float
+    completed_fraction: float
+    notes: list[str] = field(default_factory=list)
+    gallery: dict[int, list[int]] | None = None
+    pretrained_images: torch.Tensor | None = None  # (N, C, H, W): informed generator before fine-tuning
+    pretrained_targets: torch.Tensor | None = None  # (N,)
+    losses: dict[str, float] = field(default_factory=dict)  # last reported loss terms
+
+
+class _Clock:
+    """Steps, budget and stop requests of one run; the only place that calls the callbacks."""
+
+    def __init__(self, config: InversionConfig, phases: list[tuple[str, int]], callbacks: InversionCallbacks,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.config = config
+        self.phases = dict(phases)
+        self.planned = sum(n for _, n in phases)
+        self.callbacks = callbacks
+        self.should_stop = should_stop
+        self.start = time.monotonic()
+        self.steps = 0
+        self.stopped = False
+        self.deadline = math.inf
+        self.last: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def enter(self, name: str, remaining: list[str]) -> None:
+        """Start a phase: its deadline is its share of the budget still left."""
+        if self.callbacks.on_phase:
+            self.callbacks.on_phase(name)
+        if self.config.budget_s is None:
+            return
+        left = max(0.0, self.config.budget_s - self.elapsed())
+        shares = [_PHASE_SHARE[p] for p in remaining if self.phases.get(p, 0) > 0]
+        share = _PHASE_SHARE[name] / sum(shares) if shares and self.phases.get(name, 0) > 0 else 1.0
+        self.deadline = self.elapsed() + left * share
+
+    def tick(self, losses: dict[str, float]) -> bool:
+        """Count a step; False when the phase must end (budget, stop request)."""
+        self.steps += 1
+        self.last = losses
+        if self.callbacks.on_step:
+            self.callbacks.on_step(self.steps, self.planned, losses)
+        if self.should_stop is not None and self.should_stop():
+            self.stopped = True
+        if self.config.budget_s is not None and self.elapsed() >= self.config.budget_s:
+            self.stopped = True
+        return not self.stopped and self.elapsed() < self.deadline
+
+
+def invert(
+    target: TargetModel,
+    config: InversionConfig,
+    *,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    callbacks: InversionCallbacks | None = None,
+    checkpoint_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> InversionResult:
+    """Invert ``target`` into K candidates per class.
+
+    ``prior``: non-member (uint8 images (M, C, H, W), labels (M,)) for informed
+    mode. Deterministic on the CPU for a fixed seed, unless the budget or
+    ``should_stop`` cut the run short.
+    """
+    informed = _informed(config, prior)
+    device = torch.device(config.device) if config.device else target.device
+    with _run_context(config, device):
+        return _invert(target, config, informed, prior, callbacks or InversionCallbacks(), checkpoint_dir, should_stop, device)
+
+
+def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    if config.prior == "holdout" and prior is None:
+        raise ConfigError("prior = 'holdout' (informed inversion) needs non-member prior images")
+    return prior is not None and config.prior in ("auto", "holdout")
+
+
+@contextlib.contextmanager
+def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None]:
+    """Seeded RNG forked from the caller's, flushed denormals, chosen thread count; all restored after."""
+    threads = torch.get_num_threads()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        flushed = torch.set_flush_denormal(True)  # near-zero-loss models produce denormals: ~9× slower steps
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            yield
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
+            torch.set_num_threads(threads)
+
+
+def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior: tuple[torch.Tensor, torch.Tensor] | None,
+            callbacks: InversionCallbacks, checkpoint_dir: Path | None, should_stop: Callable[[], bool] | None,
+            device: torch.device) -> InversionResult:
+    rng = torch.Generator().manual_seed(config.seed)
+    notes: list[str] = []
+    weights = resolve_weights(config, target, notes)
+    shape, k = target.input_shape, target.num_classes
+    gen = ConditionalGenerator(
+        shape, k, latent_dim=config.latent_dim, embed_dim=config.embed_dim, width=config.width,
+        conditioning=config.conditioning, dropout=config.diverse_dropout if config.diverse else config.dropout,
+        gen_scale=config.gen_scale, min_gen_side=config.min_gen_side,
+    ).to(device)
+    refine = 0 if config.diverse else config.refine_steps
+    if informed:
+        phases = [("pretrain", config.pretrain_steps), ("finetune", config.finetune_steps), ("refine", refine)]
+    else:
+        phases = [("train", config.steps), ("refine", refine)]
+    clock = _Clock(config, phases, callbacks, should_stop)
+    if callbacks.on_start:
+        callbacks.on_start(clock.planned)
+    names = [p for p, _ in phases]
+    ckpt = _Checkpointer(checkpoint_dir, config)
+    pretrained: tuple[torch.Tensor, torch.Tensor] | None = None
+    latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
+    if informed:
+        assert prior is not None
+        images, labels = prepare_prior(prior[0], prior[1], shape, k, device)
+        enc = Encoder(shape, k, config.latent_dim).to(device)
+        variational = config.pretrain == "vae"
+        clock.enter("pretrain", names)
+        _pretrain(gen, enc, images, labels, config, clock, ckpt, rng, variational)
+        latents = fit_latents(enc, images, labels, variational)
+        pretrained = _sample(gen, latents, k, config.candidates_per_class, rng, device)
+        clock.enter("finetune", names[1:])
+        _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.finetune_steps,
+                       config.finetune_lr, anchor=(enc, images, labels, variational), phase="finetune")
+    else:
+        clock.enter("train", names)
+        _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.steps, config.lr,
+                       anchor=None, phase="train")
+    ckpt.save(gen, clock.steps, "final", force=True)
+    gallery = None
+    if config.diverse:
+        clock.enter("sample", [])
+        images_out, targets = _sample_diverse(gen, latents, k, config, rng, device)
+        gallery = {c: torch.nonzero(targets == c).flatten().tolist() for c in range(k)}
+    else:
+        clock.enter("refine", ["refine"])
+        images_out, targets = _select_and_refine(gen, target, weights, config, clock, rng, latents, device)
+    confidence = _confidence(target, images_out, targets)
+    if clock.stopped and clock.steps < clock.planned:
+        notes.append(f"stopped early after {clock.steps} of {clock.planned} steps ({clock.elapsed():.1f} s)")
+    mode = "informed" if informed else "data-free"
+    return InversionResult(
+        images=images_out.detach().float().cpu(), targets=targets.cpu(), confidence=confidence.cpu(), mode=mode,
+        threat_model=THREAT_MODELS[mode], steps=clock.steps, planned_steps=clock.planned, seconds=clock.elapsed(),
+        completed_fraction=min(1.0, clock.steps / max(1, clock.planned)), notes=notes, gallery=gallery,
+        pretrained_images=None if pretrained is None else pretrained[0].cpu(),
+        pretrained_targets=None if pretrained is None else pretrained[1].cpu(), losses=dict(clock.last),
+    )
+
+
+class _Checkpointer:
+    """Writes ``generator.pt`` into the checkpoint folder every N steps (atomically)."""
+
+    def __init__(self, folder: Path | None, config: InversionConfig) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.every = config.checkpoint_every
+        self.config = asdict(config)
+
+    def save(self, gen: ConditionalGenerator, step: int, phase: str, force: bool = False) -> None:
+        if self.folder is None or (not force and (self.every <= 0 or step % self.every)):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "generator.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"generator": gen.state_dict(), "step": step, "phase": phase, "config": self.config}, tmp)
+        os.replace(tmp, path)
+
+
+def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, final_fraction: float) -> None:
+    t = min(1.0, step / max(1, total))
+    lr = base * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _pretrain(gen: ConditionalGenerator, enc: Encoder, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
+              clock: _Clock, ckpt: _Checkpointer, rng: torch.Generator, variational: bool) -> None:
+    """Fit the generator (as the decoder of a conditional VAE / autoencoder) to the prior images."""
+    params = list(gen.parameters()) + list(enc.parameters())
+    opt = torch.optim.Adam(params, lr=config.pretrain_lr)
+    gen.train()
+    enc.train()
+    batch = min(config.pretrain_batch, images.shape[0])
+    for step in range(config.pretrain_steps):
+        _cosine_lr(opt, config.pretrain_lr, step, config.pretrain_steps, config.lr_final_fraction)
+        idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
+        loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ckpt.save(gen, clock.steps + 1, "pretrain")
+        if not clock.tick({"vae": float(loss.detach())}):
+            break
+
+
+def _conditioning(targets: torch.Tensor, k: int, config: InversionConfig, rng: torch.Generator) -> torch.Tensor:
+    if config.diverse:
+        return soft_conditioning(targets, k, config.soft_temperature, rng)
+    return F.one_hot(targets, k).float()
+
+
+def _train_against(gen: ConditionalGenerator, target: TargetModel, weights: Weights, config: InversionConfig, clock: _Clock,
+                   ckpt: _Checkpointer, rng: torch.Generator, latents: LatentGaussian, steps: int, lr: float,
+                   anchor: tuple[Encoder, torch.Tensor, torch.Tensor, bool] | None, phase: str) -> None:
+    """Train the generator against the frozen classifier (optionally still reconstructing the prior)."""
+    if steps <= 0:
+        return
+    k = gen.num_classes
+    device = latents.mean.device
+    params = list(gen.parameters()) + (list(anchor[0].parameters()) if anchor is not None else [])
+    opt = torch.optim.Adam(params, lr=lr)
+    gen.train()
+    targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
+    for step in range(steps):
+        _cosine_lr(opt, lr, step, steps, config.lr_final_fraction)
+        z = latents.sample(targets.shape[0], rng)  # (B, latent)
+        cond = _conditioning(targets, k, config, rng).to(device)  # (B, K)
+        pre = gen.low_res(z, cond)  # (B, C, h, w)
+        x = gen.upsample(pre)  # (B, C, H, W)
+        loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        if anchor is not None and config.w_anchor:
+            enc, images, labels, variational = anchor
+            idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(device)
+            vae = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
+            vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
+            loss = loss + config.w_anchor * vae
+            report["anchor"] = float(config.w_anchor * vae.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=params)
+        opt.step()
+        ckpt.save(gen, clock.steps + 1, phase)
+        if not clock.tick(report):
+            break
+
+
+@torch.no_grad()
+def _sample(gen: ConditionalGenerator, latents: LatentGaussian, k: int, per_class: int, rng: torch.Generator,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain samples, per_class of each class (one-hot conditioning): (N, C, H, W), (N,)."""
+    gen.eval()
+    targets = torch.arange(k, device=device).repeat_interleave(per_class)
+    z = latents.sample(targets.shape[0], rng)
+    images = gen(z, F.one_hot(targets, k).float())
+    gen.train()
+    return images, targets
+
+
+@torch.no_grad()
+def _sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, config: InversionConfig, rng: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diverse mode: soft-conditioned samples, K per class, for the class galleries."""
+    gen.eval()
+    targets = torch.arange(k, device=device).repeat_interleave(config.candidates_per_class)
+    z = latents.sample(targets.shape[0], rng)
+    images = gen(z, soft_conditioning(targets, k, config.soft_temperature, rng).to(device))
+    return images, targets
+
+
+@torch.no_grad()
+def _margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """(N,) logit margin f_y − max_{k≠y} f_k of each image."""
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        logits = target.logits(images[i : i + chunk])
+        t = targets[i : i + chunk, None]
+        own = logits.gather(1, t).squeeze(1)
+        out.append(own - logits.scatter(1, t, float("-inf")).max(1).values)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _confidence(target: TargetModel, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(target.logits(images.to(target.device)), dim=1)
+    return probs.gather(1, targets.to(target.device)[:, None]).squeeze(1).float()
+
+
+def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: Weights, config: InversionConfig, clock: _Clock,
+                       rng: torch.Generator, latents: LatentGaussian, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the K most confident of a pool per class, then optimise their latents against the objective."""
+    k, per = gen.num_classes, config.candidates_per_class
+    gen.eval()
+    chosen_z, chosen_t = [], []
+    with torch.no_grad():
+        for c in range(k):
+            t = torch.full((config.pool_per_class,), c, device=device, dtype=torch.long)
+            z = latents.sample(config.pool_per_class, rng)  # (P, latent)
+            margins = _margins(target, gen(z, F.one_hot(t, k).float()), t)
+            chosen_z.append(z[margins.argsort(descending=True)[:per]])
+            chosen_t.append(t[:per])
+    z = torch.cat(chosen_z).clone().requires_grad_(True)  # (N, latent)
+    targets = torch.cat(chosen_t)  # (N,)
+    cond = F.one_hot(targets, k).float()
+    for p in gen.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([z], lr=config.refine_lr)
+    for step in range(config.refine_steps if not clock.stopped else 0):
+        _cosine_lr(opt, config.refine_lr, step, config.refine_steps, config.lr_final_fraction)
+        pre = gen.low_res(z, cond)
+        x = gen.upsample(pre)
+        loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        if config.w_refine_latent:
+            prior = latents.standardise(z).pow(2).mean()
+            loss = loss + config.w_refine_latent * prior
+            report["latent"] = float(config.w_refine_latent * prior.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=[z])
+        opt.step()
+        if not clock.tick(report):
+            break
+    for p in gen.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        return gen(z, cond), targets
