@@ -84,6 +84,7 @@ from leakaudit.exit_codes import ExitStatus
 Status = Literal["pass", "warn", "fail", "skipped"]
 FindingStatus = Literal["fail", "warn", "ok", "ignored"]
 BaselineStatus = Literal["new", "persisting", "worse"]
+Level = Literal["fail", "warn", "ok"]  # a finding's level for one metric, before ignores
 
 LEAK_SCORE_ALPHA = 0.01  # the leak score's p-value must be below this to fail
 CHANCE_ALPHA = 0.01  # exceedances of the holdout quantile must be this improbable to fail
@@ -390,12 +391,85 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-@dataclass
-class _Levels:
-    """Per-finding threshold levels before chance and baseline adjustments."""
+def _threshold_levels(
+    findings: Sequence[Mapping[str, Any]], eligible: Sequence[bool], settings: GateSettings
+) -> tuple[list[Level], list[Level]]:
+    """Per-finding SSIM and LPIPS levels from the thresholds alone (ineligible findings are ok)."""
+    ssim_levels: list[Level] = []
+    lpips_levels: list[Level] = []
+    for f, ok in zip(findings, eligible):
+        s, lp = float(f["ssim"]), f.get("lpips")
+        ssim_level: Level = "ok"
+        if ok and settings.fail_ssim is not None and s >= settings.fail_ssim:
+            ssim_level = "fail"
+        elif ok and settings.warn_ssim is not None and s >= settings.warn_ssim:
+            ssim_level = "warn"
+        lpips_fail = ok and settings.fail_lpips is not None and lp is not None and float(lp) <= settings.fail_lpips
+        ssim_levels.append(ssim_level)
+        lpips_levels.append("fail" if lpips_fail else "ok")
+    return ssim_levels, lpips_levels
 
-    ssim: list[str]
-    lpips: list[str]
+
+def _chance_test(
+    findings: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], settings: GateSettings, reference: float
+) -> tuple[bool, str]:
+    """Are more members above the holdout quantile than non-members would give? (significant, message)
+
+    Ignored findings still count here: an ignore accepts one image, it does not
+    change the evidence that members are matched better than non-members.
+    """
+    n_train = int(summary.get("n_train") or len(findings))
+    n_holdout = summary.get("n_holdout")
+    rate = 1.0 - settings.holdout_quantile
+    if n_holdout:
+        rate = max(rate, 1.0 / (int(n_holdout) + 1))
+    exceed = sum(1 for f in findings if float(f["ssim"]) > reference)
+    at_least = "at least " if findings and exceed == len(findings) else ""
+    tail = binomial_tail(exceed, n_train, rate)
+    significant = tail < CHANCE_ALPHA
+    message = (
+        f"Calibrated: only training samples above the holdout's q{settings.holdout_quantile:g} "
+        f"best-match SSIM ({reference:.3f}) count; {at_least}{exceed} of {n_train} exceed it "
+        f"(chance expects {n_train * rate:.1f}; binomial p = {tail:.3g}, "
+        f"{'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
+    )
+    return significant, message
+
+
+def _adjust(level: Level, significant: bool, baseline: BaselineStatus | None) -> tuple[Level, str | None]:
+    """A fail-level finding becomes a warning when chance explains it or the baseline accepted it."""
+    if level != "fail":
+        return level, None
+    if not significant:
+        return "warn", "chance"
+    if baseline == "persisting":
+        return "warn", "baseline"
+    return "fail", None
+
+
+def _baseline_summary(
+    findings: Sequence[Mapping[str, Any]],
+    previous_findings: Mapping[str, Mapping[str, Any]],
+    statuses: Sequence[BaselineStatus | None],
+    flagged: Sequence[bool],
+    ignored: Sequence[bool],
+    path: str,
+) -> BaselineSummary:
+    flagged_now = {f["fingerprint"] for f, flag in zip(findings, flagged) if flag}
+    ignored_now = {f["fingerprint"] for f, ig in zip(findings, ignored) if ig}
+    fixed = tuple(
+        fp
+        for fp, before in previous_findings.items()
+        if before.get("status") in ("fail", "warn") and fp not in flagged_now and fp not in ignored_now
+    )
+    counted = [b for b, flag in zip(statuses, flagged) if flag]
+    return BaselineSummary(
+        path=path,
+        new=counted.count("new"),
+        persisting=counted.count("persisting"),
+        worse=counted.count("worse"),
+        fixed=fixed,
+    )
 
 
 def evaluate_gate(
@@ -409,124 +483,61 @@ def evaluate_gate(
     """Decide the gate for a findings document whose gate and verdict are not filled yet.
 
     ``previous`` is an earlier audit's complete document (``--baseline``);
-    ``today`` decides which ignore entries have expired.
+    ``today`` decides which ignore entries have expired. Statuses already in
+    ``document`` are ignored, so a document can be gated again.
     """
     findings: Sequence[Mapping[str, Any]] = document.get("findings") or []
     summary = document.get("summary") or {}
-    calibrated = bool(document.get("calibrated"))
-    reference = _holdout_reference(document, settings.holdout_quantile) if calibrated else None
+    reference = _holdout_reference(document, settings.holdout_quantile) if document.get("calibrated") else None
     active, ignored = _active_ignores(settings, today)
-    notes: list[str] = [
+    notes = tuple(
         f"Ignore entry for {i.entry.fingerprint[:12]}… expired on {i.entry.expires.isoformat()}; "
         "the finding is no longer ignored."
         for i in ignored
         if i.expired
-    ]
-
-    prev_by_fp: dict[str, Mapping[str, Any]] | None = None
-    if previous is not None:
-        prev_by_fp = {f["fingerprint"]: f for f in previous.get("findings") or []}
+    )
+    previous_findings = None if previous is None else {f["fingerprint"]: f for f in previous.get("findings") or []}
     baseline_status: list[BaselineStatus | None] = [
-        None if prev_by_fp is None else _baseline_status(f, prev_by_fp) for f in findings
+        None if previous_findings is None else _baseline_status(f, previous_findings) for f in findings
     ]
 
-    # 1. threshold levels, with the calibration filter
     is_ignored = [f["fingerprint"] in active for f in findings]
-    eligible = [
-        (not ig) and (reference is None or float(f["ssim"]) > reference) for f, ig in zip(findings, is_ignored)
-    ]
-    levels = _Levels(ssim=[], lpips=[])
-    for f, ok in zip(findings, eligible):
-        s, lp = float(f["ssim"]), f.get("lpips")
-        ssim_level = "ok"
-        if ok and settings.fail_ssim is not None and s >= settings.fail_ssim:
-            ssim_level = "fail"
-        elif ok and settings.warn_ssim is not None and s >= settings.warn_ssim:
-            ssim_level = "warn"
-        lpips_level = "ok"
-        if ok and settings.fail_lpips is not None and lp is not None and float(lp) <= settings.fail_lpips:
-            lpips_level = "fail"
-        levels.ssim.append(ssim_level)
-        levels.lpips.append(lpips_level)
-    raw_flagged = [a != "ok" or b != "ok" for a, b in zip(levels.ssim, levels.lpips)]
+    eligible = [not ig and (reference is None or float(f["ssim"]) > reference) for f, ig in zip(findings, is_ignored)]
+    ssim_levels, lpips_levels = _threshold_levels(findings, eligible, settings)
+    significant, chance_note = (True, "") if reference is None else _chance_test(findings, summary, settings, reference)
+    ssim_adj = [_adjust(level, significant, b) for level, b in zip(ssim_levels, baseline_status)]
+    lpips_adj = [_adjust(level, significant, b) for level, b in zip(lpips_levels, baseline_status)]
 
-    # 2. chance: are there more members above the holdout quantile than non-members would give?
-    chance_note = ""
-    significant = True
-    if reference is not None:
-        n_train = int(summary.get("n_train") or len(findings))
-        n_holdout = summary.get("n_holdout")
-        rate = 1.0 - settings.holdout_quantile
-        if n_holdout:
-            rate = max(rate, 1.0 / (int(n_holdout) + 1))
-        exceed = sum(1 for f in findings if float(f["ssim"]) > reference)
-        at_least = "at least " if findings and exceed == len(findings) else ""
-        tail = binomial_tail(exceed, n_train, rate)
-        significant = tail < CHANCE_ALPHA
-        chance_note = (
-            f"Calibrated: only training samples above the holdout's q{settings.holdout_quantile:g} "
-            f"best-match SSIM ({reference:.3f}) count; {at_least}{exceed} of {n_train} exceed it "
-            f"(chance expects {n_train * rate:.1f}; binomial p = {tail:.3g}, "
-            f"{'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
-        )
-
-    # 3. adjustments: chance, then baseline; a downgraded fail is still shown as a warning
-    def adjusted(level: str, i: int) -> tuple[str, str | None]:
-        if level != "fail":
-            return level, None
-        if not significant:
-            return "warn", "chance"
-        if baseline_status[i] == "persisting":
-            return "warn", "baseline"
-        return "fail", None
-
-    ssim_adj = [adjusted(level, i) for i, level in enumerate(levels.ssim)]
-    lpips_adj = [adjusted(level, i) for i, level in enumerate(levels.lpips)]
-
-    conditions = [
+    conditions = (
         _ssim_condition(settings, findings, eligible, ssim_adj, reference, chance_note),
         _lpips_condition(settings, document, findings, eligible, lpips_adj, chance_note),
         _leak_condition(settings, document, previous),
-    ]
-
+    )
     outcomes: list[FindingOutcome] = []
     for i, f in enumerate(findings):
-        if is_ignored[i]:
-            status: FindingStatus = "ignored"
-        else:
-            worst = {ssim_adj[i][0], lpips_adj[i][0]}
-            status = "fail" if "fail" in worst else "warn" if "warn" in worst else "ok"
+        worst = {ssim_adj[i][0], lpips_adj[i][0]}
+        status: FindingStatus = (
+            "ignored" if is_ignored[i] else "fail" if "fail" in worst else "warn" if "warn" in worst else "ok"
+        )
         outcomes.append(FindingOutcome(f["fingerprint"], status, baseline_status[i]))
 
     baseline = None
-    if previous is not None and prev_by_fp is not None:
-        flagged_now = {f["fingerprint"] for f, flag in zip(findings, raw_flagged) if flag}
-        ignored_now = {f["fingerprint"] for f, ig in zip(findings, is_ignored) if ig}
-        fixed = tuple(
-            fp
-            for fp, before in prev_by_fp.items()
-            if before.get("status") in ("fail", "warn") and fp not in flagged_now and fp not in ignored_now
-        )
-        counted = [b for b, flag in zip(baseline_status, raw_flagged) if flag]
-        baseline = BaselineSummary(
-            path=baseline_path or settings.baseline_path or "",
-            new=counted.count("new"),
-            persisting=counted.count("persisting"),
-            worse=counted.count("worse"),
-            fixed=fixed,
-        )
+    if previous_findings is not None:
+        flagged = [a != "ok" or b != "ok" for a, b in zip(ssim_levels, lpips_levels)]
+        path = baseline_path or settings.baseline_path or ""
+        baseline = _baseline_summary(findings, previous_findings, baseline_status, flagged, is_ignored, path)
 
     statuses = {c.status for c in conditions}
     verdict: Literal["pass", "warn", "fail"] = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
     exit_code = int(ExitStatus.GATE_FAILED if verdict == "fail" else ExitStatus.PASSED)
-    return GateOutcome(verdict, exit_code, tuple(conditions), tuple(outcomes), baseline, ignored, tuple(notes))
+    return GateOutcome(verdict, exit_code, conditions, tuple(outcomes), baseline, ignored, notes)
 
 
 def _ssim_condition(
     settings: GateSettings,
     findings: Sequence[Mapping[str, Any]],
-    eligible: list[bool],
-    adjusted: list[tuple[str, str | None]],
+    eligible: Sequence[bool],
+    adjusted: Sequence[tuple[Level, str | None]],
     reference: float | None,
     chance_note: str,
 ) -> Condition:
@@ -558,8 +569,8 @@ def _lpips_condition(
     settings: GateSettings,
     document: Mapping[str, Any],
     findings: Sequence[Mapping[str, Any]],
-    eligible: list[bool],
-    adjusted: list[tuple[str, str | None]],
+    eligible: Sequence[bool],
+    adjusted: Sequence[tuple[Level, str | None]],
     chance_note: str,
 ) -> Condition:
     if settings.fail_lpips is None:
@@ -655,5 +666,6 @@ def apply_gate(
     result["exit_code"] = outcome.exit_code
     if outcome.notes:
         summary = result.setdefault("summary", {})
-        summary["notes"] = list(summary.get("notes") or []) + list(outcome.notes)
+        existing = list(summary.get("notes") or [])
+        summary["notes"] = existing + [n for n in outcome.notes if n not in existing]  # re-gating adds nothing twice
     return result
