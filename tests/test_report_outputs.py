@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from leakaudit.errors import OutputError
-from leakaudit.gate import GateSettings, apply_gate
-from leakaudit.report import load_outputs, render_html, render_junit, render_markdown, write_outputs
+from leakaudit.gate import GateSettings, IgnoreEntry, apply_gate
+from leakaudit.report import (
+    load_outputs,
+    render_html,
+    render_junit,
+    render_markdown,
+    render_report_file,
+    write_outputs,
+)
 from leakaudit.report.atomic import atomic_write, atomic_write_text
 from leakaudit.report.schema import schema_errors, validate
 from tests.test_report_data import scenario
@@ -156,3 +163,23 @@ def test_markdown_summary_table() -> None:
     assert all(row.count("|") - row.count("\\|") == 8 for row in rows)  # escaped pipes do not split cells
     assert "<script" not in md and "&lt;script&gt;" in md
     assert "data:image" not in md and "<img" not in md
+
+
+def test_rerender_writes_only_the_html(tmp_path: Path) -> None:
+    doc, arrays = gated()
+    write_outputs(doc, arrays, tmp_path)
+    json_before = (tmp_path / "leakaudit.json").read_bytes()
+    loaded, loaded_arrays = load_outputs(tmp_path / "leakaudit.json")
+    path, warnings = render_report_file(loaded, loaded_arrays, tmp_path / "blurred.html", redact="blur")
+    assert path == tmp_path / "blurred.html" and warnings == []
+    assert "blurred" in path.read_text(encoding="utf-8")
+    assert (tmp_path / "leakaudit.json").read_bytes() == json_before
+    _, loud = render_report_file(loaded, loaded_arrays, tmp_path / "big.html", size_warn_bytes=1_000)
+    assert len(loud) == 1 and "big.html" in loud[0]
+
+
+def test_gating_twice_gives_the_same_document() -> None:
+    s = scenario(leaky=True)
+    settings = GateSettings(ignore=(IgnoreEntry(s.document["findings"][0]["fingerprint"], "x", date(2026, 1, 1)),))
+    once = apply_gate(s.document, settings, today=TODAY)
+    assert apply_gate(once, settings, today=TODAY) == once

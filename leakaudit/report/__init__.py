@@ -38,6 +38,7 @@ __all__ = [
     "dumps",
     "load_outputs",
     "render_html",
+    "render_report_file",
     "render_junit",
     "render_markdown",
     "write_outputs",
@@ -52,6 +53,29 @@ class WrittenOutputs:
     html_path: Path
     html_bytes: int
     warnings: tuple[str, ...]
+
+
+def _size_warnings(path: Path, size: int, limit: int) -> list[str]:
+    if size <= limit:
+        return []
+    return [
+        f"{path} is {size / 1e6:.1f} MB (above {limit / 1e6:.0f} MB); "
+        "show fewer findings (--top) or leave images out (--no-images)."
+    ]
+
+
+def render_report_file(
+    document: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    target: str | Path,
+    *,
+    redact: Redaction = "none",
+    include_images: bool = True,
+    size_warn_bytes: int = DEFAULT_SIZE_WARN_BYTES,
+) -> tuple[Path, list[str]]:
+    """Re-render only the HTML report (``leakaudit report``): the written path and any warnings."""
+    path = atomic_write_text(target, render_html(document, arrays, redact=redact, include_images=include_images))
+    return path, _size_warnings(path, path.stat().st_size, size_warn_bytes)
 
 
 def write_outputs(
@@ -90,10 +114,5 @@ def write_outputs(
         paths.append(atomic_write_text(markdown_path, markdown_text))
 
     html_bytes = html_path.stat().st_size
-    warnings: list[str] = []
-    if html_bytes > size_warn_bytes:
-        warnings.append(
-            f"{html_path} is {html_bytes / 1e6:.1f} MB (above {size_warn_bytes / 1e6:.0f} MB); "
-            "show fewer findings (--top) or leave images out (--redact omit)."
-        )
+    warnings = _size_warnings(html_path, html_bytes, size_warn_bytes)
     return WrittenOutputs(tuple(paths), html_path, html_bytes, tuple(warnings))
