@@ -1,0 +1,495 @@
+"""One audit across several processes (and machines) with ``torch.distributed``.
+
+``torchrun --nproc-per-node N -m leakaudit run …`` starts N copies of the CLI;
+each builds a ``DistContext`` from torchrun's environment and the pipeline uses
+it at the few places where ranks must cooperate:
+
+- **inversion, data-parallel**: every rank draws the full per-step batch from
+  the shared seed (so all random streams stay in lockstep), keeps its
+  class-balanced share (``batch_share``), and the generator's gradients are
+  summed with each rank's share as its weight (``average_gradients``), so the
+  step equals the full-batch step for every per-sample loss term. Stop and
+  budget decisions are agreed every step (``any_flags``): ranks never disagree
+  on how many collectives follow.
+- **matching, sharded**: rank r scores the candidates against its contiguous,
+  chunk-aligned share of the images (``shard``); the shards' results are
+  concatenated per image and merged per candidate (``sharded_best_matches``).
+  Every pair is scored by the same kernel on the same chunk as in one process,
+  so the merged result equals the single-process result exactly.
+- **outputs**: rank 0 alone writes, after the last collective (the gather of
+  the matching results), i.e. after every rank has finished its share.
+
+Failure: a rank that raises exits 2 with its rank in the message; torchrun
+then stops the others, and a rank blocked in a collective with a dead peer
+gets an error (or the process-group timeout, ``LEAKAUDIT_DIST_TIMEOUT``
+seconds) instead of hanging. Since no rank reaches the final gather, no report
+is written. ``torchrun`` itself exits 1 for any failed worker, whatever its
+code; ``launch`` runs the same elastic agent and maps the workers' codes back
+to leakaudit's (0 passed, 1 gate failed, 2 error naming the rank, 130).
+
+One process not launched by torchrun gets ``DistContext.single()``, under which
+every helper here is the identity: the single-process path is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from leakaudit.errors import LeakAuditError
+
+ENV_TIMEOUT = "LEAKAUDIT_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; a hung (not dead) peer is detected after this
+SPLITS = ("batch", "class")
+
+
+class DistributedError(LeakAuditError):
+    """A rank failed, died or stopped answering; the whole run ends (exit 2)."""
+
+
+def rank_prefix() -> str:
+    """``"rank 1 of 2: "`` under torchrun with several processes, else ``""``: for error lines."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return ""
+    return f"rank {rank} of {world}: " if world > 1 else ""
+
+
+@dataclass
+class DistContext:
+    """Who this process is in the run, and the collectives the pipeline needs.
+
+    ``split``: how a generator batch is shared ("batch": every rank a
+    class-balanced share of the per-class batch, measured best; "class":
+    every rank whole classes, kept for measurement). ``stage`` names what the
+    ranks are doing, for error messages.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    split: str = "batch"
+    stage: str = "startup"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    _owns_group: bool = False
+
+    # --- construction --------------------------------------------------------
+
+    @classmethod
+    def single(cls, device: str | torch.device | None = None) -> DistContext:
+        """One process: every collective is the identity."""
+        return cls(device=torch.device(device) if device is not None else _default_device(0))
+
+    @classmethod
+    def from_environment(cls, device: str | None = None, split: str = "batch",
+                         timeout_s: float | None = None) -> DistContext:
+        """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+        ``MASTER_ADDR``/``MASTER_PORT``); without them, or with one process, ``single``.
+
+        Device: ``device`` if given with an index; "cuda" or None on a machine
+        with GPUs means ``cuda:LOCAL_RANK`` (one GPU per process, backend
+        NCCL); otherwise the CPU with backend gloo.
+        """
+        if split not in SPLITS:
+            raise DistributedError(f"split must be one of {SPLITS}, not {split!r}")
+        env = os.environ
+        try:
+            world = int(env.get("WORLD_SIZE", "1"))
+            rank = int(env.get("RANK", "0"))
+            local_rank = int(env.get("LOCAL_RANK", "0"))
+        except ValueError as exc:
+            raise DistributedError(f"torchrun's environment is malformed: {exc}") from None
+        if world <= 1:
+            return cls(device=_resolve_device(device, 0), split=split)
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
+        if missing:
+            raise DistributedError(f"WORLD_SIZE={world} but {' and '.join(missing)} not set: launch with torchrun")
+        timeout = timeout_s if timeout_s is not None else _env_timeout()
+        dev = _resolve_device(device, local_rank)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        import torch.distributed as tdist
+
+        own = False
+        if not tdist.is_initialized():
+            try:
+                tdist.init_process_group(backend=backend, timeout=dt.timedelta(seconds=timeout),
+                                         **({"device_id": dev} if dev.type == "cuda" else {}))
+            except Exception as exc:  # rendezvous failures: wrong address, port in use, peers missing
+                raise DistributedError(
+                    f"rank {rank} of {world}: cannot join the process group at "
+                    f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} ({backend}): {exc}"
+                ) from None
+            own = True
+        return cls(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend,
+                   split=split, timeout_s=timeout, _owns_group=own)
+
+    def close(self) -> None:
+        """Leave the process group (only if this context joined it)."""
+        if self._owns_group:
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+            self._owns_group = False
+
+    # --- identity ---------------------------------------------------------------
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that observes progress and writes outputs."""
+        return self.rank == 0
+
+    def describe(self) -> str:
+        """``"rank 1 of 2 (local rank 1 on host)"``: for messages and notes."""
+        if not self.is_distributed:
+            return "single process"
+        return f"rank {self.rank} of {self.world_size} (local rank {self.local_rank} on {socket.gethostname()})"
+
+    @contextlib.contextmanager
+    def in_stage(self, name: str) -> Iterator[None]:
+        """Name the stage; a collective failing inside it becomes a ``DistributedError`` naming rank and stage."""
+        previous, self.stage = self.stage, name
+        try:
+            yield
+        except LeakAuditError:
+            raise
+        except RuntimeError as exc:  # gloo/NCCL: peer closed the connection, timeout, aborted communicator
+            if not self.is_distributed:
+                raise
+            raise DistributedError(
+                f"{self.describe()} lost contact with the other ranks during {name} "
+                f"(another rank failed, was stopped, or did not answer within {self.timeout_s:.0f} s): "
+                f"{_first_line(exc)}"
+            ) from exc
+        finally:
+            self.stage = previous
+
+    # --- sharding -------------------------------------------------------------------
+
+    def shard(self, n: int, align: int = 1) -> slice:
+        """This rank's contiguous share of ``n`` items, in whole blocks of ``align``.
+
+        Aligned shards let every rank process exactly the chunks one process
+        would (same images, same shapes), which is why sharded matching is
+        bitwise equal to single-process matching. Shares differ by at most one
+        block; a rank may get none when there are fewer blocks than ranks.
+        """
+        blocks = -(-n // max(align, 1))
+        per, extra = divmod(blocks, self.world_size)
+        start_block = self.rank * per + min(self.rank, extra)
+        stop_block = start_block + per + (1 if self.rank < extra else 0)
+        return slice(min(n, start_block * align), min(n, stop_block * align))
+
+    def batch_share(self, targets: torch.Tensor) -> torch.Tensor:
+        """Positions (sorted, int64) of a generator batch that this rank computes.
+
+        "batch": each class's copies are dealt round-robin, continuing from
+        class to class, so every rank sees every class (when the batch holds
+        at least W copies of it) and shares differ by at most one sample.
+        "class": rank r takes the classes c with c mod W = r.
+        """
+        n = targets.shape[0]
+        if not self.is_distributed:
+            return torch.arange(n, device=targets.device)
+        if n < self.world_size:
+            raise DistributedError(
+                f"a generator batch of {n} cannot be shared by {self.world_size} ranks; "
+                "raise [tool.leakaudit.inversion] batch_per_class (or use fewer processes)"
+            )
+        if self.split == "class":
+            picked = torch.nonzero(targets.remainder(self.world_size) == self.rank).flatten()
+            if picked.numel() == 0:
+                raise DistributedError(f"split by class: {self.describe()} has no class to train (fewer classes than ranks)")
+            return picked
+        order = torch.argsort(targets, stable=True)  # class-major
+        dealt = torch.arange(n, device=targets.device).remainder(self.world_size) == self.rank
+        return order[dealt].sort().values
+
+    # --- collectives ------------------------------------------------------------------
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def any_flags(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag: is it set on any rank? One small all-reduce; how ranks agree to stop."""
+        if not self.is_distributed:
+            return tuple(bool(f) for f in flags)
+        import torch.distributed as tdist
+
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=self._comm_device())
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t.tolist())
+
+    def any_true(self, flag: bool) -> bool:
+        return self.any_flags(flag)[0]
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            self.any_flags(False)  # an all-reduce, not barrier(): gloo/NCCL both honour its timeout
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s (picklable) ``obj`` on every rank."""
+        if not self.is_distributed:
+            return obj
+        import torch.distributed as tdist
+
+        box = [obj if self.rank == src else None]
+        tdist.broadcast_object_list(box, src=src, device=self._comm_device())
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.is_distributed:
+            return [obj]
+        import torch.distributed as tdist
+
+        out: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank ``src``'s tensor (same shape and dtype on every rank), on every rank."""
+        if not self.is_distributed:
+            return tensor
+        import torch.distributed as tdist
+
+        buf = tensor.detach().to(self._comm_device()).contiguous().clone()
+        tdist.broadcast(buf, src=src)
+        return buf.to(tensor.device)
+
+    def gather_rows(self, rows: torch.Tensor, positions: torch.Tensor, total: int) -> torch.Tensor:
+        """Reassemble a tensor of ``total`` rows of which this rank holds ``rows`` at ``positions``."""
+        if not self.is_distributed:
+            return rows
+        parts = self.all_gather_object((positions.cpu(), rows.detach().cpu()))
+        out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype)
+        for pos, part in parts:
+            out[pos] = part
+        return out.to(rows.device)
+
+    def average_gradients(self, params: Sequence[torch.Tensor], weight: float) -> None:
+        """Replace every gradient by Σ_r weight_r · grad_r over ranks (one flat all-reduce).
+
+        With weight = this rank's share of the batch (n_r / B) the result is
+        the gradient of the full-batch mean; a parameter without a gradient
+        counts as zero. One flat buffer instead of one call per tensor: gloo
+        pays a round trip per call, and the generator has dozens of tensors.
+        """
+        if not self.is_distributed:
+            return
+        import torch.distributed as tdist
+
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        flat = flat.to(self._comm_device()).mul_(weight)
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset: offset + n].view_as(p).to(p.device).clone()
+            offset += n
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running statistics) across ranks.
+
+        In training mode each rank's BatchNorm tracks its own share of the
+        batch; averaging the exponential moving averages equals the average of
+        every step's statistics, and puts every rank's generator in the same
+        state for sampling (evaluation mode reads these buffers).
+        """
+        if not self.is_distributed:
+            return
+        import torch.distributed as tdist
+
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers]).to(self._comm_device())
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for b in buffers:
+            n = b.numel()
+            b.copy_(flat[offset: offset + n].view_as(b))
+            offset += n
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _env_timeout() -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DistributedError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise DistributedError(f"{ENV_TIMEOUT} must be positive, got {raw}")
+    return value
+
+
+def _default_device(local_rank: int) -> torch.device:
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _resolve_device(device: str | None, local_rank: int) -> torch.device:
+    if device is None:
+        return _default_device(local_rank)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        if not torch.cuda.is_available():
+            raise DistributedError("--device cuda but no GPU is visible to this process")
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+    return dev
+
+
+# --- sharded matching ----------------------------------------------------------------
+
+def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: DistContext, **kw: Any) -> Any:
+    """``best_matches`` with the images sharded over the ranks; the merged result on every rank.
+
+    Candidates are taken from rank 0 (so every rank matches the very same
+    ones). Shards are aligned to ``image_chunk``: each rank scores exactly the
+    chunks one process would, and the merge (per image: concatenate; per
+    candidate: the best over ranks, ties to the lowest image index, as one
+    process does) reproduces ``best_matches`` bit for bit. ``progress`` reports
+    this rank's shard. With the prefilter the per-candidate screening is done
+    per shard, so more pairs may be scored than by one process (never fewer).
+    """
+    from leakaudit.matching.search import BestMatches, best_matches
+
+    if not ctx.is_distributed:
+        return best_matches(candidates, images, **kw)
+    with ctx.in_stage("matching"):
+        candidates = ctx.broadcast_tensor(candidates)
+        chunk = int(kw.get("image_chunk", 512))
+        part = ctx.shard(images.shape[0], align=chunk)
+        local_kw = dict(kw)
+        labels = kw.get("image_labels")
+        if labels is not None:
+            local_kw["image_labels"] = labels[part]
+        local = None
+        error = None
+        if part.stop > part.start:
+            try:
+                local = best_matches(candidates, images[part], **local_kw)
+            except LeakAuditError as exc:  # bad input is bad on every rank alike: report it, don't hang
+                error = str(exc)
+        parts = ctx.all_gather_object((part.start, local, error))
+    for _, _, err in parts:
+        if err is not None:
+            raise DistributedError(f"matching failed: {err}")
+    pieces = [(start, bm) for start, bm, _ in parts if bm is not None]
+    if not pieces:  # only when there are no images at all: let best_matches say so
+        return best_matches(candidates, images, **kw)
+    near_val = torch.full((candidates.shape[0],), float("-inf"))
+    near_idx = torch.full((candidates.shape[0],), -1, dtype=torch.int64)
+    for start, bm in pieces:  # ascending image offset: strict '>' keeps the lowest index on ties
+        val = torch.nan_to_num(bm.nearest_ssim, nan=float("-inf"))
+        better = val > near_val
+        near_val = torch.where(better, val, near_val)
+        near_idx = torch.where(better, bm.nearest_image + start, near_idx)
+    missing = torch.isneginf(near_val)
+    near_val = near_val.masked_fill(missing, float("nan"))
+    near_idx = near_idx.masked_fill(missing, -1)
+    k = min(bm.topk_index.shape[1] for _, bm in pieces)
+    return BestMatches(
+        best_index=torch.cat([bm.best_index for _, bm in pieces]),
+        best_ssim=torch.cat([bm.best_ssim for _, bm in pieces]),
+        topk_index=torch.cat([bm.topk_index[:, :k] for _, bm in pieces]),
+        topk_ssim=torch.cat([bm.topk_ssim[:, :k] for _, bm in pieces]),
+        nearest_image=near_idx,
+        nearest_ssim=near_val,
+        exact=all(bm.exact for _, bm in pieces),
+        pairs_scored=sum(bm.pairs_scored for _, bm in pieces),
+    )
+
+
+# --- launching -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """What a distributed run came to: leakaudit's exit code and, on failure, which rank failed first."""
+
+    exit_code: int
+    failed_rank: int | None = None
+    message: str | None = None
+    exit_codes: dict[int, int] = field(default_factory=dict)  # failed ranks' own exit codes
+
+
+def split_launch_args(argv: Sequence[str], command: str = "run") -> tuple[list[str], list[str]]:
+    """``[torchrun options…, "run", run options…]`` → (torchrun options, leakaudit arguments)."""
+    args = list(argv)
+    if command not in args:
+        raise DistributedError(f"expected torchrun options, then `{command}` and its arguments")
+    i = args.index(command)
+    return args[:i], args[i:]
+
+
+def launch(torchrun_args: Sequence[str], program_args: Sequence[str], module: str = "leakaudit") -> LaunchOutcome:
+    """Run ``python -m module program_args…`` on every rank under torch's elastic agent (what torchrun runs).
+
+    ``torchrun`` exits 1 whenever a worker exits non-zero, which would make a
+    crashed rank look like a failed gate; here the workers' codes are mapped
+    back: 0 passed, 1 gate failed (rank 0 alone exits 1), 130 interrupted,
+    anything else — an error, a signal, a lost peer — is 2 with the rank that
+    failed first.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as elastic_run
+
+    try:
+        args = parse_args([*torchrun_args, "--module", module, *program_args])
+    except SystemExit as exc:  # argparse: bad torchrun options
+        raise DistributedError(f"invalid torchrun options: {' '.join(torchrun_args)}") from exc
+    try:
+        elastic_run(args)
+    except ChildFailedError as exc:
+        return _outcome_of(exc)
+    return LaunchOutcome(exit_code=0)
+
+
+def _outcome_of(exc: Any) -> LaunchOutcome:
+    failures = dict(exc.failures)
+    codes = {int(rank): int(f.exitcode) for rank, f in failures.items()}
+    if set(codes) == {0} and codes[0] in (1, 130):
+        return LaunchOutcome(exit_code=codes[0], exit_codes=codes)
+    # The root cause: the earliest failure that is not rank 0's verdict or a stop.
+    real = {r: f for r, f in failures.items() if not (r == 0 and f.exitcode in (1, 130))} or failures
+    rank, failure = min(real.items(), key=lambda item: (item[1].timestamp, item[0]))
+    code = int(failure.exitcode)
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    message = (f"rank {rank} (local rank {failure.local_rank}) {how}; the run was stopped and no report was written"
+               + (f" (other failed ranks: {', '.join(str(r) for r in sorted(codes) if r != rank)})" if len(codes) > 1 else ""))
+    return LaunchOutcome(exit_code=2, failed_rank=int(rank), message=message, exit_codes=codes)
