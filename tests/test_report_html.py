@@ -14,8 +14,10 @@ from PIL import Image
 
 from leakaudit.gate import GateSettings, apply_gate
 from leakaudit.report import render_html, write_outputs
+from leakaudit.reference import bundled_images
 from leakaudit.report.images import MAX_THUMB_SIDE, ImageRenderer
-from tests.test_report_data import scenario
+from leakaudit.report.schema import load_schema, schema_errors
+from tests.test_report_data import _leak_score, scenario
 
 TODAY = date(2026, 11, 28)
 HOSTILE = (
@@ -156,8 +158,6 @@ def test_omit_removes_every_image() -> None:
 
 
 def test_large_images_are_downscaled() -> None:
-    from leakaudit.reference import bundled_images
-
     faces, _, _ = bundled_images("lfw", 256)
     uri = ImageRenderer().uri(faces[0].numpy())
     assert uri is not None
@@ -184,7 +184,7 @@ def _only_required(value: object, schema: dict, root: dict) -> object:
             branch = next(s for s in schema[key] if s.get("type") != "null")
             return _only_required(value, branch, root)
     if isinstance(value, dict) and "properties" in schema:
-        required = set(schema.get("required", []))
+        required = set(schema.get("required", [])) | set(schema.get("then", {}).get("required", []))
         return {
             k: _only_required(v, schema["properties"].get(k, {}), root)
             for k, v in value.items()
@@ -196,8 +196,6 @@ def _only_required(value: object, schema: dict, root: dict) -> object:
 
 
 def test_a_minimal_valid_document_renders() -> None:
-    from leakaudit.report.schema import load_schema, schema_errors
-
     s = scenario(leaky=True)
     schema = load_schema()
     doc = _only_required(apply_gate(s.document, GateSettings(), today=TODAY), schema, schema)
@@ -205,3 +203,21 @@ def test_a_minimal_valid_document_renders() -> None:
     assert "directions" not in doc["thresholds"] and "format" not in doc["provenance"]["model"]
     html = render_html(doc, s.arrays)
     assert "✖ FAIL" in html and "<script" not in html
+
+
+def test_weights_gain_is_shown_when_present() -> None:
+    before, after = scenario(leaky=False), scenario(leaky=True)  # same members and non-members, other candidates
+    assert before.holdout_best is not None and after.holdout_best is not None
+    gain = _leak_score(after.train_best - before.train_best, after.holdout_best - before.holdout_best,
+                       np.random.default_rng(0))
+    doc = after.document
+    doc["summary"]["weights_gain"] = {
+        "paired_auc": gain["value"], "ci_low": gain["ci_low"], "ci_high": gain["ci_high"], "p_value": gain["p_value"],
+        "leak_score_before_fine_tuning": before.document["summary"]["leak_score"]["value"],
+    }
+    gated = apply_gate(doc, GateSettings(), today=TODAY)
+    assert schema_errors(gated) == []
+    html = render_html(gated, after.arrays)
+    assert "What the weights added" in html
+    assert f"{gain['value']:.3f}" in html
+    assert f"{before.document['summary']['leak_score']['value']:.3f}" in html
