@@ -105,3 +105,25 @@ def fit_latents(enc: Encoder, images: torch.Tensor, labels: torch.Tensor, variat
     if variational:
         return LatentGaussian(torch.zeros(mu.shape[1], device=mu.device), torch.ones(mu.shape[1], device=mu.device))
     return LatentGaussian(mu.mean(0), mu.std(0).clamp_min(1e-3))
+
+
+def split_prior(labels: torch.Tensor, fraction: float = 0.5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class split of non-member indices into (prior, evaluation): (P,), (E,) int64.
+
+    The prior part trains the informed generator; the evaluation part is the
+    null the members are compared with. Every class keeps at least one image
+    on each side when it has two or more.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError("the prior fraction must lie strictly between 0 and 1")
+    gen = torch.Generator().manual_seed(seed)
+    prior_idx: list[torch.Tensor] = []
+    eval_idx: list[torch.Tensor] = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=gen)]
+        n = idx.numel()
+        take = min(n - 1, max(1, round(n * fraction))) if n > 1 else 0
+        prior_idx.append(idx[:take])
+        eval_idx.append(idx[take:])
+    return torch.cat(prior_idx).sort().values, torch.cat(eval_idx).sort().values

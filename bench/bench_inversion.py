@@ -1,0 +1,271 @@
+"""Benchmark of the inversion engine on the reference audits (prints figures; not a test).
+
+For every reference model (built here from bundled real data, see audits/):
+the member-vs-non-member leak score (AUC of best-match SSIM, members vs the
+evaluation non-members), the fractions of members / non-members whose best
+match reaches SSIM 0.4 / 0.5 / 0.6, mean best-match SSIM, wall time and
+steps/s, for leakaudit's informed and data-free inversions and, in the same
+run, the baselines: class-mean images, the simple pixel inversion (MIFace
+style), the multiclass KKT reconstruction, and (informed) the pre-trained
+generator before fine-tuning. Informed runs also report the paired gain test
+(each image's gain in best-match SSIM over the pre-trained generator, members
+vs non-members, AUC and permutation p-value). Optional: an ablation table
+(each loss term / stage switched off in turn) and the generator step cost
+relative to one classifier forward+backward on the same batch.
+
+    python bench/bench_inversion.py                       # all models, default settings
+    python bench/bench_inversion.py --models digits-mlp-1pc,digits-mlp-2pc --ablation digits-mlp-1pc
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import baselines  # noqa: E402
+from leakaudit.inversion import InversionConfig, InversionResult, invert, split_prior  # noqa: E402
+from leakaudit.matching.search import best_matches  # noqa: E402
+from leakaudit.models import TargetModel, load_model  # noqa: E402
+from leakaudit.reference import build_reference, load_spec, split_members  # noqa: E402
+
+MODELS = (
+    "digits-mlp-1pc", "digits-mlp-2pc", "digits-mlp-5pc", "digits-mlp-20pc",
+    "digits-cnn-20pc", "digits-cnn-robust", "lfw-cnn", "digits-mlp-haim",
+)
+THRESHOLDS = (0.4, 0.5, 0.6)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(pos > neg) + ½ P(pos = neg): the Mann-Whitney AUC."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def permutation_p(pos: np.ndarray, neg: np.ndarray, rounds: int = 2000, seed: int = 0) -> float:
+    """One-sided permutation p-value of AUC(pos, neg) under exchangeable labels."""
+    observed = auc(pos, neg)
+    pooled = np.concatenate([pos, neg])
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(rounds):
+        perm = rng.permutation(pooled)
+        hits += auc(perm[: len(pos)], perm[len(pos) :]) >= observed
+    return (hits + 1) / (rounds + 1)
+
+
+def best_ssim(cands: torch.Tensor, images_u8: torch.Tensor) -> np.ndarray:
+    """(M,) best SSIM of each image over all candidates (every candidate vs every image)."""
+    return best_matches(cands, images_u8, k=1).best_ssim.double().numpy()
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    method: str
+    leak: float
+    members: np.ndarray
+    nonmembers: np.ndarray
+    seconds: float
+    steps_per_s: float | None
+    extra: str = ""
+
+    def line(self) -> str:
+        fr_m = "/".join(f"{(self.members >= t).mean():.2f}" for t in THRESHOLDS)
+        fr_n = "/".join(f"{(self.nonmembers >= t).mean():.2f}" for t in THRESHOLDS)
+        p99 = np.quantile(self.nonmembers, 0.99)
+        above = int((self.members > p99).sum())
+        sps = f"{self.steps_per_s:7.1f}" if self.steps_per_s is not None else "      -"
+        return (f"{self.model:18s} {self.method:22s} {self.leak:5.3f}  {fr_m:14s} {fr_n:14s} "
+                f"{self.members.mean():5.3f} {self.nonmembers.mean():5.3f} {above:3d}/{len(self.members):<3d} "
+                f"{self.seconds:6.1f} {sps}  {self.extra}")
+
+
+HEADER = (f"{'model':18s} {'method':22s} {'leak':5s}  {'mem>=.4/.5/.6':14s} {'non>=.4/.5/.6':14s} "
+          f"{'mMem':5s} {'mNon':5s} {'>p99':7s} {'wall_s':>6s} {'step/s':>7s}  notes")
+
+
+class Bench:
+    """One reference model: its classifier, members, prior and evaluation non-members."""
+
+    def __init__(self, name: str, out: Path, seed: int) -> None:
+        self.name = name
+        spec, _ = load_spec(ROOT / "audits" / f"{name}.toml")
+        built = build_reference(spec, out / name)
+        self.metrics = built.metrics
+        data = split_members(spec)
+        self.target: TargetModel = load_model(built.model_path, device="cpu")
+        prior_idx, eval_idx = split_prior(data.holdout_labels, 0.5, seed=seed)
+        self.members = data.train_images  # (M, C, H, W) uint8
+        self.member_labels = data.train_labels
+        self.prior = (data.holdout_images[prior_idx], data.holdout_labels[prior_idx])
+        self.evalset = (data.holdout_images[eval_idx], data.holdout_labels[eval_idx])
+        self.rows: list[Row] = []
+
+    def loss_auc(self) -> float:
+        """Loss-threshold membership AUC of the model itself (lower loss → member)."""
+        with torch.no_grad():
+            lm = F.cross_entropy(self.target.logits(self.members.float() / 255), self.member_labels, reduction="none")
+            ln = F.cross_entropy(self.target.logits(self.evalset[0].float() / 255), self.evalset[1], reduction="none")
+        return auc(-lm.double().numpy(), -ln.double().numpy())
+
+    def score(self, method: str, cands: torch.Tensor, seconds: float, steps_per_s: float | None = None, extra: str = "") -> Row:
+        mem = best_ssim(cands, self.members)
+        non = best_ssim(cands, self.evalset[0])
+        row = Row(self.name, method, auc(mem, non), mem, non, seconds, steps_per_s, extra)
+        self.rows.append(row)
+        print(row.line(), flush=True)
+        return row
+
+    def run_engine(self, method: str, config: InversionConfig, informed: bool) -> tuple[InversionResult, Row]:
+        t0 = time.monotonic()
+        result = invert(self.target, config, prior=self.prior if informed else None)
+        seconds = time.monotonic() - t0
+        extra = f"steps {result.steps}/{result.planned_steps} conf {result.confidence.mean():.3f}"
+        if result.notes:
+            extra += " | " + "; ".join(result.notes)
+        row = self.score(method, result.images, seconds, result.steps / max(seconds, 1e-9), extra)
+        return result, row
+
+
+def paired_gain(b: Bench, result: InversionResult) -> str:
+    """Per-image gain in best-match SSIM over the pre-trained generator: members vs non-members."""
+    assert result.pretrained_images is not None
+    gm = best_ssim(result.images, b.members) - best_ssim(result.pretrained_images, b.members)
+    gn = best_ssim(result.images, b.evalset[0]) - best_ssim(result.pretrained_images, b.evalset[0])
+    return f"paired gain AUC {auc(gm, gn):.3f} p {permutation_p(gm, gn):.4f} (mean gain mem {gm.mean():+.3f} non {gn.mean():+.3f})"
+
+
+def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int], kkt_budget: float) -> Bench:
+    b = Bench(name, out, seeds[0])
+    print(f"# {name}: train acc {b.metrics['train_accuracy']:.2f} holdout acc {b.metrics['holdout_accuracy']:.2f} "
+          f"members {len(b.members)} prior {len(b.prior[0])} eval non-members {len(b.evalset[0])} "
+          f"loss-membership AUC {b.loss_auc():.3f}", flush=True)
+    k = config.candidates_per_class
+    t0 = time.monotonic()
+    cm, _ = baselines.class_mean_candidates(b.prior[0], b.prior[1], b.target.num_classes)
+    b.score("class-mean (prior)", cm, time.monotonic() - t0)
+    t0 = time.monotonic()
+    pix, _ = baselines.pixel_inversion(b.target, k, steps=400, seed=seeds[0])
+    dt = time.monotonic() - t0
+    b.score("pixel inversion", pix, dt, 400 / dt)
+    if kkt_budget > 0:
+        t0 = time.monotonic()
+        kkt, _ = baselines.kkt_reconstruction(b.target, max(len(b.members), b.target.num_classes * k), seed=seeds[0], budget_s=kkt_budget)
+        b.score("KKT", kkt, time.monotonic() - t0)
+    for seed in seeds:
+        result, _ = b.run_engine(f"informed s{seed}", dataclasses.replace(config, seed=seed), informed=True)
+        assert result.pretrained_images is not None
+        b.score(f"  pretrained s{seed}", result.pretrained_images, 0.0)
+        print(f"{'':18s}   {paired_gain(b, result)}", flush=True)
+    b.run_engine("data-free", config, informed=False)
+    return b
+
+
+ABLATIONS: dict[str, Callable[[InversionConfig], InversionConfig]] = {
+    "no KL": lambda c: dataclasses.replace(c, w_kl=0.0),
+    "no CE": lambda c: dataclasses.replace(c, w_ce=0.0),
+    "no perturbed": lambda c: dataclasses.replace(c, w_perturbed=0.0),
+    "no TV": lambda c: dataclasses.replace(c, w_tv=0.0),
+    "no range": lambda c: dataclasses.replace(c, w_range=0.0),
+    "no BN stats": lambda c: dataclasses.replace(c, w_bn=0.0),
+    "+ gradient norm": lambda c: dataclasses.replace(c, w_gradnorm=1.0),
+    "+ cos/orth": lambda c: dataclasses.replace(c, w_cos=1.0, w_orth=1.0),
+    "no anchor": lambda c: dataclasses.replace(c, w_anchor=0.0),
+    "no fine-tuning": lambda c: dataclasses.replace(c, finetune_steps=0),
+    "no refinement": lambda c: dataclasses.replace(c, refine_steps=0),
+    "no selection": lambda c: dataclasses.replace(c, pool_per_class=c.candidates_per_class),
+    "pretrain ae": lambda c: dataclasses.replace(c, pretrain="ae"),
+}
+
+
+def ablation(name: str, out: Path, config: InversionConfig, informed: bool) -> None:
+    b = Bench(name, out, config.seed)
+    label = "informed" if informed else "data-free"
+    b.run_engine(f"{label} default", config, informed)
+    for what, change in ABLATIONS.items():
+        if not informed and what in ("no anchor", "no fine-tuning", "pretrain ae"):
+            continue
+        b.run_engine(f"{label} {what}", change(config), informed)
+
+
+def step_cost(name: str, out: Path, config: InversionConfig) -> None:
+    """Seconds of one generator training step over one classifier forward+backward on the same batch."""
+    from leakaudit.inversion.generator import ConditionalGenerator
+    from leakaudit.inversion.objective import objective, resolve_weights
+
+    b = Bench(name, out, config.seed)
+    t = b.target
+    k = t.num_classes
+    gen = ConditionalGenerator(t.input_shape, k, latent_dim=config.latent_dim, embed_dim=config.embed_dim, width=config.width,
+                               conditioning=config.conditioning, dropout=config.dropout, gen_scale=config.gen_scale)
+    weights = resolve_weights(config, t, [])
+    targets = torch.arange(k).repeat(config.batch_per_class)
+    cond = F.one_hot(targets, k).float()
+    rng = torch.Generator().manual_seed(0)
+    x_fixed = torch.rand(len(targets), *t.input_shape, requires_grad=True)
+
+    def classifier_step() -> None:
+        F.cross_entropy(t.logits(x_fixed), targets).backward(inputs=[x_fixed])
+
+    def generator_step() -> None:
+        z = torch.randn(len(targets), config.latent_dim, generator=rng)
+        pre = gen.low_res(z, cond)
+        loss, _ = objective(t, weights, config, gen.upsample(pre), pre, cond, targets, rng)
+        loss.backward(inputs=list(gen.parameters()))
+
+    def timed(fn: Callable[[], None], reps: int = 20) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps
+
+    c, g = timed(classifier_step), timed(generator_step)
+    print(f"step cost on {name} (batch {len(targets)}): classifier fwd+bwd {c * 1e3:.2f} ms, generator step {g * 1e3:.2f} ms, "
+          f"ratio {g / c:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "inversion"))
+    parser.add_argument("--budget", type=float, default=150.0, help="seconds per inversion run (the bar allows 180)")
+    parser.add_argument("--kkt-budget", type=float, default=120.0, help="seconds for the KKT baseline (0: skip)")
+    parser.add_argument("--seeds", default="0,1", help="informed-mode seeds (replication of the paired gain)")
+    parser.add_argument("--ablation", default="", help="model for the ablation table (empty: none)")
+    parser.add_argument("--step-cost", default="digits-mlp-1pc", help="model for the step cost ratio (empty: none)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    out = Path(args.out)
+    config = InversionConfig(budget_s=args.budget, threads=args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    print(f"config: {config}", flush=True)
+    if args.step_cost:
+        step_cost(args.step_cost, out, config)
+    print(HEADER, flush=True)
+    for name in [m for m in args.models.split(",") if m]:
+        bench_model(name, out, config, seeds, args.kkt_budget)
+    if args.ablation:
+        print("\n# ablation (informed, then data-free)\n" + HEADER, flush=True)
+        ablation(args.ablation, out, config, informed=True)
+        ablation(args.ablation, out, config, informed=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The inversion engine on real tiny classifiers trained on real digits."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leakaudit.errors import ConfigError
+from leakaudit.inversion import ConditionalGenerator, InversionCallbacks, InversionConfig, invert, split_prior
+from leakaudit.inversion import losses
+from leakaudit.inversion.generator import hot_patterns, soft_conditioning
+from leakaudit.matching.ssim import ssim_matrix
+from leakaudit.models import TargetModel
+from leakaudit.reference import ReferenceSpec, load_spec, split_members, train_classifier
+
+# A short run: every phase runs, a few seconds each.
+QUICK = InversionConfig(
+    threads=1, steps=20, pretrain_steps=20, finetune_steps=10, refine_steps=10, pool_per_class=4,
+    candidates_per_class=2, batch_per_class=2, pretrain_batch=16, width=16, latent_dim=8, embed_dim=8,
+)
+
+
+@dataclasses.dataclass
+class Reference:
+    target: TargetModel
+    members: torch.Tensor  # (M, 1, 32, 32) uint8
+    prior: tuple[torch.Tensor, torch.Tensor]
+    evalset: torch.Tensor  # uint8 non-members not used by the inversion
+
+
+def _reference(spec: ReferenceSpec) -> Reference:
+    torch.set_num_threads(1)
+    data = split_members(spec)
+    model, _ = train_classifier(spec, data)
+    target = TargetModel.from_module(model, (1, spec.size, spec.size), len(data.classes), device="cpu")
+    prior_idx, eval_idx = split_prior(data.holdout_labels, 0.5, seed=0)
+    return Reference(target, data.train_images, (data.holdout_images[prior_idx], data.holdout_labels[prior_idx]),
+                     data.holdout_images[eval_idx])
+
+
+@pytest.fixture(scope="session")
+def mlp_1pc() -> Reference:
+    """The ladder's first rung as shipped: an MLP that memorised one digit per class."""
+    spec, _ = load_spec("digits-mlp-1pc")
+    return _reference(spec)
+
+
+@pytest.fixture(scope="session")
+def cnn_bn() -> Reference:
+    """A small BatchNorm CNN, briefly trained (enough to classify, not to be good)."""
+    spec = ReferenceSpec(name="t-cnn-bn", train_per_class=5, holdout_per_class=4, size=16, arch="cnn-bn", epochs=5, batch_size=25)
+    return _reference(spec)
+
+
+# --- generator ---------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 32, 32), (1, 20, 28), (3, 9, 13), (1, 8, 8)])
+@pytest.mark.parametrize("classes", [2, 10])
+@pytest.mark.parametrize("conditioning", ["vector", "matrix", "both"])
+def test_generator_output_shape_and_range(shape: tuple[int, int, int], classes: int, conditioning: str) -> None:
+    torch.manual_seed(0)
+    gen = ConditionalGenerator(shape, classes, conditioning=conditioning, width=16, latent_dim=8, embed_dim=8)
+    targets = torch.arange(classes).repeat(3)
+    with torch.no_grad():
+        x = gen(torch.randn(len(targets), 8) * 5, F.one_hot(targets, classes).float())
+    assert x.shape == (len(targets), *shape)
+    assert x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+@pytest.mark.parametrize("conditioning", ["vector", "matrix", "both"])
+def test_each_conditioning_changes_the_image_with_the_label(conditioning: str) -> None:
+    torch.manual_seed(0)
+    gen = ConditionalGenerator((1, 16, 16), 4, conditioning=conditioning, width=16, latent_dim=8, embed_dim=8).eval()
+    z = torch.randn(1, 8).expand(4, 8)
+    x = gen(z, torch.eye(4))  # same noise, four labels
+    assert (x[0] - x[1]).abs().max() > 1e-4
+    assert (x[2] - x[3]).abs().max() > 1e-4
+
+
+def test_soft_conditioning_argmax_is_target() -> None:
+    targets = torch.tensor([0, 3, 9, 9, 1] * 20)
+    p = soft_conditioning(targets, 10, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(p.argmax(1), targets)
+    assert torch.allclose(p.sum(1), torch.ones(len(targets)))
+    assert float(p.max(1).values.min()) < 0.999  # soft, not one-hot
+
+
+def test_hot_patterns_mark_row_and_column() -> None:
+    pat = hot_patterns(3)
+    assert pat.shape == (3, 3, 3)
+    assert torch.equal(pat[1], torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]]))
+
+
+# --- losses against hand-computed values ------------------------------------
+
+def test_kl_against_hand_value() -> None:
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    logits = torch.log(torch.tensor([[0.25, 0.75], [0.8, 0.2]]))
+    expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + 1.0 * math.log(1 / 0.8)) / 2
+    assert losses.kl_loss(p, logits).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ce_against_hand_value() -> None:
+    logits = torch.log(torch.tensor([[0.25, 0.75], [0.8, 0.2]]))
+    expected = -(math.log(0.75) + math.log(0.2)) / 2
+    assert losses.ce_loss(logits, torch.tensor([1, 1])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_cosine_and_orthogonality_against_hand_values() -> None:
+    phi = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    c = 1 / math.sqrt(2)  # cos(φ0, φ1) = cos(φ1, φ2); cos(φ0, φ2) = 0
+    assert losses.cosine_loss(phi).item() == pytest.approx((2 * c + 2 * c + 0) / 6, abs=1e-6)
+    # ‖Φ̂Φ̂ᵀ − I‖²_F / N²: the off-diagonal cosines squared, diagonal exactly 0
+    assert losses.orthogonality_loss(phi).item() == pytest.approx(4 * c * c / 9, abs=1e-6)
+
+
+def test_total_variation_against_hand_value() -> None:
+    x = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])  # one bright pixel
+    # vertical diffs: (0-0)², (0-1)² → mean 0.5; horizontal: (1-0)², (0-0)² → mean 0.5
+    assert losses.total_variation(x).item() == pytest.approx(1.0)
+
+
+def test_margin_and_range_and_bn_against_hand_values() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 5.0, 4.5]])
+    # margins 2 and 0.5 → hinge at 1: max(0, 1-2) = 0, max(0, 1-0.5) = 0.5
+    assert losses.margin_loss(logits, torch.tensor([0, 1]), 1.0).item() == pytest.approx(0.25)
+    assert losses.range_loss(torch.tensor([7.0, -8.0, 0.0, 1.0]), limit=6.0).item() == pytest.approx((1 + 4) / 4)
+    stats = [(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))]
+    assert losses.bn_stats_loss(stats).item() == pytest.approx(1.0 + 1.0)
+
+
+def test_gradient_norm_against_hand_value() -> None:
+    w = torch.tensor([[1.0, -1.0]], requires_grad=True)  # logits = [w·x, 0]
+    x = torch.tensor([[2.0, 1.0]])
+    logits = torch.cat([x @ w.T, torch.zeros(1, 1)], dim=1)
+    ce = F.cross_entropy(logits, torch.tensor([0]))
+    # dCE/dw = (σ(1) − 1) x
+    expected = ((1 / (1 + math.exp(-1)) - 1) ** 2) * (4 + 1)
+    assert losses.gradient_norm_loss(ce, [w]).item() == pytest.approx(expected, rel=1e-5)
+
+
+# --- the loop ----------------------------------------------------------------
+
+def test_reconstruction_raises_target_confidence(mlp_1pc: Reference) -> None:
+    cfg = dataclasses.replace(QUICK, steps=120, refine_steps=30)
+    result = invert(mlp_1pc.target, cfg)
+    torch.manual_seed(0)
+    gen = ConditionalGenerator(mlp_1pc.target.input_shape, 10, width=16, latent_dim=8, embed_dim=8).eval()
+    with torch.no_grad():
+        before = torch.softmax(mlp_1pc.target.logits(gen(torch.randn(len(result.targets), 8), F.one_hot(result.targets, 10).float())), 1)
+    before_conf = before.gather(1, result.targets[:, None]).mean().item()
+    assert result.mode == "data-free"
+    assert result.confidence.mean().item() > max(0.6, before_conf + 0.4)
+    assert result.images.shape == (20, 1, 32, 32) and result.targets.tolist() == [c for c in range(10) for _ in range(2)]
+    assert result.pretrained_images is None
+
+
+def test_bn_prior_only_with_batchnorm(mlp_1pc: Reference, cnn_bn: Reference) -> None:
+    seen: dict[str, set[str]] = {}
+    for name, ref in (("mlp", mlp_1pc), ("cnn", cnn_bn)):
+        keys: set[str] = set()
+        cb = InversionCallbacks(on_step=lambda s, p, l, keys=keys: keys.update(l))
+        invert(ref.target, dataclasses.replace(QUICK, steps=3, refine_steps=1), callbacks=cb)
+        seen[name] = keys
+    assert "bn" in seen["cnn"] and "bn" not in seen["mlp"]
+
+
+def test_budget_stops_the_loop(mlp_1pc: Reference) -> None:
+    cfg = dataclasses.replace(QUICK, steps=100_000, refine_steps=100_000, budget_s=2.0)
+    result = invert(mlp_1pc.target, cfg)
+    assert result.completed_fraction < 0.1
+    assert result.seconds < 10.0
+    assert result.images.shape[0] == 20 and result.images.min() >= 0 and result.images.max() <= 1
+    assert any("stopped early" in n for n in result.notes)
+
+
+def test_should_stop_and_callbacks(mlp_1pc: Reference) -> None:
+    events: list[tuple[str, object]] = []
+    steps: list[int] = []
+    cb = InversionCallbacks(on_start=lambda n: events.append(("start", n)),
+                            on_step=lambda s, p, l: steps.append(s),
+                            on_phase=lambda name: events.append(("phase", name)))
+    result = invert(mlp_1pc.target, QUICK, callbacks=cb, should_stop=lambda: len(steps) >= 5)
+    assert events[0] == ("start", QUICK.steps + QUICK.refine_steps)
+    assert ("phase", "train") in events
+    assert result.steps == 5 and steps == [1, 2, 3, 4, 5]
+    assert result.completed_fraction == pytest.approx(5 / 30)
+
+
+def test_checkpoint_written(mlp_1pc: Reference, tmp_path: Path) -> None:
+    invert(mlp_1pc.target, dataclasses.replace(QUICK, checkpoint_every=5), checkpoint_dir=tmp_path / "ckpt")
+    state = torch.load(tmp_path / "ckpt" / "generator.pt", weights_only=False)
+    assert state["step"] >= 5 and "generator" in state
+    gen = ConditionalGenerator((1, 32, 32), 10, width=16, latent_dim=8, embed_dim=8)
+    gen.load_state_dict(state["generator"])
+
+
+def test_same_seed_same_candidates(mlp_1pc: Reference) -> None:
+    a = invert(mlp_1pc.target, QUICK)
+    b = invert(mlp_1pc.target, QUICK)
+    c = invert(mlp_1pc.target, dataclasses.replace(QUICK, seed=1))
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_invalid_settings_are_refused(mlp_1pc: Reference) -> None:
+    with pytest.raises(ConfigError):
+        InversionConfig(conditioning="diagonal")
+    with pytest.raises(ConfigError):
+        invert(mlp_1pc.target, dataclasses.replace(QUICK, prior="holdout"))
+
+
+def test_informed_mode_uses_the_prior_and_returns_pretrained(mlp_1pc: Reference) -> None:
+    result = invert(mlp_1pc.target, QUICK, prior=mlp_1pc.prior)
+    assert result.mode == "informed" and "public images" in result.threat_model
+    assert result.pretrained_images is not None and result.pretrained_targets is not None
+    assert result.pretrained_images.shape == result.images.shape
+    data_free = invert(mlp_1pc.target, dataclasses.replace(QUICK, prior="none"), prior=mlp_1pc.prior)
+    assert data_free.mode == "data-free" and data_free.pretrained_images is None
+
+
+def test_diverse_mode_returns_galleries(mlp_1pc: Reference) -> None:
+    result = invert(mlp_1pc.target, dataclasses.replace(QUICK, mode="diverse", steps=10))
+    assert result.gallery is not None and sorted(result.gallery) == list(range(10))
+    for c, idx in result.gallery.items():
+        assert len(idx) == QUICK.candidates_per_class and all(int(result.targets[i]) == c for i in idx)
+
+
+def test_split_prior_is_per_class_and_disjoint() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 2)
+    prior, held = split_prior(labels, 0.5, seed=0)
+    assert set(prior.tolist()).isdisjoint(held.tolist())
+    assert sorted(prior.tolist() + held.tolist()) == list(range(15))
+    for c in range(3):
+        assert (labels[prior] == c).any() and (labels[held] == c).any()
+
+
+def test_members_matched_better_than_non_members(mlp_1pc: Reference) -> None:
+    """On the 1-digit-per-class MLP the informed inversion recovers members, not the population."""
+    cfg = InversionConfig(threads=1, pretrain_steps=400, finetune_steps=60, refine_steps=40, pool_per_class=64,
+                          candidates_per_class=1)
+    result = invert(mlp_1pc.target, cfg, prior=mlp_1pc.prior)
+    best_members = ssim_matrix(result.images, mlp_1pc.members.float() / 255).max(0).values.numpy()
+    best_non = ssim_matrix(result.images, mlp_1pc.evalset.float() / 255).max(0).values.numpy()
+    auc = float((best_members[:, None] > best_non[None, :]).mean())
+    assert auc > 0.65, (auc, best_members.mean(), best_non.mean())
+    assert np.mean(best_members) > np.mean(best_non) + 0.05
