@@ -100,14 +100,23 @@ def prepare(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.T
     return ensure_min_side(to_float01(images, dtype))
 
 
+def filter_matrix(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The valid-region Gaussian filter along one axis as a banded matrix, (n - 10, n)."""
+    rows = n - 2 * RADIUS
+    cols = torch.arange(rows)[:, None] + torch.arange(TAPS)[None, :]  # (rows, 11)
+    return torch.zeros(rows, n, dtype=dtype).scatter_(1, cols, gaussian_taps(dtype).expand(rows, TAPS))
+
+
 def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter, valid region only: (B, C, H, W) -> (B, C, H-10, W-10)."""
-    b, c, h, w = x.shape
-    g = gaussian_taps(x.dtype).to(x.device)
-    y = x.reshape(b * c, 1, h, w)
-    y = F.conv2d(y, g.view(1, 1, TAPS, 1))
-    y = F.conv2d(y, g.view(1, 1, 1, TAPS))
-    return y.reshape(b, c, h - 2 * RADIUS, w - 2 * RADIUS)
+    """Separable Gaussian filter, valid region only: (B, C, H, W) -> (B, C, H-10, W-10).
+
+    Written as two matmuls with banded matrices: on CPU this is over ten times
+    faster than single-channel ``conv2d`` for small images.
+    """
+    h, w = x.shape[-2:]
+    fh = filter_matrix(h, x.dtype).to(x.device)  # (H-10, H)
+    fw = filter_matrix(w, x.dtype).to(x.device)  # (W-10, W)
+    return fh @ (x @ fw.T)
 
 
 def local_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

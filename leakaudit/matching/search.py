@@ -1,0 +1,295 @@
+"""All-pairs best match between candidate reconstructions and images.
+
+Every image (a training or holdout sample) gets its best-matching candidates
+by SSIM, and every candidate its nearest image. Memory stays bounded however
+many images there are: images are streamed in chunks and only the running
+top-k is kept, never the (N, M) matrix. Candidates are prepared once per pass
+while their prepared form fits ``max_prepared_bytes``; beyond that they are
+taken in groups, and the images are streamed once per group.
+
+Exact by default. The optional prefilter ranks pairs by a cheap correlation
+of downsampled images and computes exact SSIM only for each image's top-P
+candidates (and each candidate's top-P images); it can miss a best match,
+which would understate leakage, so it is opt-in and its recall is measured by
+``bench/bench_matching.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from leakaudit.errors import DataError
+from leakaudit.matching.ssim import block_ssim, prepare, prepare_left, prepare_right, ssim_pairs
+
+# Prepared candidates take ~123·C·(H-10)·(W-10)·4 bytes each (~240 kB at 32×32 gray).
+DEFAULT_MAX_PREPARED_BYTES = 512 * 2**20
+PREFILTER_SIDE = 8  # images are average-pooled to 8×8 for the correlation screen
+_PAIR_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class BestMatches:
+    """Best matches in both directions.
+
+    Per image (M): ``best_index`` / ``best_ssim`` (the top candidate) and
+    ``topk_index`` / ``topk_ssim`` (M, k), best first. Per candidate (N):
+    ``nearest_image`` / ``nearest_ssim``. When matching is restricted to the
+    same class and an image has fewer than k candidates of its class, the
+    missing entries hold index -1 and SSIM NaN (likewise for a candidate with
+    no image of its class). ``exact`` is False when the prefilter was used:
+    then every score is an exact SSIM, but a better pair may have been skipped.
+    """
+
+    best_index: torch.Tensor  # (M,) int64
+    best_ssim: torch.Tensor  # (M,) float32
+    topk_index: torch.Tensor  # (M, k) int64
+    topk_ssim: torch.Tensor  # (M, k) float32
+    nearest_image: torch.Tensor  # (N,) int64
+    nearest_ssim: torch.Tensor  # (N,) float32
+    exact: bool
+    pairs_scored: int
+
+
+def _check_inputs(
+    candidates: torch.Tensor,
+    images: torch.Tensor,
+    candidate_labels: torch.Tensor | None,
+    image_labels: torch.Tensor | None,
+    same_class: bool,
+    k: int,
+) -> None:
+    if candidates.ndim != 4 or images.ndim != 4:
+        raise DataError(
+            f"candidates and images must be (N, C, H, W); got {tuple(candidates.shape)} and {tuple(images.shape)}"
+        )
+    if candidates.shape[1:] != images.shape[1:]:
+        raise DataError(
+            f"candidates are {tuple(candidates.shape[1:])} but images are {tuple(images.shape[1:])} (C, H, W)"
+        )
+    if candidates.shape[0] == 0 or images.shape[0] == 0:
+        raise DataError("matching needs at least one candidate and one image")
+    if k < 1:
+        raise DataError("k must be at least 1")
+    if same_class:
+        if candidate_labels is None or image_labels is None:
+            raise DataError("same_class matching needs candidate_labels and image_labels")
+        if candidate_labels.shape != (candidates.shape[0],) or image_labels.shape != (images.shape[0],):
+            raise DataError("candidate_labels and image_labels must have one label per image")
+
+
+def _class_mask(
+    candidate_labels: torch.Tensor | None, image_labels: torch.Tensor | None, same_class: bool
+) -> Callable[[slice, slice], torch.Tensor | None]:
+    """A function giving, for a (candidate slice, image slice) block, where pairs are not allowed."""
+
+    def mask(ci: slice, ij: slice) -> torch.Tensor | None:
+        if not same_class or candidate_labels is None or image_labels is None:
+            return None
+        return candidate_labels[ci, None] != image_labels[None, ij]  # (n, m)
+
+    return mask
+
+
+def _finalise(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mark disallowed (-inf) entries as index -1 and SSIM NaN."""
+    missing = torch.isneginf(values)
+    return values.masked_fill(missing, float("nan")), index.masked_fill(missing, -1)
+
+
+def _merge_topk(
+    run_val: torch.Tensor, run_idx: torch.Tensor, new_val: torch.Tensor, new_idx: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two (m, ·) score lists into the best k per row."""
+    val = torch.cat([run_val, new_val], 1)
+    idx = torch.cat([run_idx, new_idx], 1)
+    top_val, pos = torch.topk(val, min(k, val.shape[1]), dim=1)
+    return top_val, torch.gather(idx, 1, pos)
+
+
+@torch.no_grad()
+def _exact_search(
+    candidates: torch.Tensor,
+    images: torch.Tensor,
+    k: int,
+    image_chunk: int,
+    max_prepared_bytes: int,
+    mask: Callable[[slice, slice], torch.Tensor | None],
+    progress: Callable[[int, int], None] | None,
+) -> BestMatches:
+    n, m = candidates.shape[0], images.shape[0]
+    top_val = torch.full((m, k), float("-inf"))
+    top_idx = torch.full((m, k), -1, dtype=torch.int64)
+    near_val = torch.full((n,), float("-inf"))
+    near_idx = torch.full((n,), -1, dtype=torch.int64)
+    # Candidates per group so that one group's prepared form fits the budget.
+    per_candidate = prepare_left(candidates[:1]).nbytes()
+    group = max(1, min(n, max_prepared_bytes // max(per_candidate, 1)))
+    groups = range(0, n, group)
+    total = m * len(groups)
+    done = 0
+    for g0 in groups:
+        gs = slice(g0, min(g0 + group, n))
+        left = prepare_left(candidates[gs])
+        for j0 in range(0, m, image_chunk):
+            js = slice(j0, min(j0 + image_chunk, m))
+            scores = block_ssim(left, prepare_right(images[js]))  # (n_g, m_c)
+            disallowed = mask(gs, js)
+            if disallowed is not None:
+                scores.masked_fill_(disallowed, float("-inf"))
+            kk = min(k, scores.shape[0])
+            blk_val, blk_pos = torch.topk(scores.T, kk, dim=1)  # (m_c, kk)
+            top_val[js], top_idx[js] = _merge_topk(top_val[js], top_idx[js], blk_val, blk_pos + g0, k)
+            row_val, row_pos = scores.max(1)  # (n_g,)
+            better = row_val > near_val[gs]
+            near_val[gs] = torch.where(better, row_val, near_val[gs])
+            near_idx[gs] = torch.where(better, row_pos + j0, near_idx[gs])
+            done += js.stop - js.start
+            if progress is not None:
+                progress(done, total)
+    top_val, top_idx = _finalise(top_val, top_idx)
+    near_val, near_idx = _finalise(near_val, near_idx)
+    return BestMatches(
+        best_index=top_idx[:, 0].clone(),
+        best_ssim=top_val[:, 0].clone(),
+        topk_index=top_idx,
+        topk_ssim=top_val,
+        nearest_image=near_idx,
+        nearest_ssim=near_val,
+        exact=True,
+        pairs_scored=n * m,
+    )
+
+
+def screen_features(images: torch.Tensor, side: int = PREFILTER_SIDE) -> torch.Tensor:
+    """Zero-mean, unit-norm thumbnails (N, C·side·side): their dot product is a Pearson correlation."""
+    x = prepare(images)
+    x = F.adaptive_avg_pool2d(x, (min(side, x.shape[2]), min(side, x.shape[3]))).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def _paired_scores(
+    candidates: torch.Tensor, images: torch.Tensor, cand_idx: torch.Tensor, img_idx: torch.Tensor
+) -> torch.Tensor:
+    """Exact SSIM for listed (candidate, image) pairs, chunked: (L,) float32."""
+    out = torch.empty(cand_idx.shape[0], dtype=torch.float32)
+    for s in range(0, cand_idx.shape[0], _PAIR_CHUNK):
+        sl = slice(s, s + _PAIR_CHUNK)
+        out[sl] = ssim_pairs(candidates[cand_idx[sl]], images[img_idx[sl]], dtype=torch.float32)
+    return out
+
+
+@torch.no_grad()
+def _prefiltered_search(
+    candidates: torch.Tensor,
+    images: torch.Tensor,
+    k: int,
+    keep: int,
+    image_chunk: int,
+    mask: Callable[[slice, slice], torch.Tensor | None],
+    progress: Callable[[int, int], None] | None,
+) -> BestMatches:
+    n, m = candidates.shape[0], images.shape[0]
+    keep = min(max(keep, k), n)
+    keep_img = min(keep, m)
+    fc = screen_features(candidates)  # (N, d)
+    img_cand = torch.empty(m, keep, dtype=torch.int64)  # each image's screened candidates
+    img_allowed = torch.empty(m, keep, dtype=torch.bool)
+    cand_val = torch.full((n, keep_img), float("-inf"))
+    cand_img = torch.full((n, keep_img), -1, dtype=torch.int64)  # each candidate's screened images
+    for j0 in range(0, m, image_chunk):
+        js = slice(j0, min(j0 + image_chunk, m))
+        corr = fc @ screen_features(images[js]).T  # (N, m_c)
+        disallowed = mask(slice(0, n), js)
+        if disallowed is not None:
+            corr.masked_fill_(disallowed, float("-inf"))
+        val, pos = torch.topk(corr.T, keep, dim=1)  # (m_c, keep)
+        img_cand[js], img_allowed[js] = pos, ~torch.isneginf(val)
+        kk = min(keep_img, corr.shape[1])
+        cval, cpos = torch.topk(corr, kk, dim=1)  # (N, kk)
+        cand_val, cand_img = _merge_topk(cand_val, cand_img, cval, cpos + j0, keep_img)
+        if progress is not None:
+            progress(js.stop // 2, m)
+    # Exact SSIM for the screened pairs of both directions.
+    img_rows = torch.arange(m)[:, None].expand(m, keep)
+    sel = img_allowed.reshape(-1)
+    pair_c = torch.cat([img_cand.reshape(-1)[sel], torch.arange(n)[:, None].expand(n, keep_img)[~torch.isneginf(cand_val)]])
+    pair_i = torch.cat([img_rows.reshape(-1)[sel], cand_img[~torch.isneginf(cand_val)]])
+    pairs = torch.unique(pair_c * m + pair_i)
+    pair_c, pair_i = pairs // m, pairs % m
+    scores = _paired_scores(candidates, images, pair_c, pair_i)  # (L,)
+    if progress is not None:
+        progress(m, m)
+    # Per image top-k over its scored pairs.
+    order = torch.argsort(pair_i * 4.0 - scores.double(), stable=True)  # by image, best first (|ssim| ≤ 1)
+    pi, pc, ps = pair_i[order], pair_c[order], scores[order]
+    counts = torch.bincount(pi, minlength=m)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(pi.shape[0]) - starts[pi]
+    top_val = torch.full((m, k), float("-inf"))
+    top_idx = torch.full((m, k), -1, dtype=torch.int64)
+    take = rank < k
+    top_val[pi[take], rank[take]] = ps[take]
+    top_idx[pi[take], rank[take]] = pc[take]
+    # Per candidate: nearest over its scored pairs.
+    near_val = torch.full((n,), float("-inf")).scatter_reduce(0, pair_c, scores, reduce="amax")
+    hit = scores == near_val[pair_c]
+    near_idx = torch.full((n,), m, dtype=torch.int64).scatter_reduce(0, pair_c[hit], pair_i[hit], reduce="amin")
+    near_idx[near_idx == m] = -1  # ties: the lowest image index wins
+    top_val, top_idx = _finalise(top_val, top_idx)
+    near_val, near_idx = _finalise(near_val, near_idx)
+    return BestMatches(
+        best_index=top_idx[:, 0].clone(),
+        best_ssim=top_val[:, 0].clone(),
+        topk_index=top_idx,
+        topk_ssim=top_val,
+        nearest_image=near_idx,
+        nearest_ssim=near_val,
+        exact=False,
+        pairs_scored=int(pairs.shape[0]),
+    )
+
+
+@torch.no_grad()
+def best_matches(
+    candidates: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    k: int = 5,
+    image_chunk: int = 512,
+    max_prepared_bytes: int = DEFAULT_MAX_PREPARED_BYTES,
+    prefilter: int | None = None,
+    candidate_labels: torch.Tensor | None = None,
+    image_labels: torch.Tensor | None = None,
+    same_class: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> BestMatches:
+    """Best SSIM matches of candidates (N, C, H, W) float [0, 1] and images (M, C, H, W) uint8 or float.
+
+    ``k``: how many best candidates to keep per image (clipped to N).
+    ``image_chunk``: images prepared at once (each ~123·C·(H-10)·(W-10) floats).
+    ``max_prepared_bytes``: budget for prepared candidates; more candidates
+    are processed in groups, streaming the images once per group.
+    ``prefilter``: None for exact all-pairs SSIM (the default), or P to score
+    only each image's P most correlated candidates and each candidate's P most
+    correlated images (thumbnail correlation, see ``screen_features``).
+    ``same_class``: only pair a candidate with images of its own class
+    (needs ``candidate_labels`` and ``image_labels``); by default every
+    candidate is matched against every image.
+    ``progress(done, total)`` is called as images are processed.
+    """
+    _check_inputs(candidates, images, candidate_labels, image_labels, same_class, k)
+    if image_chunk < 1 or max_prepared_bytes < 1:
+        raise DataError("image_chunk and max_prepared_bytes must be positive")
+    if prefilter is not None and prefilter < 1:
+        raise DataError("prefilter must be None or a positive number of candidates")
+    k = min(k, candidates.shape[0])
+    mask = _class_mask(candidate_labels, image_labels, same_class)
+    if prefilter is None:
+        return _exact_search(candidates, images, k, image_chunk, max_prepared_bytes, mask, progress)
+    return _prefiltered_search(candidates, images, k, prefilter, image_chunk, mask, progress)
