@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
 GALLERY_PER_CLASS = 12
+GALLERY_MAX_CLASSES = 40
+GALLERY_THUMB_SIDE = 64
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 VERDICTS = {
@@ -102,9 +105,10 @@ def _galleries(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], im
     if not gallery or recon is None or not images.include:
         return []
     names = {int(c["class_index"]): c["class"] for c in document["summary"].get("per_class") or []}
+    small = replace(images, max_side=GALLERY_THUMB_SIDE)  # galleries grow with the class count: keep them light
     out = []
-    for key in sorted(gallery, key=int):
-        uris = [images.uri(_pick(recon, int(i))) for i in gallery[key][:GALLERY_PER_CLASS]]
+    for key in sorted(gallery, key=int)[:GALLERY_MAX_CLASSES]:
+        uris = [small.uri(_pick(recon, int(i))) for i in gallery[key][:GALLERY_PER_CLASS]]
         out.append({"class_index": int(key), "name": names.get(int(key), str(key)), "images": [u for u in uris if u]})
     return out
 
@@ -157,6 +161,7 @@ def report_context(
         "banner": {"kind": banner_kind, "text": banner_text, "npz": bool(arrays)},
         "rows": _finding_rows(document, arrays, images),
         "galleries": _galleries(document, arrays, images),
+        "galleries_total": len((document.get("inversion") or {}).get("gallery") or {}),
         "plot": _plot(document),
         "notes": notes,
         "lpips_reason": lpips_reason,
