@@ -297,7 +297,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         },
         "provenance": _provenance(settings, inputs, null_set, started_at, started),
     }
-    document = apply_gate(document, gate_settings, today=dt.date.today(), previous=previous,
+    document = apply_gate(document, gate_settings, today=dt.datetime.now(dt.timezone.utc).date(), previous=previous,
                           baseline_path=str(settings.baseline) if settings.baseline else None)
     document["provenance"]["elapsed_s"] = round(time.monotonic() - started, 3)
 
