@@ -1,0 +1,347 @@
+"""What a best-match SSIM means: statistics against a non-member baseline.
+
+Reconstructions resemble class prototypes, so a high SSIM alone is no
+evidence of leakage. The evidence is the gap between how well members
+(training images) and non-members (holdout images of the same distribution)
+are matched, reported with its uncertainty: the leak score is the AUC of
+member vs non-member best-match SSIM (0.5 = no difference), with a bootstrap
+interval and a one-sided permutation p-value. The helpers here also give the
+prototype null (how well a plain class-mean image matches), a loss-threshold
+membership test for comparison, near-duplicate groups and report histograms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leakaudit.errors import DataError
+from leakaudit.matching.search import best_matches
+from leakaudit.matching.ssim import to_float01
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+LEAK_SCORE_METHOD = (
+    "Mann-Whitney AUC of best-match SSIM, members vs non-members (ties count half); "
+    "percentile bootstrap interval resampling both groups; one-sided permutation test "
+    "of the member/non-member labels"
+)
+
+
+def _finite(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    """Values as a float64 numpy vector without NaN (images that had no candidate)."""
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    arr = arr.astype(np.float64).reshape(-1)
+    return arr[np.isfinite(arr)]
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(positive > negative) + ½ P(tie): the Mann–Whitney AUC, 0.5 = indistinguishable."""
+    if positives.size == 0 or negatives.size == 0:
+        raise DataError("an AUC needs at least one value in each group")
+    neg = np.sort(negatives)
+    below = np.searchsorted(neg, positives, side="left")
+    not_above = np.searchsorted(neg, positives, side="right")
+    return float((below + not_above).sum() / (2.0 * positives.size * neg.size))
+
+
+@dataclass(frozen=True)
+class LeakScore:
+    """Member-vs-non-member AUC of best-match SSIM, with its uncertainty."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_members: int
+    n_nonmembers: int
+    ci_level: float = 0.95
+    method: str = LEAK_SCORE_METHOD
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.ci_level,
+            "p_value": self.p_value,
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "method": self.method,
+        }
+
+
+def leak_score(
+    train_best: torch.Tensor | np.ndarray,
+    holdout_best: torch.Tensor | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> LeakScore:
+    """AUC of train (member) vs holdout (non-member) best-match SSIM, with bootstrap CI and p-value.
+
+    The p-value is one-sided (members matched better), (1 + #perm ≥ observed) / (1 + n_perm),
+    so it is never 0. NaN entries (no candidate of that class) are left out.
+    """
+    pos, neg = _finite(train_best), _finite(holdout_best)
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("the leak score needs best-match SSIM for at least one member and one non-member")
+    value = auc(pos, neg)
+    rng = np.random.default_rng(seed)
+    boots = np.array(
+        [auc(rng.choice(pos, pos.size), rng.choice(neg, neg.size)) for _ in range(n_boot)], dtype=np.float64
+    )
+    alpha = (1.0 - ci_level) / 2.0
+    ci_low, ci_high = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot else (value, value)
+    pooled = np.concatenate([pos, neg])
+    exceed = 0
+    for _ in range(n_perm):
+        shuffled = rng.permutation(pooled)
+        exceed += auc(shuffled[: pos.size], shuffled[pos.size :]) >= value - 1e-12
+    p_value = (1.0 + exceed) / (1.0 + n_perm)
+    return LeakScore(value, ci_low, ci_high, float(p_value), int(pos.size), int(neg.size), ci_level)
+
+
+def distribution_summary(
+    best_ssim: torch.Tensor | np.ndarray, thresholds: Sequence[float] = (0.4, 0.5, 0.6)
+) -> dict[str, object]:
+    """Mean, quantiles (0.5/0.9/0.95/0.99/max) and fraction above each threshold, as plain floats."""
+    x = _finite(best_ssim)
+    if x.size == 0:
+        raise DataError("no best-match SSIM values to summarise")
+    quantiles = {str(q): float(np.quantile(x, q)) for q in QUANTILES}
+    quantiles["max"] = float(x.max())
+    return {
+        "mean": float(x.mean()),
+        "quantiles": quantiles,
+        "fraction_above": {str(t): float((x > t).mean()) for t in thresholds},
+    }
+
+
+def topk_comparison(
+    train_best: torch.Tensor | np.ndarray,
+    holdout_best: torch.Tensor | np.ndarray,
+    *,
+    k: int = 10,
+    rounds: int = 200,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """Mean of the k highest best-match SSIMs of members and non-members at equal group size.
+
+    The top of a larger group is higher by chance alone, so both groups are
+    subsampled (without replacement) to the smaller size, ``rounds`` times,
+    and the top-k means averaged. ``difference`` > 0: members' best matches
+    are better at the top of the distribution.
+    """
+    pos, neg = _finite(train_best), _finite(holdout_best)
+    n = int(min(pos.size, neg.size))
+    if n == 0:
+        raise DataError("the top-k comparison needs members and non-members")
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+
+    def top_mean(x: np.ndarray) -> float:
+        if x.size == n:
+            return float(np.sort(x)[-k:].mean())
+        return float(np.mean([np.sort(rng.choice(x, n, replace=False))[-k:].mean() for _ in range(rounds)]))
+
+    train_top, holdout_top = top_mean(pos), top_mean(neg)
+    return {
+        "n": n,
+        "k": k,
+        "train_topk_mean": train_top,
+        "holdout_topk_mean": holdout_top,
+        "difference": train_top - holdout_top,
+    }
+
+
+def class_means(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain mean image of each class present: (K, C, H, W) float [0, 1] and their class indices (K,)."""
+    x = to_float01(images)
+    classes = torch.unique(labels) if num_classes is None else torch.arange(num_classes)
+    present = [int(c) for c in classes if bool((labels == c).any())]
+    if not present:
+        raise DataError("no images to average into class means")
+    means = torch.stack([x[labels == c].mean(0) for c in present])  # (K, C, H, W)
+    return means, torch.tensor(present, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class ClassMeanNull:
+    """Best-match SSIM that class-mean prototypes alone reach: the prototype null."""
+
+    train_best: torch.Tensor  # (M_train,)
+    holdout_best: torch.Tensor | None  # (M_holdout,)
+    source: str  # "holdout" or "train"
+
+    @property
+    def train_mean(self) -> float:
+        return float(_finite(self.train_best).mean())
+
+    @property
+    def holdout_mean(self) -> float | None:
+        return None if self.holdout_best is None else float(_finite(self.holdout_best).mean())
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"train_mean": self.train_mean, "holdout_mean": self.holdout_mean}
+
+
+@torch.no_grad()
+def class_mean_null(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    holdout_images: torch.Tensor | None = None,
+    holdout_labels: torch.Tensor | None = None,
+    *,
+    same_class: bool = False,
+) -> ClassMeanNull:
+    """Match the per-class mean images, as if they were the reconstructions, to train and holdout.
+
+    The prototypes are averaged from the holdout when there is one (so they
+    carry no member information), otherwise from the training data itself.
+    Scoring the holdout against prototypes that include it biases its value
+    up by about 1/(images per class); negligible beyond a few dozen per class.
+    ``same_class`` matches each image only to its own class mean.
+    """
+    from_holdout = holdout_images is not None and holdout_labels is not None
+    src_x, src_y = (holdout_images, holdout_labels) if from_holdout else (train_images, train_labels)
+    assert src_x is not None and src_y is not None
+    means, mean_labels = class_means(src_x, src_y)
+    train_best = best_matches(
+        means, train_images, k=1, candidate_labels=mean_labels, image_labels=train_labels, same_class=same_class
+    ).best_ssim
+    holdout_best = None
+    if from_holdout:
+        holdout_best = best_matches(
+            means, holdout_images, k=1, candidate_labels=mean_labels, image_labels=holdout_labels, same_class=same_class
+        ).best_ssim
+    return ClassMeanNull(train_best, holdout_best, "holdout" if from_holdout else "train")
+
+
+def loss_membership_auc(
+    logits_members: torch.Tensor,
+    labels_members: torch.Tensor,
+    logits_nonmembers: torch.Tensor,
+    labels_nonmembers: torch.Tensor,
+) -> float:
+    """AUC of the loss-threshold membership test (lower cross-entropy → member); 0.5 = no signal."""
+    loss_in = F.cross_entropy(logits_members.double(), labels_members, reduction="none")
+    loss_out = F.cross_entropy(logits_nonmembers.double(), labels_nonmembers, reduction="none")
+    return auc(-loss_in.numpy(), -loss_out.numpy())
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Training images that one reconstruction explains together, or that are near-identical."""
+
+    members: tuple[int, ...]  # training indices, ascending
+    reason: str  # "shared_reconstruction" or "near_identical"
+    candidate: int | None = None  # the shared reconstruction's index
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Groups plus, per training index, the other indices it is grouped with."""
+
+    groups: tuple[DuplicateGroup, ...]
+    partners: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def shares_with(self, train_index: int) -> list[int]:
+        """The value of a finding's ``shares_reconstruction_with``."""
+        return list(self.partners.get(int(train_index), ()))
+
+
+def _components(n: int, edges: np.ndarray) -> list[list[int]]:
+    """Connected components (size ≥ 2) of an undirected graph on 0..n-1, edges (E, 2)."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in edges.tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    comps: dict[int, list[int]] = {}
+    for i in range(n):
+        comps.setdefault(root(i), []).append(i)
+    return [c for c in comps.values() if len(c) > 1]
+
+
+@torch.no_grad()
+def near_duplicates(
+    best_index: torch.Tensor,
+    best_ssim: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    indices: torch.Tensor | Sequence[int] | None = None,
+    min_ssim: float = 0.0,
+    duplicate_ssim: float = 0.95,
+) -> NearDuplicates:
+    """Group training images that share a best-match reconstruction or are near-identical.
+
+    ``best_index``/``best_ssim`` (M,) come from ``best_matches`` on the
+    training images (M, C, H, W). A group "shared_reconstruction" holds the
+    images whose best match is the same candidate (only those matched at
+    SSIM ≥ ``min_ssim``). A group "near_identical" holds images with SSIM ≥
+    ``duplicate_ssim`` to each other (connected components). Near-identity is
+    searched for the images in ``indices`` (e.g. the findings) against all
+    images, which costs len(indices)·M SSIM pairs; None checks all M·M.
+    """
+    m = images.shape[0]
+    if best_index.shape != (m,) or best_ssim.shape != (m,):
+        raise DataError("best_index and best_ssim must have one entry per image")
+    groups: list[DuplicateGroup] = []
+    eligible = (best_index >= 0) & (best_ssim >= min_ssim)
+    for cand in torch.unique(best_index[eligible]).tolist():
+        members = torch.nonzero(eligible & (best_index == cand)).flatten().tolist()
+        if len(members) > 1:
+            groups.append(DuplicateGroup(tuple(members), "shared_reconstruction", int(cand)))
+    probe = torch.arange(m) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
+    if probe.numel() > 0 and m > 1:
+        k = min(m, 16)
+        near = best_matches(images[probe], images, k=k)  # images × probed: (M, k) best probes per image
+        rows = torch.arange(m)[:, None].expand(m, k)
+        hit = (near.topk_ssim >= duplicate_ssim) & (probe[near.topk_index.clamp_min(0)] != rows) & (near.topk_index >= 0)
+        edges = torch.stack([rows[hit], probe[near.topk_index[hit]]], 1).numpy()
+        for comp in _components(m, edges):
+            groups.append(DuplicateGroup(tuple(comp), "near_identical"))
+    partners: dict[int, set[int]] = {}
+    for g in groups:
+        for i in g.members:
+            partners.setdefault(i, set()).update(j for j in g.members if j != i)
+    return NearDuplicates(tuple(groups), {i: tuple(sorted(p)) for i, p in sorted(partners.items())})
+
+
+def histogram(
+    train_best: torch.Tensor | np.ndarray,
+    holdout_best: torch.Tensor | np.ndarray | None = None,
+    *,
+    bins: int = 20,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> dict[str, list[float] | list[int] | None]:
+    """Counts of best-match SSIM in ``bins`` equal bins on [low, high] for the report.
+
+    ``bins`` in the result are the bins + 1 edges; values outside [low, high]
+    (SSIM can be negative) are counted in the first or last bin.
+    """
+    edges = np.linspace(low, high, bins + 1)
+
+    def counts(values: torch.Tensor | np.ndarray) -> list[int]:
+        x = np.clip(_finite(values), low, high)
+        return [int(c) for c in np.histogram(x, bins=edges)[0]]
+
+    return {
+        "bins": [float(e) for e in edges],
+        "train": counts(train_best),
+        "holdout": None if holdout_best is None else counts(holdout_best),
+    }
