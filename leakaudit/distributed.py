@@ -172,10 +172,10 @@ class DistContext:
         except LeakAuditError:
             raise
         except RuntimeError as exc:  # gloo/NCCL: peer closed the connection, timeout, aborted communicator
-            if not self.is_distributed:
+            if not self.is_distributed or not _is_comm_error(exc):
                 raise
             raise DistributedError(
-                f"{self.describe()} lost contact with the other ranks during {name} "
+                f"lost contact with the other ranks during {name} on {socket.gethostname()} "
                 f"(another rank failed, was stopped, or did not answer within {self.timeout_s:.0f} s): "
                 f"{_first_line(exc)}"
             ) from exc
@@ -332,6 +332,16 @@ class DistContext:
             n = b.numel()
             b.copy_(flat[offset: offset + n].view_as(b))
             offset += n
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    """A failure of the transport between ranks, as opposed to a bug in the computation."""
+    import torch.distributed as tdist
+
+    if isinstance(exc, getattr(tdist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "socket"))
 
 
 def _first_line(exc: BaseException) -> str:
