@@ -55,6 +55,10 @@ class DistributedError(LeakAuditError):
     """A rank failed, died or stopped answering; the whole run ends (exit 2)."""
 
 
+class PeerLostError(DistributedError):
+    """This rank is fine but lost its peers: a consequence of another rank's failure, not its cause."""
+
+
 def rank_prefix() -> str:
     """``"rank 1 of 2: "`` under torchrun with several processes, else ``""``: for error lines."""
     try:
@@ -174,7 +178,7 @@ class DistContext:
         except RuntimeError as exc:  # gloo/NCCL: peer closed the connection, timeout, aborted communicator
             if not self.is_distributed or not _is_comm_error(exc):
                 raise
-            raise DistributedError(
+            raise PeerLostError(
                 f"lost contact with the other ranks during {name} on {socket.gethostname()} "
                 f"(another rank failed, was stopped, or did not answer within {self.timeout_s:.0f} s): "
                 f"{_first_line(exc)}"
@@ -441,6 +445,32 @@ def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: Di
 
 # --- launching -------------------------------------------------------------------------
 
+_ROLE_KEY = "leakaudit_role"  # in the error file's extraInfo: "cause" or "consequence"
+
+
+def record_failure(exc: BaseException) -> None:
+    """Leave this rank's failure where torch's elastic agent reads it (``TORCHELASTIC_ERROR_FILE``).
+
+    torchrun then shows the message in its failure summary, and ``launch``
+    can tell the rank that failed first (a cause) from ranks that only lost
+    their peers (consequences) even when all exit within the same second.
+    Does nothing outside torchrun.
+    """
+    import json
+    import time
+    import traceback
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    role = "consequence" if isinstance(exc, PeerLostError) else "cause"
+    data = {"message": {"message": str(exc) or type(exc).__name__, "extraInfo": {
+        "py_callstack": "".join(traceback.format_exception(exc)), "timestamp": str(int(time.time())), _ROLE_KEY: role,
+    }}}
+    with contextlib.suppress(OSError):
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(data, fp)
+
 @dataclass(frozen=True)
 class LaunchOutcome:
     """What a distributed run came to: leakaudit's exit code and, on failure, which rank failed first."""
@@ -489,9 +519,8 @@ def _outcome_of(exc: Any) -> LaunchOutcome:
     codes = {int(rank): int(f.exitcode) for rank, f in failures.items()}
     if set(codes) == {0} and codes[0] in (1, 130):
         return LaunchOutcome(exit_code=codes[0], exit_codes=codes)
-    # The root cause: the earliest failure that is not rank 0's verdict or a stop.
     real = {r: f for r, f in failures.items() if not (r == 0 and f.exitcode in (1, 130))} or failures
-    rank, failure = min(real.items(), key=lambda item: (item[1].timestamp, item[0]))
+    rank, failure = min(real.items(), key=lambda item: (_cause_order(item[1]), item[1].timestamp, item[0]))
     code = int(failure.exitcode)
     if code < 0:
         try:
@@ -500,6 +529,20 @@ def _outcome_of(exc: Any) -> LaunchOutcome:
             how = f"was killed by signal {-code}"
     else:
         how = f"exited with code {code}"
+    if isinstance(failure.message, dict) and failure.message.get("extraInfo", {}).get(_ROLE_KEY) == "cause":
+        how += f" ({failure.message.get('message')})"
     message = (f"rank {rank} (local rank {failure.local_rank}) {how}; the run was stopped and no report was written"
                + (f" (other failed ranks: {', '.join(str(r) for r in sorted(codes) if r != rank)})" if len(codes) > 1 else ""))
     return LaunchOutcome(exit_code=2, failed_rank=int(rank), message=message, exit_codes=codes)
+
+
+def _cause_order(failure: Any) -> int:
+    """Which failure is the root cause: recorded causes, then unrecorded crashes, then the agent's stops,
+    then ranks that only lost their peers. (Timestamps have one-second resolution: not enough.)"""
+    info = failure.message.get("extraInfo", {}) if isinstance(failure.message, dict) else {}
+    role = info.get(_ROLE_KEY)
+    if role == "cause":
+        return 0
+    if role == "consequence":
+        return 3
+    return 2 if failure.exitcode == -signal.SIGTERM else 1
