@@ -178,7 +178,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
 
     # stage 2: inversion
     config = inversion_config(settings)
-    callbacks = _InversionProgress(observer)
+    callbacks = _InversionProgress(observer).callbacks()
     checkpoint_dir = settings.out / "checkpoints"
     result = invert(
         target, config,
@@ -209,9 +209,9 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     if null_set is not None:
         logits_null, labels_null = _losses(target, null_set)
         membership_auc = loss_membership_auc(logits_train, labels_train, logits_null, labels_null)
-    mean_source = prior_set if prior_set is not None else (null_set if null_set is not None else train)
-    prototype = class_mean_null(mean_source.images, mean_source.labels, target.num_classes,
-                                train.images, null_set.images if null_set is not None else None)
+    prototype = class_mean_null(train.images, train.labels,
+                                null_set.images if null_set is not None else None,
+                                null_set.labels if null_set is not None else None).to_dict()
     p95 = _quantile(null_best, 0.95) if null_best is not None else None
     p99 = _quantile(null_best, 0.99) if null_best is not None else None
 
@@ -232,8 +232,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
 
     # findings: the top-K training samples by best-match SSIM
     order = torch.argsort(train_best, descending=True, stable=True)[: settings.top]
-    duplicate_groups = near_duplicates(train_match.best_index, train_best, train.images)
-    shared = _shared_lookup(duplicate_groups)
+    duplicates = near_duplicates(train_match.best_index, train_best, train.images, indices=order)
     observer.phase("LPIPS on the best pairs", len(order))
     scorer = LpipsScorer.load(settings.lpips_net, settings.lpips_weights)
     lpips_values: list[float | None] = [None] * len(order)
@@ -252,7 +251,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             "reconstruction_index": int(train_match.best_index[i]), "ssim": s, "lpips": lp,
             "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
             "above_holdout_p99": (s > p99) if p99 is not None else None,
-            "shares_reconstruction_with": sorted(j for j in shared.get(i, ()) if j != i),
+            "shares_reconstruction_with": duplicates.shares_with(i),
             "status": "ok", "baseline_status": None,
         })
 
@@ -266,7 +265,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     summary: dict[str, Any] = {
         "n_train": len(train), "n_holdout": len(null_set) if null_set is not None else None,
         "n_candidates": int(candidates.shape[0]),
-        "leak_score": _score_dict(score),
+        "leak_score": score.to_dict() if score is not None else None,
         "membership_loss_auc": membership_auc,
         "train": distribution_summary(train_best, FRACTION_THRESHOLDS),
         "holdout": distribution_summary(null_best, FRACTION_THRESHOLDS) if null_best is not None else None,
@@ -284,7 +283,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         "mode": result.mode, "threat_model": result.threat_model,
         "calibrated": null_set is not None,
         "thresholds": {},
-        "metrics": {"ssim": dict(SSIM_SETTINGS), "lpips": scorer.describe()},
+        "metrics": {"ssim": dict(SSIM_SETTINGS), "lpips": scorer.settings()},
         "summary": summary,
         "findings": findings,
         "gate": {},
@@ -356,8 +355,10 @@ class _InversionProgress:
         loss = losses.get("total")
         self.observer.advance(step, planned, f"loss {loss:.3f}" if loss is not None else "")
 
-    def on_note(self, message: str) -> None:
-        self.observer.note(message)
+    def callbacks(self) -> Any:
+        from leakaudit.inversion import InversionCallbacks
+
+        return InversionCallbacks(on_start=self.on_start, on_step=self.on_step, on_phase=self.on_phase)
 
 
 def _check_output_folder(out: Path) -> None:
@@ -370,24 +371,6 @@ def _check_output_folder(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
-
-
-def _shared_lookup(groups: Any) -> dict[int, tuple[int, ...]]:
-    lookup: dict[int, tuple[int, ...]] = {}
-    for group in groups:
-        members = tuple(int(i) for i in getattr(group, "train_indices", group))
-        for i in members:
-            lookup[i] = tuple(sorted(set(lookup.get(i, ())) | set(members)))
-    return lookup
-
-
-def _score_dict(score: Any) -> dict[str, Any] | None:
-    if score is None:
-        return None
-    return {"value": score.value, "ci_low": score.ci_low, "ci_high": score.ci_high, "ci_level": 0.95,
-            "p_value": score.p_value, "n_members": score.n_members, "n_nonmembers": score.n_nonmembers,
-            "method": "AUC of members' vs non-members' best-match SSIM (Mann-Whitney, ties half); bootstrap interval; "
-                      "one-sided permutation p-value"}
 
 
 def _per_class(train: ImageSet, train_best: torch.Tensor, null_set: ImageSet | None, null_best: torch.Tensor | None,

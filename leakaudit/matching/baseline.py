@@ -307,7 +307,7 @@ def near_duplicates(
             groups.append(DuplicateGroup(tuple(members), "shared_reconstruction", int(cand)))
     probe = torch.arange(m) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
     if probe.numel() > 0 and m > 1:
-        k = min(m, 16)
+        k = min(m, int(probe.numel()), 16)  # best_matches keeps at most one entry per probe
         near = best_matches(images[probe], images, k=k)  # images × probed: (M, k) best probes per image
         rows = torch.arange(m)[:, None].expand(m, k)
         hit = (near.topk_ssim >= duplicate_ssim) & (probe[near.topk_index.clamp_min(0)] != rows) & (near.topk_index >= 0)
