@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from leakaudit.errors import LeakAuditError
+from leakaudit.errors import AuditInterrupted, LeakAuditError
 
 ENV_TIMEOUT = "LEAKAUDIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; a hung (not dead) peer is detected after this
@@ -463,7 +463,8 @@ def record_failure(exc: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    role = "consequence" if isinstance(exc, PeerLostError) else "cause"
+    # Lost peers and stops (torchrun stops the survivors of a failure) are consequences.
+    role = "consequence" if isinstance(exc, (PeerLostError, AuditInterrupted)) else "cause"
     data = {"message": {"message": str(exc) or type(exc).__name__, "extraInfo": {
         "py_callstack": "".join(traceback.format_exception(exc)), "timestamp": str(int(time.time())), _ROLE_KEY: role,
     }}}
@@ -517,8 +518,10 @@ def launch(torchrun_args: Sequence[str], program_args: Sequence[str], module: st
 def _outcome_of(exc: Any) -> LaunchOutcome:
     failures = dict(exc.failures)
     codes = {int(rank): int(f.exitcode) for rank, f in failures.items()}
-    if set(codes) == {0} and codes[0] in (1, 130):
+    if set(codes) == {0} and codes[0] in (1, 130):  # rank 0's verdict, or a stop seen by rank 0 alone
         return LaunchOutcome(exit_code=codes[0], exit_codes=codes)
+    if all(code in (130, -signal.SIGINT) for code in codes.values()):  # Ctrl-C reaches every rank
+        return LaunchOutcome(exit_code=130, exit_codes=codes)
     real = {r: f for r, f in failures.items() if not (r == 0 and f.exitcode in (1, 130))} or failures
     rank, failure = min(real.items(), key=lambda item: (_cause_order(item[1]), item[1].timestamp, item[0]))
     code = int(failure.exitcode)

@@ -141,6 +141,46 @@ def test_one_process_is_the_identity() -> None:
     assert torch.equal(a.best_index, b.best_index) and torch.equal(a.nearest_ssim, b.nearest_ssim)
 
 
+def _failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: int, exitcode: int,
+             exc: BaseException | None = None) -> Any:
+    """What torch's elastic agent knows of a failed rank: its exit code and the error file it left, if any."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    error_file = tmp_path / f"error-{rank}.json"
+    if exc is not None:
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        record_failure(exc)
+    return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
+
+
+def test_launcher_exit_codes_name_the_rank_that_failed_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from leakaudit.distributed import PeerLostError, _outcome_of
+    from leakaudit.errors import AuditInterrupted, DataError
+
+    def outcome(**failures: Any) -> LaunchOutcome:
+        return _outcome_of(ChildFailedError("leakaudit", {int(k[1:]): f for k, f in failures.items()}))
+
+    gate = outcome(r0=_failure(tmp_path, monkeypatch, 0, 1))
+    assert (gate.exit_code, gate.failed_rank) == (1, None)  # rank 0's verdict: the gate failed
+    stopped = outcome(r0=_failure(tmp_path, monkeypatch, 0, 130, AuditInterrupted("stopped by SIGINT")),
+                      r1=_failure(tmp_path, monkeypatch, 1, 130, AuditInterrupted("stopped by SIGINT")))
+    assert stopped.exit_code == 130
+    # Same second, but rank 1 is the cause and rank 0 only lost its peer.
+    cause = outcome(r0=_failure(tmp_path, monkeypatch, 0, 2, PeerLostError("lost contact with the other ranks")),
+                    r1=_failure(tmp_path, monkeypatch, 1, 2, DataError("data folder not found: /x")))
+    assert (cause.exit_code, cause.failed_rank) == (2, 1)
+    assert cause.message == ("rank 1 (local rank 1) exited with code 2 (data folder not found: /x); the run was "
+                             "stopped and no report was written (other failed ranks: 0)")
+    # Killed by the kernel (no error file) while the survivor was stopped by the agent.
+    killed = outcome(r0=_failure(tmp_path, monkeypatch, 0, -int(signal.SIGTERM)),
+                     r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGKILL)))
+    assert (killed.exit_code, killed.failed_rank) == (2, 1) and "killed by SIGKILL" in (killed.message or "")
+
+
 # --- two real processes ---------------------------------------------------------------
 
 def test_sharded_matching_equals_single_process_exactly(tmp_path: Path) -> None:
