@@ -72,11 +72,15 @@ def loss_auc(target: TargetModel, data: ReferenceData) -> float:
     return auc(-tl, -hl)
 
 
-def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int) -> list[tuple[str, Callable[[TargetModel, ReferenceData], torch.Tensor]]]:
+Attack = Callable[[TargetModel, ReferenceData], torch.Tensor]
+
+
+def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int, kkt_budget: float | None) -> list[tuple[str, str, Attack]]:
+    """(kind, label, attack) for every baseline; KKT only on MLPs (full-model θ, see bench.baselines)."""
     per_class = 4 if quick else 10
     pix_steps = 150 if quick else 400
     kkt_steps = 300 if quick else 3000
-    kkt_budget = 30.0 if quick else 300.0
+    kkt_budget = kkt_budget if kkt_budget is not None else (30.0 if quick else 300.0)
     n_kkt = min(2 * n_train, 200)
 
     def class_mean(target: TargetModel, data: ReferenceData) -> torch.Tensor:
@@ -88,16 +92,16 @@ def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int) -> list[tuple[st
     def kkt(target: TargetModel, data: ReferenceData) -> torch.Tensor:
         return kkt_reconstruction(target, n_kkt, steps=kkt_steps, seed=seed, budget_s=kkt_budget)[0]
 
-    out: list[tuple[str, Callable[[TargetModel, ReferenceData], torch.Tensor]]] = [
-        ("class-mean", class_mean),
-        (f"pixel-inv x{per_class}", pixel),
+    out: list[tuple[str, str, Attack]] = [
+        ("class-mean", "class-mean", class_mean),
+        ("pixel", f"pixel-inv x{per_class}", pixel),
     ]
     if is_mlp:
-        out.append((f"kkt n={n_kkt}", kkt))
+        out.append(("kkt", f"kkt n={n_kkt}", kkt))
     return out
 
 
-def run_model(name: str, quick: bool, seed: int) -> list[str]:
+def run_model(name: str, quick: bool, seed: int, which: set[str], kkt_budget: float | None) -> list[str]:
     spec, _ = load_spec(name)
     t0 = time.perf_counter()
     built = build_reference(spec, OUT / name)
@@ -114,7 +118,9 @@ def run_model(name: str, quick: bool, seed: int) -> list[str]:
         f"  {'attack':<16} {'N':>4} {'leak':>6} {'mem>=.4':>8} {'mem>=.5':>8} {'mem>=.6':>8} "
         f"{'non>=.4':>8} {'non>=.5':>8} {'non>=.6':>8} {'mem mean':>9} {'non mean':>9} {'sec':>6}"
     )
-    for label, attack in attacks(quick, seed, spec.arch == "mlp", len(data.train_images)):
+    for kind, label, attack in attacks(quick, seed, spec.arch == "mlp", len(data.train_images), kkt_budget):
+        if kind not in which:
+            continue
         t = time.perf_counter()
         images = attack(target, data)
         r = evaluate(label, images, data, time.perf_counter() - t)
@@ -132,13 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(shipped_audits()), help="comma-separated audit names")
     parser.add_argument("--quick", action="store_true", help="fewer candidates and steps")
+    parser.add_argument("--attacks", default="class-mean,pixel,kkt", help="comma-separated subset of class-mean,pixel,kkt")
+    parser.add_argument("--kkt-budget", type=float, default=None, help="seconds per KKT run (default 300, quick 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     for name in [n.strip() for n in args.models.split(",") if n.strip()]:
-        for line in run_model(name, args.quick, args.seed):
+        for line in run_model(name, args.quick, args.seed, set(args.attacks.split(",")), args.kkt_budget):
             print(line, flush=True)
 
 
