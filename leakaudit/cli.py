@@ -326,7 +326,13 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
         ctx.exit(0)
     spec, _ = load_spec(audit_name)
     console.say(f"building reference {spec.name!r}: {spec.train_per_class} training image(s) per class, {spec.arch} classifier …")
-    built = build_reference(spec, out / "reference")
+    observer = make_observer(console)
+    observer.phase(f"training the {spec.arch} classifier", spec.epochs)
+    try:
+        built = build_reference(spec, out / "reference", progress=lambda e, n: observer.advance(e + 1, n, "epochs"))
+    finally:
+        if hasattr(observer, "close"):
+            observer.close()
     console.say(
         f"  model {built.model_path} (train accuracy {built.metrics['train_accuracy']:.2f}, "
         f"holdout accuracy {built.metrics['holdout_accuracy']:.2f})"

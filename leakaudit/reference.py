@@ -152,8 +152,12 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def train_classifier(spec: ReferenceSpec, data: ReferenceData) -> tuple[nn.Sequential, dict[str, float]]:
-    """Train the reference classifier on the members; returns it (eval mode) and its accuracies."""
+def train_classifier(spec: ReferenceSpec, data: ReferenceData,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[nn.Sequential, dict[str, float]]:
+    """Train the reference classifier on the members; returns it (eval mode) and its accuracies.
+
+    ``progress(epoch, epochs)`` is called after every epoch.
+    """
     torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     x = data.train_images.float() / 255.0
@@ -172,7 +176,9 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData) -> tuple[nn.Seque
     else:
         opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     best_state, best_val, patience = None, -1.0, 0
-    for _epoch in range(spec.epochs):
+    for epoch in range(spec.epochs):
+        if progress is not None:
+            progress(epoch, spec.epochs)
         model.train()
         perm = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), spec.batch_size):
@@ -212,7 +218,8 @@ class BuiltReference:
     metrics: dict[str, float]
 
 
-def build_reference(spec: ReferenceSpec, out_dir: str | Path) -> BuiltReference:
+def build_reference(spec: ReferenceSpec, out_dir: str | Path,
+                    progress: Callable[[int, int], None] | None = None) -> BuiltReference:
     """Write members, non-members and a TorchScript classifier under ``out_dir``.
 
     A previous build of the same spec in the same folder is reused (the spec is
@@ -227,7 +234,7 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path) -> BuiltReference:
             return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"])
     out.mkdir(parents=True, exist_ok=True)
     data = split_members(spec)
-    model, metrics = train_classifier(spec, data)
+    model, metrics = train_classifier(spec, data, progress)
     import shutil
 
     for folder in (train_dir, holdout_dir):
