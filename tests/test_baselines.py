@@ -6,6 +6,8 @@ in for the reference models, so the whole file runs in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,15 @@ from leakaudit.reference import bundled_images
 
 SIDE = 8
 K = 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on shared cores, more threads spin and wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
