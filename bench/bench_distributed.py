@@ -1,7 +1,7 @@
 """Distributed audit: matching throughput and inversion steps/s for 1 and 2 processes, side by side.
 
-    python -m bench.bench_distributed                 # 1 process vs 2 (data-parallel) vs 2 (by class)
-    python -m bench.bench_distributed --steps 40      # shorter inversion
+    python -m bench.bench_distributed                 # 1 process vs 2 (data-parallel) vs 2 (by class), 3 seeds each
+    python -m bench.bench_distributed --steps 40 --repeats 1   # quicker
 
 Each configuration runs under torch's elastic launcher (``torchrun``) with
 the gloo backend on the CPU, on real digits: matching scores candidates
@@ -33,7 +33,7 @@ REFERENCE = "digits-mlp-1pc"
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from leakaudit.data import load_image_folder
+    from leakaudit.data import load_image_folder, peek_shape
     from leakaudit.distributed import DistContext, sharded_best_matches
     from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
     from leakaudit.inversion.generator import ConditionalGenerator
@@ -64,10 +64,11 @@ def _worker(args: argparse.Namespace) -> None:
         row["inversion"] = "invert() takes no DistContext in this build"
     else:
         spec, _ = load_spec(REFERENCE)
-        built = build_reference(spec, ROOT / "bench" / "out" / REFERENCE) if ctx.is_main else None
+        folder = Path(args.reference_dir)
+        built = build_reference(spec, folder) if ctx.is_main else None  # reused when already built there
         ctx.barrier()
-        built = build_reference(spec, ROOT / "bench" / "out" / REFERENCE) if built is None else built
-        target = load_model(built.model_path, device="cpu")
+        built = build_reference(spec, folder) if built is None else built
+        target = load_model(built.model_path, device="cpu", shape_hint=peek_shape(built.train_dir))
         config = InversionConfig(seed=args.seed, prior="none", steps=args.steps, batch_per_class=8,
                                  pool_per_class=16, candidates_per_class=4, refine_steps=args.refine_steps,
                                  threads=args.threads, budget_s=None)
@@ -114,19 +115,31 @@ def _worker(args: argparse.Namespace) -> None:
     ctx.close()
 
 
-def _run(processes: int, split: str, args: argparse.Namespace) -> dict[str, Any]:
-    cores = os.cpu_count() or 1
+def _run(processes: int, threads: int, split: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "bench.bench_distributed", "--worker", "--out", str(out), "--split", split,
-               "--threads", str(max(1, cores // processes)), "--steps", str(args.steps),
-               "--refine-steps", str(args.refine_steps), "--candidates", str(args.candidates), "--seed", str(args.seed)]
+               "--threads", str(threads), "--steps", str(args.steps),
+               "--refine-steps", str(args.refine_steps), "--candidates", str(args.candidates), "--seed", str(seed),
+               "--reference-dir", str(args.reference_dir)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{processes} process(es), split {split} failed:\n{done.stderr[-4000:]}")
         return json.loads(out.read_text())
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of the speeds (robust to a neighbour's load spike), mean of the quality over the seeds."""
+    import statistics
+
+    row: dict[str, Any] = dict(runs[0])
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), float)]
+        if len(values) == len(runs):
+            row[key] = statistics.median(values) if key.endswith(("_per_s", "_ms")) else statistics.fmean(values)
+    return row
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -155,21 +168,31 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=40, help="candidate refinement steps")
     parser.add_argument("--candidates", type=int, default=64, help="candidates matched against the 1,797 digits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (seeds seed..seed+repeats-1)")
+    parser.add_argument("--reference-dir", default=str(ROOT / "bench" / "out" / REFERENCE),
+                        help="where the reference is built (reused when already there)")
     args = parser.parse_args()
     if args.worker:
         _worker(args)
         return
-    rows = [_run(1, "batch", args), _run(2, "batch", args), _run(2, "class", args)]
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, gloo on CPU; reference {REFERENCE}, "
-          f"{args.steps} train + {args.refine_steps} refine steps, {args.candidates} × 1,797 matching pairs")
+    cores = os.cpu_count() or 1
+    configs = [(1, cores, "batch"), (1, 1, "batch"), (2, max(1, cores // 2), "batch"), (2, max(1, cores // 2), "class")]
+    runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {c: [] for c in configs}
+    for repeat in range(args.repeats):  # interleaved, so a neighbour's load spike hits every configuration alike
+        for config in configs:
+            runs[config].append(_run(*config, seed=args.seed + repeat, args=args))
+    rows = [_summarise(runs[c]) for c in configs]
+    print(f"machine: {cores} cores, torch {torch.__version__}, gloo on CPU; reference {REFERENCE}, "
+          f"{args.steps} train + {args.refine_steps} refine steps, {args.candidates} × 1,797 matching pairs; "
+          f"median speed and mean quality of {args.repeats} run(s) (seeds {args.seed}..{args.seed + args.repeats - 1})")
     print(_table(rows))
     if "inversion" in rows[0]:
         print(f"inversion: {rows[0]['inversion']}")
     base = rows[0]
-    for row in rows[1:]:
+    for row in rows[2:]:
         ratios = {key: row[key] / base[key] for key in ("match_pairs_per_s", "train_steps_per_s", "refine_steps_per_s")
                   if key in row and key in base}
-        print(f"2 processes ({row['split']}) / 1 process: "
+        print(f"2 processes ({row['split']}) / 1 process with {base['threads']} threads: "
               + ", ".join(f"{key.replace('_per_s', '')} ×{value:.2f}" for key, value in ratios.items()))
 
 

@@ -27,9 +27,9 @@ from leakaudit.errors import LeakAuditError
 from leakaudit.matching.search import best_matches
 
 ROOT = Path(__file__).resolve().parents[1]
-N_CANDIDATES = 16
-N_IMAGES = 1100
-IMAGE_CHUNK = 256  # 5 chunks: shards of 3 and 2 chunks, the last one short
+N_CANDIDATES = 12
+N_IMAGES = 700
+IMAGE_CHUNK = 192  # 4 chunks: shards of 2 chunks each, the last one short
 
 
 # --- workers (run under torchrun, one per rank) -----------------------------------
