@@ -337,13 +337,13 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
         f"  model {built.model_path} (train accuracy {built.metrics['train_accuracy']:.2f}, "
         f"holdout accuracy {built.metrics['holdout_accuracy']:.2f})"
     )
-    argv = ["run", str(built.model_path), "--data", str(built.train_dir), "--holdout", str(built.holdout_dir),
+    argv = [str(built.model_path), "--data", str(built.train_dir), "--holdout", str(built.holdout_dir),
             "--out", str(out / "audit"), "--budget", str(budget), "--seed", str(seed)]
     if quiet:
         argv.append("--quiet")
     if debug:
         argv.append("--debug")
-    console.say("$ leakaudit " + " ".join(argv))
+    console.say("$ leakaudit run " + " ".join(argv))
     ctx.obj = console
     sub = run.make_context("run", argv, parent=ctx)
     with sub:
