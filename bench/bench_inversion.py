@@ -107,7 +107,7 @@ class Bench:
         built = build_reference(spec, out / name)
         self.metrics = built.metrics
         data = split_members(spec)
-        self.target: TargetModel = load_model(built.model_path, device="cpu")
+        self.target: TargetModel = load_model(built.model_path, input_size=(spec.size, spec.size), device="cpu")
         prior_idx, eval_idx = split_prior(data.holdout_labels, 0.5, seed=seed)
         self.members = data.train_images  # (M, C, H, W) uint8
         self.member_labels = data.train_labels
@@ -178,6 +178,7 @@ def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int],
 ABLATIONS: dict[str, Callable[[InversionConfig], InversionConfig]] = {
     "no KL": lambda c: dataclasses.replace(c, w_kl=0.0),
     "no CE": lambda c: dataclasses.replace(c, w_ce=0.0),
+    "no margin": lambda c: dataclasses.replace(c, w_margin=0.0),
     "no perturbed": lambda c: dataclasses.replace(c, w_perturbed=0.0),
     "no TV": lambda c: dataclasses.replace(c, w_tv=0.0),
     "no range": lambda c: dataclasses.replace(c, w_range=0.0),
@@ -199,6 +200,8 @@ def ablation(name: str, out: Path, config: InversionConfig, informed: bool) -> N
     for what, change in ABLATIONS.items():
         if not informed and what in ("no anchor", "no fine-tuning", "pretrain ae"):
             continue
+        if what == "no BN stats" and not b.target.has_batchnorm:
+            continue  # identical to the default on a model without BatchNorm
         b.run_engine(f"{label} {what}", change(config), informed)
 
 
@@ -247,6 +250,7 @@ def main() -> None:
     parser.add_argument("--kkt-budget", type=float, default=120.0, help="seconds for the KKT baseline (0: skip)")
     parser.add_argument("--seeds", default="0,1", help="informed-mode seeds (replication of the paired gain)")
     parser.add_argument("--ablation", default="", help="model for the ablation table (empty: none)")
+    parser.add_argument("--ablation-budget", type=float, default=90.0, help="seconds per ablation run")
     parser.add_argument("--step-cost", default="digits-mlp-1pc", help="model for the step cost ratio (empty: none)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -258,13 +262,16 @@ def main() -> None:
     print(f"config: {config}", flush=True)
     if args.step_cost:
         step_cost(args.step_cost, out, config)
-    print(HEADER, flush=True)
-    for name in [m for m in args.models.split(",") if m]:
+    names = [m for m in args.models.split(",") if m]
+    if names:
+        print(HEADER, flush=True)
+    for name in names:
         bench_model(name, out, config, seeds, args.kkt_budget)
     if args.ablation:
         print("\n# ablation (informed, then data-free)\n" + HEADER, flush=True)
-        ablation(args.ablation, out, config, informed=True)
-        ablation(args.ablation, out, config, informed=False)
+        short = dataclasses.replace(config, budget_s=args.ablation_budget)
+        ablation(args.ablation, out, short, informed=True)
+        ablation(args.ablation, out, short, informed=False)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class InversionConfig:
     budget_s: float | None = None  # wall-clock bound of the whole inversion
     device: str | None = None  # None: the target model's device
     threads: int | None = None  # torch CPU threads during the run (None: leave as is)
-    candidates_per_class: int = 4
+    candidates_per_class: int = 2
     checkpoint_every: int = 200  # generator checkpoint every N steps (with checkpoint_dir)
 
     # --- generator ---
@@ -67,24 +67,27 @@ class InversionConfig:
     gradnorm_max_params: int = 3_000_000  # above this, the double-backprop prior is skipped with a note
     w_tv: float = 0.02
     w_range: float = 1.0  # out-of-range penalty of pre-activation pixels
-    w_l2: float = 0.0  # norm in the classifier's normalised input space (minimum-norm prior)
+    w_l2: float = 20.0  # norm in the classifier's normalised input space (minimum-norm prior)
     w_bn: float = 0.05
-    w_margin: float = 0.0
-    target_margin: float = 10.0
+    w_margin: float = 1.0
+    target_margin: float = 20.0
 
     # --- candidate selection and per-sample refinement ---
-    pool_per_class: int = 64  # samples drawn per class; the most confident K are kept
-    refine_steps: int = 200
+    pool_per_class: int = 256  # samples drawn per class; the most confident K are kept
+    refine_steps: int = 100
     refine_lr: float = 0.05
     w_refine_latent: float = 0.01  # ‖z‖² keeps refined latents where the generator was trained
+    refine_pixels: bool = True  # also optimise a per-sample residual on the low-resolution pre-activations
+    refine_pixel_lr: float = 0.05
+    w_refine_pixel: float = 0.01  # mean squared residual
 
     # --- informed mode ---
     pretrain: str = "vae"
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 800
     pretrain_lr: float = 2e-3
     pretrain_batch: int = 64
-    vae_beta: float = 0.05
-    finetune_steps: int = 300
+    vae_beta: float = 1.0
+    finetune_steps: int = 150
     finetune_lr: float = 5e-4
     w_anchor: float = 1.0  # keep reconstructing the prior images while fine-tuning
 

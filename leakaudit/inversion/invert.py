@@ -244,9 +244,14 @@ class _Checkpointer:
         os.replace(tmp, path)
 
 
-def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, final_fraction: float) -> None:
+def _cosine_factor(step: int, total: int, final_fraction: float) -> float:
+    """Cosine decay from 1 to final_fraction over total steps."""
     t = min(1.0, step / max(1, total))
-    lr = base * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, final_fraction: float) -> None:
+    lr = base * _cosine_factor(step, total, final_fraction)
     for group in opt.param_groups:
         group["lr"] = lr
 
@@ -368,24 +373,35 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
     z = torch.cat(chosen_z).clone().requires_grad_(True)  # (N, latent)
     targets = torch.cat(chosen_t)  # (N,)
     cond = F.one_hot(targets, k).float()
+    # a per-sample residual on the low-resolution pre-activations (zero: off)
+    delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)  # (N, C, gh, gw)
+    variables = [z, delta] if config.refine_pixels else [z]
     for p in gen.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.Adam([z], lr=config.refine_lr)
+    opt = torch.optim.Adam([{"params": [z], "lr": config.refine_lr}] +
+                           ([{"params": [delta], "lr": config.refine_pixel_lr}] if config.refine_pixels else []))
+    bases = [group["lr"] for group in opt.param_groups]
     for step in range(config.refine_steps if not clock.stopped else 0):
-        _cosine_lr(opt, config.refine_lr, step, config.refine_steps, config.lr_final_fraction)
-        pre = gen.low_res(z, cond)
+        scale = _cosine_factor(step, config.refine_steps, config.lr_final_fraction)
+        for group, base in zip(opt.param_groups, bases):
+            group["lr"] = base * scale
+        pre = gen.low_res(z, cond) + delta
         x = gen.upsample(pre)
         loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
         if config.w_refine_latent:
             prior = latents.standardise(z).pow(2).mean()
             loss = loss + config.w_refine_latent * prior
             report["latent"] = float(config.w_refine_latent * prior.detach())
+        if config.refine_pixels and config.w_refine_pixel:
+            shift = delta.pow(2).mean()
+            loss = loss + config.w_refine_pixel * shift
+            report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=[z])
+        loss.backward(inputs=variables)
         opt.step()
         if not clock.tick(report):
             break
     for p in gen.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
-        return gen(z, cond), targets
+        return gen.upsample(gen.low_res(z, cond) + delta), targets
