@@ -100,6 +100,16 @@ def test_matrix_on_real_digits_matches_skimage() -> None:
     np.testing.assert_allclose(mat.numpy(), ref, atol=1e-5, rtol=0)
 
 
+def test_matrix_float32_is_exact_in_flat_bright_regions() -> None:
+    """The camera's sky: near-constant bright crops, where E[xy] - μxμy in float32 would lose ~1e-3."""
+    cam = skdata.camera().astype(np.float64) / 255.0
+    crops = np.stack([cam[r : r + 32, c : c + 32] for r in range(0, 60, 12) for c in range(0, 60, 12)])[:, None]
+    mat = ssim_matrix(torch.from_numpy(crops).float(), torch.from_numpy(crops).float())
+    ref = np.array([[skimage_ssim(x, y) for y in crops] for x in crops])
+    assert ref.min() > 0.9  # they really are flat and alike
+    np.testing.assert_allclose(mat.numpy(), ref, atol=1e-5, rtol=0)
+
+
 def test_small_images_are_upsampled_to_the_window() -> None:
     g = torch.Generator().manual_seed(2)
     a, b = torch.rand(3, 1, 8, 8, generator=g), torch.rand(3, 1, 8, 8, generator=g)

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from leakaudit.errors import DataError
 from leakaudit.matching.ssim import block_ssim, prepare, prepare_left, prepare_right, ssim_pairs
 
-# Prepared candidates take ~123·C·(H-10)·(W-10)·4 bytes each (~240 kB at 32×32 gray).
-DEFAULT_MAX_PREPARED_BYTES = 512 * 2**20
+# Prepared candidates take ~248·C·(H-10)·(W-10)·4 bytes each (~480 kB at 32×32 gray,
+# ~320 kB at 28×28): 768 MiB holds 2,000 candidates at 28×28 in one group.
+DEFAULT_MAX_PREPARED_BYTES = 768 * 2**20
 PREFILTER_SIDE = 8  # images are average-pooled to 8×8 for the correlation screen
 _PAIR_CHUNK = 4096
 
@@ -272,7 +273,7 @@ def best_matches(
     """Best SSIM matches of candidates (N, C, H, W) float [0, 1] and images (M, C, H, W) uint8 or float.
 
     ``k``: how many best candidates to keep per image (clipped to N).
-    ``image_chunk``: images prepared at once (each ~123·C·(H-10)·(W-10) floats).
+    ``image_chunk``: images prepared at once (each ~248·C·(H-10)·(W-10) floats).
     ``max_prepared_bytes``: budget for prepared candidates; more candidates
     are processed in groups, streaming the images once per group.
     ``prefilter``: None for exact all-pairs SSIM (the default), or P to score

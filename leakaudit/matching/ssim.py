@@ -15,15 +15,15 @@ bilinearly (``align_corners=False``) to 11 pixels before anything is computed,
 for both images of a pair alike; larger sides are left alone. Without this no
 window fits and SSIM is undefined; the rule is recorded in ``SSIM_SETTINGS``.
 
-All-pairs kernel: for a block of n candidates and m images, the cross term
-``2·cov(x, y) + C2`` at every window position p is one batched matmul
-``(P, n, K) @ (P, K, m)``: the candidate side holds the Gaussian-weighted window
-pixels plus ``-2·μx`` and ``1``; the image side the window pixels plus ``μy``
-and ``C2`` (K = 121 + 2). The denominator ``(μx² + μy² + C1)(σx² + σy² + C2)``
-is a bilinear form of rank 4 in per-image terms, so it is a second, tiny
-matmul. Only one multiply, one divide and a sum over positions remain
-elementwise. Measured against separable convolutions of the per-pair
-products, this is several times faster on CPU.
+All-pairs kernel: with windows centred on their local mean (x̃ = x - μx), the
+covariance at position p is Σ w·x̃·ỹ, so the whole SSIM numerator
+``(2μxμy + C1)(2σxy + C2) = 4μxμy·σxy + 2C1·σxy + 2C2·μxμy + C1C2`` is a sum of
+products of one term per image: one batched matmul ``(P, n, K) @ (P, K, m)``
+with K = 2·121 + 2. The denominator ``(μx² + μy² + C1)(σx² + σy² + C2)`` is a
+rank-4 product, a second, tiny matmul. Only a divide and the mean over
+positions remain elementwise; those passes over (P, n, m) are memory-bound,
+which is why folding everything into matmuls pays (``bench/bench_matching.py``
+compares it with filtering every pair's product image).
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ SSIM_SETTINGS: Final[dict[str, object]] = {
 
 SMALL_IMAGE_RULE: Final = "sides below 11 px are upsampled bilinearly to 11 px before SSIM"
 
-# Elements of one (P, n, m) block of the all-pairs kernel; keeps a block near
-# the size of the CPU's outer caches, where the elementwise passes are cheap.
-_BLOCK_ELEMENTS: Final = 2_000_000
+# Elements of one (P, n, m) block of the all-pairs kernel (32 MB in float32,
+# ~128×128 pairs at 32×32 gray). Measured: batched matmuls of small matrices
+# are dominated by per-matrix overhead, so blocks of 2M elements ran at half
+# the pairs per CPU-second of 8M; beyond 8M nothing more was gained.
+_BLOCK_ELEMENTS: Final = 8_000_000
 
 
 def gaussian_taps(dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -198,14 +200,30 @@ def _position_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu.reshape(n, -1).T.to(x.dtype), var.reshape(n, -1).T.to(x.dtype)
 
 
+def _centred_windows(x: torch.Tensor, mu: torch.Tensor, *, pixels_last: bool) -> torch.Tensor:
+    """Windows minus their own local mean: (C·P, n, 121) or (C·P, 121, n).
+
+    Centring before the matmul makes it produce the covariance directly,
+    instead of E[xy] - μxμy: in float32 that difference loses up to 1e-3 of
+    SSIM in flat, bright regions (a sky), where the centred form stays exact
+    to ~1e-6.
+    """
+    cols = _windows(x, pixels_last=pixels_last)
+    return cols - (mu[:, :, None] if pixels_last else mu[:, None, :])
+
+
 @torch.no_grad()
 def prepare_left(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> SsimOperand:
     """Candidate side of the all-pairs kernel for images (n, C, H, W)."""
     x = prepare(images, dtype)
     mu, var = _position_stats(x)  # (P, n)
     w2 = torch.outer(gaussian_taps(dtype), gaussian_taps(dtype)).reshape(1, 1, -1)  # (1, 1, 121)
-    cols = _windows(x, pixels_last=True) * (2 * w2)  # (P, n, 121)
-    window = torch.cat([cols, (-2 * mu)[:, :, None], torch.ones_like(mu)[:, :, None]], 2)  # (P, n, 123)
+    cols = _centred_windows(x, mu, pixels_last=True) * w2  # (P, n, 121): w·(x - μx)
+    # numerator = 4μxμy·cov + 2C1·cov + 2C2·μxμy + C1C2, each a product of x-terms and y-terms
+    window = torch.cat(
+        [cols * (4 * mu)[:, :, None], cols * (2 * C1), (2 * C2 * mu)[:, :, None], torch.full_like(mu, C1 * C2)[:, :, None]],
+        2,
+    )  # (P, n, 244)
     mu2 = mu * mu
     denom = torch.stack([mu2 * var, mu2, var, torch.ones_like(mu)], 2)  # (P, n, 4)
     return SsimOperand(window, denom, is_left=True)
@@ -216,34 +234,24 @@ def prepare_right(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> S
     """Image side of the all-pairs kernel for images (m, C, H, W)."""
     y = prepare(images, dtype)
     mu, var = _position_stats(y)  # (P, m)
-    cols = _windows(y, pixels_last=False)  # (P, 121, m)
-    window = torch.cat([cols, mu[:, None], torch.full_like(mu, C2)[:, None]], 1).contiguous()  # (P, 123, m)
+    cols = _centred_windows(y, mu, pixels_last=False)  # (P, 121, m): y - μy
+    window = torch.cat([cols * mu[:, None, :], cols, mu[:, None, :], torch.ones_like(mu)[:, None, :]], 1)  # (P, 244, m)
+    # denominator = (μx² + μy² + C1)(σx² + σy² + C2) as a rank-4 product
     lum = mu * mu + C1
     con = var + C2
     denom = torch.stack([torch.ones_like(mu), con, lum, lum * con], 1)  # (P, 4, m)
     return SsimOperand(window, denom, is_left=False)
 
 
-def _block(left: SsimOperand, right: SsimOperand, lum_left: torch.Tensor, mu_right: torch.Tensor) -> torch.Tensor:
+def _block(left: SsimOperand, right: SsimOperand) -> torch.Tensor:
     """Mean SSIM of every pair of two prepared blocks: (n, m)."""
-    cs = torch.bmm(left.window, right.window)  # (P, n, m): 2·cov + C2
-    cs.mul_(torch.addcmul(torch.tensor(C1, dtype=cs.dtype), lum_left[:, :, None], mu_right[:, None, :]))
-    cs.div_(torch.bmm(left.denom, right.denom))  # (μx² + μy² + C1)(σx² + σy² + C2)
-    return cs.sum(0).div_(cs.shape[0])
-
-
-def _means_left(op: SsimOperand) -> torch.Tensor:
-    """2·μx per position, (P, n), recovered from the prepared candidate window."""
-    return -op.window[:, :, -2]
-
-
-def _means_right(op: SsimOperand) -> torch.Tensor:
-    """μy per position, (P, m), recovered from the prepared image window."""
-    return op.window[:, -2, :]
+    num = torch.bmm(left.window, right.window)  # (P, n, m)
+    num.div_(torch.bmm(left.denom, right.denom))
+    return num.sum(0).div_(num.shape[0])
 
 
 def block_ssim(left: SsimOperand, right: SsimOperand) -> torch.Tensor:
-    """All-pairs SSIM of prepared operands, (n, m), in sub-blocks that stay cache-sized."""
+    """All-pairs SSIM of prepared operands, (n, m), in sub-blocks of bounded size."""
     if not left.is_left or right.is_left:
         raise DataError("block_ssim needs a prepare_left operand and a prepare_right operand")
     if left.window.shape[0] != right.window.shape[0]:
@@ -251,12 +259,11 @@ def block_ssim(left: SsimOperand, right: SsimOperand) -> torch.Tensor:
     p, n, m = left.window.shape[0], left.count, right.count
     out = torch.empty(n, m, dtype=left.window.dtype)
     sub = max(1, int(math.sqrt(_BLOCK_ELEMENTS / p)))
-    lum_left, mu_right = _means_left(left), _means_right(right)
     for i in range(0, n, sub):
         li = SsimOperand(left.window[:, i : i + sub], left.denom[:, i : i + sub], is_left=True)
         for j in range(0, m, sub):
             rj = SsimOperand(right.window[:, :, j : j + sub], right.denom[:, :, j : j + sub], is_left=False)
-            out[i : i + sub, j : j + sub] = _block(li, rj, lum_left[:, i : i + sub], mu_right[:, j : j + sub])
+            out[i : i + sub, j : j + sub] = _block(li, rj)
     return out
 
 
@@ -272,7 +279,7 @@ def ssim_matrix(
     """SSIM of every candidate against every image: (N, C, H, W), (M, C, H, W) -> (N, M).
 
     ``chunk`` bounds how many images of either side are prepared at once (each
-    prepared image takes about 123·C·(H-10)·(W-10) numbers). For bounded
+    prepared image takes about 248·C·(H-10)·(W-10) numbers). For bounded
     memory over very many images, use ``search.best_matches``, which keeps
     only the best matches instead of the whole matrix.
     """
