@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import baselines  # noqa: E402
-from leakaudit.inversion import InversionConfig, InversionResult, invert, split_prior  # noqa: E402
+from leakaudit.inversion import InversionConfig, InversionResult, invert, split_prior, weight_contribution  # noqa: E402
 from leakaudit.matching.search import best_matches  # noqa: E402
 from leakaudit.models import TargetModel, load_model  # noqa: E402
 from leakaudit.reference import build_reference, load_spec, split_members  # noqa: E402
@@ -53,18 +53,6 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     greater = (pos[:, None] > neg[None, :]).mean()
     ties = (pos[:, None] == neg[None, :]).mean()
     return float(greater + 0.5 * ties)
-
-
-def permutation_p(pos: np.ndarray, neg: np.ndarray, rounds: int = 2000, seed: int = 0) -> float:
-    """One-sided permutation p-value of AUC(pos, neg) under exchangeable labels."""
-    observed = auc(pos, neg)
-    pooled = np.concatenate([pos, neg])
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(rounds):
-        perm = rng.permutation(pooled)
-        hits += auc(perm[: len(pos)], perm[len(pos) :]) >= observed
-    return (hits + 1) / (rounds + 1)
 
 
 def best_ssim(cands: torch.Tensor, images_u8: torch.Tensor) -> np.ndarray:
@@ -144,9 +132,12 @@ class Bench:
 def paired_gain(b: Bench, result: InversionResult) -> str:
     """Per-image gain in best-match SSIM over the pre-trained generator: members vs non-members."""
     assert result.pretrained_images is not None
-    gm = best_ssim(result.images, b.members) - best_ssim(result.pretrained_images, b.members)
-    gn = best_ssim(result.images, b.evalset[0]) - best_ssim(result.pretrained_images, b.evalset[0])
-    return f"paired gain AUC {auc(gm, gn):.3f} p {permutation_p(gm, gn):.4f} (mean gain mem {gm.mean():+.3f} non {gn.mean():+.3f})"
+    w = weight_contribution(
+        torch.from_numpy(best_ssim(result.images, b.members)), torch.from_numpy(best_ssim(result.pretrained_images, b.members)),
+        torch.from_numpy(best_ssim(result.images, b.evalset[0])), torch.from_numpy(best_ssim(result.pretrained_images, b.evalset[0])),
+    )
+    return (f"paired gain AUC {w.auc:.3f} p {w.p_value:.4f} "
+            f"(mean gain mem {w.member_gain:+.3f} non {w.nonmember_gain:+.3f})")
 
 
 def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int], kkt_budget: float) -> Bench:

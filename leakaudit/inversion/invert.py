@@ -191,6 +191,9 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
     if informed:
         assert prior is not None
         images, labels = prepare_prior(prior[0], prior[1], shape, k, device)
+        missing = sorted(set(range(k)) - set(labels.unique().tolist()))
+        if missing:
+            notes.append(f"the prior has no images of class(es) {missing}: their candidates rest on the classifier alone")
         enc = Encoder(shape, k, config.latent_dim).to(device)
         variational = config.pretrain == "vae"
         clock.enter("pretrain", names)
@@ -264,7 +267,7 @@ def _pretrain(gen: ConditionalGenerator, enc: Encoder, images: torch.Tensor, lab
     gen.train()
     enc.train()
     batch = min(config.pretrain_batch, images.shape[0])
-    for step in range(config.pretrain_steps):
+    for step in range(config.pretrain_steps if not clock.stopped else 0):
         _cosine_lr(opt, config.pretrain_lr, step, config.pretrain_steps, config.lr_final_fraction)
         idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
         loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
@@ -294,7 +297,7 @@ def _train_against(gen: ConditionalGenerator, target: TargetModel, weights: Weig
     opt = torch.optim.Adam(params, lr=lr)
     gen.train()
     targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
-    for step in range(steps):
+    for step in range(steps if not clock.stopped else 0):
         _cosine_lr(opt, lr, step, steps, config.lr_final_fraction)
         z = latents.sample(targets.shape[0], rng)  # (B, latent)
         cond = _conditioning(targets, k, config, rng).to(device)  # (B, K)

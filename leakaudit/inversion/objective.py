@@ -50,10 +50,12 @@ def resolve_weights(config: InversionConfig, target: TargetModel, notes: list[st
                 f"double-backprop limit of {config.gradnorm_max_params:,}"
             )
             gradnorm = 0.0
+    # Diverse mode asks for the conditioning distribution, not for maximal confidence.
     perturbed = 0.0 if config.diverse else config.w_perturbed
+    margin = 0.0 if config.diverse else config.w_margin
     return Weights(
         kl=config.w_kl, ce=config.w_ce, cos=cos, orth=orth, perturbed=perturbed, gradnorm=gradnorm,
-        tv=config.w_tv, range=config.w_range, l2=config.w_l2, bn=bn, margin=config.w_margin,
+        tv=config.w_tv, range=config.w_range, l2=config.w_l2, bn=bn, margin=margin,
     )
 
 
