@@ -18,7 +18,7 @@ not cut the run short) and never print.
     to the target class plus total variation, Adam, ``per_class`` candidates
     per class from different random starts. The yardstick of the ladder.
 
-``kkt_reconstruction(target, n_candidates, steps=3000, seed=0, *, competitors, lr_x, lr_lambda, lambda_min, init_mean, init_std, prior_weight, budget_s, trace)``
+``kkt_reconstruction(target, n_candidates, steps=3000, seed=0, *, competitors, lr_x, lr_lambda, lambda_min, init_mean, init_std, prior_weight, cosine_decay, budget_s, trace)``
     Reconstruction from the implicit bias of gradient training (Haim et al.
     2022, "Reconstructing Training Data from Trained Neural Networks"), in its
     multiclass form (Buzaglo et al. 2023, "Deconstructing Data Reconstruction").
@@ -41,6 +41,7 @@ are trained to losses near 1e-4 and denormal floats slow CPU steps severalfold.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -198,12 +199,13 @@ def kkt_reconstruction(
     seed: int = 0,
     *,
     competitors: str = "max",
-    lr_x: float = 0.01,
+    lr_x: float = 0.1,
     lr_lambda: float = 0.01,
     lambda_min: float = 0.5,
     init_mean: float = 0.0,
     init_std: float = 0.01,
     prior_weight: float = 1.0,
+    cosine_decay: bool = True,
     budget_s: float | None = None,
     trace: list[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +229,11 @@ def kkt_reconstruction(
     above lambda_min · s, which keeps every candidate in play. Each step lowers
     ``kkt_objective + prior_weight · Σ (relu(x − 1)² + relu(−x)²)`` with Adam
     (λ's rate is relative to s too), then projects λ back onto the constraint.
+    With ``cosine_decay`` both rates fall to zero along a cosine over the run,
+    whose progress is the larger of step / steps and elapsed / budget_s: at a
+    constant rate Adam keeps circling the minimum (the objective was measured
+    rising again late in long runs), and a run cut by its budget should still
+    have settled.
     ``trace``, if given, receives the KKT objective of every step. Returns
     images (n_candidates, C, H, W) float32 clipped to [0, 1] and their targets.
     """
@@ -252,13 +259,19 @@ def kkt_reconstruction(
         floor = lambda_min * scale * (1 if competitors == "max" else k - 1)  # per-candidate total
         lam = (scale * mask).requires_grad_(True)
         opt = torch.optim.Adam([{"params": [x], "lr": lr_x}, {"params": [lam], "lr": lr_lambda * scale}])
-        for _step in range(steps):
+        base_lrs = [group["lr"] for group in opt.param_groups]
+        start = time.monotonic()
+        for step in range(steps):
             kkt = kkt_objective(target, x, y, lam, params)
             prior = (F.relu(x - 1).pow(2) + F.relu(-x).pow(2)).sum()
             loss = kkt + prior_weight * prior
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cosine_decay:
+                progress = max((step + 1) / steps, (time.monotonic() - start) / budget_s if budget_s else 0.0)
+                for group, base in zip(opt.param_groups, base_lrs):
+                    group["lr"] = base * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
             with torch.no_grad():
                 _project(lam, mask, floor)
             if trace is not None:

@@ -79,8 +79,8 @@ def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int, kkt_budget: floa
     """(kind, label, attack) for every baseline; KKT only on MLPs (full-model θ, see bench.baselines)."""
     per_class = 4 if quick else 10
     pix_steps = 150 if quick else 400
-    kkt_steps = 300 if quick else 3000
-    kkt_budget = kkt_budget if kkt_budget is not None else (30.0 if quick else 300.0)
+    kkt_steps = 150 if quick else 800
+    kkt_budget = kkt_budget if kkt_budget is not None else (30.0 if quick else 240.0)
     n_kkt = min(2 * n_train, 200)
 
     def class_mean(target: TargetModel, data: ReferenceData) -> torch.Tensor:
@@ -103,16 +103,17 @@ def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int, kkt_budget: floa
 
 def run_model(name: str, quick: bool, seed: int, which: set[str], kkt_budget: float | None) -> list[str]:
     spec, _ = load_spec(name)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     built = build_reference(spec, OUT / name)
-    build_s = time.perf_counter() - t0
+    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     data = split_members(spec)
     target = load_model(built.model_path, input_size=(spec.size, spec.size), shape_hint=tuple(data.train_images.shape[1:]), device="cpu")
     m = built.metrics
     lines = [
         f"{name}: {len(data.train_images)} members, {len(data.holdout_images)} non-members, "
         f"train acc {m['train_accuracy']:.3f}, holdout acc {m['holdout_accuracy']:.3f}, "
-        f"loss-threshold AUC {loss_auc(target, data):.3f} (build/load {build_s:.1f} s)"
+        f"loss-threshold AUC {loss_auc(target, data):.3f} "
+        f"(build {build_s:.1f} s wall, {build_cpu:.1f} s CPU; 0 when cached)"
     ]
     lines.append(
         f"  {'attack':<16} {'N':>4} {'leak':>6} {'mem>=.4':>8} {'mem>=.5':>8} {'mem>=.6':>8} "
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=",".join(shipped_audits()), help="comma-separated audit names")
     parser.add_argument("--quick", action="store_true", help="fewer candidates and steps")
     parser.add_argument("--attacks", default="class-mean,pixel,kkt", help="comma-separated subset of class-mean,pixel,kkt")
-    parser.add_argument("--kkt-budget", type=float, default=None, help="seconds per KKT run (default 300, quick 30)")
+    parser.add_argument("--kkt-budget", type=float, default=None, help="seconds per KKT run (default 240, quick 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

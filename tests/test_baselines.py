@@ -129,12 +129,12 @@ def test_spread_targets_cover_classes_evenly() -> None:
 @pytest.mark.parametrize("competitors", ["all", "max"])
 def test_kkt_shapes_targets_range_and_objective_decreases(target: TargetModel, competitors: str) -> None:
     trace: list[float] = []
-    images, targets = kkt_reconstruction(target, 20, steps=60, seed=0, competitors=competitors, lr_x=0.05, trace=trace)
+    images, targets = kkt_reconstruction(target, 20, steps=100, seed=0, competitors=competitors, trace=trace)
     assert images.shape == (20, 1, SIDE, SIDE) and images.dtype == torch.float32
     assert torch.equal(targets, spread_targets(20, K))
     assert 0 <= images.min() and images.max() <= 1
-    assert len(trace) == 60
-    assert trace[-1] < 0.8 * trace[0]
+    assert len(trace) == 100
+    assert trace[-1] < 0.85 * trace[0]
     # the model's weights are left frozen and without gradients
     assert all(not p.requires_grad and p.grad is None for p in target.parameters())
 
