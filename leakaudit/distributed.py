@@ -85,7 +85,7 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     split: str = "batch"
-    stage: str = "startup"
+    stage: str = "the run"
     timeout_s: float = DEFAULT_TIMEOUT_S
     _owns_group: bool = False
 
@@ -134,7 +134,7 @@ class DistContext:
                                          **({"device_id": dev} if dev.type == "cuda" else {}))
             except Exception as exc:  # rendezvous failures: wrong address, port in use, peers missing
                 raise DistributedError(
-                    f"rank {rank} of {world}: cannot join the process group at "
+                    f"cannot join the process group at "
                     f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} ({backend}): {exc}"
                 ) from None
             own = True
@@ -169,7 +169,7 @@ class DistContext:
 
     @contextlib.contextmanager
     def in_stage(self, name: str) -> Iterator[None]:
-        """Name the stage; a collective failing inside it becomes a ``DistributedError`` naming rank and stage."""
+        """Name the stage; a collective failing inside it becomes a ``PeerLostError`` naming the stage."""
         previous, self.stage = self.stage, name
         try:
             yield
@@ -239,7 +239,8 @@ class DistContext:
         import torch.distributed as tdist
 
         t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=self._comm_device())
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        with self.in_stage(self.stage):
+            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
 
     def any_true(self, flag: bool) -> bool:
@@ -256,7 +257,8 @@ class DistContext:
         import torch.distributed as tdist
 
         box = [obj if self.rank == src else None]
-        tdist.broadcast_object_list(box, src=src, device=self._comm_device())
+        with self.in_stage(self.stage):
+            tdist.broadcast_object_list(box, src=src, device=self._comm_device())
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -266,7 +268,8 @@ class DistContext:
         import torch.distributed as tdist
 
         out: list[Any] = [None] * self.world_size
-        tdist.all_gather_object(out, obj)
+        with self.in_stage(self.stage):
+            tdist.all_gather_object(out, obj)
         return out
 
     def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -276,7 +279,8 @@ class DistContext:
         import torch.distributed as tdist
 
         buf = tensor.detach().to(self._comm_device()).contiguous().clone()
-        tdist.broadcast(buf, src=src)
+        with self.in_stage(self.stage):
+            tdist.broadcast(buf, src=src)
         return buf.to(tensor.device)
 
     def gather_rows(self, rows: torch.Tensor, positions: torch.Tensor, total: int) -> torch.Tensor:
@@ -306,7 +310,8 @@ class DistContext:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
         flat = flat.to(self._comm_device()).mul_(weight)
-        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        with self.in_stage(self.stage):
+            tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
         offset = 0
         for p in params:
             n = p.numel()
@@ -329,7 +334,8 @@ class DistContext:
         if not buffers:
             return
         flat = torch.cat([b.detach().reshape(-1) for b in buffers]).to(self._comm_device())
-        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        with self.in_stage(self.stage):
+            tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
         flat /= self.world_size
         offset = 0
         for b in buffers:
