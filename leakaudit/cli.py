@@ -290,7 +290,8 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         if hasattr(observer, "close"):
             observer.close()
     if stop.stopped:
-        raise AuditInterrupted(f"stopped by {stop.signal_name}; the inversion checkpoint is kept in {settings.out}, re-run the same command to resume")
+        raise AuditInterrupted(f"stopped by {stop.signal_name}; no result was written, the last generator checkpoint "
+                               f"is kept in {settings.out / 'checkpoints'}")
     for warning in outcome.warnings:
         console.warn(warning)
     if opts.get("output_format") == "json":

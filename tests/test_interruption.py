@@ -54,7 +54,8 @@ def test_signal_stops_promptly_with_130(tiny: TinyReference, tmp_path: Path, sig
         pytest.fail(f"still running 30 s after {sig.name}")
     waited = time.monotonic() - sent
     assert proc.returncode == 130, stderr
-    assert waited < 15, f"took {waited:.1f} s to stop"
+    # A few seconds on an idle machine; the bound leaves room for a loaded CI runner.
+    assert waited < 20, f"took {waited:.1f} s to stop"
     assert f"stopped by {sig.name}" in stderr
     assert (out / "checkpoints" / "generator.pt").exists()
     for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
