@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leakaudit.errors import DataError
-from leakaudit.matching.search import best_matches
+from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.matching.ssim import ssim_pairs
 from leakaudit.reference import bundled_images
 
@@ -131,3 +131,8 @@ def test_prefilter_recall_on_real_digits(digits: tuple[torch.Tensor, torch.Tenso
     full = best_matches(cands[:40], imgs[:60], k=3, prefilter=40)
     ref = best_matches(cands[:40], imgs[:60], k=3)
     assert torch.equal(full.topk_index, ref.topk_index) and torch.equal(full.nearest_image, ref.nearest_image)
+
+
+def test_auto_prefilter_policy() -> None:
+    assert auto_prefilter(1000, 50_000) is None  # 50M pairs: still exact
+    assert auto_prefilter(2000, 60_000) == 50

@@ -208,19 +208,21 @@ def class_mean_null(
     up by about 1/(images per class); negligible beyond a few dozen per class.
     ``same_class`` matches each image only to its own class mean.
     """
-    from_holdout = holdout_images is not None and holdout_labels is not None
-    src_x, src_y = (holdout_images, holdout_labels) if from_holdout else (train_images, train_labels)
-    assert src_x is not None and src_y is not None
-    means, mean_labels = class_means(src_x, src_y)
+    if (holdout_images is None) != (holdout_labels is None):
+        raise DataError("holdout images and holdout labels must be given together")
+    if holdout_images is not None and holdout_labels is not None:
+        means, mean_labels = class_means(holdout_images, holdout_labels)
+    else:
+        means, mean_labels = class_means(train_images, train_labels)
     train_best = best_matches(
         means, train_images, k=1, candidate_labels=mean_labels, image_labels=train_labels, same_class=same_class
     ).best_ssim
     holdout_best = None
-    if from_holdout:
+    if holdout_images is not None and holdout_labels is not None:
         holdout_best = best_matches(
             means, holdout_images, k=1, candidate_labels=mean_labels, image_labels=holdout_labels, same_class=same_class
         ).best_ssim
-    return ClassMeanNull(train_best, holdout_best, "holdout" if from_holdout else "train")
+    return ClassMeanNull(train_best, holdout_best, "train" if holdout_best is None else "holdout")
 
 
 def loss_membership_auc(

@@ -78,13 +78,19 @@ def gaussian_taps(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 def to_float01(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (0..255) or float [0, 1] images (N, C, H, W) as ``dtype`` in [0, 1]."""
+    """uint8 (0..255) or float [0, 1] images (N, C, H, W) as ``dtype`` in [0, 1].
+
+    Float input outside [0, 1] is refused rather than guessed at: SSIM's
+    constants assume a data range of 1, so 0..255 floats would give wrong numbers.
+    """
     if images.ndim != 4:
         raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         return images.to(dtype).div_(255.0)
     if not images.is_floating_point():
         raise DataError(f"images must be uint8 or floating point, got {images.dtype}")
+    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
+        raise DataError("float images must be in [0, 1] (pass uint8 for 0..255 data)")
     return images.to(dtype)
 
 
@@ -118,7 +124,8 @@ def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     fh = filter_matrix(h, x.dtype).to(x.device)  # (H-10, H)
     fw = filter_matrix(w, x.dtype).to(x.device)  # (W-10, W)
-    return fh @ (x @ fw.T)
+    # both passes as right-multiplications: one large GEMM each, no broadcast batch of tiny ones
+    return ((x @ fw.T).transpose(-1, -2) @ fh.T).transpose(-1, -2)
 
 
 def local_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +149,17 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float6
     """Per-position SSIM of paired images: (N, C, H-10, W-10), after the small-image rule."""
     _check_pair_shapes(a, b, paired=True)
     x, y = prepare(a, dtype), prepare(b, dtype)
-    mx, vx = local_stats(x)
-    my, vy = local_stats(y)
+    return ssim_map_from_stats(x, y, *local_stats(x), *local_stats(y))
+
+
+def ssim_map_from_stats(
+    x: torch.Tensor, y: torch.Tensor, mx: torch.Tensor, vx: torch.Tensor, my: torch.Tensor, vy: torch.Tensor
+) -> torch.Tensor:
+    """Per-position SSIM of prepared pairs (B, C, H, W) given their local stats (B, C, H-10, W-10).
+
+    Lets a caller compute each image's mean and variance maps once and reuse
+    them across many pairs. Use float64: E[xy] - μxμy cancels badly in float32.
+    """
     cov = gaussian_filter_valid(x * y) - mx * my
     return ((2 * mx * my + C1) * (2 * cov + C2)) / ((mx * mx + my * my + C1) * (vx + vy + C2))
 
