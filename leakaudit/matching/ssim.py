@@ -160,8 +160,11 @@ def ssim_map_from_stats(
     Lets a caller compute each image's mean and variance maps once and reuse
     them across many pairs. Use float64: E[xy] - μxμy cancels badly in float32.
     """
-    cov = gaussian_filter_valid(x * y) - mx * my
-    return ((2 * mx * my + C1) * (2 * cov + C2)) / ((mx * mx + my * my + C1) * (vx + vy + C2))
+    mxy = mx * my
+    cs = gaussian_filter_valid(x * y).sub_(mxy).mul_(2).add_(C2)  # 2·cov + C2
+    cs.mul_(mxy.mul_(2).add_(C1))  # × (2μxμy + C1)
+    den = torch.addcmul(my * my, mx, mx).add_(C1).mul_(vx + vy + C2)
+    return cs.div_(den)
 
 
 @torch.no_grad()
