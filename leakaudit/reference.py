@@ -38,7 +38,8 @@ class ReferenceSpec:
     arch: str = "mlp"  # "mlp" | "cnn" | "cnn-bn"
     hidden: int = 1000
     init_scale: float = 1.0  # multiplies the default initialisation (small init < 1)
-    optimizer: str = "adam"  # "adam" | "sgd"
+    optimizer: str = "adam"  # "adam" | "sgd" (momentum 0.9) | "gd" (plain gradient descent)
+    bias: bool = True  # MLP layers with biases (the implicit-bias analyses assume none)
     lr: float = 1e-3
     epochs: int = 300
     batch_size: int = 64
@@ -52,6 +53,8 @@ class ReferenceSpec:
             raise ConfigError(f"reference dataset must be 'digits' or 'lfw', not {self.dataset!r}")
         if self.arch not in ("mlp", "cnn", "cnn-bn"):
             raise ConfigError(f"reference arch must be 'mlp', 'cnn' or 'cnn-bn', not {self.arch!r}")
+        if self.optimizer not in ("adam", "sgd", "gd"):
+            raise ConfigError(f"reference optimizer must be 'adam', 'sgd' or 'gd', not {self.optimizer!r}")
         if self.train_per_class < 1 or self.holdout_per_class < 1:
             raise ConfigError("train_per_class and holdout_per_class must be at least 1")
 
@@ -118,11 +121,11 @@ def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) ->
     if spec.arch == "mlp":
         model = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_channels * side * side, spec.hidden),
+            nn.Linear(in_channels * side * side, spec.hidden, bias=spec.bias),
             nn.ReLU(),
-            nn.Linear(spec.hidden, spec.hidden),
+            nn.Linear(spec.hidden, spec.hidden, bias=spec.bias),
             nn.ReLU(),
-            nn.Linear(spec.hidden, num_classes),
+            nn.Linear(spec.hidden, num_classes, bias=spec.bias),
         )
     else:
         norm: Callable[[int], nn.Module] = nn.BatchNorm2d if spec.arch == "cnn-bn" else (lambda c: nn.Identity())
@@ -181,8 +184,9 @@ def _train(spec: ReferenceSpec, data: ReferenceData,
     model = build_classifier(spec, x.shape[1], len(data.classes))
     params = model.parameters()
     opt: torch.optim.Optimizer
-    if spec.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
+    if spec.optimizer in ("sgd", "gd"):
+        momentum = 0.9 if spec.optimizer == "sgd" else 0.0
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=momentum, weight_decay=spec.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     best_state, best_val, patience = None, -1.0, 0
