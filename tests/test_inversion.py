@@ -244,7 +244,7 @@ def test_split_prior_is_per_class_and_disjoint() -> None:
 
 def test_members_matched_better_than_non_members(mlp_1pc: Reference) -> None:
     """On the 1-digit-per-class MLP the informed inversion recovers members, not the population."""
-    cfg = InversionConfig(threads=1, pretrain_steps=400, finetune_steps=60, refine_steps=40, pool_per_class=64,
+    cfg = InversionConfig(threads=1, pretrain_steps=250, finetune_steps=20, refine_steps=40, pool_per_class=64,
                           candidates_per_class=1)
     result = invert(mlp_1pc.target, cfg, prior=mlp_1pc.prior)
     best_members = ssim_matrix(result.images, mlp_1pc.members.float() / 255).max(0).values.numpy()

@@ -81,6 +81,8 @@ class InversionConfig:
     w_bn: float = 0.05
     w_margin: float = 1.0
     target_margin: float = 20.0
+    # informed mode: m* = this quantile of the classifier's margins on the prior images (None: target_margin)
+    prior_margin_quantile: float | None = None
 
     # --- candidate selection and per-sample refinement ---
     pool_per_class: int = 256  # samples drawn per class; the most confident K are kept
@@ -119,6 +121,8 @@ class InversionConfig:
             problems.append("budget_s must be positive")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.diverse_dropout < 1.0:
             problems.append("dropout rates must lie in [0, 1)")
+        if self.prior_margin_quantile is not None and not 0.0 <= self.prior_margin_quantile <= 1.0:
+            problems.append("prior_margin_quantile must lie in [0, 1]")
         if not 0.0 < self.gen_scale <= 1.0:
             problems.append("gen_scale must lie in (0, 1]")
         for name in ("steps", "refine_steps", "pretrain_steps", "finetune_steps", "checkpoint_every", "batch_per_class"):

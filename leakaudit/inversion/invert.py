@@ -18,6 +18,7 @@ callbacks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -194,6 +195,10 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         missing = sorted(set(range(k)) - set(labels.unique().tolist()))
         if missing:
             notes.append(f"the prior has no images of class(es) {missing}: their candidates rest on the classifier alone")
+        if config.prior_margin_quantile is not None and weights.margin:
+            m_star = max(1.0, float(_margins(target, images, labels).quantile(config.prior_margin_quantile)))
+            weights = dataclasses.replace(weights, target_margin=m_star)
+            notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile of the prior images' margins")
         enc = Encoder(shape, k, config.latent_dim).to(device)
         variational = config.pretrain == "vae"
         clock.enter("pretrain", names)

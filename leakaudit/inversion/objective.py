@@ -31,6 +31,7 @@ class Weights:
     l2: float
     bn: float
     margin: float
+    target_margin: float  # m* of the margin hinge
 
 
 def resolve_weights(config: InversionConfig, target: TargetModel, notes: list[str]) -> Weights:
@@ -55,7 +56,7 @@ def resolve_weights(config: InversionConfig, target: TargetModel, notes: list[st
     margin = 0.0 if config.diverse else config.w_margin
     return Weights(
         kl=config.w_kl, ce=config.w_ce, cos=cos, orth=orth, perturbed=perturbed, gradnorm=gradnorm,
-        tv=config.w_tv, range=config.w_range, l2=config.w_l2, bn=bn, margin=margin,
+        tv=config.w_tv, range=config.w_range, l2=config.w_l2, bn=bn, margin=margin, target_margin=config.target_margin,
     )
 
 
@@ -100,7 +101,7 @@ def _terms(
     if weights.ce:
         terms["ce"] = weights.ce * ce
     if weights.margin:
-        terms["margin"] = weights.margin * losses.margin_loss(logits, targets, config.target_margin)
+        terms["margin"] = weights.margin * losses.margin_loss(logits, targets, weights.target_margin)
     if probe.features is not None:
         if weights.cos:
             terms["cos"] = weights.cos * losses.cosine_loss(probe.features)
