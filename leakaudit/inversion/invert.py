@@ -149,19 +149,21 @@ def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] 
 
 @contextlib.contextmanager
 def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None]:
-    """Seeded RNG forked from the caller's, flushed denormals, chosen thread count; all restored after."""
+    """Seeded RNG forked from the caller's and the chosen thread count (both restored after); flushed denormals.
+
+    Flushing denormals stays on afterwards: torch cannot report the previous
+    setting, and turning it off behind a caller who wanted it would be worse.
+    """
     threads = torch.get_num_threads()
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.seed)
-        flushed = torch.set_flush_denormal(True)  # near-zero-loss models produce denormals: ~9× slower steps
+        torch.set_flush_denormal(True)  # near-zero-loss models produce denormals: ~9× slower steps
         if config.threads:
             torch.set_num_threads(config.threads)
         try:
             yield
         finally:
-            if flushed:
-                torch.set_flush_denormal(False)
             torch.set_num_threads(threads)
 
 
