@@ -40,11 +40,14 @@ import signal
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from leakaudit.errors import AuditInterrupted, LeakAuditError
+
+if TYPE_CHECKING:
+    from leakaudit.matching.search import BestMatches
 
 ENV_TIMEOUT = "LEAKAUDIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; a hung (not dead) peer is detected after this
@@ -389,7 +392,7 @@ def _resolve_device(device: str | None, local_rank: int) -> torch.device:
 
 # --- sharded matching ----------------------------------------------------------------
 
-def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: DistContext, **kw: Any) -> Any:
+def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: DistContext, **kw: Any) -> BestMatches:
     """``best_matches`` with the images sharded over the ranks; the merged result on every rank.
 
     Candidates are taken from rank 0 (so every rank matches the very same
@@ -398,7 +401,9 @@ def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: Di
     candidate: the best over ranks, ties to the lowest image index, as one
     process does) reproduces ``best_matches`` bit for bit. ``progress`` reports
     this rank's shard. With the prefilter the per-candidate screening is done
-    per shard, so more pairs may be scored than by one process (never fewer).
+    per shard, so more pairs may be scored than by one process (never fewer):
+    a best match can only come out higher. Choose ``prefilter`` (e.g. with
+    ``auto_prefilter``) from the whole set, so that every rank uses the same.
     """
     from leakaudit.matching.search import BestMatches, best_matches
 
