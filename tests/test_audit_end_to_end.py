@@ -29,6 +29,8 @@ from .test_cli import run_cli
 
 QUICK_INVERSION = """
 [inversion]
+width = 16
+batch_per_class = 2
 steps = 30
 pool_per_class = 8
 candidates_per_class = 2

@@ -15,6 +15,8 @@ from .conftest import TinyReference
 
 LONG_INVERSION = """
 [inversion]
+width = 16
+batch_per_class = 2
 steps = 100000
 pool_per_class = 8
 candidates_per_class = 2
