@@ -151,17 +151,17 @@ def _exact_search(
             done += js.stop - js.start
             if progress is not None:
                 progress(done, total)
+    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
+
+
+def _result(top_val: torch.Tensor, top_idx: torch.Tensor, near_val: torch.Tensor, near_idx: torch.Tensor, *,
+            exact: bool, pairs_scored: int) -> BestMatches:
+    """Package both directions' results (unfilled slots become index -1 / NaN)."""
     top_val, top_idx = _finalise(top_val, top_idx)
     near_val, near_idx = _finalise(near_val, near_idx)
     return BestMatches(
-        best_index=top_idx[:, 0].clone(),
-        best_ssim=top_val[:, 0].clone(),
-        topk_index=top_idx,
-        topk_ssim=top_val,
-        nearest_image=near_idx,
-        nearest_ssim=near_val,
-        exact=True,
-        pairs_scored=n * m,
+        best_index=top_idx[:, 0].clone(), best_ssim=top_val[:, 0].clone(), topk_index=top_idx, topk_ssim=top_val,
+        nearest_image=near_idx, nearest_ssim=near_val, exact=exact, pairs_scored=pairs_scored,
     )
 
 
@@ -271,18 +271,7 @@ def _prefiltered_search(
     hit = scores == near_val[pair_c]
     near_idx = torch.full((n,), m, dtype=torch.int64).scatter_reduce(0, pair_c[hit], pair_i[hit], reduce="amin")
     near_idx[near_idx == m] = -1  # ties: the lowest image index wins
-    top_val, top_idx = _finalise(top_val, top_idx)
-    near_val, near_idx = _finalise(near_val, near_idx)
-    return BestMatches(
-        best_index=top_idx[:, 0].clone(),
-        best_ssim=top_val[:, 0].clone(),
-        topk_index=top_idx,
-        topk_ssim=top_val,
-        nearest_image=near_idx,
-        nearest_ssim=near_val,
-        exact=False,
-        pairs_scored=int(pairs.shape[0]),
-    )
+    return _result(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pairs.shape[0]))
 
 
 # Above this many candidate-image pairs, exact all-pairs SSIM takes more than a
