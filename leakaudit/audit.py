@@ -23,6 +23,7 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
+from leakaudit.distributed import DistContext, sharded_best_matches
 from leakaudit.errors import DataError, ModelError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
@@ -143,8 +144,15 @@ def _quantile(values: torch.Tensor, q: float) -> float | None:
 # --- the whole audit ------------------------------------------------------------
 
 def run_audit(settings: AuditSettings, observer: Observer | None = None,
-              should_stop: Callable[[], bool] | None = None) -> AuditOutcome:
-    """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input."""
+              should_stop: Callable[[], bool] | None = None, dist: DistContext | None = None) -> AuditOutcome:
+    """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input.
+
+    ``dist``: one rank of a distributed run. Every rank inverts and matches its
+    share; rank 0 alone computes the statistics and writes, after the last
+    collective, so a failed rank leaves no report. The other ranks return an
+    empty document.
+    """
+    dist = dist or DistContext.single()
     from leakaudit.gate import apply_gate, gate_settings_from_mapping
     from leakaudit.report.json_format import load_document
 
@@ -157,13 +165,14 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     torch.manual_seed(settings.seed)
 
     inputs = load_inputs(settings, observer)
-    _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
+    if dist.is_main:
+        _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
     from leakaudit.inversion import InversionConfig, invert
     from leakaudit.matching.baseline import (
         class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
     )
     from leakaudit.matching.lpips import LpipsScorer
-    from leakaudit.matching.search import auto_prefilter, best_matches
+    from leakaudit.matching.search import auto_prefilter
     from leakaudit.matching.ssim import SSIM_SETTINGS
     from leakaudit.report import write_outputs
     target, train = inputs.target, inputs.train
@@ -184,27 +193,40 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     result = invert(
         target, config,
         prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
-        callbacks=callbacks, checkpoint_dir=checkpoint_dir, should_stop=stop,
+        callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
     )
-    if stop():
+    if dist.any_true(stop()):
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
     notes.extend(result.notes)
 
     # stage 3: matching
     observer.phase("matching reconstructions against training images", len(train))
+    # one policy for every rank: decided from the whole sets, not from a rank's shard
     prefilter = auto_prefilter(int(candidates.shape[0]), len(train) + (len(null_set) if null_set is not None else 0))
-    train_match = best_matches(candidates, train.images, k=5, prefilter=prefilter,
-                               progress=lambda d, t: observer.advance(d, t, "training images"))
+    train_match = sharded_best_matches(candidates, train.images, dist, k=5, prefilter=prefilter,
+                                       progress=lambda d, t: observer.advance(d, t, "training images"))
     null_match = None
     if null_set is not None:
         observer.phase("matching reconstructions against non-member images", len(null_set))
-        null_match = best_matches(candidates, null_set.images, k=5, prefilter=prefilter,
-                                  progress=lambda d, t: observer.advance(d, t, "non-member images"))
+        null_match = sharded_best_matches(candidates, null_set.images, dist, k=5, prefilter=prefilter,
+                                          progress=lambda d, t: observer.advance(d, t, "non-member images"))
     if prefilter is not None:
         notes.append(f"Matching used the correlation prefilter (exact SSIM for each image's {prefilter} most correlated "
                      "reconstructions): at this size exhaustive matching is slow, and on real digits the prefilter "
                      "found the exact best match for 99.6% of images, losing at most 0.03 SSIM on the others.")
+    pre_matches = None
+    if informed and result.pretrained_images is not None and null_set is not None:
+        observer.phase("matching the pre-trained generator's candidates (what the weights added)")
+        pre = result.pretrained_images.detach().float().cpu().clamp(0, 1)
+        pre_matches = (sharded_best_matches(pre, train.images, dist, k=1).best_ssim.double(),
+                       sharded_best_matches(pre, null_set.images, dist, k=1).best_ssim.double())
+    if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
+        return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
+    if dist.is_distributed:
+        notes.append(f"Ran on {dist.world_size} processes ({dist.backend}): each trained the generator on its share of "
+                     "every batch (gradients averaged), so the reconstructions differ from a single process's run as "
+                     "another draw of the same attack would; the matching itself is exact.")
 
     observer.phase("statistics")
     train_best = train_match.best_ssim.double()
@@ -222,11 +244,8 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     p99 = _quantile(null_best, 0.99) if null_best is not None else None
 
     weights_gain = None
-    if informed and result.pretrained_images is not None and null_set is not None:
-        observer.phase("matching the pre-trained generator's candidates (what the weights added)")
-        pre = result.pretrained_images.detach().float().cpu().clamp(0, 1)
-        pre_train = best_matches(pre, train.images, k=1).best_ssim.double()
-        pre_null = best_matches(pre, null_set.images, k=1).best_ssim.double()
+    if pre_matches is not None and null_best is not None:
+        pre_train, pre_null = pre_matches
         gain = leak_score(train_best - pre_train, null_best - pre_null, seed=settings.seed)
         before = leak_score(pre_train, pre_null, seed=settings.seed)
         weights_gain = {

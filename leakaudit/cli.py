@@ -273,9 +273,13 @@ def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
 
 def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
     from leakaudit.audit import run_audit
+    from leakaudit.distributed import DistContext
 
+    dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
+    if dist.is_distributed:
+        settings = replace(settings, device=str(dist.device))
     console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=bool(opts.get("quiet")))
-    console.quiet = bool(opts.get("quiet"))
+    console.quiet = bool(opts.get("quiet")) or not dist.is_main  # progress and summary from rank 0 only
     file_config = ctx.meta.get("leakaudit.config")
     if file_config is not None:
         for warning in file_config.warnings:
@@ -284,14 +288,17 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     restore_signals = stop.install()
     observer = make_observer(console)
     try:
-        outcome = run_audit(settings, observer=observer, should_stop=stop)
+        outcome = run_audit(settings, observer=observer, should_stop=stop, dist=dist)
     finally:
         restore_signals()
         if hasattr(observer, "close"):
             observer.close()
+        dist.close()
     if stop.stopped:
         raise AuditInterrupted(f"stopped by {stop.signal_name}; no result was written, the last generator checkpoint "
                                f"is kept in {settings.out / 'checkpoints'}")
+    if not dist.is_main:  # the verdict and the outputs are rank 0's
+        return int(ExitStatus.PASSED)
     for warning in outcome.warnings:
         console.warn(warning)
     if opts.get("output_format") == "json":
@@ -351,6 +358,33 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
         ctx.exit(run.invoke(sub))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                              "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
+    """Run one audit on several processes or machines: torchrun's options, then `run …`.
+
+    \b
+    leakaudit launch --nproc-per-node 4 run model.pt --data ./train --holdout ./heldout
+    \b
+    The same as `torchrun --nproc-per-node 4 -m leakaudit run …`, except for
+    the exit code: torchrun exits 1 when any process fails, this exits as
+    `leakaudit run` does (0 passed, 1 gate failed, 2 error naming the rank that
+    failed first, 130 interrupted).
+    """
+    from leakaudit.distributed import launch as launch_ranks, split_launch_args
+
+    if not args or args[0] in ("-h", "--help"):
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    torchrun_args, run_args = split_launch_args(args)
+    outcome = launch_ranks(torchrun_args, run_args)
+    if outcome.message:
+        Console().error(outcome.message)
+    ctx.exit(outcome.exit_code)
+
+
 @cli.command()
 @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write (default: report.html beside RESULT).")
@@ -370,11 +404,28 @@ def report(result: Path, out: Path | None, redact: str, images: bool, debug: boo
     console.say(f"report written: {written} ({written.stat().st_size / 1024:.0f} KiB)")
 
 
+def _rank_prefix() -> str:
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return ""  # one process: no torch import just for this
+    from leakaudit.distributed import rank_prefix
+
+    return rank_prefix()
+
+
+def _record_rank_failure(exc: BaseException) -> None:
+    """Under torchrun: leave the failure where the launcher finds the rank that failed first."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        from leakaudit.distributed import record_failure
+
+        record_failure(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console = Console()
+    where = _rank_prefix()  # under torchrun: which rank says this
     try:
         code = cli.main(args=args, prog_name="leakaudit", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -386,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         console.error("interrupted")
         code = ExitStatus.INTERRUPTED
     except AuditInterrupted as exc:
-        console.error(str(exc))
+        console.error(f"{where}{exc}")
+        _record_rank_failure(exc)
         code = ExitStatus.INTERRUPTED
     except KeyboardInterrupt:
         console.error("interrupted")
@@ -394,12 +446,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except LeakAuditError as exc:
         if debug:
             traceback.print_exc()
-        console.error(str(exc))
+        console.error(f"{where}{exc}")
+        _record_rank_failure(exc)
         code = ExitStatus.ERROR
     except Exception as exc:  # a bug: still exit 2, never 0 or 1
         if debug:
             traceback.print_exc()
-        console.error(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
+        console.error(f"{where}internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
+        _record_rank_failure(exc)
         code = ExitStatus.ERROR
     sys.exit(int(code or 0))
 

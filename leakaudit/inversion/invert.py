@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from leakaudit.distributed import DistContext
 from leakaudit.errors import ConfigError
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
@@ -81,8 +82,9 @@ class _Clock:
     """Steps, budget and stop requests of one run; the only place that calls the callbacks."""
 
     def __init__(self, config: InversionConfig, phases: list[tuple[str, int]], callbacks: InversionCallbacks,
-                 should_stop: Callable[[], bool] | None) -> None:
+                 should_stop: Callable[[], bool] | None, dist: DistContext) -> None:
         self.config = config
+        self.dist = dist
         self.phases = dict(phases)
         self.planned = sum(n for _, n in phases)
         self.callbacks = callbacks
@@ -117,7 +119,9 @@ class _Clock:
             self.stopped = True
         if self.config.budget_s is not None and self.elapsed() >= self.config.budget_s:
             self.stopped = True
-        return not self.stopped and self.elapsed() < self.deadline
+        # Ranks agree on both decisions, so they always run the same number of collectives.
+        self.stopped, phase_over = self.dist.any_flags(self.stopped, self.elapsed() >= self.deadline)
+        return not self.stopped and not phase_over
 
 
 def invert(
@@ -128,17 +132,23 @@ def invert(
     callbacks: InversionCallbacks | None = None,
     checkpoint_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dist: DistContext | None = None,
 ) -> InversionResult:
     """Invert ``target`` into K candidates per class.
 
     ``prior``: non-member (uint8 images (M, C, H, W), labels (M,)) for informed
     mode. Deterministic on the CPU for a fixed seed, unless the budget or
-    ``should_stop`` cut the run short.
+    ``should_stop`` cut the run short. ``dist``: share each generator batch
+    (and the refined candidates) over the ranks of a distributed run; every
+    rank returns the same result.
     """
     informed = _informed(config, prior)
     device = torch.device(config.device) if config.device else target.device
     with _run_context(config, device):
-        return _invert(target, config, informed, prior, callbacks or InversionCallbacks(), checkpoint_dir, should_stop, device)
+        dist = dist or DistContext.single(device)
+        with dist.in_stage("inversion"):
+            return _invert(target, config, informed, prior, callbacks or InversionCallbacks(), checkpoint_dir,
+                           should_stop, device, dist)
 
 
 def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
@@ -169,7 +179,7 @@ def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None
 
 def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior: tuple[torch.Tensor, torch.Tensor] | None,
             callbacks: InversionCallbacks, checkpoint_dir: Path | None, should_stop: Callable[[], bool] | None,
-            device: torch.device) -> InversionResult:
+            device: torch.device, dist: DistContext) -> InversionResult:
     rng = torch.Generator().manual_seed(config.seed)
     notes: list[str] = []
     weights = resolve_weights(config, target, notes)
@@ -184,7 +194,7 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         phases = [("pretrain", config.pretrain_steps), ("finetune", config.finetune_steps), ("refine", refine)]
     else:
         phases = [("train", config.steps), ("refine", refine)]
-    clock = _Clock(config, phases, callbacks, should_stop)
+    clock = _Clock(config, phases, callbacks, should_stop, dist)
     if callbacks.on_start:
         callbacks.on_start(clock.planned)
     names = [p for p, _ in phases]
@@ -205,6 +215,8 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         variational = config.pretrain == "vae"
         clock.enter("pretrain", names)
         _pretrain(gen, enc, images, labels, config, clock, ckpt, rng, variational)
+        dist.sync_buffers(gen)
+        dist.sync_buffers(enc)
         latents = fit_latents(enc, images, labels, variational)
         pretrained = _sample(gen, latents, k, config.candidates_per_class, rng, device)
         clock.enter("finetune", names[1:])
@@ -214,6 +226,7 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         clock.enter("train", names)
         _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.steps, config.lr,
                        anchor=None, phase="train")
+    dist.sync_buffers(gen)  # BatchNorm statistics tracked per rank: one generator for sampling
     ckpt.save(gen, clock.steps, "final", force=True)
     gallery = None
     if config.diverse:
@@ -277,9 +290,11 @@ def _pretrain(gen: ConditionalGenerator, enc: Encoder, images: torch.Tensor, lab
     for step in range(config.pretrain_steps if not clock.stopped else 0):
         _cosine_lr(opt, config.pretrain_lr, step, config.pretrain_steps, config.lr_final_fraction)
         idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
+        idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
         loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        clock.dist.average_gradients(params, idx.shape[0] / batch)
         opt.step()
         ckpt.save(gen, clock.steps + 1, "pretrain")
         if not clock.tick({"vae": float(loss.detach())}):
@@ -304,22 +319,25 @@ def _train_against(gen: ConditionalGenerator, target: TargetModel, weights: Weig
     opt = torch.optim.Adam(params, lr=lr)
     gen.train()
     targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
+    share = clock.dist.batch_share(targets)  # this rank's positions of the batch (all of it in one process)
     for step in range(steps if not clock.stopped else 0):
         _cosine_lr(opt, lr, step, steps, config.lr_final_fraction)
-        z = latents.sample(targets.shape[0], rng)  # (B, latent)
-        cond = _conditioning(targets, k, config, rng).to(device)  # (B, K)
-        pre = gen.low_res(z, cond)  # (B, C, h, w)
-        x = gen.upsample(pre)  # (B, C, H, W)
-        loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
+        cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
+        pre = gen.low_res(z, cond)  # (B_r, C, h, w)
+        x = gen.upsample(pre)  # (B_r, C, H, W)
+        loss, report = objective(target, weights, config, x, pre, cond, targets[share], rng)
         if anchor is not None and config.w_anchor:
             enc, images, labels, variational = anchor
             idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(device)
+            idx = idx[clock.dist.batch_share(labels[idx])]
             vae = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
             vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
             loss = loss + config.w_anchor * vae
             report["anchor"] = float(config.w_anchor * vae.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
+        clock.dist.average_gradients(params, share.shape[0] / targets.shape[0])
         opt.step()
         ckpt.save(gen, clock.steps + 1, phase)
         if not clock.tick(report):
@@ -380,8 +398,11 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
             margins = _margins(target, gen(z, F.one_hot(t, k).float()), t)
             chosen_z.append(z[margins.argsort(descending=True)[:per]])
             chosen_t.append(t[:per])
-    z = torch.cat(chosen_z).clone().requires_grad_(True)  # (N, latent)
-    targets = torch.cat(chosen_t)  # (N,)
+    all_targets = torch.cat(chosen_t)  # (N,): chosen alike on every rank
+    share = clock.dist.batch_share(all_targets)  # each rank refines its share of the candidates
+    weight = share.shape[0] / all_targets.shape[0]  # gradients as in the full batch
+    z = torch.cat(chosen_z)[share].clone().requires_grad_(True)  # (N_r, latent)
+    targets = all_targets[share]  # (N_r,)
     cond = F.one_hot(targets, k).float()
     # a per-sample residual on the low-resolution pre-activations (zero: off)
     delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)  # (N, C, gh, gw)
@@ -407,11 +428,11 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
             loss = loss + config.w_refine_pixel * shift
             report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=variables)
+        (loss * weight).backward(inputs=variables)
         opt.step()
         if not clock.tick(report):
             break
     for p in gen.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
-        return gen.upsample(gen.low_res(z, cond) + delta), targets
+        return clock.dist.gather_rows(gen.upsample(gen.low_res(z, cond) + delta), share, all_targets.shape[0]), all_targets
