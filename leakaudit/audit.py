@@ -27,6 +27,7 @@ from leakaudit.distributed import DistContext, sharded_best_matches
 from leakaudit.errors import DataError, ModelError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
+from leakaudit.numerics import flush_denormals
 from leakaudit.progress import Observer, SilentObserver
 
 SCHEMA_VERSION = "1.0"
@@ -131,8 +132,9 @@ def fingerprint(path: str, image: torch.Tensor) -> str:
 @torch.no_grad()
 def _losses(target: TargetModel, images: ImageSet, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     logits = []
-    for start in range(0, len(images), batch):
-        logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
+    with flush_denormals():
+        for start in range(0, len(images), batch):
+            logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
     return torch.cat(logits), images.labels
 
 

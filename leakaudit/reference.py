@@ -24,6 +24,7 @@ from torch import nn
 
 from leakaudit.data import write_image_folder
 from leakaudit.errors import ConfigError
+from leakaudit.numerics import flush_denormals
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,8 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData,
 
     ``progress(epoch, epochs)`` is called after every epoch.
     """
-    flushed = torch.set_flush_denormal(True)  # near-zero losses make denormal floats: steps ~2–9× slower
-    try:
+    with flush_denormals():  # near-zero losses make denormal floats: steps ~2–9× slower
         return _train(spec, data, progress)
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
 
 
 def _train(spec: ReferenceSpec, data: ReferenceData,
