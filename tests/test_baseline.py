@@ -118,7 +118,6 @@ def test_prototype_null_on_real_digits(power_setup: dict[str, torch.Tensor]) -> 
 
 
 def test_loss_membership_auc_on_real_digits() -> None:
-    torch.set_flush_denormal(True)  # a memorising model's tiny losses would otherwise slow training
     spec = ReferenceSpec(train_per_class=5, holdout_per_class=20, hidden=256, epochs=60, seed=0)
     data = split_members(spec)
     model, metrics = train_classifier(spec, data)
