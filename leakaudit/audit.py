@@ -33,6 +33,9 @@ from leakaudit.progress import Observer, SilentObserver
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
 FRACTION_THRESHOLDS = (0.4, 0.5, 0.6)
+# Informed mode: what the weights must add over the pre-trained generator before we call it evidence.
+EVIDENCE_MIN_AUC = 0.55
+EVIDENCE_MAX_P = 0.01
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,13 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             "train_mean_gain": float((train_best - pre_train).mean()),
             "holdout_mean_gain": float((null_best - pre_null).mean()),
         }
+        if gain.value < EVIDENCE_MIN_AUC or gain.p_value >= EVIDENCE_MAX_P:
+            notes.append(f"No reconstruction evidence from the weights: fine-tuning against the classifier made members "
+                         f"no easier to match than non-members (paired AUC {gain.value:.3f}, p = {gain.p_value:.3g}; "
+                         f"a claim needs AUC ≥ {EVIDENCE_MIN_AUC} at p < {EVIDENCE_MAX_P}).")
+        else:
+            notes.append(f"The weights made members easier to reconstruct than non-members (paired AUC {gain.value:.3f}, "
+                         f"p = {gain.p_value:.3g}); confirm with a second --seed before acting on a borderline result.")
 
     # findings: the top-K training samples by best-match SSIM
     order = torch.argsort(train_best, descending=True, stable=True)[: settings.top]
