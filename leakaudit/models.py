@@ -522,13 +522,31 @@ def _load_unsafe(path: Path, arch: str | None) -> nn.Module:
     raise ModelError(f"{path}: unpickled a {type(obj).__name__}, not a model")
 
 
-def _first_layer_channels(module: nn.Module) -> int | None:
+def _first_layer(module: nn.Module) -> tuple[str, int] | None:
+    """Kind and input width of the first Conv2d/Linear layer (plain or TorchScript modules)."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels)
-        if isinstance(m, nn.Linear):
-            return None
+        kind = type(m).__name__ if not isinstance(m, torch.jit.ScriptModule) else getattr(m, "original_name", "")
+        if kind == "Conv2d" and hasattr(m, "in_channels"):
+            return "conv", int(m.in_channels)
+        if kind == "Linear" and hasattr(m, "in_features"):
+            return "linear", int(m.in_features)
     return None
+
+
+def _first_layer_channels(module: nn.Module) -> int | None:
+    first = _first_layer(module)
+    return first[1] if first is not None and first[0] == "conv" else None
+
+
+def _square_input_guess(module: nn.Module) -> Iterator[tuple[int, int, int]]:
+    """An MLP's first layer fixes C·H·W; square gray or RGB images are the likely reading."""
+    first = _first_layer(module)
+    if first is None or first[0] != "linear":
+        return
+    for channels in (1, 3):
+        side = round((first[1] / channels) ** 0.5)
+        if channels * side * side == first[1] and side >= 8:
+            yield (channels, side, side)
 
 
 def _export_input_shape(module: nn.Module) -> tuple[int, int, int] | None:
@@ -556,6 +574,8 @@ def _candidate_shapes(module: nn.Module, input_size: tuple[int, int] | None, hin
     if size is not None:
         for c in dict.fromkeys(channel_options):
             yield (c, size[0], size[1])
+    elif hint is None:
+        yield from _square_input_guess(module)
 
 
 def load_model(

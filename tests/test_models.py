@@ -210,10 +210,17 @@ def test_normalisation_is_applied_inside(tiny: TinyReference) -> None:
         torch.testing.assert_close(target.logits(x), tiny.module((x - 0.5) / 0.25), rtol=1e-5, atol=1e-5)
 
 
-def test_model_without_size_hint_asks_for_input_size(tiny: TinyReference) -> None:
+def test_input_shape_without_any_hint(tiny: TinyReference, tmp_path: Path) -> None:
+    # An MLP's first layer fixes C·H·W: 1024 inputs read as one 32×32 gray image.
+    assert load_model(tiny.torchscript, device="cpu").input_shape == (1, 32, 32)
+    # A CNN says only its channels: the size must come from the data or --input-size.
+    from leakaudit.reference import ReferenceSpec, build_classifier
+
+    cnn = build_classifier(ReferenceSpec(arch="cnn"), 1, 10).eval()
+    torch.jit.save(torch.jit.script(cnn), str(tmp_path / "cnn.pt"))
     with pytest.raises(ModelError, match="--input-size"):
-        load_model(tiny.torchscript, device="cpu")
-    assert load_model(tiny.torchscript, input_size=(32, 32), device="cpu").input_shape == (1, 32, 32)
+        load_model(tmp_path / "cnn.pt", device="cpu")
+    assert load_model(tmp_path / "cnn.pt", input_size=(32, 32), device="cpu").input_shape == (1, 32, 32)
 
 
 def test_from_module_keeps_weights_frozen(tiny: TinyReference) -> None:
