@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from leakaudit.matching.search import best_matches
-from leakaudit.matching.ssim import C1, C2, gaussian_filter_valid, local_stats, ssim_matrix, ssim_pairs
+from leakaudit.matching.ssim import C1, C2, gaussian_filter_valid, local_stats, ssim_matrix
 from leakaudit.reference import bundled_images
 
 

@@ -24,7 +24,7 @@ from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
 from leakaudit.distributed import DistContext, sharded_best_matches
-from leakaudit.errors import DataError, ModelError, OutputError
+from leakaudit.errors import DataError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
@@ -172,7 +172,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     inputs = load_inputs(settings, observer)
     if dist.is_main:
         _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
-    from leakaudit.inversion import InversionConfig, invert
+    from leakaudit.inversion import invert
     from leakaudit.matching.baseline import (
         class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
     )
