@@ -22,9 +22,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# A short pass over the benchmarks; bench/README.md has the full runs.
 bench: setup
-	$(BIN)/python bench/bench_matching.py --quick
-	$(BIN)/python bench/bench_inversion.py --quick
+	$(BIN)/python -m bench.bench_matching --quick
+	$(BIN)/python -m bench.bench_memory --images 5000
+	$(BIN)/python bench/bench_inversion.py --models digits-mlp-1pc --seeds 0
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info leakaudit-demo leakaudit-out bench/out
