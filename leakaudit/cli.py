@@ -295,8 +295,9 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
             observer.close()
         dist.close()
     if stop.stopped:
-        raise AuditInterrupted(f"stopped by {stop.signal_name}; no result was written, the last generator checkpoint "
-                               f"is kept in {settings.out / 'checkpoints'}")
+        raise AuditInterrupted(f"stopped by {stop.signal_name}; no result was written. The checkpoint is kept in "
+                               f"{settings.out / 'checkpoints'}: the same command resumes from the last completed "
+                               "inversion phase")
     if not dist.is_main:  # the verdict and the outputs are rank 0's
         return int(ExitStatus.PASSED)
     for warning in outcome.warnings:

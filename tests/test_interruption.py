@@ -63,3 +63,84 @@ def test_signal_stops_promptly_with_130(tiny: TinyReference, tmp_path: Path, sig
     for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
         assert not (out / name).exists(), f"{name} written by an interrupted run"
     assert not list(out.glob("*.tmp")), "temporary files left behind"
+
+
+RESUMABLE_INVERSION = """
+[inversion]
+width = 16
+batch_per_class = 2
+pretrain_steps = 40
+finetune_steps = 400
+pool_per_class = 8
+candidates_per_class = 2
+refine_steps = 10
+checkpoint_every = 5
+"""
+
+
+def _audit_command(tiny: TinyReference, config: Path, out: Path) -> list[str]:
+    return [str(Path(sys.executable).parent / "leakaudit"), "run", str(tiny.torchscript), "--data", str(tiny.train_dir),
+            "--holdout", str(tiny.holdout_dir), "--out", str(out), "--config", str(config), "--budget", "600",
+            "--seed", "2"]
+
+
+def _comparable(out: Path) -> dict:
+    import json
+
+    document = json.loads((out / "leakaudit.json").read_text())
+    for key in ("elapsed_s", "started_at", "command"):
+        document["provenance"].pop(key, None)
+    document["inversion"].pop("seconds", None)
+    return document
+
+
+def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference, tmp_path: Path) -> None:
+    config = tmp_path / "resumable.toml"
+    config.write_text(RESUMABLE_INVERSION)
+    env = {**os.environ, "CI": "1"}
+    # The reference: one uninterrupted run.
+    whole = subprocess.run(_audit_command(tiny, config, tmp_path / "whole"), capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert whole.returncode in (0, 1), whole.stderr
+    # SIGKILL as soon as pre-training is done (the resumable state appears), mid fine-tuning.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_audit_command(tiny, config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    state = out / "checkpoints" / "resume.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no resumable state was written: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    assert not (out / "leakaudit.json").exists()
+    again = subprocess.run(_audit_command(tiny, config, out), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == whole.returncode, again.stderr
+    assert "resumed from the checkpoint, at finetune" in again.stderr
+    assert _comparable(out) == _comparable(tmp_path / "whole")
+    assert not state.exists(), "a finished inversion leaves no state to resume"
+
+
+def test_state_from_other_inputs_is_not_reused(tiny: TinyReference, tmp_path: Path) -> None:
+    config = tmp_path / "resumable.toml"
+    config.write_text(RESUMABLE_INVERSION.replace("finetune_steps = 400", "finetune_steps = 20"))
+    out = tmp_path / "out"
+    command = _audit_command(tiny, config, out)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CI": "1"})
+    state = out / "checkpoints" / "resume.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no resumable state was written: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    # Another seed is another inversion: the saved state must be ignored.
+    other = subprocess.run([*command[:-1], "3"], capture_output=True, text=True, env={**os.environ, "CI": "1"},
+                           timeout=600)
+    assert other.returncode in (0, 1), other.stderr
+    assert "resumed" not in other.stderr

@@ -35,6 +35,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
 from leakaudit.inversion.objective import Weights, objective, resolve_weights
+from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.models import TargetModel
 from leakaudit.numerics import flush_denormals
 
@@ -198,6 +199,37 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
     ckpt = _Checkpointer(checkpoint_dir, config)
     pretrained: tuple[torch.Tensor, torch.Tensor] | None = None
     latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
+    # Resume from the last completed phase of an interrupted run with the same inputs (single process).
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None and not dist.is_distributed else None
+    key = resume_key(target, config, prior) if folder is not None else ""
+    resumed = load_state(folder, key)
+    enc: Encoder | None = None
+
+    def boundary(next_phase: str) -> None:
+        save_state(folder, key, next_phase, {
+            "generator": gen.state_dict(), "encoder": enc.state_dict() if enc is not None else None,
+            "rng": rng.get_state(), "torch_rng": torch.get_rng_state(), "steps": clock.steps,
+            "latent_mean": latents.mean.cpu(), "latent_std": latents.std.cpu(),
+            "pretrained": None if pretrained is None else (pretrained[0].cpu(), pretrained[1].cpu()),
+        })
+
+    def restore(state: dict) -> None:
+        nonlocal latents, pretrained
+        gen.load_state_dict(state["generator"])
+        if enc is not None and state["encoder"] is not None:
+            enc.load_state_dict(state["encoder"])
+        rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        clock.steps = int(state["steps"])
+        latents = LatentGaussian(state["latent_mean"].to(device), state["latent_std"].to(device))
+        if state["pretrained"] is not None:
+            pretrained = (state["pretrained"][0].to(device), state["pretrained"][1].to(device))
+        if callbacks.on_phase:
+            callbacks.on_phase(f"resumed from the checkpoint, at {state['next_phase']}")
+
+    def completed(phase_start: int, planned: int) -> bool:
+        return not clock.stopped and clock.steps - phase_start >= planned
+
     if informed:
         assert prior is not None
         images, labels = prepare_prior(prior[0], prior[1], shape, k, device)
@@ -210,19 +242,35 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
             notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile of the prior images' margins")
         enc = Encoder(shape, k, config.latent_dim).to(device)
         variational = config.pretrain == "vae"
-        clock.enter("pretrain", names)
-        _pretrain(gen, enc, images, labels, config, clock, ckpt, rng, variational)
-        dist.sync_buffers(gen)
-        dist.sync_buffers(enc)
-        latents = fit_latents(enc, images, labels, variational)
-        pretrained = _sample(gen, latents, k, config.candidates_per_class, rng, device)
-        clock.enter("finetune", names[1:])
-        _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.finetune_steps,
-                       config.finetune_lr, anchor=(enc, images, labels, variational), phase="finetune")
+        if resumed is not None:
+            restore(resumed)
+        else:
+            clock.enter("pretrain", names)
+            start = clock.steps
+            _pretrain(gen, enc, images, labels, config, clock, ckpt, rng, variational)
+            dist.sync_buffers(gen)
+            dist.sync_buffers(enc)
+            latents = fit_latents(enc, images, labels, variational)
+            pretrained = _sample(gen, latents, k, config.candidates_per_class, rng, device)
+            if completed(start, config.pretrain_steps):
+                boundary("finetune")
+        if resumed is None or resumed["next_phase"] == "finetune":
+            clock.enter("finetune", names[1:])
+            start = clock.steps
+            _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.finetune_steps,
+                           config.finetune_lr, anchor=(enc, images, labels, variational), phase="finetune")
+            if completed(start, config.finetune_steps):
+                boundary("refine")
     else:
-        clock.enter("train", names)
-        _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.steps, config.lr,
-                       anchor=None, phase="train")
+        if resumed is not None:
+            restore(resumed)
+        else:
+            clock.enter("train", names)
+            start = clock.steps
+            _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.steps, config.lr,
+                           anchor=None, phase="train")
+            if completed(start, config.steps):
+                boundary("refine")
     dist.sync_buffers(gen)  # BatchNorm statistics tracked per rank: one generator for sampling
     ckpt.save(gen, clock.steps, "final", force=True)
     gallery = None
@@ -234,6 +282,8 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         clock.enter("refine", ["refine"])
         images_out, targets = _select_and_refine(gen, target, weights, config, clock, rng, latents, device)
     confidence = _confidence(target, images_out, targets)
+    if not clock.stopped:
+        clear_state(folder)
     if clock.stopped and clock.steps < clock.planned:
         notes.append(f"stopped early after {clock.steps} of {clock.planned} steps ({clock.elapsed():.1f} s)")
     mode = "informed" if informed else "data-free"
