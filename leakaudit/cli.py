@@ -212,7 +212,7 @@ def run_options(func: Any) -> Any:
         click.option("--fail-lpips", type=float, help="Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar)."),
         click.option("--fail-leak-score", type=float, callback=_unit_interval, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
-        click.option("--budget", type=click.FloatRange(min=1.0), default=180.0, show_default=True, help="Wall-clock budget of the inversion, in seconds."),
+        click.option("--budget", type=click.FloatRange(min=1.0), default=180.0, show_default=True, help="Wall-clock budget of the whole audit, in seconds: the inversion gets what loading and (estimated) matching leave."),
         click.option("--prior", type=click.Choice(["auto", "holdout", "none"]), default="auto", show_default=True, help="Informed inversion from part of the holdout (auto: when --holdout is given)."),
         click.option("--conditioning", type=click.Choice(["vector", "matrix", "both"]), default="both", show_default=True, help="How the generator is told the class: soft vector, hot matrix channel, or both."),
         click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),

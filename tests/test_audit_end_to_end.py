@@ -162,3 +162,21 @@ def test_without_holdout_the_result_says_it_is_uncalibrated(tiny: TinyReference,
     assert document["summary"]["leak_score"] is None
     assert any("uncalibrated" in note for note in document["summary"]["notes"])
     assert "not calibrated" in err
+
+
+def test_budget_bounds_the_whole_audit(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    config = tmp_path / "long.toml"
+    config.write_text("[inversion]\nwidth = 16\nbatch_per_class = 2\nsteps = 100000\npool_per_class = 8\n"
+                      "candidates_per_class = 2\nrefine_steps = 10\n")
+    started = time.monotonic()
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
+                            "--prior", "none", "--out", str(tmp_path / "o"), "--config", str(config),
+                            "--budget", "20", "--quiet"], capsys)
+    elapsed = time.monotonic() - started
+    assert code in (0, 1), err
+    assert elapsed < 20 + 15, f"a 20 s budget took {elapsed:.1f} s"
+    document = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
+    assert document["inversion"]["completed_fraction"] < 0.5
+    assert any("The budget ended the inversion" in note for note in document["summary"]["notes"])
