@@ -90,10 +90,11 @@ def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
                                     strict=settings.strict_data)
         for skipped in holdout.skipped:
             observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
-        overlap = set(_pixel_digests(train)) & set(_pixel_digests(holdout))
+        holdout_digests = _pixel_digests(holdout)
+        overlap = set(_pixel_digests(train)) & set(holdout_digests)
         if overlap:
             observer.note(f"{len(overlap)} holdout image(s) are pixel-identical to training images; they are left out of the null")
-            keep = torch.tensor([d not in overlap for d in _pixel_digests(holdout)])
+            keep = torch.tensor([d not in overlap for d in holdout_digests])
             holdout = _subset(holdout, keep)
             if len(holdout) == 0:
                 raise DataError(f"every image in {settings.holdout} is also in {settings.data}: no non-members left")
@@ -116,15 +117,11 @@ def split_holdout(holdout: ImageSet, seed: int, fraction: float = PRIOR_FRACTION
     The two parts never overlap, so the null measures what a generator that
     never saw those images reaches.
     """
-    gen = torch.Generator().manual_seed(seed + 7919)
+    from leakaudit.inversion import split_prior
+
+    prior_idx, _ = split_prior(holdout.labels, fraction, seed=seed + 7919)
     prior_mask = torch.zeros(len(holdout), dtype=torch.bool)
-    for c in holdout.labels.unique().tolist():
-        idx = torch.nonzero(holdout.labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_prior = int(round(len(idx) * fraction))
-        if len(idx) >= 2:
-            n_prior = min(max(n_prior, 1), len(idx) - 1)
-            prior_mask[idx[:n_prior]] = True
+    prior_mask[prior_idx] = True
     return _subset(holdout, prior_mask), _subset(holdout, ~prior_mask)
 
 

@@ -20,6 +20,7 @@ elsewhere on the machine.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -136,8 +137,6 @@ def decode_image(data: bytes | Path, channels: int, size: tuple[int, int]) -> np
     Raises ``DataError`` for anything Pillow cannot read (including images
     over ``MAX_IMAGE_PIXELS``).
     """
-    import io
-
     height, width = size
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import TinyReference
+from .test_audit_end_to_end import _without_timings
 
 LONG_INVERSION = """
 [inversion]
@@ -25,6 +26,16 @@ checkpoint_every = 5
 """
 
 
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout_s: float = 300) -> None:
+    """Poll until the running audit writes ``path``; fail the test if it exits or times out first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the audit never wrote {path.name}: {proc.communicate()[1]}")
+        time.sleep(0.05)
+
+
 def _start(tiny: TinyReference, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     config = tmp_path / "long.toml"
     config.write_text(LONG_INVERSION)
@@ -34,13 +45,7 @@ def _start(tiny: TinyReference, tmp_path: Path) -> tuple[subprocess.Popen[str], 
          "--out", str(out), "--config", str(config), "--budget", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"},
     )
-    checkpoint = out / "checkpoints" / "generator.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the audit never wrote a checkpoint: {proc.communicate()[1]}")
-        time.sleep(0.2)
+    _wait_for(out / "checkpoints" / "generator.pt", proc)
     return proc, out
 
 
@@ -87,11 +92,7 @@ def _audit_command(tiny: TinyReference, config: Path, out: Path) -> list[str]:
 def _comparable(out: Path) -> dict:
     import json
 
-    document = json.loads((out / "leakaudit.json").read_text())
-    for key in ("elapsed_s", "started_at", "command"):
-        document["provenance"].pop(key, None)
-    document["inversion"].pop("seconds", None)
-    return document
+    return _without_timings(json.loads((out / "leakaudit.json").read_text()))
 
 
 def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference, tmp_path: Path) -> None:
@@ -107,12 +108,7 @@ def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference,
     proc = subprocess.Popen(_audit_command(tiny, config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     state = out / "checkpoints" / "resume.pt"
-    deadline = time.monotonic() + 300
-    while not state.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no resumable state was written: {proc.communicate()[1]}")
-        time.sleep(0.05)
+    _wait_for(state, proc)
     proc.kill()
     proc.communicate()
     assert not (out / "leakaudit.json").exists()
@@ -131,12 +127,7 @@ def test_state_from_other_inputs_is_not_reused(tiny: TinyReference, tmp_path: Pa
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CI": "1"})
     state = out / "checkpoints" / "resume.pt"
-    deadline = time.monotonic() + 300
-    while not state.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no resumable state was written: {proc.communicate()[1]}")
-        time.sleep(0.05)
+    _wait_for(state, proc)
     proc.kill()
     proc.communicate()
     # Another seed is another inversion: the saved state must be ignored.
