@@ -15,6 +15,7 @@ from leakaudit.errors import ConfigError
 from leakaudit.inversion import ConditionalGenerator, InversionCallbacks, InversionConfig, invert, split_prior, weight_contribution
 from leakaudit.inversion import losses
 from leakaudit.inversion.generator import hot_patterns, soft_conditioning
+from leakaudit.inversion.rowspace import first_layer_rowspace
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.models import TargetModel
 from leakaudit.reference import ReferenceSpec, load_spec, split_members, train_classifier
@@ -149,7 +150,8 @@ def test_gradient_norm_against_hand_value() -> None:
 # --- the loop ----------------------------------------------------------------
 
 def test_reconstruction_raises_target_confidence(mlp_1pc: Reference) -> None:
-    cfg = dataclasses.replace(QUICK, steps=120, refine_steps=30)
+    # the classification losses alone: in a run this short the row-space pull still outweighs them
+    cfg = dataclasses.replace(QUICK, steps=120, refine_steps=30, rowspace=False)
     result = invert(mlp_1pc.target, cfg)
     torch.manual_seed(0)
     gen = ConditionalGenerator(mlp_1pc.target.input_shape, 10, width=16, latent_dim=8, embed_dim=8).eval()
@@ -265,3 +267,48 @@ def test_weight_contribution_paired_gain() -> None:
     # hand-checked Mann-Whitney: gains [3, 1] vs [2, 0] → pairs won 3 of 4
     small = weight_contribution(torch.tensor([3.0, 1.0]), torch.zeros(2), torch.tensor([2.0, 0.0]), torch.zeros(2), rounds=50)
     assert small.auc == pytest.approx(0.75)
+
+
+# --- the first layer's row space ----------------------------------------------
+
+def test_rowspace_holds_the_members_of_the_small_init_mlp(mlp_1pc: Reference) -> None:
+    """Ten training digits, ten learned directions: members lie inside the span, non-members do not."""
+    space, note = first_layer_rowspace(mlp_1pc.target)
+    assert space is not None, note
+    assert space.rank == len(mlp_1pc.members) == 10
+    inside_members = space.outside_fraction(mlp_1pc.members.float() / 255)
+    inside_others = space.outside_fraction(mlp_1pc.evalset.float() / 255)
+    assert inside_members.max() < 0.01
+    assert inside_others.median() > 10 * inside_members.max()
+
+
+def test_rowspace_projection_is_invisible_to_the_classifier(mlp_1pc: Reference) -> None:
+    space, _ = first_layer_rowspace(mlp_1pc.target)
+    assert space is not None
+    x = mlp_1pc.evalset[:16].float() / 255
+    projected = space.project(x)
+    assert (projected - x).abs().max() > 0.1  # it does move the images ...
+    logits, moved = mlp_1pc.target.logits(x), mlp_1pc.target.logits(projected)
+    assert (moved - logits).abs().max() < 0.02 * logits.abs().max()  # ... but not their logits
+    assert torch.allclose(space.project(projected), projected, atol=1e-5)  # a projection
+
+
+def test_rowspace_skipped_without_a_low_rank_dense_first_layer(cnn_bn: Reference) -> None:
+    space, note = first_layer_rowspace(cnn_bn.target)
+    assert space is None and "not fully connected" in note
+    torch.manual_seed(0)
+    fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    space, note = first_layer_rowspace(TargetModel.from_module(fresh, (1, 16, 16), 3, device="cpu"))
+    assert space is None and "no low-rank learned span" in note
+
+
+def test_rowspace_prior_is_used_and_reported(mlp_1pc: Reference) -> None:
+    cfg = dataclasses.replace(QUICK, w_span=100.0)
+    on = invert(mlp_1pc.target, cfg, prior=mlp_1pc.prior)
+    off = invert(mlp_1pc.target, dataclasses.replace(cfg, rowspace=False), prior=mlp_1pc.prior)
+    assert any("row-space prior: candidates projected onto the 10 learned directions" in n for n in on.notes)
+    assert not any("row-space" in n for n in off.notes)
+    space, _ = first_layer_rowspace(mlp_1pc.target)
+    assert space is not None
+    # pixels are clamped to [0, 1] after the projection, so a little energy may leave the span
+    assert space.outside_fraction(on.images).mean() < 0.5 * space.outside_fraction(off.images).mean()

@@ -6,7 +6,9 @@ Phases (each reported through ``InversionCallbacks.on_phase``):
   (against the classifier, still anchored to the prior), "refine".
 "refine" draws ``pool_per_class`` samples per class, keeps the
 ``candidates_per_class`` the classifier is most sure of (largest logit margin)
-and optimises their latents against the same objective.
+and optimises their latents against the same objective; when the classifier's
+first layer is fully connected with a low-rank learned span (rowspace.py), the
+candidates are also pulled into that span and projected onto it.
 
 The wall-clock budget is shared among the phases in proportion to fixed
 fractions, with time a phase leaves unused passed on; when it runs out (or
@@ -36,6 +38,7 @@ from leakaudit.inversion.generator import ConditionalGenerator, soft_conditionin
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
 from leakaudit.inversion.objective import Weights, objective, resolve_weights
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
+from leakaudit.inversion.rowspace import RowSpace, first_layer_rowspace
 from leakaudit.models import TargetModel
 from leakaudit.numerics import flush_denormals
 
@@ -280,7 +283,11 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         gallery = {c: torch.nonzero(targets == c).flatten().tolist() for c in range(k)}
     else:
         clock.enter("refine", ["refine"])
-        images_out, targets = _select_and_refine(gen, target, weights, config, clock, rng, latents, device)
+        space = None
+        if config.rowspace:
+            space, note = first_layer_rowspace(target)
+            notes.append(note)
+        images_out, targets = _select_and_refine(gen, target, weights, config, clock, rng, latents, device, space)
     confidence = _confidence(target, images_out, targets)
     if not clock.stopped:
         clear_state(folder)
@@ -433,8 +440,12 @@ def _confidence(target: TargetModel, images: torch.Tensor, targets: torch.Tensor
 
 
 def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: Weights, config: InversionConfig, clock: _Clock,
-                       rng: torch.Generator, latents: LatentGaussian, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the K most confident of a pool per class, then optimise their latents against the objective."""
+                       rng: torch.Generator, latents: LatentGaussian, device: torch.device,
+                       space: RowSpace | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the K most confident of a pool per class, then optimise their latents against the objective.
+
+    With a row space, candidates are projected onto it in every step (and at the end).
+    """
     k, per = gen.num_classes, config.candidates_per_class
     gen.eval()
     chosen_z, chosen_t = [], []
@@ -464,8 +475,12 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
         for group, base in zip(opt.param_groups, bases):
             group["lr"] = base * scale
         pre = gen.low_res(z, cond) + delta
-        x = gen.upsample(pre)
+        x = _candidates(gen, pre, space)
         loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        if space is not None and config.w_span:
+            outside = space.outside_fraction(gen.upsample(pre)).mean()
+            loss = loss + config.w_span * outside
+            report["span"] = float(config.w_span * outside.detach())
         if config.w_refine_latent:
             prior = latents.standardise(z).pow(2).mean()
             loss = loss + config.w_refine_latent * prior
@@ -482,4 +497,10 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
     for p in gen.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
-        return clock.dist.gather_rows(gen.upsample(gen.low_res(z, cond) + delta), share, all_targets.shape[0]), all_targets
+        return clock.dist.gather_rows(_candidates(gen, gen.low_res(z, cond) + delta, space), share, all_targets.shape[0]), all_targets
+
+
+def _candidates(gen: ConditionalGenerator, pre: torch.Tensor, space: RowSpace | None) -> torch.Tensor:
+    """Low-resolution pre-activations → candidate images in [0, 1] (projected onto the row space if any)."""
+    x = gen.upsample(pre)
+    return x if space is None else space.project(x).clamp(0.0, 1.0)
