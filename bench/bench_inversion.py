@@ -176,8 +176,10 @@ ABLATIONS: dict[str, Callable[[InversionConfig], InversionConfig]] = {
     "no BN stats": lambda c: dataclasses.replace(c, w_bn=0.0),
     "+ gradient norm": lambda c: dataclasses.replace(c, w_gradnorm=1.0),
     "+ cos/orth": lambda c: dataclasses.replace(c, w_cos=1.0, w_orth=1.0),
-    "no anchor": lambda c: dataclasses.replace(c, w_anchor=0.0),
-    "no fine-tuning": lambda c: dataclasses.replace(c, finetune_steps=0),
+    "+ fine-tuning, no anchor": lambda c: dataclasses.replace(c, finetune_steps=150, w_anchor=0.0),
+    "+ fine-tuning (150)": lambda c: dataclasses.replace(c, finetune_steps=150),
+    "no span pull": lambda c: dataclasses.replace(c, w_span=0.0),
+    "no row space": lambda c: dataclasses.replace(c, rowspace=False),
     "no refinement": lambda c: dataclasses.replace(c, refine_steps=0),
     "no selection": lambda c: dataclasses.replace(c, pool_per_class=c.candidates_per_class),
     "pretrain ae": lambda c: dataclasses.replace(c, pretrain="ae"),
@@ -189,7 +191,7 @@ def ablation(name: str, out: Path, config: InversionConfig, informed: bool) -> N
     label = "informed" if informed else "data-free"
     b.run_engine(f"{label} default", config, informed)
     for what, change in ABLATIONS.items():
-        if not informed and what in ("no anchor", "no fine-tuning", "pretrain ae"):
+        if not informed and what in ("+ fine-tuning, no anchor", "+ fine-tuning (150)", "pretrain ae"):
             continue
         if what == "no BN stats" and not b.target.has_batchnorm:
             continue  # identical to the default on a model without BatchNorm

@@ -264,12 +264,12 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         before = leak_score(pre_train, pre_null, seed=settings.seed)
         weights_gain = {
             "paired_auc": gain.value, "ci_low": gain.ci_low, "ci_high": gain.ci_high, "p_value": gain.p_value,
-            "leak_score_before_fine_tuning": before.value,
+            "leak_score_pretrained": before.value,
             "train_mean_gain": float((train_best - pre_train).mean()),
             "holdout_mean_gain": float((null_best - pre_null).mean()),
         }
         if gain.value < EVIDENCE_MIN_AUC or gain.p_value >= EVIDENCE_MAX_P:
-            notes.append(f"No reconstruction evidence from the weights: fine-tuning against the classifier made members "
+            notes.append(f"No reconstruction evidence from the weights: optimising against the classifier made members "
                          f"no easier to match than non-members (paired AUC {gain.value:.3f}, p = {gain.p_value:.3g}; "
                          f"a claim needs AUC ≥ {EVIDENCE_MIN_AUC} at p < {EVIDENCE_MAX_P}).")
         else:

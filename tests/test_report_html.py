@@ -213,7 +213,7 @@ def test_weights_gain_is_shown_when_present() -> None:
     doc = after.document
     doc["summary"]["weights_gain"] = {
         "paired_auc": gain["value"], "ci_low": gain["ci_low"], "ci_high": gain["ci_high"], "p_value": gain["p_value"],
-        "leak_score_before_fine_tuning": before.document["summary"]["leak_score"]["value"],
+        "leak_score_pretrained": before.document["summary"]["leak_score"]["value"],
     }
     gated = apply_gate(doc, GateSettings(), today=TODAY)
     assert schema_errors(gated) == []
