@@ -34,12 +34,16 @@ class RowSpace:
     def rank(self) -> int:
         return int(self.basis.shape[0])
 
+    def _flat(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) pixels → (N, D): what the first layer is given."""
+        return ((x01 - self.mean) / self.std).flatten(1)
+
     def project(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) pixels → the same images with the part the first layer cannot see removed.
 
         Not clamped: the caller decides how to bring pixels back into [0, 1].
         """
-        u = ((x01 - self.mean) / self.std).flatten(1)  # (N, D)
+        u = self._flat(x01)  # (N, D)
         kept = (u @ self.basis.T) @ self.basis  # (N, D)
         return kept.view_as(x01) * self.std + self.mean
 
@@ -49,10 +53,30 @@ class RowSpace:
         ‖u − Pu‖² / ‖u‖² with u the normalised image; scale-free, so it cannot
         be lowered by fading the image.
         """
-        u = ((x01 - self.mean) / self.std).flatten(1)  # (N, D)
+        u = self._flat(x01)  # (N, D)
         inside = (u @ self.basis.T).pow(2).sum(1)  # (N,) ‖Pu‖² (orthonormal basis)
         total = u.pow(2).sum(1).clamp_min(1e-12)
         return (1.0 - inside / total).clamp_min(0.0)
+
+
+MAX_WEIGHTS = 100_000_000  # above this the decomposition would cost more than the inversion
+
+
+def _right_singular(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending) and right singular vectors (as rows) of an (out, D) weight.
+
+    Through the smaller Gram matrix, so a wide first layer costs an
+    out × out eigendecomposition rather than a full SVD.
+    """
+    w = w.double()
+    if w.shape[0] >= w.shape[1]:
+        _, singular, vh = torch.linalg.svd(w, full_matrices=False)
+        return singular, vh
+    eigenvalues, u = torch.linalg.eigh(w @ w.T)  # ascending
+    singular = eigenvalues.flip(0).clamp_min(0.0).sqrt()  # (out,)
+    u = u.flip(1)
+    vh = (u.T @ w) / singular.clamp_min(1e-30)[:, None]  # (out, D): rows with zero singular value are unused
+    return singular, vh
 
 
 def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank_fraction: float = 0.5) -> tuple[RowSpace | None, str]:
@@ -70,8 +94,9 @@ def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank
         size *= side
     if not weights or weights[0].dim() != 2 or weights[0].shape[1] != size:
         return None, "row-space prior skipped: the first layer is not fully connected on the flattened input"
-    w = weights[0].detach().double()
-    _, singular, vh = torch.linalg.svd(w, full_matrices=False)  # (min(out, D),), (min(out, D), D)
+    if weights[0].numel() > MAX_WEIGHTS:
+        return None, f"row-space prior skipped: the first layer has {weights[0].numel():,} weights (limit {MAX_WEIGHTS:,})"
+    singular, vh = _right_singular(weights[0].detach())
     rank = int((singular > bulk_factor * singular.median()).sum())
     if rank == 0 or rank > max_rank_fraction * size:
         return None, (f"row-space prior skipped: the first layer's weights have {rank} of {size} directions above "
