@@ -21,13 +21,21 @@ leak score = member-vs-non-member AUC of best-match SSIM):
   (0.936 without it) and costs realism on CNNs;
 - the first layer's row space (``rowspace``, ``w_span``; MLPs only): with
   ``w_span`` = 300 and no generator fine-tuning the 1-per-class MLP scores
-  0.993 / 0.995 on two seeds (0.953 / 0.956 with 150 fine-tuning steps, 0.908
-  with neither), members' mean best SSIM 0.91 against 0.70, and 8 of 10
-  members above the non-members' 99th percentile (3 before); 2 per class:
-  0.79–0.80 (0.78); 5 and 20 per class: no change (≈ 0.59, ≈ 0.55). Without
-  fine-tuning the CNNs also keep more of the prior's realism (digits CNN 0.53
-  vs 0.51, LFW 0.49 vs 0.44), so ``finetune_steps`` defaults to 0: informed
-  candidates are refined against the classifier one by one instead.
+  0.993 / 0.995 on two seeds (0.953 / 0.956 with 150 fine-tuning steps;
+  0.908 with fine-tuning and no row space), members' mean best SSIM 0.91
+  against 0.70, and 8 of 10 members above the non-members' 99th percentile
+  (3 before); 2 per class: 0.79–0.80 (0.78); 5 and 20 per class: no change
+  (≈ 0.59, ≈ 0.55). Without fine-tuning the CNNs also keep more of the
+  prior's realism (digits CNN 0.53 vs 0.51, LFW 0.49 vs 0.44), so
+  ``finetune_steps`` defaults to 0: informed candidates are refined against
+  the classifier one by one instead;
+- tried on top of that and not adopted (2 per class unless noted): choosing
+  mutually distant pool samples (+0.01–0.02, but 6 instead of 9 members above
+  the p99 at 1 per class on one seed), a repulsion term between a class's
+  candidates (0.87 on one seed, 0.71 on the other; 0.93 at 1 per class), a
+  range prior on the projected image, choosing pool samples by their energy
+  outside the span, 4–20 candidates per class, longer refinement, no pixel
+  residual: all within ±0.02 or worse.
 """
 
 from __future__ import annotations
