@@ -312,3 +312,18 @@ def test_rowspace_prior_is_used_and_reported(mlp_1pc: Reference) -> None:
     assert space is not None
     # pixels are clamped to [0, 1] after the projection, so a little energy may leave the span
     assert space.outside_fraction(on.images).mean() < 0.5 * space.outside_fraction(off.images).mean()
+
+
+@pytest.mark.parametrize("hidden", [32, 128])  # narrower and wider than the 64-pixel input: both decompositions
+def test_rowspace_recovers_a_planted_span(hidden: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 64, generator=gen)  # five "training images" of 8×8 pixels
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(hidden, 5, generator=gen) @ images + 1e-4 * torch.randn(hidden, 64, generator=gen))
+    space, note = first_layer_rowspace(TargetModel.from_module(model, (1, 8, 8), 3, device="cpu"))
+    assert space is not None and space.rank == 5, note
+    planted = images.view(5, 1, 8, 8)
+    assert torch.allclose(space.project(planted), planted, atol=1e-4)
+    assert space.outside_fraction(planted).max() < 1e-6
+    assert space.outside_fraction(torch.rand(4, 1, 8, 8, generator=gen)).min() > 0.01
