@@ -48,7 +48,7 @@ class RowSpace:
         return kept.view_as(x01) * self.std + self.mean
 
     def outside_fraction(self, x01: torch.Tensor) -> torch.Tensor:
-        """(N,) share of each image's normalised energy outside the span: 0 for a training image.
+        """(N,) share of each image's normalised energy outside the span: ≈ 0 for a training image.
 
         ‖u − Pu‖² / ‖u‖² with u the normalised image; scale-free, so it cannot
         be lowered by fading the image.
