@@ -12,6 +12,7 @@ last linear layer) and BatchNorm batch statistics where they can be reached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
@@ -117,8 +118,9 @@ class TargetModel:
     def has_features(self) -> bool:
         return self.feature_note is None
 
-    @property
+    @functools.cached_property
     def has_batchnorm(self) -> bool:
+        """Whether BatchNorm statistics are reachable (one probe pass, then remembered: the model is frozen)."""
         return bool(self.probe(torch.zeros(2, *self.input_shape, device=self.device)).bn_stats)
 
     def parameters(self) -> list[torch.Tensor]:
