@@ -41,7 +41,10 @@ leak score = member-vs-non-member AUC of best-match SSIM):
   class 0.03 (0.559, below the pixel inversion) and 20 per class 0.005; the
   sharpest images inside a span are single training images only while the
   span is narrow (the prior images' median energy outside it: 0.077, 0.043,
-  0.010, 0.0007 at 1, 2, 5, 20 per class), so it is not a default.
+  0.010, 0.0007 at 1, 2, 5, 20 per class), so it is not a default. Scaled
+  by the refinement pool's median share outside the span (÷ 0.04, capped at
+  1: weight 14 at 2 per class, 3–4 at 5) it gave 0.804 / 0.811 and
+  0.586 / 0.565: still a loss at 5 per class.
 """
 
 from __future__ import annotations
