@@ -7,7 +7,7 @@ match reaches SSIM 0.4 / 0.5 / 0.6, mean best-match SSIM, wall time and
 steps/s, for leakaudit's informed and data-free inversions and, in the same
 run, the baselines: class-mean images, the simple pixel inversion (MIFace
 style), the multiclass KKT reconstruction, and (informed) the pre-trained
-generator before fine-tuning. Informed runs also report the paired gain test
+generator alone, before the classifier is consulted. Informed runs also report the paired gain test
 (each image's gain in best-match SSIM over the pre-trained generator, members
 vs non-members, AUC and permutation p-value). Optional: an ablation table
 (each loss term / stage switched off in turn) and the generator step cost

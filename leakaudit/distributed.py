@@ -170,6 +170,11 @@ class DistContext:
             return "single process"
         return f"rank {self.rank} of {self.world_size} (local rank {self.local_rank} on {socket.gethostname()})"
 
+    def _collective(self, collective: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one ``torch.distributed`` collective; a lost peer becomes a ``PeerLostError`` naming the stage."""
+        with self.in_stage(self.stage):
+            return collective(*args, **kwargs)
+
     @contextlib.contextmanager
     def in_stage(self, name: str) -> Iterator[None]:
         """Name the stage; a collective failing inside it becomes a ``PeerLostError`` naming the stage."""
@@ -242,8 +247,7 @@ class DistContext:
         import torch.distributed as tdist
 
         t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=self._comm_device())
-        with self.in_stage(self.stage):
-            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        self._collective(tdist.all_reduce, t, op=tdist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
 
     def any_true(self, flag: bool) -> bool:
@@ -260,8 +264,7 @@ class DistContext:
         import torch.distributed as tdist
 
         box = [obj if self.rank == src else None]
-        with self.in_stage(self.stage):
-            tdist.broadcast_object_list(box, src=src, device=self._comm_device())
+        self._collective(tdist.broadcast_object_list, box, src=src, device=self._comm_device())
         return box[0]
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -271,8 +274,7 @@ class DistContext:
         import torch.distributed as tdist
 
         out: list[Any] = [None] * self.world_size
-        with self.in_stage(self.stage):
-            tdist.all_gather_object(out, obj)
+        self._collective(tdist.all_gather_object, out, obj)
         return out
 
     def broadcast_tensor(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
@@ -282,8 +284,7 @@ class DistContext:
         import torch.distributed as tdist
 
         buf = tensor.detach().to(self._comm_device()).contiguous().clone()
-        with self.in_stage(self.stage):
-            tdist.broadcast(buf, src=src)
+        self._collective(tdist.broadcast, buf, src=src)
         return buf.to(tensor.device)
 
     def gather_rows(self, rows: torch.Tensor, positions: torch.Tensor, total: int) -> torch.Tensor:
@@ -313,8 +314,7 @@ class DistContext:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
         flat = flat.to(self._comm_device()).mul_(weight)
-        with self.in_stage(self.stage):
-            tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        self._collective(tdist.all_reduce, flat, op=tdist.ReduceOp.SUM)
         offset = 0
         for p in params:
             n = p.numel()
@@ -337,8 +337,7 @@ class DistContext:
         if not buffers:
             return
         flat = torch.cat([b.detach().reshape(-1) for b in buffers]).to(self._comm_device())
-        with self.in_stage(self.stage):
-            tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        self._collective(tdist.all_reduce, flat, op=tdist.ReduceOp.SUM)
         flat /= self.world_size
         offset = 0
         for b in buffers:

@@ -160,7 +160,7 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData,
                      progress: Callable[[int, int], None] | None = None) -> tuple[nn.Sequential, dict[str, float]]:
     """Train the reference classifier on the members; returns it (eval mode) and its accuracies.
 
-    ``progress(epoch, epochs)`` is called after every epoch.
+    ``progress(epoch, epochs)`` is called as each epoch starts (``epoch`` counts from 0).
     """
     with flush_denormals():  # near-zero losses make denormal floats: steps ~2–9× slower
         return _train(spec, data, progress)

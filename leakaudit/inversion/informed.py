@@ -3,8 +3,8 @@
 Threat model: an attacker holding public images from the training
 distribution. The generator first learns that distribution from the prior
 images alone (a conditional VAE, or an autoencoder whose codes are modelled by
-a Gaussian afterwards); fine-tuning against the frozen classifier then adds
-only what the weights say. Training images are never seen here.
+a Gaussian afterwards); optimising its candidates against the frozen
+classifier then adds only what the weights say. Training images are never seen here.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def split_prior(labels: torch.Tensor, fraction: float = 0.5, seed: int = 0) -> t
 
 @dataclass(frozen=True)
 class WeightContribution:
-    """What fine-tuning against the classifier added, per image, over the pre-trained generator."""
+    """What optimising against the classifier added, per image, over the pre-trained generator's candidates."""
 
     auc: float  # P(member gain > non-member gain) + ½ P(tie)
     p_value: float  # one-sided permutation p-value of that AUC
@@ -152,9 +152,9 @@ def _auc_from_ranks(ranks: np.ndarray, n_pos: int) -> float:
 
 
 def weight_contribution(
-    member_best: torch.Tensor,  # (M,) best-match SSIM of each member over the fine-tuned candidates
+    member_best: torch.Tensor,  # (M,) best-match SSIM of each member over the final candidates
     member_best_pretrained: torch.Tensor,  # (M,) the same over the pre-trained generator's candidates
-    nonmember_best: torch.Tensor,  # (E,) evaluation non-members, fine-tuned candidates
+    nonmember_best: torch.Tensor,  # (E,) evaluation non-members, final candidates
     nonmember_best_pretrained: torch.Tensor,  # (E,) evaluation non-members, pre-trained candidates
     *,
     rounds: int = 2000,

@@ -321,16 +321,12 @@ class _Checkpointer:
         os.replace(tmp, path)
 
 
-def _cosine_factor(step: int, total: int, final_fraction: float) -> float:
-    """Cosine decay from 1 to final_fraction over total steps."""
+def _cosine_lr(opt: torch.optim.Optimizer, step: int, total: int, final_fraction: float) -> None:
+    """Cosine decay of every parameter group's rate, from the rate it was created with to final_fraction of it."""
     t = min(1.0, step / max(1, total))
-    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int, final_fraction: float) -> None:
-    lr = base * _cosine_factor(step, total, final_fraction)
+    factor = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
 def _pretrain(gen: ConditionalGenerator, enc: Encoder, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig,
@@ -342,7 +338,7 @@ def _pretrain(gen: ConditionalGenerator, enc: Encoder, images: torch.Tensor, lab
     enc.train()
     batch = min(config.pretrain_batch, images.shape[0])
     for step in range(config.pretrain_steps if not clock.stopped else 0):
-        _cosine_lr(opt, config.pretrain_lr, step, config.pretrain_steps, config.lr_final_fraction)
+        _cosine_lr(opt, step, config.pretrain_steps, config.lr_final_fraction)
         idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
         idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
         loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
@@ -375,7 +371,7 @@ def _train_against(gen: ConditionalGenerator, target: TargetModel, weights: Weig
     targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
     share = clock.dist.batch_share(targets)  # this rank's positions of the batch (all of it in one process)
     for step in range(steps if not clock.stopped else 0):
-        _cosine_lr(opt, lr, step, steps, config.lr_final_fraction)
+        _cosine_lr(opt, step, steps, config.lr_final_fraction)
         z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
         cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
         pre = gen.low_res(z, cond)  # (B_r, C, h, w)
@@ -469,16 +465,14 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
         p.requires_grad_(False)
     opt = torch.optim.Adam([{"params": [z], "lr": config.refine_lr}] +
                            ([{"params": [delta], "lr": config.refine_pixel_lr}] if config.refine_pixels else []))
-    bases = [group["lr"] for group in opt.param_groups]
     for step in range(config.refine_steps if not clock.stopped else 0):
-        scale = _cosine_factor(step, config.refine_steps, config.lr_final_fraction)
-        for group, base in zip(opt.param_groups, bases):
-            group["lr"] = base * scale
+        _cosine_lr(opt, step, config.refine_steps, config.lr_final_fraction)
         pre = gen.low_res(z, cond) + delta
-        x = _candidates(gen, pre, space)
+        raw = gen.upsample(pre)
+        x = _projected(raw, space)
         loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
         if space is not None and config.w_span:
-            outside = space.outside_fraction(gen.upsample(pre)).mean()
+            outside = space.outside_fraction(raw).mean()
             loss = loss + config.w_span * outside
             report["span"] = float(config.w_span * outside.detach())
         if config.w_refine_latent:
@@ -497,10 +491,10 @@ def _select_and_refine(gen: ConditionalGenerator, target: TargetModel, weights: 
     for p in gen.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
-        return clock.dist.gather_rows(_candidates(gen, gen.low_res(z, cond) + delta, space), share, all_targets.shape[0]), all_targets
+        images = _projected(gen.upsample(gen.low_res(z, cond) + delta), space)
+        return clock.dist.gather_rows(images, share, all_targets.shape[0]), all_targets
 
 
-def _candidates(gen: ConditionalGenerator, pre: torch.Tensor, space: RowSpace | None) -> torch.Tensor:
-    """Low-resolution pre-activations → candidate images in [0, 1] (projected onto the row space if any)."""
-    x = gen.upsample(pre)
-    return x if space is None else space.project(x).clamp(0.0, 1.0)
+def _projected(images: torch.Tensor, space: RowSpace | None) -> torch.Tensor:
+    """Generator images in [0, 1], projected onto the row space if there is one (and clamped back into [0, 1])."""
+    return images if space is None else space.project(images).clamp(0.0, 1.0)

@@ -183,20 +183,18 @@ def _paired_scores(
 ) -> torch.Tensor:
     """Exact SSIM (float64) for listed (candidate, image) pairs: (L,) float32.
 
-    Each candidate's and each image's mean/variance maps are computed once
-    (candidates up front, images per chunk of pairs sorted by image), so a
-    pair costs one filtered product instead of five filters.
+    Each candidate is prepared and its mean/variance maps computed once (up
+    front), each image once per chunk of pairs sorted by image, so a pair
+    costs one filtered product instead of five filters.
     """
     total = cand_idx.shape[0]
     out = torch.empty(total, dtype=torch.float32)
     if total == 0:
         return out
-    cand_mu, cand_var = [], []
-    for s in range(0, candidates.shape[0], _PAIR_CHUNK):
-        mu, var = local_stats(prepare(candidates[s : s + _PAIR_CHUNK], torch.float64))
-        cand_mu.append(mu)
-        cand_var.append(var)
-    mx_all, vx_all = torch.cat(cand_mu), torch.cat(cand_var)  # (N, C, Ho, Wo) float64
+    x_all = prepare(candidates, torch.float64)  # (N, C, H', W'): candidates are few, prepared once
+    stats = [local_stats(x_all[s : s + _PAIR_CHUNK]) for s in range(0, x_all.shape[0], _PAIR_CHUNK)]
+    mx_all = torch.cat([mu for mu, _ in stats])  # (N, C, Ho, Wo) float64
+    vx_all = torch.cat([var for _, var in stats])
     order = torch.argsort(img_idx, stable=True)  # pairs of one image together
     for s in range(0, total, _PAIR_CHUNK):
         sel = order[s : s + _PAIR_CHUNK]
@@ -204,8 +202,7 @@ def _paired_scores(
         uniq, inverse = torch.unique(ii, return_inverse=True)
         y_u = prepare(images[uniq], torch.float64)
         my_u, vy_u = local_stats(y_u)
-        x = prepare(candidates[ci], torch.float64)
-        smap = ssim_map_from_stats(x, y_u[inverse], mx_all[ci], vx_all[ci], my_u[inverse], vy_u[inverse])
+        smap = ssim_map_from_stats(x_all[ci], y_u[inverse], mx_all[ci], vx_all[ci], my_u[inverse], vy_u[inverse])
         out[sel] = smap.flatten(1).mean(1).float()
         if progress is not None:
             progress(min(s + _PAIR_CHUNK, total), total)
