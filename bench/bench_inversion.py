@@ -15,6 +15,7 @@ relative to one classifier forward+backward on the same batch.
 
     python bench/bench_inversion.py                       # all models, default settings
     python bench/bench_inversion.py --models digits-mlp-1pc,digits-mlp-2pc --ablation digits-mlp-1pc
+    python bench/bench_inversion.py --models digits-mlp-2pc --kkt-budget 0 --set candidates_per_class=4
 """
 
 from __future__ import annotations
@@ -235,6 +236,19 @@ def step_cost(name: str, out: Path, config: InversionConfig) -> None:
           f"ratio {g / c:.2f}", flush=True)
 
 
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` strings → InversionConfig fields, each VALUE read as a TOML value."""
+    import tomllib
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs FIELD=VALUE, not {pair!r}")
+        out[name.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -246,11 +260,13 @@ def main() -> None:
     parser.add_argument("--ablation-budget", type=float, default=90.0, help="seconds per ablation run")
     parser.add_argument("--step-cost", default="digits-mlp-1pc", help="model for the step cost ratio (empty: none)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one InversionConfig default, VALUE as in TOML (e.g. w_span=0, rowspace=false); repeatable")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     out = Path(args.out)
-    config = InversionConfig(budget_s=args.budget, threads=args.threads)
+    config = dataclasses.replace(InversionConfig(budget_s=args.budget, threads=args.threads), **_overrides(args.set))
     seeds = [int(s) for s in args.seeds.split(",") if s]
     print(f"config: {config}", flush=True)
     if args.step_cost:
