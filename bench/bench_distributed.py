@@ -1,6 +1,6 @@
 """Distributed audit: matching throughput and inversion steps/s for 1 and 2 processes, side by side.
 
-    python -m bench.bench_distributed                 # 1 process vs 2 (data-parallel) vs 2 (by class), 3 seeds each
+    python -m bench.bench_distributed                 # 1 process vs 2 (data-parallel), 3 seeds each
     python -m bench.bench_distributed --steps 40 --repeats 1   # quicker
 
 Each configuration runs under torch's elastic launcher (``torchrun``) with
@@ -34,16 +34,17 @@ REFERENCE = "digits-mlp-1pc"
 
 def _worker(args: argparse.Namespace) -> None:
     from leakaudit.data import load_image_folder, peek_shape
-    from leakaudit.distributed import DistContext, sharded_best_matches
+    from leakaudit.distributed import DistContext
     from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
     from leakaudit.inversion.generator import ConditionalGenerator
     from leakaudit.matching.search import best_matches
+    from leakaudit.matching.sharded import sharded_best_matches
     from leakaudit.models import load_model
     from leakaudit.reference import build_reference, bundled_images, load_spec
 
     torch.set_num_threads(args.threads)
-    ctx = DistContext.from_environment(device="cpu", split=args.split)
-    row: dict[str, Any] = {"processes": ctx.world_size, "threads": args.threads, "split": args.split}
+    ctx = DistContext.from_environment(device="cpu")
+    row: dict[str, Any] = {"processes": ctx.world_size, "threads": args.threads}
 
     # matching: N candidates against every bundled digit, images sharded over the ranks
     images, _, _ = bundled_images("digits")
@@ -115,18 +116,18 @@ def _worker(args: argparse.Namespace) -> None:
     ctx.close()
 
 
-def _run(processes: int, threads: int, split: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def _run(processes: int, threads: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "bench.bench_distributed", "--worker", "--out", str(out), "--split", split,
+               "-m", "bench.bench_distributed", "--worker", "--out", str(out),
                "--threads", str(threads), "--steps", str(args.steps),
                "--refine-steps", str(args.refine_steps), "--candidates", str(args.candidates), "--seed", str(seed),
                "--reference-dir", str(args.reference_dir)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise SystemExit(f"{processes} process(es), split {split} failed:\n{done.stderr[-4000:]}")
+            raise SystemExit(f"{processes} process(es) failed:\n{done.stderr[-4000:]}")
         return json.loads(out.read_text())
 
 
@@ -144,7 +145,7 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     columns = [
-        ("processes", "processes", "{}"), ("threads", "threads/proc", "{}"), ("split", "batch split", "{}"),
+        ("processes", "processes", "{}"), ("threads", "threads/proc", "{}"),
         ("match_pairs_per_s", "match pairs/s", "{:,.0f}"), ("train_steps_per_s", "train steps/s", "{:.2f}"),
         ("refine_steps_per_s", "refine steps/s", "{:.2f}"), ("member_ssim", "member SSIM", "{:.3f}"),
         ("nonmember_ssim", "non-member SSIM", "{:.3f}"), ("confidence", "confidence", "{:.3f}"),
@@ -162,7 +163,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--split", default="batch", choices=["batch", "class"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=80, help="generator training steps")
     parser.add_argument("--refine-steps", type=int, default=40, help="candidate refinement steps")
@@ -176,8 +176,8 @@ def main() -> None:
         _worker(args)
         return
     cores = os.cpu_count() or 1
-    configs = [(1, cores, "batch"), (1, 1, "batch"), (2, max(1, cores // 2), "batch"), (2, max(1, cores // 2), "class")]
-    runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {c: [] for c in configs}
+    configs = [(1, cores), (1, 1), (2, max(1, cores // 2))]
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     for repeat in range(args.repeats):  # interleaved, so a neighbour's load spike hits every configuration alike
         for config in configs:
             runs[config].append(_run(*config, seed=args.seed + repeat, args=args))
@@ -191,7 +191,7 @@ def main() -> None:
     speeds = ("match_pairs_per_s", "train_steps_per_s", "refine_steps_per_s")
     best_single = {key: max(r[key] for r in rows[:2]) for key in speeds if all(key in r for r in rows[:2])}
     for row in rows[2:]:  # against the faster single-process configuration, metric by metric
-        print(f"2 processes ({row['split']}) / best single process: "
+        print("2 processes / best single process: "
               + ", ".join(f"{key.replace('_per_s', '')} ×{row[key] / base:.2f}" for key, base in best_single.items()))
 
 

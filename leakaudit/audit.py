@@ -23,7 +23,8 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
-from leakaudit.distributed import DistContext, sharded_best_matches
+from leakaudit.distributed import DistContext
+from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import DataError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model

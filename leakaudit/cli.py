@@ -374,7 +374,7 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     `leakaudit run` does (0 passed, 1 gate failed, 2 error naming the rank that
     failed first, 130 interrupted).
     """
-    from leakaudit.distributed import launch as launch_ranks, split_launch_args
+    from leakaudit.launcher import launch as launch_ranks, split_launch_args
 
     if not args or args[0] in ("-h", "--help"):
         click.echo(ctx.get_help())
@@ -416,7 +416,7 @@ def _rank_prefix() -> str:
 def _record_rank_failure(exc: BaseException) -> None:
     """Under torchrun: leave the failure where the launcher finds the rank that failed first."""
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        from leakaudit.distributed import record_failure
+        from leakaudit.launcher import record_failure
 
         record_failure(exc)
 

@@ -1,4 +1,4 @@
-"""One audit across several processes (and machines) with ``torch.distributed``.
+"""The collectives one audit needs across several processes (and machines), over ``torch.distributed``.
 
 ``torchrun --nproc-per-node N -m leakaudit run …`` starts N copies of the CLI;
 each builds a ``DistContext`` from torchrun's environment and the pipeline uses
@@ -13,7 +13,8 @@ it at the few places where ranks must cooperate:
   on how many collectives follow.
 - **matching, sharded**: rank r scores the candidates against its contiguous,
   chunk-aligned share of the images (``shard``); the shards' results are
-  concatenated per image and merged per candidate (``sharded_best_matches``).
+  concatenated per image and merged per candidate
+  (``leakaudit.matching.sharded.sharded_best_matches``).
   Every pair is scored by the same kernel on the same chunk as in one process,
   so the merged result equals the single-process result exactly.
 - **outputs**: rank 0 alone writes, after the last collective (the gather of
@@ -24,7 +25,7 @@ then stops the others, and a rank blocked in a collective with a dead peer
 gets an error (or the process-group timeout, ``LEAKAUDIT_DIST_TIMEOUT``
 seconds) instead of hanging. Since no rank reaches the final gather, no report
 is written. ``torchrun`` itself exits 1 for any failed worker, whatever its
-code; ``launch`` runs the same elastic agent and maps the workers' codes back
+code; ``leakaudit.launcher.launch`` runs the same elastic agent and maps the workers' codes back
 to leakaudit's (0 passed, 1 gate failed, 2 error naming the rank, 130).
 
 One process not launched by torchrun gets ``DistContext.single()``, under which
@@ -36,22 +37,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import signal
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch.distributed as tdist
 
-from leakaudit.errors import AuditInterrupted, LeakAuditError
-
-if TYPE_CHECKING:
-    from leakaudit.matching.search import BestMatches
+from leakaudit.errors import LeakAuditError
 
 ENV_TIMEOUT = "LEAKAUDIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default; a hung (not dead) peer is detected after this
-SPLITS = ("batch", "class")
 
 
 class DistributedError(LeakAuditError):
@@ -76,10 +73,7 @@ def rank_prefix() -> str:
 class DistContext:
     """Who this process is in the run, and the collectives the pipeline needs.
 
-    ``split``: how a generator batch is shared ("batch": every rank a
-    class-balanced share of the per-class batch, measured best; "class":
-    every rank whole classes, kept for measurement). ``stage`` names what the
-    ranks are doing, for error messages.
+    ``stage`` names what the ranks are doing, for error messages.
     """
 
     rank: int = 0
@@ -87,7 +81,6 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
-    split: str = "batch"
     stage: str = "the run"
     timeout_s: float = DEFAULT_TIMEOUT_S
     _owns_group: bool = False
@@ -100,8 +93,7 @@ class DistContext:
         return cls(device=torch.device(device) if device is not None else _default_device(0))
 
     @classmethod
-    def from_environment(cls, device: str | None = None, split: str = "batch",
-                         timeout_s: float | None = None) -> DistContext:
+    def from_environment(cls, device: str | None = None, timeout_s: float | None = None) -> DistContext:
         """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
         ``MASTER_ADDR``/``MASTER_PORT``); without them, or with one process, ``single``.
 
@@ -109,8 +101,6 @@ class DistContext:
         with GPUs means ``cuda:LOCAL_RANK`` (one GPU per process, backend
         NCCL); otherwise the CPU with backend gloo.
         """
-        if split not in SPLITS:
-            raise DistributedError(f"split must be one of {SPLITS}, not {split!r}")
         env = os.environ
         try:
             world = int(env.get("WORLD_SIZE", "1"))
@@ -119,7 +109,7 @@ class DistContext:
         except ValueError as exc:
             raise DistributedError(f"torchrun's environment is malformed: {exc}") from None
         if world <= 1:
-            return cls(device=_resolve_device(device, 0), split=split)
+            return cls(device=_resolve_device(device, 0))
         missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
         if missing:
             raise DistributedError(f"WORLD_SIZE={world} but {' and '.join(missing)} not set: launch with torchrun")
@@ -128,8 +118,6 @@ class DistContext:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        import torch.distributed as tdist
-
         own = False
         if not tdist.is_initialized():
             try:
@@ -142,13 +130,11 @@ class DistContext:
                 ) from None
             own = True
         return cls(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend,
-                   split=split, timeout_s=timeout, _owns_group=own)
+                   timeout_s=timeout, _owns_group=own)
 
     def close(self) -> None:
         """Leave the process group (only if this context joined it)."""
         if self._owns_group:
-            import torch.distributed as tdist
-
             if tdist.is_initialized():
                 tdist.destroy_process_group()
             self._owns_group = False
@@ -213,10 +199,10 @@ class DistContext:
     def batch_share(self, targets: torch.Tensor) -> torch.Tensor:
         """Positions (sorted, int64) of a generator batch that this rank computes.
 
-        "batch": each class's copies are dealt round-robin, continuing from
-        class to class, so every rank sees every class (when the batch holds
-        at least W copies of it) and shares differ by at most one sample.
-        "class": rank r takes the classes c with c mod W = r.
+        Each class's copies are dealt round-robin, continuing from class to
+        class, so every rank sees every class (when the batch holds at least W
+        copies of it) and shares differ by at most one sample. (Whole classes
+        per rank was measured slower to converge: docs/distributed.md.)
         """
         n = targets.shape[0]
         if not self.is_distributed:
@@ -226,11 +212,6 @@ class DistContext:
                 f"a generator batch of {n} cannot be shared by {self.world_size} ranks; "
                 "raise [tool.leakaudit.inversion] batch_per_class (or use fewer processes)"
             )
-        if self.split == "class":
-            picked = torch.nonzero(targets.remainder(self.world_size) == self.rank).flatten()
-            if picked.numel() == 0:
-                raise DistributedError(f"split by class: {self.describe()} has no class to train (fewer classes than ranks)")
-            return picked
         order = torch.argsort(targets, stable=True)  # class-major
         dealt = torch.arange(n, device=targets.device).remainder(self.world_size) == self.rank
         return order[dealt].sort().values
@@ -244,8 +225,6 @@ class DistContext:
         """For each flag: is it set on any rank? One small all-reduce; how ranks agree to stop."""
         if not self.is_distributed:
             return tuple(bool(f) for f in flags)
-        import torch.distributed as tdist
-
         t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=self._comm_device())
         self._collective(tdist.all_reduce, t, op=tdist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
@@ -257,22 +236,10 @@ class DistContext:
         if self.is_distributed:
             self.any_flags(False)  # an all-reduce, not barrier(): gloo/NCCL both honour its timeout
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank ``src``'s (picklable) ``obj`` on every rank."""
-        if not self.is_distributed:
-            return obj
-        import torch.distributed as tdist
-
-        box = [obj if self.rank == src else None]
-        self._collective(tdist.broadcast_object_list, box, src=src, device=self._comm_device())
-        return box[0]
-
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank."""
         if not self.is_distributed:
             return [obj]
-        import torch.distributed as tdist
-
         out: list[Any] = [None] * self.world_size
         self._collective(tdist.all_gather_object, out, obj)
         return out
@@ -281,8 +248,6 @@ class DistContext:
         """Rank ``src``'s tensor (same shape and dtype on every rank), on every rank."""
         if not self.is_distributed:
             return tensor
-        import torch.distributed as tdist
-
         buf = tensor.detach().to(self._comm_device()).contiguous().clone()
         self._collective(tdist.broadcast, buf, src=src)
         return buf.to(tensor.device)
@@ -307,8 +272,6 @@ class DistContext:
         """
         if not self.is_distributed:
             return
-        import torch.distributed as tdist
-
         params = [p for p in params if p.requires_grad]
         if not params:
             return
@@ -331,8 +294,6 @@ class DistContext:
         """
         if not self.is_distributed:
             return
-        import torch.distributed as tdist
-
         buffers = [b for b in module.buffers() if b.is_floating_point()]
         if not buffers:
             return
@@ -348,8 +309,6 @@ class DistContext:
 
 def _is_comm_error(exc: BaseException) -> bool:
     """A failure of the transport between ranks, as opposed to a bug in the computation."""
-    import torch.distributed as tdist
-
     if isinstance(exc, getattr(tdist, "DistError", ())):
         return True
     text = str(exc).lower()
@@ -387,175 +346,3 @@ def _resolve_device(device: str | None, local_rank: int) -> torch.device:
             raise DistributedError("--device cuda but no GPU is visible to this process")
         return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     return dev
-
-
-# --- sharded matching ----------------------------------------------------------------
-
-def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: DistContext, **kw: Any) -> BestMatches:
-    """``best_matches`` with the images sharded over the ranks; the merged result on every rank.
-
-    Candidates are taken from rank 0 (so every rank matches the very same
-    ones). Shards are aligned to ``image_chunk``: each rank scores exactly the
-    chunks one process would, and the merge (per image: concatenate; per
-    candidate: the best over ranks, ties to the lowest image index, as one
-    process does) reproduces ``best_matches`` bit for bit. ``progress`` reports
-    this rank's shard. With the prefilter the per-candidate screening is done
-    per shard, so more pairs may be scored than by one process (never fewer):
-    a best match can only come out higher. Choose ``prefilter`` (e.g. with
-    ``auto_prefilter``) from the whole set, so that every rank uses the same.
-    """
-    from leakaudit.matching.search import BestMatches, best_matches
-
-    if not ctx.is_distributed:
-        return best_matches(candidates, images, **kw)
-    with ctx.in_stage("matching"):
-        candidates = ctx.broadcast_tensor(candidates)
-        chunk = int(kw.get("image_chunk", 512))
-        part = ctx.shard(images.shape[0], align=chunk)
-        local_kw = dict(kw)
-        labels = kw.get("image_labels")
-        if labels is not None:
-            local_kw["image_labels"] = labels[part]
-        local = None
-        error = None
-        if part.stop > part.start:
-            try:
-                local = best_matches(candidates, images[part], **local_kw)
-            except LeakAuditError as exc:  # bad input is bad on every rank alike: report it, don't hang
-                error = str(exc)
-        parts = ctx.all_gather_object((part.start, local, error))
-    for _, _, err in parts:
-        if err is not None:
-            raise DistributedError(f"matching failed: {err}")
-    pieces = [(start, bm) for start, bm, _ in parts if bm is not None]
-    if not pieces:  # only when there are no images at all: let best_matches say so
-        return best_matches(candidates, images, **kw)
-    near_val = torch.full((candidates.shape[0],), float("-inf"))
-    near_idx = torch.full((candidates.shape[0],), -1, dtype=torch.int64)
-    for start, bm in pieces:  # ascending image offset: strict '>' keeps the lowest index on ties
-        val = torch.nan_to_num(bm.nearest_ssim, nan=float("-inf"))
-        better = val > near_val
-        near_val = torch.where(better, val, near_val)
-        near_idx = torch.where(better, bm.nearest_image + start, near_idx)
-    missing = torch.isneginf(near_val)
-    near_val = near_val.masked_fill(missing, float("nan"))
-    near_idx = near_idx.masked_fill(missing, -1)
-    k = min(bm.topk_index.shape[1] for _, bm in pieces)
-    return BestMatches(
-        best_index=torch.cat([bm.best_index for _, bm in pieces]),
-        best_ssim=torch.cat([bm.best_ssim for _, bm in pieces]),
-        topk_index=torch.cat([bm.topk_index[:, :k] for _, bm in pieces]),
-        topk_ssim=torch.cat([bm.topk_ssim[:, :k] for _, bm in pieces]),
-        nearest_image=near_idx,
-        nearest_ssim=near_val,
-        exact=all(bm.exact for _, bm in pieces),
-        pairs_scored=sum(bm.pairs_scored for _, bm in pieces),
-    )
-
-
-# --- launching -------------------------------------------------------------------------
-
-_ROLE_KEY = "leakaudit_role"  # in the error file's extraInfo: "cause" or "consequence"
-
-
-def record_failure(exc: BaseException) -> None:
-    """Leave this rank's failure where torch's elastic agent reads it (``TORCHELASTIC_ERROR_FILE``).
-
-    torchrun then shows the message in its failure summary, and ``launch``
-    can tell the rank that failed first (a cause) from ranks that only lost
-    their peers (consequences) even when all exit within the same second.
-    Does nothing outside torchrun.
-    """
-    import json
-    import time
-    import traceback
-
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
-        return
-    # Lost peers and stops (torchrun stops the survivors of a failure) are consequences.
-    role = "consequence" if isinstance(exc, (PeerLostError, AuditInterrupted)) else "cause"
-    data = {"message": {"message": str(exc) or type(exc).__name__, "extraInfo": {
-        "py_callstack": "".join(traceback.format_exception(exc)), "timestamp": str(int(time.time())), _ROLE_KEY: role,
-    }}}
-    with contextlib.suppress(OSError):
-        with open(path, "w", encoding="utf-8") as fp:
-            json.dump(data, fp)
-
-@dataclass(frozen=True)
-class LaunchOutcome:
-    """What a distributed run came to: leakaudit's exit code and, on failure, which rank failed first."""
-
-    exit_code: int
-    failed_rank: int | None = None
-    message: str | None = None
-    exit_codes: dict[int, int] = field(default_factory=dict)  # failed ranks' own exit codes
-
-
-def split_launch_args(argv: Sequence[str], command: str = "run") -> tuple[list[str], list[str]]:
-    """``[torchrun options…, "run", run options…]`` → (torchrun options, leakaudit arguments)."""
-    args = list(argv)
-    if command not in args:
-        raise DistributedError(f"expected torchrun options, then `{command}` and its arguments")
-    i = args.index(command)
-    return args[:i], args[i:]
-
-
-def launch(torchrun_args: Sequence[str], program_args: Sequence[str], module: str = "leakaudit") -> LaunchOutcome:
-    """Run ``python -m module program_args…`` on every rank under torch's elastic agent (what torchrun runs).
-
-    ``torchrun`` exits 1 whenever a worker exits non-zero, which would make a
-    crashed rank look like a failed gate; here the workers' codes are mapped
-    back: 0 passed, 1 gate failed (rank 0 alone exits 1), 130 interrupted,
-    anything else — an error, a signal, a lost peer — is 2 with the rank that
-    failed first.
-    """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args
-    from torch.distributed.run import run as elastic_run
-
-    try:
-        args = parse_args([*torchrun_args, "--module", module, *program_args])
-    except SystemExit as exc:  # argparse: bad torchrun options
-        raise DistributedError(f"invalid torchrun options: {' '.join(torchrun_args)}") from exc
-    try:
-        elastic_run(args)
-    except ChildFailedError as exc:
-        return _outcome_of(exc)
-    return LaunchOutcome(exit_code=0)
-
-
-def _outcome_of(exc: Any) -> LaunchOutcome:
-    failures = dict(exc.failures)
-    codes = {int(rank): int(f.exitcode) for rank, f in failures.items()}
-    if set(codes) == {0} and codes[0] in (1, 130):  # rank 0's verdict, or a stop seen by rank 0 alone
-        return LaunchOutcome(exit_code=codes[0], exit_codes=codes)
-    if all(code in (130, -signal.SIGINT) for code in codes.values()):  # Ctrl-C reaches every rank
-        return LaunchOutcome(exit_code=130, exit_codes=codes)
-    real = {r: f for r, f in failures.items() if not (r == 0 and f.exitcode in (1, 130))} or failures
-    rank, failure = min(real.items(), key=lambda item: (_cause_order(item[1]), item[1].timestamp, item[0]))
-    code = int(failure.exitcode)
-    if code < 0:
-        try:
-            how = f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"was killed by signal {-code}"
-    else:
-        how = f"exited with code {code}"
-    if isinstance(failure.message, dict) and failure.message.get("extraInfo", {}).get(_ROLE_KEY) == "cause":
-        how += f" ({failure.message.get('message')})"
-    message = (f"rank {rank} (local rank {failure.local_rank}) {how}; the run was stopped and no report was written"
-               + (f" (other failed ranks: {', '.join(str(r) for r in sorted(codes) if r != rank)})" if len(codes) > 1 else ""))
-    return LaunchOutcome(exit_code=2, failed_rank=int(rank), message=message, exit_codes=codes)
-
-
-def _cause_order(failure: Any) -> int:
-    """Which failure is the root cause: recorded causes, then unrecorded crashes, then the agent's stops,
-    then ranks that only lost their peers. (Timestamps have one-second resolution: not enough.)"""
-    info = failure.message.get("extraInfo", {}) if isinstance(failure.message, dict) else {}
-    role = info.get(_ROLE_KEY)
-    if role == "cause":
-        return 0
-    if role == "consequence":
-        return 3
-    return 2 if failure.exitcode == -signal.SIGTERM else 1

@@ -13,8 +13,8 @@ here and exported as ``SSIM_SETTINGS``.
 Images smaller than the window: a side below 11 pixels is upsampled
 bilinearly (``align_corners=False``) to 11 pixels before anything is computed,
 for both images of a pair alike; larger sides are left alone. Without this no
-window fits and SSIM is undefined. The rule is exported as ``SMALL_IMAGE_RULE``
-(for a note in the report); ``SSIM_SETTINGS`` stays exactly the contract's block.
+window fits and SSIM is undefined. ``SSIM_SETTINGS`` stays exactly the
+contract's block.
 
 All-pairs kernel: with windows centred on their local mean (x̃ = x - μx), the
 covariance at position p is Σ w·x̃·ỹ, so the whole SSIM numerator
@@ -61,8 +61,6 @@ SSIM_SETTINGS: Final[dict[str, object]] = {
     "channels": "mean",
 }
 """The contract's ``metrics.ssim`` block, for provenance in every output."""
-
-SMALL_IMAGE_RULE: Final = "sides below 11 px are upsampled bilinearly to 11 px before SSIM"
 
 # Elements of one (P, n, m) block of the all-pairs kernel (32 MB in float32,
 # ~128×128 pairs at 32×32 gray). Measured on an earlier form of this kernel:
