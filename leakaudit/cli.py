@@ -322,6 +322,9 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         print(json.dumps(outcome.document, indent=2), file=console.out, flush=True)
     for line in outcome.summary_lines:
         console.say(line)
+    inversion = outcome.document.get("inversion") or {}
+    if console.quiet and outcome.document.get("verdict") == "incomplete":  # exit 2 always comes with its line
+        console.error(str(inversion.get("incomplete_reason") or "the attack is incomplete"))
     return int(outcome.exit_status)
 
 
