@@ -8,11 +8,13 @@ an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import platform
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from leakaudit.errors import DataError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
+from leakaudit.outlock import output_lock
 from leakaudit.progress import Observer, SilentObserver
+from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
@@ -37,6 +41,7 @@ FRACTION_THRESHOLDS = (0.4, 0.5, 0.6)
 MATCH_PAIRS_PER_S = 50_000  # cautious exhaustive-SSIM rate at 32×32 gray on 2 loaded cores
 REPORT_RESERVE_S = 10.0  # statistics, LPIPS, rendering and writing
 MIN_INVERSION_S = 5.0  # below this the inversion cannot produce anything worth matching
+CHECKPOINT_DIR = "checkpoints"
 # Informed mode: what the weights must add over the pre-trained generator before we call it evidence.
 EVIDENCE_MIN_AUC = 0.55
 EVIDENCE_MAX_P = 0.01
@@ -156,31 +161,62 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     ``dist``: one rank of a distributed run. Every rank inverts and matches its
     share; rank 0 alone computes the statistics and writes, after the last
     collective, so a failed rank leaves no report. The other ranks return an
-    empty document.
+    empty document. Rank 0 holds the output folder's lock for the whole audit,
+    and removes ``OUT/checkpoints/`` afterwards unless a signal stopped it.
     """
-    dist = dist or DistContext.single()
-    from leakaudit.gate import apply_gate, gate_settings_from_mapping
-    from leakaudit.report.json_format import load_document
+    from leakaudit.cpus import choose_threads
 
+    dist = dist or DistContext.single()
     observer = observer or SilentObserver()
     stop = should_stop or (lambda: False)
+    threads = choose_threads(settings.threads)
+    lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    interrupted = False
+    try:
+        with lock:
+            try:
+                outcome = _run_audit(settings, observer, stop, dist, threads)
+                interrupted = outcome.exit_status == ExitStatus.INTERRUPTED
+                return outcome
+            finally:
+                if dist.is_main and not (interrupted or stop()):
+                    shutil.rmtree(settings.out / CHECKPOINT_DIR, ignore_errors=True)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], bool], dist: DistContext,
+               threads: int) -> AuditOutcome:
+    from leakaudit.gate import apply_gate, gate_settings_from_mapping
+
     started = time.monotonic()
+    stages = StageTimer()
     started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    gate_settings = gate_settings_from_mapping(settings.gate, str(settings.baseline) if settings.baseline else None)
-    previous = load_document(settings.baseline) if settings.baseline else None
+    gate_settings = gate_settings_from_mapping(settings.gate, str(settings.baseline) if settings.baseline else None,
+                                               sources=settings.gate_sources)
+    previous = load_baseline(settings.baseline) if settings.baseline else None
     torch.manual_seed(settings.seed)
 
-    inputs = load_inputs(settings, observer)
+    with stages("loading"):
+        inputs = load_inputs(settings, observer)
+    require_evaluable(gate_settings, settings, inputs)
+    if previous is not None:
+        check_baseline_provenance(previous, inputs, settings)
     if dist.is_main:
         _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
     from leakaudit.inversion import invert
     from leakaudit.matching.baseline import (
-        class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
+        class_mean_null, distribution_summary, histogram, leak_score, near_duplicates,
     )
     from leakaudit.matching.lpips import LpipsScorer
     from leakaudit.matching.search import auto_prefilter
     from leakaudit.matching.ssim import SSIM_SETTINGS
     from leakaudit.report import write_outputs
+    from leakaudit.scoring import membership_test
+    scorer = LpipsScorer.load(settings.lpips_net, settings.lpips_weights)
+    require_lpips(gate_settings, scorer)
     target, train = inputs.target, inputs.train
     notes: list[str] = []
     informed = inputs.holdout is not None and settings.prior in ("auto", "holdout")
@@ -196,33 +232,39 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     config = inversion_config(settings)
     n_images = len(train) + (len(null_set) if null_set is not None else 0)  # everything the candidates are matched to
     if config.budget_s is not None:
-        # --budget bounds the whole audit: the inversion gets what loading left, minus the matching's share.
+        # --budget is a ceiling on the whole audit: the inversion may use what loading left, minus the matching's share.
         left = config.budget_s - (time.monotonic() - started) - matching_reserve_s(
             config.candidates_per_class * target.num_classes, n_images, target.input_shape, informed)
         config = replace(config, budget_s=max(MIN_INVERSION_S, left))
     callbacks = _InversionProgress(observer).callbacks()
-    checkpoint_dir = settings.out / "checkpoints"
-    result = invert(
-        target, config,
-        prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
-        callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
-    )
+    checkpoint_dir = settings.out / CHECKPOINT_DIR
+    with stages("inversion"):
+        result = invert(
+            target, config,
+            prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
+            callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
+            resume_tag=resume_tag(settings),
+        )
     if dist.any_true(stop()):
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
     notes.extend(result.notes)
-    if result.completed_fraction < 1.0:
-        notes.append(f"The budget ended the inversion after {result.steps} of its {result.planned_steps} planned steps "
-                     f"({result.completed_fraction:.0%}); a larger --budget lets it finish.")
+    if result.resumed_from is not None:
+        notes.append(f"This run resumed an interrupted run of the same command at its {result.resumed_from} phase "
+                     "(the saved state of the phases before it).")
+    incomplete = None if result.complete else incomplete_reason(result, settings)
+    if incomplete:
+        notes.append(incomplete)
 
     # stage 3: matching
+    stages.start("matching")
     observer.phase("matching reconstructions against training images", len(train))
     # one policy for every rank: decided from the whole sets, not from a rank's shard
     prefilter = auto_prefilter(int(candidates.shape[0]), n_images)
     train_match = sharded_best_matches(candidates, train.images, dist, k=5, prefilter=prefilter,
                                        progress=lambda d, t: observer.advance(d, t, "training images"))
     null_match = None
-    if null_set is not None:
+    if null_set is not None and not stop():
         observer.phase("matching reconstructions against non-member images", len(null_set))
         null_match = sharded_best_matches(candidates, null_set.images, dist, k=5, prefilter=prefilter,
                                           progress=lambda d, t: observer.advance(d, t, "non-member images"))
@@ -231,11 +273,13 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
                      "reconstructions): at this size exhaustive matching is slow, and on real digits the prefilter "
                      "found the exact best match for 99.6–99.7% of images, losing at most 0.03 SSIM on the others.")
     pre_matches = None
-    if informed and result.pretrained_images is not None and null_set is not None:
+    if informed and result.pretrained_images is not None and null_set is not None and not stop():
         observer.phase("matching the pre-trained generator's candidates (what the weights added)")
         pre = result.pretrained_images.detach().float().cpu().clamp(0, 1)
         pre_matches = (sharded_best_matches(pre, train.images, dist, k=1).best_ssim.double(),
                        sharded_best_matches(pre, null_set.images, dist, k=1).best_ssim.double())
+    if dist.any_true(stop()):
+        return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
         return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
     if dist.is_distributed:
@@ -243,45 +287,31 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
                      "every batch (gradients averaged), so the reconstructions differ from a single process's run as "
                      "another draw of the same attack would; the matching itself is exact.")
 
+    stages.start("statistics")
     observer.phase("statistics")
     train_best = train_match.best_ssim.double()
     null_best = null_match.best_ssim.double() if null_match is not None else None
     score = leak_score(train_best, null_best, seed=settings.seed) if null_best is not None else None
-    logits_train, labels_train = _losses(target, train)
-    membership_auc = None
+    membership = None
     if null_set is not None:
+        logits_train, labels_train = _losses(target, train)
         logits_null, labels_null = _losses(target, null_set)
-        membership_auc = loss_membership_auc(logits_train, labels_train, logits_null, labels_null)
+        membership = membership_test(logits_train, labels_train, logits_null, labels_null, seed=settings.seed)
     prototype = class_mean_null(train.images, train.labels,
                                 null_set.images if null_set is not None else None,
                                 null_set.labels if null_set is not None else None).to_dict()
     p95 = _quantile(null_best, 0.95) if null_best is not None else None
     p99 = _quantile(null_best, 0.99) if null_best is not None else None
+    weights_gain = _weights_gain(pre_matches, train_best, null_best, settings.seed, notes)
+    members = [{"fingerprint": fingerprint(train.paths[i], train.images[i]), "ssim": float(train_best[i])}
+               for i in range(len(train))]
 
-    weights_gain = None
-    if pre_matches is not None and null_best is not None:
-        pre_train, pre_null = pre_matches
-        gain = leak_score(train_best - pre_train, null_best - pre_null, seed=settings.seed)
-        before = leak_score(pre_train, pre_null, seed=settings.seed)
-        weights_gain = {
-            "paired_auc": gain.value, "ci_low": gain.ci_low, "ci_high": gain.ci_high, "p_value": gain.p_value,
-            "leak_score_pretrained": before.value,
-            "train_mean_gain": float((train_best - pre_train).mean()),
-            "holdout_mean_gain": float((null_best - pre_null).mean()),
-        }
-        if gain.value < EVIDENCE_MIN_AUC or gain.p_value >= EVIDENCE_MAX_P:
-            notes.append(f"No reconstruction evidence from the weights: optimising against the classifier made members "
-                         f"no easier to match than non-members (paired AUC {gain.value:.3f}, p = {gain.p_value:.3g}; "
-                         f"a claim needs AUC ≥ {EVIDENCE_MIN_AUC} at p < {EVIDENCE_MAX_P}).")
-        else:
-            notes.append(f"The weights made members easier to reconstruct than non-members (paired AUC {gain.value:.3f}, "
-                         f"p = {gain.p_value:.3g}); confirm with a second --seed before acting on a borderline result.")
-
-    # findings: the top-K training samples by best-match SSIM
+    # findings: the top-K training samples by best-match SSIM (the gate counts every member)
     order = torch.argsort(train_best, descending=True, stable=True)[: settings.top]
     duplicates = near_duplicates(train_match.best_index, train_best, train.images, indices=order)
+    if stop():
+        return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     observer.phase("LPIPS on the best pairs", len(order))
-    scorer = LpipsScorer.load(settings.lpips_net, settings.lpips_weights)
     lpips_values: list[float | None] = [None] * len(order)
     if scorer.available and len(order):
         pair_idx = train_match.best_index[order]
@@ -295,13 +325,13 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     for rank, (i, lp) in enumerate(zip(order.tolist(), lpips_values), start=1):
         s = float(train_best[i])
         findings.append({
-            "rank": rank, "fingerprint": fingerprint(train.paths[i], train.images[i]), "path": train.paths[i],
+            "rank": rank, "fingerprint": members[i]["fingerprint"], "path": train.paths[i],
             "class": train.class_of(i), "class_index": int(train.labels[i]), "train_index": i,
             "reconstruction_index": int(train_match.best_index[i]), "ssim": s, "lpips": lp,
             "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
             "above_holdout_p99": (s > p99) if p99 is not None else None,
             "shares_reconstruction_with": duplicates.shares_with(i),
-            "status": "ok", "baseline_status": None,
+            "status": "ok", "status_rule": "", "baseline_status": None,
         })
 
     if null_set is None:
@@ -315,7 +345,8 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         "n_train": len(train), "n_holdout": len(null_set) if null_set is not None else None,
         "n_candidates": int(candidates.shape[0]),
         "leak_score": score.to_dict() if score is not None else None,
-        "membership_loss_auc": membership_auc,
+        "membership_loss_auc": membership.auc if membership is not None else None,
+        "membership": membership.to_dict() if membership is not None else None,
         "train": distribution_summary(train_best, FRACTION_THRESHOLDS),
         "holdout": distribution_summary(null_best, FRACTION_THRESHOLDS) if null_best is not None else None,
         "holdout_ssim_p95": p95, "holdout_ssim_p99": p99,
@@ -325,6 +356,9 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         "weights_gain": weights_gain,
         "notes": notes,
     }
+    if null_best is not None:  # the gate's own quantile, whatever it is set to
+        q = gate_settings.holdout_quantile
+        summary["holdout"]["quantiles"].setdefault(f"{q:g}", _quantile(null_best, q))
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "leakaudit", "version": __version__},
@@ -336,18 +370,17 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         "summary": summary,
         "findings": findings,
         "gate": {},
-        "inversion": {
-            "mode": result.mode, "steps": result.steps, "planned_steps": result.planned_steps,
-            "seconds": result.seconds, "completed_fraction": result.completed_fraction,
-            "candidates_per_class": int(candidates.shape[0] // max(target.num_classes, 1)),
-            "notes": list(result.notes),
-            "gallery": {str(k): v for k, v in result.gallery.items()} if result.gallery else None,
-        },
+        "inversion": _inversion_record(result, config, int(candidates.shape[0]), target.num_classes, incomplete),
         "provenance": _provenance(settings, inputs, null_set, started_at, started),
     }
+    document["provenance"]["threads"] = threads
     document = apply_gate(document, gate_settings, today=dt.datetime.now(dt.timezone.utc).date(), previous=previous,
-                          baseline_path=str(settings.baseline) if settings.baseline else None)
+                          baseline_path=str(settings.baseline) if settings.baseline else None, members=members)
+    stages.start("writing")
+    document["provenance"]["stage_seconds"] = stages.snapshot()
     document["provenance"]["elapsed_s"] = round(time.monotonic() - started, 3)
+    if stop():
+        return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
 
     observer.phase("writing outputs")
     arrays = {
@@ -357,10 +390,100 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         "finding_train_images": train.images[order].numpy() if len(order) else np.zeros((0, *train.images.shape[1:]), np.uint8),
     }
     outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
-                            junit_path=settings.junit, markdown_path=settings.markdown)
+                            junit_path=settings.junit, markdown_path=settings.markdown, should_stop=stop)
+    if outputs.stopped:
+        return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED, written=list(outputs.paths))
     status = ExitStatus(int(document["exit_code"]))
     return AuditOutcome(document=document, exit_status=status, written=list(outputs.paths),
                         warnings=list(outputs.warnings), summary_lines=summary_lines(document, outputs.paths))
+
+
+def _weights_gain(pre_matches: tuple[torch.Tensor, torch.Tensor] | None, train_best: torch.Tensor,
+                  null_best: torch.Tensor | None, seed: int, notes: list[str]) -> dict[str, Any] | None:
+    """Informed mode: the leak score of what optimising against the weights added (a note says what it means)."""
+    from leakaudit.matching.baseline import leak_score
+
+    if pre_matches is None or null_best is None:
+        return None
+    pre_train, pre_null = pre_matches
+    gain = leak_score(train_best - pre_train, null_best - pre_null, seed=seed)
+    before = leak_score(pre_train, pre_null, seed=seed)
+    if gain.value < EVIDENCE_MIN_AUC or gain.p_value >= EVIDENCE_MAX_P:
+        notes.append(f"No reconstruction evidence from the weights: optimising against the classifier made members "
+                     f"no easier to match than non-members (paired AUC {gain.value:.3f}, p = {gain.p_value:.3g}; "
+                     f"a claim needs AUC ≥ {EVIDENCE_MIN_AUC} at p < {EVIDENCE_MAX_P}).")
+    else:
+        notes.append(f"The weights made members easier to reconstruct than non-members (paired AUC {gain.value:.3f}, "
+                     f"p = {gain.p_value:.3g}); confirm with a second --seed before acting on a borderline result.")
+    return {
+        "paired_auc": gain.value, "ci_low": gain.ci_low, "ci_high": gain.ci_high, "p_value": gain.p_value,
+        "leak_score_pretrained": before.value,
+        "train_mean_gain": float((train_best - pre_train).mean()),
+        "holdout_mean_gain": float((null_best - pre_null).mean()),
+    }
+
+
+def _inversion_record(result: Any, config: Any, n_candidates: int, num_classes: int,
+                      incomplete: str | None) -> dict[str, Any]:
+    """The ``inversion`` object of the document: what was planned, what ran, whether it finished."""
+    return {
+        "mode": result.mode, "effort": config.effort, "complete": bool(result.complete),
+        "incomplete_reason": incomplete, "resumed": result.resumed_from is not None,
+        "resumed_from": result.resumed_from,
+        "steps": result.steps, "planned_steps": result.planned_steps,
+        "seconds": result.seconds, "completed_fraction": result.completed_fraction,
+        "phase_seconds": dict(result.phase_seconds),
+        "candidates_per_class": int(n_candidates // max(num_classes, 1)),
+        "notes": list(result.notes),
+        "gallery": {str(k): v for k, v in result.gallery.items()} if result.gallery else None,
+    }
+
+
+def incomplete_reason(result: Any, settings: AuditSettings) -> str:
+    """One line: how much of the attack ran, and what to change so that it finishes."""
+    budget = f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"
+    lower = {"thorough": "standard", "standard": "quick"}.get(settings.effort)
+    advice = f"raise --budget" + (f" or choose --effort {lower}" if lower else "")
+    return (f"Incomplete attack: {budget} ended the inversion after {result.steps} of its {result.planned_steps} "
+            f"planned steps ({result.completed_fraction:.0%}, effort {settings.effort}); an unfinished attack cannot "
+            f"pass: {advice}.")
+
+
+def resume_tag(settings: AuditSettings) -> str:
+    """What a saved inversion state must match besides its inputs: the command that made it."""
+    return "\0".join(settings.command) + f"\0effort={settings.effort}"
+
+
+class StageTimer:
+    """Wall time of each stage of the audit (recorded in the provenance, left out of any comparison)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._current = (name, time.monotonic())
+
+    def stop(self) -> None:
+        if self._current is not None:
+            name, began = self._current
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - began, 3)
+            self._current = None
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop()
+
+    def snapshot(self) -> dict[str, float]:
+        if self._current is not None:
+            name, began = self._current
+            return {**self.seconds, name: round(self.seconds.get(name, 0.0) + time.monotonic() - began, 3)}
+        return dict(self.seconds)
 
 
 def matching_reserve_s(n_candidates: int, n_images: int, shape: tuple[int, int, int], informed: bool) -> float:
@@ -377,16 +500,21 @@ def matching_reserve_s(n_candidates: int, n_images: int, shape: tuple[int, int, 
 
 
 def inversion_config(settings: AuditSettings) -> Any:
-    """The engine's settings: its defaults, then [tool.leakaudit.inversion], then the flags."""
+    """The engine's settings: the effort level's, then [tool.leakaudit.inversion], then the flags."""
     from dataclasses import fields
 
+    from leakaudit.config import did_you_mean
     from leakaudit.errors import ConfigError
     from leakaudit.inversion import InversionConfig
 
-    known = {f.name for f in fields(InversionConfig)}
+    known = {f.name for f in fields(InversionConfig)} - {"effort"}
     unknown = sorted(set(settings.inversion) - known)
+    if "effort" in unknown:
+        raise ConfigError("[tool.leakaudit.inversion] effort: set the effort level with --effort or "
+                          "[tool.leakaudit] effort, not in the engine's table")
     if unknown:
-        raise ConfigError(f"unknown [tool.leakaudit.inversion] keys: {', '.join(unknown)}")
+        raise ConfigError("unknown [tool.leakaudit.inversion] keys: "
+                          + ", ".join(f"{key}{did_you_mean(key, known)}" for key in unknown))
     values: dict[str, Any] = dict(settings.inversion)
     values.update(seed=settings.seed, budget_s=settings.budget, conditioning=settings.conditioning)
     if settings.candidates_per_class is not None:
@@ -394,7 +522,7 @@ def inversion_config(settings: AuditSettings) -> Any:
     if settings.prior == "none":
         values["prior"] = "none"
     try:
-        return InversionConfig(**values)
+        return InversionConfig.for_effort(settings.effort, **values)
     except TypeError as exc:
         raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
 
@@ -497,8 +625,15 @@ def _provenance(settings: AuditSettings, inputs: AuditInputs, null_set: ImageSet
 def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     """The human summary the CLI prints on stderr."""
     verdict = document["verdict"].upper()
-    symbol = {"PASS": "✔", "WARN": "⚠", "FAIL": "✖"}.get(verdict, "")
-    lines = [f"{symbol} {verdict}: {len(document['findings'])} findings listed, mode {document['mode']}"]
+    symbol = {"PASS": "✔", "WARN": "⚠", "FAIL": "✖", "INCOMPLETE": "◌"}.get(verdict, "")
+    inversion = document.get("inversion") or {}
+    exposure = (document.get("exposure") or {}).get("statement")
+    lines = [f"{symbol} {verdict}: {len(document['findings'])} findings listed, mode {document['mode']}, "
+             f"effort {inversion.get('effort', 'standard')}" + (f"; exposure: {exposure}" if exposure else "")]
+    if not inversion.get("complete", True):
+        lines.append(f"  {inversion.get('incomplete_reason') or 'the attack is incomplete'}")
+    if inversion.get("resumed"):
+        lines.append(f"  resumed an interrupted run at its {inversion.get('resumed_from')} phase")
     score = document["summary"].get("leak_score")
     if score:
         lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "

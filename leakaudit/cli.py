@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from leakaudit import __version__
-from leakaudit.config import AuditSettings, read_config
+from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
 
@@ -211,8 +211,10 @@ def run_options(func: Any) -> Any:
         click.option("--warn-ssim", type=float, callback=_unit_interval, help="Warn when a training image is reconstructed at SSIM ≥ X."),
         click.option("--fail-lpips", type=float, help="Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar)."),
         click.option("--fail-leak-score", type=float, callback=_unit_interval, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
+        click.option("--fail-membership-auc", type=float, callback=_unit_interval, help="Fail when the model's loss-threshold membership AUC is ≥ X and significant (needs --holdout; default: warn at 0.70)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
-        click.option("--budget", type=click.FloatRange(min=1.0), default=180.0, show_default=True, help="Wall-clock budget of the whole audit, in seconds: the inversion gets what loading and (estimated) matching leave."),
+        click.option("--effort", type=click.Choice(list(EFFORTS)), default="standard", show_default=True, help="How much attack to run: fixes every phase's steps and the candidate pool (never the clock)."),
+        click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the whole audit, in seconds. An attack it cuts short is incomplete (exit 2) unless what was done already fails the gate."),
         click.option("--prior", type=click.Choice(["auto", "holdout", "none"]), default="auto", show_default=True, help="Informed inversion from part of the holdout (auto: when --holdout is given)."),
         click.option("--conditioning", type=click.Choice(["vector", "matrix", "both"]), default="both", show_default=True, help="How the generator is told the class: soft vector, hot matrix channel, or both."),
         click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),
@@ -221,7 +223,8 @@ def run_options(func: Any) -> Any:
         click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help="Backbone weights file for LPIPS (default: torchvision's cache under $TORCH_HOME)."),
         click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report."),
         click.option("--images/--no-images", default=True, show_default=True, help="Include images in the HTML report."),
-        click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), help="A previous leakaudit.json: fail only on new or worse findings."),
+        click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), help="A previous leakaudit.json of this model and data: fail only on new or worse findings."),
+        click.option("--allow-foreign-baseline", is_flag=True, help="Accept a --baseline made for another model or other training data (e.g. the previous release)."),
         click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here."),
         click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown summary here."),
         click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: print the result document on stdout."),
@@ -248,20 +251,35 @@ def run(ctx: click.Context, **opts: Any) -> None:
     ctx.exit(_execute(ctx, settings, opts))
 
 
-def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
+def _gate_from(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The gate table after file and flags, and where each value came from (for messages)."""
+    from click.core import ParameterSource
+
     file_config = ctx.meta.get("leakaudit.config")
     gate = dict(file_config.gate) if file_config else {}
-    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score"):
+    sources = {key: file_config.where(key) for key in gate} if file_config else {}
+    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc"):
         if opts.get(key) is not None:
             gate[key] = opts[key]
-    if "holdout_quantile" in (ctx.default_map or {}):
-        gate["holdout_quantile"] = ctx.default_map["holdout_quantile"]
+            from_file = ctx.get_parameter_source(key) == ParameterSource.DEFAULT_MAP and file_config is not None
+            sources[key] = file_config.where(key) if from_file else "--" + key.replace("_", "-")
+    for key in ("holdout_quantile", "warn_membership_auc"):  # file-only settings
+        if key in (ctx.default_map or {}):
+            gate[key] = ctx.default_map[key]
+            sources[key] = file_config.where(key) if file_config else key
+    return gate, sources
+
+
+def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
+    file_config = ctx.meta.get("leakaudit.config")
+    gate, sources = _gate_from(ctx, opts)
     if opts.get("prior") == "holdout" and opts.get("holdout") is None:
         raise UsageError("--prior holdout needs --holdout DIR")
     return AuditSettings(
         model=opts["model"], data=opts["data"], holdout=opts.get("holdout"), arch=opts.get("arch"),
         unsafe_pickle=bool(opts.get("unsafe_pickle")), input_size=opts.get("input_size"), mean=opts.get("mean"),
         std=opts.get("std"), out=opts["out"], seed=opts["seed"], budget=opts["budget"], prior=opts["prior"],
+        effort=opts["effort"], allow_foreign_baseline=bool(opts.get("allow_foreign_baseline")), gate_sources=sources,
         conditioning=opts["conditioning"],
         candidates_per_class=opts.get("candidates_per_class"), top=opts["top"], lpips_net=opts["lpips_net"],
         lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
@@ -295,9 +313,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
             observer.close()
         dist.close()
     if stop.stopped:
-        raise AuditInterrupted(f"stopped by {stop.signal_name}; no result was written. The checkpoint is kept in "
-                               f"{settings.out / 'checkpoints'}: the same command resumes from the last completed "
-                               "inversion phase")
+        raise AuditInterrupted(interrupt_message(stop.signal_name, outcome.written, settings.out))
     if not dist.is_main:  # the verdict and the outputs are rank 0's
         return int(ExitStatus.PASSED)
     for warning in outcome.warnings:
@@ -306,14 +322,32 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         print(json.dumps(outcome.document, indent=2), file=console.out, flush=True)
     for line in outcome.summary_lines:
         console.say(line)
+    inversion = outcome.document.get("inversion") or {}
+    if console.quiet and outcome.document.get("verdict") == "incomplete":  # exit 2 always comes with its line
+        console.error(str(inversion.get("incomplete_reason") or "the attack is incomplete"))
     return int(outcome.exit_status)
+
+
+def interrupt_message(signal_name: str, written: Sequence[Path], out: Path) -> str:
+    """Exactly what an interrupted audit left: which files (all complete), and whether it can resume."""
+    if written:
+        what = (f"only these outputs were complete before the stop: {', '.join(str(p) for p in written)}; "
+                "the others were not written, so the set is partial")
+    else:
+        what = "no result was written"
+    resume = out / "checkpoints" / "resume.pt"
+    if resume.is_file():
+        tail = f"the saved inversion state {resume} lets the same command resume from the last completed phase"
+    else:
+        tail = "there is no saved inversion state to resume from: the same command starts afresh"
+    return f"stopped by {signal_name}; {what}. {tail}"
 
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
 @click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
 @click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
-@click.option("--budget", type=click.FloatRange(min=1.0), default=120.0, show_default=True, help="Inversion budget in seconds.")
+@click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the audit, in seconds (see `run --help`).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

@@ -9,7 +9,9 @@ has; unknown keys are returned as warnings, never silently dropped.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,20 @@ RUN_KEYS = frozenset(
         "data", "holdout", "arch", "unsafe_pickle", "input_size", "mean", "std", "out", "seed", "budget",
         "quiet", "format", "junit", "markdown", "baseline", "redact", "images", "top", "lpips_net",
         "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data",
+        "effort", "allow_foreign_baseline",
     }
 )
-GATE_KEYS = frozenset({"fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "holdout_quantile", "ignore"})
+THRESHOLD_KEYS = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc",
+                  "fail_membership_auc", "holdout_quantile")
+GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore"})
+EFFORTS = ("quick", "standard", "thorough")  # see leakaudit.inversion.config.EFFORT_LEVELS
+DEFAULT_BUDGET_S = 900.0  # a ceiling: the reference audits at the default effort finish far inside it (README)
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known key, or ''."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,9 @@ class AuditSettings:
     std: tuple[float, ...] | None = None
     out: Path = Path("leakaudit-out")
     seed: int = 0
-    budget: float | None = 180.0
+    effort: str = "standard"  # "quick" | "standard" | "thorough": fixes the attack's planned work
+    budget: float | None = DEFAULT_BUDGET_S  # ceiling: an attack it cuts short is incomplete, never a pass
+    threads: int | None = None  # torch CPU threads (None: the CPUs this process may use)
     prior: str = "auto"  # "auto" (holdout when given) | "holdout" | "none"
     conditioning: str = "both"
     candidates_per_class: int | None = None  # None: the inversion's default
@@ -55,7 +70,9 @@ class AuditSettings:
     junit: Path | None = None
     markdown: Path | None = None
     baseline: Path | None = None
+    allow_foreign_baseline: bool = False  # a baseline made for another model or other data is meant
     gate: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.gate], read by leakaudit.gate
+    gate_sources: dict[str, str] = field(default_factory=dict)  # gate key → the flag or file it came from
     inversion: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.inversion]: InversionConfig fields
     command: tuple[str, ...] = ()
 
@@ -69,6 +86,10 @@ class FileConfig:
     gate: dict[str, Any]
     warnings: tuple[str, ...]
     inversion: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, key: str) -> str:
+        """How a message names a gate value that came from this file."""
+        return f"{self.source} [tool.leakaudit.gate] {key}" if self.source else key
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -119,8 +140,9 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
                 gate_key = raw_gate_key.replace("-", "_")
                 if gate_key in GATE_KEYS:
                     gate[gate_key] = gate_value
-                else:
-                    warnings.append(f"{source}: unknown key [tool.leakaudit.gate] {raw_gate_key!r} ignored")
+                else:  # a misspelt threshold must never fall back to its default silently
+                    raise ConfigError(f"{source}: unknown key [tool.leakaudit.gate] {raw_gate_key!r}"
+                                      f"{did_you_mean(gate_key, GATE_KEYS)}; known: {', '.join(sorted(GATE_KEYS))}")
         elif key == "inversion" and isinstance(value, dict):
             inversion = {k.replace("-", "_"): v for k, v in value.items()}  # checked by InversionConfig
         elif key in GATE_KEYS:
@@ -133,7 +155,7 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
             continue  # audit definitions in audits/ carry a [reference] table for the builder
         else:
             warnings.append(f"{source}: unknown key {raw_key!r} ignored")
-    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "holdout_quantile"):
-        if key in gate:
+    for key in THRESHOLD_KEYS:
+        if key in gate and gate[key] is not False:  # `false` (off) stays here: click would read it as 0.0
             defaults[key] = gate.pop(key)
     return FileConfig(source, defaults, gate, tuple(warnings), inversion)

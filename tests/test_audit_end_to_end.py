@@ -131,11 +131,9 @@ def test_report_can_be_rerendered_from_the_outputs(audited: dict[str, Any], caps
 
 
 def _without_timings(document: dict[str, Any]) -> dict[str, Any]:
-    document = json.loads(json.dumps(document))
-    for key in ("elapsed_s", "started_at", "command"):
-        document["provenance"].pop(key, None)
-    document["inversion"].pop("seconds", None)
-    return document
+    from leakaudit.report.json_format import without_timings
+
+    return without_timings(document)
 
 
 def test_same_seed_same_result(tiny: TinyReference, quick_config: Path, tmp_path: Path,
@@ -164,19 +162,49 @@ def test_without_holdout_the_result_says_it_is_uncalibrated(tiny: TinyReference,
     assert "not calibrated" in err
 
 
-def test_budget_bounds_the_whole_audit(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_budget_is_a_ceiling_and_an_unfinished_attack_exits_2(tiny: TinyReference, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     import time
+    import xml.etree.ElementTree as ET
 
+    config = tmp_path / "long.toml"
+    # the fail conditions are off, so the work done cannot fail the gate: the verdict must be incomplete
+    config.write_text("[gate]\nfail_ssim = false\nfail_leak_score = false\n[inversion]\nwidth = 16\n"
+                      "batch_per_class = 2\nsteps = 100000\npool_per_class = 8\ncandidates_per_class = 2\n"
+                      "refine_steps = 10\ncheckpoint_every = 5\n")
+    started = time.monotonic()
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
+                            "--prior", "none", "--out", str(tmp_path / "o"), "--config", str(config), "--budget", "8",
+                            "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "s.md")], capsys)
+    elapsed = time.monotonic() - started
+    assert code == ExitStatus.INCOMPLETE == 2, err
+    assert elapsed < 8 + 20, f"an 8 s budget took {elapsed:.1f} s"
+    document = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
+    assert document["verdict"] == "incomplete" and document["exit_code"] == 2
+    assert document["inversion"]["complete"] is False
+    assert document["inversion"]["completed_fraction"] < 0.5
+    assert document["exposure"]["statement"] == "incomplete"
+    reason = document["inversion"]["incomplete_reason"]
+    assert "--budget 8 s" in reason and "of its 100010 planned steps" in reason and "raise --budget" in reason
+    assert "INCOMPLETE" in err and reason in err  # the terminal summary
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "INCOMPLETE" in html and "Incomplete attack" in html
+    assert "Incomplete attack" in (tmp_path / "s.md").read_text()
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
+    assert cases["attack_complete"].find("failure") is not None
+    assert not (tmp_path / "o" / "checkpoints").exists(), "a finished (incomplete) run leaves no checkpoint"
+
+
+def test_an_unfinished_attack_that_already_fails_is_a_fail(tiny: TinyReference, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "long.toml"
     config.write_text("[inversion]\nwidth = 16\nbatch_per_class = 2\nsteps = 100000\npool_per_class = 8\n"
                       "candidates_per_class = 2\nrefine_steps = 10\n")
-    started = time.monotonic()
-    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-                            "--prior", "none", "--out", str(tmp_path / "o"), "--config", str(config),
-                            "--budget", "20", "--quiet"], capsys)
-    elapsed = time.monotonic() - started
-    assert code in (0, 1), err
-    assert elapsed < 20 + 15, f"a 20 s budget took {elapsed:.1f} s"
+    # no holdout: the absolute threshold applies, and every member is above SSIM 0.01
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
+                            "--config", str(config), "--budget", "6", "--fail-ssim", "0.01", "--quiet"], capsys)
+    assert code == ExitStatus.GATE_FAILED, err
     document = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
-    assert document["inversion"]["completed_fraction"] < 0.5
-    assert any("The budget ended the inversion" in note for note in document["summary"]["notes"])
+    assert document["verdict"] == "fail" and document["inversion"]["complete"] is False
+    assert any("incomplete" in note and "already fails" in note for note in document["summary"]["notes"])
+    assert document["thresholds"]["warn_ssim"] == 0.01  # --fail-ssim alone lowers the warning level with it

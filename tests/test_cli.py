@@ -123,14 +123,23 @@ def test_debug_shows_the_traceback(tiny: TinyReference, tmp_path: Path, capsys: 
 def test_config_file_feeds_options_and_flags_win(tiny: TinyReference, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "audit.toml"
-    config.write_text('fail_ssim = 7.0\nbogus_key = 1\n[gate]\nwarn_ssim = 0.3\nmystery = 2\n')
+    config.write_text('fail_ssim = 7.0\nbogus_key = 1\n[gate]\nwarn_ssim = 0.3\n')
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config)], capsys)
     assert_error(code, err, "must be between 0 and 1, got 7.0")  # the file's value reached the option
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config),
                             "--fail-ssim", "0.5"], capsys)
     assert_error(code, err, "data folder not found")  # the flag replaced the file's bad value
     assert "unknown key 'bogus_key' ignored" in err
-    assert "unknown key [tool.leakaudit.gate] 'mystery' ignored" in err
+
+
+def test_a_misspelt_gate_key_is_an_error_with_a_suggestion(tiny: TinyReference, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "audit.toml"
+    config.write_text("[gate]\nfail_sim = 0.5\n")
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(config),
+                            "--out", str(tmp_path / "o")], capsys)
+    assert_error(code, err, "unknown key [tool.leakaudit.gate] 'fail_sim' (did you mean 'fail_ssim'?)")
+    assert_no_result(tmp_path / "o")
 
 
 def test_pyproject_in_the_working_directory_is_read(tiny: TinyReference, tmp_path: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,10 +90,13 @@ def _audit_command(tiny: TinyReference, config: Path, out: Path) -> list[str]:
             "--seed", "2"]
 
 
-def _comparable(out: Path) -> dict:
-    import json
-
-    return _without_timings(json.loads((out / "leakaudit.json").read_text()))
+def _comparable(out: Path, resume_record: bool = True) -> dict:
+    document = _without_timings(json.loads((out / "leakaudit.json").read_text()))
+    if not resume_record:  # what differs between a resumed run and an uninterrupted one, by design
+        document["inversion"].pop("resumed")
+        document["inversion"].pop("resumed_from")
+        document["summary"]["notes"] = [n for n in document["summary"]["notes"] if "resumed an interrupted" not in n]
+    return document
 
 
 def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference, tmp_path: Path) -> None:
@@ -115,8 +119,13 @@ def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference,
     again = subprocess.run(_audit_command(tiny, config, out), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == whole.returncode, again.stderr
     assert "resumed from the checkpoint, at finetune" in again.stderr
-    assert _comparable(out) == _comparable(tmp_path / "whole")
-    assert not state.exists(), "a finished inversion leaves no state to resume"
+    resumed = json.loads((out / "leakaudit.json").read_text())
+    assert resumed["inversion"]["resumed"] is True and resumed["inversion"]["resumed_from"] == "finetune"
+    assert any("resumed an interrupted run" in note for note in resumed["summary"]["notes"])
+    assert "resumed an interrupted run at its finetune phase" in (out / "report.html").read_text()
+    assert json.loads((tmp_path / "whole" / "leakaudit.json").read_text())["inversion"]["resumed"] is False
+    assert _comparable(out, resume_record=False) == _comparable(tmp_path / "whole", resume_record=False)
+    assert not (out / "checkpoints").exists(), "a finished run leaves no checkpoint folder"
 
 
 def test_state_from_other_inputs_is_not_reused(tiny: TinyReference, tmp_path: Path) -> None:
@@ -135,3 +144,38 @@ def test_state_from_other_inputs_is_not_reused(tiny: TinyReference, tmp_path: Pa
                            timeout=600)
     assert other.returncode in (0, 1), other.stderr
     assert "resumed" not in other.stderr
+    assert json.loads((out / "leakaudit.json").read_text())["inversion"]["resumed"] is False
+
+
+def test_another_effort_does_not_resume(tiny: TinyReference, tmp_path: Path) -> None:
+    config = tmp_path / "resumable.toml"
+    config.write_text(RESUMABLE_INVERSION.replace("finetune_steps = 400", "finetune_steps = 20"))
+    out = tmp_path / "out"
+    command = _audit_command(tiny, config, out)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CI": "1"})
+    _wait_for(out / "checkpoints" / "resume.pt", proc)
+    proc.kill()
+    proc.communicate()
+    # the engine table pins the step counts, so only the effort label differs: still another attack
+    other = subprocess.run([*command, "--effort", "thorough"], capture_output=True, text=True,
+                           env={**os.environ, "CI": "1"}, timeout=600)
+    assert other.returncode in (0, 1), other.stderr
+    assert "resumed" not in other.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def test_a_second_audit_on_the_same_out_exits_2_at_once(tiny: TinyReference, tmp_path: Path) -> None:
+    proc, out = _start(tiny, tmp_path)
+    try:
+        started = time.monotonic()
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "leakaudit"), "run", str(tiny.torchscript), "--data",
+             str(tiny.train_dir), "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"another leakaudit audit is writing to {out} (process {proc.pid})" in second.stderr
+        assert time.monotonic() - started < 60
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert (out / "checkpoints" / "generator.pt").exists(), "the first audit's checkpoint is untouched"

@@ -51,8 +51,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from leakaudit.config import EFFORTS
 from leakaudit.errors import ConfigError
 
+# What each effort level changes from the defaults below ("standard"). The
+# planned work of an attack is a function of the inputs and the effort level
+# alone: steps of every phase, the refinement pool, the candidates.
+EFFORT_LEVELS: dict[str, dict[str, int]] = {
+    "quick": {"steps": 200, "pretrain_steps": 250, "refine_steps": 40, "pool_per_class": 64},
+    "standard": {},
+    "thorough": {"steps": 1500, "pretrain_steps": 2000, "refine_steps": 250, "pool_per_class": 512},
+}
+assert tuple(EFFORT_LEVELS) == EFFORTS
 OBJECTIVES = ("reconstruction", "diverse")
 PRIORS = ("auto", "none", "holdout")
 CONDITIONINGS = ("vector", "matrix", "both")
@@ -72,10 +82,11 @@ class InversionConfig:
     """
 
     # --- run ---
+    effort: str = "standard"  # the level the step counts came from (EFFORT_LEVELS); recorded, and part of the resume key
     mode: str = "reconstruction"
     prior: str = "auto"
     seed: int = 0
-    budget_s: float | None = None  # wall-clock bound of the whole inversion
+    budget_s: float | None = None  # wall-clock ceiling of the whole inversion: cut short, it is incomplete
     device: str | None = None  # None: the target model's device
     threads: int | None = None  # torch CPU threads during the run (None: leave as is)
     candidates_per_class: int = 2
@@ -140,6 +151,8 @@ class InversionConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.effort not in EFFORT_LEVELS:
+            problems.append(f"effort must be one of {EFFORTS}, not {self.effort!r}")
         if self.mode not in OBJECTIVES:
             problems.append(f"mode must be one of {OBJECTIVES}, not {self.mode!r}")
         if self.prior not in PRIORS:
@@ -169,3 +182,11 @@ class InversionConfig:
     @property
     def diverse(self) -> bool:
         return self.mode == "diverse"
+
+    @classmethod
+    def for_effort(cls, effort: str = "standard", **overrides: object) -> "InversionConfig":
+        """The settings of an effort level, with explicit overrides on top."""
+        if effort not in EFFORT_LEVELS:
+            raise ConfigError(f"effort must be one of {', '.join(EFFORTS)}, not {effort!r}")
+        values: dict[str, object] = {**EFFORT_LEVELS[effort], **overrides, "effort": effort}
+        return cls(**values)  # type: ignore[arg-type]

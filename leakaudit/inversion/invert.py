@@ -10,11 +10,12 @@ and optimises their latents against the same objective; when the classifier's
 first layer is fully connected with a low-rank learned span (rowspace.py), the
 candidates are also pulled into that span and projected onto it.
 
-The wall-clock budget is shared among the phases in proportion to fixed
-fractions, with time a phase leaves unused passed on; when it runs out (or
-``should_stop`` says so) the loop stops training and still returns candidates,
-with ``completed_fraction`` < 1. The engine never prints: progress goes to
-callbacks.
+The planned work (every phase's steps, the pool, the candidates) is fixed by
+the settings alone, never by the clock. The wall-clock budget is only a
+ceiling: when it runs out (or ``should_stop`` says so) the loop stops, still
+returns candidates, and reports ``complete = False``; the caller must not
+read an unfinished attack as a clean result. The engine never prints:
+progress goes to callbacks.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ THREAT_MODELS = {
     ),
 }
 
-# Share of the budget each phase may use (unused time passes on to later phases).
-_PHASE_SHARE = {"train": 0.65, "pretrain": 0.45, "finetune": 0.25, "refine": 0.35}
-
-
 @dataclass
 class InversionCallbacks:
     """Observers of a run; any may be None."""
@@ -81,10 +78,14 @@ class InversionResult:
     pretrained_images: torch.Tensor | None = None  # (N, C, H, W): informed generator before fine-tuning
     pretrained_targets: torch.Tensor | None = None  # (N,)
     losses: dict[str, float] = field(default_factory=dict)  # last reported loss terms
+    complete: bool = True  # every planned step ran (no budget ceiling, no stop request)
+    interrupted: bool = False  # stopped by should_stop (a signal), not by the budget
+    resumed_from: str | None = None  # the phase an interrupted run was resumed at, if any
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
 
 
 class _Clock:
-    """Steps, budget and stop requests of one run; the only place that calls the callbacks."""
+    """Steps, the budget ceiling and stop requests of one run; the only place that calls the callbacks."""
 
     def __init__(self, config: InversionConfig, phases: list[tuple[str, int]], callbacks: InversionCallbacks,
                  should_stop: Callable[[], bool] | None, dist: DistContext) -> None:
@@ -97,36 +98,42 @@ class _Clock:
         self.start = time.monotonic()
         self.steps = 0
         self.stopped = False
-        self.deadline = math.inf
+        self.interrupted = False  # stopped by should_stop (a signal), not by the budget
         self.last: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = {}
+        self._phase: tuple[str, float] | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def enter(self, name: str, remaining: list[str]) -> None:
-        """Start a phase: its deadline is its share of the budget still left."""
+    def enter(self, name: str) -> None:
+        """Start a phase (its time is recorded); the budget is one ceiling for the whole run."""
+        self._close_phase()
+        self._phase = (name, time.monotonic())
         if self.callbacks.on_phase:
             self.callbacks.on_phase(name)
-        if self.config.budget_s is None:
-            return
-        left = max(0.0, self.config.budget_s - self.elapsed())
-        shares = [_PHASE_SHARE[p] for p in remaining if self.phases.get(p, 0) > 0]
-        share = _PHASE_SHARE[name] / sum(shares) if shares and self.phases.get(name, 0) > 0 else 1.0
-        self.deadline = self.elapsed() + left * share
+
+    def _close_phase(self) -> None:
+        if self._phase is not None:
+            name, began = self._phase
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.monotonic() - began
+            self._phase = None
+
+    def finish(self) -> None:
+        self._close_phase()
 
     def tick(self, losses: dict[str, float]) -> bool:
-        """Count a step; False when the phase must end (budget, stop request)."""
+        """Count a step; False when the run must end (budget ceiling, stop request)."""
         self.steps += 1
         self.last = losses
         if self.callbacks.on_step:
             self.callbacks.on_step(self.steps, self.planned, losses)
-        if self.should_stop is not None and self.should_stop():
-            self.stopped = True
-        if self.config.budget_s is not None and self.elapsed() >= self.config.budget_s:
-            self.stopped = True
-        # Ranks agree on both decisions, so they always run the same number of collectives.
-        self.stopped, phase_over = self.dist.any_flags(self.stopped, self.elapsed() >= self.deadline)
-        return not self.stopped and not phase_over
+        asked = self.should_stop is not None and self.should_stop()
+        over = self.config.budget_s is not None and self.elapsed() >= self.config.budget_s
+        # Ranks agree on the decision, so they always run the same number of collectives.
+        self.interrupted, over = self.dist.any_flags(self.interrupted or asked, over)
+        self.stopped = self.stopped or self.interrupted or over
+        return not self.stopped
 
 
 def invert(
@@ -138,6 +145,7 @@ def invert(
     checkpoint_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     dist: DistContext | None = None,
+    resume_tag: str = "",
 ) -> InversionResult:
     """Invert ``target`` into K candidates per class.
 
@@ -145,7 +153,8 @@ def invert(
     mode. Deterministic on the CPU for a fixed seed, unless the budget or
     ``should_stop`` cut the run short. ``dist``: share each generator batch
     (and the refined candidates) over the ranks of a distributed run; every
-    rank returns the same result.
+    rank returns the same result. ``resume_tag``: what else must match for a
+    saved state to be resumed (the audit passes its command line).
     """
     informed = _informed(config, prior)
     device = torch.device(config.device) if config.device else target.device
@@ -153,7 +162,7 @@ def invert(
         dist = dist or DistContext.single(device)
         with dist.in_stage("inversion"):
             return _invert(target, config, informed, prior, callbacks or InversionCallbacks(), checkpoint_dir,
-                           should_stop, device, dist)
+                           should_stop, device, dist, resume_tag)
 
 
 def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
@@ -180,7 +189,7 @@ def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None
 
 def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior: tuple[torch.Tensor, torch.Tensor] | None,
             callbacks: InversionCallbacks, checkpoint_dir: Path | None, should_stop: Callable[[], bool] | None,
-            device: torch.device, dist: DistContext) -> InversionResult:
+            device: torch.device, dist: DistContext, resume_tag: str = "") -> InversionResult:
     rng = torch.Generator().manual_seed(config.seed)
     notes: list[str] = []
     weights = resolve_weights(config, target, notes)
@@ -198,13 +207,12 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
     clock = _Clock(config, phases, callbacks, should_stop, dist)
     if callbacks.on_start:
         callbacks.on_start(clock.planned)
-    names = [p for p, _ in phases]
     ckpt = _Checkpointer(checkpoint_dir, config)
     pretrained: tuple[torch.Tensor, torch.Tensor] | None = None
     latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
     # Resume from the last completed phase of an interrupted run with the same inputs (single process).
     folder = Path(checkpoint_dir) if checkpoint_dir is not None and not dist.is_distributed else None
-    key = resume_key(target, config, prior) if folder is not None else ""
+    key = resume_key(target, config, prior, resume_tag) if folder is not None else ""
     resumed = load_state(folder, key)
     enc: Encoder | None = None
 
@@ -248,7 +256,7 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         if resumed is not None:
             restore(resumed)
         else:
-            clock.enter("pretrain", names)
+            clock.enter("pretrain")
             start = clock.steps
             _pretrain(gen, enc, images, labels, config, clock, ckpt, rng, variational)
             dist.sync_buffers(gen)
@@ -258,7 +266,7 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
             if completed(start, config.pretrain_steps):
                 boundary("finetune")
         if resumed is None or resumed["next_phase"] == "finetune":
-            clock.enter("finetune", names[1:])
+            clock.enter("finetune")
             start = clock.steps
             _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.finetune_steps,
                            config.finetune_lr, anchor=(enc, images, labels, variational), phase="finetune")
@@ -268,7 +276,7 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         if resumed is not None:
             restore(resumed)
         else:
-            clock.enter("train", names)
+            clock.enter("train")
             start = clock.steps
             _train_against(gen, target, weights, config, clock, ckpt, rng, latents, config.steps, config.lr,
                            anchor=None, phase="train")
@@ -278,20 +286,22 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
     ckpt.save(gen, clock.steps, "final", force=True)
     gallery = None
     if config.diverse:
-        clock.enter("sample", [])
+        clock.enter("sample")
         images_out, targets = _sample_diverse(gen, latents, k, config, rng, device)
         gallery = {c: torch.nonzero(targets == c).flatten().tolist() for c in range(k)}
     else:
-        clock.enter("refine", ["refine"])
+        clock.enter("refine")
         space = None
         if config.rowspace:
             space, note = first_layer_rowspace(target)
             notes.append(note)
         images_out, targets = _select_and_refine(gen, target, weights, config, clock, rng, latents, device, space)
     confidence = _confidence(target, images_out, targets)
-    if not clock.stopped:
-        clear_state(folder)
-    if clock.stopped and clock.steps < clock.planned:
+    clock.finish()
+    complete = not clock.stopped and clock.steps >= clock.planned
+    if not clock.interrupted:
+        clear_state(folder)  # only an interrupted run is resumed; a finished one (complete or not) starts afresh
+    if not complete:
         notes.append(f"stopped early after {clock.steps} of {clock.planned} steps ({clock.elapsed():.1f} s)")
     mode = "informed" if informed else "data-free"
     return InversionResult(
@@ -300,6 +310,9 @@ def _invert(target: TargetModel, config: InversionConfig, informed: bool, prior:
         completed_fraction=min(1.0, clock.steps / max(1, clock.planned)), notes=notes, gallery=gallery,
         pretrained_images=None if pretrained is None else pretrained[0].cpu(),
         pretrained_targets=None if pretrained is None else pretrained[1].cpu(), losses=dict(clock.last),
+        complete=complete, interrupted=clock.interrupted,
+        resumed_from=None if resumed is None else str(resumed["next_phase"]),
+        phase_seconds={k: round(v, 3) for k, v in clock.phase_seconds.items()},
     )
 
 

@@ -3,12 +3,14 @@
 At the end of every completed training phase the engine saves everything the
 following phases depend on: generator (and encoder) weights, both random
 number generators, the step count, the latent distribution and the
-pre-trained candidates. A re-run of the same command starts from there and,
+pre-trained candidates. Only an interrupted run keeps it: a run that
+finished (complete or cut by the budget) removes it. A re-run of the same
+command (and effort) starts from there and,
 because every phase starts from exactly that state, ends with the same
 candidates as an uninterrupted run (on the CPU, when the budget did not cut a
 phase short). The state is keyed by a hash of the classifier's weights and
-normalisation, the prior images and the engine settings, so a checkpoint from
-other inputs is never reused.
+normalisation, the prior images, the engine settings (the effort level among
+them) and the command line, so a checkpoint from other inputs is never reused.
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ RESUME_FILE = "resume.pt"
 _NOT_IN_KEY = ("budget_s", "threads", "checkpoint_every", "device")
 
 
-def resume_key(target: TargetModel, config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None) -> str:
-    """Identity of an inversion's inputs: classifier, normalisation, prior images, settings."""
-    digest = hashlib.sha256()
+def resume_key(target: TargetModel, config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None,
+               tag: str = "") -> str:
+    """Identity of an inversion's inputs: classifier, normalisation, prior images, settings (effort included), tag.
+
+    ``tag`` is what else must match (the audit's command line): a state is only
+    resumed by the same command.
+    """
+    digest = hashlib.sha256(tag.encode("utf-8") + b"\0")
     for tensor in [*target.parameters(), target.mean, target.std]:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(repr(target.input_shape).encode())

@@ -7,7 +7,7 @@ warnings (e.g. a very large HTML file) come back to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class WrittenOutputs:
     html_path: Path
     html_bytes: int
     warnings: tuple[str, ...]
+    stopped: bool = False  # should_stop said so before every file was written: ``paths`` is what was
 
 
 def _size_warnings(path: Path, size: int, limit: int) -> list[str]:
@@ -89,12 +90,15 @@ def write_outputs(
     markdown_path: str | Path | None = None,
     size_warn_bytes: int = DEFAULT_SIZE_WARN_BYTES,
     write_array_file: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> WrittenOutputs:
     """Write arrays, leakaudit.json, report.html and the optional JUnit/Markdown files, each atomically.
 
     Everything is rendered before anything is written, so a rendering error
     leaves the folder as it was. ``write_array_file=False`` keeps an existing
     reconstructions.npz (re-rendering with ``leakaudit report``).
+    ``should_stop`` is asked before each file: once it says stop (a signal),
+    no further file is started, and ``stopped`` says the set is partial.
     """
     out = Path(out_dir)
     json_text = dumps(document)
@@ -102,17 +106,23 @@ def write_outputs(
     junit_text = render_junit(document) if junit_path is not None else None
     markdown_text = render_markdown(document) if markdown_path is not None else None
 
-    paths: list[Path] = []
+    stop = should_stop or (lambda: False)
+    jobs: list[tuple[Path, Callable[[], Path]]] = []
     if write_array_file and arrays:
-        paths.append(write_arrays(arrays, out))
-    paths.append(atomic_write_text(out / JSON_NAME, json_text))
-    html_path = atomic_write_text(out / HTML_NAME, html_text)
-    paths.append(html_path)
+        jobs.append((out / ARRAYS_NAME, lambda: write_arrays(arrays, out)))
+    jobs.append((out / JSON_NAME, lambda: atomic_write_text(out / JSON_NAME, json_text)))
+    jobs.append((out / HTML_NAME, lambda: atomic_write_text(out / HTML_NAME, html_text)))
     if junit_text is not None and junit_path is not None:
-        paths.append(atomic_write_text(junit_path, junit_text))
+        jobs.append((Path(junit_path), lambda: atomic_write_text(junit_path, junit_text)))
     if markdown_text is not None and markdown_path is not None:
-        paths.append(atomic_write_text(markdown_path, markdown_text))
+        jobs.append((Path(markdown_path), lambda: atomic_write_text(markdown_path, markdown_text)))
+    paths: list[Path] = []
+    for _, write in jobs:
+        if stop():
+            return WrittenOutputs(tuple(paths), out / HTML_NAME, 0, (), stopped=True)
+        paths.append(write())
 
+    html_path = out / HTML_NAME
     html_bytes = html_path.stat().st_size
     warnings = _size_warnings(html_path, html_bytes, size_warn_bytes)
     return WrittenOutputs(tuple(paths), html_path, html_bytes, tuple(warnings))

@@ -31,6 +31,8 @@ VERDICTS = {
     "pass": ("✔", "PASS", "The gate passed: no condition failed and nothing needs a look."),
     "warn": ("⚠", "WARN", "The gate passed with warnings: look at the flagged samples below."),
     "fail": ("✖", "FAIL", "The gate failed: at least one condition below failed."),
+    "incomplete": ("◌", "INCOMPLETE", "The attack did not finish within the budget and found nothing that fails: "
+                                      "an unfinished attack cannot pass."),
 }
 STATUS_SYMBOLS = {"pass": "✔", "ok": "✔", "warn": "⚠", "fail": "✖", "skipped": "–", "ignored": "⊘"}
 

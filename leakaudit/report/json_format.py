@@ -24,6 +24,22 @@ ARRAYS_NAME = "reconstructions.npz"
 ARRAY_KEYS = ("images", "targets", "confidence", "finding_train_images")
 
 
+# Fields that measure the run rather than the model: left out when two audits are compared.
+TIMING_FIELDS = {
+    "provenance": ("elapsed_s", "started_at", "command", "stage_seconds"),
+    "inversion": ("seconds", "phase_seconds"),
+}
+
+
+def without_timings(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``document`` without its timings: what must be identical for the same inputs, seed and effort."""
+    copy = json.loads(json.dumps(document))
+    for section, keys in TIMING_FIELDS.items():
+        for key in keys:
+            (copy.get(section) or {}).pop(key, None)
+    return copy
+
+
 def _non_finite_paths(value: Any, where: str = "") -> list[str]:
     if isinstance(value, float) and not math.isfinite(value):
         return [where or "<root>"]

@@ -13,7 +13,13 @@ from typing import Any
 
 def render_junit(document: Mapping[str, Any]) -> str:
     """The gate of ``document`` as a JUnit XML string."""
-    conditions = (document.get("gate") or {}).get("conditions") or []
+    conditions = list((document.get("gate") or {}).get("conditions") or [])
+    inversion = document.get("inversion") or {}
+    incomplete = inversion.get("complete") is False
+    if incomplete:  # an unfinished attack is its own failing case, whatever the conditions say
+        conditions.append({"name": "attack_complete", "status": "fail", "threshold": inversion.get("planned_steps"),
+                           "observed": inversion.get("steps"),
+                           "message": inversion.get("incomplete_reason") or "the attack was cut short by the budget"})
     elapsed = float((document.get("provenance") or {}).get("elapsed_s") or 0.0)
     failures = sum(1 for c in conditions if c["status"] == "fail")
     skipped = sum(1 for c in conditions if c["status"] == "skipped")

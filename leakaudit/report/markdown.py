@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SYMBOLS = {"pass": "✔ PASS", "warn": "⚠ WARN", "fail": "✖ FAIL"}
+SYMBOLS = {"pass": "✔ PASS", "warn": "⚠ WARN", "fail": "✖ FAIL", "incomplete": "◌ INCOMPLETE"}
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
 MAX_ROWS = 10
 
@@ -31,6 +31,11 @@ def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> st
     verdict = document.get("verdict", "fail")
     summary = document["summary"]
     lines = [f"## leakaudit: {SYMBOLS.get(verdict, verdict)} (exit code {document.get('exit_code')})", ""]
+    inversion = document.get("inversion") or {}
+    if inversion.get("complete") is False:
+        lines += [f"**Incomplete attack**: {md_escape(inversion.get('incomplete_reason') or 'cut short by the budget')}", ""]
+    if document.get("exposure"):
+        lines += [f"Exposure: **{md_escape(document['exposure']['statement'])}**.", ""]
     leak = summary.get("leak_score")
     if leak:
         lines.append(

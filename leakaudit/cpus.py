@@ -1,0 +1,66 @@
+"""How many CPU threads an audit should use: the CPUs this process may really run on.
+
+torch's default is the machine's core count, which on a CI runner is often
+more than the process is allowed (a CPU affinity mask, a cgroup quota) or than
+is free. Oversubscribed threads wait on each other at every parallel region;
+on a shared 2-core runner that made the same attack 2× slower than with one
+thread. The count chosen here depends on what the process is allowed, never on
+the load of the moment, so that two runs of one audit use the same count
+(and compute the same numbers); it is recorded in the findings document.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+ENV_OVERRIDE = "LEAKAUDIT_THREADS"
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (all of them where the platform has no mask)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cgroup_quota_cpus(v2: Path = CGROUP_V2, v1_quota: Path = CGROUP_V1_QUOTA,
+                      v1_period: Path = CGROUP_V1_PERIOD) -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs (None: no quota)."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(v1_quota.read_text())
+        period_us = int(v1_period.read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup quota (rounded up)."""
+    count = affinity_cpus()
+    quota = cgroup_quota_cpus()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return count
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """The torch thread count of an audit: ``requested``, else $LEAKAUDIT_THREADS, else the usable CPUs."""
+    if requested is not None and requested > 0:
+        return requested
+    env = os.environ.get(ENV_OVERRIDE, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return usable_cpus()
