@@ -90,11 +90,12 @@ def _check_payloads(path: Path, archive: zipfile.ZipFile, name: str, prefix: str
     folder = name.rsplit("/", 1)[0]
     for fqn, meta in entries.items():
         where = f"{name} [{fqn}]"
-        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-            raise _refuse(path, where, "a pickled payload (use_pickle), which would run code when loaded")
-        file = str(meta.get("path_name", ""))
+        file = str(meta.get("path_name", "")) if isinstance(meta, dict) else ""
         if not re.fullmatch(rf"{prefix}\d+", file):
-            raise _refuse(path, where, f"payload {file!r} is not a plain tensor (opaque or custom object)")
+            raise _refuse(path, where, f"payload {file!r} is not a plain tensor (an opaque or custom object, "
+                                       "which torch unpickles)")
+        if meta.get("use_pickle") is not False:
+            raise _refuse(path, where, "a pickled payload (use_pickle), which would run code when loaded")
         if f"{folder}/{file}" not in archive.NameToInfo:
             raise ModelError(f"{terminal_text(path)}: {terminal_text(where)} names a missing payload")
 
