@@ -45,7 +45,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Pillow's own limit is ~89 Mpx with a warning and 179 Mpx with an error; an
 # audit never needs more than this many pixels per image, and a smaller limit
 # keeps a hostile file from exhausting memory.
-MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_PIXELS = 40_000_000
 # Decoded size, from the header's size and mode, before any pixel is decoded
 # (a 16-bit 40 Mpx PNG compresses to kilobytes and decodes to 80 MB).
 MAX_DECODED_BYTES = 64 << 20

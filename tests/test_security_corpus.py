@@ -213,7 +213,7 @@ def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReferenc
     assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
     skipped = {s["path"]: s["reason"] for s in _document(result)["provenance"]["data"]["skipped"]}
     assert "over the 67108864-byte limit" in skipped["0/sparse.png"]
-    assert "decompression-bomb" in skipped["1/deep.png"]
+    assert "too large to decode" in skipped["1/deep.png"]
     assert "a FIFO, not a regular file" in skipped["2/pipe.png"]
 
 
@@ -229,3 +229,35 @@ def _document(result: subprocess.CompletedProcess[str]) -> dict:
     import json
 
     return json.loads(result.stdout)
+
+
+def test_out_may_not_overlap_the_image_folders(tiny: TinyReference, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    data = _folder(tmp_path, tiny)
+    copy = shutil.copytree(tiny.holdout_dir, tmp_path / "holdout")
+    for out, holdout in ((data / "report", None), (tmp_path, None), (copy / "0" / "res", copy)):
+        extra = ["--holdout", str(holdout)] if holdout else []
+        line = refused(capsys, tiny.torchscript, data, out, *extra)
+        assert "overlap" in line and "--out" in line, line
+    assert sorted(p.name for p in data.iterdir()) == [str(d) for d in range(10)]  # nothing was written into it
+
+
+def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    model = tmp_path / "full.pt"
+    torch.save(tiny.module, model)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
+                            "--budget", "20", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
+                            "--markdown", str(tmp_path / "s.md")], capsys)
+    assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
+    assert "warning: --unsafe-pickle given" in err and "runs code from the file" in err
+    document = json.loads((out / "leakaudit.json").read_text())
+    assert any("code from the file ran" in note for note in document["summary"]["notes"])
+    assert "code from the file ran" in (out / "report.html").read_text()
+    assert "--unsafe-pickle" in (tmp_path / "s.md").read_text()
+    assert "code from it ran" in (tmp_path / "j.xml").read_text()
