@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -428,11 +429,19 @@ def _record_rank_failure(exc: BaseException) -> None:
         record_failure(exc)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Python warnings (a TorchScript model's ``warn`` among them) on one escaped line."""
+    print(f"leakaudit: warning: {terminal_text(f'{category.__name__}: {message}')}", file=file or sys.stderr,
+          flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console = Console()
+    warnings.showwarning = _show_warning
     where = _rank_prefix()  # under torchrun: which rank says this
     try:
         code = cli.main(args=args, prog_name="leakaudit", standalone_mode=False)

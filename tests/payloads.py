@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -194,4 +195,17 @@ def safetensors_overclaim(path: Path) -> Path:
     """A safetensors file whose header declares a 4 GiB tensor in a file of a few bytes."""
     header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    return path
+
+
+class Shouting(nn.Module):
+    """A model whose forward warns and raises with terminal escape sequences in the text."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("\x1b[2J\x1b[1;1H all good")
+        raise RuntimeError("\x1b[32m PASS")
+
+
+def torchscript_shouting(path: Path) -> Path:
+    torch.jit.save(torch.jit.script(Shouting()), str(path))
     return path

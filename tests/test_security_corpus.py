@@ -261,3 +261,13 @@ def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
     assert "code from the file ran" in (out / "report.html").read_text()
     assert "--unsafe-pickle" in (tmp_path / "s.md").read_text()
     assert "code from it ran" in (tmp_path / "j.xml").read_text()
+
+
+def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReference, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = payloads.torchscript_shouting(tmp_path / "loud.pt")
+    capsys.readouterr()
+    code, _, err = run_cli(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
+                            "--quiet"], capsys)
+    assert code == ExitStatus.ERROR and "\x1b" not in err, err
+    assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
