@@ -25,6 +25,7 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
+from leakaudit.safe_files import check_apart
 from leakaudit.distributed import DistContext
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import DataError, OutputError
@@ -72,6 +73,7 @@ class AuditOutcome:
 def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
     """Load and cross-check model and data; every mismatch is a clear error."""
     observer.phase("loading model and data")
+    check_apart(settings.out, (settings.data, settings.holdout))  # outputs must never become inputs
     list_classes(settings.data)  # a missing or empty folder is reported before the model is touched
     if settings.holdout is not None:
         list_classes(settings.holdout)
@@ -82,6 +84,7 @@ def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
     )
     channels, height, width = target.input_shape
     train = load_image_folder(settings.data, channels=channels, size=(height, width), strict=settings.strict_data,
+                              max_file_bytes=settings.max_image_bytes,
                               progress=lambda d, t: observer.advance(d, t, "training images"))
     if len(train.classes) != target.num_classes:
         raise DataError(
@@ -93,7 +96,7 @@ def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
     holdout = None
     if settings.holdout is not None:
         holdout = load_image_folder(settings.holdout, channels=channels, size=(height, width), classes=train.classes,
-                                    strict=settings.strict_data)
+                                    strict=settings.strict_data, max_file_bytes=settings.max_image_bytes)
         for skipped in holdout.skipped:
             observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
         holdout_digests = _pixel_digests(holdout)
@@ -218,7 +221,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     scorer = LpipsScorer.load(settings.lpips_net, settings.lpips_weights)
     require_lpips(gate_settings, scorer)
     target, train = inputs.target, inputs.train
-    notes: list[str] = []
+    notes: list[str] = list(target.load_notes)  # e.g. that --unsafe-pickle let the file's code run
     informed = inputs.holdout is not None and settings.prior in ("auto", "holdout")
     prior_set: ImageSet | None = None
     null_set = inputs.holdout

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from leakaudit import __version__
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
+from leakaudit.sanitize import terminal_text
 
 
 # --- streams and progress -----------------------------------------------------
@@ -38,15 +40,16 @@ class Console:
         self.out = sys.stdout
         self.interactive = self.err.isatty() and not os.environ.get("CI")
 
+    # Messages carry strings from model files and folders: control characters are shown escaped, never sent raw.
     def say(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=self.err, flush=True)
+            print(terminal_text(message), file=self.err, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"leakaudit: warning: {message}", file=self.err, flush=True)
+        print(f"leakaudit: warning: {terminal_text(message)}", file=self.err, flush=True)
 
     def error(self, message: str) -> None:
-        print(f"leakaudit: error: {message}", file=self.err, flush=True)
+        print(f"leakaudit: error: {terminal_text(message)}", file=self.err, flush=True)
 
 
 class LineObserver:
@@ -100,7 +103,7 @@ class RichObserver:
             self._progress.update(self._task, completed=done, total=total or None, detail=detail)
 
     def note(self, message: str) -> None:
-        self._progress.console.print(message, markup=False, highlight=False)
+        self._progress.console.print(terminal_text(message), markup=False, highlight=False)
 
     def close(self) -> None:
         self._progress.stop()
@@ -229,6 +232,7 @@ def run_options(func: Any) -> Any:
         click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Also write a Markdown summary here."),
         click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: print the result document on stdout."),
         click.option("--strict-data", is_flag=True, help="Fail on an unreadable image instead of skipping and recording it."),
+        click.option("--max-image-mb", type=click.FloatRange(min=0.001), default=64.0, show_default=True, help="Image files larger than this are skipped and recorded (checked before opening)."),
         click.option("--device", help="torch device (default: cuda when available, else cpu)."),
         click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
@@ -283,6 +287,7 @@ def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
         conditioning=opts["conditioning"],
         candidates_per_class=opts.get("candidates_per_class"), top=opts["top"], lpips_net=opts["lpips_net"],
         lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
+        max_image_bytes=int(opts["max_image_mb"] * (1 << 20)),
         redact=opts["redact"], images=opts["images"], junit=opts.get("junit"), markdown=opts.get("markdown"),
         baseline=opts.get("baseline"), gate=gate, command=tuple(sys.argv),
         inversion=dict(file_config.inversion) if file_config else {},
@@ -302,6 +307,9 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     if file_config is not None:
         for warning in file_config.warnings:
             console.warn(warning)
+    if settings.unsafe_pickle:
+        console.warn("--unsafe-pickle given: if the model file is a pickle, loading it runs code from the file "
+                     "with your permissions; use it only for files you trust")
     stop = StopFlag()
     restore_signals = stop.install()
     observer = make_observer(console)
@@ -455,11 +463,19 @@ def _record_rank_failure(exc: BaseException) -> None:
         record_failure(exc)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Python warnings (a TorchScript model's ``warn`` among them) on one escaped line."""
+    print(f"leakaudit: warning: {terminal_text(f'{category.__name__}: {message}')}", file=file or sys.stderr,
+          flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console = Console()
+    warnings.showwarning = _show_warning
     where = _rank_prefix()  # under torchrun: which rank says this
     try:
         code = cli.main(args=args, prog_name="leakaudit", standalone_mode=False)

@@ -5,6 +5,8 @@ Settings come from ``[tool.leakaudit]`` in ``./pyproject.toml`` or from a
 standalone file). The CLI feeds the file's values into click's ``default_map``
 so that a flag overrides the file through the one code path click already
 has; unknown keys are returned as warnings, never silently dropped.
+``unsafe_pickle`` is refused in a file: a repository must not be able to make
+its model's code run; only the command line can.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from leakaudit.errors import ConfigError
 # Keys of [tool.leakaudit] (and of its [gate] sub-table) that map to `run` options.
 RUN_KEYS = frozenset(
     {
-        "data", "holdout", "arch", "unsafe_pickle", "input_size", "mean", "std", "out", "seed", "budget",
+        "data", "holdout", "arch", "input_size", "mean", "std", "out", "seed", "budget",
         "quiet", "format", "junit", "markdown", "baseline", "redact", "images", "top", "lpips_net",
-        "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data",
+        "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data", "max_image_mb",
         "effort", "allow_foreign_baseline",
     }
 )
@@ -64,6 +66,7 @@ class AuditSettings:
     lpips_net: str = "alex"
     lpips_weights: Path | None = None
     strict_data: bool = False
+    max_image_bytes: int = 64 << 20  # image files over this are skipped before being opened
     device: str | None = None
     redact: str = "none"
     images: bool = True
@@ -147,6 +150,11 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
             inversion = {k.replace("-", "_"): v for k, v in value.items()}  # checked by InversionConfig
         elif key in GATE_KEYS:
             gate[key] = value
+        elif key == "unsafe_pickle":
+            raise ConfigError(
+                f"{source}: 'unsafe_pickle' cannot be set in a configuration file: it lets the model file run code, "
+                "so only --unsafe-pickle on the command line turns it on"
+            )
         elif key in RUN_KEYS:
             if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights") and isinstance(value, str):
                 value = str((base / value)) if not Path(value).is_absolute() else value

@@ -12,9 +12,9 @@ aspect ratio, which is what ``transforms.Resize((H, W))`` does.
 Unreadable files: a file with an image extension that Pillow cannot decode is
 *skipped and recorded* (``ImageSet.skipped``; every output lists them), unless
 ``strict=True``. A folder where nothing at all is readable is an error.
-Symlinks are followed only when their target stays inside the data folder;
-others are skipped and recorded, so a data folder cannot pull in files from
-elsewhere on the machine.
+What may be read at all (regular files under a size cap, symlinks only within
+the data folder, UTF-8 names) is ``leakaudit.safe_files``'s job; an image's
+pixel count and decoded size are checked from its header before it is decoded.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from leakaudit.errors import DataError
+from leakaudit.safe_files import (
+    DEFAULT_MAX_FILE_BYTES, SkippedFile, decodable, list_image_files, open_regular_file, read_regular_file,
+)
+from leakaudit.sanitize import path_text, terminal_text
+
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "decode_image", "list_classes",
+           "load_image_folder", "peek_shape", "write_image_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -39,14 +46,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # audit never needs more than this many pixels per image, and a smaller limit
 # keeps a hostile file from exhausting memory.
 MAX_IMAGE_PIXELS = 40_000_000
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file that was not loaded, and why."""
-
-    path: str
-    reason: str
+# Decoded size, from the header's size and mode, before any pixel is decoded
+# (a 16-bit 40 Mpx PNG compresses to kilobytes and decodes to 80 MB).
+MAX_DECODED_BYTES = 64 << 20
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4,
+                    "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
 @dataclass(frozen=True)
@@ -78,51 +82,61 @@ class ImageSet:
 
 
 def list_classes(root: Path) -> list[str]:
-    """Sorted class folder names, as torchvision's ``find_classes`` does."""
+    """Sorted class folder names, as torchvision's ``find_classes`` does.
+
+    A class folder whose name is not valid UTF-8 is an error, not a skip:
+    leaving it out would shift every later class index.
+    """
+    shown = terminal_text(root)
     if not root.exists():
-        raise DataError(f"data folder not found: {root}")
+        raise DataError(f"data folder not found: {shown}")
     if not root.is_dir():
-        raise DataError(f"data path is not a folder: {root}")
+        raise DataError(f"data path is not a folder: {shown}")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    bad = [name for name in classes if not decodable(name)]
+    if bad:
+        raise DataError(f"{shown}: class folder name {path_text(bad[0])!s} is not valid UTF-8; rename it "
+                        "(class indices follow the sorted names, so it cannot be skipped)")
     if not classes:
         raise DataError(
-            f"no class folders in {root}: expected the ImageFolder layout "
-            f"{root}/<class name>/<image files>"
+            f"no class folders in {shown}: expected the ImageFolder layout "
+            f"{shown}/<class name>/<image files>"
         )
     return classes
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+def _list_files(root: Path, classes: Sequence[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[tuple[Path, int]], list[SkippedFile]]:
+    return list_image_files(root, classes, IMAGE_EXTENSIONS, max_bytes)
 
 
-def _list_files(root: Path, classes: Sequence[str]) -> tuple[list[tuple[Path, int]], list[SkippedFile]]:
-    files: list[tuple[Path, int]] = []
-    skipped: list[SkippedFile] = []
-    for index, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=False):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                rel = path.relative_to(root).as_posix()
-                if not filename.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                if path.is_symlink() and not _inside(path, root):
-                    skipped.append(SkippedFile(rel, "symlink pointing outside the data folder"))
-                    continue
-                files.append((path, index))
-    return files, skipped
+def _to_eight_bits(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float images → 8-bit gray, in integer arithmetic where it is exact (no float64 copy)."""
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = 65535 if arr.max(initial=0) > 255 else 255
+    if arr.dtype.kind == "f":
+        eight = (np.clip(arr, 0, peak) * np.float32(255.0 / peak)).astype(np.uint8)
+    else:
+        eight = (np.clip(arr, 0, peak).astype(np.uint32) * 255 // peak).astype(np.uint8)
+    return Image.fromarray(eight)
+
+
+def _check_header(img: Image.Image) -> None:
+    """Refuse from the header alone what would take too much memory to decode."""
+    width, height = img.size
+    pixels = width * height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise DataError(f"image too large ({width}x{height} px, decompression-bomb limit {MAX_IMAGE_PIXELS} px)")
+    decoded = pixels * _BYTES_PER_PIXEL.get(img.mode, 8)
+    if decoded > MAX_DECODED_BYTES:
+        raise DataError(f"image too large to decode ({width}x{height} px in mode {terminal_text(img.mode)} = "
+                        f"{decoded >> 20} MiB, limit {MAX_DECODED_BYTES >> 20} MiB)")
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0, 0, 255).astype(np.uint8))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _to_eight_bits(img)
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -146,14 +160,15 @@ def decode_image(data: bytes | Path, channels: int, size: tuple[int, int]) -> np
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
             try:
                 with Image.open(source) as img:
+                    _check_header(img)  # Image.open has read only the header so far
                     img.load()
                     img = _to_mode(img, channels)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"image too large (decompression-bomb limit {MAX_IMAGE_PIXELS} px): {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        raise DataError(f"not a readable image ({type(exc).__name__}: {terminal_text(exc)})") from None
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
     arr = np.asarray(img, dtype=np.uint8)
@@ -172,12 +187,14 @@ def load_image_folder(
     classes: Sequence[str] | None = None,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> ImageSet:
     """Read an ImageFolder tree into an ``ImageSet``.
 
     ``classes`` fixes the class list (a holdout folder must use the training
     folder's classes); a class folder of the data that is not in it is an
-    error. ``progress(done, total)`` is called as files are read.
+    error. ``progress(done, total)`` is called as files are read. A file over
+    ``max_file_bytes`` is skipped and recorded (an error with ``strict``).
     """
     root = Path(root)
     found = list_classes(root)
@@ -186,44 +203,37 @@ def load_image_folder(
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise DataError(f"{root}: class folders not in the training data: {', '.join(unknown[:10])}")
-    files, skipped = _list_files(root, classes)
+            raise DataError(f"{terminal_text(root)}: class folders not in the training data: "
+                            f"{terminal_text(', '.join(unknown[:10]))}")
+    files, skipped = _list_files(root, classes, max_file_bytes)
+    if strict and skipped:
+        raise DataError(f"{terminal_text(root)}/{skipped[0].path}: {skipped[0].reason}")
     if not files:
-        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-
-    height, width = size
-    images = np.empty((len(files), channels, height, width), dtype=np.uint8)
+        first = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {terminal_text(root)}{first}")
+    images = np.empty((len(files), channels, *size), dtype=np.uint8)
     labels: list[int] = []
     paths: list[str] = []
     digest = hashlib.sha256()
-    kept = 0
     for n, (path, label) in enumerate(files):
         rel = path.relative_to(root).as_posix()
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            if strict:
-                raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-            skipped.append(SkippedFile(rel, f"cannot read: {exc.strerror or exc}"))
-            continue
-        try:
-            if not data:
-                raise DataError("empty file (0 bytes)")
-            images[kept] = decode_image(data, channels, size)
+            data = _read_one(path, max_file_bytes)
+            images[len(paths)] = decode_image(data, channels, size)
         except DataError as exc:
             if strict:
-                raise DataError(f"{path}: {exc}") from None
-            skipped.append(SkippedFile(rel, str(exc)))
+                raise DataError(f"{terminal_text(path)}: {exc}") from None
+            skipped.append(SkippedFile(terminal_text(rel), str(exc)))
             continue
         digest.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
         labels.append(label)
         paths.append(rel)
-        kept += 1
         if progress is not None:
             progress(n + 1, len(files))
-    if kept == 0:
+    if not paths:
         first = skipped[0].reason if skipped else "no files"
-        raise DataError(f"none of the {len(files)} image files under {root} could be read (first: {first})")
+        raise DataError(f"none of the {len(files)} image files under {terminal_text(root)} could be read (first: {first})")
+    kept = len(paths)
     return ImageSet(
         root=root,
         images=torch.from_numpy(images[:kept].copy() if kept < len(files) else images),
@@ -233,6 +243,16 @@ def load_image_folder(
         manifest_sha256=digest.hexdigest(),
         skipped=tuple(sorted(skipped, key=lambda s: s.path)),
     )
+
+
+def _read_one(path: Path, max_file_bytes: int) -> bytes:
+    try:
+        data = read_regular_file(path, max_file_bytes)
+    except OSError as exc:
+        raise DataError(f"cannot read: {terminal_text(exc.strerror or exc)}") from None
+    if not data:
+        raise DataError("empty file (0 bytes)")
+    return data
 
 
 def write_image_folder(root: str | Path, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> None:
@@ -262,7 +282,7 @@ def peek_shape(root: str | Path) -> tuple[int, int, int] | None:
     files, _ = _list_files(root, classes)
     for path, _label in files[:20]:
         try:
-            with Image.open(path) as img:
+            with open_regular_file(path, DEFAULT_MAX_FILE_BYTES) as fh, Image.open(fh) as img:  # header only
                 channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
                 return channels, img.height, img.width
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):

@@ -1,8 +1,9 @@
 """Load a classifier safely and expose what the inversion needs from it.
 
-Safe by default: TorchScript archives, ``torch.export`` programs, safetensors
-and state_dicts (``torch.load(weights_only=True)``) never run code from the
-file. A pickled ``nn.Module`` can only be loaded with ``unsafe_pickle=True``.
+Safe by default: ``leakaudit.loading`` checks each format before its
+deserialiser runs, so TorchScript archives, ``torch.export`` programs,
+safetensors and state_dicts never run code from the file. A pickled
+``nn.Module`` can only be loaded with ``unsafe_pickle=True``.
 
 ``TargetModel`` wraps any of these behind one interface: images in [0, 1]
 pixel space go in (the model's own normalisation is applied inside), logits
@@ -14,13 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import os
-import pickle
-import struct
-import sys
-import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from leakaudit.errors import ModelError, UnsafeModelError
+from leakaudit.errors import ModelError
+from leakaudit.loading import FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save, load_torchscript
+from leakaudit.sanitize import terminal_text
 
-FORMATS = ("torchscript", "export", "state_dict", "safetensors", "pickle")
+UNSAFE_NOTE = ("--unsafe-pickle: {path} was unpickled, so code from the file ran in this process; this audit is only "
+               "as trustworthy as the file")
+
+__all__ = ["FORMATS", "Probe", "TargetModel", "detect_format", "file_sha256", "import_arch", "load_model"]
 
 
 @dataclass
@@ -110,6 +109,7 @@ class TargetModel:
         self.path = path
         self.sha256 = sha256
         self.feature_note = feature_note  # why features are unavailable, or None
+        self.load_notes: list[str] = []  # what every output must say about how the file was loaded
         channels = input_shape[0]
         self.mean = torch.tensor(list(mean) if mean is not None else [0.0] * channels, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std) if std is not None else [1.0] * channels, device=device).view(1, -1, 1, 1)
@@ -362,165 +362,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def detect_format(path: Path) -> str:
-    """Tell the model format from the file's content, not its name."""
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 2 <= header_len < 100_000_000:
-            return "safetensors"
-    if zipfile.is_zipfile(path):
-        try:
-            names = zipfile.ZipFile(path).namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise ModelError(f"{path}: corrupt zip archive ({exc})") from None
-        if any("/models/" in n and n.endswith(".json") for n in names) or any(n.endswith("archive_format") for n in names):
-            return "export"
-        if any("/code/" in n for n in names):
-            return "torchscript"
-        if any(n.endswith("data.pkl") for n in names):
-            return "state_dict"
-        raise ModelError(f"{path}: a zip archive, but not a PyTorch model file")
-    if head[:4] == b"PK\x03\x04":
-        raise ModelError(f"{path}: a zip archive (as PyTorch saves models) that is truncated or corrupt")
-    if head[:1] == b"\x80":  # legacy torch.save / plain pickle stream
-        return "state_dict"
-    raise ModelError(f"{path}: not a model file leakaudit can read (TorchScript, .pt2, state_dict, safetensors)")
-
-
-def import_arch(spec: str) -> Callable[[], nn.Module]:
-    """Import ``module.path:callable`` (from the working directory) and return the callable."""
-    if ":" not in spec:
-        raise ModelError(f"--arch must look like module.path:callable, got {spec!r}")
-    module_name, _, attr = spec.partition(":")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ModelError(f"--arch {spec}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
-    finally:
-        if added:
-            sys.path.remove(cwd)
-    target = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ModelError(f"--arch {spec}: {module_name!r} has no attribute {attr!r}")
-    if not callable(target):
-        raise ModelError(f"--arch {spec}: {attr!r} is not callable")
-    return target  # type: ignore[return-value]
-
-
-def _build_from_state_dict(state: dict[str, torch.Tensor], arch: str | None, path: Path) -> nn.Module:
-    if arch is None:
-        raise ModelError(
-            f"{path} holds only weights (a state_dict); say which architecture they belong to "
-            "with --arch module.path:callable (a function or class that returns the nn.Module)"
-        )
-    factory = import_arch(arch)
-    try:
-        module = factory()
-    except Exception as exc:
-        raise ModelError(f"--arch {arch}: calling it failed ({type(exc).__name__}: {exc})") from None
-    if not isinstance(module, nn.Module):
-        raise ModelError(f"--arch {arch}: returned {type(module).__name__}, not an nn.Module")
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
-        if unexpected:
-            parts.append("unexpected keys: " + ", ".join(unexpected[:8]) + (" …" if len(unexpected) > 8 else ""))
-        if mismatched:
-            parts.append("shape mismatch (file vs arch): " + "; ".join(mismatched[:8]))
-        raise ModelError(f"the weights in {path} do not fit --arch {arch}: " + " | ".join(parts))
-    module.load_state_dict(state)
-    return module
-
-
-def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj  # type: ignore[return-value]
-    raise ModelError(f"{path}: the file loads, but holds {type(obj).__name__}, not a state_dict of tensors")
-
-
 def _load_module(path: Path, fmt: str, arch: str | None, unsafe_pickle: bool, device: torch.device) -> tuple[nn.Module, str]:
+    """Dispatch to the format's loader; each applies its checks before deserialising (``leakaudit.loading``)."""
     if fmt == "torchscript":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, not unsafe
-                return torch.jit.load(str(path), map_location=device), fmt
-        except Exception as exc:
-            raise ModelError(f"{path}: TorchScript archive could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return load_torchscript(path, device), fmt
     if fmt == "export":
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            raise ModelError(f"{path}: torch.export program could not be loaded ({type(exc).__name__})") from None
-        return program.module(), fmt
+        return load_export(path), fmt
     if fmt == "safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ModelError("safetensors files need the 'safetensors' package") from None
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise ModelError(f"{path}: safetensors file could not be read ({type(exc).__name__}: {exc})") from None
-        return _build_from_state_dict(state, arch, path), fmt
-    # A torch.save file: weights_only first, always.
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not unsafe_pickle:
-            raise UnsafeModelError(
-                f"{path} is a full pickled object (it references {_pickle_global(exc)}); loading it would run code "
-                "from the file. Export the model as TorchScript, torch.export (.pt2) or a state_dict with --arch, "
-                "or, only if you trust where the file came from, pass --unsafe-pickle"
-            ) from None
-        return _load_unsafe(path, arch), "pickle"
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: not a readable model file (truncated or corrupt?): {first}") from None
-    return _build_from_state_dict(_unwrap_state_dict(obj, path), arch, path), "state_dict"
-
-
-def _pickle_global(exc: Exception) -> str:
-    text = str(exc)
-    marker = "Unsupported global: GLOBAL "
-    if marker in text:
-        return text.split(marker, 1)[1].split()[0]
-    return "objects that are not plain tensors"
-
-
-def _load_unsafe(path: Path, arch: str | None) -> nn.Module:
-    """Only reached with --unsafe-pickle: the user has accepted running the file's code."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: unpickling failed ({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, nn.Module):
-        return obj
-    if isinstance(obj, dict):
-        for value in obj.values():
-            if isinstance(value, nn.Module):
-                return value
-        return _build_from_state_dict(_unwrap_state_dict(obj, path), arch, path)
-    raise ModelError(f"{path}: unpickled a {type(obj).__name__}, not a model")
+        return load_safetensors(path, arch), fmt
+    return load_torch_save(path, arch, unsafe_pickle)
 
 
 def _first_layer(module: nn.Module) -> tuple[str, int] | None:
@@ -596,12 +446,13 @@ def load_model(
     the file nor ``input_size`` says what the model expects.
     """
     path = Path(path)
+    shown = terminal_text(path)
     if not path.exists():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(f"model file not found: {shown}")
     if not path.is_file():
-        raise ModelError(f"model path is not a file: {path}")
+        raise ModelError(f"model path is not a regular file: {shown}")
     if path.stat().st_size == 0:
-        raise ModelError(f"model file is empty: {path}")
+        raise ModelError(f"model file is empty: {shown}")
     dev = torch.device(device) if device is not None else _default_device()
     fmt = detect_format(path)
     if arch is not None and fmt in ("torchscript", "export"):
@@ -612,11 +463,12 @@ def load_model(
     shape, num_classes, errors = _infer_shape(module, input_size, shape_hint, dev)
     if shape is None:
         raise ModelError(
-            f"{path}: could not run the model on any plausible input ({'; '.join(errors) or 'no input size known'}); "
+            f"{shown}: could not run the model on any plausible input "
+            f"({terminal_text('; '.join(errors)) or 'no input size known'}); "
             "pass --input-size H W"
         )
     if num_classes < 2:
-        raise ModelError(f"{path}: the model returns {num_classes} output(s); a classifier with at least 2 classes is needed")
+        raise ModelError(f"{shown}: the model returns {num_classes} output(s); a classifier with at least 2 classes is needed")
     for name, values in (("--mean", mean), ("--std", std)):
         if values is not None and len(values) not in (1, shape[0]):
             raise ModelError(f"{name} has {len(values)} values, the model takes {shape[0]} channel(s)")
@@ -627,6 +479,8 @@ def load_model(
     target = TargetModel.from_module(module, shape, num_classes, mean=mean_full, std=std_full, device=dev, fmt=fmt)
     target.path = path
     target.sha256 = file_sha256(path)
+    if fmt == "pickle":
+        target.load_notes.append(UNSAFE_NOTE.format(path=shown))
     return target
 
 

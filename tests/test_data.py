@@ -161,3 +161,61 @@ def test_holdout_must_use_training_classes(tiny: TinyReference, tmp_path: Path) 
 def test_peek_shape(tiny: TinyReference, tmp_path: Path) -> None:
     assert peek_shape(tiny.train_dir) == (1, 32, 32)
     assert peek_shape(tmp_path / "nothing") is None
+
+
+def test_a_class_folder_linked_outside_the_data_is_skipped_and_recorded(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "private"
+    elsewhere.mkdir()
+    Image.fromarray(_digit(5)).save(elsewhere / "secret.png")
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(_digit(1)).save(root / "a" / "x.png")
+    os.symlink(elsewhere, root / "b")
+    os.symlink(elsewhere, root / "a" / "nested")
+    images = load_image_folder(root, channels=1, size=(32, 32))
+    assert images.classes == ("a", "b")  # the class index stays what torchvision assigns
+    assert images.paths == ("a/x.png",)
+    reasons = {s.path: s.reason for s in images.skipped}
+    assert "outside the data folder" in reasons["b/"] and "not followed" in reasons["a/nested/"]
+
+
+def test_special_and_oversized_files_are_skipped_without_blocking(tmp_path: Path) -> None:
+    cls = tmp_path / "c"
+    cls.mkdir()
+    Image.fromarray(_digit(2)).save(cls / "ok.png")
+    os.mkfifo(cls / "a-pipe.png")  # reading it would block forever; sorted first
+    Image.fromarray(np.tile(_digit(2), (8, 8))).save(cls / "big.png")
+    limit = (cls / "big.png").stat().st_size - 1
+    images = load_image_folder(tmp_path, channels=1, size=(32, 32), max_file_bytes=limit)
+    assert images.paths == ("c/ok.png",)
+    reasons = {s.path: s.reason for s in images.skipped}
+    assert reasons["c/a-pipe.png"] == "a FIFO, not a regular file"
+    assert f"over the {limit}-byte limit" in reasons["c/big.png"]
+    assert peek_shape(tmp_path) == (1, 256, 256)  # big.png: the FIFO before it was passed over
+    with pytest.raises(DataError, match="a-pipe.png: a FIFO"):
+        load_image_folder(tmp_path, channels=1, size=(32, 32), strict=True)
+
+
+def test_undecodable_names_are_skipped_and_shown_escaped(tmp_path: Path) -> None:
+    cls = tmp_path / "c"
+    cls.mkdir()
+    Image.fromarray(_digit(2)).save(cls / "ok.png")
+    Image.fromarray(_digit(3)).save(os.fsdecode(bytes(cls) + b"/caf\xe9\x1b.png"))
+    images = load_image_folder(tmp_path, channels=1, size=(32, 32))
+    assert images.paths == ("c/ok.png",)
+    assert [s.path for s in images.skipped] == ["c/caf\\xe9\\x1b.png"]
+    os.mkdir(bytes(tmp_path) + b"/\xff")
+    with pytest.raises(DataError, match=r"class folder name \\xff is not valid UTF-8"):
+        load_image_folder(tmp_path, channels=1, size=(32, 32))
+
+
+def test_deep_images_are_refused_from_the_header(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.zeros((3000, 3000), dtype=np.uint16)).save(tmp_path / "c" / "deep.png")  # 9 Mpx
+    Image.new("RGBA", (5000, 4000)).save(tmp_path / "c" / "wide.png")  # 20 Mpx, 80 MB decoded
+    Image.fromarray(_digit(2)).save(tmp_path / "c" / "ok.png")
+    images = load_image_folder(tmp_path, channels=1, size=(32, 32))
+    assert images.paths == ("c/deep.png", "c/ok.png")
+    reasons = {s.path: s.reason for s in images.skipped}
+    assert "too large to decode" in reasons["c/wide.png"] and "64 MiB" in reasons["c/wide.png"]
+    assert "deep.png" not in reasons  # 18 MB decoded: within the limit

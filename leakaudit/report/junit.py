@@ -1,7 +1,8 @@
 """JUnit XML: one test case per gate condition, so CI systems show the gate natively.
 
 A failed condition is a ``<failure>``, a skipped one ``<skipped>``; a warning
-passes and carries its message in ``<system-out>``.
+passes and carries its message in ``<system-out>``. Every string goes through
+``sanitize.xml_text``, so the file stays well-formed whatever a path holds.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
+
+from leakaudit.sanitize import xml_text
 
 
 def render_junit(document: Mapping[str, Any]) -> str:
@@ -35,17 +38,18 @@ def render_junit(document: Mapping[str, Any]) -> str:
         time=f"{elapsed:.3f}",
     )
     for condition in conditions:
-        case = ET.SubElement(suite, "testcase", classname="leakaudit.gate", name=condition["name"], time="0")
-        detail = (
-            f"{condition['message']} (threshold {condition.get('threshold')}, observed {condition.get('observed')})"
-        )
+        case = ET.SubElement(suite, "testcase", classname="leakaudit.gate", name=xml_text(condition["name"]), time="0")
+        message = xml_text(condition["message"])
+        detail = f"{message} (threshold {condition.get('threshold')}, observed {condition.get('observed')})"
         if condition["status"] == "fail":
-            failure = ET.SubElement(case, "failure", message=condition["message"], type="LeakageGateFailure")
+            failure = ET.SubElement(case, "failure", message=message, type="LeakageGateFailure")
             failure.text = detail
         elif condition["status"] == "skipped":
-            ET.SubElement(case, "skipped", message=condition["message"])
+            ET.SubElement(case, "skipped", message=message)
         else:
             out = ET.SubElement(case, "system-out")
             out.text = f"{condition['status'].upper()}: {detail}"
+    if ((document.get("provenance") or {}).get("model") or {}).get("format") == "pickle":
+        ET.SubElement(suite, "system-err").text = "--unsafe-pickle: the model file was unpickled; code from it ran"
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -1,7 +1,8 @@
 """A short Markdown summary for a CI job page (e.g. ``$GITHUB_STEP_SUMMARY``): no images.
 
-User strings are neutralised for GitHub-flavoured Markdown, which also renders
-inline HTML: ``<``, ``>`` and ``&`` become entities and table pipes are escaped.
+User strings are neutralised for GitHub-flavoured Markdown by
+``sanitize.markdown_text``: HTML, emphasis, strike, links, autolinks and
+@mentions stay plain text.
 """
 
 from __future__ import annotations
@@ -9,17 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from leakaudit.sanitize import markdown_text
+
 SYMBOLS = {"pass": "✔ PASS", "warn": "⚠ WARN", "fail": "✖ FAIL", "incomplete": "◌ INCOMPLETE"}
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
 MAX_ROWS = 10
 
 
 def md_escape(text: object) -> str:
-    """Text safe inside a Markdown table cell."""
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for ch in ("\\", "|", "`", "*", "_", "[", "]"):
-        s = s.replace(ch, "\\" + ch)
-    return " ".join(s.split())
+    """Text safe inside a Markdown table cell (``sanitize.markdown_text``)."""
+    return markdown_text(text)
 
 
 def _num(value: Any) -> str:
@@ -49,6 +49,8 @@ def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> st
         + f" Mode: {md_escape(document.get('mode'))}. {summary['n_train']} training images, "
         f"{summary['n_candidates']} reconstructions."
     )
+    if ((document.get("provenance") or {}).get("model") or {}).get("format") == "pickle":
+        lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
     lines += ["", "| Condition | Status | Threshold | Observed | Explanation |", "|---|---|---:|---:|---|"]
     for c in (document.get("gate") or {}).get("conditions") or []:
         lines.append(

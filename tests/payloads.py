@@ -1,0 +1,211 @@
+"""Hostile model files, built against the installed PyTorch: each would create a marker file if it ran.
+
+Every builder returns a file whose payload is live: the tests show that the
+plain PyTorch loader (or the module itself) does create the marker, so a
+passing refusal test is not a payload that was broken to begin with.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Payload:
+    """Unpickling this creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def payload_pickle(marker: Path) -> bytes:
+    return pickle.dumps(Payload(marker), protocol=2)
+
+
+def rewrite_zip(source: Path, target: Path, edit: Callable[[str, bytes], bytes | None],
+                extra: dict[str, bytes] | None = None) -> Path:
+    """Copy an archive entry by entry through ``edit`` (None drops the entry), adding ``extra`` entries."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = edit(info.filename, src.read(info))
+            if data is not None:
+                dst.writestr(info, data)
+        for name, data in (extra or {}).items():
+            dst.writestr(name, data)
+    return target
+
+
+def _root(path: Path) -> str:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()[0].split("/", 1)[0]
+
+
+def exported(module: nn.Module, path: Path, shape: tuple[int, ...] = (4, 1, 32, 32)) -> Path:
+    torch.export.save(torch.export.export(module.eval(), (torch.zeros(*shape),)), str(path))
+    return path
+
+
+def pt2_pickled_weight(clean: Path, target: Path, marker: Path) -> Path:
+    """A weight whose config says ``use_pickle``: torch.export.load unpickles it with weights_only=False."""
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("model_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(config).encode()
+        if name.endswith("data/weights/weight_0"):
+            return payload_pickle(marker)
+        return data
+    return rewrite_zip(clean, target, edit)
+
+
+def pt2_sample_inputs(clean: Path, target: Path, marker: Path) -> Path:
+    """Sample inputs that fail weights_only=True: torch retries them with weights_only=False."""
+    def edit(name: str, data: bytes) -> bytes:
+        return payload_pickle(marker) if name.endswith("data/sample_inputs/model.pt") else data
+    return rewrite_zip(clean, target, edit)
+
+
+def pt2_opaque_constant(clean: Path, target: Path, marker: Path) -> Path:
+    """An ``opaque_obj_0`` constant: torch.export.load hands it to ``pickle.loads``."""
+    root = _root(clean)
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("model_constants_config.json"):
+            config = json.loads(data)
+            config["config"]["evil"] = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
+                                        "tensor_meta": None}
+            return json.dumps(config).encode()
+        return data
+    return rewrite_zip(clean, target, edit, {f"{root}/data/constants/opaque_obj_0": payload_pickle(marker)})
+
+
+def pt2_graph_target(clean: Path, target: Path, old: str, new: str) -> Path:
+    """The program's graph with one operator swapped for another."""
+    def edit(name: str, data: bytes) -> bytes:
+        return data.replace(old.encode(), new.encode()) if name.endswith("models/model.json") else data
+    return rewrite_zip(clean, target, edit)
+
+
+def pt2_extra_entry(clean: Path, target: Path, entry: str, data: bytes) -> Path:
+    return rewrite_zip(clean, target, lambda _n, d: d, {f"{_root(clean)}/{entry}": data})
+
+
+def pt2_version(clean: Path, target: Path, version: bytes) -> Path:
+    return rewrite_zip(clean, target, lambda n, d: version if n.endswith("/archive_version") else d)
+
+
+class FromFileForward(nn.Module):
+    """A classifier whose forward maps ``marker`` into a shared tensor and writes into it (creating the file)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.flatten = nn.Flatten()
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(65)
+        return self.head(self.flatten(x)) + mapped.sum() * 0
+
+
+class Inner(nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.evil = FromFileForward(marker)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.evil(x)
+
+
+def torchscript_from_file(path: Path, marker: Path) -> Path:
+    """TorchScript whose forward (in a submodule) calls ``aten::from_file`` on the marker."""
+    torch.jit.save(torch.jit.script(Inner(str(marker))), str(path))
+    return path
+
+
+class Plain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(10, 1024))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.t()
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.w = state[0]
+        self.training = state[1]
+
+
+def torchscript_setstate(scratch: Path, path: Path, marker: Path) -> Path:
+    """TorchScript whose ``__setstate__`` (run by torch.jit.load itself) maps and writes the marker."""
+    clean = scratch / "setstate-clean.pt"
+    torch.jit.save(torch.jit.script(Plain()), str(clean))
+    hostile = (f'    _0 = torch.from_file("{marker}", True, 4, dtype=0)\n'
+               "    _1 = torch.fill_(_0, 65)\n"
+               "    self.w = torch.add((state)[0], torch.sum(_1), alpha=0)\n")
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith(".py") and b"def __setstate__" in data:
+            return data.replace(b"    self.w = (state)[0]\n", hostile.encode())
+        return data
+    return rewrite_zip(clean, path, edit)
+
+
+def torchscript_pickle(clean: Path, path: Path, marker: Path) -> Path:
+    """A TorchScript archive whose data.pkl is a code-running pickle."""
+    return rewrite_zip(clean, path, lambda n, d: payload_pickle(marker) if n.endswith("/data.pkl") else d)
+
+
+def zip_bomb_state_dict(path: Path, declared: int = 0xF000_0000) -> Path:
+    """A real state_dict archive whose storage entry claims ``declared`` bytes (deflated from a few)."""
+    torch.save({"w": torch.zeros(4)}, path)
+    blob = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+        central = archive.start_dir  # type: ignore[attr-defined]
+    while blob[central + 46: central + 46 + len(info.filename)] != info.filename.encode():
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", blob, central + 28)
+        central += 46 + name_len + extra_len + comment_len
+    # the uncompressed-size fields of the local header (offset 22) and of the central directory entry (offset 24)
+    struct.pack_into("<I", blob, info.header_offset + 22, declared)
+    struct.pack_into("<I", blob, central + 24, declared)
+    path.write_bytes(bytes(blob))
+    return path
+
+
+def safetensors_overclaim(path: Path) -> Path:
+    """A safetensors file whose header declares a 4 GiB tensor in a file of a few bytes."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    return path
+
+
+class Shouting(nn.Module):
+    """A model whose forward warns and raises with terminal escape sequences in the text."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("\x1b[2J\x1b[1;1H all good")
+        raise RuntimeError("\x1b[32m PASS")
+
+
+def torchscript_shouting(path: Path) -> Path:
+    torch.jit.save(torch.jit.script(Shouting()), str(path))
+    return path

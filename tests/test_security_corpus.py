@@ -1,0 +1,273 @@
+"""Hostile inputs, built here: nothing in them runs, nothing outside OUT is touched, nothing hangs or bloats.
+
+Each model case is a live payload (shown to create its marker through plain
+PyTorch) that ``leakaudit run`` must refuse with exit 2, one line naming the
+problem, and no marker. Memory cases run the CLI in a subprocess under an
+address-space limit, so a regression fails instead of swapping.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leakaudit.exit_codes import ExitStatus
+
+from . import payloads
+from .conftest import TinyReference
+from .test_cli import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+# Importing torch reserves ~3 GiB of address space here; 2 GiB more is room for an audit, not for a bomb.
+ADDRESS_SPACE = 5 << 30
+
+
+def refused(capsys: pytest.CaptureFixture[str], model: Path, data: Path, out: Path, *extra: str) -> str:
+    """Run the CLI on a hostile model: exit 2, exactly one line on stderr, no outputs; returns that line."""
+    capsys.readouterr()  # what building the payload printed is not the CLI's
+    code, stdout, err = run_cli(["run", str(model), "--data", str(data), "--out", str(out), "--quiet", *extra], capsys)
+    assert code == ExitStatus.ERROR, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("leakaudit: error: "), err
+    assert "\x1b" not in err and stdout == ""
+    assert not (out / "leakaudit.json").exists()
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def clean_pt2(tiny: TinyReference, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return payloads.exported(tiny.module, tmp_path_factory.mktemp("pt2") / "clean.pt2")
+
+
+def _live(marker: Path, load: object) -> None:
+    """The payload is real: plain PyTorch runs it (the marker appears), then the marker is removed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            load()  # type: ignore[operator]
+        except Exception:
+            pass  # some payloads break the load after running
+    assert marker.exists(), "the payload did not run under plain PyTorch: the test would prove nothing"
+    marker.unlink()
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("pickled weight", "use_pickle"),
+        ("sample inputs", "weights_only=True"),
+        ("opaque constant", "opaque_obj_0"),
+    ],
+)
+def test_pt2_pickle_paths_are_refused(case: str, named: str, clean_pt2: Path, tiny: TinyReference, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    build = {"pickled weight": payloads.pt2_pickled_weight, "sample inputs": payloads.pt2_sample_inputs,
+             "opaque constant": payloads.pt2_opaque_constant}[case]
+    hostile = build(clean_pt2, tmp_path / "hostile.pt2", marker)
+    if case != "opaque constant":  # the opaque constant's config is refused by torch's deserialiser after it ran
+        _live(marker, lambda: torch.export.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert named in line and "refused before loading" in line, line
+    assert not marker.exists()
+
+
+def test_pt2_opaque_constant_payload_is_live(clean_pt2: Path, tmp_path: Path) -> None:
+    from torch.export.pt2_archive._package import _load_constants, PT2ArchiveReader
+
+    marker = tmp_path / "pwned"
+    hostile = payloads.pt2_opaque_constant(clean_pt2, tmp_path / "hostile.pt2", marker)
+    _live(marker, lambda: _load_constants(PT2ArchiveReader(str(hostile)), "model"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda clean, target: payloads.pt2_graph_target(clean, target, "torch.ops.aten.relu.default",
+                                                          "torch.ops.aten.from_file.default"), "aten.from_file"),
+        (lambda clean, target: payloads.pt2_graph_target(clean, target, "torch.ops.aten.relu.default",
+                                                          "torch.os.system"), "torch.os.system"),
+        (lambda clean, target: payloads.pt2_graph_target(clean, target, "torch.ops.aten.relu.default",
+                                                          "torch.ops.mylib.relu.default"), "'mylib'"),
+        (lambda clean, target: payloads.pt2_graph_target(clean, target, '"as_int": 4}',
+                                                          '"as_expr": {"expr_str": "exec(chr(49))"}}'), "exec(chr(49))"),
+        (lambda clean, target: payloads.pt2_extra_entry(clean, target, "data/aotinductor/model/model.so", b"\x7fELF"),
+         "data/aotinductor/model/model.so"),
+        (lambda clean, target: payloads.pt2_extra_entry(clean, target, "data/weights/model.pt", b"legacy"),
+         "data/weights/model.pt"),
+        (lambda clean, target: payloads.pt2_version(clean, target, b"1"), "version '1'"),
+    ],
+    ids=["from_file op", "python callable", "custom library op", "sympy expression", "native code", "legacy weights",
+         "future version"],
+)
+def test_pt2_unvetted_content_is_refused(edit: object, named: str, clean_pt2: Path, tiny: TinyReference,
+                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = edit(clean_pt2, tmp_path / "hostile.pt2")  # type: ignore[operator]
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert named in line, line
+
+
+def test_torchscript_forward_that_maps_a_file_is_refused(tiny: TinyReference, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = payloads.torchscript_from_file(tmp_path / "evil.pt", marker)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        live = torch.jit.load(str(hostile))
+    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "forward calls aten::from_file" in line and "refused before running" in line, line
+    assert not marker.exists()
+
+
+def test_torchscript_setstate_is_refused_before_loading(tiny: TinyReference, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = payloads.torchscript_setstate(tmp_path, tmp_path / "evil.pt", marker)
+    _live(marker, lambda: torch.jit.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "__setstate__" in line and "refused before loading" in line, line
+    assert not marker.exists()
+
+
+def test_torchscript_with_a_pickle_payload_gets_a_real_message(tiny: TinyReference, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = payloads.torchscript_pickle(tiny.torchscript, tmp_path / "evil.pt", marker)
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "could not be loaded" in line and "RuntimeError: )" not in line and "pickle" in line, line
+    assert not marker.exists()
+
+
+def test_config_file_cannot_switch_on_pickle_loading(tiny: TinyReference, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "weights.pth"
+    torch.save({"state_dict": tiny.module.state_dict(), "extra": payloads.Payload(marker)}, hostile)
+    (tmp_path / "pyproject.toml").write_text("[tool.leakaudit]\nunsafe_pickle = true\n")
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out", "--arch", "tests.conftest:tiny_architecture")
+    assert "'unsafe_pickle' cannot be set in a configuration file" in line and "--unsafe-pickle" in line, line
+    assert not marker.exists()
+
+
+def test_escape_sequences_in_tensor_keys_never_reach_the_terminal(tiny: TinyReference, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    state = dict(tiny.module.state_dict())
+    state["\x1b[2J\x1b[1;1H\u2714 PASS: all good\x07"] = torch.zeros(1)
+    hostile = tmp_path / "weights.pth"
+    torch.save(state, hostile)
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out", "--arch", "tests.conftest:tiny_architecture")
+    assert "unexpected keys: \\x1b[2J\\x1b[1;1H\u2714 PASS: all good\\x07" in line, line
+
+
+def _limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "leakaudit", *args], cwd=cwd, env=env, preexec_fn=limit,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("build", "named"), [(payloads.zip_bomb_state_dict, "inflates"),
+                                               (payloads.safetensors_overclaim, "refused before allocating")],
+                         ids=["state_dict zip bomb", "safetensors header"])
+def test_memory_bombs_in_model_files(build: object, named: str, tiny: TinyReference, tmp_path: Path) -> None:
+    hostile = build(tmp_path / "bomb.bin")  # type: ignore[operator]
+    result = _limited(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "out"), "--quiet",
+                       "--arch", "tests.conftest:tiny_architecture"], REPO)
+    assert result.returncode == ExitStatus.ERROR, result.stderr
+    assert named in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def _folder(tmp_path: Path, tiny: TinyReference) -> Path:
+    """A copy of the tiny training folder to add hostile entries to."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny.train_dir, data)
+    return data
+
+
+def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReference, tmp_path: Path) -> None:
+    data = _folder(tmp_path, tiny)
+    with open(data / "0" / "sparse.png", "wb") as fh:
+        fh.truncate(6 << 30)  # 6 GiB, sparse
+    deep = np.zeros((5000, 8000), dtype=np.uint16)
+    Image.fromarray(deep).save(data / "1" / "deep.png")  # 40 Mpx, 16-bit, a few kilobytes
+    os.mkfifo(data / "2" / "pipe.png")
+    result = _limited(["run", str(tiny.torchscript), "--data", str(data), "--out", str(tmp_path / "out"),
+                       "--budget", "20", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path))],
+                      REPO)
+    assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
+    skipped = {s["path"]: s["reason"] for s in _document(result)["provenance"]["data"]["skipped"]}
+    assert "over the 67108864-byte limit" in skipped["0/sparse.png"]
+    assert "too large to decode" in skipped["1/deep.png"]
+    assert "a FIFO, not a regular file" in skipped["2/pipe.png"]
+
+
+def _quick_config(tmp_path: Path) -> Path:
+    from .test_audit_end_to_end import QUICK_INVERSION
+
+    path = tmp_path / "quick.toml"
+    path.write_text(QUICK_INVERSION)
+    return path
+
+
+def _document(result: subprocess.CompletedProcess[str]) -> dict:
+    import json
+
+    return json.loads(result.stdout)
+
+
+def test_out_may_not_overlap_the_image_folders(tiny: TinyReference, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    data = _folder(tmp_path, tiny)
+    copy = shutil.copytree(tiny.holdout_dir, tmp_path / "holdout")
+    for out, holdout in ((data / "report", None), (tmp_path, None), (copy / "0" / "res", copy)):
+        extra = ["--holdout", str(holdout)] if holdout else []
+        line = refused(capsys, tiny.torchscript, data, out, *extra)
+        assert "overlap" in line and "--out" in line, line
+    assert sorted(p.name for p in data.iterdir()) == [str(d) for d in range(10)]  # nothing was written into it
+
+
+def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    model = tmp_path / "full.pt"
+    torch.save(tiny.module, model)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
+                            "--budget", "20", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
+                            "--markdown", str(tmp_path / "s.md")], capsys)
+    assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
+    assert "warning: --unsafe-pickle given" in err and "runs code from the file" in err
+    document = json.loads((out / "leakaudit.json").read_text())
+    assert any("code from the file ran" in note for note in document["summary"]["notes"])
+    assert "code from the file ran" in (out / "report.html").read_text()
+    assert "--unsafe-pickle" in (tmp_path / "s.md").read_text()
+    assert "code from it ran" in (tmp_path / "j.xml").read_text()
+
+
+def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReference, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = payloads.torchscript_shouting(tmp_path / "loud.pt")
+    capsys.readouterr()
+    code, _, err = run_cli(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
+                            "--quiet"], capsys)
+    assert code == ExitStatus.ERROR and "\x1b" not in err, err
+    assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
