@@ -173,6 +173,8 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     if dist.is_main:
         _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
     from leakaudit.inversion import invert
+    from leakaudit.inversion.candidates import grown
+    from leakaudit.inversion.initaware import init_aware_inversion
     from leakaudit.matching.baseline import (
         class_mean_null, distribution_summary, histogram, leak_score, loss_membership_auc, near_duplicates,
     )
@@ -192,7 +194,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             notes.append("The holdout is too small to split into a prior and a null part; the inversion ran data-free.")
 
     # stage 2: inversion
-    config = inversion_config(settings)
+    config = grown(inversion_config(settings), len(train), target.num_classes, settings.candidates_per_class)
     n_images = len(train) + (len(null_set) if null_set is not None else 0)  # everything the candidates are matched to
     if config.budget_s is not None:
         # --budget bounds the whole audit: the inversion gets what loading left, minus the matching's share.
@@ -201,11 +203,15 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         config = replace(config, budget_s=max(MIN_INVERSION_S, left))
     callbacks = _InversionProgress(observer).callbacks()
     checkpoint_dir = settings.out / "checkpoints"
-    result = invert(
-        target, config,
-        prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
-        callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
-    )
+    if settings.init is not None:
+        result = init_aware_inversion(target, settings.init, (prior_set.images, prior_set.labels) if prior_set is not None else None,
+                                      config, stop, callbacks)
+    else:
+        result = invert(
+            target, config,
+            prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
+            callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
+        )
     if dist.any_true(stop()):
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
