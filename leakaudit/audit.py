@@ -194,7 +194,8 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             notes.append("The holdout is too small to split into a prior and a null part; the inversion ran data-free.")
 
     # stage 2: inversion
-    config = grown(inversion_config(settings), len(train), target.num_classes, settings.candidates_per_class)
+    config = grown(inversion_config(settings), len(train), target.num_classes,
+                   settings.candidates_per_class or settings.inversion.get("candidates_per_class"))
     n_images = len(train) + (len(null_set) if null_set is not None else 0)  # everything the candidates are matched to
     if config.budget_s is not None:
         # --budget bounds the whole audit: the inversion gets what loading left, minus the matching's share.
