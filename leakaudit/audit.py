@@ -307,6 +307,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
             "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
             "above_holdout_p99": (s > p99) if p99 is not None else None,
             "shares_reconstruction_with": duplicates.shares_with(i),
+            "shares_reconstruction_count": duplicates.share_count(i),
             "status": "ok", "baseline_status": None,
         })
 
