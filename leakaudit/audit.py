@@ -210,6 +210,8 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     if dist.is_main:
         _check_output_folder(settings.out)  # after validation: a failed run leaves nothing behind
     from leakaudit.inversion import invert
+    from leakaudit.inversion.candidates import grown
+    from leakaudit.inversion.initaware import init_aware_inversion
     from leakaudit.matching.baseline import (
         class_mean_null, distribution_summary, histogram, leak_score, near_duplicates,
     )
@@ -232,7 +234,8 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
             notes.append("The holdout is too small to split into a prior and a null part; the inversion ran data-free.")
 
     # stage 2: inversion
-    config = inversion_config(settings)
+    config = grown(inversion_config(settings), len(train), target.num_classes,
+                   settings.candidates_per_class or settings.inversion.get("candidates_per_class"))
     n_images = len(train) + (len(null_set) if null_set is not None else 0)  # everything the candidates are matched to
     if config.budget_s is not None:
         # --budget is a ceiling on the whole audit: the inversion may use what loading left, minus the matching's share.
@@ -242,12 +245,17 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     callbacks = _InversionProgress(observer).callbacks()
     checkpoint_dir = settings.out / CHECKPOINT_DIR
     with stages("inversion"):
-        result = invert(
-            target, config,
-            prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
-            callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop, dist=dist,
-            resume_tag=resume_tag(settings),
-        )
+        if settings.init is not None:
+            result = init_aware_inversion(target, settings.init,
+                                          (prior_set.images, prior_set.labels) if prior_set is not None else None,
+                                          config, stop, callbacks)
+        else:
+            result = invert(
+                target, config,
+                prior=(prior_set.images, prior_set.labels) if informed and prior_set is not None else None,
+                callbacks=callbacks, checkpoint_dir=checkpoint_dir if dist.is_main else None, should_stop=stop,
+                dist=dist, resume_tag=resume_tag(settings),
+            )
     if dist.any_true(stop()):
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
@@ -334,6 +342,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
             "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
             "above_holdout_p99": (s > p99) if p99 is not None else None,
             "shares_reconstruction_with": duplicates.shares_with(i),
+            "shares_reconstruction_count": duplicates.share_count(i),
             "status": "ok", "status_rule": "", "baseline_status": None,
         })
 

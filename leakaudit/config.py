@@ -26,7 +26,7 @@ RUN_KEYS = frozenset(
         "data", "holdout", "arch", "input_size", "mean", "std", "out", "seed", "budget",
         "quiet", "format", "junit", "markdown", "baseline", "redact", "images", "top", "lpips_net",
         "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data", "max_image_mb",
-        "effort", "allow_foreign_baseline",
+        "effort", "allow_foreign_baseline", "init",
     }
 )
 THRESHOLD_KEYS = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc",
@@ -62,6 +62,7 @@ class AuditSettings:
     prior: str = "auto"  # "auto" (holdout when given) | "holdout" | "none"
     conditioning: str = "both"
     candidates_per_class: int | None = None  # None: the inversion's default
+    init: Path | None = None  # the classifier's weights before training: the init-aware mode
     top: int = 25
     lpips_net: str = "alex"
     lpips_weights: Path | None = None
@@ -156,7 +157,7 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
                 "so only --unsafe-pickle on the command line turns it on"
             )
         elif key in RUN_KEYS:
-            if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights") and isinstance(value, str):
+            if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights", "init") and isinstance(value, str):
                 value = str((base / value)) if not Path(value).is_absolute() else value
             defaults["output_format" if key == "format" else key] = value
         elif key == "reference":

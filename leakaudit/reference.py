@@ -1,15 +1,19 @@
-"""Reference audits built from bundled real images: the demo, tests and benchmarks.
+"""Reference audits built from real images: the demo, tests and benchmarks.
 
-Nothing is downloaded: the digits come with scikit-learn (1,797 real 8×8
-handwritten digits, upsampled to 32×32) and the faces with scikit-image
-(``lfw_subset``: 100 face and 100 non-face 25×25 crops, upsampled to 32×32).
+The bundled sets need no download: the digits come with scikit-learn (1,797
+real 8×8 handwritten digits, upsampled to 32×32) and the faces with
+scikit-image (``lfw_subset``: 100 face and 100 non-face 25×25 crops, upsampled
+to 32×32). Real 28×28 MNIST and Fashion-MNIST are read from the cache that
+``python -m bench.realdata`` fills once (``realdata_cache()``).
 A reference is a member (training) folder, a non-member (holdout) folder, and a
-classifier trained here on the members, saved as TorchScript.
+classifier trained here on the members, saved as TorchScript, beside the
+classifier's initial weights (``init.pt``, a state_dict) for init-aware audits.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 import warnings
 from collections.abc import Callable
@@ -27,12 +31,36 @@ from leakaudit.errors import ConfigError
 from leakaudit.numerics import flush_denormals
 
 
+BUNDLED = ("digits", "lfw")
+REAL = ("mnist", "fashion-mnist")
+
+
+def realdata_cache() -> Path:
+    """Where ``bench/realdata.py`` caches real MNIST / Fashion-MNIST: ``$LEAKAUDIT_REALDATA`` or ``.cache/realdata``."""
+    override = os.environ.get("LEAKAUDIT_REALDATA")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / ".cache" / "realdata"
+
+
+def real_images(dataset: str, size: int = 28) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """A cached real dataset: (N, 1, size, size) uint8, labels, class names; ConfigError when not fetched."""
+    npz = realdata_cache() / f"{dataset}.npz"
+    if not npz.exists():
+        raise ConfigError(f"{dataset} is not cached at {npz}; fetch it once with `python -m bench.realdata`")
+    with np.load(npz) as arrays:
+        images = torch.from_numpy(arrays["images"].copy())
+        labels = torch.from_numpy(arrays["labels"].astype(np.int64))
+        classes = tuple(str(c) for c in arrays["classes"])
+    if images.shape[-1] != size:
+        images = _upsample(images[:, 0].numpy() / 255.0, size)
+    return images, labels, classes
+
+
 @dataclass(frozen=True)
 class ReferenceSpec:
     """How to build one reference model and its member / non-member folders."""
 
     name: str = "digits-mlp-1pc"
-    dataset: str = "digits"  # "digits" | "lfw"
+    dataset: str = "digits"  # "digits" | "lfw" (bundled) | "mnist" | "fashion-mnist" (cached, bench/realdata.py)
     train_per_class: int = 1  # members per class
     holdout_per_class: int = 50  # non-members per class (prior + evaluation)
     size: int = 32
@@ -50,8 +78,8 @@ class ReferenceSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("digits", "lfw"):
-            raise ConfigError(f"reference dataset must be 'digits' or 'lfw', not {self.dataset!r}")
+        if self.dataset not in BUNDLED + REAL:
+            raise ConfigError(f"reference dataset must be one of {BUNDLED + REAL}, not {self.dataset!r}")
         if self.arch not in ("mlp", "cnn", "cnn-bn"):
             raise ConfigError(f"reference arch must be 'mlp', 'cnn' or 'cnn-bn', not {self.arch!r}")
         if self.optimizer not in ("adam", "sgd", "gd"):
@@ -78,7 +106,9 @@ def _upsample(images01: np.ndarray, size: int) -> torch.Tensor:
 
 
 def bundled_images(dataset: str, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """All bundled images of a dataset: (N, 1, size, size) uint8, labels, class names."""
+    """All images of a dataset: (N, 1, size, size) uint8, labels, class names."""
+    if dataset in REAL:
+        return real_images(dataset, size)
     if dataset == "digits":
         from sklearn.datasets import load_digits
 
@@ -151,6 +181,12 @@ def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) ->
     return model
 
 
+def initial_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Sequential:
+    """The classifier exactly as training starts from it: the seed rebuilds the initial weights θ₀."""
+    torch.manual_seed(spec.seed)
+    return build_classifier(spec, in_channels, num_classes)
+
+
 def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
@@ -168,7 +204,6 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData,
 
 def _train(spec: ReferenceSpec, data: ReferenceData,
            progress: Callable[[int, int], None] | None) -> tuple[nn.Sequential, dict[str, float]]:
-    torch.manual_seed(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     x = data.train_images.float() / 255.0
     y = data.train_labels
@@ -178,7 +213,7 @@ def _train(spec: ReferenceSpec, data: ReferenceData,
         n_val = max(len(x) // 10, len(data.classes))
         val_x, val_y = x[perm[:n_val]], y[perm[:n_val]]
         x, y = x[perm[n_val:]], y[perm[n_val:]]
-    model = build_classifier(spec, x.shape[1], len(data.classes))
+    model = initial_classifier(spec, x.shape[1], len(data.classes))
     params = model.parameters()
     opt: torch.optim.Optimizer
     if spec.optimizer in ("sgd", "gd"):
@@ -227,6 +262,7 @@ class BuiltReference:
     train_dir: Path
     holdout_dir: Path
     metrics: dict[str, float]
+    init_path: Path | None = None  # the classifier's initial weights (state_dict), for init-aware audits
 
 
 def build_reference(spec: ReferenceSpec, out_dir: str | Path,
@@ -239,10 +275,11 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path,
     out = Path(out_dir)
     spec_file = out / "reference.json"
     model_path, train_dir, holdout_dir = out / "model.pt", out / "train", out / "holdout"
-    if spec_file.exists() and model_path.exists():
+    init_path = out / "init.pt"
+    if spec_file.exists() and model_path.exists() and init_path.exists():
         stored = json.loads(spec_file.read_text())
         if stored.get("spec") == asdict(spec):
-            return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"])
+            return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"], init_path)
     out.mkdir(parents=True, exist_ok=True)
     data = split_members(spec)
     model, metrics = train_classifier(spec, data, progress)
@@ -253,11 +290,12 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path,
             shutil.rmtree(folder)
     write_image_folder(train_dir, data.train_images, data.train_labels, data.classes)
     write_image_folder(holdout_dir, data.holdout_images, data.holdout_labels, data.classes)
+    torch.save(initial_classifier(spec, data.train_images.shape[1], len(data.classes)).state_dict(), init_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still widely shipped
         torch.jit.save(torch.jit.script(model), str(model_path))
     spec_file.write_text(json.dumps({"spec": asdict(spec), "metrics": metrics}, indent=2))
-    return BuiltReference(model_path, train_dir, holdout_dir, metrics)
+    return BuiltReference(model_path, train_dir, holdout_dir, metrics, init_path)
 
 
 def load_spec(path_or_name: str | Path) -> tuple[ReferenceSpec, dict]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 import torch.nn.functional as F
 
 from leakaudit.errors import DataError
@@ -93,18 +94,35 @@ def leak_score(
         raise DataError("the leak score needs best-match SSIM for at least one member and one non-member")
     value = auc(pos, neg)
     rng = np.random.default_rng(seed)
-    boots = np.array(
-        [auc(rng.choice(pos, pos.size), rng.choice(neg, neg.size)) for _ in range(n_boot)], dtype=np.float64
-    )
+    boots = _bootstrap_aucs(pos, neg, n_boot, rng)
     alpha = (1.0 - ci_level) / 2.0
     ci_low, ci_high = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot else (value, value)
-    pooled = np.concatenate([pos, neg])
+    ranks = rankdata(np.concatenate([pos, neg]))  # tie-averaged: a permutation only reshuffles them
+    offset = pos.size * (pos.size + 1) / 2.0
     exceed = 0
     for _ in range(n_perm):
-        shuffled = rng.permutation(pooled)
-        exceed += auc(shuffled[: pos.size], shuffled[pos.size :]) >= value - 1e-12
+        shuffled = rng.permutation(ranks)
+        exceed += (shuffled[: pos.size].sum() - offset) / (pos.size * neg.size) >= value - 1e-12
     p_value = (1.0 + exceed) / (1.0 + n_perm)
     return LeakScore(value, ci_low, ci_high, float(p_value), int(pos.size), int(neg.size), ci_level)
+
+
+def _bootstrap_aucs(pos: np.ndarray, neg: np.ndarray, rounds: int, rng: np.random.Generator) -> np.ndarray:
+    """AUCs of ``rounds`` bootstrap resamples, each in O(n + m): resampling as counts, no sort per round.
+
+    Each positive's place among the sorted negatives is found once; a resample
+    weights positives and negatives by multinomial counts, and the negatives
+    below (or tied with) a positive are a cumulative sum of their counts.
+    """
+    order = np.sort(neg)
+    below = np.searchsorted(order, pos, side="left")  # (n,) negatives strictly below each positive
+    not_above = np.searchsorted(order, pos, side="right")
+    out = np.empty(rounds, dtype=np.float64)
+    for r in range(rounds):
+        w = np.bincount(rng.integers(0, pos.size, pos.size), minlength=pos.size)
+        v = np.concatenate([[0], np.cumsum(np.bincount(rng.integers(0, neg.size, neg.size), minlength=neg.size))])
+        out[r] = float(w @ (v[below] + v[not_above])) / (2.0 * pos.size * neg.size)
+    return out
 
 
 def distribution_summary(
@@ -246,16 +264,30 @@ class DuplicateGroup:
     candidate: int | None = None  # the shared reconstruction's index
 
 
+SHARE_LIMIT = 10  # sharing indices listed per finding; the count is kept in full
+
+
 @dataclass(frozen=True)
 class NearDuplicates:
-    """Groups plus, per training index, the other indices it is grouped with."""
+    """Groups plus, per training index, the groups it belongs to: linear in the images, however large a group."""
 
     groups: tuple[DuplicateGroup, ...]
-    partners: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    member_groups: dict[int, tuple[int, ...]] = field(default_factory=dict)  # training index → group positions
 
-    def shares_with(self, train_index: int) -> list[int]:
-        """The value of a finding's ``shares_reconstruction_with``."""
-        return list(self.partners.get(int(train_index), ()))
+    def _partners(self, train_index: int) -> set[int]:
+        out: set[int] = set()
+        for g in self.member_groups.get(int(train_index), ()):
+            out.update(self.groups[g].members)
+        out.discard(int(train_index))
+        return out
+
+    def shares_with(self, train_index: int, limit: int = SHARE_LIMIT) -> list[int]:
+        """The value of a finding's ``shares_reconstruction_with``: the lowest ``limit`` partner indices."""
+        return sorted(self._partners(train_index))[:limit]
+
+    def share_count(self, train_index: int) -> int:
+        """How many other training images a finding is grouped with (``shares_reconstruction_count``)."""
+        return len(self._partners(train_index))
 
 
 def _components(n: int, edges: np.ndarray) -> list[list[int]]:
@@ -301,26 +333,68 @@ def near_duplicates(
     m = images.shape[0]
     if best_index.shape != (m,) or best_ssim.shape != (m,):
         raise DataError("best_index and best_ssim must have one entry per image")
-    groups: list[DuplicateGroup] = []
-    eligible = (best_index >= 0) & (best_ssim >= min_ssim)
-    for cand in torch.unique(best_index[eligible]).tolist():
-        members = torch.nonzero(eligible & (best_index == cand)).flatten().tolist()
-        if len(members) > 1:
-            groups.append(DuplicateGroup(tuple(members), "shared_reconstruction", int(cand)))
+    groups = _shared_groups(best_index, best_ssim >= min_ssim)
     probe = torch.arange(m) if indices is None else torch.as_tensor(indices, dtype=torch.int64)
     if probe.numel() > 0 and m > 1:
+        for comp in _components(m, _near_identical_edges(images, probe, duplicate_ssim)):
+            groups.append(DuplicateGroup(tuple(comp), "near_identical"))
+    member_groups: dict[int, list[int]] = {}
+    for position, g in enumerate(groups):
+        for i in g.members:
+            member_groups.setdefault(i, []).append(position)
+    return NearDuplicates(tuple(groups), {i: tuple(p) for i, p in member_groups.items()})
+
+
+EXACT_NEAR_IDENTITY_PAIRS = 200_000  # beyond this many probe × image pairs, near-identity is screened first
+SCREEN_MIN_CORRELATION = 0.8  # thumbnails of images at SSIM ≥ 0.95 correlate far above this
+SCREEN_PER_PROBE = 64
+
+
+def _near_identical_edges(images: torch.Tensor, probe: torch.Tensor, duplicate_ssim: float) -> np.ndarray:
+    """(E, 2) pairs (image, probed image) at SSIM ≥ ``duplicate_ssim``.
+
+    Exact all-pairs for small sets. For large ones, exact SSIM only for the
+    pairs whose 8×8 thumbnails correlate at ≥ 0.8 (at most 64 per probe), so
+    the cost is a thumbnail pass over the images rather than a full SSIM pass.
+    """
+    m = images.shape[0]
+    if probe.numel() * m <= EXACT_NEAR_IDENTITY_PAIRS:
         k = min(m, int(probe.numel()), 16)  # best_matches keeps at most one entry per probe
         near = best_matches(images[probe], images, k=k)  # images × probed: (M, k) best probes per image
         rows = torch.arange(m)[:, None].expand(m, k)
         hit = (near.topk_ssim >= duplicate_ssim) & (probe[near.topk_index.clamp_min(0)] != rows) & (near.topk_index >= 0)
-        edges = torch.stack([rows[hit], probe[near.topk_index[hit]]], 1).numpy()
-        for comp in _components(m, edges):
-            groups.append(DuplicateGroup(tuple(comp), "near_identical"))
-    partners: dict[int, set[int]] = {}
-    for g in groups:
-        for i in g.members:
-            partners.setdefault(i, set()).update(j for j in g.members if j != i)
-    return NearDuplicates(tuple(groups), {i: tuple(sorted(p)) for i, p in sorted(partners.items())})
+        return torch.stack([rows[hit], probe[near.topk_index[hit]]], 1).numpy()
+    from leakaudit.matching.search import _paired_scores, screen_features
+
+    fp = screen_features(images[probe])  # (P, d)
+    best_val = torch.full((probe.numel(), SCREEN_PER_PROBE), float("-inf"))
+    best_idx = torch.full((probe.numel(), SCREEN_PER_PROBE), -1, dtype=torch.int64)
+    for start in range(0, m, 8192):
+        corr = fp @ screen_features(images[start : start + 8192]).T  # (P, chunk)
+        vals = torch.cat([best_val, corr], 1)
+        idx = torch.cat([best_idx, torch.arange(start, start + corr.shape[1]).expand(probe.numel(), -1)], 1)
+        best_val, pos = vals.topk(min(SCREEN_PER_PROBE, vals.shape[1]), dim=1)
+        best_idx = idx.gather(1, pos)
+    keep = (best_val >= SCREEN_MIN_CORRELATION) & (best_idx != probe[:, None]) & (best_idx >= 0)
+    probe_pos, image_idx = torch.nonzero(keep, as_tuple=True)
+    image_idx = best_idx[probe_pos, image_idx]
+    scores = _paired_scores(images[probe], images, probe_pos, image_idx, None)
+    hit = scores >= duplicate_ssim
+    return torch.stack([image_idx[hit], probe[probe_pos[hit]]], 1).numpy()
+
+
+def _shared_groups(best_index: torch.Tensor, eligible: torch.Tensor) -> list[DuplicateGroup]:
+    """Images with the same best-match candidate, by one sort (not one pass over the images per candidate)."""
+    idx = torch.nonzero(eligible & (best_index >= 0)).flatten()
+    if idx.numel() < 2:
+        return []
+    order = torch.argsort(best_index[idx], stable=True)
+    cands, counts = torch.unique_consecutive(best_index[idx][order], return_counts=True)
+    groups = []
+    for cand, members in zip(cands.tolist(), torch.split(idx[order], counts.tolist())):
+        if members.numel() > 1:
+            groups.append(DuplicateGroup(tuple(sorted(members.tolist())), "shared_reconstruction", int(cand)))
+    return groups
 
 
 def histogram(

@@ -1,0 +1,254 @@
+"""Init-aware inversion: the model owner's upper bound, given the weights before training.
+
+With the initial weights θ₀ (``--init FILE``) the learned update θ − θ₀ is
+exact. For a fully connected first layer trained by (S)GD, with or without
+momentum, each step adds Σᵢ δᵢ uᵢᵀ (back-propagated errors times first-layer
+inputs), so every row of the update lies in the span of the training images:
+its rank is at most the number of training images and its singular spectrum
+ends in a cliff down to rounding noise. Every member lies in that span and a
+non-member generally does not, and the training images are, among the
+non-negative images in the span, the extreme ones: mostly exact zeros, which
+a mixture of them is not. A small linear programme per objective finds such
+an extreme image: maximise its overlap with a public image (or a row of the
+update) over the non-negative images of the span with unit mass. Adaptive
+optimisers (Adam) scale the update per weight and break the span: then the
+mode reports that no exact span was found.
+
+Threat model: stronger than informed inversion. An attacker rarely knows θ₀,
+but it can often be rebuilt from a seed; the audit bounds what such an attacker
+gets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leakaudit.errors import ConfigError, ModelError
+from leakaudit.models import TargetModel
+
+THREAT_MODEL = (
+    "Init-aware (stronger than informed): an attacker holding the model's weights, its weights before training "
+    "(--init) and public images from the training distribution; an upper bound for attackers who know or rebuild "
+    "the initialisation."
+)
+MIN_GAP = 100.0  # a cliff in the update's singular values at least this steep marks an exact span
+ZERO_TOLERANCE = 1e-4  # pixels may dip this far below 0 (the span is exact only to rounding)
+# Every public image steers one programme, up to this many (~50 ms each at rank 100 on one core). Measured on the
+# 10-per-class MNIST MLP: 200 objectives gave a leak score of 0.67, 500 gave 0.78; keeping only the sparsest
+# results (the purest extreme points) lowered it (0.73 with the sparser half).
+MAX_OBJECTIVES = 1000
+
+
+def load_initial_state(path: Path) -> dict[str, torch.Tensor]:
+    """The classifier's initial weights: a state_dict file, or a TorchScript module of the same architecture."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"--init {path}: no such file") from None
+    except Exception:  # not a plain tensor file: perhaps TorchScript
+        try:
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as exc:
+            raise ModelError(f"--init {path}: neither a state_dict nor a TorchScript module ({exc})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"--init {path}: expected a state_dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def first_layer_update(target: TargetModel, initial: dict[str, torch.Tensor]) -> torch.Tensor:
+    """W₁ − W₁⁰ (out, D) of a fully connected first layer; ModelError when there is none to compare."""
+    weights = [p for p in target.parameters() if p.dim() >= 2]
+    size = int(np.prod(target.input_shape))
+    if not weights or weights[0].dim() != 2 or weights[0].shape[1] != size:
+        raise ModelError("--init needs a classifier whose first layer is fully connected on the flattened input")
+    first = weights[0].detach().cpu()
+    initial_2d = [v for v in initial.values() if v.dim() >= 2]
+    if not initial_2d or tuple(initial_2d[0].shape) != tuple(first.shape):
+        raise ModelError(f"--init: the first weight of the initial state does not have the model's shape {tuple(first.shape)}")
+    return first.double() - initial_2d[0].double()
+
+
+@dataclass(frozen=True)
+class UpdateSpan:
+    """Orthonormal basis (r, D) of the span in pixel space that holds every training image."""
+
+    basis: torch.Tensor
+    update_rank: int  # rank of the first layer's update
+    gap: float  # σ_r / σ_{r+1}: how sharp the cliff is
+
+    @torch.no_grad()
+    def outside_fraction(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N,) share of each image's energy outside the span: ~0 for members."""
+        u = x01.flatten(1).double()
+        inside = (u @ self.basis.T).pow(2).sum(1)
+        return (1.0 - inside / u.pow(2).sum(1).clamp_min(1e-12)).clamp_min(0.0).float()
+
+
+def update_span(delta: torch.Tensor, target: TargetModel, min_gap: float = MIN_GAP) -> tuple[UpdateSpan | None, str]:
+    """The span of the update's rows, mapped to pixels; None and the reason when the spectrum has no cliff.
+
+    The rows span the first layer's inputs u = (x − mean) / std, so the pixel
+    images lie in span{std·u} plus the mean image's direction.
+    """
+    _, singular, vh = torch.linalg.svd(delta, full_matrices=False)
+    if singular.numel() < 2 or float(singular[0]) == 0.0:
+        return None, "init-aware mode: the first layer did not change in training"
+    ratios = singular[:-1] / singular[1:].clamp_min(1e-300)
+    # The first cliff: below it lies rounding noise (and, further down, exact zeros of pixels no member uses).
+    cliffs = torch.nonzero(ratios >= min_gap).flatten()
+    rank = int(cliffs[0]) + 1 if cliffs.numel() else int(ratios.argmax()) + 1
+    gap = float(ratios[rank - 1])
+    # Pixels no member ever lights have exactly zero update columns: a cliff at their count is no span.
+    active = int((delta.abs().sum(0) > 0).sum())
+    if gap >= min_gap and rank >= 0.9 * min(delta.shape[0], active):
+        return None, (f"init-aware mode: the first layer's update fills the {rank} directions its active inputs allow "
+                      "(no span of the training images); adaptive optimisers such as Adam break the span")
+    if gap < min_gap:
+        return None, (f"init-aware mode: the first layer's update has no exact low-rank span (steepest drop ×{gap:.1f} "
+                      f"at {rank} directions); adaptive optimisers such as Adam break the span")
+    std = target.std.detach().cpu().double().expand(1, *target.input_shape).flatten()
+    mean = target.mean.detach().cpu().double().expand(1, *target.input_shape).flatten()
+    rows = vh[:rank] * std  # (r, D)
+    if float(mean.abs().max()) > 0:
+        rows = torch.cat([rows, mean[None]])
+    q, _ = torch.linalg.qr(rows.T)  # (D, r')
+    note = (f"init-aware mode: the first layer's update has rank {rank} (σ_{rank}/σ_{rank + 1} = {gap:.3g}); "
+            "candidates are the extreme non-negative images of its span")
+    return UpdateSpan(q.T.contiguous(), rank, gap), note
+
+
+def extreme_image(basis: np.ndarray, objective: np.ndarray) -> np.ndarray | None:
+    """The non-negative unit-mass image of the span that overlaps the objective most, scaled to max 1.
+
+    A linear programme in the span's coordinates a: maximise ⟨objective, Bᵀa⟩
+    subject to Bᵀa ≥ −tolerance and Σ Bᵀa = 1; its optimum is an extreme
+    point, an image with as many zero pixels as the span allows.
+    """
+    from scipy.optimize import linprog
+
+    r, d = basis.shape
+    res = linprog(-(basis @ objective), A_ub=-basis.T, b_ub=np.full(d, ZERO_TOLERANCE), A_eq=basis.sum(1)[None],
+                  b_eq=[1.0], bounds=[(None, None)] * r, method="highs")
+    if res.status != 0:
+        return None
+    x = basis.T @ res.x
+    return x / max(float(x.max()), 1e-12)
+
+
+def extreme_candidates(span: UpdateSpan, objectives: torch.Tensor, shape: tuple[int, int, int],
+                       keep_going: Callable[[int], bool]) -> tuple[torch.Tensor, int]:
+    """One extreme image per objective (N, D) → (n, C, H, W) in [0, 1] and the objectives done.
+
+    Stops before objective i when ``keep_going(i)`` is False.
+    """
+    basis = span.basis.numpy()
+    out: list[np.ndarray] = []
+    done = 0
+    for i, objective in enumerate(objectives.double().numpy()):
+        if not keep_going(i):
+            break
+        x = extreme_image(basis, objective)
+        done += 1
+        if x is not None:
+            out.append(x)
+    if not out:
+        return torch.zeros(0, *shape), done
+    return torch.from_numpy(np.stack(out)).float().clamp(0, 1).view(-1, *shape), done
+
+
+def objectives_for(delta: torch.Tensor, prior: torch.Tensor | None, limit: int) -> tuple[torch.Tensor, str]:
+    """What the extreme images are steered by: public images when there are any, else the update's rows.
+
+    Measured on the 10-per-class real MNIST MLP (500 objectives each): public
+    images recovered 44 of 100 members exactly (SSIM ≥ 0.9), the update's
+    rows 13, single pixels 3.
+    """
+    if prior is not None and len(prior):
+        flat = prior.float().flatten(1) / (255.0 if prior.dtype == torch.uint8 else 1.0)
+        return flat[:limit], "public images"
+    rows = torch.cat([delta, -delta]).float().clamp_min(0)
+    rows = rows[rows.amax(1) > 0]
+    rows = rows / rows.amax(1, keepdim=True)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+    return rows[order[:limit]], "rows of the update"
+
+
+@dataclass
+class InitAwareRun:
+    """Candidates of the init-aware mode and what it found on the way."""
+
+    images: torch.Tensor  # (N, C, H, W) in [0, 1]
+    targets: torch.Tensor  # (N,) the classifier's label for each
+    confidence: torch.Tensor  # (N,)
+    planned: int
+    done: int
+    seconds: float
+    notes: list[str]
+    span: UpdateSpan | None
+
+
+@torch.no_grad()
+def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor | None, limit: int,
+                      budget_s: float | None = None, should_stop: Callable[[], bool] | None = None,
+                      on_step: Callable[[int, int], None] | None = None) -> InitAwareRun:
+    """Extreme images of the update's span, one per objective (at most ``limit``), labelled by the classifier."""
+    started = time.monotonic()
+    delta = first_layer_update(target, load_initial_state(init_path))
+    span, note = update_span(delta, target)
+    notes = [note]
+    shape = target.input_shape
+    if span is None:
+        empty = torch.zeros(0, *shape)
+        return InitAwareRun(empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0, 0, 0.0, notes, None)
+    objectives, source = objectives_for(delta, prior, limit)
+    planned = len(objectives)
+
+    def keep_going(i: int) -> bool:
+        if on_step is not None:
+            on_step(i, planned)
+        late = budget_s is not None and time.monotonic() - started > budget_s
+        return not late and not (should_stop is not None and should_stop())
+
+    images, done = extreme_candidates(span, objectives, shape, keep_going)
+    notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of {planned} {source}")
+    logits = target.logits(images.to(target.device)).float().cpu() if len(images) else torch.zeros(0, target.num_classes)
+    targets = logits.argmax(1) if len(images) else torch.zeros(0, dtype=torch.int64)
+    confidence = logits.softmax(1).gather(1, targets[:, None]).flatten() if len(images) else torch.zeros(0)
+    return InitAwareRun(images, targets, confidence, planned, done, time.monotonic() - started, notes, span)
+
+
+def init_aware_inversion(target: TargetModel, init_path: Path, prior: tuple[torch.Tensor, torch.Tensor] | None, config: Any,
+                         should_stop: Callable[[], bool] | None, callbacks: Any) -> Any:
+    """The audit's entry point: an ``InversionResult`` of the init-aware mode.
+
+    When the update has no exact span (an adaptive optimiser, a first layer
+    that is not fully connected on the input is an error instead), the
+    ordinary inversion runs and the result says why.
+    """
+    from leakaudit.inversion.invert import InversionResult, invert
+
+    limit = max(config.candidates_per_class * target.num_classes, MAX_OBJECTIVES)
+    on_step = None
+    if callbacks is not None and callbacks.on_step is not None:
+        on_step = lambda i, n: callbacks.on_step(i, n, {})  # noqa: E731
+    run = invert_init_aware(target, init_path, None if prior is None else prior[0], limit, config.budget_s,
+                            should_stop, on_step)
+    if run.span is None or len(run.images) == 0:
+        fallback = invert(target, config, callbacks=callbacks, should_stop=should_stop, prior=prior)
+        fallback.notes[:0] = run.notes
+        return fallback
+    return InversionResult(
+        images=run.images, targets=run.targets, confidence=run.confidence, mode="init-aware",
+        threat_model=THREAT_MODEL, steps=run.done, planned_steps=run.planned, seconds=run.seconds,
+        completed_fraction=run.done / max(1, run.planned), notes=run.notes,
+        complete=run.done >= run.planned, interrupted=should_stop is not None and should_stop(),
+    )
