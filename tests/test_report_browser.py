@@ -50,7 +50,7 @@ class Dom(HTMLParser):
         if tag == "tr" and "findings-body" in self.stack:
             self.finding_rows += 1
         marker = "findings-body" if tag == "tbody" and self.stack and self.stack[-1] == "findings" else tag
-        if tag == "table" and ("class", "findings") in attrs:
+        if tag == "table" and "findings" in (dict(attrs).get("class") or "").split():
             marker = "findings"
         if tag not in ("img", "br", "meta", "link", "input"):
             self.stack.append(marker)
