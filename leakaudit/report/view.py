@@ -20,7 +20,6 @@ TOP_LEAKED = 5
 GALLERY_PER_CLASS = 12
 GALLERY_MAX_CLASSES = 40
 GALLERY_THUMB_SIDE = 64
-LPIPS_NOTE_PREFIX = "LPIPS unavailable"
 
 
 def num(value: Any, digits: int = 3) -> str:
@@ -61,10 +60,15 @@ def decided_by(finding: Mapping[str, Any], document: Mapping[str, Any]) -> str:
     q = float(t.get("holdout_quantile", 0.99))
     if status == "ignored":
         return "accepted by an ignore entry"
+    persisting = finding.get("baseline_status") == "persisting"
+    if status == "warn" and persisting and fail is not None and ssim >= fail:
+        return f"SSIM ≥ fail_ssim {num(fail, 2)}, but in the previous audit and not worse: a warning, not a failure"
     if status in ("fail", "warn"):
         bar = fail if status == "fail" and fail is not None else warn
         above = f" and above the holdout's q{q:g} ({num(ref)})" if ref is not None else ""
         return f"SSIM ≥ {status}_ssim {num(bar, 2)}{above}"
+    if persisting and warn is not None and ssim >= warn:
+        return "in the previous audit and not worse: with a baseline only new or worse findings count"
     if ref is not None and ssim <= ref and (warn is None or ssim >= warn):
         return f"at or below the holdout's q{q:g} ({num(ref)}): matched no better than non-members"
     if warn is not None and ssim < warn:
@@ -130,12 +134,18 @@ def galleries(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], ima
     return {"kind": kind, "classes": out, "total": len(groups)}
 
 
+def _about_missing_lpips(note: str) -> bool:
+    lowered = note.lower()
+    return "lpips" in lowered and "unavailable" in lowered
+
+
 def notes(document: Mapping[str, Any]) -> list[str]:
-    """The audit's notes once each; the LPIPS reason is shown once elsewhere, not here."""
+    """The audit's notes once each (the inversion's are also in the summary's); LPIPS's reason is shown elsewhere."""
+    lpips_missing = not ((document.get("metrics") or {}).get("lpips") or {}).get("available")
     raw = list((document.get("summary") or {}).get("notes") or []) + list((document.get("inversion") or {}).get("notes") or [])
     seen: list[str] = []
-    for note in raw:
-        if note not in seen and not str(note).startswith(LPIPS_NOTE_PREFIX):
+    for note in map(str, raw):
+        if note not in seen and not (lpips_missing and _about_missing_lpips(note)):
             seen.append(note)
     return seen
 
