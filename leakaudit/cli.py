@@ -405,6 +405,64 @@ def report(result: Path, out: Path | None, redact: str, images: bool, debug: boo
     console.say(f"report written: {written} ({written.stat().st_size / 1024:.0f} KiB)")
 
 
+class ByteProgress:
+    """Download progress on stderr: a rewritten line on a terminal, a line per tenth in logs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._shown = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.console.quiet:
+            return
+        text = f"  {done / 1e6:.1f}" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else " MB")
+        if self.console.interactive:
+            print("\r" + text, end="", file=self.console.err, flush=True)
+            return
+        tenth = int(10 * done / total) if total else done // 10_000_000
+        if tenth != self._shown:
+            self._shown = tenth
+            self.console.say(text)
+
+    def finish(self) -> None:
+        if self.console.interactive and not self.console.quiet:
+            print(file=self.console.err, flush=True)
+
+
+@cli.command("fetch-weights")
+@click.option("--net", type=click.Choice(["alex", "squeeze", "vgg"]), default="alex", show_default=True,
+              help="LPIPS backbone: alex (233 MB, LPIPS's default), squeeze (5 MB), vgg (528 MB).")
+@click.option("--url", envvar="LEAKAUDIT_WEIGHTS_URL", show_envvar=True,
+              help="Download from this address instead of download.pytorch.org (a mirror).")
+@click.option("--sha256", "sha256", metavar="HEX", help="Full sha256 the file must have (default: the hash prefix in torchvision's file name).")
+@click.option("--force", is_flag=True, help="Download again even if the file is already in the cache.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, quiet: bool, debug: bool) -> None:
+    """Download an LPIPS backbone into torchvision's cache ($TORCH_HOME/hub/checkpoints).
+
+    Audits never use the network; this is the one command that does, and only
+    when you run it. The file gets the name torchvision gives it, so LPIPS
+    (and torchvision) find it offline afterwards.
+    """
+    from leakaudit import weights
+
+    console = Console(quiet=quiet)
+    b = weights.backbone(net)
+    target = weights.cache_path(net)
+    if target.is_file() and not force:
+        console.say(f"already there: {target} (--force downloads it again)")
+        return
+    console.say(f"downloading the {b.label} backbone (about {b.size_mb:.0f} MB) from "
+                f"{url or b.url}\n  into {target}")
+    bar = ByteProgress(console)
+    try:
+        path, _ = weights.fetch(net, url=url, sha256=sha256, force=force, progress=bar)
+    finally:
+        bar.finish()
+    console.say(f"saved {path} (sha256 checked); LPIPS with --lpips-net {net} is now available")
+
+
 def _rank_prefix() -> str:
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return ""  # one process: no torch import just for this
