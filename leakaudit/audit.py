@@ -495,13 +495,12 @@ def _provenance(settings: AuditSettings, inputs: AuditInputs, null_set: ImageSet
 
 def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     """The human summary the CLI prints on stderr."""
-    verdict = document["verdict"].upper()
-    symbol = {"PASS": "✔", "WARN": "⚠", "FAIL": "✖"}.get(verdict, "")
-    lines = [f"{symbol} {verdict}: {len(document['findings'])} findings listed, mode {document['mode']}"]
+    from leakaudit.report.summary import format_p, headline_line  # the headline counts leaked members, not rows
+    lines = [f"{headline_line(document)}, mode {document['mode']}"]
     score = document["summary"].get("leak_score")
     if score:
         lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "
-                     f"(p = {score['p_value']:.3g}; 0.5 = members matched no better than non-members)")
+                     f"({format_p(score['p_value'])}; 0.5 = members matched no better than non-members)")
     else:
         lines.append("  no holdout: the result is not calibrated against non-members")
     for condition in document["gate"].get("conditions", []):

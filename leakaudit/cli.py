@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -49,70 +48,15 @@ class Console:
         print(f"leakaudit: error: {message}", file=self.err, flush=True)
 
 
-class LineObserver:
-    """Progress for logs: one line per phase and at most one line every few seconds."""
-
-    def __init__(self, console: Console, every_s: float = 5.0) -> None:
-        self.console = console
-        self.every_s = every_s
-        self._last = 0.0
-        self._name = ""
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        self._name = name
-        self._last = time.monotonic()
-        self.console.say(f"· {name}" + (f" ({total})" if total else ""))
-
-    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            share = f" {100 * done / total:.0f}%" if total else f" {done}"
-            self.console.say(f"  {self._name}:{share}" + (f" {detail}" if detail else ""))
-
-    def note(self, message: str) -> None:
-        self.console.say(f"  {message}")
-
-
-class RichObserver:
-    """A live progress bar on an interactive terminal."""
-
-    def __init__(self, console: Console) -> None:
-        from rich.console import Console as RichConsole
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self._rich = RichConsole(file=console.err)
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self._rich, transient=False,
-        )
-        self._task: Any = None
-        self._progress.start()
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total or 1)
-        self._task = self._progress.add_task(name, total=total or 1, detail="")
-
-    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=done, total=total or None, detail=detail)
-
-    def note(self, message: str) -> None:
-        self._progress.console.print(message, markup=False, highlight=False)
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
 def make_observer(console: Console) -> Any:
+    """A live bar on a terminal, phase lines and a heartbeat in logs, nothing with --quiet."""
     from leakaudit.progress import SilentObserver
+    from leakaudit.terminal import LineObserver, RichObserver
 
     if console.quiet:
         return SilentObserver()
     if console.interactive:
-        return RichObserver(console)
+        return RichObserver(console.err)
     return LineObserver(console)
 
 
