@@ -96,7 +96,12 @@ class RichObserver:
     def _end(self) -> None:
         if self._task is None or self._phase is None:
             return
-        ending = "✓" if not self._phase.total or self._phase.done >= self._phase.total else "stopped early"
+        if self._phase.trivial:  # a heading replaced at once by its first sub-phase
+            self._progress.remove_task(self._task)
+            return
+        phase = self._phase
+        complete = not phase.total or phase.done >= phase.total
+        ending = "✓" if complete else "ended here" if phase.shared else f"stopped at {100 * phase.done / phase.total:.0f}%"
         self._progress.update(self._task, detail=ending)
         self._progress.stop_task(self._task)  # left where it got to: no jump to 100 %
 
@@ -105,7 +110,7 @@ class RichObserver:
         self._end()
         self._phase = PhaseTracker(name, total)
         start = previous.done if previous is not None and name.startswith("inversion") else 0
-        self._phase.done = start
+        self._phase.done, self._phase.shared = start, bool(start) or name.startswith("inversion")
         self._task = self._progress.add_task(name, total=total, completed=start, unit=self._phase.unit, detail="")
 
     def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
