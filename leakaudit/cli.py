@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from leakaudit import __version__
+from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
 from leakaudit.config import AuditSettings, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
@@ -135,8 +136,9 @@ def cli() -> None:
     """Audit an image classifier's weights for training-data leakage.
 
     leakaudit inverts the classifier, matches what it reconstructs against the
-    training images (SSIM, LPIPS) and against non-member images as a null
-    baseline, writes an HTML report and exits 1 when leakage passes the gate.
+    training images (SSIM, LPIPS) and against non-member images (the null:
+    how well any image of the kind is matched), writes an HTML report and
+    exits 1 when leakage passes the gate.
     """
 
 
@@ -144,7 +146,7 @@ def run_options(func: Any) -> Any:
     options = [
         click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--data", type=click.Path(path_type=Path), help="Training images (ImageFolder layout: DIR/<class>/<image>)."),
-        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null baseline."),
+        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null reference."),
         click.option("--arch", metavar="MODULE:CALLABLE", help="Builds the nn.Module for a state_dict or safetensors file (imported from the working directory)."),
         click.option("--unsafe-pickle", is_flag=True, help="Allow loading a fully pickled model. This runs code from the file: only for files you trust."),
         click.option("--input-size", type=(int, int), metavar="H W", help="Model input size (default: from the model file or the data)."),
@@ -181,13 +183,18 @@ def run_options(func: Any) -> Any:
     return func
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand, examples=RUN_EXAMPLES, context_settings={"show_default": True},
+             short_help="Audit a model against its training images.")
 @run_options
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
     """Audit MODEL against its training images (--data)."""
     if opts["data"] is None:
         raise UsageError("--data DIR is required (the training images, in ImageFolder layout)")
+    file_config = ctx.meta.get("leakaudit.config")
+    for warning in file_config.warnings if file_config is not None else ():
+        Console().warn(warning)
+    check_paths(opts)  # before torch is imported: a typo costs milliseconds, not seconds
     settings = _settings_from(ctx, opts)
     ctx.exit(_execute(ctx, settings, opts))
 
@@ -224,10 +231,6 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         settings = replace(settings, device=str(dist.device))
     console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=bool(opts.get("quiet")))
     console.quiet = bool(opts.get("quiet")) or not dist.is_main  # progress and summary from rank 0 only
-    file_config = ctx.meta.get("leakaudit.config")
-    if file_config is not None:
-        for warning in file_config.warnings:
-            console.warn(warning)
     stop = StopFlag()
     restore_signals = stop.install()
     observer = make_observer(console)
@@ -253,13 +256,13 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     return int(outcome.exit_status)
 
 
-@cli.command()
+@cli.command(short_help="Build a bundled reference model on real digits and audit it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
 @click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
 @click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
 @click.option("--budget", type=click.FloatRange(min=1.0), default=120.0, show_default=True, help="Inversion budget in seconds.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training and of the audit.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget: float, seed: int, quiet: bool, debug: bool) -> None:
@@ -304,7 +307,7 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
-                              "help_option_names": []})
+                              "help_option_names": []}, short_help="Run one audit on several processes (torchrun).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
@@ -330,11 +333,11 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     ctx.exit(outcome.exit_code)
 
 
-@cli.command()
+@cli.command(short_help="Re-render report.html from a leakaudit.json.")
 @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write (default: report.html beside RESULT).")
-@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True)
-@click.option("--images/--no-images", default=True, show_default=True)
+@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report.")
+@click.option("--images/--no-images", default=True, show_default=True, help="Include images in the report.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
     """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
@@ -373,7 +376,7 @@ class ByteProgress:
             print(file=self.console.err, flush=True)
 
 
-@cli.command("fetch-weights")
+@cli.command("fetch-weights", short_help="Download an LPIPS backbone into torchvision's cache.")
 @click.option("--net", type=click.Choice(["alex", "squeeze", "vgg"]), default="alex", show_default=True,
               help="LPIPS backbone: alex (233 MB, LPIPS's default), squeeze (5 MB), vgg (528 MB).")
 @click.option("--url", envvar="LEAKAUDIT_WEIGHTS_URL", show_envvar=True,
@@ -434,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+        console.error(click_message(exc))
         code = ExitStatus.ERROR
     except click.exceptions.Abort:
         console.error("interrupted")
