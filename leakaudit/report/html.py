@@ -19,7 +19,7 @@ from markupsafe import Markup
 
 from leakaudit.report import view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
-from leakaudit.report.summary import SYMBOLS, format_p, summarise
+from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
@@ -57,6 +57,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = view.num
     env.filters["p"] = format_p
+    env.filters["tidy"] = tidy_numbers
     env.filters["symbol"] = lambda status: STATUS_SYMBOLS.get(str(status), "")
     return env
 

@@ -1,7 +1,10 @@
 """JUnit XML: one test case per gate condition, so CI systems show the gate natively.
 
 A failed condition is a ``<failure>``, a skipped one ``<skipped>``; a warning
-passes and carries its message in ``<system-out>``.
+passes and carries its message in ``<system-out>``. Names are qualified
+(``leakaudit.gate.ssim``) so they read on their own in a CI's test list; each
+case's time is the audit's, since every condition judges the whole attack;
+the suite carries the start time and what holds as properties.
 """
 
 from __future__ import annotations
@@ -10,36 +13,57 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
+from leakaudit.report.summary import summarise, tidy_numbers
+
+SUITE = "leakaudit.gate"
+
+
+def _value(value: Any) -> str:
+    return "off" if value is None else f"{float(value):.3f}"
+
+
+def _properties(suite: ET.Element, document: Mapping[str, Any]) -> None:
+    plain = summarise(document)
+    leak = (document.get("summary") or {}).get("leak_score") or {}
+    model = (document.get("provenance") or {}).get("model") or {}
+    values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
+              "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
+              "leak_score": _value(leak.get("value")) if leak else "–", "model_sha256": str(model.get("sha256", "–"))}
+    properties = ET.SubElement(suite, "properties")
+    for name, value in values.items():
+        ET.SubElement(properties, "property", name=f"leakaudit.{name}", value=value)
+
+
+def _case(suite: ET.Element, condition: Mapping[str, Any], seconds: str) -> None:
+    name = f"{SUITE}.{condition['name']}"
+    case = ET.SubElement(suite, "testcase", classname=SUITE, name=name, time=seconds)
+    message = tidy_numbers(str(condition["message"]))
+    detail = f"{message} (threshold {_value(condition.get('threshold'))}, observed {_value(condition.get('observed'))})"
+    if condition["status"] == "fail":
+        failure = ET.SubElement(case, "failure", message=message, type="LeakageGateFailure")
+        failure.text = detail
+    elif condition["status"] == "skipped":
+        ET.SubElement(case, "skipped", message=message)
+    else:
+        out = ET.SubElement(case, "system-out")
+        out.text = f"{condition['status'].upper()}: {detail}"
+
 
 def render_junit(document: Mapping[str, Any]) -> str:
     """The gate of ``document`` as a JUnit XML string."""
     conditions = (document.get("gate") or {}).get("conditions") or []
-    elapsed = float((document.get("provenance") or {}).get("elapsed_s") or 0.0)
+    provenance = document.get("provenance") or {}
+    seconds = f"{float(provenance.get('elapsed_s') or 0.0):.3f}"
     failures = sum(1 for c in conditions if c["status"] == "fail")
     skipped = sum(1 for c in conditions if c["status"] == "skipped")
-    suites = ET.Element("testsuites", name="leakaudit", tests=str(len(conditions)), failures=str(failures))
-    suite = ET.SubElement(
-        suites,
-        "testsuite",
-        name="leakaudit.gate",
-        tests=str(len(conditions)),
-        failures=str(failures),
-        errors="0",
-        skipped=str(skipped),
-        time=f"{elapsed:.3f}",
-    )
+    suites = ET.Element("testsuites", name="leakaudit", tests=str(len(conditions)), failures=str(failures), time=seconds)
+    suite = ET.SubElement(suites, "testsuite", name=SUITE, tests=str(len(conditions)), failures=str(failures),
+                          errors="0", skipped=str(skipped), time=seconds)
+    started = provenance.get("started_at")
+    if started:
+        suite.set("timestamp", str(started)[:19])  # the JUnit schema's form: no zone (the audit's clock is UTC)
+    _properties(suite, document)
     for condition in conditions:
-        case = ET.SubElement(suite, "testcase", classname="leakaudit.gate", name=condition["name"], time="0")
-        detail = (
-            f"{condition['message']} (threshold {condition.get('threshold')}, observed {condition.get('observed')})"
-        )
-        if condition["status"] == "fail":
-            failure = ET.SubElement(case, "failure", message=condition["message"], type="LeakageGateFailure")
-            failure.text = detail
-        elif condition["status"] == "skipped":
-            ET.SubElement(case, "skipped", message=condition["message"])
-        else:
-            out = ET.SubElement(case, "system-out")
-            out.text = f"{condition['status'].upper()}: {detail}"
+        _case(suite, condition, seconds)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

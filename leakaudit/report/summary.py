@@ -9,6 +9,7 @@ from their gate conditions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,10 +98,12 @@ def leaked_members(document: Mapping[str, Any]) -> int | None:
     summary = document.get("summary") or {}
     if summary.get("n_leaked") is not None:
         return int(summary["n_leaked"])
+    if not document.get("calibrated"):
+        return None
     per_class = summary.get("per_class") or []
-    if document.get("calibrated") and per_class and all(c.get("n_flagged") is not None for c in per_class):
-        return sum(int(c["n_flagged"]) for c in per_class)
-    return None
+    counted = sum(int(c.get("n_flagged") or 0) for c in per_class)
+    listed = sum(1 for f in document.get("findings") or [] if f.get("above_holdout_p99"))  # a lower bound
+    return max(counted, listed)
 
 
 def _count(findings: Sequence[Mapping[str, Any]], status: str) -> int:
@@ -174,3 +177,15 @@ def headline_line(document: Mapping[str, Any]) -> str:
     s = summarise(document)
     count = f" ({s.leaked} of {s.n_train} members leaked)" if s.leaked is not None else ""
     return f"{SYMBOLS.get(s.verdict, '')} {s.verdict.upper()}: {s.headline[0].lower() + s.headline[1:]}{count}"
+
+
+_P_VALUE = re.compile(r"\bp = (\d+(?:\.\d+)?(?:e-?\d+)?)")
+_LONG_FLOAT = re.compile(r"(?<![\w.])(\d+\.\d{5,})(?![\d])")
+
+
+def tidy_numbers(text: str) -> str:
+    """Messages for people: ``p = 0.000999`` → ``p < 0.001``, and no float with more than 3 decimals."""
+    def p_value(match: re.Match[str]) -> str:
+        return format_p(float(match.group(1)))
+
+    return _LONG_FLOAT.sub(lambda m: f"{float(m.group(1)):.3f}", _P_VALUE.sub(p_value, text))
