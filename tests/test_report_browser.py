@@ -112,10 +112,15 @@ PROBE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>probe</title>
 <script>
 document.getElementById("frame").addEventListener("load", () => {{
   const win = document.getElementById("frame").contentWindow, doc = win.document;
+  let printRules = 0;
+  if ({print}) {{  // lay the page out as it prints: the report's print rules apply to the screen too
+    for (const sheet of doc.styleSheets) for (const rule of sheet.cssRules)
+      if (rule.media && rule.media.mediaText === "print") {{ rule.media.mediaText = "all"; printRules += 1; }}
+  }}
   const box = (sel) => {{ const el = doc.querySelector(sel); return el ? el.getBoundingClientRect().bottom : null; }};
   const texts = Array.from(doc.querySelectorAll("svg.plot text")).map((t) => t.getBoundingClientRect().height);
   document.getElementById("result").textContent = JSON.stringify({{
-    scrollWidth: doc.documentElement.scrollWidth, innerWidth: win.innerWidth,
+    scrollWidth: doc.documentElement.scrollWidth, innerWidth: win.innerWidth, printRules,
     verdict: box(".verdict"), firstFinding: box("#first-finding"), conditions: box("ul.conditions"),
     smallestPlotText: texts.length ? Math.min(...texts) : null,
   }});
@@ -143,10 +148,11 @@ def served(report: tuple[dict, Path]) -> Iterator[tuple[Path, str]]:
         server.server_close()
 
 
-def layout(served: tuple[Path, str], tmp_path: Path, width: int, height: int = 900) -> dict:
+def layout(served: tuple[Path, str], tmp_path: Path, width: int, height: int = 900, print_rules: bool = False) -> dict:
     folder, base = served
-    name = f"probe-{width}x{height}.html"
-    (folder / name).write_text(PROBE.format(width=width, height=height), encoding="utf-8")
+    name = f"probe-{width}x{height}-{int(print_rules)}.html"
+    page = PROBE.format(width=width, height=height, print="true" if print_rules else "false")
+    (folder / name).write_text(page, encoding="utf-8")
     dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", f"--window-size={width + 40},{height + 200}",
                    "--dump-dom", f"{base}/{name}").stdout
     match = re.search(r'<pre id="result">(\{.*?\})</pre>', dom)
@@ -167,3 +173,9 @@ def test_verdict_and_first_finding_are_above_the_fold_on_a_desktop(served: tuple
     assert measured["verdict"] is not None and measured["verdict"] <= 900, measured
     assert measured["conditions"] is not None and measured["conditions"] <= 900, measured
     assert measured["firstFinding"] is not None and measured["firstFinding"] <= 900, measured
+
+
+def test_printed_page_keeps_tables_within_the_margins(served: tuple[Path, str], tmp_path: Path) -> None:
+    measured = layout(served, tmp_path, 718, 1100, print_rules=True)  # A4 at 96 dpi, less 1 cm margins
+    assert measured["printRules"] >= 1
+    assert measured["scrollWidth"] <= measured["innerWidth"], measured
