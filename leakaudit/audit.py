@@ -29,6 +29,7 @@ from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
 from leakaudit.progress import Observer, SilentObserver
+from leakaudit.report.summary import with_previous_ssim
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
@@ -347,6 +348,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     document = apply_gate(document, gate_settings, today=dt.datetime.now(dt.timezone.utc).date(), previous=previous,
                           baseline_path=str(settings.baseline) if settings.baseline else None)
     document["provenance"]["elapsed_s"] = round(time.monotonic() - started, 3)
+    document = with_previous_ssim(document, previous)  # the report shows the change since --baseline
 
     observer.phase("writing outputs")
     arrays = {

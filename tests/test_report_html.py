@@ -17,7 +17,7 @@ from leakaudit.report import render_html, write_outputs
 from leakaudit.reference import bundled_images
 from leakaudit.report import view
 from leakaudit.report.images import DIFF_GAIN, MAX_THUMB_SIDE, ImageRenderer, difference_map
-from leakaudit.report.summary import format_p, summarise
+from leakaudit.report.summary import format_p, summarise, with_previous_ssim
 from leakaudit.report.schema import load_schema, schema_errors
 from tests.test_report_data import _leak_score, scenario
 
@@ -255,10 +255,13 @@ def test_difference_maps_are_amplified_by_the_stated_gain() -> None:
 def test_rows_state_their_rule_and_the_change_since_the_previous_audit() -> None:
     s = scenario(leaky=True)
     before = apply_gate(s.document, GateSettings(), today=TODAY)
+    before["findings"][0]["ssim"] += 0.25  # the previous audit matched the top image better
     after = apply_gate(s.document, GateSettings(), today=TODAY, previous=before, baseline_path="old.json")
-    after["findings"][0]["previous_ssim"] = after["findings"][0]["ssim"] - 0.25
+    after = with_previous_ssim(after, before)
+    assert after["findings"][0]["previous_ssim"] == before["findings"][0]["ssim"]
+    assert schema_errors(after) == []
     body = _findings_body(render_html(after, s.arrays))
-    assert "Previous SSIM (change)" in body and "(+0.250)" in body
+    assert "Previous SSIM (change)" in body and "(-0.250)" in body and "(+0.000)" in body
     assert "in the previous audit and not worse" in body  # why a high SSIM is not flagged now
     assert "SSIM ≥ fail_ssim 0.70" in _findings_body(render_html(before, s.arrays))
     after["findings"][0]["status_rule"] = "the gate's own words for this row"

@@ -106,8 +106,25 @@ def leaked_members(document: Mapping[str, Any]) -> int | None:
     return max(counted, listed)
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 training image``, ``8 training images``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _count(findings: Sequence[Mapping[str, Any]], status: str) -> int:
     return sum(1 for f in findings if f.get("status") == status)
+
+
+def _ssim_text(condition: Mapping[str, Any], document: Mapping[str, Any]) -> str:
+    findings = document.get("findings") or []
+    fails, warns = _count(findings, "fail"), _count(findings, "warn")
+    t = document.get("thresholds") or {}
+    if fails:
+        text = f"{plural(fails, 'training image')} reconstructed at SSIM ≥ {_num(t.get('fail_ssim', condition.get('threshold')), 2)}"
+    else:
+        text = f"{plural(warns, 'training image')} at SSIM ≥ {_num(t.get('warn_ssim'), 2)} (warn level), none at the fail level"
+    chance = " — as many as chance gives" if "consistent with chance" in str(condition.get("message")) else ""
+    return f"{text} (best {_num(condition.get('observed'))}){chance}"
 
 
 def condition_text(condition: Mapping[str, Any], document: Mapping[str, Any]) -> str:
@@ -120,15 +137,13 @@ def condition_text(condition: Mapping[str, Any], document: Mapping[str, Any]) ->
     if status == "skipped":
         return f"{name}: not evaluated"
     if name == "ssim":
-        fails, warns = _count(findings, "fail"), _count(findings, "warn")
-        return (f"{fails} training image(s) reconstructed at SSIM ≥ {_num(threshold, 2)}"
-                + (f", {warns} more above the warning level" if warns else "") + f" (best {_num(observed)})")
+        return _ssim_text(condition, document)
     if name == "leak_score":
         leak = (document.get("summary") or {}).get("leak_score") or {}
         ci = f"CI {_num(leak.get('ci_low'))}–{_num(leak.get('ci_high'))}, " if leak else ""
         return f"leak score {_num(observed)} vs {_num(threshold, 2)} ({ci}{format_p(leak.get('p_value'))})"
     if name == "lpips":
-        return f"{_count(findings, 'fail')} reconstruction(s) at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
+        return f"{plural(_count(findings, 'fail'), 'reconstruction')} at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
     return f"{name.replace('_', ' ')} {_num(observed)} vs threshold {_num(threshold, 2)}"
 
 
@@ -175,7 +190,9 @@ def summarise(document: Mapping[str, Any]) -> AuditSummary:
 def headline_line(document: Mapping[str, Any]) -> str:
     """The terminal's first line, e.g. ``✖ FAIL: reconstructs training images (8 of 10 members leaked)``."""
     s = summarise(document)
-    count = f" ({s.leaked} of {s.n_train} members leaked)" if s.leaked is not None else ""
+    quantile = float((document.get("thresholds") or {}).get("holdout_quantile", 0.99))
+    count = (f" ({s.leaked} of {s.n_train} members matched better than {quantile:.0%} of non-members)"
+             if s.leaked is not None else "")
     return f"{SYMBOLS.get(s.verdict, '')} {s.verdict.upper()}: {s.headline[0].lower() + s.headline[1:]}{count}"
 
 
@@ -189,3 +206,18 @@ def tidy_numbers(text: str) -> str:
         return format_p(float(match.group(1)))
 
     return _LONG_FLOAT.sub(lambda m: f"{float(m.group(1)):.3f}", _P_VALUE.sub(p_value, text))
+
+
+def with_previous_ssim(document: dict[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each finding that the previous audit (``--baseline``) also listed gets that audit's SSIM as ``previous_ssim``.
+
+    The gate says new / persisting / worse; this keeps the numbers, so a
+    reviewer sees a fall from 0.965 to 0.368, not only "persisting".
+    """
+    if previous is None:
+        return document
+    before = {f.get("fingerprint"): f.get("ssim") for f in previous.get("findings") or []}
+    for finding in document.get("findings") or []:
+        value = before.get(finding.get("fingerprint"))
+        finding["previous_ssim"] = None if value is None else float(value)
+    return document
