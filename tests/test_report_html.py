@@ -112,7 +112,8 @@ def test_findings_rows_and_images_match_the_document() -> None:
     body = _findings_body(html)
     assert body.count('<tr id="finding-') == len(doc["findings"])
     assert body.count('<img class="thumb"') == 3 * len(doc["findings"])  # reconstruction, training, difference
-    assert body.count('<details class="zoom">') == len(doc["findings"])  # each enlarges without script
+    for f in doc["findings"]:  # each enlarges without script: a link to its own :target view
+        assert f'href="#zoom-{f["rank"]}"' in body and f'<div class="overlay" id="zoom-{f["rank"]}"' in html
     for f in doc["findings"]:
         assert f"{f['ssim']:.3f}" in body
         assert f["fingerprint"] in body  # whole, so it can be copied into an ignore entry
@@ -238,7 +239,7 @@ def test_without_images_no_empty_picture_boxes_remain() -> None:
     doc = apply_gate(s.document, GateSettings(), today=TODAY)
     html = render_html(doc, s.arrays, include_images=False)
     assert "noimg" not in html and "image left out" not in html
-    assert "Reconstruction · training image" not in html and 'class="zoom"' not in html
+    assert "Reconstruction · training image" not in html and 'class="zoom"' not in html and "overlay" not in html.split("</style>")[1]
     assert _findings_body(html).count('<tr id="finding-') == len(doc["findings"])  # the numbers stay
 
 
