@@ -35,6 +35,7 @@ from leakaudit.numerics import flush_denormals
 from leakaudit.outlock import output_lock
 from leakaudit.progress import Observer, SilentObserver
 from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
+from leakaudit.report.summary import with_previous_ssim
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
@@ -391,6 +392,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     stages.start("writing")
     document["provenance"]["stage_seconds"] = stages.snapshot()
     document["provenance"]["elapsed_s"] = round(time.monotonic() - started, 3)
+    document = with_previous_ssim(document, previous)  # the report shows the change since --baseline
     if stop():
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
 
@@ -455,7 +457,7 @@ def incomplete_reason(result: Any, settings: AuditSettings) -> str:
     """One line: how much of the attack ran, and what to change so that it finishes."""
     budget = f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"
     lower = {"thorough": "standard", "standard": "quick"}.get(settings.effort)
-    advice = f"raise --budget" + (f" or choose --effort {lower}" if lower else "")
+    advice = "raise --budget" + (f" or choose --effort {lower}" if lower else "")
     return (f"Incomplete attack: {budget} ended the inversion after {result.steps} of its {result.planned_steps} "
             f"planned steps ({result.completed_fraction:.0%}, effort {settings.effort}); an unfinished attack cannot "
             f"pass: {advice}.")
@@ -636,12 +638,10 @@ def _provenance(settings: AuditSettings, inputs: AuditInputs, null_set: ImageSet
 
 def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     """The human summary the CLI prints on stderr."""
-    verdict = document["verdict"].upper()
-    symbol = {"PASS": "✔", "WARN": "⚠", "FAIL": "✖", "INCOMPLETE": "◌"}.get(verdict, "")
+    from leakaudit.report.summary import format_p, headline_line  # the headline counts leaked members, not rows
+
     inversion = document.get("inversion") or {}
-    exposure = (document.get("exposure") or {}).get("statement")
-    lines = [f"{symbol} {verdict}: {len(document['findings'])} findings listed, mode {document['mode']}, "
-             f"effort {inversion.get('effort', 'standard')}" + (f"; exposure: {exposure}" if exposure else "")]
+    lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
     if not inversion.get("complete", True):
         lines.append(f"  {inversion.get('incomplete_reason') or 'the attack is incomplete'}")
     if inversion.get("resumed"):
@@ -649,7 +649,7 @@ def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     score = document["summary"].get("leak_score")
     if score:
         lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "
-                     f"(p = {score['p_value']:.3g}; 0.5 = members matched no better than non-members)")
+                     f"({format_p(score['p_value'])}; 0.5 = members matched no better than non-members)")
     else:
         lines.append("  no holdout: the result is not calibrated against non-members")
     for condition in document["gate"].get("conditions", []):

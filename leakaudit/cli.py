@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import click
 
 from leakaudit import __version__
+from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
@@ -52,70 +52,15 @@ class Console:
         print(f"leakaudit: error: {terminal_text(message)}", file=self.err, flush=True)
 
 
-class LineObserver:
-    """Progress for logs: one line per phase and at most one line every few seconds."""
-
-    def __init__(self, console: Console, every_s: float = 5.0) -> None:
-        self.console = console
-        self.every_s = every_s
-        self._last = 0.0
-        self._name = ""
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        self._name = name
-        self._last = time.monotonic()
-        self.console.say(f"· {name}" + (f" ({total})" if total else ""))
-
-    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            share = f" {100 * done / total:.0f}%" if total else f" {done}"
-            self.console.say(f"  {self._name}:{share}" + (f" {detail}" if detail else ""))
-
-    def note(self, message: str) -> None:
-        self.console.say(f"  {message}")
-
-
-class RichObserver:
-    """A live progress bar on an interactive terminal."""
-
-    def __init__(self, console: Console) -> None:
-        from rich.console import Console as RichConsole
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.console = console
-        self._rich = RichConsole(file=console.err)
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self._rich, transient=False,
-        )
-        self._task: Any = None
-        self._progress.start()
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total or 1)
-        self._task = self._progress.add_task(name, total=total or 1, detail="")
-
-    def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=done, total=total or None, detail=detail)
-
-    def note(self, message: str) -> None:
-        self._progress.console.print(terminal_text(message), markup=False, highlight=False)
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
 def make_observer(console: Console) -> Any:
+    """A live bar on a terminal, phase lines and a heartbeat in logs, nothing with --quiet."""
     from leakaudit.progress import SilentObserver
+    from leakaudit.terminal import LineObserver, RichObserver
 
     if console.quiet:
         return SilentObserver()
     if console.interactive:
-        return RichObserver(console)
+        return RichObserver(console.err)
     return LineObserver(console)
 
 
@@ -194,8 +139,9 @@ def cli() -> None:
     """Audit an image classifier's weights for training-data leakage.
 
     leakaudit inverts the classifier, matches what it reconstructs against the
-    training images (SSIM, LPIPS) and against non-member images as a null
-    baseline, writes an HTML report and exits 1 when leakage passes the gate.
+    training images (SSIM, LPIPS) and against non-member images (the null:
+    how well any image of the kind is matched), writes an HTML report and
+    exits 1 when leakage passes the gate.
     """
 
 
@@ -203,7 +149,7 @@ def run_options(func: Any) -> Any:
     options = [
         click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--data", type=click.Path(path_type=Path), help="Training images (ImageFolder layout: DIR/<class>/<image>)."),
-        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null baseline."),
+        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null reference."),
         click.option("--arch", metavar="MODULE:CALLABLE", help="Builds the nn.Module for a state_dict or safetensors file (imported from the working directory)."),
         click.option("--unsafe-pickle", is_flag=True, help="Allow loading a fully pickled model. This runs code from the file: only for files you trust."),
         click.option("--input-size", type=(int, int), metavar="H W", help="Model input size (default: from the model file or the data)."),
@@ -245,13 +191,18 @@ def run_options(func: Any) -> Any:
     return func
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand, examples=RUN_EXAMPLES, context_settings={"show_default": True},
+             short_help="Audit a model against its training images.")
 @run_options
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
     """Audit MODEL against its training images (--data)."""
     if opts["data"] is None:
         raise UsageError("--data DIR is required (the training images, in ImageFolder layout)")
+    file_config = ctx.meta.get("leakaudit.config")
+    for warning in file_config.warnings if file_config is not None else ():
+        Console().warn(warning)
+    check_paths(opts)  # before torch is imported: a typo costs milliseconds, not seconds
     settings = _settings_from(ctx, opts)
     ctx.exit(_execute(ctx, settings, opts))
 
@@ -352,13 +303,13 @@ def interrupt_message(signal_name: str, written: Sequence[Path], out: Path) -> s
     return f"stopped by {signal_name}; {what}. {tail}"
 
 
-@cli.command()
+@cli.command(short_help="Build a bundled reference model on real digits and audit it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
 @click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
 @click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
 @click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the audit, in seconds (see `run --help`).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training and of the audit.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget: float, seed: int, quiet: bool, debug: bool) -> None:
@@ -403,7 +354,7 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
-                              "help_option_names": []})
+                              "help_option_names": []}, short_help="Run one audit on several processes (torchrun).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
@@ -429,11 +380,11 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     ctx.exit(outcome.exit_code)
 
 
-@cli.command()
+@cli.command(short_help="Re-render report.html from a leakaudit.json.")
 @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write (default: report.html beside RESULT).")
-@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True)
-@click.option("--images/--no-images", default=True, show_default=True)
+@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report.")
+@click.option("--images/--no-images", default=True, show_default=True, help="Include images in the report.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
     """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
@@ -446,6 +397,64 @@ def report(result: Path, out: Path | None, redact: str, images: bool, debug: boo
     for warning in warnings:
         console.warn(warning)
     console.say(f"report written: {written} ({written.stat().st_size / 1024:.0f} KiB)")
+
+
+class ByteProgress:
+    """Download progress on stderr: a rewritten line on a terminal, a line per tenth in logs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._shown = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.console.quiet:
+            return
+        text = f"  {done / 1e6:.1f}" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else " MB")
+        if self.console.interactive:
+            print("\r" + text, end="", file=self.console.err, flush=True)
+            return
+        tenth = int(10 * done / total) if total else done // 10_000_000
+        if tenth != self._shown:
+            self._shown = tenth
+            self.console.say(text)
+
+    def finish(self) -> None:
+        if self.console.interactive and not self.console.quiet:
+            print(file=self.console.err, flush=True)
+
+
+@cli.command("fetch-weights", short_help="Download an LPIPS backbone into torchvision's cache.")
+@click.option("--net", type=click.Choice(["alex", "squeeze", "vgg"]), default="alex", show_default=True,
+              help="LPIPS backbone: alex (233 MB, LPIPS's default), squeeze (5 MB), vgg (528 MB).")
+@click.option("--url", envvar="LEAKAUDIT_WEIGHTS_URL", show_envvar=True,
+              help="Download from this address instead of download.pytorch.org (a mirror).")
+@click.option("--sha256", "sha256", metavar="HEX", help="Full sha256 the file must have (default: the hash prefix in torchvision's file name).")
+@click.option("--force", is_flag=True, help="Download again even if the file is already in the cache.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, quiet: bool, debug: bool) -> None:
+    """Download an LPIPS backbone into torchvision's cache ($TORCH_HOME/hub/checkpoints).
+
+    Audits never use the network; this is the one command that does, and only
+    when you run it. The file gets the name torchvision gives it, so LPIPS
+    (and torchvision) find it offline afterwards.
+    """
+    from leakaudit import weights
+
+    console = Console(quiet=quiet)
+    b = weights.backbone(net)
+    target = weights.cache_path(net)
+    if target.is_file() and not force:
+        console.say(f"already there: {target} (--force downloads it again)")
+        return
+    console.say(f"downloading the {b.label} backbone (about {b.size_mb:.0f} MB) from "
+                f"{url or b.url}\n  into {target}")
+    bar = ByteProgress(console)
+    try:
+        path, _ = weights.fetch(net, url=url, sha256=sha256, force=force, progress=bar)
+    finally:
+        bar.finish()
+    console.say(f"saved {path} (sha256 checked); LPIPS with --lpips-net {net} is now available")
 
 
 def _rank_prefix() -> str:
@@ -483,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+        console.error(click_message(exc))
         code = ExitStatus.ERROR
     except click.exceptions.Abort:
         console.error("interrupted")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,7 +466,7 @@ def load_model(
     if shape is None:
         raise ModelError(
             f"{shown}: could not run the model on any plausible input "
-            f"({terminal_text('; '.join(errors)) or 'no input size known'}); "
+            f"({terminal_text('; '.join(_telling(errors))) or 'no input size known'}); "
             "pass --input-size H W"
         )
     if num_classes < 2:
@@ -484,6 +486,32 @@ def load_model(
     return target
 
 
+_ERROR_LINE = re.compile(r"^(\w+(?:Error|Exception)): (.+)$", re.M)
+_MATMUL = re.compile(r"shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+
+
+def _run_error(exc: Exception, shape: tuple[int, int, int]) -> str:
+    """The line of a failed forward pass that says what went wrong (TorchScript puts it last), with the sizes."""
+    text = str(exc)
+    found = _ERROR_LINE.findall(text)
+    name, line = found[-1] if found else (type(exc).__name__, text.splitlines()[0] if text else "")
+    message = f"{name}: {line[:200]}"
+    matmul = _MATMUL.search(line)
+    if matmul and int(matmul.group(2)) == shape[0] * shape[1] * shape[2]:
+        wanted, c = int(matmul.group(3)), shape[0]
+        side = math.isqrt(wanted // c) if wanted % c == 0 else 0
+        like = f" ({c}×{side}×{side}: --input-size {side} {side})" if side * side * c == wanted else ""
+        message += (f"; the first layer takes {wanted} values per image{like}, "
+                    f"{shape[0]}×{shape[1]}×{shape[2]} images give {int(matmul.group(2))}")
+    return message
+
+
+def _telling(errors: list[str]) -> list[str]:
+    """The attempts whose error names the size the model wants, when any does; else all of them."""
+    sized = [e for e in errors if "--input-size" in e]
+    return sized or errors
+
+
 def _infer_shape(module: nn.Module, input_size: tuple[int, int] | None, hint: tuple[int, int, int] | None, dev: torch.device) -> tuple[tuple[int, int, int] | None, int, list[str]]:
     errors: list[str] = []
     batch = _fixed_batch(module) or 2
@@ -492,7 +520,7 @@ def _infer_shape(module: nn.Module, input_size: tuple[int, int] | None, hint: tu
             with torch.no_grad():
                 out = module(torch.zeros(batch, *shape, device=dev))
         except Exception as exc:
-            errors.append(f"input {shape}: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            errors.append(f"input {shape}: {_run_error(exc, shape)}")
             continue
         if isinstance(out, (tuple, list)):
             out = out[0]

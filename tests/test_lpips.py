@@ -38,7 +38,7 @@ def test_unavailable_without_backbone(empty_torch_home: Path, no_network: None) 
     scorer = LpipsScorer.load("alex")
     assert not scorer.available
     assert scorer.reason is not None
-    assert "alexnet-owt-7be5be79.pth" in scorer.reason and "never downloads" in scorer.reason
+    assert "alexnet-owt-7be5be79.pth" in scorer.reason and "leakaudit fetch-weights" in scorer.reason
     assert str(empty_torch_home) in scorer.reason
     assert scorer.settings() == {"available": False, "reason": scorer.reason, "net": "alex", "version": "0.1"}
     with pytest.raises(ConfigError, match="unavailable"):

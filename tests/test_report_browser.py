@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import html
+import http.server
+import json
 import re
 import subprocess
+import threading
+from collections.abc import Iterator
 from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
@@ -50,7 +56,7 @@ class Dom(HTMLParser):
         if tag == "tr" and "findings-body" in self.stack:
             self.finding_rows += 1
         marker = "findings-body" if tag == "tbody" and self.stack and self.stack[-1] == "findings" else tag
-        if tag == "table" and ("class", "findings") in attrs:
+        if tag == "table" and "findings" in (dict(attrs).get("class") or "").split():
             marker = "findings"
         if tag not in ("img", "br", "meta", "link", "input"):
             self.stack.append(marker)
@@ -98,3 +104,78 @@ def test_chromium_screenshot_shows_the_page(report: tuple[dict, Path], tmp_path:
     assert pixels.std() > 20  # text, tables and thumbnails, not a blank or error page
     top = pixels[:300]
     assert (top < 80).mean() > 0.01  # the dark verdict badge and heading are drawn near the top
+
+
+PROBE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>probe</title></head><body>
+<pre id="result">pending</pre>
+<iframe id="frame" src="report.html" width="{width}" height="{height}" style="border:0"></iframe>
+<script>
+document.getElementById("frame").addEventListener("load", () => {{
+  const win = document.getElementById("frame").contentWindow, doc = win.document;
+  let printRules = 0;
+  if ({print}) {{  // lay the page out as it prints: the report's print rules apply to the screen too
+    for (const sheet of doc.styleSheets) for (const rule of sheet.cssRules)
+      if (rule.media && rule.media.mediaText === "print") {{ rule.media.mediaText = "all"; printRules += 1; }}
+  }}
+  const box = (sel) => {{ const el = doc.querySelector(sel); return el ? el.getBoundingClientRect().bottom : null; }};
+  const texts = Array.from(doc.querySelectorAll("svg.plot text")).map((t) => t.getBoundingClientRect().height);
+  document.getElementById("result").textContent = JSON.stringify({{
+    scrollWidth: doc.documentElement.scrollWidth, innerWidth: win.innerWidth, printRules,
+    verdict: box(".verdict"), firstFinding: box("#first-finding"), conditions: box("ul.conditions"),
+    smallestPlotText: texts.length ? Math.min(...texts) : null,
+  }});
+}});
+</script></body></html>"""
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(report: tuple[dict, Path]) -> Iterator[tuple[Path, str]]:
+    """The report's folder on a local HTTP server, so a probe page may read the report's layout."""
+    folder = report[1].parent
+    handler = functools.partial(_Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def layout(served: tuple[Path, str], tmp_path: Path, width: int, height: int = 900, print_rules: bool = False) -> dict:
+    folder, base = served
+    name = f"probe-{width}x{height}-{int(print_rules)}.html"
+    page = PROBE.format(width=width, height=height, print="true" if print_rules else "false")
+    (folder / name).write_text(page, encoding="utf-8")
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", f"--window-size={width + 40},{height + 200}",
+                   "--dump-dom", f"{base}/{name}").stdout
+    match = re.search(r'<pre id="result">(\{.*?\})</pre>', dom)
+    assert match, "the probe page did not measure the report"
+    return json.loads(html.unescape(match.group(1)))
+
+
+@pytest.mark.parametrize("width", [1400, 420])
+def test_no_horizontal_scroll_and_readable_plot_text(served: tuple[Path, str], tmp_path: Path, width: int) -> None:
+    measured = layout(served, tmp_path, width)
+    assert measured["innerWidth"] == width
+    assert measured["scrollWidth"] <= measured["innerWidth"], measured  # nothing runs off the side
+    assert measured["smallestPlotText"] is not None and measured["smallestPlotText"] >= 10, measured
+
+
+def test_verdict_and_first_finding_are_above_the_fold_on_a_desktop(served: tuple[Path, str], tmp_path: Path) -> None:
+    measured = layout(served, tmp_path, 1400, 900)
+    assert measured["verdict"] is not None and measured["verdict"] <= 900, measured
+    assert measured["conditions"] is not None and measured["conditions"] <= 900, measured
+    assert measured["firstFinding"] is not None and measured["firstFinding"] <= 900, measured
+
+
+def test_printed_page_keeps_tables_within_the_margins(served: tuple[Path, str], tmp_path: Path) -> None:
+    measured = layout(served, tmp_path, 718, 1100, print_rules=True)  # A4 at 96 dpi, less 1 cm margins
+    assert measured["printRules"] >= 1
+    assert measured["scrollWidth"] <= measured["innerWidth"], measured

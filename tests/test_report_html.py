@@ -15,7 +15,9 @@ from PIL import Image
 from leakaudit.gate import GateSettings, apply_gate
 from leakaudit.report import render_html, write_outputs
 from leakaudit.reference import bundled_images
-from leakaudit.report.images import MAX_THUMB_SIDE, ImageRenderer
+from leakaudit.report import view
+from leakaudit.report.images import DIFF_GAIN, MAX_THUMB_SIDE, ImageRenderer, difference_map
+from leakaudit.report.summary import format_p, summarise, with_previous_ssim
 from leakaudit.report.schema import load_schema, schema_errors
 from tests.test_report_data import _leak_score, scenario
 
@@ -99,19 +101,28 @@ def test_accessibility_basics() -> None:
     assert 'lang="en"' in html
 
 
+def _findings_body(html: str) -> str:
+    return html.split('<table class="findings cards">')[1].split("</table>")[0]
+
+
 def test_findings_rows_and_images_match_the_document() -> None:
     s = scenario(leaky=True)
     doc = apply_gate(s.document, GateSettings(), today=TODAY)
     html = render_html(doc, s.arrays)
-    body = html.split('<table class="findings">')[1].split("</table>")[0]
-    assert body.count("<tr>") - 1 == len(doc["findings"])  # minus the header row
-    assert body.count("<img ") == 3 * len(doc["findings"])
+    body = _findings_body(html)
+    assert body.count('<tr id="finding-') == len(doc["findings"])
+    assert body.count('<img class="thumb"') == 3 * len(doc["findings"])  # reconstruction, training, difference
+    for f in doc["findings"]:  # each enlarges without script: a link to its own :target view
+        assert f'href="#zoom-{f["rank"]}"' in body and f'<div class="overlay" id="zoom-{f["rank"]}"' in html
     for f in doc["findings"]:
         assert f"{f['ssim']:.3f}" in body
-    gallery_images = sum(min(len(v), 12) for v in doc["inversion"]["gallery"].values())
-    assert html.count("<img ") == 3 * len(doc["findings"]) + gallery_images
-    assert "LPIPS is unavailable for this audit" in html
-    assert "fail_ssim 0.70" in html and "<svg" in html
+        assert f["fingerprint"] in body  # whole, so it can be copied into an ignore entry
+    galleries = sum(min(len(v), 12) for v in doc["inversion"]["gallery"].values())
+    top = len([f for f in doc["findings"] if f["status"] in ("fail", "warn")][:5])
+    assert html.count('<img class="mini"') == 2 * top
+    assert html.count('<img class="thumb"') == 3 * len(doc["findings"]) + galleries
+    assert html.count("LPIPS is unavailable") == 1 and "unavailable" not in body  # said once, not per row
+    assert "fail 0.70" in html and "<svg" in html and "× 4" in html
 
 
 @pytest.mark.parametrize(
@@ -221,3 +232,71 @@ def test_weights_gain_is_shown_when_present() -> None:
     assert "What the weights added" in html
     assert f"{gain['value']:.3f}" in html
     assert f"{before.document['summary']['leak_score']['value']:.3f}" in html
+
+
+def test_without_images_no_empty_picture_boxes_remain() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    html = render_html(doc, s.arrays, include_images=False)
+    assert "noimg" not in html and "image left out" not in html
+    assert "Reconstruction · training image" not in html and 'class="zoom"' not in html and "overlay" not in html.split("</style>")[1]
+    assert _findings_body(html).count('<tr id="finding-') == len(doc["findings"])  # the numbers stay
+
+
+def test_difference_maps_are_amplified_by_the_stated_gain() -> None:
+    train = np.full((1, 8, 8), 100, dtype=np.uint8)
+    recon = train.copy()
+    recon[0, :4] = 110  # 10 grey levels apart in the top half
+    diff = difference_map(recon, train)
+    assert diff is not None
+    assert int(diff[0, 0]) == round(10 * DIFF_GAIN) and int(diff[-1, -1]) == 0
+    assert f"× {DIFF_GAIN:g}" in view.diff_scale()
+
+
+def test_rows_state_their_rule_and_the_change_since_the_previous_audit() -> None:
+    s = scenario(leaky=True)
+    before = apply_gate(s.document, GateSettings(), today=TODAY)
+    before["findings"][0]["ssim"] += 0.25  # the previous audit matched the top image better
+    after = apply_gate(s.document, GateSettings(), today=TODAY, previous=before, baseline_path="old.json")
+    after = with_previous_ssim(after, before)
+    assert after["findings"][0]["previous_ssim"] == before["findings"][0]["ssim"]
+    assert schema_errors(after) == []
+    body = _findings_body(render_html(after, s.arrays))
+    assert "Previous SSIM (change)" in body and "(-0.250)" in body and "(+0.000)" in body
+    assert "in the previous audit and not worse" in body  # why a high SSIM is not flagged now
+    assert "SSIM ≥ fail_ssim 0.70" in _findings_body(render_html(before, s.arrays))
+    after["findings"][0]["status_rule"] = "the gate's own words for this row"
+    assert "the gate&#39;s own words for this row" in render_html(after, s.arrays)
+
+
+def test_summary_names_what_holds_and_counts_leaked_members() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    doc["inversion"]["completed_fraction"] = 1.0
+    plain = summarise(doc)
+    assert plain.exposure == "reconstruction" and plain.headline == "Reconstructs training images"
+    members = sum(c["n_flagged"] for c in doc["summary"]["per_class"])
+    assert plain.leaked == max(members, sum(bool(f["above_holdout_p99"]) for f in doc["findings"])) > 0
+    assert {c.name for c in plain.conditions} == {c["name"] for c in doc["gate"]["conditions"] if c["status"] == "fail"}
+    html = render_html(doc, s.arrays)
+    top = html.split('id="verdict-headline"')[1].split("</section>")[0]
+    assert "Reconstructs training images" in top and f"{plain.leaked} of {doc['summary']['n_train']}" in top
+    clean = apply_gate(scenario(leaky=False).document, GateSettings(), today=TODAY)
+    clean["inversion"]["completed_fraction"] = 1.0
+    assert summarise(clean).exposure == "neither"
+    assert summarise({**doc, "exposure": {"reconstruction": False, "membership": True}}).exposure == "membership"
+    unfinished = {**clean, "inversion": {**clean["inversion"], "completed_fraction": 0.4}}
+    assert summarise(unfinished).exposure == "incomplete"
+
+
+def test_p_values_below_a_thousandth_are_written_as_such() -> None:
+    assert format_p(0.000999) == "p < 0.001" and format_p(0.0123) == "p = 0.012"
+
+
+def test_galleries_are_shown_even_without_diverse_mode() -> None:
+    s = scenario(leaky=True)
+    doc = apply_gate(s.document, GateSettings(), today=TODAY)
+    doc["inversion"]["gallery"] = None  # a reconstruction-mode audit
+    html = render_html(doc, s.arrays)
+    assert "Class galleries" in html and "grouped by the class it was generated for" in html
+    assert "they are not training images" in html

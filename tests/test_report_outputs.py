@@ -134,7 +134,7 @@ def test_junit_has_one_testcase_per_condition() -> None:
     root = ET.fromstring(render_junit(doc))
     cases = root.findall("./testsuite/testcase")
     conditions = doc["gate"]["conditions"]
-    assert [c.get("name") for c in cases] == [c["name"] for c in conditions]
+    assert [c.get("name") for c in cases] == [f"leakaudit.gate.{c['name']}" for c in conditions]
     for case, condition in zip(cases, conditions):
         assert (case.find("failure") is not None) == (condition["status"] == "fail")
         assert (case.find("skipped") is not None) == (condition["status"] == "skipped")
@@ -156,7 +156,7 @@ def test_markdown_summary_table() -> None:
     md = render_markdown(doc)
     lines = md.splitlines()
     assert lines[0].startswith("## leakaudit: ✖ FAIL")
-    header = lines.index("| Condition | Status | Threshold | Observed | Explanation |")
+    header = lines.index("| Condition | Status | Threshold | Observed |")
     assert all(lines[header + 2 + i].startswith(f"| {c['name']} |") for i, c in enumerate(doc["gate"]["conditions"]))
     rows = [line for line in lines if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     assert len(rows) == min(10, len(doc["findings"]))
@@ -183,3 +183,34 @@ def test_gating_twice_gives_the_same_document() -> None:
     settings = GateSettings(ignore=(IgnoreEntry(s.document["findings"][0]["fingerprint"], "x", date(2026, 1, 1)),))
     once = apply_gate(s.document, settings, today=TODAY)
     assert apply_gate(once, settings, today=TODAY) == once
+
+
+def test_junit_reads_well_in_a_ci_test_list() -> None:
+    doc, _ = gated()
+    doc["provenance"]["elapsed_s"] = 42.5
+    doc["gate"]["conditions"][0]["observed"] = 0.97062087059021
+    root = ET.fromstring(render_junit(doc))
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("timestamp") == doc["provenance"]["started_at"][:19]
+    cases = root.findall("./testsuite/testcase")
+    assert all(c.get("time") == "42.500" for c in cases)
+    text = ET.tostring(root, encoding="unicode")
+    assert "0.97062087059021" not in text and "observed 0.971" in text
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["leakaudit.verdict"] == doc["verdict"] and props["leakaudit.exposure"] == "reconstruction"
+
+
+def test_markdown_keeps_tables_narrow_and_folds_long_parts() -> None:
+    doc, _ = gated()
+    doc["findings"][0]["path"] = "a-very-long-folder-name/" * 6 + "image.png"
+    md = render_markdown(doc)
+    table_rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table_rows and max(len(line) for line in table_rows) < 140
+    first = next(line for line in table_rows if line.startswith("| 1 |"))
+    assert "…" in first and "image.png" in first  # shortened in the middle: the file name stays
+    assert md.count("<details>") >= 2 and md.count("<details>") == md.count("</details>")
+    for f in doc["findings"][:10]:
+        assert f'fingerprint = "{f["fingerprint"]}"' in md
+    explanations = md.split("What each condition measured")[1]
+    assert all(f"**{c['name']}**" in explanations for c in doc["gate"]["conditions"])
+    assert "p = 0.000" not in md

@@ -3,8 +3,9 @@
 LPIPS needs two things: the small linear heads, which ship inside the
 ``lpips`` wheel, and an ImageNet backbone (AlexNet, VGG16 or SqueezeNet 1.1)
 that torchvision would download into ``$TORCH_HOME/hub/checkpoints``.
-leakaudit never downloads: the backbone is built without weights and its state
-dict is loaded from torchvision's cache (or an explicit file). When the file
+An audit never downloads: the backbone is built without weights and its state
+dict is loaded from torchvision's cache (or an explicit file), which
+``leakaudit fetch-weights`` fills when the user asks. When the file
 is missing or does not fit, the scorer is *unavailable* and says why; a number
 from a randomly initialised backbone would be meaningless, so none is ever
 computed.
@@ -17,18 +18,16 @@ calibrated on 64×64 patches, and AlexNet's deeper layers shrink to 1×1 below
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import lpips as lpips_pkg
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 
+from leakaudit import weights
 from leakaudit.errors import ConfigError, DataError
 from leakaudit.matching.ssim import to_float01
 
@@ -36,19 +35,13 @@ LPIPS_VERSION = "0.1"
 MIN_SIDE = 64
 _BATCH = 64
 
-# torchvision's weights enum gives the exact file name its downloader would use.
-_BACKBONES: dict[str, tuple[str, tvm.WeightsEnum]] = {
-    "alex": ("AlexNet", tvm.AlexNet_Weights.IMAGENET1K_V1),
-    "vgg": ("VGG16", tvm.VGG16_Weights.IMAGENET1K_V1),
-    "squeeze": ("SqueezeNet 1.1", tvm.SqueezeNet1_1_Weights.IMAGENET1K_V1),
-}
 
 
 def backbone_filename(net: str) -> str:
     """The checkpoint file name torchvision uses for this LPIPS backbone, e.g. alexnet-owt-7be5be79.pth."""
-    if net not in _BACKBONES:
-        raise ConfigError(f"LPIPS net must be one of {', '.join(_BACKBONES)}, not {net!r}")
-    return os.path.basename(urlparse(_BACKBONES[net][1].url).path)
+    if net not in weights.BACKBONES:
+        raise ConfigError(f"LPIPS net must be one of {', '.join(weights.BACKBONES)}, not {net!r}")
+    return weights.BACKBONES[net].filename
 
 
 def default_backbone_path(net: str) -> Path:
@@ -109,12 +102,12 @@ class LpipsScorer:
     @classmethod
     def load(cls, net: str = "alex", weights_path: str | Path | None = None, *, cache_size: int = 1024) -> LpipsScorer:
         """Build the scorer from local files only; unavailable (with ``reason``) when they are missing."""
-        label = _BACKBONES[net][0] if net in _BACKBONES else net
         filename = backbone_filename(net)
+        label = weights.BACKBONES[net].label
         path = Path(weights_path) if weights_path is not None else default_backbone_path(net)
         if not path.is_file():
             where = str(path) if weights_path is not None else f"$TORCH_HOME/hub/checkpoints/{filename} ({path})"
-            reason = f"{label} backbone weights not found at {where}; LPIPS needs them and leakaudit never downloads"
+            reason = f"{label} backbone weights not found at {where}: {weights.fetch_hint(net)}"
             return cls(net, None, reason, path, cache_size)
         try:
             with warnings.catch_warnings():
@@ -126,7 +119,7 @@ class LpipsScorer:
                 )
             model.net.load_state_dict(_backbone_state(model, path))
         except (ValueError, RuntimeError, OSError, KeyError) as exc:
-            reason = f"{label} backbone weights at {path} could not be used ({exc}); LPIPS is unavailable"
+            reason = f"{label} backbone weights at {path} could not be used ({exc}); {weights.fetch_hint(net)}"
             return cls(net, None, reason, path, cache_size)
         model.eval()
         return cls(net, model, None, path, cache_size)

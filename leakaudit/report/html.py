@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,16 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from leakaudit.report import view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
+from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
-GALLERY_PER_CLASS = 12
-GALLERY_MAX_CLASSES = 40
-GALLERY_THUMB_SIDE = 64
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-VERDICTS = {
-    "pass": ("✔", "PASS", "The gate passed: no condition failed and nothing needs a look."),
-    "warn": ("⚠", "WARN", "The gate passed with warnings: look at the flagged samples below."),
-    "fail": ("✖", "FAIL", "The gate failed: at least one condition below failed."),
-    "incomplete": ("◌", "INCOMPLETE", "The attack did not finish within the budget and found nothing that fails: "
-                                      "an unfinished attack cannot pass."),
-}
-STATUS_SYMBOLS = {"pass": "✔", "ok": "✔", "warn": "⚠", "fail": "✖", "skipped": "–", "ignored": "⊘"}
+VERDICT_WORDS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "incomplete": "INCOMPLETE"}
+STATUS_SYMBOLS = SYMBOLS
 
 
 def _resource_loader() -> jinja2.BaseLoader:
@@ -63,56 +55,11 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["num"] = _num
+    env.filters["num"] = view.num
+    env.filters["p"] = format_p
+    env.filters["tidy"] = tidy_numbers
     env.filters["symbol"] = lambda status: STATUS_SYMBOLS.get(str(status), "")
     return env
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    return f"{float(value):.{digits}f}"
-
-
-def _pick(array: np.ndarray | None, index: int) -> np.ndarray | None:
-    if array is None or not (0 <= index < len(array)):
-        return None
-    return array[index]
-
-
-def _finding_rows(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> list[dict]:
-    recon, train = arrays.get("images"), arrays.get("finding_train_images")
-    rows = []
-    for k, finding in enumerate(document.get("findings") or []):
-        r, t = _pick(recon, int(finding["reconstruction_index"])), _pick(train, k)
-        rows.append(
-            {
-                "f": finding,
-                "recon": images.uri(r),
-                "train": images.uri(t),
-                "diff": images.diff_uri(r, t),
-                "lpips": _num(finding.get("lpips")) if finding.get("lpips") is not None else "unavailable",
-            }
-        )
-    return rows
-
-
-def _galleries(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> list[dict]:
-    gallery = (document.get("inversion") or {}).get("gallery")
-    recon = arrays.get("images")
-    if not gallery or recon is None or not images.include:
-        return []
-    names = {int(c["class_index"]): c["class"] for c in document["summary"].get("per_class") or []}
-    small = replace(images, max_side=GALLERY_THUMB_SIDE)  # galleries grow with the class count: keep them light
-    out = []
-    for key in sorted(gallery, key=int)[:GALLERY_MAX_CLASSES]:
-        uris = [small.uri(_pick(recon, int(i))) for i in gallery[key][:GALLERY_PER_CLASS]]
-        out.append({"class_index": int(key), "name": names.get(int(key), str(key)), "images": [u for u in uris if u]})
-    return out
 
 
 def _banner(include_images: bool, redact: Redaction, have_arrays: bool) -> tuple[str, str]:
@@ -131,13 +78,20 @@ def _plot(document: Mapping[str, Any]) -> Markup | None:
     if not histogram or not histogram.get("bins"):
         return None
     q = thresholds.get("holdout_quantile", 0.99)
+    prototype = (summary.get("class_mean_null") or {}).get("train_mean")
     markers: Sequence[tuple[str, float | None, str]] = (
-        ("fail_ssim", thresholds.get("fail_ssim"), ""),
-        ("warn_ssim", thresholds.get("warn_ssim"), "6 4"),
-        (f"holdout q{q:g}", summary.get("holdout_ssim_p99") if abs(q - 0.99) < 1e-9 else None, "2 3"),
+        ("fail", thresholds.get("fail_ssim"), ""),
+        ("warn", thresholds.get("warn_ssim"), "6 4"),
+        (f"holdout q{q:g}", view.holdout_reference(document), "2 3"),
+        ("class mean", prototype, "10 3 2 3"),
     )
     # the SVG holds numbers and fixed labels only, never a user string
     return Markup(ssim_distribution_svg(histogram, markers))
+
+
+def _lpips_reason(document: Mapping[str, Any]) -> str | None:
+    info = (document.get("metrics") or {}).get("lpips") or {}
+    return None if info.get("available") else str(info.get("reason") or "no reason given")
 
 
 def report_context(
@@ -149,24 +103,25 @@ def report_context(
 ) -> dict[str, Any]:
     """Everything the template needs, with images already turned into data URIs."""
     images = ImageRenderer(redact=redact, include=include_images and bool(arrays))
-    verdict = document.get("verdict", "fail")
-    symbol, word, sentence = VERDICTS.get(verdict, VERDICTS["fail"])
+    plain = summarise(document)
     banner_kind, banner_text = _banner(include_images, redact, bool(arrays))
-    summary = document["summary"]
-    lpips_info = document["metrics"].get("lpips") or {}
-    lpips_reason = None if lpips_info.get("available") else str(lpips_info.get("reason") or "no reason given")
-    notes = list(summary.get("notes") or []) + list((document.get("inversion") or {}).get("notes") or [])
+    rows = view.finding_rows(document, arrays, images)
     return {
         "doc": document,
-        "summary": summary,
-        "verdict": {"key": verdict, "symbol": symbol, "word": word, "sentence": sentence},
+        "summary": document["summary"],
+        "verdict": {"key": plain.verdict, "symbol": SYMBOLS.get(plain.verdict, ""),
+                    "word": VERDICT_WORDS.get(plain.verdict, plain.verdict.upper()), "plain": plain},
         "banner": {"kind": banner_kind, "text": banner_text, "npz": bool(arrays)},
-        "rows": _finding_rows(document, arrays, images),
-        "galleries": _galleries(document, arrays, images),
-        "galleries_total": len((document.get("inversion") or {}).get("gallery") or {}),
+        "images": images.include,
+        "rows": rows,
+        "top": view.top_leaked(rows),
+        "leak": view.leak_facts(document),
+        "galleries": view.galleries(document, arrays, images),
         "plot": _plot(document),
-        "notes": notes,
-        "lpips_reason": lpips_reason,
+        "notes": view.notes(document),
+        "lpips_reason": _lpips_reason(document),
+        "diff_scale": view.diff_scale(),
+        "reference": view.holdout_reference(document),
     }
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 Redaction = Literal["none", "blur"]
 MAX_THUMB_SIDE = 128  # px; larger images are downscaled, smaller ones are scaled up by CSS only
+DIFF_GAIN = 4.0  # difference maps are amplified by this fixed factor, the same in every row and report
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
@@ -31,8 +32,12 @@ def to_display(image: np.ndarray) -> np.ndarray:
     return array
 
 
-def difference_map(reconstruction: np.ndarray, train: np.ndarray) -> np.ndarray | None:
-    """|reconstruction − training image| averaged over channels, (H, W) uint8: black = identical."""
+def difference_map(reconstruction: np.ndarray, train: np.ndarray, gain: float = DIFF_GAIN) -> np.ndarray | None:
+    """|reconstruction − training image| averaged over channels, times ``gain``, (H, W) uint8: black = identical.
+
+    Unamplified, a good reconstruction's map is nearly black; one fixed gain
+    keeps maps comparable across rows (white = 1/gain of the range or more).
+    """
     a = to_display(reconstruction).astype(np.float32)
     b = to_display(train).astype(np.float32)
     if a.shape != b.shape:
@@ -40,7 +45,7 @@ def difference_map(reconstruction: np.ndarray, train: np.ndarray) -> np.ndarray 
     diff = np.abs(a - b)
     if diff.ndim == 3:
         diff = diff.mean(axis=-1)
-    return diff.round().astype(np.uint8)
+    return np.clip(diff * gain, 0, 255).round().astype(np.uint8)
 
 
 def _pil(array: np.ndarray) -> Image.Image:
@@ -87,8 +92,32 @@ class ImageRenderer:
 
 # --------------------------------------------------------------------------- SSIM plot
 
-_W, _H = 640, 280
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 16, 40, 48
+# A narrow canvas with large type: scaled down to a phone's 380 px, its smallest text stays ≥ 10 px.
+_W, _H = 480, 320
+_LEFT, _RIGHT, _TOP, _BOTTOM = 50, 12, 66, 46
+_FONT = 14
+
+
+@dataclass(frozen=True)
+class Series:
+    """One distribution of the plot, named with its group size."""
+
+    label: str
+    counts: Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class _Frame:
+    lo: float
+    hi: float
+    top: float
+
+    def x(self, v: float) -> float:
+        return _LEFT + (v - self.lo) / (self.hi - self.lo or 1.0) * (_W - _LEFT - _RIGHT)
+
+    def y(self, v: float) -> float:
+        plot_h = _H - _TOP - _BOTTOM
+        return _TOP + plot_h - v / self.top * plot_h
 
 
 def _fractions(counts: Sequence[int] | None) -> list[float] | None:
@@ -98,89 +127,84 @@ def _fractions(counts: Sequence[int] | None) -> list[float] | None:
     return [c / total if total else 0.0 for c in counts]
 
 
-def _step_path(bins: Sequence[float], heights: Sequence[float], x: Any, y: Any, close: bool) -> str:
-    points = [f"M{x(bins[0]):.1f},{y(0):.1f}"]
+def _step_path(bins: Sequence[float], heights: Sequence[float], f: _Frame, close: bool) -> str:
+    points = [f"M{f.x(bins[0]):.1f},{f.y(0):.1f}"]
     for lo, hi, h in zip(bins[:-1], bins[1:], heights):
-        points.append(f"L{x(lo):.1f},{y(h):.1f}L{x(hi):.1f},{y(h):.1f}")
-    points.append(f"L{x(bins[-1]):.1f},{y(0):.1f}")
+        points.append(f"L{f.x(lo):.1f},{f.y(h):.1f}L{f.x(hi):.1f},{f.y(h):.1f}")
+    points.append(f"L{f.x(bins[-1]):.1f},{f.y(0):.1f}")
     return "".join(points) + ("Z" if close else "")
+
+
+def _axes(f: _Frame) -> list[str]:
+    bottom = _H - _BOTTOM
+    parts = [f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{bottom - _TOP}" '
+             'fill="#ffffff" stroke="#595959"/>']
+    step = 0.2 if f.hi - f.lo > 0.6 else 0.1 if f.hi - f.lo > 0.3 else 0.05
+    tick = float(np.ceil(f.lo / step) * step)
+    while tick <= f.hi + 1e-9:
+        parts.append(f'<line x1="{f.x(tick):.1f}" y1="{bottom}" x2="{f.x(tick):.1f}" y2="{bottom + 5}" stroke="#222"/>'
+                     f'<text x="{f.x(tick):.1f}" y="{bottom + 19}" text-anchor="middle">{tick:.1f}</text>')
+        tick += step
+    for frac in (0.0, f.top / 1.1):
+        parts.append(f'<text x="{_LEFT - 4}" y="{f.y(frac) + 5:.1f}" text-anchor="end">{frac:.2f}</text>')
+    mid = _TOP + (bottom - _TOP) / 2
+    parts.append(f'<text x="{_LEFT + (_W - _LEFT - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">'
+                 "best-match SSIM (higher = more similar)</text>"
+                 f'<text x="13" y="{mid}" text-anchor="middle" transform="rotate(-90 13 {mid})">share of images</text>')
+    return parts
+
+
+def _markers(markers: Sequence[tuple[str, float | None, str]], f: _Frame) -> list[str]:
+    parts, row = [], 0
+    for label, value, dash in markers:
+        if value is None or not (f.lo <= value <= f.hi):
+            continue
+        ty = _TOP + 16 + 17 * row
+        dx = ("end", -4) if value > (f.lo + f.hi) / 2 else ("start", 4)  # labels stay inside the frame
+        parts.append(f'<line x1="{f.x(value):.1f}" y1="{_TOP}" x2="{f.x(value):.1f}" y2="{_H - _BOTTOM}" '
+                     f'stroke="#222" stroke-width="1.5" stroke-dasharray="{dash}"/>'
+                     f'<text x="{f.x(value) + dx[1]:.1f}" y="{ty}" text-anchor="{dx[0]}" paint-order="stroke" '
+                     f'stroke="#fff" stroke-width="3">{label} {value:.2f}</text>')
+        row += 1
+    return parts
+
+
+def _legend(train: Series, holdout: Series | None) -> list[str]:
+    parts = ['<rect x="8" y="7" width="18" height="11" fill="#1f5fa8" fill-opacity="0.45" stroke="#1f5fa8"/>'
+             f'<text x="32" y="17">{train.label}, filled</text>']
+    if holdout is not None:
+        parts.append('<line x1="8" y1="36" x2="26" y2="36" stroke="#b35900" stroke-width="2.5" stroke-dasharray="6 3"/>'
+                     f'<text x="32" y="41">{holdout.label}, dashed</text>')
+    return parts
 
 
 def ssim_distribution_svg(
     histogram: Mapping[str, Any],
     markers: Sequence[tuple[str, float | None, str]],
+    names: tuple[str, str] = ("training (members)", "holdout (non-members)"),
 ) -> str:
-    """Inline SVG of train vs holdout best-match SSIM (fraction per bin) with vertical markers.
+    """Inline SVG of train vs holdout best-match SSIM (share per bin) with vertical markers.
 
     ``markers`` are (label, x, dash pattern). Train is a filled area, holdout a
-    dashed outline, and every series and marker is also named in text, so the
-    plot does not rely on colour.
+    dashed outline; each series is named with its group size and every marker
+    is labelled in text, so the plot does not rely on colour. Only numbers and
+    fixed labels go in: never a user string.
     """
     bins = [float(b) for b in histogram["bins"]]
-    train = _fractions(histogram["train"]) or []
-    holdout = _fractions(histogram.get("holdout"))
-    lo, hi = bins[0], bins[-1]
-    top = max(train + (holdout or []) + [1e-9]) * 1.1
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
-
-    def x(v: float) -> float:
-        return _LEFT + (v - lo) / (hi - lo or 1.0) * plot_w
-
-    def y(v: float) -> float:
-        return _TOP + plot_h - v / top * plot_h
-
-    desc = "Histogram of best-match SSIM for training images" + (
-        " and holdout images" if holdout is not None else ""
-    )
-    parts = [
-        f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" '
-        f'role="img" aria-labelledby="plot-title"><title id="plot-title">{desc}</title>',
-        f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="#ffffff" stroke="#595959"/>',
-    ]
-    step = 0.1 if hi - lo > 0.3 else 0.05
-    tick = np.ceil(lo / step) * step
-    while tick <= hi + 1e-9:
-        parts.append(
-            f'<line x1="{x(tick):.1f}" y1="{_TOP + plot_h}" x2="{x(tick):.1f}" y2="{_TOP + plot_h + 5}" stroke="#222"/>'
-            f'<text x="{x(tick):.1f}" y="{_TOP + plot_h + 18}" text-anchor="middle" font-size="12">{tick:.1f}</text>'
-        )
-        tick += step
-    for frac in (0.0, top / 1.1):
-        parts.append(
-            f'<text x="{_LEFT - 4}" y="{y(frac) + 4:.1f}" text-anchor="end" font-size="11">{frac:.2f}</text>'
-        )
-    parts.append(
-        f'<text x="{_LEFT + plot_w / 2}" y="{_H - 8}" text-anchor="middle" font-size="13">'
-        "best-match SSIM (higher is more similar)</text>"
-        f'<text x="14" y="{_TOP + plot_h / 2}" text-anchor="middle" font-size="13" '
-        f'transform="rotate(-90 14 {_TOP + plot_h / 2})">fraction of images</text>'
-    )
-    parts.append(f'<path d="{_step_path(bins, train, x, y, True)}" fill="#1f5fa8" fill-opacity="0.45" stroke="#1f5fa8" stroke-width="1.5"/>')
+    train_counts, holdout_counts = histogram["train"], histogram.get("holdout")
+    train = _fractions(train_counts) or []
+    holdout = _fractions(holdout_counts)
+    frame = _Frame(bins[0], bins[-1], max(train + (holdout or []) + [1e-9]) * 1.1)
+    train_s = Series(f"{names[0]}, n = {sum(train_counts)}", train_counts)
+    holdout_s = None if holdout_counts is None else Series(f"{names[1]}, n = {sum(holdout_counts)}", holdout_counts)
+    desc = f"Histogram of best-match SSIM: {train_s.label}" + (f"; {holdout_s.label}" if holdout_s else "")
+    parts = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" font-size="{_FONT}" '
+             f'role="img" aria-labelledby="plot-title"><title id="plot-title">{desc}</title>']
+    parts += _axes(frame)
+    parts.append(f'<path d="{_step_path(bins, train, frame, True)}" fill="#1f5fa8" fill-opacity="0.45" '
+                 'stroke="#1f5fa8" stroke-width="1.5"/>')
     if holdout is not None:
-        parts.append(
-            f'<path d="{_step_path(bins, holdout, x, y, False)}" fill="none" stroke="#b35900" '
-            'stroke-width="2.5" stroke-dasharray="6 3"/>'
-        )
-    for i, (label, value, dash) in enumerate(markers):
-        if value is None or not (lo <= value <= hi):
-            continue
-        ty = _TOP + 14 + 14 * i
-        parts.append(
-            f'<line x1="{x(value):.1f}" y1="{_TOP}" x2="{x(value):.1f}" y2="{_TOP + plot_h}" stroke="#222" '
-            f'stroke-width="1.5" stroke-dasharray="{dash}"/>'
-            f'<text x="{x(value) - 4:.1f}" y="{ty}" text-anchor="end" font-size="11" '
-            f'paint-order="stroke" stroke="#fff" stroke-width="3">{label} {value:.2f}</text>'
-        )
-    legend_y = 16
-    parts.append(
-        f'<rect x="{_LEFT}" y="{legend_y - 9}" width="18" height="10" fill="#1f5fa8" fill-opacity="0.45" stroke="#1f5fa8"/>'
-        f'<text x="{_LEFT + 24}" y="{legend_y}" font-size="12">training (members), filled</text>'
-    )
-    if holdout is not None:
-        parts.append(
-            f'<line x1="{_LEFT + 230}" y1="{legend_y - 4}" x2="{_LEFT + 250}" y2="{legend_y - 4}" stroke="#b35900" '
-            'stroke-width="2.5" stroke-dasharray="6 3"/>'
-            f'<text x="{_LEFT + 256}" y="{legend_y}" font-size="12">holdout (non-members), dashed outline</text>'
-        )
-    parts.append("</svg>")
+        parts.append(f'<path d="{_step_path(bins, holdout, frame, False)}" fill="none" stroke="#b35900" '
+                     'stroke-width="2.5" stroke-dasharray="6 3"/>')
+    parts += _markers(markers, frame) + _legend(train_s, holdout_s) + ["</svg>"]
     return "".join(parts)

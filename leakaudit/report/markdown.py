@@ -1,20 +1,26 @@
-"""A short Markdown summary for a CI job page (e.g. ``$GITHUB_STEP_SUMMARY``): no images.
+"""A short Markdown summary for a CI job page (``$GITHUB_STEP_SUMMARY``, a GitLab MR note): no images.
 
-User strings are neutralised for GitHub-flavoured Markdown by
-``sanitize.markdown_text``: HTML, emphasis, strike, links, autolinks and
-@mentions stay plain text.
+What holds comes first, in plain words; then the failing conditions, the
+gate table with its long explanations folded into ``<details>``, and the top
+findings with fingerprints (the key of an ``ignore`` entry). Cells stay
+narrow: long file names are shortened in the middle, so the table does not
+run off a review page. User strings are neutralised for GitHub-flavoured
+Markdown by ``sanitize.markdown_text``: HTML, emphasis, strike, links,
+autolinks and @mentions stay plain text, and table pipes are escaped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
 from leakaudit.sanitize import markdown_text
 
-SYMBOLS = {"pass": "✔ PASS", "warn": "⚠ WARN", "fail": "✖ FAIL", "incomplete": "◌ INCOMPLETE"}
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
 MAX_ROWS = 10
+SHOWN_ROWS = 5  # in the table; the rest of MAX_ROWS folded into <details>
+MAX_CELL = 40
 
 
 def md_escape(text: object) -> str:
@@ -22,54 +28,80 @@ def md_escape(text: object) -> str:
     return markdown_text(text)
 
 
+def shorten(text: object, width: int = MAX_CELL) -> str:
+    """At most ``width`` characters, cut in the middle (the class folder and the file name both stay)."""
+    s = str(text)
+    if len(s) <= width:
+        return s
+    keep = (width - 1) // 2
+    return s[:keep] + "…" + s[len(s) - (width - 1 - keep):]
+
+
 def _num(value: Any) -> str:
     return "–" if value is None else f"{float(value):.3f}"
 
 
+def _headline(document: Mapping[str, Any]) -> list[str]:
+    plain = summarise(document)
+    verdict = plain.verdict
+    lines = [f"## leakaudit: {SYMBOLS.get(verdict, '')} {verdict.upper()}: {plain.headline} "
+             f"(exit code {document.get('exit_code')})", ""]
+    if plain.detail:
+        lines += [md_escape(plain.detail), ""]
+    lines += [f"- {STATUS.get(c.status, c.status)} **{c.name}**: {md_escape(c.text)}" for c in plain.conditions]
+    leak = (document.get("summary") or {}).get("leak_score")
+    if leak:
+        lines.append(f"- Leak score **{leak['value']:.3f}** (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, "
+                     f"{format_p(leak.get('p_value'))}; 0.5 = members matched no better than non-members)")
+    else:
+        lines.append("- Leak score not available: no holdout of non-member images.")
+    return lines
+
+
+def _gate_table(document: Mapping[str, Any]) -> list[str]:
+    conditions = (document.get("gate") or {}).get("conditions") or []
+    lines = ["", "| Condition | Status | Threshold | Observed |", "|---|---|---:|---:|"]
+    lines += [f"| {c['name']} | {STATUS.get(c['status'], c['status'])} | {_num(c.get('threshold'))} | "
+              f"{_num(c.get('observed'))} |" for c in conditions]
+    lines += ["", "<details><summary>What each condition measured</summary>", ""]
+    lines += [f"- **{c['name']}**: {md_escape(tidy_numbers(str(c['message'])))}" for c in conditions]
+    return lines + ["", "</details>"]
+
+
+def _finding_row(f: Mapping[str, Any]) -> str:
+    return (f"| {f['rank']} | {md_escape(shorten(f['class'], 16))} | {md_escape(shorten(f['path']))} | {_num(f['ssim'])} | "
+            f"{_num(f.get('lpips'))} | {STATUS.get(f['status'], f['status'])} | `{str(f['fingerprint'])[:12]}` |")
+
+
+def _findings(findings: Sequence[Mapping[str, Any]], total: int) -> list[str]:
+    if not findings:
+        return []
+    header = ["| Rank | Class | File | SSIM | LPIPS | Status | Fingerprint |", "|---:|---|---|---:|---:|---|---|"]
+    lines = ["", f"Top {min(len(findings), SHOWN_ROWS)} of {total} listed findings:", "", *header]
+    lines += [_finding_row(f) for f in findings[:SHOWN_ROWS]]
+    if len(findings) > SHOWN_ROWS:
+        lines += ["", f"<details><summary>{len(findings) - SHOWN_ROWS} more</summary>", "", *header]
+        lines += [_finding_row(f) for f in findings[SHOWN_ROWS:]] + ["", "</details>"]
+    lines += ["", "<details><summary>Fingerprints, for ignore entries</summary>", "", "```toml"]
+    lines += [f'{{ fingerprint = "{f["fingerprint"]}", reason = "…", expires = "YYYY-MM-DD" }},  # rank {f["rank"]}'
+              for f in findings if all(ch in "0123456789abcdef" for ch in str(f["fingerprint"]))]
+    return lines + ["```", "", "</details>"]
+
+
 def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> str:
-    """Verdict, gate conditions and the top findings as Markdown tables."""
-    verdict = document.get("verdict", "fail")
-    summary = document["summary"]
-    lines = [f"## leakaudit: {SYMBOLS.get(verdict, verdict)} (exit code {document.get('exit_code')})", ""]
+    """What holds, the failing conditions, the gate and the top findings, as GitHub/GitLab Markdown."""
+    all_findings = document.get("findings") or []
+    summary = document.get("summary") or {}
+    lines = _headline(document) + [""]
+    lines.append(("Calibrated by a holdout." if document.get("calibrated") else "**Uncalibrated**: no holdout, absolute thresholds.")
+                 + f" Mode: {md_escape(document.get('mode'))}. {summary.get('n_train')} training images, "
+                 f"{summary.get('n_candidates')} reconstructions.")
     inversion = document.get("inversion") or {}
     if inversion.get("complete") is False:
-        lines += [f"**Incomplete attack**: {md_escape(inversion.get('incomplete_reason') or 'cut short by the budget')}", ""]
-    if document.get("exposure"):
-        lines += [f"Exposure: **{md_escape(document['exposure']['statement'])}**.", ""]
-    leak = summary.get("leak_score")
-    if leak:
-        lines.append(
-            f"Leak score **{leak['value']:.3f}** (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, "
-            f"p = {leak['p_value']:.3g}; 0.5 = members matched no better than non-members)."
-        )
-    else:
-        lines.append("Leak score not available: no holdout of non-member images.")
-    lines.append(
-        ("Calibrated by a holdout." if document.get("calibrated") else "**Uncalibrated**: no holdout, absolute thresholds.")
-        + f" Mode: {md_escape(document.get('mode'))}. {summary['n_train']} training images, "
-        f"{summary['n_candidates']} reconstructions."
-    )
+        lines += ["", f"**Incomplete attack**: {md_escape(inversion.get('incomplete_reason') or 'cut short by the budget')}"]
     if ((document.get("provenance") or {}).get("model") or {}).get("format") == "pickle":
         lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
-    lines += ["", "| Condition | Status | Threshold | Observed | Explanation |", "|---|---|---:|---:|---|"]
-    for c in (document.get("gate") or {}).get("conditions") or []:
-        lines.append(
-            f"| {c['name']} | {STATUS.get(c['status'], c['status'])} | {_num(c.get('threshold'))} | "
-            f"{_num(c.get('observed'))} | {md_escape(c['message'])} |"
-        )
-    findings = (document.get("findings") or [])[:max_rows]
-    if findings:
-        lines += [
-            "",
-            f"Top {len(findings)} of {len(document.get('findings') or [])} findings:",
-            "",
-            "| Rank | Class | File | SSIM | LPIPS | Status | Baseline |",
-            "|---:|---|---|---:|---:|---|---|",
-        ]
-        for f in findings:
-            lines.append(
-                f"| {f['rank']} | {md_escape(f['class'])} | {md_escape(f['path'])} | {_num(f['ssim'])} | "
-                f"{_num(f.get('lpips'))} | {STATUS.get(f['status'], f['status'])} | {f.get('baseline_status') or '–'} |"
-            )
+    lines += _gate_table(document)
+    lines += _findings(all_findings[:max_rows], len(all_findings))
     lines += ["", "The full report with images is `report.html` in the output folder.", ""]
     return "\n".join(lines)

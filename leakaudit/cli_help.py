@@ -1,0 +1,123 @@
+"""``run --help`` that a new user can read: options in groups, every default shown, exit codes, examples.
+
+One mapping (option name → group) decides the layout, so options are defined
+wherever the CLI defines them and a new option only needs a line here; any
+option not listed lands under "Other options" rather than disappearing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from leakaudit.errors import DataError, ModelError, UsageError
+
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Inputs", ("model", "data", "holdout", "init", "config")),
+    ("Model", ("arch", "unsafe_pickle", "input_size", "mean", "std", "device")),
+    ("Gate", ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc", "baseline",
+              "allow_foreign_baseline")),
+    ("Outputs", ("out", "top", "redact", "images", "junit", "markdown", "output_format")),
+    ("Inversion", ("effort", "prior", "conditioning", "candidates_per_class", "seed", "lpips_net", "lpips_weights")),
+    ("Run", ("budget", "strict_data", "quiet", "debug")),
+)
+GROUP_OF = {name: group for group, names in GROUPS for name in names}
+HELP_OPTION_GROUP = "Run"
+OTHER = "Other options"
+
+# Thresholds default to None on the command line (the gate's defaults apply); say what that means.
+IMPLIED_DEFAULTS = {"fail_ssim": "0.70", "warn_ssim": "0.45", "fail_leak_score": "0.70", "fail_lpips": "off"}
+
+EXIT_CODES = (
+    ("0", "the gate passed"),
+    ("1", "the gate failed: leakage found"),
+    ("2", "error: usage, config, model, data, output, or an attack that could not finish"),
+    ("130", "interrupted (Ctrl-C, SIGTERM)"),
+)
+
+
+def _record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | None:
+    record = param.get_help_record(ctx)
+    if record is None:
+        return None
+    name, text = record
+    implied = IMPLIED_DEFAULTS.get(param.name or "")
+    if implied and "[default" not in text:
+        text = f"{text}  [default: {implied}]"
+    return name, text
+
+
+class GroupedCommand(click.Command):
+    """A command whose help lists its options by group, then its exit codes and examples."""
+
+    def __init__(self, *args: object, examples: Sequence[tuple[str, str]] = (), **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.examples = tuple(examples)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {group: [] for group, _ in GROUPS}
+        sections[OTHER] = []
+        help_option = self.get_help_option(ctx)
+        for param in self.get_params(ctx):
+            record = _record(param, ctx)
+            if isinstance(param, click.Argument) and param.name:
+                record = (param.human_readable_name, self.argument_help.get(param.name, ""))
+            group = HELP_OPTION_GROUP if param is help_option else GROUP_OF.get(param.name or "", OTHER)
+            if record is not None:
+                sections[group].append(record)
+        for group, rows in sections.items():
+            if rows:
+                with formatter.section(group):
+                    formatter.write_dl(rows)
+
+    argument_help = {"model": "The model file: TorchScript, a torch.export program (.pt2), or a state_dict / "
+                              "safetensors file with --arch."}
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Exit codes"):
+            formatter.write_dl(list(EXIT_CODES))
+        if self.examples:
+            with formatter.section("Examples"):
+                for text, command in self.examples:
+                    formatter.write_text(text)
+                    formatter.write(f"{' ' * (formatter.current_indent + 2)}$ {command}\n")  # never wrapped: copyable
+        super().format_epilog(ctx, formatter)
+
+
+RUN_EXAMPLES = (
+    ("Audit a model against its training images, with held-back images of the same kind as the null:",
+     "leakaudit run model.pt --data ./train --holdout ./heldout"),
+    ("In CI: fail only on new or worse findings than the last audit, with a JUnit file and a job summary:",
+     "leakaudit run model.pt --data ./train --holdout ./heldout --baseline old.json --junit junit.xml"),
+)
+
+
+def click_message(exc: click.ClickException) -> str:
+    """A click error as one line, in the CLI's own style, pointing at the help that answers it."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    return message
+
+
+def check_paths(opts: Mapping[str, Any]) -> None:
+    """The input paths exist and have the right kind, checked before any heavy import."""
+    model = Path(opts["model"])
+    if not model.exists():
+        raise ModelError(f"model file not found: {model}")
+    if not model.is_file():
+        raise ModelError(f"model path is not a file: {model}")
+    for key in ("data", "holdout"):
+        folder = opts.get(key)
+        if folder is not None and not Path(folder).exists():
+            raise DataError(f"data folder not found: {folder}")
+        if folder is not None and not Path(folder).is_dir():
+            raise DataError(f"data path is not a folder: {folder}")
+    for key in ("baseline", "init"):
+        file = opts.get(key)
+        if file is not None and not Path(file).is_file():
+            raise UsageError(f"--{key} {file}: file not found")
