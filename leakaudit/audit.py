@@ -638,7 +638,7 @@ def _provenance(settings: AuditSettings, inputs: AuditInputs, null_set: ImageSet
 
 def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     """The human summary the CLI prints on stderr."""
-    from leakaudit.report.summary import format_p, headline_line  # the headline counts leaked members, not rows
+    from leakaudit.report.summary import format_p, headline_line, tidy_numbers  # leaked members, not rows
 
     inversion = document.get("inversion") or {}
     lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
@@ -653,7 +653,7 @@ def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     else:
         lines.append("  no holdout: the result is not calibrated against non-members")
     for condition in document["gate"].get("conditions", []):
-        lines.append(f"  {condition['status']:>7}  {condition['name']}: {condition['message']}")
+        lines.append(f"  {condition['status']:>7}  {condition['name']}: {tidy_numbers(condition['message'])}")
     for path in written:
         lines.append(f"  wrote {path}")
     return lines

@@ -34,7 +34,7 @@ IMPLIED_DEFAULTS = {"fail_ssim": "0.70", "warn_ssim": "0.45", "fail_leak_score":
 EXIT_CODES = (
     ("0", "the gate passed"),
     ("1", "the gate failed: leakage found"),
-    ("2", "error: usage, config, model, data, output, or an attack that could not finish"),
+    ("2", "error: usage, config, model, data, output or internal (one line on stderr)"),
     ("130", "interrupted (Ctrl-C, SIGTERM)"),
 )
 

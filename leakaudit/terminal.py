@@ -81,13 +81,13 @@ class RichObserver:
 
     def __init__(self, stream: Any) -> None:
         from rich.console import Console as RichConsole
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Column
 
         self._rich = RichConsole(file=stream)
         self._progress = Progress(
             TextColumn("{task.description}", table_column=Column(max_width=LABEL_WIDTH, no_wrap=True, overflow="ellipsis")),
-            BarColumn(bar_width=30), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+            BarColumn(bar_width=30), TextColumn("{task.fields[count]}"),
             TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=self._rich, transient=False,
         )
         self._task: Any = None
@@ -112,12 +112,13 @@ class RichObserver:
         self._phase = PhaseTracker(name, total)
         start = previous.done if previous is not None and name.startswith("inversion") else 0
         self._phase.done, self._phase.shared = start, bool(start) or name.startswith("inversion")
-        self._task = self._progress.add_task(name, total=total, completed=start, unit=self._phase.unit, detail="")
+        count = self._phase.counts() if total else ""
+        self._task = self._progress.add_task(name, total=total, completed=start, count=count, detail="")
 
     def advance(self, done: int, total: int | None = None, detail: str = "") -> None:
         if self._task is not None and self._phase is not None:
             self._phase.update(done, total, detail)
-            self._progress.update(self._task, completed=done, total=total or None, unit=self._phase.unit,
+            self._progress.update(self._task, completed=done, total=total or None, count=self._phase.counts(),
                                   detail=self._phase.detail)
 
     def note(self, message: str) -> None:

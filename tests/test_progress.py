@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 from leakaudit.progress import PhaseTracker, duration
-from leakaudit.terminal import LineObserver
+from leakaudit.terminal import LineObserver, RichObserver
 
 
 class Clock:
@@ -69,3 +70,19 @@ def test_log_lines_mark_each_phase_start_and_end_and_beat_in_between() -> None:
     assert "  inversion: pretrain: reached 300 of 900 steps after 0 s" in lines
     assert not any(line.startswith("  inverting the classifier:") for line in lines)
     assert lines.index("· statistics") > lines.index("  inversion: pretrain: reached 300 of 900 steps after 0 s")
+
+
+def test_the_terminal_bar_shows_units_and_does_not_jump_to_the_end() -> None:
+    stream = io.StringIO()
+    bar = RichObserver(stream)
+    bar._rich.width = 140  # a wide terminal, so nothing is cut
+    bar.phase("inverting the classifier", 900)
+    bar.phase("inversion: pretrain", 900)
+    bar.advance(300, 900, "loss 0.5")
+    bar.phase("matching reconstructions against training images", 10)
+    bar.advance(10, 10, "training images")
+    bar.close()
+    text = stream.getvalue()
+    assert "300/900 steps" in text and "ended here" in text  # stopped where it got to
+    assert "900/900" not in text and "10/10 training images" in text
+    assert "inverting the classifier" not in text  # a heading that was replaced at once leaves no bar

@@ -17,7 +17,7 @@ from leakaudit.report import render_html, write_outputs
 from leakaudit.reference import bundled_images
 from leakaudit.report import view
 from leakaudit.report.images import DIFF_GAIN, MAX_THUMB_SIDE, ImageRenderer, difference_map
-from leakaudit.report.summary import format_p, summarise, with_previous_ssim
+from leakaudit.report.summary import format_p, summarise, tidy_numbers, with_previous_ssim
 from leakaudit.report.schema import load_schema, schema_errors
 from tests.test_report_data import _leak_score, scenario
 
@@ -121,7 +121,7 @@ def test_findings_rows_and_images_match_the_document() -> None:
     top = len([f for f in doc["findings"] if f["status"] in ("fail", "warn")][:5])
     assert html.count('<img class="mini"') == 2 * top
     assert html.count('<img class="thumb"') == 3 * len(doc["findings"]) + galleries
-    assert html.count("LPIPS is unavailable") == 1 and "unavailable" not in body  # said once, not per row
+    assert html.count("LPIPS unavailable") == 1 and "LPIPS is unavailable" not in html and "unavailable" not in body  # said once, not per row
     assert "fail 0.70" in html and "<svg" in html and "× 4" in html
 
 
@@ -291,6 +291,8 @@ def test_summary_names_what_holds_and_counts_leaked_members() -> None:
 
 def test_p_values_below_a_thousandth_are_written_as_such() -> None:
     assert format_p(0.000999) == "p < 0.001" and format_p(0.0123) == "p = 0.012"
+    message = "Leak score 0.987 (p = 0.000999); binomial p = 4.42e-15; observed 0.97062087059021; p = 0.392"
+    assert tidy_numbers(message) == "Leak score 0.987 (p < 0.001); binomial p < 0.001; observed 0.971; p = 0.392"
 
 
 def test_galleries_are_shown_even_without_diverse_mode() -> None:
