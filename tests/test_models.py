@@ -227,3 +227,26 @@ def test_from_module_keeps_weights_frozen(tiny: TinyReference) -> None:
     target = TargetModel.from_module(tiny.module, (1, 32, 32), device="cpu")
     assert all(not p.requires_grad for p in target.parameters())
     assert os.environ["TORCH_HOME"].endswith(".torch-home-empty")
+
+
+def test_the_vetted_pt2_layout_is_the_installed_torch_one(tiny: TinyReference, tmp_path: Path) -> None:
+    """A PyTorch that writes another archive version makes this fail: its files are refused until vetted."""
+    from torch.export.pt2_archive import constants
+
+    from leakaudit.loading.pt2 import VETTED_VERSIONS, check_archive
+
+    assert VETTED_VERSIONS["archive_version"] == {constants.ARCHIVE_VERSION_VALUE}
+    assert VETTED_VERSIONS["archive_format"] == {constants.ARCHIVE_FORMAT_VALUE}
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(tiny.module, (torch.zeros(4, 1, 32, 32),)), str(path))
+    check_archive(path)  # what this torch writes passes the check
+
+
+def test_a_state_dict_with_hostile_keys_is_reported_escaped(tiny: TinyReference, arch_dir: Path, tmp_path: Path) -> None:
+    state = dict(tiny.module.state_dict())
+    state["\x1b]0;title\x07"] = torch.zeros(1)
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelError, match=r"unexpected keys: \\x1b\]0;title\\x07") as info:
+        load_model(path, arch="usernet:make", shape_hint=(1, 32, 32), device="cpu")
+    assert "\x1b" not in str(info.value)

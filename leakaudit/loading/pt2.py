@@ -15,6 +15,7 @@ Anything else, including a format version not listed here, is refused.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import operator
@@ -41,10 +42,18 @@ ENTRY_PATTERNS = tuple(re.compile(p) for p in (
 ))
 PYTHON_TARGETS = {"_operator.getitem": operator.getitem}
 _OP_TARGET = re.compile(r"torch\.ops\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)")
-# Symbolic shapes: symbols (s0, u3), integers, arithmetic, and the sympy functions PyTorch writes.
-_EXPR_TOKEN = re.compile(r"\s*(?:[a-z]+\d+|\d+(?:\.\d+)?|[-+*/%(),<>=!]+|"
-                         r"Mod|FloorDiv|CleanDiv|PythonMod|Max|Min|Eq|Ne|Ge|Gt|Le|Lt|And|Or|Not|"
-                         r"IntTrueDiv|FloatTrueDiv|ToFloat|TruncToInt|CeilToInt|FloorToInt|oo|True|False)")
+# Symbolic shapes, as PyTorch writes them (``Symbol('s31', positive=True, integer=True)``, ``s0 + 1``):
+# symbols, numbers, arithmetic, comparisons, and calls of these sympy and PyTorch functions only.
+SYMPY_CALLS = frozenset({
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le",
+    "Gt", "Ge", "And", "Or", "Not", "Piecewise", "floor", "ceiling", "FloorDiv", "CleanDiv", "PythonMod",
+    "IntTrueDiv", "FloatTrueDiv", "ToFloat", "TruncToInt", "CeilToInt", "FloorToInt", "RoundToInt",
+    "ModularIndexing", "Identity",
+})
+SYMPY_NAMES = frozenset({"oo", "zoo", "nan", "True", "False"})
+_SYMBOL = re.compile(r"[a-z]+\d+")
+_EXPR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator, ast.unaryop,
+               ast.cmpop, ast.boolop, ast.expr_context, ast.Tuple)
 MAX_JSON_BYTES = 256 << 20
 
 
@@ -142,14 +151,28 @@ def _check_program(path: Path, archive: zipfile.ZipFile, name: str) -> None:
                                       "evaluate it as Python)")
 
 
+def _plain_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in SYMPY_CALLS
+    if isinstance(node, ast.Name):
+        return node.id in SYMPY_CALLS or node.id in SYMPY_NAMES or bool(_SYMBOL.fullmatch(node.id))
+    if isinstance(node, ast.Constant):
+        value = node.value
+        return isinstance(value, (int, float, bool)) or (isinstance(value, str) and bool(_SYMBOL.fullmatch(value)))
+    if isinstance(node, ast.keyword):
+        return node.arg is not None and node.arg.isidentifier() and not node.arg.startswith("_")
+    return isinstance(node, _EXPR_NODES)
+
+
 def _plain_expression(text: str) -> bool:
-    pos = 0
-    while pos < len(text):
-        match = _EXPR_TOKEN.match(text, pos)
-        if match is None or match.end() == pos:
-            return text[pos:].strip() == ""
-        pos = match.end()
-    return True
+    """Whether ``text`` parses (without running) to arithmetic on symbols and known sympy calls only."""
+    if len(text) > 10_000:
+        return False
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return False
+    return all(_plain_node(node) for node in ast.walk(tree))
 
 
 def check_archive(path: Path) -> None:
