@@ -250,3 +250,13 @@ def test_a_state_dict_with_hostile_keys_is_reported_escaped(tiny: TinyReference,
     with pytest.raises(ModelError, match=r"unexpected keys: \\x1b\]0;title\\x07") as info:
         load_model(path, arch="usernet:make", shape_hint=(1, 32, 32), device="cpu")
     assert "\x1b" not in str(info.value)
+
+
+def test_exported_program_with_a_dynamic_batch_loads(tiny: TinyReference, tmp_path: Path) -> None:
+    """Its shape expressions (``Symbol('s…', positive=True, …)``) pass the check that refuses code in them."""
+    path = tmp_path / "dynamic.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(tiny.module, (torch.zeros(4, 1, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    target = load_model(path, device="cpu")
+    _check_faithful(target, tiny.module)
