@@ -260,3 +260,24 @@ def test_exported_program_with_a_dynamic_batch_loads(tiny: TinyReference, tmp_pa
     torch.export.save(program, str(path))
     target = load_model(path, device="cpu")
     _check_faithful(target, tiny.module)
+
+
+@pytest.mark.parametrize(
+    ("operator", "problem"),
+    [
+        ("aten::conv2d", None),
+        ("aten::linear", None),
+        ("prim::If", None),
+        ("aten::from_file", "maps a file"),
+        ("aten::save", "writes a file"),
+        ("aten::set_", "Storage"),
+        ("prim::Print", "prints"),
+        ("c10d::allreduce_", "namespace 'c10d'"),
+        ("mylib::anything", "namespace 'mylib'"),
+    ],
+)
+def test_operator_policy(operator: str, problem: str | None) -> None:
+    from leakaudit.loading.ops import op_problem
+
+    found = op_problem(operator)
+    assert (found is None) if problem is None else (found is not None and problem in found), found

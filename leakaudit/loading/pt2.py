@@ -54,7 +54,7 @@ SYMPY_NAMES = frozenset({"oo", "zoo", "nan", "True", "False"})
 _SYMBOL = re.compile(r"[a-z]+\d+")
 _EXPR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator, ast.unaryop,
                ast.cmpop, ast.boolop, ast.expr_context, ast.Tuple)
-MAX_JSON_BYTES = 256 << 20
+MAX_JSON_BYTES = 64 << 20  # a ViT-B/16 program is ~1 MB of JSON
 
 
 def _refuse(path: Path, entry: str, problem: str) -> UnsafeModelError:
