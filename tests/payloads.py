@@ -209,3 +209,27 @@ class Shouting(nn.Module):
 def torchscript_shouting(path: Path) -> Path:
     torch.jit.save(torch.jit.script(Shouting()), str(path))
     return path
+
+
+def _marker_hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+    mapped = torch.from_file(module.marker, shared=True, size=4, dtype=torch.uint8)
+    mapped.fill_(66)
+    return output + mapped.sum() * 0
+
+
+class Hooked(nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def torchscript_hook(path: Path, marker: Path) -> Path:
+    """TorchScript whose forward is clean but whose forward hook maps and writes the marker."""
+    module = Hooked(str(marker))
+    module.register_forward_hook(_marker_hook)
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path

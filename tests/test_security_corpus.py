@@ -271,3 +271,16 @@ def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReferenc
                             "--quiet"], capsys)
     assert code == ExitStatus.ERROR and "\x1b" not in err, err
     assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
+
+
+def test_torchscript_forward_hook_that_maps_a_file_is_refused(tiny: TinyReference, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = payloads.torchscript_hook(tmp_path / "hooked.pt", marker)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        live = torch.jit.load(str(hostile))
+    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "_marker_hook calls aten::from_file" in line, line
+    assert not marker.exists()
