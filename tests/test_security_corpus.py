@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -283,4 +284,21 @@ def test_torchscript_forward_hook_that_maps_a_file_is_refused(tiny: TinyReferenc
     _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "_marker_hook calls aten::from_file" in line, line
+    assert not marker.exists()
+
+
+def test_a_duplicated_archive_entry_is_refused(tiny: TinyReference, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Zip readers differ on which of two same-named entries counts: refused rather than vetting one of them."""
+    marker = tmp_path / "pwned"
+    evil = payloads.torchscript_setstate(tmp_path, tmp_path / "evil.pt", marker)
+    with zipfile.ZipFile(evil) as archive:
+        code_entry = next(n for n in archive.namelist() if "/code/" in n and n.endswith(".py"))
+    with zipfile.ZipFile(tmp_path / "setstate-clean.pt") as archive:
+        clean = archive.read(code_entry)  # same name: the hostile copy first, a clean decoy last
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        hostile = payloads.rewrite_zip(evil, tmp_path / "decoy.pt", lambda _n, d: d, {code_entry: clean})
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "appears twice" in line and code_entry in line, line
     assert not marker.exists()

@@ -4,6 +4,8 @@ A zip archive states every entry's uncompressed size in its central
 directory; a safetensors header states every tensor's byte range. A small
 file that declares gigabytes is a memory bomb, refused here by comparing the
 declared sizes with the file's own size and with the memory this machine has.
+An archive with two entries of the same name is refused too: which one a
+reader takes differs between readers, so a check could vet the other one.
 """
 
 from __future__ import annotations
@@ -76,11 +78,26 @@ def check_zip_sizes(path: Path, archive: zipfile.ZipFile) -> None:
     check_declared_total(path, total, "the archive")
 
 
+def check_unique_names(path: Path, archive: zipfile.ZipFile) -> None:
+    """Two entries of one name: zip readers differ on which one counts, so a check could vet the other one."""
+    seen: set[str] = set()
+    for name in archive.namelist():
+        if name in seen:
+            raise ModelError(f"{terminal_text(path)}: archive entry {terminal_text(name)} appears twice; refused "
+                             "(zip readers differ on which one counts)")
+        seen.add(name)
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
-    """The archive at ``path``, with its declared sizes checked."""
+    """The archive at ``path``, with unique entry names and plausible declared sizes."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelError(f"{terminal_text(path)}: corrupt zip archive ({terminal_text(exc)})") from None
-    check_zip_sizes(path, archive)
+    try:
+        check_unique_names(path, archive)
+        check_zip_sizes(path, archive)
+    except ModelError:
+        archive.close()
+        raise
     return archive
