@@ -7,6 +7,7 @@ passing refusal test is not a payload that was broken to begin with.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import struct
@@ -71,9 +72,19 @@ def pt2_pickled_weight(clean: Path, target: Path, marker: Path) -> Path:
 
 
 def pt2_sample_inputs(clean: Path, target: Path, marker: Path) -> Path:
-    """Sample inputs that fail weights_only=True: torch retries them with weights_only=False."""
+    """Sample inputs that fail weights_only=True (a bare pickle): torch retries them with weights_only=False."""
     def edit(name: str, data: bytes) -> bytes:
         return payload_pickle(marker) if name.endswith("data/sample_inputs/model.pt") else data
+    return rewrite_zip(clean, target, edit)
+
+
+def pt2_sample_inputs_archive(clean: Path, target: Path, marker: Path) -> Path:
+    """The same as a torch.save archive, whose data.pkl references ``exec``."""
+    buffer = io.BytesIO()
+    torch.save((Payload(marker),), buffer)
+
+    def edit(name: str, data: bytes) -> bytes:
+        return buffer.getvalue() if name.endswith("data/sample_inputs/model.pt") else data
     return rewrite_zip(clean, target, edit)
 
 

@@ -66,6 +66,7 @@ def _live(marker: Path, load: object) -> None:
     [
         ("pickled weight", "use_pickle"),
         ("sample inputs", "weights_only=True"),
+        ("sample inputs archive", "weights_only=True"),
         ("opaque constant", "opaque_obj_0"),
     ],
 )
@@ -73,6 +74,7 @@ def test_pt2_pickle_paths_are_refused(case: str, named: str, clean_pt2: Path, ti
                                       capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     build = {"pickled weight": payloads.pt2_pickled_weight, "sample inputs": payloads.pt2_sample_inputs,
+             "sample inputs archive": payloads.pt2_sample_inputs_archive,
              "opaque constant": payloads.pt2_opaque_constant}[case]
     hostile = build(clean_pt2, tmp_path / "hostile.pt2", marker)
     if case != "opaque constant":  # the opaque constant's config is refused by torch's deserialiser after it ran

@@ -57,24 +57,23 @@ def check_declared_total(path: Path, declared: int, what: str) -> None:
         )
 
 
-def check_zip_sizes(path: Path, archive: zipfile.ZipFile) -> None:
-    """Every entry's declared size is plausible for the file and fits in memory."""
-    file_size = path.stat().st_size
+def check_zip_sizes(path: Path, archive: zipfile.ZipFile, file_size: int | None = None, what: str = "") -> None:
+    """Every entry's declared size is plausible for the file (``file_size`` bytes) and fits in memory."""
+    file_size = path.stat().st_size if file_size is None else file_size
+    where = f"{terminal_text(path)}{what}"
     infos = archive.infolist()
     total = sum(info.file_size for info in infos)
     for info in infos:
         compressed = max(info.compress_size, 1)
         if info.file_size > SMALL_TOTAL and info.file_size > MAX_INFLATION * compressed:
             raise ModelError(
-                f"{terminal_text(path)}: archive entry {terminal_text(info.filename)!s} inflates from "
+                f"{where}: archive entry {terminal_text(info.filename)} inflates from "
                 f"{_gib(info.compress_size)} to {_gib(info.file_size)} ({info.file_size / compressed:.0f}x); "
                 "refused before allocating (a zip bomb, not weights)"
             )
     if total > SMALL_TOTAL and total > MAX_INFLATION * max(file_size, 1):
-        raise ModelError(
-            f"{terminal_text(path)}: the archive declares {_gib(total)} of content in a file of {_gib(file_size)}; "
-            "refused before allocating"
-        )
+        raise ModelError(f"{where}: the archive declares {_gib(total)} of content in {_gib(file_size)}; "
+                         "refused before allocating")
     check_declared_total(path, total, "the archive")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from leakaudit.errors import ModelError, UnsafeModelError
-from leakaudit.loading.limits import open_zip
+from leakaudit.loading.limits import check_unique_names, check_zip_sizes, open_zip
 from leakaudit.loading.ops import EXPORT_NAMESPACES, op_problem
 from leakaudit.sanitize import terminal_text
 
@@ -87,7 +87,7 @@ def _read_json(path: Path, archive: zipfile.ZipFile, name: str) -> Any:
         raise _refuse(path, name, "implausibly large")
     try:
         return json.loads(archive.read(name))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"{terminal_text(path)}: {terminal_text(name)} is not valid JSON ({exc})") from None
 
 
@@ -110,8 +110,15 @@ def _check_payloads(path: Path, archive: zipfile.ZipFile, name: str, prefix: str
 
 
 def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, name: str) -> None:
+    data = archive.read(name)
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # a bare pickle stream allocates what it declares
+        raise _refuse(path, name, "sample inputs that are a bare pickle stream, not a torch.save archive (they "
+                                  "would not load with weights_only=True, and torch would retry unsafely)")
+    with zipfile.ZipFile(io.BytesIO(data)) as nested:
+        check_unique_names(path, nested)
+        check_zip_sizes(path, nested, len(data), f" ({terminal_text(name)})")
     try:
-        loaded = torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:  # any refusal of the safe loader: torch would retry unsafely
         raise _refuse(path, name, f"sample inputs that do not load with weights_only=True "
                                   f"({type(exc).__name__}); torch would unpickle them unsafely") from None
@@ -120,13 +127,16 @@ def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, name: str) -> Non
 
 
 def _walk(value: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield key, inner
-            yield from _walk(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            yield from _walk(inner)
+    """Every (key, value) pair of a JSON document, at any depth (iteratively: depth is the file's to choose)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                yield key, inner
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def target_problem(target: str) -> str | None:
