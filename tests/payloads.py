@@ -244,3 +244,31 @@ def torchscript_hook(path: Path, marker: Path) -> Path:
     module.register_forward_hook(_marker_hook)
     torch.jit.save(torch.jit.script(module), str(path))
     return path
+
+
+class MarkerScaler:
+    """A TorchScript class held as an attribute; its method maps and writes the marker."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(67)
+        return x + mapped.float().sum() * 0
+
+
+class WithAttribute(nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.scaler = MarkerScaler(marker)
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.scaler.apply(x).flatten(1))
+
+
+def torchscript_attribute(path: Path, marker: Path) -> Path:
+    torch.jit.script(MarkerScaler)
+    torch.jit.save(torch.jit.script(WithAttribute(str(marker))), str(path))
+    return path

@@ -276,16 +276,18 @@ def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReferenc
     assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
 
 
-def test_torchscript_forward_hook_that_maps_a_file_is_refused(tiny: TinyReference, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("build", [payloads.torchscript_hook, payloads.torchscript_attribute],
+                         ids=["forward hook", "class attribute"])
+def test_torchscript_code_outside_forward_is_checked(build: object, tiny: TinyReference, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
-    hostile = payloads.torchscript_hook(tmp_path / "hooked.pt", marker)
+    hostile = build(tmp_path / "hooked.pt", marker)  # type: ignore[operator]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         live = torch.jit.load(str(hostile))
     _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
-    assert "_marker_hook calls aten::from_file" in line, line
+    assert "calls aten::from_file" in line, line
     assert not marker.exists()
 
 
