@@ -197,14 +197,7 @@ def load_image_folder(
     ``max_file_bytes`` is skipped and recorded (an error with ``strict``).
     """
     root = Path(root)
-    found = list_classes(root)
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise DataError(f"{terminal_text(root)}: class folders not in the training data: "
-                            f"{terminal_text(', '.join(unknown[:10]))}")
+    classes = _resolve_classes(root, classes)
     files, skipped = _list_files(root, classes, max_file_bytes)
     if strict and skipped:
         raise DataError(f"{terminal_text(root)}/{skipped[0].path}: {skipped[0].reason}")
@@ -243,6 +236,17 @@ def load_image_folder(
         manifest_sha256=digest.hexdigest(),
         skipped=tuple(sorted(skipped, key=lambda s: s.path)),
     )
+
+
+def _resolve_classes(root: Path, classes: Sequence[str] | None) -> Sequence[str]:
+    found = list_classes(root)
+    if classes is None:
+        return found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{terminal_text(root)}: class folders not in the training data: "
+                        f"{terminal_text(', '.join(unknown[:10]))}")
+    return classes
 
 
 def _read_one(path: Path, max_file_bytes: int) -> bytes:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from leakaudit.errors import DataError, UsageError
+from leakaudit.errors import UsageError
 from leakaudit.sanitize import path_text, terminal_text
 
 DEFAULT_MAX_FILE_BYTES = 64 << 20

@@ -7,6 +7,7 @@ passing refusal test is not a payload that was broken to begin with.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import struct
@@ -71,9 +72,19 @@ def pt2_pickled_weight(clean: Path, target: Path, marker: Path) -> Path:
 
 
 def pt2_sample_inputs(clean: Path, target: Path, marker: Path) -> Path:
-    """Sample inputs that fail weights_only=True: torch retries them with weights_only=False."""
+    """Sample inputs that fail weights_only=True (a bare pickle): torch retries them with weights_only=False."""
     def edit(name: str, data: bytes) -> bytes:
         return payload_pickle(marker) if name.endswith("data/sample_inputs/model.pt") else data
+    return rewrite_zip(clean, target, edit)
+
+
+def pt2_sample_inputs_archive(clean: Path, target: Path, marker: Path) -> Path:
+    """The same as a torch.save archive, whose data.pkl references ``exec``."""
+    buffer = io.BytesIO()
+    torch.save((Payload(marker),), buffer)
+
+    def edit(name: str, data: bytes) -> bytes:
+        return buffer.getvalue() if name.endswith("data/sample_inputs/model.pt") else data
     return rewrite_zip(clean, target, edit)
 
 
@@ -208,4 +219,56 @@ class Shouting(nn.Module):
 
 def torchscript_shouting(path: Path) -> Path:
     torch.jit.save(torch.jit.script(Shouting()), str(path))
+    return path
+
+
+def _marker_hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+    mapped = torch.from_file(module.marker, shared=True, size=4, dtype=torch.uint8)
+    mapped.fill_(66)
+    return output + mapped.sum() * 0
+
+
+class Hooked(nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def torchscript_hook(path: Path, marker: Path) -> Path:
+    """TorchScript whose forward is clean but whose forward hook maps and writes the marker."""
+    module = Hooked(str(marker))
+    module.register_forward_hook(_marker_hook)
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+class MarkerScaler:
+    """A TorchScript class held as an attribute; its method maps and writes the marker."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        mapped = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(67)
+        return x + mapped.float().sum() * 0
+
+
+class WithAttribute(nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.scaler = MarkerScaler(marker)
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.scaler.apply(x).flatten(1))
+
+
+def torchscript_attribute(path: Path, marker: Path) -> Path:
+    torch.jit.script(MarkerScaler)
+    torch.jit.save(torch.jit.script(WithAttribute(str(marker))), str(path))
     return path

@@ -227,3 +227,57 @@ def test_from_module_keeps_weights_frozen(tiny: TinyReference) -> None:
     target = TargetModel.from_module(tiny.module, (1, 32, 32), device="cpu")
     assert all(not p.requires_grad for p in target.parameters())
     assert os.environ["TORCH_HOME"].endswith(".torch-home-empty")
+
+
+def test_the_vetted_pt2_layout_is_the_installed_torch_one(tiny: TinyReference, tmp_path: Path) -> None:
+    """A PyTorch that writes another archive version makes this fail: its files are refused until vetted."""
+    from torch.export.pt2_archive import constants
+
+    from leakaudit.loading.pt2 import VETTED_VERSIONS, check_archive
+
+    assert VETTED_VERSIONS["archive_version"] == {constants.ARCHIVE_VERSION_VALUE}
+    assert VETTED_VERSIONS["archive_format"] == {constants.ARCHIVE_FORMAT_VALUE}
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(tiny.module, (torch.zeros(4, 1, 32, 32),)), str(path))
+    check_archive(path)  # what this torch writes passes the check
+
+
+def test_a_state_dict_with_hostile_keys_is_reported_escaped(tiny: TinyReference, arch_dir: Path, tmp_path: Path) -> None:
+    state = dict(tiny.module.state_dict())
+    state["\x1b]0;title\x07"] = torch.zeros(1)
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelError, match=r"unexpected keys: \\x1b\]0;title\\x07") as info:
+        load_model(path, arch="usernet:make", shape_hint=(1, 32, 32), device="cpu")
+    assert "\x1b" not in str(info.value)
+
+
+def test_exported_program_with_a_dynamic_batch_loads(tiny: TinyReference, tmp_path: Path) -> None:
+    """Its shape expressions (``Symbol('s…', positive=True, …)``) pass the check that refuses code in them."""
+    path = tmp_path / "dynamic.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(tiny.module, (torch.zeros(4, 1, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    target = load_model(path, device="cpu")
+    _check_faithful(target, tiny.module)
+
+
+@pytest.mark.parametrize(
+    ("operator", "problem"),
+    [
+        ("aten::conv2d", None),
+        ("aten::linear", None),
+        ("prim::If", None),
+        ("aten::from_file", "maps a file"),
+        ("aten::save", "writes a file"),
+        ("aten::set_", "Storage"),
+        ("prim::Print", "prints"),
+        ("c10d::allreduce_", "namespace 'c10d'"),
+        ("mylib::anything", "namespace 'mylib'"),
+    ],
+)
+def test_operator_policy(operator: str, problem: str | None) -> None:
+    from leakaudit.loading.ops import op_problem
+
+    found = op_problem(operator)
+    assert (found is None) if problem is None else (found is not None and problem in found), found

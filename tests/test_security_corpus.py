@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ def _live(marker: Path, load: object) -> None:
     [
         ("pickled weight", "use_pickle"),
         ("sample inputs", "weights_only=True"),
+        ("sample inputs archive", "weights_only=True"),
         ("opaque constant", "opaque_obj_0"),
     ],
 )
@@ -72,6 +74,7 @@ def test_pt2_pickle_paths_are_refused(case: str, named: str, clean_pt2: Path, ti
                                       capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     build = {"pickled weight": payloads.pt2_pickled_weight, "sample inputs": payloads.pt2_sample_inputs,
+             "sample inputs archive": payloads.pt2_sample_inputs_archive,
              "opaque constant": payloads.pt2_opaque_constant}[case]
     hostile = build(clean_pt2, tmp_path / "hostile.pt2", marker)
     if case != "opaque constant":  # the opaque constant's config is refused by torch's deserialiser after it ran
@@ -271,3 +274,35 @@ def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReferenc
                             "--quiet"], capsys)
     assert code == ExitStatus.ERROR and "\x1b" not in err, err
     assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
+
+
+@pytest.mark.parametrize("build", [payloads.torchscript_hook, payloads.torchscript_attribute],
+                         ids=["forward hook", "class attribute"])
+def test_torchscript_code_outside_forward_is_checked(build: object, tiny: TinyReference, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    hostile = build(tmp_path / "hooked.pt", marker)  # type: ignore[operator]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        live = torch.jit.load(str(hostile))
+    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "calls aten::from_file" in line, line
+    assert not marker.exists()
+
+
+def test_a_duplicated_archive_entry_is_refused(tiny: TinyReference, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Zip readers differ on which of two same-named entries counts: refused rather than vetting one of them."""
+    marker = tmp_path / "pwned"
+    evil = payloads.torchscript_setstate(tmp_path, tmp_path / "evil.pt", marker)
+    with zipfile.ZipFile(evil) as archive:
+        code_entry = next(n for n in archive.namelist() if "/code/" in n and n.endswith(".py"))
+    with zipfile.ZipFile(tmp_path / "setstate-clean.pt") as archive:
+        clean = archive.read(code_entry)  # same name: the hostile copy first, a clean decoy last
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        hostile = payloads.rewrite_zip(evil, tmp_path / "decoy.pt", lambda _n, d: d, {code_entry: clean})
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "appears twice" in line and code_entry in line, line
+    assert not marker.exists()

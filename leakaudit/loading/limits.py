@@ -4,6 +4,8 @@ A zip archive states every entry's uncompressed size in its central
 directory; a safetensors header states every tensor's byte range. A small
 file that declares gigabytes is a memory bomb, refused here by comparing the
 declared sizes with the file's own size and with the memory this machine has.
+An archive with two entries of the same name is refused too: which one a
+reader takes differs between readers, so a check could vet the other one.
 """
 
 from __future__ import annotations
@@ -55,32 +57,46 @@ def check_declared_total(path: Path, declared: int, what: str) -> None:
         )
 
 
-def check_zip_sizes(path: Path, archive: zipfile.ZipFile) -> None:
-    """Every entry's declared size is plausible for the file and fits in memory."""
-    file_size = path.stat().st_size
+def check_zip_sizes(path: Path, archive: zipfile.ZipFile, file_size: int | None = None, what: str = "") -> None:
+    """Every entry's declared size is plausible for the file (``file_size`` bytes) and fits in memory."""
+    file_size = path.stat().st_size if file_size is None else file_size
+    where = f"{terminal_text(path)}{what}"
     infos = archive.infolist()
     total = sum(info.file_size for info in infos)
     for info in infos:
         compressed = max(info.compress_size, 1)
         if info.file_size > SMALL_TOTAL and info.file_size > MAX_INFLATION * compressed:
             raise ModelError(
-                f"{terminal_text(path)}: archive entry {terminal_text(info.filename)!s} inflates from "
+                f"{where}: archive entry {terminal_text(info.filename)} inflates from "
                 f"{_gib(info.compress_size)} to {_gib(info.file_size)} ({info.file_size / compressed:.0f}x); "
                 "refused before allocating (a zip bomb, not weights)"
             )
     if total > SMALL_TOTAL and total > MAX_INFLATION * max(file_size, 1):
-        raise ModelError(
-            f"{terminal_text(path)}: the archive declares {_gib(total)} of content in a file of {_gib(file_size)}; "
-            "refused before allocating"
-        )
+        raise ModelError(f"{where}: the archive declares {_gib(total)} of content in {_gib(file_size)}; "
+                         "refused before allocating")
     check_declared_total(path, total, "the archive")
 
 
+def check_unique_names(path: Path, archive: zipfile.ZipFile) -> None:
+    """Two entries of one name: zip readers differ on which one counts, so a check could vet the other one."""
+    seen: set[str] = set()
+    for name in archive.namelist():
+        if name in seen:
+            raise ModelError(f"{terminal_text(path)}: archive entry {terminal_text(name)} appears twice; refused "
+                             "(zip readers differ on which one counts)")
+        seen.add(name)
+
+
 def open_zip(path: Path) -> zipfile.ZipFile:
-    """The archive at ``path``, with its declared sizes checked."""
+    """The archive at ``path``, with unique entry names and plausible declared sizes."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelError(f"{terminal_text(path)}: corrupt zip archive ({terminal_text(exc)})") from None
-    check_zip_sizes(path, archive)
+    try:
+        check_unique_names(path, archive)
+        check_zip_sizes(path, archive)
+    except ModelError:
+        archive.close()
+        raise
     return archive

@@ -15,6 +15,7 @@ Anything else, including a format version not listed here, is refused.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import operator
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from leakaudit.errors import ModelError, UnsafeModelError
-from leakaudit.loading.limits import open_zip
+from leakaudit.loading.limits import check_unique_names, check_zip_sizes, open_zip
 from leakaudit.loading.ops import EXPORT_NAMESPACES, op_problem
 from leakaudit.sanitize import terminal_text
 
@@ -41,11 +42,19 @@ ENTRY_PATTERNS = tuple(re.compile(p) for p in (
 ))
 PYTHON_TARGETS = {"_operator.getitem": operator.getitem}
 _OP_TARGET = re.compile(r"torch\.ops\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)")
-# Symbolic shapes: symbols (s0, u3), integers, arithmetic, and the sympy functions PyTorch writes.
-_EXPR_TOKEN = re.compile(r"\s*(?:[a-z]+\d+|\d+(?:\.\d+)?|[-+*/%(),<>=!]+|"
-                         r"Mod|FloorDiv|CleanDiv|PythonMod|Max|Min|Eq|Ne|Ge|Gt|Le|Lt|And|Or|Not|"
-                         r"IntTrueDiv|FloatTrueDiv|ToFloat|TruncToInt|CeilToInt|FloorToInt|oo|True|False)")
-MAX_JSON_BYTES = 256 << 20
+# Symbolic shapes, as PyTorch writes them (``Symbol('s31', positive=True, integer=True)``, ``s0 + 1``):
+# symbols, numbers, arithmetic, comparisons, and calls of these sympy and PyTorch functions only.
+SYMPY_CALLS = frozenset({
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le",
+    "Gt", "Ge", "And", "Or", "Not", "Piecewise", "floor", "ceiling", "FloorDiv", "CleanDiv", "PythonMod",
+    "IntTrueDiv", "FloatTrueDiv", "ToFloat", "TruncToInt", "CeilToInt", "FloorToInt", "RoundToInt",
+    "ModularIndexing", "Identity",
+})
+SYMPY_NAMES = frozenset({"oo", "zoo", "nan", "True", "False"})
+_SYMBOL = re.compile(r"[a-z]+\d+")
+_EXPR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Compare, ast.BoolOp, ast.operator, ast.unaryop,
+               ast.cmpop, ast.boolop, ast.expr_context, ast.Tuple)
+MAX_JSON_BYTES = 64 << 20  # a ViT-B/16 program is ~1 MB of JSON
 
 
 def _refuse(path: Path, entry: str, problem: str) -> UnsafeModelError:
@@ -78,7 +87,7 @@ def _read_json(path: Path, archive: zipfile.ZipFile, name: str) -> Any:
         raise _refuse(path, name, "implausibly large")
     try:
         return json.loads(archive.read(name))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"{terminal_text(path)}: {terminal_text(name)} is not valid JSON ({exc})") from None
 
 
@@ -101,8 +110,15 @@ def _check_payloads(path: Path, archive: zipfile.ZipFile, name: str, prefix: str
 
 
 def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, name: str) -> None:
+    data = archive.read(name)
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # a bare pickle stream allocates what it declares
+        raise _refuse(path, name, "sample inputs that are a bare pickle stream, not a torch.save archive (they "
+                                  "would not load with weights_only=True, and torch would retry unsafely)")
+    with zipfile.ZipFile(io.BytesIO(data)) as nested:
+        check_unique_names(path, nested)
+        check_zip_sizes(path, nested, len(data), f" ({terminal_text(name)})")
     try:
-        loaded = torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+        loaded = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:  # any refusal of the safe loader: torch would retry unsafely
         raise _refuse(path, name, f"sample inputs that do not load with weights_only=True "
                                   f"({type(exc).__name__}); torch would unpickle them unsafely") from None
@@ -111,13 +127,16 @@ def _check_sample_inputs(path: Path, archive: zipfile.ZipFile, name: str) -> Non
 
 
 def _walk(value: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield key, inner
-            yield from _walk(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            yield from _walk(inner)
+    """Every (key, value) pair of a JSON document, at any depth (iteratively: depth is the file's to choose)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                yield key, inner
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def target_problem(target: str) -> str | None:
@@ -142,14 +161,28 @@ def _check_program(path: Path, archive: zipfile.ZipFile, name: str) -> None:
                                       "evaluate it as Python)")
 
 
+def _plain_node(node: ast.AST) -> bool:
+    if isinstance(node, ast.Call):
+        return isinstance(node.func, ast.Name) and node.func.id in SYMPY_CALLS
+    if isinstance(node, ast.Name):
+        return node.id in SYMPY_CALLS or node.id in SYMPY_NAMES or bool(_SYMBOL.fullmatch(node.id))
+    if isinstance(node, ast.Constant):
+        value = node.value
+        return isinstance(value, (int, float, bool)) or (isinstance(value, str) and bool(_SYMBOL.fullmatch(value)))
+    if isinstance(node, ast.keyword):
+        return node.arg is not None and node.arg.isidentifier() and not node.arg.startswith("_")
+    return isinstance(node, _EXPR_NODES)
+
+
 def _plain_expression(text: str) -> bool:
-    pos = 0
-    while pos < len(text):
-        match = _EXPR_TOKEN.match(text, pos)
-        if match is None or match.end() == pos:
-            return text[pos:].strip() == ""
-        pos = match.end()
-    return True
+    """Whether ``text`` parses (without running) to arithmetic on symbols and known sympy calls only."""
+    if len(text) > 10_000:
+        return False
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return False
+    return all(_plain_node(node) for node in ast.walk(tree))
 
 
 def check_archive(path: Path) -> None:
