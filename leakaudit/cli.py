@@ -168,7 +168,7 @@ def run_options(func: Any) -> Any:
         click.option("--conditioning", type=click.Choice(["vector", "matrix", "both"]), default="both", show_default=True, help="How the generator is told the class: soft vector, hot matrix channel, or both."),
         click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="The classifier's weights before training (state_dict or TorchScript): the init-aware mode, a stronger threat model."),
         click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),
-        click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, help="Findings listed in the report."),
+        click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, help="Findings listed in the report (the gate counts every member, whatever this is)."),
         click.option("--lpips-net", type=click.Choice(["alex", "vgg", "squeeze"]), default="alex", show_default=True, help="LPIPS backbone."),
         click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help="Backbone weights file for LPIPS (default: torchvision's cache under $TORCH_HOME)."),
         click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report."),

@@ -45,10 +45,15 @@ Even a model that leaks nothing has about ``1 - holdout_quantile`` of its
 training samples above the holdout quantile, by chance: 13 of 1,300 at 0.99.
 So, when calibrated, the SSIM and LPIPS conditions count a member only when
 its SSIM is above the holdout quantile *and* the number of members above it is
-improbable under "members are matched like non-members": a binomial tail
-probability below ``CHANCE_ALPHA`` with per-sample rate
-``max(1 - q, 1 / (n_holdout + 1))`` (the second term because a small holdout
-pins its upper quantile to its maximum). A result consistent with chance
+improbable under "members are matched like non-members" (p below
+``CHANCE_ALPHA``). The test is exact: the quantile lies at or above the
+holdout's r-th largest best match (r from the holdout's size and q), and
+under exchangeable members and non-members the number of members ranked above
+the r-th largest non-member is negative hypergeometric
+(``leakaudit.scoring.exceedance_p_value``). A binomial test at rate 1 − q
+would treat the estimated quantile as exact; the members share that one noisy
+threshold, which made the binomial test call 8 of 200 members above the q0.99
+of 300 non-members significant (p = 0.001) where the exact p is 0.028. A result consistent with chance
 passes, with a note: a warning means a threshold was crossed *and* chance
 does not explain it. The count runs over every member, not only the listed
 findings (``--top`` decides what is listed, never what is counted). Every
@@ -479,18 +484,24 @@ def _chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mappi
     if reference is None:
         return _Chance(False, None, True, "Uncalibrated: no holdout, so the absolute thresholds apply; class "
                        "prototypes can exceed them.")
-    n_holdout = summary.get("n_holdout")
-    rate = 1.0 - settings.holdout_quantile
-    if n_holdout:
-        rate = max(rate, 1.0 / (int(n_holdout) + 1))
+    from leakaudit.scoring import exceedance_p_value, holdout_rank
+
+    n_holdout = int(summary.get("n_holdout") or 0)
     exceed = sum(1 for r in rows if float(r["ssim"]) > reference)
-    tail = binomial_tail(exceed, n_train, rate)
+    if n_holdout:
+        rank = holdout_rank(n_holdout, settings.holdout_quantile)
+        tail = exceedance_p_value(exceed, n_train, n_holdout, rank)
+        expected = rank * n_train / (n_holdout + 1)
+        test = (f"one-sided exact rank test: members above the holdout's {rank}th-largest best match, negative "
+                "hypergeometric under exchangeable members and non-members")
+    else:  # an old document without the holdout's size: the binomial approximation at rate 1 - q
+        rate = 1.0 - settings.holdout_quantile
+        tail, expected, test = binomial_tail(exceed, n_train, rate), n_train * rate, "one-sided binomial test"
     significant = tail < CHANCE_ALPHA
     message = (
         f"Calibrated: a member counts only above the holdout's q{settings.holdout_quantile:g} best-match SSIM "
-        f"({reference:.3f}); {exceed} of {n_train} members exceed it (chance expects {n_train * rate:.1f}; one-sided "
-        f"binomial test, p = {tail:.3g}: {'significant' if significant else 'consistent with chance'} at "
-        f"{CHANCE_ALPHA:g})."
+        f"({reference:.3f}); {exceed} of {n_train} members exceed it (chance expects {expected:.1f}; {test}, "
+        f"p = {tail:.3g}: {'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
     )
     return _Chance(True, reference, significant, message, exceed, tail)
 
@@ -513,7 +524,9 @@ def _member_level(ssim: float, lpips: float | None, settings: GateSettings, chan
 
     ssim_level, lpips_level, rule = crossed()
     if rule is None:
-        below = "below warn_ssim" if settings.warn_ssim is not None else "no SSIM threshold set"
+        level = settings.warn_ssim if settings.warn_ssim is not None else settings.fail_ssim
+        name = "warn_ssim" if settings.warn_ssim is not None else "fail_ssim"
+        below = f"below {name} {level:.2f}" if level is not None else "no SSIM threshold set"
         return "ok", "ok", f"SSIM {ssim:.3f}: {below}; ok."
     if not chance.calibrated:
         return ssim_level, lpips_level, f"{rule}, uncalibrated (no holdout): the absolute threshold applies."
@@ -523,12 +536,12 @@ def _member_level(ssim: float, lpips: float | None, settings: GateSettings, chan
                             "are matched as well; not counted.")
     if not chance.significant:
         return "ok", "ok", (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), but the number of members "
-                            f"above it is consistent with chance (binomial p = {chance.p_value:.3g}); not counted.")
+                            f"above it is consistent with chance (p = {chance.p_value:.3g}); not counted.")
     if "fail" in (ssim_level, lpips_level) and baseline == "persisting":
         return ("warn" if ssim_level == "fail" else ssim_level), ("warn" if lpips_level == "fail" else lpips_level), (
             f"{rule} and above the holdout's {q}, persisting from the baseline: reported as a warning.")
     return ssim_level, lpips_level, (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), with more members "
-                                     f"above it than chance gives (binomial p = {chance.p_value:.3g}).")
+                                     f"above it than chance gives (p = {chance.p_value:.3g}).")
 
 
 @dataclass(frozen=True)

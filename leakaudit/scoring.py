@@ -53,6 +53,45 @@ class MembershipTest:
         }
 
 
+def holdout_rank(n_holdout: int, quantile: float) -> int:
+    """r such that the holdout's ``quantile`` (linear interpolation) lies at or above its r-th largest value.
+
+    With n values, position q·(n−1) counted from the smallest has
+    n − 1 − ⌊q·(n−1)⌋ values above it (fewer when there are ties), so a member
+    above the quantile is above the r-th largest, r = n − ⌊q·(n−1)⌋.
+    """
+    return max(1, n_holdout - math.floor(quantile * (n_holdout - 1) + 1e-9))
+
+
+def exceedance_p_value(exceed: int, n_members: int, n_holdout: int, rank: int) -> float:
+    """P(at least ``exceed`` members rank above the holdout's ``rank``-th largest), members and non-members exchangeable.
+
+    The exact test of "more members above the holdout's upper quantile than
+    chance gives": under the null every ordering of the pooled values is
+    equally likely, so the number of members ranked above the r-th largest
+    non-member is negative hypergeometric. Unlike a binomial test at rate 1 − q
+    it accounts for the quantile itself being estimated from a finite
+    holdout (the members share one noisy threshold). Since the quantile lies at
+    or above the r-th largest holdout value, the p-value is conservative.
+    """
+    m, n, r = n_members, n_holdout, min(max(1, rank), n_holdout)
+    if exceed <= 0:
+        return 1.0
+    if exceed > m:
+        return 0.0
+    log_total = math.lgamma(m + n + 1) - math.lgamma(m + 1) - math.lgamma(n + 1)
+
+    def log_pmf(x: int) -> float:  # C(x+r-1, x) · C(m-x + n-r, m-x) / C(m+n, m)
+        a = math.lgamma(x + r) - math.lgamma(x + 1) - math.lgamma(r)
+        b = math.lgamma(m - x + n - r + 1) - math.lgamma(m - x + 1) - math.lgamma(n - r + 1)
+        return a + b - log_total
+
+    below = sum(math.exp(log_pmf(x)) for x in range(0, exceed))
+    if below < 0.5:  # sum the short side for precision
+        return float(min(1.0, max(0.0, 1.0 - below)))
+    return float(min(1.0, sum(math.exp(log_pmf(x)) for x in range(exceed, m + 1))))
+
+
 def mann_whitney_p(positives: np.ndarray, negatives: np.ndarray) -> float:
     """One-sided P(AUC ≥ observed) under "no difference": normal approximation with tie correction."""
     n1, n2 = positives.size, negatives.size

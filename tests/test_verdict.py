@@ -278,3 +278,15 @@ def test_effort_levels_fix_the_planned_steps() -> None:
     assert quick.pretrain_steps < standard.pretrain_steps < thorough.pretrain_steps
     assert standard == InversionConfig()
     assert replace(InversionConfig.for_effort("quick", budget_s=1.0), budget_s=None) == quick
+
+
+def test_the_chance_test_is_exact_for_an_estimated_quantile() -> None:
+    from scipy.stats import nhypergeom
+
+    from leakaudit.scoring import exceedance_p_value, holdout_rank
+
+    assert holdout_rank(300, 0.99) == 4 and holdout_rank(20, 0.99) == 2
+    for k, m, n, r in [(8, 200, 300, 4), (1, 10, 60, 1), (12, 100_000, 200, 3), (3, 30, 15, 2)]:
+        assert exceedance_p_value(k, m, n, r) == pytest.approx(nhypergeom(m + n, m, r).sf(k - 1), rel=1e-9, abs=1e-15)
+    # the case a binomial test at rate 0.01 calls significant (p ≈ 0.001): chance explains it
+    assert exceedance_p_value(8, 200, 300, holdout_rank(300, 0.99)) > 0.01
