@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.baselines import class_mean_candidates, kkt_reconstruction, pixel_inversion
 from leakaudit.models import TargetModel, load_model
-from leakaudit.reference import ReferenceData, build_reference, load_spec, shipped_audits, split_members
+from leakaudit.reference import BUNDLED, ReferenceData, build_reference, load_spec, shipped_audits, split_members
 
 OUT = Path(__file__).resolve().parent / "out"
 LADDER = ["digits-mlp-1pc", "digits-mlp-2pc", "digits-mlp-5pc", "digits-mlp-20pc"]
@@ -137,7 +137,8 @@ def run_model(name: str, quick: bool, seed: int, which: set[str], kkt_budget: fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(shipped_audits()), help="comma-separated audit names")
+    bundled = [n for n in shipped_audits() if load_spec(n)[0].dataset in BUNDLED]  # real data: bench_realdata.py
+    parser.add_argument("--models", default=",".join(bundled), help="comma-separated audit names")
     parser.add_argument("--quick", action="store_true", help="fewer candidates and steps")
     parser.add_argument("--attacks", default="class-mean,pixel,kkt", help="comma-separated subset of class-mean,pixel,kkt")
     parser.add_argument("--kkt-budget", type=float, default=None, help="seconds per KKT run (default 240, quick 30)")

@@ -288,8 +288,8 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     if informed and result.pretrained_images is not None and null_set is not None and not stop():
         observer.phase("matching the pre-trained generator's candidates (what the weights added)")
         pre = result.pretrained_images.detach().float().cpu().clamp(0, 1)
-        pre_matches = (sharded_best_matches(pre, train.images, dist, k=1).best_ssim.double(),
-                       sharded_best_matches(pre, null_set.images, dist, k=1).best_ssim.double())
+        pre_matches = (sharded_best_matches(pre, train.images, dist, k=1, prefilter=prefilter).best_ssim.double(),
+                       sharded_best_matches(pre, null_set.images, dist, k=1, prefilter=prefilter).best_ssim.double())
     if dist.any_true(stop()):
         return AuditOutcome(document={}, exit_status=ExitStatus.INTERRUPTED)
     if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
@@ -509,7 +509,9 @@ def matching_reserve_s(n_candidates: int, n_images: int, shape: tuple[int, int, 
     """
     pixels = shape[0] * max(1, shape[1] - 10) * max(1, shape[2] - 10)
     pairs_per_s = MATCH_PAIRS_PER_S * (22 * 22) / pixels
-    pairs = n_candidates * n_images * (2 if informed else 1)
+    from leakaudit.matching.search import matched_pairs
+
+    pairs = matched_pairs(n_candidates, n_images) * (2 if informed else 1)
     return REPORT_RESERVE_S + pairs / pairs_per_s
 
 

@@ -134,5 +134,6 @@ def test_prefilter_recall_on_real_digits(digits: tuple[torch.Tensor, torch.Tenso
 
 
 def test_auto_prefilter_policy() -> None:
-    assert auto_prefilter(1000, 50_000) is None  # 50M pairs: still exact
+    assert auto_prefilter(200, 50_000) is None  # 10M pairs: still exact
+    assert auto_prefilter(201, 50_000) == 50
     assert auto_prefilter(2000, 60_000) == 50

@@ -8,6 +8,13 @@ spectrum as a handful of directions far above the initialisation's bulk. The
 classifier cannot see anything outside the span; projecting candidates onto it
 removes what the image prior made up there and keeps what the weights hold.
 
+On real 784-dimensional data the span is only partly visible this way. On
+the 10-per-class MNIST MLP (small init, full-batch GD) the update θ − θ₀ has
+rank exactly 100, but its singular values fall from 3.05 (σ₁) to 0.14 (σ₂₀),
+0.031 (σ₅₀) and 0.0024 (σ₁₀₀), while the initial weights' spectrum reaches
+0.122: only ~22 learned directions stand above the random bulk, hence the 20
+this rule finds. The other 80 are recoverable only with θ₀ (``initaware.py``).
+
 Only models whose first layer is fully connected on the flattened input have
 such a span; for any other model, or a first layer of (nearly) full rank, the
 prior is skipped with a note.
