@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench wheel-check clean
+.PHONY: setup demo test test-fast bench wheel-check clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but whole audits, subprocesses, the browser and the wheel.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # A short pass over the benchmarks; bench/README.md has the full runs.
 bench: setup

@@ -1,9 +1,10 @@
-"""Shared fixtures: real digits and tiny classifiers trained once per test session."""
+"""Shared fixtures and helpers: a tiny classifier trained once per session on real digits, CLI runners."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 os.environ["TORCH_HOME"] = str(Path(__file__).parent / ".torch-home-empty")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
+from leakaudit.cli import main  # noqa: E402
+from leakaudit.exit_codes import ExitStatus  # noqa: E402
 from leakaudit.reference import ReferenceSpec, build_classifier, split_members, train_classifier  # noqa: E402
 from leakaudit.data import write_image_folder  # noqa: E402
 
@@ -43,11 +46,67 @@ def tiny_architecture() -> torch.nn.Sequential:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyReference:
     root = tmp_path_factory.mktemp("tiny")
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    data = split_members(TINY_SPEC)
-    module, _ = train_classifier(TINY_SPEC, data)
+    try:
+        data = split_members(TINY_SPEC)
+        module, _ = train_classifier(TINY_SPEC, data)
+    finally:
+        torch.set_num_threads(threads)
     write_image_folder(root / "train", data.train_images, data.train_labels, data.classes)
     write_image_folder(root / "holdout", data.holdout_images, data.holdout_labels, data.classes)
     torch.jit.save(torch.jit.script(module), str(root / "model.pt"))
     torch.save(module.state_dict(), root / "weights.pth")
     return TinyReference(module, root / "train", root / "holdout", root / "model.pt", root / "weights.pth", TINY_SPEC)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Whatever thread count a test sets, the next test starts from the session's."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# An inversion of a few dozen steps: whole audits of the tiny reference take seconds.
+QUICK_INVERSION = """
+[inversion]
+width = 16
+batch_per_class = 2
+steps = 30
+pool_per_class = 8
+candidates_per_class = 2
+refine_steps = 10
+pretrain_steps = 60
+finetune_steps = 20
+checkpoint_every = 10
+"""
+
+
+@pytest.fixture(scope="session")
+def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config file holding ``QUICK_INVERSION``."""
+    path = tmp_path_factory.mktemp("config") / "quick.toml"
+    path.write_text(QUICK_INVERSION)
+    return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``leakaudit ARGS`` in this process: exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def assert_error(code: int, err: str, message: str) -> None:
+    """A usage or input error: exit 2, the message on stderr, no traceback."""
+    assert code == ExitStatus.ERROR, err
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def assert_no_result(out_dir: Path) -> None:
+    """A failed run leaves no result files behind."""
+    for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
+        assert not (out_dir / name).exists(), f"{name} written by a failed run"

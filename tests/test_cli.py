@@ -11,30 +11,11 @@ import torch
 from PIL import Image
 
 from leakaudit import __version__
-from leakaudit.cli import main
 from leakaudit.exit_codes import ExitStatus
 
-from .conftest import TinyReference
+from .conftest import TinyReference, assert_error, assert_no_result, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
-def assert_error(code: int, err: str, message: str) -> None:
-    assert code == ExitStatus.ERROR, err
-    assert message in err, err
-    assert "Traceback" not in err
-
-
-def assert_no_result(out_dir: Path) -> None:
-    for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
-        assert not (out_dir / name).exists(), f"{name} written by a failed run"
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +28,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in out, flag
 
 
+@pytest.mark.slow
 def test_entry_point_runs_as_a_program(tiny: TinyReference, tmp_path: Path) -> None:
     """The installed console script, in a fresh process: an error is exit 2 and one line."""
     proc = subprocess.run(

@@ -152,6 +152,7 @@ def _failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: int, exitcod
     return ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=exitcode, error_file=str(error_file))
 
 
+@pytest.mark.slow
 def test_launcher_exit_codes_name_the_rank_that_failed_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -179,6 +180,7 @@ def test_launcher_exit_codes_name_the_rank_that_failed_first(tmp_path: Path, mon
 
 # --- two real processes ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sharded_matching_equals_single_process_exactly(tmp_path: Path) -> None:
     done = _torchrun("-m", "tests.test_distributed", "match", str(tmp_path / "result"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -198,6 +200,7 @@ def test_sharded_matching_equals_single_process_exactly(tmp_path: Path) -> None:
             assert got[name].pairs_scored == want.pairs_scored
 
 
+@pytest.mark.slow
 def test_a_failed_rank_stops_the_run_with_exit_2_naming_it(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     outcome, stderr = _launch_in_subprocess(["fail", str(report)], module="tests.test_distributed")
@@ -226,6 +229,7 @@ def _audit_args(tiny: Any, config: Path, out: Path, model: str | None = None, *e
             "--prior", "none", "--config", str(config), "--seed", "3", "--top", "10", "--out", str(out), "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, tmp_path: Path) -> None:
     from leakaudit.data import load_image_folder
 
@@ -258,6 +262,7 @@ def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, tmp_pat
         assert finding["ssim"] == float(check.best_ssim[i])
 
 
+@pytest.mark.slow
 def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, tmp_path: Path) -> None:
     """The architecture builder fails on rank 1 only (say a file missing on one node)."""
     (tmp_path / "node_arch.py").write_text(

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
-from tests.test_report_data import scenario
+from tests.scenarios import scenario
 
 from leakaudit.errors import ConfigError, UsageError
 from leakaudit.exit_codes import ExitStatus

@@ -36,9 +36,13 @@ class Reference:
 
 
 def _reference(spec: ReferenceSpec) -> Reference:
-    torch.set_num_threads(1)
-    data = split_members(spec)
-    model, _ = train_classifier(spec, data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train fastest on one thread of a shared machine
+    try:
+        data = split_members(spec)
+        model, _ = train_classifier(spec, data)
+    finally:
+        torch.set_num_threads(threads)
     target = TargetModel.from_module(model, (1, spec.size, spec.size), len(data.classes), device="cpu")
     prior_idx, eval_idx = split_prior(data.holdout_labels, 0.5, seed=0)
     return Reference(target, data.train_images, (data.holdout_images[prior_idx], data.holdout_labels[prior_idx]),

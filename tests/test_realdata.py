@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bench.realdata import PACKAGES, read_tarball
 from leakaudit.inversion.candidates import candidates_per_class_for

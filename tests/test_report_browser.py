@@ -20,7 +20,9 @@ from PIL import Image
 
 from leakaudit.gate import GateSettings, apply_gate
 from leakaudit.report import write_outputs
-from tests.test_report_data import scenario
+from tests.scenarios import scenario
+
+pytestmark = pytest.mark.slow  # a headless browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 TODAY = date(2026, 11, 28)

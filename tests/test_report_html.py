@@ -19,7 +19,7 @@ from leakaudit.report import view
 from leakaudit.report.images import DIFF_GAIN, MAX_THUMB_SIDE, ImageRenderer, difference_map
 from leakaudit.report.summary import format_p, summarise, tidy_numbers, with_previous_ssim
 from leakaudit.report.schema import load_schema, schema_errors
-from tests.test_report_data import _leak_score, scenario
+from tests.scenarios import leak_score_record, scenario
 
 TODAY = date(2026, 11, 28)
 HOSTILE = (
@@ -219,7 +219,7 @@ def test_a_minimal_valid_document_renders() -> None:
 def test_weights_gain_is_shown_when_present() -> None:
     before, after = scenario(leaky=False), scenario(leaky=True)  # same members and non-members, other candidates
     assert before.holdout_best is not None and after.holdout_best is not None
-    gain = _leak_score(after.train_best - before.train_best, after.holdout_best - before.holdout_best,
+    gain = leak_score_record(after.train_best - before.train_best, after.holdout_best - before.holdout_best,
                        np.random.default_rng(0))
     doc = after.document
     doc["summary"]["weights_gain"] = {

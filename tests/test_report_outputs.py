@@ -22,14 +22,7 @@ from leakaudit.report import (
 )
 from leakaudit.report.atomic import atomic_write, atomic_write_text
 from leakaudit.report.schema import schema_errors, validate
-from tests.test_report_data import scenario
-
-TODAY = date(2026, 11, 28)
-
-
-def gated(leaky: bool = True, settings: GateSettings | None = None, **kwargs: object):
-    s = scenario(leaky=leaky, **kwargs)  # type: ignore[arg-type]
-    return apply_gate(s.document, settings or GateSettings(), today=TODAY), s.arrays
+from tests.scenarios import TODAY, gated, scenario
 
 
 def test_outputs_round_trip_and_rerender(tmp_path: Path) -> None:

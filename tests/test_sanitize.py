@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 from leakaudit.report import render_junit, render_markdown
 from leakaudit.sanitize import markdown_text, path_text, terminal_text, xml_text
-from tests.test_report_outputs import gated
+from tests.scenarios import gated
 
 HOSTILE = "a\x1b[2J\x1b[1;1H\x07\x00\x0b\x9b31m\u202eevil]]>&<b>"
 

@@ -24,8 +24,7 @@ from PIL import Image
 from leakaudit.exit_codes import ExitStatus
 
 from . import payloads
-from .conftest import TinyReference
-from .test_cli import run_cli
+from .conftest import QUICK_INVERSION, TinyReference, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 # Importing torch reserves ~3 GiB of address space here; 2 GiB more is room for an audit, not for a bomb.
@@ -183,6 +182,7 @@ def _limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("build", "named"), [(payloads.zip_bomb_state_dict, "inflates"),
                                                (payloads.safetensors_overclaim, "refused before allocating")],
                          ids=["state_dict zip bomb", "safetensors header"])
@@ -203,6 +203,7 @@ def _folder(tmp_path: Path, tiny: TinyReference) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReference, tmp_path: Path) -> None:
     data = _folder(tmp_path, tiny)
     with open(data / "0" / "sparse.png", "wb") as fh:
@@ -211,7 +212,7 @@ def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReferenc
     Image.fromarray(deep).save(data / "1" / "deep.png")  # 40 Mpx, 16-bit, a few kilobytes
     os.mkfifo(data / "2" / "pipe.png")
     result = _limited(["run", str(tiny.torchscript), "--data", str(data), "--out", str(tmp_path / "out"),
-                       "--budget", "20", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path))],
+                       "--budget", "600", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path))],
                       REPO)
     assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
     skipped = {s["path"]: s["reason"] for s in _document(result)["provenance"]["data"]["skipped"]}
@@ -221,8 +222,6 @@ def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReferenc
 
 
 def _quick_config(tmp_path: Path) -> Path:
-    from .test_audit_end_to_end import QUICK_INVERSION
-
     path = tmp_path / "quick.toml"
     path.write_text(QUICK_INVERSION)
     return path
@@ -247,6 +246,7 @@ def test_out_may_not_overlap_the_image_folders(tiny: TinyReference, tmp_path: Pa
     assert sorted(p.name for p in data.iterdir()) == [str(d) for d in range(10)]  # nothing was written into it
 
 
+@pytest.mark.slow
 def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -255,7 +255,7 @@ def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
     torch.save(tiny.module, model)
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
-                            "--budget", "20", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
+                            "--budget", "600", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
                             "--markdown", str(tmp_path / "s.md")], capsys)
     assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
     assert "warning: --unsafe-pickle given" in err and "runs code from the file" in err

@@ -15,16 +15,13 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from leakaudit.cpus import cgroup_quota_cpus, choose_threads, usable_cpus
-from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate import GateSettings, apply_gate
 from leakaudit.report import write_outputs
 from leakaudit.report.schema import schema_errors
 from leakaudit.scoring import membership_test, tpr_at_fpr
-from tests.test_report_data import scenario
+from tests.scenarios import scenario
 
-from .conftest import TinyReference
-from .test_audit_end_to_end import QUICK_INVERSION
-from .test_cli import assert_error, assert_no_result, run_cli
+from .conftest import QUICK_INVERSION, TinyReference, assert_error, assert_no_result, run_cli
 
 TODAY = date(2026, 11, 28)
 
@@ -107,6 +104,7 @@ def test_membership_test_agrees_with_scikit_learn() -> None:
     assert tpr_at_fpr(np.array([2.0, 3.0]), np.array([0.0, 1.0]), 0.001) == 1.0
 
 
+@pytest.mark.slow
 def test_the_memorising_reference_does_not_pass(tiny: TinyReference, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Three real digits per class, trained to memorise: whatever the reconstructions, the verdict is not pass."""
@@ -190,6 +188,7 @@ def test_a_forged_baseline_is_refused_before_the_audit(tiny: TinyReference, tmp_
     assert_no_result(tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_a_baseline_of_another_model_is_refused_unless_meant(tiny: TinyReference, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _audit(tiny, tmp_path, capsys, out="first")
@@ -251,6 +250,7 @@ def test_the_thread_count_follows_what_the_process_may_use(tmp_path: Path, monke
     assert choose_threads(requested=1) == 1
 
 
+@pytest.mark.slow
 def test_the_verdict_does_not_depend_on_the_thread_count(tiny: TinyReference, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
