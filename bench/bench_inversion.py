@@ -5,7 +5,7 @@ the member-vs-non-member leak score (AUC of best-match SSIM, members vs the
 evaluation non-members), the fractions of members / non-members whose best
 match reaches SSIM 0.4 / 0.5 / 0.6, mean best-match SSIM, wall time and
 steps/s, for leakaudit's informed and data-free inversions and, in the same
-run, the baselines: class-mean images, the simple pixel inversion (MIFace
+run, the reference attacks: class-mean images, the simple pixel inversion (MIFace
 style), the multiclass KKT reconstruction, and (informed) the pre-trained
 generator alone, before the classifier is consulted. Informed runs also report the paired gain test
 (each image's gain in best-match SSIM over the pre-trained generator, members
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import baselines  # noqa: E402
+from bench import attacks  # noqa: E402
 from leakaudit.inversion import InversionConfig, InversionResult, invert, split_prior, weight_contribution  # noqa: E402
 from leakaudit.matching.search import best_matches  # noqa: E402
 from leakaudit.models import TargetModel, load_model  # noqa: E402
@@ -148,15 +148,15 @@ def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int],
           f"loss-membership AUC {b.loss_auc():.3f}", flush=True)
     k = config.candidates_per_class
     t0 = time.monotonic()
-    cm, _ = baselines.class_mean_candidates(b.prior[0], b.prior[1], b.target.num_classes)
+    cm, _ = attacks.class_mean_candidates(b.prior[0], b.prior[1], b.target.num_classes)
     b.score("class-mean (prior)", cm, time.monotonic() - t0)
     t0 = time.monotonic()
-    pix, _ = baselines.pixel_inversion(b.target, k, steps=400, seed=seeds[0])
+    pix, _ = attacks.pixel_inversion(b.target, k, steps=400, seed=seeds[0])
     dt = time.monotonic() - t0
     b.score("pixel inversion", pix, dt, 400 / dt)
     if kkt_budget > 0:
         t0 = time.monotonic()
-        kkt, _ = baselines.kkt_reconstruction(b.target, max(len(b.members), b.target.num_classes * k), seed=seeds[0], budget_s=kkt_budget)
+        kkt, _ = attacks.kkt_reconstruction(b.target, max(len(b.members), b.target.num_classes * k), seed=seeds[0], budget_s=kkt_budget)
         b.score("KKT", kkt, time.monotonic() - t0)
     for seed in seeds:
         result, _ = b.run_engine(f"informed s{seed}", dataclasses.replace(config, seed=seed), informed=True)
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "inversion"))
     parser.add_argument("--budget", type=float, default=150.0, help="seconds per inversion run (the bar allows 180)")
-    parser.add_argument("--kkt-budget", type=float, default=120.0, help="seconds for the KKT baseline (0: skip)")
+    parser.add_argument("--kkt-budget", type=float, default=120.0, help="seconds for the KKT attack (0: skip)")
     parser.add_argument("--seeds", default="0,1", help="informed-mode seeds (replication of the paired gain)")
     parser.add_argument("--ablation", default="", help="model for the ablation table (empty: none)")
     parser.add_argument("--ablation-budget", type=float, default=90.0, help="seconds per ablation run")

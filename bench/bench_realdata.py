@@ -10,7 +10,7 @@ MLPs). Printed per row: the leak score, members whose best match exceeds SSIM
 prototype null), the loss-threshold membership AUC, wall time, peak RSS of the
 process and the sizes of ``leakaudit.json`` and ``report.html``. In the same
 run, on the same member / null split as the audit, the baselines of
-``bench/baselines.py``: the pixel inversion and (MLPs) the multiclass KKT
+``bench/attacks.py``: the pixel inversion and (MLPs) the multiclass KKT
 reconstruction.
 
     python -m bench.bench_realdata [--models mnist-mlp-10pc,...] [--modes data-free,informed,init-aware]
@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
-from bench.baselines import kkt_reconstruction, pixel_inversion
+from bench.attacks import kkt_reconstruction, pixel_inversion
 from leakaudit.audit import split_holdout
 from leakaudit.data import load_image_folder
-from leakaudit.matching.baseline import class_mean_null, leak_score
+from leakaudit.matching.null import class_mean_null
+from leakaudit.scoring import leak_score
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.models import load_model
 from leakaudit.reference import BuiltReference, build_reference, load_spec

@@ -213,9 +213,9 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
     from leakaudit.inversion import invert
     from leakaudit.inversion.candidates import grown
     from leakaudit.inversion.initaware import init_aware_inversion
-    from leakaudit.matching.baseline import (
-        class_mean_null, distribution_summary, histogram, leak_score, near_duplicates,
-    )
+    from leakaudit.matching.duplicates import near_duplicates
+    from leakaudit.matching.null import class_mean_null
+    from leakaudit.scoring import distribution_summary, histogram, leak_score
     from leakaudit.matching.lpips import LpipsScorer
     from leakaudit.matching.search import auto_prefilter
     from leakaudit.matching.ssim import SSIM_SETTINGS
@@ -282,8 +282,8 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
                                           progress=lambda d, t: observer.advance(d, t, "non-member images"))
     if prefilter is not None:
         notes.append(f"Matching used the correlation prefilter (exact SSIM for each image's {prefilter} most correlated "
-                     "reconstructions): at this size exhaustive matching is slow, and on real digits the prefilter "
-                     "found the exact best match for 99.6–99.7% of images, losing at most 0.03 SSIM on the others.")
+                     "reconstructions, not all of them): at this size exhaustive matching is slow. An image's best "
+                     "match can be missed, so its SSIM is a lower bound.")
     pre_matches = None
     if informed and result.pretrained_images is not None and null_set is not None and not stop():
         observer.phase("matching the pre-trained generator's candidates (what the weights added)")
@@ -415,7 +415,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
 def _weights_gain(pre_matches: tuple[torch.Tensor, torch.Tensor] | None, train_best: torch.Tensor,
                   null_best: torch.Tensor | None, seed: int, notes: list[str]) -> dict[str, Any] | None:
     """Informed mode: the leak score of what optimising against the weights added (a note says what it means)."""
-    from leakaudit.matching.baseline import leak_score
+    from leakaudit.scoring import leak_score
 
     if pre_matches is None or null_best is None:
         return None

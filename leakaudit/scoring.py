@@ -1,26 +1,35 @@
-"""Statistics of the verdict that are not about reconstructions: the model's own membership signal.
+"""Every statistic of the verdict, one implementation for the audit and the benchmarks.
+
+Reconstructions resemble class prototypes, so a high SSIM alone is no
+evidence of leakage. The evidence is the gap between how well members
+(training images) and non-members (holdout images of the same distribution)
+are matched: the leak score is the Mann–Whitney AUC of member vs non-member
+best-match SSIM (0.5 = no difference), with a bootstrap interval and a
+one-sided permutation p-value. Beside it: the distribution summaries and
+histograms of the report, and the model's own membership signal.
 
 A model that memorises its training set can leak *membership* (was this image
 used for training?) without any reconstruction looking like a member. The
 standard first test is the loss threshold (Yeom et al. 2018): members tend to
-have lower loss. Its AUC (members vs held-back non-members) comes with a
-percentile bootstrap interval, a one-sided p-value and the true-positive rates
-at 1 % and 0.1 % false-positive rate, the convention of the membership
-inference literature (Carlini et al. 2022), which reads the tail, not the
-average.
+have lower loss. Its AUC comes with a percentile bootstrap interval, a
+one-sided p-value and the true-positive rates at 1 % and 0.1 % false-positive
+rate, the convention of the membership inference literature (Carlini et al.
+2022), which reads the tail, not the average.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
-from leakaudit.matching.baseline import auc
+from leakaudit.errors import DataError
 
 MEMBERSHIP_METHOD = (
     "loss-threshold membership test (lower cross-entropy = member): Mann-Whitney AUC of members vs non-members, "
@@ -29,6 +38,151 @@ MEMBERSHIP_METHOD = (
 )
 FPR_LEVELS = (0.01, 0.001)
 N_BOOT = 500
+
+
+LEAK_SCORE_METHOD = (
+    "Mann-Whitney AUC of best-match SSIM, members vs non-members (ties count half); "
+    "percentile bootstrap interval resampling both groups; one-sided permutation test "
+    "of the member/non-member labels"
+)
+
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def finite_values(values: torch.Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    """Values as a float64 numpy vector without NaN (images that had no candidate)."""
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    arr = arr.astype(np.float64).reshape(-1)
+    return arr[np.isfinite(arr)]
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(positive > negative) + ½ P(tie): the Mann–Whitney AUC, 0.5 = indistinguishable."""
+    if positives.size == 0 or negatives.size == 0:
+        raise DataError("an AUC needs at least one value in each group")
+    neg = np.sort(negatives)
+    below = np.searchsorted(neg, positives, side="left")
+    not_above = np.searchsorted(neg, positives, side="right")
+    return float((below + not_above).sum() / (2.0 * positives.size * neg.size))
+
+
+@dataclass(frozen=True)
+class LeakScore:
+    """Member-vs-non-member AUC of best-match SSIM, with its uncertainty."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_members: int
+    n_nonmembers: int
+    ci_level: float = 0.95
+    method: str = LEAK_SCORE_METHOD
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.ci_level,
+            "p_value": self.p_value,
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "method": self.method,
+        }
+
+
+def leak_score(
+    train_best: torch.Tensor | np.ndarray,
+    holdout_best: torch.Tensor | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> LeakScore:
+    """AUC of train (member) vs holdout (non-member) best-match SSIM, with bootstrap CI and p-value.
+
+    The p-value is one-sided (members matched better), (1 + #perm ≥ observed) / (1 + n_perm),
+    so it is never 0. NaN entries (no candidate of that class) are left out.
+    """
+    pos, neg = finite_values(train_best), finite_values(holdout_best)
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("the leak score needs best-match SSIM for at least one member and one non-member")
+    value = auc(pos, neg)
+    rng = np.random.default_rng(seed)
+    boots = _bootstrap_aucs(pos, neg, n_boot, rng)
+    alpha = (1.0 - ci_level) / 2.0
+    ci_low, ci_high = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot else (value, value)
+    ranks = rankdata(np.concatenate([pos, neg]))  # tie-averaged: a permutation only reshuffles them
+    offset = pos.size * (pos.size + 1) / 2.0
+    exceed = 0
+    for _ in range(n_perm):
+        shuffled = rng.permutation(ranks)
+        exceed += (shuffled[: pos.size].sum() - offset) / (pos.size * neg.size) >= value - 1e-12
+    p_value = (1.0 + exceed) / (1.0 + n_perm)
+    return LeakScore(value, ci_low, ci_high, float(p_value), int(pos.size), int(neg.size), ci_level)
+
+
+def _bootstrap_aucs(pos: np.ndarray, neg: np.ndarray, rounds: int, rng: np.random.Generator) -> np.ndarray:
+    """AUCs of ``rounds`` bootstrap resamples, each in O(n + m): resampling as counts, no sort per round.
+
+    Each positive's place among the sorted negatives is found once; a resample
+    weights positives and negatives by multinomial counts, and the negatives
+    below (or tied with) a positive are a cumulative sum of their counts.
+    """
+    order = np.sort(neg)
+    below = np.searchsorted(order, pos, side="left")  # (n,) negatives strictly below each positive
+    not_above = np.searchsorted(order, pos, side="right")
+    out = np.empty(rounds, dtype=np.float64)
+    for r in range(rounds):
+        w = np.bincount(rng.integers(0, pos.size, pos.size), minlength=pos.size)
+        v = np.concatenate([[0], np.cumsum(np.bincount(rng.integers(0, neg.size, neg.size), minlength=neg.size))])
+        out[r] = float(w @ (v[below] + v[not_above])) / (2.0 * pos.size * neg.size)
+    return out
+
+
+def distribution_summary(
+    best_ssim: torch.Tensor | np.ndarray, thresholds: Sequence[float] = (0.4, 0.5, 0.6)
+) -> dict[str, object]:
+    """Mean, quantiles (0.5/0.9/0.95/0.99/max) and fraction above each threshold, as plain floats."""
+    x = finite_values(best_ssim)
+    if x.size == 0:
+        raise DataError("no best-match SSIM values to summarise")
+    quantiles = {str(q): float(np.quantile(x, q)) for q in QUANTILES}
+    quantiles["max"] = float(x.max())
+    return {
+        "mean": float(x.mean()),
+        "quantiles": quantiles,
+        "fraction_above": {str(t): float((x > t).mean()) for t in thresholds},
+    }
+
+
+def histogram(
+    train_best: torch.Tensor | np.ndarray,
+    holdout_best: torch.Tensor | np.ndarray | None = None,
+    *,
+    bins: int = 20,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> dict[str, list[float] | list[int] | None]:
+    """Counts of best-match SSIM in ``bins`` equal bins on [low, high] for the report.
+
+    ``bins`` in the result are the bins + 1 edges; values outside [low, high]
+    (SSIM can be negative) are counted in the first or last bin.
+    """
+    edges = np.linspace(low, high, bins + 1)
+
+    def counts(values: torch.Tensor | np.ndarray) -> list[int]:
+        x = np.clip(finite_values(values), low, high)
+        return [int(c) for c in np.histogram(x, bins=edges)[0]]
+
+    return {
+        "bins": [float(e) for e in edges],
+        "train": counts(train_best),
+        "holdout": None if holdout_best is None else counts(holdout_best),
+    }
 
 
 @dataclass(frozen=True)

@@ -1,50 +1,9 @@
 """Every weight and schedule of the inversion engine, in one frozen dataclass.
 
-Defaults were chosen by ``bench/bench_inversion.py`` on the reference models in
-``audits/`` (see the benchmark section of ``bench/README.md``), not by guess.
-What the measurements said (1-digit-per-class MLP, informed unless noted;
-leak score = member-vs-non-member AUC of best-match SSIM):
-- the minimum-norm prior ``w_l2`` is the largest single gain: 0.85 → 0.93
-  informed, 0.68 → 0.85 data-free (w_l2 = 20; 60 gives 0.90 data-free but
-  fainter images); without it confidence is met by saturated blobs;
-- a margin hinge (``w_margin``, m* = 20) beats KL/CE alone (0.81–0.83 → 0.84);
-- a conditional VAE prior with β = 1 keeps the label (β = 0.05 ignores it and
-  the classifier then fights the decoder); an autoencoder prior scored 0.77 vs 0.83;
-- 2 candidates per class scored as 4 or 8 (5 per class: 0.54 vs 0.53);
-- the per-sample pixel residual in refinement: +0.02, within noise;
-- ablation (60 s budget): refinement is essential (0.92 → 0.67 without it);
-  the margin hinge carries fidelity (members' mean best SSIM 0.69 → 0.48
-  without it); KL, CE, perturbation, TV and the anchor each move the leak
-  score by ≤ 0.03; the gradient-norm prior and the cos/orth terms do not
-  help reconstruction (0.905, 0.897), so their default weight is 0;
-  generator fine-tuning itself adds nothing measurable on the 1-per-class MLP
-  (0.936 without it) and costs realism on CNNs;
-- the first layer's row space (``rowspace``, ``w_span``; MLPs only): with
-  ``w_span`` = 300 and no generator fine-tuning the 1-per-class MLP scores
-  0.993 / 0.995 on two seeds (0.953 / 0.956 with 150 fine-tuning steps;
-  0.908 with fine-tuning and no row space), members' mean best SSIM 0.91
-  against 0.70, and 8 of 10 members above the non-members' 99th percentile
-  (3 before); 2 per class: 0.79–0.80 (0.78); 5 and 20 per class: no change
-  (≈ 0.59, ≈ 0.55). Without fine-tuning the CNNs also keep more of the
-  prior's realism (digits CNN 0.53 vs 0.51, LFW 0.49 vs 0.44), so
-  ``finetune_steps`` defaults to 0: informed candidates are refined against
-  the classifier one by one instead;
-- tried on top of that and not adopted (2 per class unless noted): choosing
-  mutually distant pool samples (+0.01–0.02, but 6 instead of 9 members above
-  the p99 at 1 per class on one seed), a repulsion term between a class's
-  candidates (0.87 on one seed, 0.71 on the other; 0.93 at 1 per class), a
-  range prior on the projected image, choosing pool samples by their energy
-  outside the span, 4–20 candidates per class, longer refinement, no pixel
-  residual: all within ±0.02 or worse. A sparsity prior on the candidates
-  (mean ‖x‖₁ / (‖x‖₂ √D), weight 30) did lift 2 per class to 0.816 / 0.818
-  and 1 per class to 0.997 / 0.998 (9 of 10 above the p99), but cost 5 per
-  class 0.03 (0.559, below the pixel inversion) and 20 per class 0.005; the
-  sharpest images inside a span are single training images only while the
-  span is narrow (the prior images' median energy outside it: 0.077, 0.043,
-  0.010, 0.0007 at 1, 2, 5, 20 per class), so it is not a default. Scaled
-  by the refinement pool's median share outside the span (÷ 0.04, capped at
-  1: weight 14 at 2 per class, 3–4 at 5) it gave 0.804 / 0.811 and
-  0.586 / 0.565: still a loss at 5 per class.
+The defaults are engine choices, not contracts: each was chosen by
+``bench/bench_inversion.py`` on the reference models in ``audits/``, and
+``bench/README.md`` keeps the dated measurement behind each one. Change a
+default only with a new row there.
 """
 
 from __future__ import annotations
@@ -145,7 +104,7 @@ class InversionConfig:
     pretrain_lr: float = 2e-3
     pretrain_batch: int = 64
     vae_beta: float = 1.0
-    finetune_steps: int = 0  # generator fine-tuning against the classifier (measured: 0 is best, see above)
+    finetune_steps: int = 0  # generator fine-tuning against the classifier (measured: 0 is best, bench/README.md)
     finetune_lr: float = 5e-4
     w_anchor: float = 1.0  # keep reconstructing the prior images while fine-tuning
 

@@ -1,24 +1,12 @@
-"""Matching candidates to images: SSIM, best-match search, baseline statistics.
+"""Matching candidates to images: SSIM, best-match search, the prototype null, duplicate groups.
 
 LPIPS lives in ``leakaudit.matching.lpips`` and is not imported here, so that
 using SSIM does not pay for importing torchvision and the lpips package.
+The statistics of what a match means are in ``leakaudit.scoring``.
 """
 
-from leakaudit.matching.baseline import (
-    ClassMeanNull,
-    DuplicateGroup,
-    LeakScore,
-    NearDuplicates,
-    auc,
-    class_mean_null,
-    class_means,
-    distribution_summary,
-    histogram,
-    leak_score,
-    loss_membership_auc,
-    near_duplicates,
-    topk_comparison,
-)
+from leakaudit.matching.duplicates import DuplicateGroup, NearDuplicates, near_duplicates
+from leakaudit.matching.null import ClassMeanNull, class_mean_null, class_means
 from leakaudit.matching.search import BestMatches, best_matches
 from leakaudit.matching.ssim import SSIM_SETTINGS, ssim_matrix, ssim_pairs
 
@@ -27,18 +15,11 @@ __all__ = [
     "BestMatches",
     "ClassMeanNull",
     "DuplicateGroup",
-    "LeakScore",
     "NearDuplicates",
-    "auc",
     "best_matches",
     "class_mean_null",
     "class_means",
-    "distribution_summary",
-    "histogram",
-    "leak_score",
-    "loss_membership_auc",
     "near_duplicates",
     "ssim_matrix",
     "ssim_pairs",
-    "topk_comparison",
 ]

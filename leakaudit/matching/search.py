@@ -174,7 +174,7 @@ def screen_features(images: torch.Tensor, side: int = PREFILTER_SIDE) -> torch.T
 
 
 @torch.no_grad()
-def _paired_scores(
+def paired_scores(
     candidates: torch.Tensor,
     images: torch.Tensor,
     cand_idx: torch.Tensor,
@@ -251,7 +251,7 @@ def _prefiltered_search(
         if progress is not None:
             progress(m + (m * done) // total, 2 * m)
 
-    scores = _paired_scores(candidates, images, pair_c, pair_i, scoring_progress)  # (L,)
+    scores = paired_scores(candidates, images, pair_c, pair_i, scoring_progress)  # (L,)
     # Per image top-k over its scored pairs.
     order = torch.argsort(pair_i * 4.0 - scores.double(), stable=True)  # by image, best first (|ssim| ≤ 1)
     pi, pc, ps = pair_i[order], pair_c[order], scores[order]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from leakaudit.errors import OutputError
-from leakaudit.report.atomic import atomic_write, atomic_write_text
+from leakaudit.report.atomic import atomic_write
 
 JSON_NAME = "leakaudit.json"
 ARRAYS_NAME = "reconstructions.npz"
@@ -56,11 +56,6 @@ def dumps(document: Mapping[str, Any]) -> str:
     if bad:
         raise OutputError(f"findings document holds non-finite numbers at {', '.join(bad[:5])}")
     return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def write_json(document: Mapping[str, Any], out_dir: str | Path) -> Path:
-    """Atomically write OUT/leakaudit.json."""
-    return atomic_write_text(Path(out_dir) / JSON_NAME, dumps(document))
 
 
 def write_arrays(arrays: Mapping[str, np.ndarray], out_dir: str | Path) -> Path:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.baselines import (
+from bench.attacks import (
     class_mean_candidates,
     kkt_objective,
     kkt_reconstruction,

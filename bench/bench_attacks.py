@@ -2,13 +2,13 @@
 
 For every reference (``audits/<name>.toml``) the model is built once and cached
 under ``bench/out/<name>/``, loaded back the way the tool loads a user's model
-(TorchScript through ``load_model``), and attacked by each baseline of
-``bench.baselines``. Every candidate is matched (SSIM) against every member and
+(TorchScript through ``load_model``), and attacked by each reference attack of
+``bench.attacks``. Every candidate is matched (SSIM) against every member and
 every non-member; a sample's score is its best match over all candidates. The
 leak score is the Mann–Whitney AUC of members' against non-members' best
 matches (0.5: members are matched no better than unseen images).
 
-    python -m bench.bench_baselines [--models a,b] [--quick] [--seed N] [--threads N]
+    python -m bench.bench_attacks [--models a,b] [--quick] [--seed N] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.baselines import class_mean_candidates, kkt_reconstruction, pixel_inversion
+from bench.attacks import class_mean_candidates, kkt_reconstruction, pixel_inversion
 from leakaudit.models import TargetModel, load_model
 from leakaudit.reference import BUNDLED, ReferenceData, build_reference, load_spec, shipped_audits, split_members
 
@@ -76,7 +76,7 @@ Attack = Callable[[TargetModel, ReferenceData], torch.Tensor]
 
 
 def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int, kkt_budget: float | None) -> list[tuple[str, str, Attack]]:
-    """(kind, label, attack) for every baseline; KKT only on MLPs (full-model θ, see bench.baselines)."""
+    """(kind, label, attack) for every reference attack; KKT only on MLPs (full-model θ, see bench.attacks)."""
     per_class = 4 if quick else 10
     pix_steps = 150 if quick else 400
     kkt_steps = 150 if quick else 800
