@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from leakaudit import __version__
-from leakaudit.config import AuditSettings
+from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
 from leakaudit.safe_files import check_apart
 from leakaudit.distributed import DistContext
@@ -193,13 +193,12 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
 
 def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], bool], dist: DistContext,
                threads: int) -> AuditOutcome:
-    from leakaudit.gate import apply_gate, gate_settings_from_mapping
+    from leakaudit.gate import apply_gate
 
     started = time.monotonic()
     stages = StageTimer()
     started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    gate_settings = gate_settings_from_mapping(settings.gate, str(settings.baseline) if settings.baseline else None,
-                                               sources=settings.gate_sources)
+    gate_settings = settings.gate
     previous = load_baseline(settings.baseline) if settings.baseline else None
     torch.manual_seed(settings.seed)
 
@@ -519,15 +518,11 @@ def inversion_config(settings: AuditSettings) -> Any:
     """The engine's settings: the effort level's, then [tool.leakaudit.inversion], then the flags."""
     from dataclasses import fields
 
-    from leakaudit.config import did_you_mean
-    from leakaudit.errors import ConfigError
+    from leakaudit.errors import ConfigError, did_you_mean
     from leakaudit.inversion import InversionConfig
 
-    known = {f.name for f in fields(InversionConfig)} - {"effort"}
+    known = {f.name for f in fields(InversionConfig)} - set(RUN_LEVEL_INVERSION_KEYS)
     unknown = sorted(set(settings.inversion) - known)
-    if "effort" in unknown:
-        raise ConfigError("[tool.leakaudit.inversion] effort: set the effort level with --effort or "
-                          "[tool.leakaudit] effort, not in the engine's table")
     if unknown:
         raise ConfigError("unknown [tool.leakaudit.inversion] keys: "
                           + ", ".join(f"{key}{did_you_mean(key, known)}" for key in unknown))

@@ -23,9 +23,10 @@ import click
 
 from leakaudit import __version__
 from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
-from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, read_config
+from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, FileKey, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
+from leakaudit.gate import THRESHOLD_KEYS, gate_settings_from_mapping
 from leakaudit.sanitize import terminal_text
 
 
@@ -117,15 +118,31 @@ class FloatList(click.ParamType):
         return floats
 
 
-def _unit_interval(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise click.BadParameter(f"must be between 0 and 1, got {value}")
-    return value
+# `run` parameters that a file cannot set: the model is an argument, the rest act on this one invocation.
+NOT_IN_FILES = frozenset({"model", "config", "debug", "unsafe_pickle"})
+
+
+def file_keys(command: click.Command) -> dict[str, FileKey]:
+    """The ``[tool.leakaudit]`` keys of a command: one per option, named like its flag (``--format`` → ``format``).
+
+    Thresholds are gate keys (the gate reads them), so they are left out here.
+    """
+    keys: dict[str, FileKey] = {}
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name is None or param.name in NOT_IN_FILES:
+            continue
+        if param.name in THRESHOLD_KEYS:
+            continue
+        is_path = isinstance(param.type, click.Path)
+        for flag in param.opts:
+            if flag.startswith("--"):
+                keys[flag[2:].replace("-", "_")] = FileKey(param.name, is_path)
+    return keys
 
 
 def _load_config_into_context(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Eager callback: read the config file before other options are processed."""
-    file_config = read_config(Path(value) if value else None)
+    file_config = read_config(Path(value) if value else None, run_keys=file_keys(ctx.command))
     ctx.default_map = {**(ctx.default_map or {}), **file_config.defaults}
     ctx.meta["leakaudit.config"] = file_config
     return value
@@ -156,11 +173,11 @@ def run_options(func: Any) -> Any:
         click.option("--mean", type=FloatList(), help="Per-channel mean the model expects, e.g. 0.485,0.456,0.406 (applied inside the pipeline)."),
         click.option("--std", type=FloatList(), help="Per-channel std the model expects."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-out"), show_default=True, help="Output folder."),
-        click.option("--fail-ssim", type=float, callback=_unit_interval, help="Fail when a training image is reconstructed at SSIM ≥ X (higher = more similar)."),
-        click.option("--warn-ssim", type=float, callback=_unit_interval, help="Warn when a training image is reconstructed at SSIM ≥ X."),
+        click.option("--fail-ssim", type=float, help="Fail when a training image is reconstructed at SSIM ≥ X (higher = more similar)."),
+        click.option("--warn-ssim", type=float, help="Warn when a training image is reconstructed at SSIM ≥ X."),
         click.option("--fail-lpips", type=float, help="Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar)."),
-        click.option("--fail-leak-score", type=float, callback=_unit_interval, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
-        click.option("--fail-membership-auc", type=float, callback=_unit_interval, help="Fail when the model's loss-threshold membership AUC is ≥ X and significant (needs --holdout; default: warn at 0.70)."),
+        click.option("--fail-leak-score", type=float, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
+        click.option("--fail-membership-auc", type=float, help="Fail when the model's loss-threshold membership AUC is ≥ X and significant (needs --holdout; default: warn at 0.70)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
         click.option("--effort", type=click.Choice(list(EFFORTS)), default="standard", show_default=True, help="How much attack to run: fixes every phase's steps and the candidate pool (never the clock)."),
         click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the whole audit, in seconds. An attack it cuts short is incomplete (exit 2) unless what was done already fails the gate."),
@@ -202,46 +219,41 @@ def run(ctx: click.Context, **opts: Any) -> None:
     file_config = ctx.meta.get("leakaudit.config")
     for warning in file_config.warnings if file_config is not None else ():
         Console().warn(warning)
+    settings = _settings_from(ctx, opts)  # the gate's thresholds are checked here, once
     check_paths(opts)  # before torch is imported: a typo costs milliseconds, not seconds
-    settings = _settings_from(ctx, opts)
     ctx.exit(_execute(ctx, settings, opts))
 
 
 def _gate_from(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The gate table after file and flags, and where each value came from (for messages)."""
-    from click.core import ParameterSource
-
     file_config = ctx.meta.get("leakaudit.config")
     gate = dict(file_config.gate) if file_config else {}
     sources = {key: file_config.where(key) for key in gate} if file_config else {}
-    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc"):
+    for key in THRESHOLD_KEYS:  # a threshold flag given on the command line wins over the file
         if opts.get(key) is not None:
             gate[key] = opts[key]
-            from_file = ctx.get_parameter_source(key) == ParameterSource.DEFAULT_MAP and file_config is not None
-            sources[key] = file_config.where(key) if from_file else "--" + key.replace("_", "-")
-    for key in ("holdout_quantile", "warn_membership_auc"):  # file-only settings
-        if key in (ctx.default_map or {}):
-            gate[key] = ctx.default_map[key]
-            sources[key] = file_config.where(key) if file_config else key
+            sources[key] = "--" + key.replace("_", "-")
     return gate, sources
 
 
 def _settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
     file_config = ctx.meta.get("leakaudit.config")
     gate, sources = _gate_from(ctx, opts)
+    baseline = opts.get("baseline")
+    gate_settings = gate_settings_from_mapping(gate, str(baseline) if baseline else None, sources=sources)
     if opts.get("prior") == "holdout" and opts.get("holdout") is None:
         raise UsageError("--prior holdout needs --holdout DIR")
     return AuditSettings(
         model=opts["model"], data=opts["data"], holdout=opts.get("holdout"), arch=opts.get("arch"),
         unsafe_pickle=bool(opts.get("unsafe_pickle")), input_size=opts.get("input_size"), mean=opts.get("mean"),
         std=opts.get("std"), out=opts["out"], seed=opts["seed"], budget=opts["budget"], prior=opts["prior"],
-        effort=opts["effort"], allow_foreign_baseline=bool(opts.get("allow_foreign_baseline")), gate_sources=sources,
+        effort=opts["effort"], allow_foreign_baseline=bool(opts.get("allow_foreign_baseline")),
         conditioning=opts["conditioning"],
         candidates_per_class=opts.get("candidates_per_class"), init=opts.get("init"), top=opts["top"], lpips_net=opts["lpips_net"],
         lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
         max_image_bytes=int(opts["max_image_mb"] * (1 << 20)),
         redact=opts["redact"], images=opts["images"], junit=opts.get("junit"), markdown=opts.get("markdown"),
-        baseline=opts.get("baseline"), gate=gate, command=tuple(sys.argv),
+        baseline=baseline, gate=gate_settings, command=tuple(sys.argv),
         inversion=dict(file_config.inversion) if file_config else {},
     )
 
@@ -255,10 +267,6 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         settings = replace(settings, device=str(dist.device))
     console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=bool(opts.get("quiet")))
     console.quiet = bool(opts.get("quiet")) or not dist.is_main  # progress and summary from rank 0 only
-    file_config = ctx.meta.get("leakaudit.config")
-    if file_config is not None:
-        for warning in file_config.warnings:
-            console.warn(warning)
     if settings.unsafe_pickle:
         console.warn("--unsafe-pickle given: if the model file is a pickle, loading it runs code from the file "
                      "with your permissions; use it only for files you trust")

@@ -2,44 +2,31 @@
 
 Settings come from ``[tool.leakaudit]`` in ``./pyproject.toml`` or from a
 ``--config FILE`` (the same table, or the keys at the top level of a
-standalone file). The CLI feeds the file's values into click's ``default_map``
-so that a flag overrides the file through the one code path click already
-has; unknown keys are returned as warnings, never silently dropped.
-``unsafe_pickle`` is refused in a file: a repository must not be able to make
-its model's code run; only the command line can.
+standalone file). Which keys exist is not listed here: the CLI derives the
+run keys from its own click parameters and the gate keys come from the gate,
+so a new flag is a new key without a second list. The CLI feeds the run
+values into click's ``default_map`` so that a flag overrides the file through
+the one code path click already has; unknown keys are returned as warnings,
+never silently dropped. ``unsafe_pickle`` is refused in a file: a repository
+must not be able to make its model's code run; only the command line can.
 """
 
 from __future__ import annotations
 
-import difflib
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leakaudit.errors import ConfigError
+from leakaudit.errors import ConfigError, did_you_mean
+from leakaudit.gate import GATE_KEYS, GateSettings
 
-# Keys of [tool.leakaudit] (and of its [gate] sub-table) that map to `run` options.
-RUN_KEYS = frozenset(
-    {
-        "data", "holdout", "arch", "input_size", "mean", "std", "out", "seed", "budget",
-        "quiet", "format", "junit", "markdown", "baseline", "redact", "images", "top", "lpips_net",
-        "lpips_weights", "prior", "conditioning", "candidates_per_class", "device", "strict_data", "max_image_mb",
-        "effort", "allow_foreign_baseline", "init",
-    }
-)
-THRESHOLD_KEYS = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc",
-                  "fail_membership_auc", "holdout_quantile")
-GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore"})
+# [tool.leakaudit.inversion] keys the run level owns: the engine must not get another value than the run.
+RUN_LEVEL_INVERSION_KEYS = {"seed": "seed", "budget_s": "budget", "conditioning": "conditioning",
+                            "effort": "effort", "prior": "prior"}
 EFFORTS = ("quick", "standard", "thorough")  # see leakaudit.inversion.config.EFFORT_LEVELS
 DEFAULT_BUDGET_S = 900.0  # a ceiling: the reference audits at the default effort finish far inside it (README)
-
-
-def did_you_mean(key: str, known: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest known key, or ''."""
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -75,21 +62,29 @@ class AuditSettings:
     markdown: Path | None = None
     baseline: Path | None = None
     allow_foreign_baseline: bool = False  # a baseline made for another model or other data is meant
-    gate: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.gate], read by leakaudit.gate
-    gate_sources: dict[str, str] = field(default_factory=dict)  # gate key → the flag or file it came from
+    gate: GateSettings = field(default_factory=GateSettings)  # thresholds and ignores, validated once
     inversion: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.inversion]: InversionConfig fields
     command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
+class FileKey:
+    """How one ``[tool.leakaudit]`` key feeds ``run``: the click parameter it sets, and whether it is a path."""
+
+    param: str
+    is_path: bool = False
+
+
+@dataclass(frozen=True)
 class FileConfig:
-    """What a configuration file said, flattened for click's ``default_map``."""
+    """What a configuration file said: run values for click's ``default_map``, the gate and engine tables."""
 
     source: Path | None
-    defaults: dict[str, Any]
+    defaults: dict[str, Any]  # click parameter name → value
     gate: dict[str, Any]
     warnings: tuple[str, ...]
     inversion: dict[str, Any] = field(default_factory=dict)
+    read_keys: frozenset[str] = frozenset()  # the file's keys (normalised) that were taken
 
     def where(self, key: str) -> str:
         """How a message names a gate value that came from this file."""
@@ -109,12 +104,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
-    """Read ``--config FILE`` if given, else ``./pyproject.toml``'s ``[tool.leakaudit]``.
-
-    Keys may use dashes or underscores (``fail-ssim`` = ``fail_ssim``).
-    Relative paths in the file are taken relative to the file's folder.
-    """
+def _find_table(explicit: Path | None, cwd: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """The ``[tool.leakaudit]`` table (or a standalone file's top level) and the file it came from."""
     if explicit is not None:
         doc = _read_toml(explicit)
         tool = doc.get("tool")
@@ -124,7 +115,7 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
     else:
         candidate = (cwd or Path.cwd()) / "pyproject.toml"
         if not candidate.is_file():
-            return FileConfig(None, {}, {}, ())
+            return None, {}
         tool = _read_toml(candidate).get("tool", {})
         if not isinstance(tool, dict):
             raise ConfigError(f"{candidate}: [tool] must be a table")
@@ -132,23 +123,56 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
         source = candidate
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [tool.leakaudit] must be a table")
+    return source, table
+
+
+def _gate_table(source: Path, value: dict[str, Any]) -> dict[str, Any]:
+    gate: dict[str, Any] = {}
+    for raw_key, gate_value in value.items():
+        key = raw_key.replace("-", "_")
+        if key not in GATE_KEYS:  # a misspelt threshold must never fall back to its default silently
+            raise ConfigError(f"{source}: unknown key [tool.leakaudit.gate] {raw_key!r}"
+                              f"{did_you_mean(key, GATE_KEYS)}; known: {', '.join(sorted(GATE_KEYS))}")
+        gate[key] = gate_value
+    return gate
+
+
+def _inversion_table(source: Path, value: dict[str, Any]) -> dict[str, Any]:
+    """The engine's table; values the run level owns are refused here, never silently replaced later."""
+    inversion = {k.replace("-", "_"): v for k, v in value.items()}  # the other keys are checked by InversionConfig
+    owned = sorted(set(inversion) & set(RUN_LEVEL_INVERSION_KEYS))
+    if owned:
+        raise ConfigError(f"{source}: " + "; ".join(
+            f"[tool.leakaudit.inversion] {key} is set for the whole run: use --{RUN_LEVEL_INVERSION_KEYS[key]} "
+            f"or [tool.leakaudit] {RUN_LEVEL_INVERSION_KEYS[key]}" for key in owned))
+    return inversion
+
+
+def read_config(explicit: Path | None, cwd: Path | None = None, *,
+                run_keys: Mapping[str, FileKey] | None = None) -> FileConfig:
+    """Read ``--config FILE`` if given, else ``./pyproject.toml``'s ``[tool.leakaudit]``.
+
+    ``run_keys``: the keys that set ``run`` options (from the CLI's click
+    parameters); any other key that is no gate key is warned about. Keys may
+    use dashes or underscores (``fail-ssim`` = ``fail_ssim``). Relative paths
+    in the file are taken relative to the file's folder.
+    """
+    source, table = _find_table(explicit, cwd)
+    if source is None:
+        return FileConfig(None, {}, {}, ())
+    known = dict(run_keys or {})
     warnings: list[str] = []
     defaults: dict[str, Any] = {}
     gate: dict[str, Any] = {}
     inversion: dict[str, Any] = {}
-    base = source.parent
+    taken: set[str] = set()
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
+        taken.add(key)
         if key == "gate" and isinstance(value, dict):
-            for raw_gate_key, gate_value in value.items():
-                gate_key = raw_gate_key.replace("-", "_")
-                if gate_key in GATE_KEYS:
-                    gate[gate_key] = gate_value
-                else:  # a misspelt threshold must never fall back to its default silently
-                    raise ConfigError(f"{source}: unknown key [tool.leakaudit.gate] {raw_gate_key!r}"
-                                      f"{did_you_mean(gate_key, GATE_KEYS)}; known: {', '.join(sorted(GATE_KEYS))}")
+            gate.update(_gate_table(source, value))
         elif key == "inversion" and isinstance(value, dict):
-            inversion = {k.replace("-", "_"): v for k, v in value.items()}  # checked by InversionConfig
+            inversion = _inversion_table(source, value)
         elif key in GATE_KEYS:
             gate[key] = value
         elif key == "unsafe_pickle":
@@ -156,15 +180,11 @@ def read_config(explicit: Path | None, cwd: Path | None = None) -> FileConfig:
                 f"{source}: 'unsafe_pickle' cannot be set in a configuration file: it lets the model file run code, "
                 "so only --unsafe-pickle on the command line turns it on"
             )
-        elif key in RUN_KEYS:
-            if key in ("data", "holdout", "out", "junit", "markdown", "baseline", "lpips_weights", "init") and isinstance(value, str):
-                value = str((base / value)) if not Path(value).is_absolute() else value
-            defaults["output_format" if key == "format" else key] = value
-        elif key == "reference":
-            continue  # audit definitions in audits/ carry a [reference] table for the builder
-        else:
+        elif key in known:
+            if known[key].is_path and isinstance(value, str) and not Path(value).is_absolute():
+                value = str(source.parent / value)
+            defaults[known[key].param] = value
+        elif key != "reference":  # audit definitions in audits/ carry a [reference] table for the builder
+            taken.discard(key)
             warnings.append(f"{source}: unknown key {raw_key!r} ignored")
-    for key in THRESHOLD_KEYS:
-        if key in gate and gate[key] is not False:  # `false` (off) stays here: click would read it as 0.0
-            defaults[key] = gate.pop(key)
-    return FileConfig(source, defaults, gate, tuple(warnings), inversion)
+    return FileConfig(source, defaults, gate, tuple(warnings), inversion, frozenset(taken))

@@ -7,6 +7,15 @@ hint to re-run with ``--debug``).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known key, or '': every "unknown key" message offers it."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 class LeakAuditError(Exception):
     """Base class: a problem the user can fix, reported as one clear line."""

@@ -10,12 +10,11 @@ import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any, Literal
 
-from leakaudit.config import did_you_mean
-from leakaudit.errors import ConfigError, UsageError
+from leakaudit.errors import ConfigError, UsageError, did_you_mean
 from leakaudit.exit_codes import ExitStatus
 
 Status = Literal["pass", "warn", "fail", "skipped"]
@@ -43,8 +42,6 @@ EXPOSURE_STATEMENTS = {
 }
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-_KNOWN_KEYS = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc",
-               "fail_membership_auc", "holdout_quantile", "ignore")
 
 
 @dataclass(frozen=True)
@@ -76,41 +73,25 @@ class GateSettings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        problems = threshold_problems(
-            self.fail_ssim, self.warn_ssim, self.fail_lpips, self.fail_leak_score, self.holdout_quantile,
-            warn_membership_auc=self.warn_membership_auc, fail_membership_auc=self.fail_membership_auc,
-            sources=self.sources,
-        )
-        if problems:
-            raise ConfigError("invalid gate settings: " + "; ".join(problems))
+        problems = threshold_problems({key: getattr(self, key) for key in THRESHOLD_KEYS}, self.sources)
+        if problems:  # the one place thresholds are validated, however the settings were made
+            raise ConfigError("gate settings: " + "; ".join(problems))
 
     def thresholds(self) -> dict[str, Any]:
         """The ``thresholds`` object of the findings document."""
-        return {
-            "fail_ssim": self.fail_ssim,
-            "warn_ssim": self.warn_ssim,
-            "fail_lpips": self.fail_lpips,
-            "fail_leak_score": self.fail_leak_score,
-            "warn_membership_auc": self.warn_membership_auc,
-            "fail_membership_auc": self.fail_membership_auc,
-            "holdout_quantile": self.holdout_quantile,
-            "directions": dict(DIRECTIONS),
-        }
+        return {**{key: getattr(self, key) for key in THRESHOLD_KEYS}, "directions": dict(DIRECTIONS)}
 
 
-def threshold_problems(
-    fail_ssim: float | None,
-    warn_ssim: float | None,
-    fail_lpips: float | None,
-    fail_leak_score: float | None,
-    holdout_quantile: float,
-    *,
-    warn_membership_auc: float | None = None,
-    fail_membership_auc: float | None = None,
-    sources: Mapping[str, str] | None = None,
-) -> list[str]:
+THRESHOLD_KEYS = tuple(f.name for f in fields(GateSettings) if f.name not in ("ignore", "baseline_path", "sources"))
+GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore"})  # the keys of [tool.leakaudit.gate]
+
+
+def threshold_problems(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> list[str]:
     """Every inconsistency among the thresholds (empty when valid), naming where each value came from."""
     where = dict(sources or {})
+    fail_ssim, warn_ssim, fail_lpips = values["fail_ssim"], values["warn_ssim"], values["fail_lpips"]
+    fail_leak_score, holdout_quantile = values["fail_leak_score"], values["holdout_quantile"]
+    warn_membership_auc, fail_membership_auc = values["warn_membership_auc"], values["fail_membership_auc"]
 
     def name(key: str) -> str:
         return where.get(key, f"{key} (default)")
@@ -197,26 +178,23 @@ def gate_settings_from_mapping(mapping: Mapping[str, Any], baseline_path: str | 
     for key in mapping:
         where.setdefault(key, f"[tool.leakaudit.gate] {key}")
     problems: list[str] = []
-    for key in sorted(set(mapping) - set(_KNOWN_KEYS)):
-        problems.append(f"unknown key {key!r}{did_you_mean(key, _KNOWN_KEYS)}")
+    for key in sorted(set(mapping) - GATE_KEYS):
+        problems.append(f"unknown key {key!r}{did_you_mean(key, GATE_KEYS)}")
     values: dict[str, Any] = {}
-    for key in ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc", "fail_membership_auc"):
+    for key in THRESHOLD_KEYS:
         values[key] = _threshold(mapping, key, getattr(defaults, key), problems, where.get(key, key))
     if "fail_ssim" in mapping and "warn_ssim" not in mapping and values["fail_ssim"] is not None:
         values["warn_ssim"] = min(defaults.warn_ssim or 1.0, values["fail_ssim"])
     if "fail_membership_auc" in mapping and "warn_membership_auc" not in mapping and values["fail_membership_auc"]:
         values["warn_membership_auc"] = min(defaults.warn_membership_auc or 1.0, values["fail_membership_auc"])
-    quantile = _threshold(mapping, "holdout_quantile", defaults.holdout_quantile, problems,
-                          where.get("holdout_quantile", "holdout_quantile"))
-    if quantile is None:
+    if values["holdout_quantile"] is None:
         problems.append(f"{where.get('holdout_quantile', 'holdout_quantile')} cannot be switched off")
-        quantile = defaults.holdout_quantile
+        values["holdout_quantile"] = defaults.holdout_quantile
     ignore = _ignore_entries(mapping.get("ignore", []), problems)
-    problems.extend(threshold_problems(holdout_quantile=quantile, sources=where, **values))
-    if problems:
+    if problems:  # parse problems and range problems together; otherwise GateSettings checks the ranges
+        problems.extend(threshold_problems(values, where))
         raise ConfigError("gate settings: " + "; ".join(problems))
-    return GateSettings(**values, holdout_quantile=quantile, ignore=ignore, baseline_path=baseline_path,
-                        sources=where)
+    return GateSettings(**values, ignore=ignore, baseline_path=baseline_path, sources=where)
 
 
 # --------------------------------------------------------------------------- outcome

@@ -11,7 +11,10 @@ import torch
 from PIL import Image
 
 from leakaudit import __version__
+from leakaudit.cli import file_keys, run
+from leakaudit.config import read_config
 from leakaudit.exit_codes import ExitStatus
+from leakaudit.gate import THRESHOLD_KEYS
 
 from .conftest import TinyReference, assert_error, assert_no_result, run_cli
 
@@ -47,7 +50,7 @@ def test_data_is_required(tiny: TinyReference, capsys: pytest.CaptureFixture[str
 
 def test_bad_threshold_is_a_usage_error(tiny: TinyReference, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--fail-ssim", "1.5"], capsys)
-    assert_error(code, err, "must be between 0 and 1")
+    assert_error(code, err, "gate settings: --fail-ssim must be in (0, 1], got 1.5")
 
 
 def _bad_inputs(tiny: TinyReference, tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -107,7 +110,7 @@ def test_config_file_feeds_options_and_flags_win(tiny: TinyReference, tmp_path: 
     config = tmp_path / "audit.toml"
     config.write_text('fail_ssim = 7.0\nbogus_key = 1\n[gate]\nwarn_ssim = 0.3\n')
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config)], capsys)
-    assert_error(code, err, "must be between 0 and 1, got 7.0")  # the file's value reached the option
+    assert_error(code, err, "[tool.leakaudit.gate] fail_ssim must be in (0, 1], got 7.0")  # the file's value reached the gate
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config),
                             "--fail-ssim", "0.5"], capsys)
     assert_error(code, err, "data folder not found")  # the flag replaced the file's bad value
@@ -154,3 +157,29 @@ def test_demo_lists_the_bundled_references(capsys: pytest.CaptureFixture[str]) -
     code, out, _ = run_cli(["demo", "--list"], capsys)
     assert code == 0
     assert "digits-mlp-1pc" in out.split()
+
+
+@pytest.mark.parametrize(("key", "value", "flag"), [("conditioning", '"matrix"', "--conditioning"), ("seed", "7", "--seed"),
+                                                    ("budget_s", "30", "--budget"), ("prior", '"none"', "--prior"),
+                                                    ("effort", '"quick"', "--effort")])
+def test_run_level_values_in_the_engine_table_are_refused(key: str, value: str, flag: str, tiny: TinyReference,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The run owns these: an engine table value would otherwise be replaced by the run's without a word."""
+    config = tmp_path / "audit.toml"
+    config.write_text(f"[inversion]\nsteps = 5\n{key} = {value}\n")
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(config),
+                            "--out", str(tmp_path / "o")], capsys)
+    assert_error(code, err, f"[tool.leakaudit.inversion] {key} is set for the whole run: use {flag}")
+    assert_no_result(tmp_path / "o")
+
+
+def test_every_run_option_is_a_file_key_and_reaches_the_run(tmp_path: Path) -> None:
+    keys = file_keys(run)
+    flags = {opt[2:].replace("-", "_") for p in run.params for opt in p.opts if opt.startswith("--")}
+    assert set(keys) == flags - {"config", "debug", "unsafe_pickle"} - set(THRESHOLD_KEYS)
+    assert keys["format"].param == "output_format" and keys["holdout"].is_path and not keys["seed"].is_path
+    config = tmp_path / "audit.toml"
+    config.write_text('conditioning = "matrix"\nseed = 7\nbudget = 30\nholdout = "non-members"\nfail_ssim = 0.8\n')
+    read = read_config(config, run_keys=keys)
+    assert read.defaults == {"conditioning": "matrix", "seed": 7, "budget": 30, "holdout": str(tmp_path / "non-members")}
+    assert read.gate == {"fail_ssim": 0.8} and read.warnings == ()
