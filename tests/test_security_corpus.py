@@ -251,8 +251,12 @@ def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
+    from .conftest import tiny_architecture
+
+    module = tiny_architecture()  # a fresh module: the shared one may carry hooks other tests attached
+    module.load_state_dict(tiny.module.state_dict())
     model = tmp_path / "full.pt"
-    torch.save(tiny.module, model)
+    torch.save(module, model)
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
                             "--budget", "20", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
