@@ -101,22 +101,30 @@ def test_pt2_opaque_constant_payload_is_live(clean_pt2: Path, tmp_path: Path) ->
                                                           "torch.os.system"), "torch.os.system"),
         (lambda clean, target: payloads.pt2_graph_target(clean, target, "torch.ops.aten.relu.default",
                                                           "torch.ops.mylib.relu.default"), "'mylib'"),
-        (lambda clean, target: payloads.pt2_graph_target(clean, target, '"as_int": 4}',
-                                                          '"as_expr": {"expr_str": "exec(chr(49))"}}'), "exec(chr(49))"),
         (lambda clean, target: payloads.pt2_extra_entry(clean, target, "data/aotinductor/model/model.so", b"\x7fELF"),
          "data/aotinductor/model/model.so"),
         (lambda clean, target: payloads.pt2_extra_entry(clean, target, "data/weights/model.pt", b"legacy"),
          "data/weights/model.pt"),
         (lambda clean, target: payloads.pt2_version(clean, target, b"1"), "version '1'"),
     ],
-    ids=["from_file op", "python callable", "custom library op", "sympy expression", "native code", "legacy weights",
-         "future version"],
+    ids=["from_file op", "python callable", "custom library op", "native code", "legacy weights", "future version"],
 )
 def test_pt2_unvetted_content_is_refused(edit: object, named: str, clean_pt2: Path, tiny: TinyReference,
                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hostile = edit(clean_pt2, tmp_path / "hostile.pt2")  # type: ignore[operator]
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert named in line, line
+
+
+def test_pt2_shape_expression_that_runs_code_is_refused(tiny: TinyReference, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    clean = payloads.exported_dynamic(tiny.module, tmp_path / "dynamic.pt2")
+    hostile = payloads.pt2_shape_expression(clean, tmp_path / "hostile.pt2", marker)
+    _live(marker, lambda: torch.export.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "shape expression" in line and "open(" in line and "refused before loading" in line, line
+    assert not marker.exists()
 
 
 def test_torchscript_forward_that_maps_a_file_is_refused(tiny: TinyReference, tmp_path: Path,
