@@ -219,11 +219,12 @@ def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReferenc
     Image.fromarray(deep).save(data / "1" / "deep.png")  # 40 Mpx, 16-bit, a few kilobytes
     os.mkfifo(data / "2" / "pipe.png")
     result = _limited(["run", str(tiny.torchscript), "--data", str(data), "--out", str(tmp_path / "out"),
-                       "--budget", "20", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path))],
+                       "--budget", "20", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path)),
+                       "--max-image-mb", "1"],
                       REPO)
     assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
     skipped = {s["path"]: s["reason"] for s in _document(result)["provenance"]["data"]["skipped"]}
-    assert "over the 67108864-byte limit" in skipped["0/sparse.png"]
+    assert "over the 1048576-byte limit" in skipped["0/sparse.png"]  # --max-image-mb, checked before opening
     assert "too large to decode" in skipped["1/deep.png"]
     assert "a FIFO, not a regular file" in skipped["2/pipe.png"]
 
