@@ -23,13 +23,13 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
-from leakaudit.safe_files import check_apart
 from leakaudit.distributed import DistContext, sharded_best_matches
 from leakaudit.errors import DataError, OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
 from leakaudit.progress import Observer, SilentObserver
+from leakaudit.safe_files import check_apart
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
