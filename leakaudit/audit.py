@@ -25,7 +25,6 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
-from leakaudit.safe_files import check_apart
 from leakaudit.distributed import DistContext
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import DataError, OutputError
@@ -34,8 +33,9 @@ from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
 from leakaudit.outlock import output_lock
 from leakaudit.progress import Observer, SilentObserver
-from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 from leakaudit.report.summary import with_previous_ssim
+from leakaudit.safe_files import check_apart
+from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
