@@ -266,7 +266,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
                      "(the saved state of the phases before it).")
     incomplete = None if result.complete else incomplete_reason(result, settings)
     if incomplete:
-        notes.append(incomplete)
+        notes.append(f"Incomplete attack: {incomplete}")
 
     # stage 3: matching
     stages.start("matching")
@@ -458,7 +458,7 @@ def incomplete_reason(result: Any, settings: AuditSettings) -> str:
     budget = f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"
     lower = {"thorough": "standard", "standard": "quick"}.get(settings.effort)
     advice = "raise --budget" + (f" or choose --effort {lower}" if lower else "")
-    return (f"Incomplete attack: {budget} ended the inversion after {result.steps} of its {result.planned_steps} "
+    return (f"{budget} ended the inversion after {result.steps} of its {result.planned_steps} "
             f"planned steps ({result.completed_fraction:.0%}, effort {settings.effort}); an unfinished attack cannot "
             f"pass: {advice}.")
 
@@ -645,7 +645,7 @@ def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     inversion = document.get("inversion") or {}
     lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
     if not inversion.get("complete", True):
-        lines.append(f"  {inversion.get('incomplete_reason') or 'the attack is incomplete'}")
+        lines.append(f"  incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
     if inversion.get("resumed"):
         lines.append(f"  resumed an interrupted run at its {inversion.get('resumed_from')} phase")
     score = document["summary"].get("leak_score")
