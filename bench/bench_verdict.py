@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ def audit(name: str, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] |
     built = build_reference(spec, OUT / name)
     command = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
                "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh folder: nothing to resume, nothing left from before
     started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CI": "1"}, cwd=ROOT)
     wall = time.monotonic() - started

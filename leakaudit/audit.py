@@ -25,7 +25,6 @@ import torch
 from leakaudit import __version__
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
-from leakaudit.safe_files import check_apart
 from leakaudit.distributed import DistContext
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import DataError, OutputError
@@ -34,8 +33,9 @@ from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
 from leakaudit.outlock import output_lock
 from leakaudit.progress import Observer, SilentObserver
-from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 from leakaudit.report.summary import with_previous_ssim
+from leakaudit.safe_files import check_apart
+from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 
 SCHEMA_VERSION = "1.0"
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
@@ -265,7 +265,7 @@ def _run_audit(settings: AuditSettings, observer: Observer, stop: Callable[[], b
                      "(the saved state of the phases before it).")
     incomplete = None if result.complete else incomplete_reason(result, settings)
     if incomplete:
-        notes.append(incomplete)
+        notes.append(f"Incomplete attack: {incomplete}")
 
     # stage 3: matching
     stages.start("matching")
@@ -457,7 +457,7 @@ def incomplete_reason(result: Any, settings: AuditSettings) -> str:
     budget = f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"
     lower = {"thorough": "standard", "standard": "quick"}.get(settings.effort)
     advice = "raise --budget" + (f" or choose --effort {lower}" if lower else "")
-    return (f"Incomplete attack: {budget} ended the inversion after {result.steps} of its {result.planned_steps} "
+    return (f"{budget} ended the inversion after {result.steps} of its {result.planned_steps} "
             f"planned steps ({result.completed_fraction:.0%}, effort {settings.effort}); an unfinished attack cannot "
             f"pass: {advice}.")
 
@@ -640,7 +640,7 @@ def summary_lines(document: dict[str, Any], written: Any) -> list[str]:
     inversion = document.get("inversion") or {}
     lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
     if not inversion.get("complete", True):
-        lines.append(f"  {inversion.get('incomplete_reason') or 'the attack is incomplete'}")
+        lines.append(f"  incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
     if inversion.get("resumed"):
         lines.append(f"  resumed an interrupted run at its {inversion.get('resumed_from')} phase")
     score = document["summary"].get("leak_score")

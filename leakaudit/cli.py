@@ -292,7 +292,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         console.say(line)
     inversion = outcome.document.get("inversion") or {}
     if console.quiet and outcome.document.get("verdict") == "incomplete":  # exit 2 always comes with its line
-        console.error(str(inversion.get("incomplete_reason") or "the attack is incomplete"))
+        console.error(f"incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
     return int(outcome.exit_status)
 
 

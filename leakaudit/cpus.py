@@ -1,12 +1,20 @@
-"""How many CPU threads an audit should use: the CPUs this process may really run on.
+"""How many CPU threads an audit should use: half the CPUs this process may really run on.
 
 torch's default is the machine's core count, which on a CI runner is often
 more than the process is allowed (a CPU affinity mask, a cgroup quota) or than
-is free. Oversubscribed threads wait on each other at every parallel region;
-on a shared 2-core runner that made the same attack 2× slower than with one
-thread. The count chosen here depends on what the process is allowed, never on
-the load of the moment, so that two runs of one audit use the same count
-(and compute the same numbers); it is recorded in the findings document.
+is free. Oversubscribed threads wait on each other at every parallel region.
+Measured on the 2-core development machine under a load average of about 9
+(other jobs), the informed pre-training step of the reference MLP took 1.6 s
+of wall time with 2 threads and 0.37 s with 1 (40 ms of CPU either way); an
+earlier measurement beside one busy process: 88 s with 2 threads, 40 s with 1,
+24 s with 2 on the idle machine. The attack's small batches gain little from a
+second thread and lose most when a neighbour takes a core, so an audit uses
+half the usable CPUs (at least one).
+
+The count depends on what the process is allowed, never on the load of the
+moment: another thread count sums in another order and moves SSIM values by
+about 1e-3, so two runs of one audit on one machine must use the same count
+to write the same document. It is recorded as ``provenance.threads``.
 """
 
 from __future__ import annotations
@@ -57,10 +65,10 @@ def usable_cpus() -> int:
 
 
 def choose_threads(requested: int | None = None) -> int:
-    """The torch thread count of an audit: ``requested``, else $LEAKAUDIT_THREADS, else the usable CPUs."""
+    """The torch thread count of an audit: ``requested``, else $LEAKAUDIT_THREADS, else half the usable CPUs."""
     if requested is not None and requested > 0:
         return requested
     env = os.environ.get(ENV_OVERRIDE, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return usable_cpus()
+    return max(1, usable_cpus() // 2)

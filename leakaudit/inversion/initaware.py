@@ -107,9 +107,10 @@ def update_span(delta: torch.Tensor, target: TargetModel, min_gap: float = MIN_G
     cliffs = torch.nonzero(ratios >= min_gap).flatten()
     rank = int(cliffs[0]) + 1 if cliffs.numel() else int(ratios.argmax()) + 1
     gap = float(ratios[rank - 1])
-    # Pixels no member ever lights have exactly zero update columns: a cliff at their count is no span.
-    active = int((delta.abs().sum(0) > 0).sum())
-    if gap >= min_gap and rank >= 0.9 * min(delta.shape[0], active):
+    # Pixels no member ever lights, and hidden units that never fired, leave exactly zero columns and rows:
+    # a cliff at their count is no span of the training images.
+    active = min(int((delta.abs().sum(0) > 0).sum()), int((delta.abs().sum(1) > 0).sum()))
+    if gap >= min_gap and rank >= 0.9 * active:
         return None, (f"init-aware mode: the first layer's update fills the {rank} directions its active inputs allow "
                       "(no span of the training images); adaptive optimisers such as Adam break the span")
     if gap < min_gap:
