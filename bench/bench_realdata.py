@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.attacks import kkt_reconstruction, pixel_inversion
-from leakaudit.audit import split_holdout
+from leakaudit.inputs import split_holdout
 from leakaudit.data import load_image_folder
 from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import leak_score

@@ -9,92 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
 from leakaudit import __version__
 from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
+from leakaudit.console import ByteProgress, Console, StopFlag, interrupt_message, make_observer, summary_lines
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, FileKey, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate import THRESHOLD_KEYS, gate_settings_from_mapping
 from leakaudit.sanitize import terminal_text
-
-
-# --- streams and progress -----------------------------------------------------
-
-class Console:
-    """stderr for people, stdout only for machine output; replaced in tests."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.err = sys.stderr
-        self.out = sys.stdout
-        self.interactive = self.err.isatty() and not os.environ.get("CI")
-
-    # Messages carry strings from model files and folders: control characters are shown escaped, never sent raw.
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(terminal_text(message), file=self.err, flush=True)
-
-    def warn(self, message: str) -> None:
-        print(f"leakaudit: warning: {terminal_text(message)}", file=self.err, flush=True)
-
-    def error(self, message: str) -> None:
-        print(f"leakaudit: error: {terminal_text(message)}", file=self.err, flush=True)
-
-
-def make_observer(console: Console) -> Any:
-    """A live bar on a terminal, phase lines and a heartbeat in logs, nothing with --quiet."""
-    from leakaudit.progress import SilentObserver
-    from leakaudit.terminal import LineObserver, RichObserver
-
-    if console.quiet:
-        return SilentObserver()
-    if console.interactive:
-        return RichObserver(console.err)
-    return LineObserver(console)
-
-
-# --- interruption ---------------------------------------------------------------
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the engine polls it and checkpoints before stopping."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.signal_name = ""
-
-    def __call__(self) -> bool:
-        return self.stopped
-
-    def install(self) -> Callable[[], None]:
-        """Route SIGINT/SIGTERM here; returns a function that restores the previous handlers."""
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if self.stopped:  # a second Ctrl-C: stop at once
-                raise KeyboardInterrupt
-            self.stopped = True
-            self.signal_name = signal.Signals(signum).name
-
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
 
 
 # --- option types -----------------------------------------------------------------
@@ -288,27 +220,12 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         console.warn(warning)
     if opts.get("output_format") == "json":
         print(json.dumps(outcome.document, indent=2), file=console.out, flush=True)
-    for line in outcome.summary_lines:
+    for line in summary_lines(outcome.document, outcome.written):
         console.say(line)
     inversion = outcome.document.get("inversion") or {}
     if console.quiet and outcome.document.get("verdict") == "incomplete":  # exit 2 always comes with its line
         console.error(f"incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
     return int(outcome.exit_status)
-
-
-def interrupt_message(signal_name: str, written: Sequence[Path], out: Path) -> str:
-    """Exactly what an interrupted audit left: which files (all complete), and whether it can resume."""
-    if written:
-        what = (f"only these outputs were complete before the stop: {', '.join(str(p) for p in written)}; "
-                "the others were not written, so the set is partial")
-    else:
-        what = "no result was written"
-    resume = out / "checkpoints" / "resume.pt"
-    if resume.is_file():
-        tail = f"the saved inversion state {resume} lets the same command resume from the last completed phase"
-    else:
-        tail = "there is no saved inversion state to resume from: the same command starts afresh"
-    return f"stopped by {signal_name}; {what}. {tail}"
 
 
 @cli.command(short_help="Build a bundled reference model on real digits and audit it.")
@@ -405,30 +322,6 @@ def report(result: Path, out: Path | None, redact: str, images: bool, debug: boo
     for warning in warnings:
         console.warn(warning)
     console.say(f"report written: {written} ({written.stat().st_size / 1024:.0f} KiB)")
-
-
-class ByteProgress:
-    """Download progress on stderr: a rewritten line on a terminal, a line per tenth in logs."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self._shown = -1
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if self.console.quiet:
-            return
-        text = f"  {done / 1e6:.1f}" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else " MB")
-        if self.console.interactive:
-            print("\r" + text, end="", file=self.console.err, flush=True)
-            return
-        tenth = int(10 * done / total) if total else done // 10_000_000
-        if tenth != self._shown:
-            self._shown = tenth
-            self.console.say(text)
-
-    def finish(self) -> None:
-        if self.console.interactive and not self.console.quiet:
-            print(file=self.console.err, flush=True)
 
 
 @cli.command("fetch-weights", short_help="Download an LPIPS backbone into torchvision's cache.")

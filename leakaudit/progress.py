@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+StopCheck = Callable[[], bool]  # polled by long stages: True once a stop (a signal) was asked for
+
 # Units for callers that do not name one: the first matching prefix of the phase name decides.
 UNITS_BY_PHASE = (("inversion", "steps"), ("inverting", "steps"), ("training", "epochs"), ("LPIPS", "pairs"),
                   ("matching", "images"), ("loading", "images"))

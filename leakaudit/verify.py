@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from leakaudit.errors import ConfigError, DataError, UsageError
 
 if TYPE_CHECKING:
-    from leakaudit.audit import AuditInputs
+    from leakaudit.inputs import AuditInputs
     from leakaudit.config import AuditSettings
     from leakaudit.gate import GateSettings
     from leakaudit.matching.lpips import LpipsScorer

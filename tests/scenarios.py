@@ -144,7 +144,8 @@ def _build_unthreaded(
                 "lpips": None,
                 "excess_over_holdout_p95": None if p95 is None else float(train_best[t] - p95),
                 "above_holdout_p99": None if p99 is None else bool(train_best[t] > p99),
-                "shares_reconstruction_with": shared,
+                "shares_reconstruction_with": shared[:10],
+                "shares_reconstruction_count": len(shared),
                 "status": "ok",
                 "baseline_status": None,
             }
@@ -187,6 +188,7 @@ def _build_unthreaded(
             "n_candidates": int(len(cands_np)),
             "leak_score": leak_score_record(train_best, holdout_best, rng) if holdout_best is not None else None,
             "membership_loss_auc": None,
+            "membership": None,  # no classifier here: the membership test has nothing to read
             "train": _distribution(train_best),
             "holdout": _distribution(holdout_best) if holdout_best is not None else None,
             "holdout_ssim_p95": p95,
@@ -198,18 +200,22 @@ def _build_unthreaded(
                 "train": np.histogram(train_best, bins)[0].tolist(),
                 "holdout": np.histogram(holdout_best, bins)[0].tolist() if holdout_best is not None else None,
             },
+            "weights_gain": None,
             "notes": ["LPIPS is unavailable offline; SSIM alone ranks the findings."],
         },
         "findings": findings,
         "inversion": {
-            "mode": "reconstruction", "steps": 1800, "planned_steps": 2000, "seconds": 91.5,
-            "completed_fraction": 0.9, "candidates_per_class": int(len(cands_np) // len(names)),
-            "notes": ["Budget reached before the planned steps."],
+            "mode": "reconstruction", "effort": "standard", "complete": True, "incomplete_reason": None,
+            "resumed": False, "resumed_from": None, "steps": 2000, "planned_steps": 2000, "seconds": 91.5,
+            "completed_fraction": 1.0, "phase_seconds": {"pretrain": 40.0, "finetune": 0.0, "refine": 51.5},
+            "candidates_per_class": int(len(cands_np) // len(names)),
+            "notes": [],
             "gallery": {str(c): np.flatnonzero(cand_labels == c).tolist() for c in range(len(names))},
         },
         "provenance": {
             "model": {"path": "models/digits-mlp.pt", "sha256": hashlib.sha256(model_bytes).hexdigest(),
-                      "format": "torchscript"},
+                      "format": "torchscript", "input_shape": [1, 32, 32], "num_classes": len(names),
+                      "features": "penultimate features reached"},
             "data": {"path": "data/train", "manifest_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
                      "n_images": len(train_idx), "skipped": [{"path": "3/broken.png", "reason": "not an image"}]},
             "holdout": (
@@ -218,10 +224,12 @@ def _build_unthreaded(
                 if calibrated else None
             ),
             "seed": seed, "budget_s": 120.0, "elapsed_s": 97.25, "started_at": "2026-11-28T10:00:00+00:00",
-            "versions": {"leakaudit": "0.1.0", "torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
+            "versions": {"leakaudit": "0.1.0", "python": platform.python_version(), "torch": torch.__version__,
+                         "torchvision": None, "lpips": None, "scikit-image": None, "numpy": np.__version__},
             "device": "cpu",
             "command": ["leakaudit", "run", "models/digits-mlp.pt", "--data", "data/train"],
+            "nondeterminism": None, "threads": 1,
+            "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "statistics": 1.0, "writing": 0.25},
         },
     }
     arrays = {

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from leakaudit.errors import DataError
 from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.null import class_mean_null
-from leakaudit.scoring import auc, distribution_summary, histogram, leak_score, membership_test
+from leakaudit.scoring import auc, distribution_summary, histogram, leak_score, membership_test, weights_gain
 from leakaudit.matching.search import best_matches
 from leakaudit.matching.ssim import ssim_pairs
 from leakaudit.reference import ReferenceSpec, bundled_images, split_members, train_classifier
@@ -164,3 +164,17 @@ def test_near_duplicates_on_a_constructed_case() -> None:
     assert ssim_pairs(train[5:6], train[0:1]).item() >= 0.95
     d3 = near_duplicates(torch.arange(6), torch.ones(6), train)
     assert {g.members for g in d3.groups} == {(1, 4), (0, 5)}
+
+
+def test_weights_gain_is_the_leak_score_of_each_images_gain() -> None:
+    # members gain 0.3 each, non-members 0.0 (ties among them): AUC 1, significant, evidence
+    members = weights_gain(torch.full((8,), 0.7), torch.full((40,), 0.5), torch.full((8,), 0.4), torch.full((40,), 0.5))
+    assert members.gain.value == pytest.approx(1.0) and members.gain.p_value < 0.01 and members.is_evidence
+    assert members.train_mean_gain == pytest.approx(0.3) and members.holdout_mean_gain == pytest.approx(0.0)
+    assert members.pretrained.value == pytest.approx(0.0)  # before the weights, members matched worse
+    # identical gains everywhere: AUC ½, nothing to claim
+    same = weights_gain(torch.full((8,), 0.6), torch.full((40,), 0.6), torch.full((8,), 0.5), torch.full((40,), 0.5))
+    assert same.gain.value == pytest.approx(0.5) and same.gain.p_value > 0.5 and not same.is_evidence
+    # hand-checked Mann-Whitney: gains [3, 1] vs [2, 0] → pairs won 3 of 4
+    small = weights_gain(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.0]), torch.zeros(2), torch.zeros(2))
+    assert small.gain.value == pytest.approx(0.75) and set(small.to_dict()) >= {"paired_auc", "p_value"}

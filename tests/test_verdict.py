@@ -219,7 +219,7 @@ def test_the_leak_score_baseline_uses_the_value_not_a_claimed_interval() -> None
 
 
 def test_a_stop_while_writing_leaves_only_complete_files_and_says_which(tmp_path: Path) -> None:
-    from leakaudit.cli import interrupt_message
+    from leakaudit.console import interrupt_message
 
     s = scenario(leaky=True)
     document = apply_gate(s.document, GateSettings(), today=TODAY)

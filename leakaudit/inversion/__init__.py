@@ -2,8 +2,8 @@
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.generator import ConditionalGenerator
-from leakaudit.inversion.informed import WeightContribution, split_prior, weight_contribution
+from leakaudit.inversion.informed import split_prior
 from leakaudit.inversion.invert import THREAT_MODELS, InversionCallbacks, InversionResult, invert
 
-__all__ = ["THREAT_MODELS", "ConditionalGenerator", "InversionCallbacks", "InversionConfig", "InversionResult", "invert", "split_prior",
-           "WeightContribution", "weight_contribution"]
+__all__ = ["THREAT_MODELS", "ConditionalGenerator", "InversionCallbacks", "InversionConfig", "InversionResult", "invert",
+           "split_prior"]

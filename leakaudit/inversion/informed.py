@@ -9,11 +9,7 @@ classifier then adds only what the weights say. Training images are never seen h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
-from scipy.stats import rankdata
 import torch.nn.functional as F
 from torch import nn
 
@@ -131,50 +127,3 @@ def split_prior(labels: torch.Tensor, fraction: float = 0.5, seed: int = 0) -> t
         prior_idx.append(idx[:take])
         eval_idx.append(idx[take:])
     return torch.cat(prior_idx).sort().values, torch.cat(eval_idx).sort().values
-
-
-@dataclass(frozen=True)
-class WeightContribution:
-    """What optimising against the classifier added, per image, over the pre-trained generator's candidates."""
-
-    auc: float  # P(member gain > non-member gain) + ½ P(tie)
-    p_value: float  # one-sided permutation p-value of that AUC
-    member_gain: float  # mean gain in best-match SSIM of members
-    nonmember_gain: float  # mean gain of non-members
-    n_members: int
-    n_nonmembers: int
-
-
-def _auc_from_ranks(ranks: np.ndarray, n_pos: int) -> float:
-    """Mann-Whitney AUC of the first n_pos entries from the pooled (tie-averaged) ranks."""
-    n_neg = ranks.shape[-1] - n_pos
-    return float((ranks[..., :n_pos].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def weight_contribution(
-    member_best: torch.Tensor,  # (M,) best-match SSIM of each member over the final candidates
-    member_best_pretrained: torch.Tensor,  # (M,) the same over the pre-trained generator's candidates
-    nonmember_best: torch.Tensor,  # (E,) evaluation non-members, final candidates
-    nonmember_best_pretrained: torch.Tensor,  # (E,) evaluation non-members, pre-trained candidates
-    *,
-    rounds: int = 2000,
-    seed: int = 0,
-) -> WeightContribution:
-    """Paired test of the weights' contribution: each image's gain, members vs non-members.
-
-    The pre-trained generator knows only public data, so any excess gain of
-    members over non-members comes from the classifier's weights. A claim of
-    leakage should need AUC ≥ 0.55 at p < 0.01, replicated on two seeds.
-    """
-    gm = (member_best - member_best_pretrained).double().flatten()
-    gn = (nonmember_best - nonmember_best_pretrained).double().flatten()
-    if gm.numel() == 0 or gn.numel() == 0:
-        raise DataError("the paired test needs at least one member and one non-member")
-    ranks = rankdata(torch.cat([gm, gn]).numpy())  # ranks are invariant under relabelling: permute them
-    n = gm.numel()
-    observed = _auc_from_ranks(ranks, n)
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(rounds):
-        hits += _auc_from_ranks(rng.permutation(ranks), n) >= observed - 1e-12
-    return WeightContribution(observed, (hits + 1) / (rounds + 1), float(gm.mean()), float(gn.mean()), n, gn.numel())

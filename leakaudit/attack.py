@@ -1,0 +1,120 @@
+"""The attack stage: the engine's settings for this run, the inversion itself, and what it left to say.
+
+The run level (``AuditSettings``) owns the seed, the budget, the conditioning,
+the effort and the threat model; ``[tool.leakaudit.inversion]`` tunes the
+engine's other fields. Progress reaches the observer through the engine's
+callbacks, so the engine holds no UI code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from leakaudit.budget import incomplete_reason, inversion_ceiling, matching_reserve_s
+from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings
+from leakaudit.errors import ConfigError, did_you_mean
+from leakaudit.inputs import AuditSets
+from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
+from leakaudit.inversion.candidates import grown
+from leakaudit.inversion.initaware import init_aware_inversion
+from leakaudit.models import TargetModel
+from leakaudit.progress import Observer
+from leakaudit.run_context import RunContext
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What the inversion produced, with the settings it ran under and the notes it leaves."""
+
+    result: InversionResult
+    config: InversionConfig
+    candidates: torch.Tensor  # (N, C, H, W) float32 in [0, 1], on the CPU
+    notes: tuple[str, ...]
+    incomplete: str | None  # why the attack did not finish, or None
+
+
+def inversion_config(settings: AuditSettings) -> InversionConfig:
+    """The engine's settings: the effort level's, then [tool.leakaudit.inversion], then the run's."""
+    known = {f.name for f in fields(InversionConfig)} - set(RUN_LEVEL_INVERSION_KEYS)
+    unknown = sorted(set(settings.inversion) - known)
+    if unknown:
+        raise ConfigError("unknown [tool.leakaudit.inversion] keys: "
+                          + ", ".join(f"{key}{did_you_mean(key, known)}" for key in unknown))
+    values: dict[str, Any] = dict(settings.inversion)
+    values.update(seed=settings.seed, budget_s=settings.budget, conditioning=settings.conditioning)
+    if settings.candidates_per_class is not None:
+        values["candidates_per_class"] = settings.candidates_per_class
+    if settings.prior == "none":
+        values["prior"] = "none"
+    try:
+        return InversionConfig.for_effort(settings.effort, **values)
+    except TypeError as exc:
+        raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
+
+
+def resume_tag(settings: AuditSettings) -> str:
+    """What a saved inversion state must match besides its inputs: the command that made it."""
+    return "\0".join(settings.command) + f"\0effort={settings.effort}"
+
+
+class _InversionProgress:
+    """Adapts the inversion's callbacks to the observer."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self.planned = 0
+
+    def on_phase(self, name: str) -> None:
+        self.observer.phase(f"inversion: {name}", self.planned or None)
+
+    def on_start(self, planned_steps: int) -> None:
+        self.planned = planned_steps
+        self.observer.phase("inverting the classifier", planned_steps)
+
+    def on_step(self, step: int, planned: int, losses: dict[str, float]) -> None:
+        loss = losses.get("total")
+        self.observer.advance(step, planned, f"loss {loss:.3f}" if loss is not None else "")
+
+    def callbacks(self) -> InversionCallbacks:
+        return InversionCallbacks(on_start=self.on_start, on_step=self.on_step, on_phase=self.on_phase)
+
+
+def _planned_config(settings: AuditSettings, target: TargetModel, sets: AuditSets, started: float) -> InversionConfig:
+    """The run's engine settings with the candidate count grown to the data and the budget left for it."""
+    config = grown(inversion_config(settings), len(sets.train), target.num_classes,
+                   settings.candidates_per_class or settings.inversion.get("candidates_per_class"))
+    if config.budget_s is None:
+        return config
+    n_images = len(sets.train) + (len(sets.null) if sets.null is not None else 0)  # all the candidates meet
+    reserve = matching_reserve_s(config.candidates_per_class * target.num_classes, n_images, target.input_shape,
+                                 sets.informed)
+    return replace(config, budget_s=inversion_ceiling(config.budget_s, time.monotonic() - started, reserve))
+
+
+def run_attack(run: RunContext, target: TargetModel, sets: AuditSets) -> Attack:
+    """Invert the classifier in the mode the settings ask for (init-aware, informed or data-free)."""
+    settings, stop, dist = run.settings, run.stop, run.dist
+    config = _planned_config(settings, target, sets, run.timer.started)
+    callbacks = _InversionProgress(run.observer).callbacks()
+    prior = (sets.prior.images, sets.prior.labels) if sets.prior is not None else None
+    if settings.init is not None:
+        result = init_aware_inversion(target, settings.init, prior, config, stop, callbacks)
+    else:
+        result = invert(target, config, prior=prior if sets.informed else None, callbacks=callbacks,
+                        checkpoint_dir=settings.out / CHECKPOINT_DIR if dist.is_main else None, should_stop=stop,
+                        dist=dist, resume_tag=resume_tag(settings))
+    notes = list(result.notes)
+    if result.resumed_from is not None:
+        notes.append(f"This run resumed an interrupted run of the same command at its {result.resumed_from} phase "
+                     "(the saved state of the phases before it).")
+    incomplete = None if result.complete else incomplete_reason(result, settings)
+    if incomplete:
+        notes.append(f"Incomplete attack: {incomplete}")
+    candidates = result.images.detach().float().cpu().clamp(0, 1)  # (N, C, H, W)
+    return Attack(result, config, candidates, tuple(notes), incomplete)

@@ -1,0 +1,141 @@
+"""What the CLI shows a person: stderr messages, progress, the summary after an audit, stop and download lines.
+
+stdout carries only machine output (``--format json``); everything here goes
+to stderr, with untrusted strings escaped. Tests replace the streams.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from leakaudit.progress import Observer, SilentObserver
+from leakaudit.sanitize import terminal_text
+from leakaudit.terminal import LineObserver, RichObserver
+
+
+class Console:
+    """stderr for people, stdout only for machine output; replaced in tests."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.err = sys.stderr
+        self.out = sys.stdout
+        self.interactive = self.err.isatty() and not os.environ.get("CI")
+
+    # Messages carry strings from model files and folders: control characters are shown escaped, never sent raw.
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(terminal_text(message), file=self.err, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"leakaudit: warning: {terminal_text(message)}", file=self.err, flush=True)
+
+    def error(self, message: str) -> None:
+        print(f"leakaudit: error: {terminal_text(message)}", file=self.err, flush=True)
+
+
+def make_observer(console: Console) -> Observer:
+    """A live bar on a terminal, phase lines and a heartbeat in logs, nothing with --quiet."""
+    if console.quiet:
+        return SilentObserver()
+    if console.interactive:
+        return RichObserver(console.err)
+    return LineObserver(console)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the engine polls it and checkpoints before stopping."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.signal_name = ""
+
+    def __call__(self) -> bool:
+        return self.stopped
+
+    def install(self) -> Callable[[], None]:
+        """Route SIGINT/SIGTERM here; returns a function that restores the previous handlers."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self.stopped:  # a second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self.stopped = True
+            self.signal_name = signal.Signals(signum).name
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+
+def interrupt_message(signal_name: str, written: Sequence[Path], out: Path) -> str:
+    """Exactly what an interrupted audit left: which files (all complete), and whether it can resume."""
+    if written:
+        what = (f"only these outputs were complete before the stop: {', '.join(str(p) for p in written)}; "
+                "the others were not written, so the set is partial")
+    else:
+        what = "no result was written"
+    resume = out / "checkpoints" / "resume.pt"
+    if resume.is_file():
+        tail = f"the saved inversion state {resume} lets the same command resume from the last completed phase"
+    else:
+        tail = "there is no saved inversion state to resume from: the same command starts afresh"
+    return f"stopped by {signal_name}; {what}. {tail}"
+
+
+class ByteProgress:
+    """Download progress on stderr: a rewritten line on a terminal, a line per tenth in logs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._shown = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.console.quiet:
+            return
+        text = f"  {done / 1e6:.1f}" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else " MB")
+        if self.console.interactive:
+            print("\r" + text, end="", file=self.console.err, flush=True)
+            return
+        tenth = int(10 * done / total) if total else done // 10_000_000
+        if tenth != self._shown:
+            self._shown = tenth
+            self.console.say(text)
+
+    def finish(self) -> None:
+        if self.console.interactive and not self.console.quiet:
+            print(file=self.console.err, flush=True)
+
+
+def summary_lines(document: dict[str, Any], written: Sequence[Path]) -> list[str]:
+    """The human summary the CLI prints on stderr after an audit."""
+    # Imported here: the report package loads numpy and jinja2, which `run` must not pay for before its path checks.
+    from leakaudit.report.summary import format_p, headline_line, tidy_numbers
+    inversion = document.get("inversion") or {}
+    lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
+    if not inversion.get("complete", True):
+        lines.append(f"  incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
+    if inversion.get("resumed"):
+        lines.append(f"  resumed an interrupted run at its {inversion.get('resumed_from')} phase")
+    score = document["summary"].get("leak_score")
+    if score:
+        lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "
+                     f"({format_p(score['p_value'])}; 0.5 = members matched no better than non-members)")
+    else:
+        lines.append("  no holdout: the result is not calibrated against non-members")
+    for condition in document["gate"].get("conditions", []):
+        lines.append(f"  {condition['status']:>7}  {condition['name']}: {tidy_numbers(condition['message'])}")
+    for path in written:
+        lines.append(f"  wrote {path}")
+    return lines

@@ -1,0 +1,22 @@
+"""What every stage of one audit shares: its settings, where progress goes, the stop check, the ranks, the clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from leakaudit.config import AuditSettings
+from leakaudit.distributed import DistContext
+from leakaudit.progress import Observer, StopCheck
+from leakaudit.provenance import StageTimer
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The per-run objects a stage needs, passed as one so that no stage takes them one by one."""
+
+    settings: AuditSettings
+    observer: Observer
+    stop: StopCheck
+    dist: DistContext
+    timer: StageTimer  # the stages' wall times; the budget counts from its start
+    threads: int  # torch CPU threads of this audit (recorded in the provenance)
