@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench.attacks import class_mean_candidates, kkt_reconstruction, pixel_inversion
+from leakaudit import scoring
 from leakaudit.models import TargetModel, load_model
 from leakaudit.reference import BUNDLED, ReferenceData, build_reference, load_spec, shipped_audits, split_members
 
@@ -39,9 +39,8 @@ def ssim_matrix(cands: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """P(pos > neg) + ½ P(pos = neg), over all pairs (Mann–Whitney U / (n·m))."""
-    pos, neg = pos.double()[:, None], neg.double()[None, :]
-    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+    """The audit's Mann–Whitney AUC (``leakaudit.scoring.auc``)."""
+    return scoring.auc(pos.double().numpy(), neg.double().numpy())
 
 
 @dataclass
@@ -67,9 +66,9 @@ def evaluate(name: str, images: torch.Tensor, data: ReferenceData, seconds: floa
 def loss_auc(target: TargetModel, data: ReferenceData) -> float:
     """Loss-threshold membership test: lower loss → member."""
     with torch.no_grad():
-        tl = F.cross_entropy(target.logits(data.train_images.float() / 255), data.train_labels, reduction="none")
-        hl = F.cross_entropy(target.logits(data.holdout_images.float() / 255), data.holdout_labels, reduction="none")
-    return auc(-tl, -hl)
+        tl = target.logits(data.train_images.float() / 255)
+        hl = target.logits(data.holdout_images.float() / 255)
+    return scoring.membership_test(tl, data.train_labels, hl, data.holdout_labels, n_boot=0).auc
 
 
 Attack = Callable[[TargetModel, ReferenceData], torch.Tensor]

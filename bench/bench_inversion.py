@@ -35,10 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import attacks  # noqa: E402
-from leakaudit.inversion import InversionConfig, InversionResult, invert, split_prior, weight_contribution  # noqa: E402
+from leakaudit.inputs import prior_split  # noqa: E402
+from leakaudit.inversion import InversionConfig, InversionResult, invert  # noqa: E402
 from leakaudit.matching.search import best_matches  # noqa: E402
 from leakaudit.models import TargetModel, load_model  # noqa: E402
 from leakaudit.reference import build_reference, load_spec, split_members  # noqa: E402
+from leakaudit import scoring  # noqa: E402
 
 MODELS = (
     "digits-mlp-1pc", "digits-mlp-2pc", "digits-mlp-5pc", "digits-mlp-20pc",
@@ -48,12 +50,10 @@ THRESHOLDS = (0.4, 0.5, 0.6)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(pos > neg) + ½ P(pos = neg): the Mann-Whitney AUC."""
+    """The audit's Mann-Whitney AUC (``leakaudit.scoring.auc``); NaN when a group is empty."""
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
+    return scoring.auc(np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64))
 
 
 def best_ssim(cands: torch.Tensor, images_u8: torch.Tensor) -> np.ndarray:
@@ -92,12 +92,13 @@ class Bench:
 
     def __init__(self, name: str, out: Path, seed: int) -> None:
         self.name = name
+        self.seed = seed
         spec, _ = load_spec(ROOT / "audits" / f"{name}.toml")
         built = build_reference(spec, out / name)
         self.metrics = built.metrics
         data = split_members(spec)
         self.target: TargetModel = load_model(built.model_path, input_size=(spec.size, spec.size), device="cpu")
-        prior_idx, eval_idx = split_prior(data.holdout_labels, 0.5, seed=seed)
+        prior_idx, eval_idx = prior_split(data.holdout_labels, seed)  # the audit's own split
         self.members = data.train_images  # (M, C, H, W) uint8
         self.member_labels = data.train_labels
         self.prior = (data.holdout_images[prior_idx], data.holdout_labels[prior_idx])
@@ -107,9 +108,9 @@ class Bench:
     def loss_auc(self) -> float:
         """Loss-threshold membership AUC of the model itself (lower loss → member)."""
         with torch.no_grad():
-            lm = F.cross_entropy(self.target.logits(self.members.float() / 255), self.member_labels, reduction="none")
-            ln = F.cross_entropy(self.target.logits(self.evalset[0].float() / 255), self.evalset[1], reduction="none")
-        return auc(-lm.double().numpy(), -ln.double().numpy())
+            lm = self.target.logits(self.members.float() / 255)
+            ln = self.target.logits(self.evalset[0].float() / 255)
+        return scoring.membership_test(lm, self.member_labels, ln, self.evalset[1], n_boot=0).auc
 
     def score(self, method: str, cands: torch.Tensor, seconds: float, steps_per_s: float | None = None, extra: str = "") -> Row:
         mem = best_ssim(cands, self.members)
@@ -131,14 +132,15 @@ class Bench:
 
 
 def paired_gain(b: Bench, result: InversionResult) -> str:
-    """Per-image gain in best-match SSIM over the pre-trained generator: members vs non-members."""
+    """Per-image gain in best-match SSIM over the pre-trained generator: the audit's ``weights_gain``."""
     assert result.pretrained_images is not None
-    w = weight_contribution(
-        torch.from_numpy(best_ssim(result.images, b.members)), torch.from_numpy(best_ssim(result.pretrained_images, b.members)),
-        torch.from_numpy(best_ssim(result.images, b.evalset[0])), torch.from_numpy(best_ssim(result.pretrained_images, b.evalset[0])),
+    gain = scoring.weights_gain(
+        torch.from_numpy(best_ssim(result.images, b.members)), torch.from_numpy(best_ssim(result.images, b.evalset[0])),
+        torch.from_numpy(best_ssim(result.pretrained_images, b.members)),
+        torch.from_numpy(best_ssim(result.pretrained_images, b.evalset[0])), seed=b.seed,
     )
-    return (f"paired gain AUC {w.auc:.3f} p {w.p_value:.4f} "
-            f"(mean gain mem {w.member_gain:+.3f} non {w.nonmember_gain:+.3f})")
+    return (f"paired gain AUC {gain.gain.value:.3f} p {gain.gain.p_value:.4f} "
+            f"(mean gain mem {gain.train_mean_gain:+.3f} non {gain.holdout_mean_gain:+.3f})")
 
 
 def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int], kkt_budget: float) -> Bench:
