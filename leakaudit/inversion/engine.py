@@ -1,0 +1,130 @@
+"""The per-run state of one inversion: the step clock, checkpoints, and the objects every phase shares.
+
+``Clock`` is the only place that calls the callbacks and decides when a run
+ends (the budget ceiling, a stop request, agreed across ranks); ``RunState``
+bundles what the phases pass around so that none takes them one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from leakaudit.distributed import DistContext
+from leakaudit.inversion.config import InversionConfig
+from leakaudit.inversion.generator import ConditionalGenerator
+from leakaudit.inversion.informed import LatentGaussian
+from leakaudit.inversion.objective import Weights
+from leakaudit.models import TargetModel
+
+
+@dataclass
+class InversionCallbacks:
+    """Observers of a run; any may be None."""
+
+    on_start: Callable[[int], None] | None = None  # planned steps
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None  # step, planned, losses
+    on_phase: Callable[[str], None] | None = None
+
+
+class Clock:
+    """Steps, the budget ceiling and stop requests of one run; the only place that calls the callbacks."""
+
+    def __init__(self, config: InversionConfig, phases: list[tuple[str, int]], callbacks: InversionCallbacks,
+                 should_stop: Callable[[], bool] | None, dist: DistContext) -> None:
+        self.config = config
+        self.dist = dist
+        self.phases = dict(phases)
+        self.planned = sum(n for _, n in phases)
+        self.callbacks = callbacks
+        self.should_stop = should_stop
+        self.start = time.monotonic()
+        self.steps = 0
+        self.stopped = False
+        self.interrupted = False  # stopped by should_stop (a signal), not by the budget
+        self.last: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = {}
+        self._phase: tuple[str, float] | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def enter(self, name: str) -> None:
+        """Start a phase (its time is recorded); the budget is one ceiling for the whole run."""
+        self._close_phase()
+        self._phase = (name, time.monotonic())
+        if self.callbacks.on_phase:
+            self.callbacks.on_phase(name)
+
+    def _close_phase(self) -> None:
+        if self._phase is not None:
+            name, began = self._phase
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + time.monotonic() - began
+            self._phase = None
+
+    def finish(self) -> None:
+        self._close_phase()
+
+    def tick(self, losses: dict[str, float]) -> bool:
+        """Count a step; False when the run must end (budget ceiling, stop request)."""
+        self.steps += 1
+        self.last = losses
+        if self.callbacks.on_step:
+            self.callbacks.on_step(self.steps, self.planned, losses)
+        asked = self.should_stop is not None and self.should_stop()
+        over = self.config.budget_s is not None and self.elapsed() >= self.config.budget_s
+        # Ranks agree on the decision, so they always run the same number of collectives.
+        self.interrupted, over = self.dist.any_flags(self.interrupted or asked, over)
+        self.stopped = self.stopped or self.interrupted or over
+        return not self.stopped
+
+
+class Checkpointer:
+    """Writes ``generator.pt`` into the checkpoint folder every N steps (atomically)."""
+
+    def __init__(self, folder: Path | None, config: InversionConfig) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.every = config.checkpoint_every
+        self.config = asdict(config)
+
+    def save(self, gen: ConditionalGenerator, step: int, phase: str, force: bool = False) -> None:
+        if self.folder is None or (not force and (self.every <= 0 or step % self.every)):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "generator.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"generator": gen.state_dict(), "step": step, "phase": phase, "config": self.config}, tmp)
+        os.replace(tmp, path)
+
+
+def cosine_lr(opt: torch.optim.Optimizer, step: int, total: int, final_fraction: float) -> None:
+    """Cosine decay of every parameter group's rate, from the rate it was created with to final_fraction of it."""
+    t = min(1.0, step / max(1, total))
+    factor = final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+    for group in opt.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
+@dataclass
+class RunState:
+    """What every phase of one run shares; ``latents`` changes once the informed prior is fitted."""
+
+    target: TargetModel
+    config: InversionConfig
+    weights: Weights
+    gen: ConditionalGenerator
+    clock: Clock
+    ckpt: Checkpointer
+    rng: torch.Generator
+    device: torch.device
+    latents: LatentGaussian
+
+    @property
+    def num_classes(self) -> int:
+        return self.gen.num_classes

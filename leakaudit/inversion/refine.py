@@ -1,0 +1,134 @@
+"""Candidates from a trained generator: a confident pool per class, refined against the classifier.
+
+"refine" draws ``pool_per_class`` samples per class, keeps the
+``candidates_per_class`` the classifier is most sure of (largest logit margin)
+and optimises their latents (and a small pixel residual) against the same
+objective; with a row space (rowspace.py) the candidates are also pulled into
+that span and projected onto it. Diverse mode samples soft-conditioned
+galleries instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from leakaudit.inversion.config import InversionConfig
+from leakaudit.inversion.engine import RunState, cosine_lr
+from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
+from leakaudit.inversion.informed import LatentGaussian
+from leakaudit.inversion.objective import objective
+from leakaudit.inversion.rowspace import RowSpace
+from leakaudit.models import TargetModel
+
+
+@torch.no_grad()
+def sample(gen: ConditionalGenerator, latents: LatentGaussian, k: int, per_class: int, rng: torch.Generator,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain samples, per_class of each class (one-hot conditioning): (N, C, H, W), (N,)."""
+    gen.eval()
+    targets = torch.arange(k, device=device).repeat_interleave(per_class)
+    z = latents.sample(targets.shape[0], rng)
+    images = gen(z, F.one_hot(targets, k).float())
+    gen.train()
+    return images, targets
+
+
+@torch.no_grad()
+def sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, config: InversionConfig, rng: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diverse mode: soft-conditioned samples, K per class, for the class galleries."""
+    gen.eval()
+    targets = torch.arange(k, device=device).repeat_interleave(config.candidates_per_class)
+    z = latents.sample(targets.shape[0], rng)
+    images = gen(z, soft_conditioning(targets, k, config.soft_temperature, rng).to(device))
+    return images, targets
+
+
+@torch.no_grad()
+def margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """(N,) logit margin f_y − max_{k≠y} f_k of each image."""
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        logits = target.logits(images[i : i + chunk])
+        t = targets[i : i + chunk, None]
+        own = logits.gather(1, t).squeeze(1)
+        out.append(own - logits.scatter(1, t, float("-inf")).max(1).values)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def confidence(target: TargetModel, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    probs = torch.softmax(target.logits(images.to(target.device)), dim=1)
+    return probs.gather(1, targets.to(target.device)[:, None]).squeeze(1).float()
+
+
+@torch.no_grad()
+def _confident_pool(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, the ``candidates_per_class`` latents of a pool the classifier is surest of: (N, latent), (N,)."""
+    gen, config, k = run.gen, run.config, run.num_classes
+    per = config.candidates_per_class
+    gen.eval()
+    chosen_z, chosen_t = [], []
+    for c in range(k):
+        t = torch.full((config.pool_per_class,), c, device=run.device, dtype=torch.long)
+        z = run.latents.sample(config.pool_per_class, run.rng)  # (P, latent)
+        m = margins(run.target, gen(z, F.one_hot(t, k).float()), t)
+        chosen_z.append(z[m.argsort(descending=True)[:per]])
+        chosen_t.append(t[:per])
+    return torch.cat(chosen_z), torch.cat(chosen_t)
+
+
+def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the K most confident of a pool per class, then optimise their latents against the objective.
+
+    With a row space, candidates are projected onto it in every step (and at the end).
+    """
+    gen, target, weights, config, clock, rng = run.gen, run.target, run.weights, run.config, run.clock, run.rng
+    k, device, latents = run.num_classes, run.device, run.latents
+    pool_z, all_targets = _confident_pool(run)  # (N,): chosen alike on every rank
+    share = clock.dist.batch_share(all_targets)  # each rank refines its share of the candidates
+    weight = share.shape[0] / all_targets.shape[0]  # gradients as in the full batch
+    z = pool_z[share].clone().requires_grad_(True)  # (N_r, latent)
+    targets = all_targets[share]  # (N_r,)
+    cond = F.one_hot(targets, k).float()
+    # a per-sample residual on the low-resolution pre-activations (zero: off)
+    delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)  # (N, C, gh, gw)
+    variables = [z, delta] if config.refine_pixels else [z]
+    for p in gen.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([{"params": [z], "lr": config.refine_lr}] +
+                           ([{"params": [delta], "lr": config.refine_pixel_lr}] if config.refine_pixels else []))
+    for step in range(config.refine_steps if not clock.stopped else 0):
+        cosine_lr(opt, step, config.refine_steps, config.lr_final_fraction)
+        pre = gen.low_res(z, cond) + delta
+        raw = gen.upsample(pre)
+        x = projected(raw, space)
+        loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        if space is not None and config.w_span:
+            outside = space.outside_fraction(raw).mean()
+            loss = loss + config.w_span * outside
+            report["span"] = float(config.w_span * outside.detach())
+        if config.w_refine_latent:
+            prior = latents.standardise(z).pow(2).mean()
+            loss = loss + config.w_refine_latent * prior
+            report["latent"] = float(config.w_refine_latent * prior.detach())
+        if config.refine_pixels and config.w_refine_pixel:
+            shift = delta.pow(2).mean()
+            loss = loss + config.w_refine_pixel * shift
+            report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
+        opt.zero_grad(set_to_none=True)
+        (loss * weight).backward(inputs=variables)
+        opt.step()
+        if not clock.tick(report):
+            break
+    for p in gen.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        images = projected(gen.upsample(gen.low_res(z, cond) + delta), space)
+        return clock.dist.gather_rows(images, share, all_targets.shape[0]), all_targets
+
+
+def projected(images: torch.Tensor, space: RowSpace | None) -> torch.Tensor:
+    """Generator images in [0, 1], projected onto the row space if there is one (and clamped back into [0, 1])."""
+    return images if space is None else space.project(images).clamp(0.0, 1.0)
