@@ -25,7 +25,7 @@ from leakaudit.console import ByteProgress, Console, StopFlag, interrupt_message
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, FileKey, read_config
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate import THRESHOLD_KEYS, gate_settings_from_mapping
+from leakaudit.gate_settings import THRESHOLD_KEYS, gate_settings_from_mapping
 from leakaudit.sanitize import terminal_text
 
 

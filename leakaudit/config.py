@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from leakaudit.errors import ConfigError, did_you_mean
-from leakaudit.gate import GATE_KEYS, GateSettings
+from leakaudit.gate_settings import GATE_KEYS, GateSettings
 
 # [tool.leakaudit.inversion] keys the run level owns: the engine must not get another value than the run.
 RUN_LEVEL_INVERSION_KEYS = {"seed": "seed", "budget_s": "budget", "conditioning": "conditioning",

@@ -1,317 +1,34 @@
 """The CI gate: thresholds → per-condition status → verdict → exit code, in one place.
 
 The rules a user relies on (directions, default thresholds and why, chance,
-baseline, ignore entries, incomplete attacks) are in ``docs/gate.md``.
+baseline, ignore entries, incomplete attacks) are in ``docs/gate.md``. The
+settings are ``gate_settings.py``, each condition ``gate_conditions.py``, the
+typed outcome ``gate_outcome.py``; this module combines them into a verdict.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
 from datetime import date
-from typing import Any, Literal
+from typing import Any
 
-from leakaudit.errors import ConfigError, UsageError, did_you_mean
+from leakaudit.errors import UsageError
 from leakaudit.exit_codes import ExitStatus
+from leakaudit.gate_outcome import (
+    BaselineSummary, Condition, FindingOutcome, GateOutcome, IgnoredOutcome, Verdict,
+)
+from leakaudit.gate_conditions import (
+    Member, chance_test, leak_condition, lpips_condition, members_of, membership_condition, ssim_condition,
+)
+from leakaudit.gate_settings import GateSettings, IgnoreEntry
 
-Status = Literal["pass", "warn", "fail", "skipped"]
-Verdict = Literal["pass", "warn", "fail", "incomplete"]
-FindingStatus = Literal["fail", "warn", "ok", "ignored"]
-BaselineStatus = Literal["new", "persisting", "worse"]
-Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores
-
-LEAK_SCORE_ALPHA = 0.01  # the leak score's p-value must be below this to fail
-MEMBERSHIP_ALPHA = 0.01  # the membership AUC's p-value must be below this to warn or fail
-CHANCE_ALPHA = 0.01  # exceedances of the holdout quantile must be this improbable to count
-WORSE_MARGIN = 0.02  # SSIM (or leak score) rise that makes a persisting result "worse"
-
-DIRECTIONS = {
-    "ssim": "higher is more similar",
-    "lpips": "lower is more similar",
-    "leak_score": "higher means members are matched better than non-members",
-    "membership_auc": "higher means the model's loss tells members from non-members",
-}
 EXPOSURE_STATEMENTS = {
     (True, True): "reconstructs training images and memorises membership",
     (True, False): "reconstructs training images",
     (False, True): "memorises membership",
     (False, False): "neither",
 }
-
-_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class IgnoreEntry:
-    """A finding accepted by a reviewer, until ``expires`` (inclusive)."""
-
-    fingerprint: str
-    reason: str
-    expires: date
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """Thresholds and exceptions of the gate; ``None`` disables a threshold.
-
-    ``sources`` names where each value the user set came from (a flag, or a
-    file's key), for messages; a key absent there is a default.
-    """
-
-    fail_ssim: float | None = 0.70
-    warn_ssim: float | None = 0.45
-    fail_lpips: float | None = None
-    fail_leak_score: float | None = 0.70
-    warn_membership_auc: float | None = 0.70
-    fail_membership_auc: float | None = None
-    holdout_quantile: float = 0.99
-    ignore: tuple[IgnoreEntry, ...] = ()
-    baseline_path: str | None = None
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        problems = threshold_problems({key: getattr(self, key) for key in THRESHOLD_KEYS}, self.sources)
-        if problems:  # the one place thresholds are validated, however the settings were made
-            raise ConfigError("gate settings: " + "; ".join(problems))
-
-    def thresholds(self) -> dict[str, Any]:
-        """The ``thresholds`` object of the findings document."""
-        return {**{key: getattr(self, key) for key in THRESHOLD_KEYS}, "directions": dict(DIRECTIONS)}
-
-
-THRESHOLD_KEYS = tuple(f.name for f in fields(GateSettings) if f.name not in ("ignore", "baseline_path", "sources"))
-GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore"})  # the keys of [tool.leakaudit.gate]
-
-
-def threshold_problems(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> list[str]:
-    """Every inconsistency among the thresholds (empty when valid), naming where each value came from."""
-    where = dict(sources or {})
-    fail_ssim, warn_ssim, fail_lpips = values["fail_ssim"], values["warn_ssim"], values["fail_lpips"]
-    fail_leak_score, holdout_quantile = values["fail_leak_score"], values["holdout_quantile"]
-    warn_membership_auc, fail_membership_auc = values["warn_membership_auc"], values["fail_membership_auc"]
-
-    def name(key: str) -> str:
-        return where.get(key, f"{key} (default)")
-
-    problems: list[str] = []
-    for key, value in (("fail_ssim", fail_ssim), ("warn_ssim", warn_ssim), ("fail_lpips", fail_lpips)):
-        if value is not None and not (0.0 < value <= 1.0):
-            problems.append(f"{name(key)} must be in (0, 1], got {value}")
-    for key, value in (("fail_leak_score", fail_leak_score), ("warn_membership_auc", warn_membership_auc),
-                       ("fail_membership_auc", fail_membership_auc)):
-        if value is not None and not (0.5 < value <= 1.0):
-            problems.append(f"{name(key)} must be in (0.5, 1], got {value}")
-    if not (0.5 <= holdout_quantile < 1.0):
-        problems.append(f"{name('holdout_quantile')} must be in [0.5, 1), got {holdout_quantile}")
-    if fail_ssim is not None and warn_ssim is not None and warn_ssim > fail_ssim:
-        problems.append(f"{name('warn_ssim')} = {warn_ssim} must not exceed {name('fail_ssim')} = {fail_ssim}")
-    if warn_membership_auc is not None and fail_membership_auc is not None and warn_membership_auc > fail_membership_auc:
-        problems.append(f"{name('warn_membership_auc')} = {warn_membership_auc} must not exceed "
-                        f"{name('fail_membership_auc')} = {fail_membership_auc}")
-    return problems
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _threshold(mapping: Mapping[str, Any], key: str, default: float | None, problems: list[str],
-               where: str) -> float | None:
-    if key not in mapping:
-        return default
-    value = mapping[key]
-    if value is False or value is None:  # TOML has no null: `false` switches a threshold off
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        problems.append(f"{where} must be a number or false, got {value!r}")
-        return default
-    return float(value)
-
-
-def _ignore_entries(raw: Any, problems: list[str]) -> tuple[IgnoreEntry, ...]:
-    if not isinstance(raw, list):
-        problems.append("ignore must be a list of tables {fingerprint=, reason=, expires=}")
-        return ()
-    entries: list[IgnoreEntry] = []
-    for i, item in enumerate(raw):
-        where = f"ignore[{i}]"
-        if not isinstance(item, Mapping):
-            problems.append(f"{where} must be a table with fingerprint, reason and expires")
-            continue
-        unknown = sorted(set(item) - {"fingerprint", "reason", "expires"})
-        if unknown:
-            problems.append(f"{where} has unknown keys: {', '.join(unknown)}")
-        fp, reason, expires = item.get("fingerprint"), item.get("reason"), item.get("expires")
-        ok = True
-        if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
-            problems.append(f"{where}.fingerprint must be a 64-character lowercase sha256 hex string")
-            ok = False
-        if not isinstance(reason, str) or not reason.strip():
-            problems.append(f"{where}.reason must be a non-empty string (why the finding is accepted)")
-            ok = False
-        if isinstance(expires, str):
-            try:
-                expires = date.fromisoformat(expires)
-            except ValueError:
-                problems.append(f"{where}.expires must be a date YYYY-MM-DD, got {expires!r}")
-                ok = False
-        elif not isinstance(expires, date):
-            problems.append(f"{where}.expires is required: a date YYYY-MM-DD (ignores must expire)")
-            ok = False
-        if ok:
-            entries.append(IgnoreEntry(fp, reason.strip(), expires))
-    return tuple(entries)
-
-
-def gate_settings_from_mapping(mapping: Mapping[str, Any], baseline_path: str | None = None,
-                               sources: Mapping[str, str] | None = None) -> GateSettings:
-    """Build settings from a ``[tool.leakaudit.gate]`` table (and flags), reporting every problem at once.
-
-    Unknown keys are errors: in a CI gate a misspelt threshold must not be
-    silently replaced by its default. ``fail_ssim`` set without ``warn_ssim``
-    lowers the warning level with it: warn = min(default, fail).
-    """
-    defaults = GateSettings()
-    where = {key: value for key, value in (sources or {}).items() if key in mapping}
-    for key in mapping:
-        where.setdefault(key, f"[tool.leakaudit.gate] {key}")
-    problems: list[str] = []
-    for key in sorted(set(mapping) - GATE_KEYS):
-        problems.append(f"unknown key {key!r}{did_you_mean(key, GATE_KEYS)}")
-    values: dict[str, Any] = {}
-    for key in THRESHOLD_KEYS:
-        values[key] = _threshold(mapping, key, getattr(defaults, key), problems, where.get(key, key))
-    if "fail_ssim" in mapping and "warn_ssim" not in mapping and values["fail_ssim"] is not None:
-        values["warn_ssim"] = min(defaults.warn_ssim or 1.0, values["fail_ssim"])
-    if "fail_membership_auc" in mapping and "warn_membership_auc" not in mapping and values["fail_membership_auc"]:
-        values["warn_membership_auc"] = min(defaults.warn_membership_auc or 1.0, values["fail_membership_auc"])
-    if values["holdout_quantile"] is None:
-        problems.append(f"{where.get('holdout_quantile', 'holdout_quantile')} cannot be switched off")
-        values["holdout_quantile"] = defaults.holdout_quantile
-    ignore = _ignore_entries(mapping.get("ignore", []), problems)
-    if problems:  # parse problems and range problems together; otherwise GateSettings checks the ranges
-        problems.extend(threshold_problems(values, where))
-        raise ConfigError("gate settings: " + "; ".join(problems))
-    return GateSettings(**values, ignore=ignore, baseline_path=baseline_path, sources=where)
-
-
-# --------------------------------------------------------------------------- outcome
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One gate condition: what was compared, and how it came out."""
-
-    name: str
-    status: Status
-    threshold: float | None
-    observed: float | None
-    message: str
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "threshold": self.threshold,
-            "observed": self.observed,
-            "message": self.message,
-            **dict(self.extra),
-        }
-
-
-@dataclass(frozen=True)
-class FindingOutcome:
-    """The gate's view of one finding, in the findings' order."""
-
-    fingerprint: str
-    status: FindingStatus
-    baseline_status: BaselineStatus | None
-    rule: str = ""
-
-
-@dataclass(frozen=True)
-class BaselineSummary:
-    """Flagged findings compared with a previous audit."""
-
-    path: str
-    new: int
-    persisting: int
-    worse: int
-    fixed: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "new": self.new,
-            "persisting": self.persisting,
-            "worse": self.worse,
-            "fixed": list(self.fixed),
-        }
-
-
-@dataclass(frozen=True)
-class IgnoredOutcome:
-    """An ignore entry and whether it still applies."""
-
-    entry: IgnoreEntry
-    expired: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.entry.fingerprint,
-            "reason": self.entry.reason,
-            "expires": self.entry.expires.isoformat(),
-            "expired": self.expired,
-        }
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """Everything the gate decides; ``apply_gate`` writes it into a document."""
-
-    verdict: Verdict
-    exit_code: int
-    conditions: tuple[Condition, ...]
-    findings: tuple[FindingOutcome, ...]
-    baseline: BaselineSummary | None
-    ignored: tuple[IgnoredOutcome, ...]
-    notes: tuple[str, ...] = field(default=())
-    exposure: Mapping[str, Any] = field(default_factory=dict)
-    counted: Mapping[str, Any] = field(default_factory=dict)
-
-    def gate_dict(self) -> dict[str, Any]:
-        """The ``gate`` object of the findings document."""
-        return {
-            "conditions": [c.to_dict() for c in self.conditions],
-            "baseline": None if self.baseline is None else self.baseline.to_dict(),
-            "ignored": [i.to_dict() for i in self.ignored],
-            "counted": dict(self.counted),
-        }
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    if k <= 0:
-        return 1.0
-    if k > n:
-        return 0.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-        for i in range(k, n + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
 def _holdout_reference(document: Mapping[str, Any], quantile: float) -> float | None:
@@ -339,136 +56,6 @@ def _active_ignores(settings: GateSettings, today: date) -> tuple[dict[str, Igno
         if not expired:
             active[entry.fingerprint] = entry
     return active, tuple(listed)
-
-
-def _baseline_status(row: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> BaselineStatus:
-    before = previous.get(row["fingerprint"])
-    if before is None:
-        return "new"
-    if before.get("ssim") is not None and float(row["ssim"]) > float(before["ssim"]) + WORSE_MARGIN:
-        return "worse"
-    return "persisting"
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-@dataclass(frozen=True)
-class _Chance:
-    """The test that decides whether members above the holdout quantile are more than chance gives."""
-
-    calibrated: bool
-    reference: float | None
-    significant: bool
-    message: str
-    exceed: int = 0
-    p_value: float | None = None
-
-
-def _chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mapping[str, Any],
-                 settings: GateSettings, reference: float | None) -> _Chance:
-    """Are more members above the holdout quantile than non-members would give?
-
-    Ignored members still count here: an ignore accepts one image, it does not
-    change the evidence that members are matched better than non-members.
-    """
-    if reference is None:
-        return _Chance(False, None, True, "Uncalibrated: no holdout, so the absolute thresholds apply; class "
-                       "prototypes can exceed them.")
-    from leakaudit.scoring import exceedance_p_value, holdout_rank
-
-    n_holdout = int(summary.get("n_holdout") or 0)
-    exceed = sum(1 for r in rows if float(r["ssim"]) > reference)
-    if n_holdout:
-        rank = holdout_rank(n_holdout, settings.holdout_quantile)
-        tail = exceedance_p_value(exceed, n_train, n_holdout, rank)
-        expected = rank * n_train / (n_holdout + 1)
-        test = (f"one-sided exact rank test: members above the holdout's {rank}th-largest best match, negative "
-                "hypergeometric under exchangeable members and non-members")
-    else:  # an old document without the holdout's size: the binomial approximation at rate 1 - q
-        rate = 1.0 - settings.holdout_quantile
-        tail, expected, test = binomial_tail(exceed, n_train, rate), n_train * rate, "one-sided binomial test"
-    significant = tail < CHANCE_ALPHA
-    message = (
-        f"Calibrated: a member counts only above the holdout's q{settings.holdout_quantile:g} best-match SSIM "
-        f"({reference:.3f}); {exceed} of {n_train} members exceed it (chance expects {expected:.1f}; {test}, "
-        f"p = {tail:.3g}: {'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
-    )
-    return _Chance(True, reference, significant, message, exceed, tail)
-
-
-def _member_level(ssim: float, lpips: float | None, settings: GateSettings, chance: _Chance,
-                  baseline: BaselineStatus | None) -> tuple[Level, Level, str]:
-    """(SSIM level, LPIPS level, the rule that decided) of one member, before ignores."""
-    def crossed() -> tuple[Level, Level, str | None]:
-        ssim_level: Level = "ok"
-        rule = None
-        if settings.fail_ssim is not None and ssim >= settings.fail_ssim:
-            ssim_level, rule = "fail", f"SSIM {ssim:.3f} ≥ fail_ssim {settings.fail_ssim:.2f}"
-        elif settings.warn_ssim is not None and ssim >= settings.warn_ssim:
-            ssim_level, rule = "warn", f"SSIM {ssim:.3f} ≥ warn_ssim {settings.warn_ssim:.2f}"
-        lp: Level = "ok"
-        if settings.fail_lpips is not None and lpips is not None and lpips <= settings.fail_lpips:
-            lp = "fail"
-            rule = (rule + " and " if rule else "") + f"LPIPS {lpips:.3f} ≤ fail_lpips {settings.fail_lpips:.2f}"
-        return ssim_level, lp, rule
-
-    ssim_level, lpips_level, rule = crossed()
-    if rule is None:
-        level = settings.warn_ssim if settings.warn_ssim is not None else settings.fail_ssim
-        name = "warn_ssim" if settings.warn_ssim is not None else "fail_ssim"
-        below = f"below {name} {level:.2f}" if level is not None else "no SSIM threshold set"
-        return "ok", "ok", f"SSIM {ssim:.3f}: {below}; ok."
-    if not chance.calibrated:
-        return ssim_level, lpips_level, f"{rule}, uncalibrated (no holdout): the absolute threshold applies."
-    q = f"q{settings.holdout_quantile:g}"
-    if chance.reference is not None and ssim <= chance.reference:
-        return "ok", "ok", (f"{rule}, but not above the holdout's {q} best match ({chance.reference:.3f}): non-members "
-                            "are matched as well; not counted.")
-    if not chance.significant:
-        return "ok", "ok", (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), but the number of members "
-                            f"above it is consistent with chance (p = {chance.p_value:.3g}); not counted.")
-    if "fail" in (ssim_level, lpips_level) and baseline == "persisting":
-        return ("warn" if ssim_level == "fail" else ssim_level), ("warn" if lpips_level == "fail" else lpips_level), (
-            f"{rule} and above the holdout's {q}, persisting from the baseline: reported as a warning.")
-    return ssim_level, lpips_level, (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), with more members "
-                                     f"above it than chance gives (p = {chance.p_value:.3g}).")
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One member's outcome."""
-
-    fingerprint: str
-    ssim: float
-    ssim_level: Level
-    lpips_level: Level
-    rule: str
-    ignored: bool
-    baseline: BaselineStatus | None
-
-    @property
-    def status(self) -> FindingStatus:
-        if self.ignored:
-            return "ignored"
-        levels = {self.ssim_level, self.lpips_level}
-        return "fail" if "fail" in levels else "warn" if "warn" in levels else "ok"
-
-
-def _members(rows: Sequence[Mapping[str, Any]], lpips: Mapping[str, float | None], settings: GateSettings,
-             chance: _Chance, active: Mapping[str, IgnoreEntry],
-             previous: Mapping[str, Mapping[str, Any]] | None) -> list[_Member]:
-    out = []
-    for row in rows:
-        fp = row["fingerprint"]
-        baseline = None if previous is None else _baseline_status(row, previous)
-        ssim_level, lpips_level, rule = _member_level(float(row["ssim"]), lpips.get(fp), settings, chance, baseline)
-        entry = active.get(fp)
-        if entry is not None:
-            rule = f"Ignored until {entry.expires.isoformat()} ({entry.reason}); otherwise: {rule}"
-        out.append(_Member(fp, float(row["ssim"]), ssim_level, lpips_level, rule, entry is not None, baseline))
-    return out
 
 
 def evaluate_gate(
@@ -504,16 +91,16 @@ def evaluate_gate(
         if i.expired
     )
     previous_findings = None if previous is None else {f["fingerprint"]: f for f in previous.get("findings") or []}
-    chance = _chance_test(rows, n_train, summary, settings, reference)
+    chance = chance_test(rows, n_train, summary, settings, reference)
     lpips = {f["fingerprint"]: (None if f.get("lpips") is None else float(f["lpips"])) for f in findings}
-    outcome = _members(rows, lpips, settings, chance, active, previous_findings)
+    outcome = members_of(rows, lpips, settings, chance, active, previous_findings)
     by_fp = {m.fingerprint: m for m in outcome}
     listed = [by_fp[f["fingerprint"]] for f in findings]
     conditions = (
-        _ssim_condition(settings, outcome, chance),
-        _lpips_condition(settings, document, listed, chance),
-        _leak_condition(settings, document, previous),
-        _membership_condition(settings, document),
+        ssim_condition(settings, outcome, chance),
+        lpips_condition(settings, document, listed, chance),
+        leak_condition(settings, document, previous),
+        membership_condition(settings, document),
     )
     finding_outcomes = tuple(FindingOutcome(m.fingerprint, m.status, m.baseline, m.rule) for m in listed)
     baseline = None
@@ -560,115 +147,7 @@ def _exposure(conditions: Sequence[Condition], verdict: Verdict) -> dict[str, An
             "statement": EXPOSURE_STATEMENTS[(bool(reconstruction), bool(membership))]}
 
 
-def _counts(members: Sequence[_Member], attr: str) -> tuple[int, int]:
-    levels = [getattr(m, attr) for m in members if not m.ignored]
-    return levels.count("fail"), levels.count("warn")
-
-
-def _ssim_condition(settings: GateSettings, members: Sequence[_Member], chance: _Chance) -> Condition:
-    if settings.fail_ssim is None and settings.warn_ssim is None:
-        return Condition("ssim", "skipped", None, None, "SSIM thresholds are switched off.")
-    counted = [m.ssim for m in members if not m.ignored and m.ssim_level != "ok"]
-    observed = max(counted) if counted else None
-    fails, warns = _counts(members, "ssim_level")
-    crossed = sum(1 for m in members if not m.ignored and settings.warn_ssim is not None
-                  and m.ssim >= min(settings.warn_ssim, settings.fail_ssim or 1.0))
-    status: Status = "fail" if fails else "warn" if warns else "pass"
-    parts = [
-        f"{fails} member(s) fail, {warns} warn, of {len(members)} (fail at SSIM ≥ {_fmt(settings.fail_ssim)}, "
-        f"warn at ≥ {_fmt(settings.warn_ssim)}; higher is more similar).",
-        chance.message,
-    ]
-    if chance.calibrated and not chance.significant and crossed:
-        parts.append(f"{crossed} member(s) reach a threshold, but no more are matched better than non-members than "
-                     "chance gives: pass.")
-    persisting = sum(1 for m in members if m.baseline == "persisting" and m.ssim_level == "warn"
-                     and settings.fail_ssim is not None and m.ssim >= settings.fail_ssim)
-    if persisting:
-        parts.append(f"{persisting} fail-level member(s) persist from the baseline and are reported as warnings.")
-    return Condition("ssim", status, settings.fail_ssim, observed, " ".join(parts),
-                     {"n_members": len(members), "n_above_reference": chance.exceed if chance.calibrated else None,
-                      "chance_p_value": chance.p_value})
-
-
-def _lpips_condition(settings: GateSettings, document: Mapping[str, Any], listed: Sequence[_Member],
-                     chance: _Chance) -> Condition:
-    if settings.fail_lpips is None:
-        return Condition("lpips", "skipped", None, None, "No LPIPS threshold set (fail_lpips is off by default).")
-    lpips_info = ((document.get("metrics") or {}).get("lpips")) or {}
-    if not lpips_info.get("available", False):
-        reason = lpips_info.get("reason") or "no reason given"
-        return Condition("lpips", "skipped", settings.fail_lpips, None,
-                         f"LPIPS threshold set but LPIPS is unavailable: {reason}.")
-    findings = {f["fingerprint"]: f for f in document.get("findings") or []}
-    values = [float(findings[m.fingerprint]["lpips"]) for m in listed
-              if not m.ignored and m.lpips_level != "ok" and findings[m.fingerprint].get("lpips") is not None]
-    fails, warns = _counts(listed, "lpips_level")
-    status: Status = "fail" if fails else "warn" if warns else "pass"
-    message = (f"{fails} listed finding(s) at or below fail_lpips {settings.fail_lpips:.3f} (LPIPS: lower is more "
-               f"similar; computed for the {len(listed)} listed findings)"
-               + (f", {warns} reported as warnings (baseline)" if warns else "") + ". " + chance.message)
-    return Condition("lpips", status, settings.fail_lpips, min(values) if values else None, message)
-
-
-def _leak_condition(settings: GateSettings, document: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Condition:
-    threshold = settings.fail_leak_score
-    if threshold is None:
-        return Condition("leak_score", "skipped", None, None, "Leak score threshold is switched off.")
-    leak = (document.get("summary") or {}).get("leak_score")
-    if not document.get("calibrated") or not leak:
-        return Condition("leak_score", "skipped", threshold, None,
-                         "No holdout: the leak score needs non-member images to compare with.")
-    value, p_value = float(leak["value"]), float(leak["p_value"])
-    interval = f"{value:.3f} (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, p = {p_value:.3g})"
-    if value < threshold:
-        return Condition("leak_score", "pass", threshold, value,
-                         f"Leak score {interval} is below {threshold:.2f} (0.5 = no difference).")
-    if p_value >= LEAK_SCORE_ALPHA:
-        return Condition("leak_score", "pass", threshold, value,
-                         f"Leak score {interval} reaches {threshold:.2f} but is consistent with chance (one-sided "
-                         f"permutation test, p ≥ {LEAK_SCORE_ALPHA:g}): too few members or non-members to tell; pass.")
-    before = ((previous or {}).get("summary") or {}).get("leak_score") if previous is not None else None
-    if before and float(before["value"]) >= threshold and value <= float(before["value"]) + WORSE_MARGIN:
-        return Condition("leak_score", "warn", threshold, value,
-                         f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before['value']):.3f}); "
-                         f"not more than {WORSE_MARGIN} above the baseline's value, so reported as a warning.")
-    return Condition("leak_score", "fail", threshold, value,
-                     f"Leak score {interval} reaches {threshold:.2f} with p < {LEAK_SCORE_ALPHA:g}: "
-                     "training members are matched better than non-members.")
-
-
-def _membership_condition(settings: GateSettings, document: Mapping[str, Any]) -> Condition:
-    """The model's own loss-threshold membership AUC: warn (or fail) when high and significant."""
-    fail, warn = settings.fail_membership_auc, settings.warn_membership_auc
-    threshold = fail if fail is not None else warn
-    if threshold is None:
-        return Condition("membership", "skipped", None, None, "Membership thresholds are switched off.")
-    test = (document.get("summary") or {}).get("membership")
-    if not test:
-        return Condition("membership", "skipped", threshold, None,
-                         "No holdout: the membership test needs non-member images to compare with.")
-    value, p = float(test["auc"]), float(test["p_value"])
-    rates = test.get("tpr_at_fpr") or {}
-    tpr = ", ".join(f"TPR {float(v):.1%} at {float(k):.1%} FPR" for k, v in rates.items())
-    text = (f"Loss-threshold membership AUC {value:.3f} (95% CI {test['ci_low']:.3f}–{test['ci_high']:.3f}, "
-            f"one-sided Mann-Whitney p = {p:.3g}; {tpr}; 0.5 = the loss does not tell members from non-members)")
-    extra = {k: test.get(k) for k in ("ci_low", "ci_high", "p_value", "tpr_at_fpr")}
-    if fail is not None and value >= fail and p < MEMBERSHIP_ALPHA:
-        return Condition("membership", "fail", threshold, value,
-                         f"{text} reaches fail_membership_auc {fail:.2f}: the model memorises its training set.", extra)
-    if warn is not None and value >= warn and p < MEMBERSHIP_ALPHA:
-        return Condition("membership", "warn", threshold, value,
-                         f"{text} reaches warn_membership_auc {warn:.2f}: the model memorises membership, even where "
-                         "no reconstruction resembles a member.", extra)
-    if warn is not None and value >= warn:
-        return Condition("membership", "pass", threshold, value,
-                         f"{text} reaches {warn:.2f} but is consistent with chance (p ≥ {MEMBERSHIP_ALPHA:g}); pass.",
-                         extra)
-    return Condition("membership", "pass", threshold, value, f"{text} is below {threshold:.2f}.", extra)
-
-
-def _baseline_summary(members: Sequence[_Member], previous_findings: Mapping[str, Mapping[str, Any]],
+def _baseline_summary(members: Sequence[Member], previous_findings: Mapping[str, Mapping[str, Any]],
                       path: str) -> BaselineSummary:
     flagged = [m for m in members if m.status in ("fail", "warn")]
     now = {m.fingerprint for m in flagged} | {m.fingerprint for m in members if m.ignored}

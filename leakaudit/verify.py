@@ -16,7 +16,7 @@ from leakaudit.errors import ConfigError, DataError, UsageError
 if TYPE_CHECKING:
     from leakaudit.inputs import AuditInputs
     from leakaudit.config import AuditSettings
-    from leakaudit.gate import GateSettings
+    from leakaudit.gate_settings import GateSettings
     from leakaudit.matching.lpips import LpipsScorer
 
 

@@ -14,7 +14,7 @@ from leakaudit import __version__
 from leakaudit.cli import file_keys, run
 from leakaudit.config import read_config
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate import THRESHOLD_KEYS
+from leakaudit.gate_settings import THRESHOLD_KEYS
 
 from .conftest import TinyReference, assert_error, assert_no_result, run_cli
 

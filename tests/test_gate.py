@@ -16,10 +16,10 @@ from leakaudit.gate import (
     GateSettings,
     IgnoreEntry,
     apply_gate,
-    binomial_tail,
     evaluate_gate,
-    gate_settings_from_mapping,
 )
+from leakaudit.gate_settings import gate_settings_from_mapping
+from leakaudit.scoring import binomial_tail
 from leakaudit.report.schema import schema_errors
 
 TODAY = date(2026, 11, 28)

@@ -68,7 +68,7 @@ def test_every_finding_carries_the_rule_with_the_gates_quantile() -> None:
 
 
 def test_fail_ssim_alone_lowers_the_warning_level() -> None:
-    from leakaudit.gate import gate_settings_from_mapping
+    from leakaudit.gate_settings import gate_settings_from_mapping
 
     settings = gate_settings_from_mapping({"fail_ssim": 0.3}, sources={"fail_ssim": "--fail-ssim"})
     assert (settings.fail_ssim, settings.warn_ssim) == (0.3, 0.3)
@@ -77,7 +77,7 @@ def test_fail_ssim_alone_lowers_the_warning_level() -> None:
 
 def test_an_inconsistent_value_names_the_flag_it_came_from() -> None:
     from leakaudit.errors import ConfigError
-    from leakaudit.gate import gate_settings_from_mapping
+    from leakaudit.gate_settings import gate_settings_from_mapping
 
     with pytest.raises(ConfigError) as info:
         gate_settings_from_mapping({"fail_ssim": 0.3, "warn_ssim": 0.5},

@@ -1,0 +1,262 @@
+"""The gate's conditions: each compares one statistic with its threshold and says why it came out as it did.
+
+The SSIM and LPIPS conditions count members, not listed findings, and when
+calibrated a member counts only above the holdout's quantile and beyond
+chance (an exact test, ``scoring.exceedance_p_value``). ``docs/gate.md``
+gives each rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from leakaudit.gate_outcome import BaselineStatus, Condition, FindingStatus, Status
+from leakaudit.gate_settings import GateSettings, IgnoreEntry
+from leakaudit.scoring import binomial_tail
+
+Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores
+
+LEAK_SCORE_ALPHA = 0.01  # the leak score's p-value must be below this to fail
+MEMBERSHIP_ALPHA = 0.01  # the membership AUC's p-value must be below this to warn or fail
+CHANCE_ALPHA = 0.01  # exceedances of the holdout quantile must be this improbable to count
+WORSE_MARGIN = 0.02  # SSIM (or leak score) rise that makes a persisting result "worse"
+
+
+def baseline_status(row: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> BaselineStatus:
+    before = previous.get(row["fingerprint"])
+    if before is None:
+        return "new"
+    if before.get("ssim") is not None and float(row["ssim"]) > float(before["ssim"]) + WORSE_MARGIN:
+        return "worse"
+    return "persisting"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+@dataclass(frozen=True)
+class Chance:
+    """The test that decides whether members above the holdout quantile are more than chance gives."""
+
+    calibrated: bool
+    reference: float | None
+    significant: bool
+    message: str
+    exceed: int = 0
+    p_value: float | None = None
+
+
+def chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mapping[str, Any],
+                 settings: GateSettings, reference: float | None) -> Chance:
+    """Are more members above the holdout quantile than non-members would give?
+
+    Ignored members still count here: an ignore accepts one image, it does not
+    change the evidence that members are matched better than non-members.
+    """
+    if reference is None:
+        return Chance(False, None, True, "Uncalibrated: no holdout, so the absolute thresholds apply; class "
+                       "prototypes can exceed them.")
+    from leakaudit.scoring import exceedance_p_value, holdout_rank
+
+    n_holdout = int(summary.get("n_holdout") or 0)
+    exceed = sum(1 for r in rows if float(r["ssim"]) > reference)
+    if n_holdout:
+        rank = holdout_rank(n_holdout, settings.holdout_quantile)
+        tail = exceedance_p_value(exceed, n_train, n_holdout, rank)
+        expected = rank * n_train / (n_holdout + 1)
+        test = (f"one-sided exact rank test: members above the holdout's {rank}th-largest best match, negative "
+                "hypergeometric under exchangeable members and non-members")
+    else:  # an old document without the holdout's size: the binomial approximation at rate 1 - q
+        rate = 1.0 - settings.holdout_quantile
+        tail, expected, test = binomial_tail(exceed, n_train, rate), n_train * rate, "one-sided binomial test"
+    significant = tail < CHANCE_ALPHA
+    message = (
+        f"Calibrated: a member counts only above the holdout's q{settings.holdout_quantile:g} best-match SSIM "
+        f"({reference:.3f}); {exceed} of {n_train} members exceed it (chance expects {expected:.1f}; {test}, "
+        f"p = {tail:.3g}: {'significant' if significant else 'consistent with chance'} at {CHANCE_ALPHA:g})."
+    )
+    return Chance(True, reference, significant, message, exceed, tail)
+
+
+def _member_level(ssim: float, lpips: float | None, settings: GateSettings, chance: Chance,
+                  baseline: BaselineStatus | None) -> tuple[Level, Level, str]:
+    """(SSIM level, LPIPS level, the rule that decided) of one member, before ignores."""
+    def crossed() -> tuple[Level, Level, str | None]:
+        ssim_level: Level = "ok"
+        rule = None
+        if settings.fail_ssim is not None and ssim >= settings.fail_ssim:
+            ssim_level, rule = "fail", f"SSIM {ssim:.3f} ≥ fail_ssim {settings.fail_ssim:.2f}"
+        elif settings.warn_ssim is not None and ssim >= settings.warn_ssim:
+            ssim_level, rule = "warn", f"SSIM {ssim:.3f} ≥ warn_ssim {settings.warn_ssim:.2f}"
+        lp: Level = "ok"
+        if settings.fail_lpips is not None and lpips is not None and lpips <= settings.fail_lpips:
+            lp = "fail"
+            rule = (rule + " and " if rule else "") + f"LPIPS {lpips:.3f} ≤ fail_lpips {settings.fail_lpips:.2f}"
+        return ssim_level, lp, rule
+
+    ssim_level, lpips_level, rule = crossed()
+    if rule is None:
+        level = settings.warn_ssim if settings.warn_ssim is not None else settings.fail_ssim
+        name = "warn_ssim" if settings.warn_ssim is not None else "fail_ssim"
+        below = f"below {name} {level:.2f}" if level is not None else "no SSIM threshold set"
+        return "ok", "ok", f"SSIM {ssim:.3f}: {below}; ok."
+    if not chance.calibrated:
+        return ssim_level, lpips_level, f"{rule}, uncalibrated (no holdout): the absolute threshold applies."
+    q = f"q{settings.holdout_quantile:g}"
+    if chance.reference is not None and ssim <= chance.reference:
+        return "ok", "ok", (f"{rule}, but not above the holdout's {q} best match ({chance.reference:.3f}): non-members "
+                            "are matched as well; not counted.")
+    if not chance.significant:
+        return "ok", "ok", (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), but the number of members "
+                            f"above it is consistent with chance (p = {chance.p_value:.3g}); not counted.")
+    if "fail" in (ssim_level, lpips_level) and baseline == "persisting":
+        return ("warn" if ssim_level == "fail" else ssim_level), ("warn" if lpips_level == "fail" else lpips_level), (
+            f"{rule} and above the holdout's {q}, persisting from the baseline: reported as a warning.")
+    return ssim_level, lpips_level, (f"{rule} and above the holdout's {q} ({chance.reference:.3f}), with more members "
+                                     f"above it than chance gives (p = {chance.p_value:.3g}).")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member's outcome."""
+
+    fingerprint: str
+    ssim: float
+    ssim_level: Level
+    lpips_level: Level
+    rule: str
+    ignored: bool
+    baseline: BaselineStatus | None
+
+    @property
+    def status(self) -> FindingStatus:
+        if self.ignored:
+            return "ignored"
+        levels = {self.ssim_level, self.lpips_level}
+        return "fail" if "fail" in levels else "warn" if "warn" in levels else "ok"
+
+
+def members_of(rows: Sequence[Mapping[str, Any]], lpips: Mapping[str, float | None], settings: GateSettings,
+             chance: Chance, active: Mapping[str, IgnoreEntry],
+             previous: Mapping[str, Mapping[str, Any]] | None) -> list[Member]:
+    out = []
+    for row in rows:
+        fp = row["fingerprint"]
+        baseline = None if previous is None else baseline_status(row, previous)
+        ssim_level, lpips_level, rule = _member_level(float(row["ssim"]), lpips.get(fp), settings, chance, baseline)
+        entry = active.get(fp)
+        if entry is not None:
+            rule = f"Ignored until {entry.expires.isoformat()} ({entry.reason}); otherwise: {rule}"
+        out.append(Member(fp, float(row["ssim"]), ssim_level, lpips_level, rule, entry is not None, baseline))
+    return out
+
+
+def _counts(members: Sequence[Member], attr: str) -> tuple[int, int]:
+    levels = [getattr(m, attr) for m in members if not m.ignored]
+    return levels.count("fail"), levels.count("warn")
+
+
+def ssim_condition(settings: GateSettings, members: Sequence[Member], chance: Chance) -> Condition:
+    if settings.fail_ssim is None and settings.warn_ssim is None:
+        return Condition("ssim", "skipped", None, None, "SSIM thresholds are switched off.")
+    counted = [m.ssim for m in members if not m.ignored and m.ssim_level != "ok"]
+    observed = max(counted) if counted else None
+    fails, warns = _counts(members, "ssim_level")
+    crossed = sum(1 for m in members if not m.ignored and settings.warn_ssim is not None
+                  and m.ssim >= min(settings.warn_ssim, settings.fail_ssim or 1.0))
+    status: Status = "fail" if fails else "warn" if warns else "pass"
+    parts = [
+        f"{fails} member(s) fail, {warns} warn, of {len(members)} (fail at SSIM ≥ {_fmt(settings.fail_ssim)}, "
+        f"warn at ≥ {_fmt(settings.warn_ssim)}; higher is more similar).",
+        chance.message,
+    ]
+    if chance.calibrated and not chance.significant and crossed:
+        parts.append(f"{crossed} member(s) reach a threshold, but no more are matched better than non-members than "
+                     "chance gives: pass.")
+    persisting = sum(1 for m in members if m.baseline == "persisting" and m.ssim_level == "warn"
+                     and settings.fail_ssim is not None and m.ssim >= settings.fail_ssim)
+    if persisting:
+        parts.append(f"{persisting} fail-level member(s) persist from the baseline and are reported as warnings.")
+    return Condition("ssim", status, settings.fail_ssim, observed, " ".join(parts),
+                     {"n_members": len(members), "n_above_reference": chance.exceed if chance.calibrated else None,
+                      "chance_p_value": chance.p_value})
+
+
+def lpips_condition(settings: GateSettings, document: Mapping[str, Any], listed: Sequence[Member],
+                     chance: Chance) -> Condition:
+    if settings.fail_lpips is None:
+        return Condition("lpips", "skipped", None, None, "No LPIPS threshold set (fail_lpips is off by default).")
+    lpips_info = ((document.get("metrics") or {}).get("lpips")) or {}
+    if not lpips_info.get("available", False):
+        reason = lpips_info.get("reason") or "no reason given"
+        return Condition("lpips", "skipped", settings.fail_lpips, None,
+                         f"LPIPS threshold set but LPIPS is unavailable: {reason}.")
+    findings = {f["fingerprint"]: f for f in document.get("findings") or []}
+    values = [float(findings[m.fingerprint]["lpips"]) for m in listed
+              if not m.ignored and m.lpips_level != "ok" and findings[m.fingerprint].get("lpips") is not None]
+    fails, warns = _counts(listed, "lpips_level")
+    status: Status = "fail" if fails else "warn" if warns else "pass"
+    message = (f"{fails} listed finding(s) at or below fail_lpips {settings.fail_lpips:.3f} (LPIPS: lower is more "
+               f"similar; computed for the {len(listed)} listed findings)"
+               + (f", {warns} reported as warnings (baseline)" if warns else "") + ". " + chance.message)
+    return Condition("lpips", status, settings.fail_lpips, min(values) if values else None, message)
+
+
+def leak_condition(settings: GateSettings, document: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Condition:
+    threshold = settings.fail_leak_score
+    if threshold is None:
+        return Condition("leak_score", "skipped", None, None, "Leak score threshold is switched off.")
+    leak = (document.get("summary") or {}).get("leak_score")
+    if not document.get("calibrated") or not leak:
+        return Condition("leak_score", "skipped", threshold, None,
+                         "No holdout: the leak score needs non-member images to compare with.")
+    value, p_value = float(leak["value"]), float(leak["p_value"])
+    interval = f"{value:.3f} (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, p = {p_value:.3g})"
+    if value < threshold:
+        return Condition("leak_score", "pass", threshold, value,
+                         f"Leak score {interval} is below {threshold:.2f} (0.5 = no difference).")
+    if p_value >= LEAK_SCORE_ALPHA:
+        return Condition("leak_score", "pass", threshold, value,
+                         f"Leak score {interval} reaches {threshold:.2f} but is consistent with chance (one-sided "
+                         f"permutation test, p ≥ {LEAK_SCORE_ALPHA:g}): too few members or non-members to tell; pass.")
+    before = ((previous or {}).get("summary") or {}).get("leak_score") if previous is not None else None
+    if before and float(before["value"]) >= threshold and value <= float(before["value"]) + WORSE_MARGIN:
+        return Condition("leak_score", "warn", threshold, value,
+                         f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before['value']):.3f}); "
+                         f"not more than {WORSE_MARGIN} above the baseline's value, so reported as a warning.")
+    return Condition("leak_score", "fail", threshold, value,
+                     f"Leak score {interval} reaches {threshold:.2f} with p < {LEAK_SCORE_ALPHA:g}: "
+                     "training members are matched better than non-members.")
+
+
+def membership_condition(settings: GateSettings, document: Mapping[str, Any]) -> Condition:
+    """The model's own loss-threshold membership AUC: warn (or fail) when high and significant."""
+    fail, warn = settings.fail_membership_auc, settings.warn_membership_auc
+    threshold = fail if fail is not None else warn
+    if threshold is None:
+        return Condition("membership", "skipped", None, None, "Membership thresholds are switched off.")
+    test = (document.get("summary") or {}).get("membership")
+    if not test:
+        return Condition("membership", "skipped", threshold, None,
+                         "No holdout: the membership test needs non-member images to compare with.")
+    value, p = float(test["auc"]), float(test["p_value"])
+    rates = test.get("tpr_at_fpr") or {}
+    tpr = ", ".join(f"TPR {float(v):.1%} at {float(k):.1%} FPR" for k, v in rates.items())
+    text = (f"Loss-threshold membership AUC {value:.3f} (95% CI {test['ci_low']:.3f}–{test['ci_high']:.3f}, "
+            f"one-sided Mann-Whitney p = {p:.3g}; {tpr}; 0.5 = the loss does not tell members from non-members)")
+    extra = {k: test.get(k) for k in ("ci_low", "ci_high", "p_value", "tpr_at_fpr")}
+    if fail is not None and value >= fail and p < MEMBERSHIP_ALPHA:
+        return Condition("membership", "fail", threshold, value,
+                         f"{text} reaches fail_membership_auc {fail:.2f}: the model memorises its training set.", extra)
+    if warn is not None and value >= warn and p < MEMBERSHIP_ALPHA:
+        return Condition("membership", "warn", threshold, value,
+                         f"{text} reaches warn_membership_auc {warn:.2f}: the model memorises membership, even where "
+                         "no reconstruction resembles a member.", extra)
+    if warn is not None and value >= warn:
+        return Condition("membership", "pass", threshold, value,
+                         f"{text} reaches {warn:.2f} but is consistent with chance (p ≥ {MEMBERSHIP_ALPHA:g}); pass.",
+                         extra)
+    return Condition("membership", "pass", threshold, value, f"{text} is below {threshold:.2f}.", extra)
