@@ -1,0 +1,211 @@
+"""Reaching a loaded classifier's penultimate features and BatchNorm batch statistics, whatever its format.
+
+Plain modules get forward hooks, TorchScript modules are run leaf by leaf,
+exported programs are read from their graph; each choice is verified with
+one forward pass, and a note says why features are missing when they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+class Tap:
+    """Collects tensors seen during one forward pass (features, BN inputs)."""
+
+    def __init__(self) -> None:
+        self.features: torch.Tensor | None = None
+        self.bn_inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.active = False
+
+    def reset(self) -> None:
+        self.features = None
+        self.bn_inputs = []
+
+    def stats(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        out = []
+        for x, running_mean, running_var in self.bn_inputs:
+            dims = [0] + list(range(2, x.dim()))
+            out.append((x.mean(dims), x.var(dims, unbiased=False), running_mean, running_var))
+        return out
+
+
+def _batch_stats_record(tap: Tap) -> Callable[..., torch.Tensor]:
+    def record(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+        if tap.active:
+            tap.bn_inputs.append((x, running_mean, running_var))
+        return x
+
+    return record
+
+
+def _feature_record(tap: Tap) -> Callable[[torch.Tensor], torch.Tensor]:
+    def record(x: torch.Tensor) -> torch.Tensor:
+        if tap.active:
+            tap.features = x.flatten(1)
+        return x
+
+    return record
+
+
+def fixed_batch(module: nn.Module) -> int | None:
+    """Batch size an exported program was traced with, if it is static."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return None
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if val is not None and hasattr(val, "shape") and len(val.shape) == 4 and isinstance(val.shape[0], int):
+                return int(val.shape[0])
+            return None
+    return None
+
+
+def _batched(forward: Callable[[torch.Tensor], torch.Tensor], batch: int, tap: Tap) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Run a static-batch program on any batch: pad the last chunk, drop the padding.
+
+    What the tap records is gathered across chunks so a probe sees the whole batch.
+    """
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor] = []
+        features: list[torch.Tensor] = []
+        bn: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = []
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start : start + batch]
+            n = chunk.shape[0]
+            if n < batch:
+                chunk = torch.cat([chunk, chunk[:1].expand(batch - n, *chunk.shape[1:])])
+            tap.reset()
+            outs.append(forward(chunk)[:n])
+            if tap.features is not None:
+                features.append(tap.features[:n])
+            bn.append([(inp[:n], rm, rv) for inp, rm, rv in tap.bn_inputs])
+        tap.features = torch.cat(features) if features else None
+        tap.bn_inputs = [
+            (torch.cat([chunk_bn[i][0] for chunk_bn in bn]), bn[0][i][1], bn[0][i][2]) for i in range(len(bn[0]))
+        ] if bn else []
+        return torch.cat(outs)
+
+    return run
+
+
+def instrument(module: nn.Module, shape: tuple[int, int, int], dev: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], Tap, str | None]:
+    """Choose how to reach features for this kind of module; verify the choice."""
+    tap = Tap()
+    if isinstance(module, torch.jit.ScriptModule):
+        forward, note = _instrument_script(module, tap)
+    elif isinstance(module, torch.fx.GraphModule):
+        forward, note = _instrument_graph(module, tap)
+        batch = fixed_batch(module)
+        if batch is not None:
+            forward = _batched(forward, batch, tap)
+    else:
+        forward, note = _instrument_hooks(module, tap)
+    if note is None:
+        note = _verify_features(module, forward, tap, shape, dev)
+    return forward, tap, note
+
+
+def _instrument_hooks(module: nn.Module, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    record_bn = _batch_stats_record(tap)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.register_forward_pre_hook(lambda mod, args: (record_bn(args[0], mod.running_mean, mod.running_var),))
+    if not linears:
+        return module, "the model has no nn.Linear layer whose input could serve as penultimate features"
+    record = _feature_record(tap)
+    linears[-1].register_forward_pre_hook(lambda mod, args: (record(args[0]),))
+    return module, None
+
+
+def _script_leaves(module: torch.jit.ScriptModule) -> list[torch.jit.ScriptModule]:
+    """Flatten nested Sequentials of a scripted module into the order they run."""
+    leaves: list[torch.jit.ScriptModule] = []
+    for child in module.children():
+        if getattr(child, "original_name", "") == "Sequential":
+            leaves.extend(_script_leaves(child))
+        else:
+            leaves.append(child)
+    return leaves
+
+
+def _instrument_script(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    """TorchScript hides its graph from hooks: re-run its children in order instead.
+
+    This works when the module is a chain of its children (``nn.Sequential``,
+    or a forward that applies its children one after another, with flattening
+    between convolutional and linear parts). The chain is verified against the
+    module's own output before it is trusted.
+    """
+    leaves = _script_leaves(module)
+    names = [getattr(leaf, "original_name", "") for leaf in leaves]
+    if "Linear" not in names:
+        return module, "TorchScript model: no Linear layer among its children, so penultimate features are unreachable"
+    last_linear = len(names) - 1 - names[::-1].index("Linear")
+    record = _feature_record(tap)
+    record_bn = _batch_stats_record(tap)
+
+    def chained(x: torch.Tensor) -> torch.Tensor:
+        for i, (leaf, name) in enumerate(zip(leaves, names)):
+            if name == "Linear" and x.dim() > 2:
+                x = x.flatten(1)
+            if i == last_linear:
+                x = record(x)
+            if name.startswith("BatchNorm"):
+                record_bn(x, leaf.running_mean, leaf.running_var)
+            x = leaf(x)
+        return x
+
+    chained.__leakaudit_module__ = module  # type: ignore[attr-defined]
+    return chained, None
+
+
+def _instrument_graph(module: torch.fx.GraphModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    """Exported programs are FX graphs: insert recording calls after the right nodes."""
+    graph = module.graph
+    linear_targets = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default}
+    bn_targets = {torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default}
+    linears = [n for n in graph.nodes if n.op == "call_function" and n.target in linear_targets]
+    record_bn = _batch_stats_record(tap)
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target in bn_targets]:
+        x, running_mean, running_var = node.args[0], node.args[3], node.args[4]
+        with graph.inserting_before(node):
+            graph.call_function(record_bn, (x, running_mean, running_var))
+    note = None
+    if linears:
+        last = linears[-1]
+        feat = last.args[1] if last.target == torch.ops.aten.addmm.default else last.args[0]
+        with graph.inserting_before(last):
+            graph.call_function(_feature_record(tap), (feat,))
+    else:
+        note = "exported program: no linear operation, so penultimate features are unreachable"
+    module.recompile()
+    return module, note
+
+
+def _verify_features(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], tap: Tap, shape: tuple[int, int, int], dev: torch.device) -> str | None:
+    """Check that the tapped path reproduces the model's logits on a sample batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, *shape, generator=gen).to(dev)
+    try:
+        with torch.no_grad():
+            # Only the TorchScript chain re-implements the forward pass; hooks
+            # and graph insertions run the model's own code.
+            reference = module(x) if isinstance(module, torch.jit.ScriptModule) else forward(x)
+            tap.reset()
+            tap.active = True
+            out = forward(x)
+            tap.active = False
+    except Exception as exc:  # the chain does not compose: features unreachable
+        tap.active = False
+        return f"penultimate features unreachable ({type(exc).__name__} when re-running the layers in order)"
+    if not torch.allclose(out, reference, rtol=1e-4, atol=1e-5):
+        return "penultimate features unreachable (the layers run in order do not reproduce the model's output)"
+    if tap.features is None:
+        return "penultimate features unreachable (the last linear layer is not on the forward path)"
+    tap.reset()
+    return None
