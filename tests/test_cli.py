@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from leakaudit import __version__
-from leakaudit.cli import file_keys, run
+from leakaudit.cli import run
+from leakaudit.cli_options import file_keys
 from leakaudit.config import read_config
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate_settings import THRESHOLD_KEYS

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leakaudit.cli import file_keys, run
+from leakaudit.cli import run
+from leakaudit.cli_options import file_keys
 from leakaudit.config import read_config
 from leakaudit.data import decode_image
 from leakaudit.errors import ConfigError, DataError
