@@ -60,8 +60,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
 
 def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
-    from leakaudit.audit import run_audit
-    from leakaudit.distributed import DistContext
+    from leakaudit.audit import run_audit  # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.distributed import DistContext  # (the same: torch)
 
     dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
     if dist.is_distributed:
@@ -114,7 +114,7 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
     `leakaudit run` on it. Everything is built from data that ships with
     scikit-learn and scikit-image: nothing is downloaded.
     """
-    from leakaudit.reference import build_reference, load_spec, shipped_audits
+    from leakaudit.reference import build_reference, load_spec, shipped_audits  # imported when the command runs: torch stays out of --help and the path checks
 
     console = Console(quiet=quiet)
     if list_only:
@@ -162,7 +162,7 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     `leakaudit run` does (0 passed, 1 gate failed, 2 error naming the rank that
     failed first, 130 interrupted).
     """
-    from leakaudit.launcher import launch as launch_ranks, split_launch_args
+    from leakaudit.launcher import launch as launch_ranks, split_launch_args  # imported when the command runs: torch stays out of --help and the path checks
 
     if not args or args[0] in ("-h", "--help"):
         click.echo(ctx.get_help())
@@ -182,7 +182,7 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
     """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
-    from leakaudit.report import load_outputs, render_report_file
+    from leakaudit.report import load_outputs, render_report_file  # numpy and jinja2 only for this command
 
     document, arrays = load_outputs(result)
     target = out or result.parent / "report.html"
@@ -209,7 +209,7 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
     when you run it. The file gets the name torchvision gives it, so LPIPS
     (and torchvision) find it offline afterwards.
     """
-    from leakaudit import weights
+    from leakaudit import weights  # torchvision only for this command
 
     console = Console(quiet=quiet)
     b = weights.backbone(net)
@@ -230,7 +230,7 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
 def _rank_prefix() -> str:
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return ""  # one process: no torch import just for this
-    from leakaudit.distributed import rank_prefix
+    from leakaudit.distributed import rank_prefix  # torch only under torchrun
 
     return rank_prefix()
 
@@ -238,7 +238,7 @@ def _rank_prefix() -> str:
 def _record_rank_failure(exc: BaseException) -> None:
     """Under torchrun: leave the failure where the launcher finds the rank that failed first."""
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        from leakaudit.launcher import record_failure
+        from leakaudit.launcher import record_failure  # torch only under torchrun
 
         record_failure(exc)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from leakaudit.gate_outcome import BaselineStatus, Condition, FindingStatus, Status
 from leakaudit.gate_settings import GateSettings, IgnoreEntry
-from leakaudit.scoring import binomial_tail
+from leakaudit.scoring import binomial_tail, exceedance_p_value, holdout_rank
 
 Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores
 
@@ -59,7 +59,6 @@ def chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mappin
     if reference is None:
         return Chance(False, None, True, "Uncalibrated: no holdout, so the absolute thresholds apply; class "
                        "prototypes can exceed them.")
-    from leakaudit.scoring import exceedance_p_value, holdout_rank
 
     n_holdout = int(summary.get("n_holdout") or 0)
     exceed = sum(1 for r in rows if float(r["ssim"]) > reference)

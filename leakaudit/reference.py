@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tomllib
 import warnings
 from collections.abc import Callable
@@ -110,13 +111,13 @@ def bundled_images(dataset: str, size: int = 32) -> tuple[torch.Tensor, torch.Te
     if dataset in REAL:
         return real_images(dataset, size)
     if dataset == "digits":
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # scikit-learn is slow to import: only for the digits
 
         digits = load_digits()
         images = _upsample(digits.images / 16.0, size)
         return images, torch.from_numpy(digits.target.astype(np.int64)), tuple(str(d) for d in range(10))
     if dataset == "lfw":
-        from skimage.data import lfw_subset
+        from skimage.data import lfw_subset  # scikit-image is slow to import: only for the faces
 
         faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; first 100 faces
         labels = np.array([0] * 100 + [1] * 100, dtype=np.int64)
@@ -283,7 +284,6 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     data = split_members(spec)
     model, metrics = train_classifier(spec, data, progress)
-    import shutil
 
     for folder in (train_dir, holdout_dir):
         if folder.exists():

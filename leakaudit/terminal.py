@@ -80,6 +80,7 @@ class RichObserver:
     """A live progress bar on an interactive terminal, with counts, units and remaining time."""
 
     def __init__(self, stream: Any) -> None:
+        # rich is imported only for a live bar on an interactive terminal, never in CI logs
         from rich.console import Console as RichConsole
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Column

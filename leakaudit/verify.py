@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from leakaudit.errors import ConfigError, DataError, UsageError
+from leakaudit.report.json_format import load_document
+from leakaudit.report.schema import schema_errors
 
 if TYPE_CHECKING:
     from leakaudit.inputs import AuditInputs
@@ -22,9 +24,6 @@ if TYPE_CHECKING:
 
 def load_baseline(path: Path) -> dict[str, Any]:
     """A previous findings document, schema-validated; a forged or damaged file is refused here."""
-    from leakaudit.report.json_format import load_document
-    from leakaudit.report.schema import schema_errors
-
     try:
         document = load_document(path)
     except Exception as exc:  # OutputError: missing, unreadable, not JSON

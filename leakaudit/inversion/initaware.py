@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from leakaudit.errors import ConfigError, ModelError
+from leakaudit.inversion.invert import InversionResult, invert
 from leakaudit.models import TargetModel
 
 THREAT_MODEL = (
@@ -134,7 +135,7 @@ def extreme_image(basis: np.ndarray, objective: np.ndarray) -> np.ndarray | None
     subject to Bᵀa ≥ −tolerance and Σ Bᵀa = 1; its optimum is an extreme
     point, an image with as many zero pixels as the span allows.
     """
-    from scipy.optimize import linprog
+    from scipy.optimize import linprog  # scipy's optimiser is slow to import: only when a span is found
 
     r, d = basis.shape
     res = linprog(-(basis @ objective), A_ub=-basis.T, b_ub=np.full(d, ZERO_TOLERANCE), A_eq=basis.sum(1)[None],
@@ -235,8 +236,6 @@ def init_aware_inversion(target: TargetModel, init_path: Path, prior: tuple[torc
     that is not fully connected on the input is an error instead), the
     ordinary inversion runs and the result says why.
     """
-    from leakaudit.inversion.invert import InversionResult, invert
-
     limit = max(config.candidates_per_class * target.num_classes, MAX_OBJECTIVES)
     on_step = None
     if callbacks is not None and callbacks.on_step is not None:

@@ -138,7 +138,7 @@ def check_safetensors_header(path: Path) -> None:
 
 def load_safetensors(path: Path, arch: str | None) -> nn.Module:
     try:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # only for .safetensors files; a missing package is a clear error
     except ImportError:
         raise ModelError("safetensors files need the 'safetensors' package") from None
     check_safetensors_header(path)

@@ -11,6 +11,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from leakaudit.errors import OutputError
+
 SCHEMA_RESOURCE = ("leakaudit", "schema/leakaudit.schema.json")
 
 
@@ -24,7 +26,7 @@ def load_schema() -> dict[str, Any]:
 
 def schema_errors(document: Any) -> list[str]:
     """Every schema violation of ``document`` as 'path: message' lines (empty when valid)."""
-    import jsonschema
+    import jsonschema  # a test extra, not a dependency: only validation needs it
 
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
@@ -33,8 +35,6 @@ def schema_errors(document: Any) -> list[str]:
 
 def validate(document: Any) -> None:
     """Raise ``leakaudit.errors.OutputError`` listing every violation, if any."""
-    from leakaudit.errors import OutputError
-
     problems = schema_errors(document)
     if problems:
         raise OutputError("findings document does not match its schema: " + "; ".join(problems))
