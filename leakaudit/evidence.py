@@ -18,7 +18,7 @@ import torch
 from leakaudit.data import ImageSet
 from leakaudit.inputs import AuditSets
 from leakaudit.matches import Matches
-from leakaudit.matching.duplicates import NearDuplicates, near_duplicates
+from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
 from leakaudit.models import TargetModel
@@ -127,24 +127,21 @@ def top_findings(run: RunContext, candidates: torch.Tensor, train: ImageSet, mat
         lpips_values = [float(v) for v in distances]
     else:
         note = f"LPIPS unavailable: {scorer.reason}"
-    rows = [_finding(rank, i, lp, train, matches, evidence, duplicates)
-            for rank, (i, lp) in enumerate(zip(order.tolist(), lpips_values), start=1)]
+    p95, p99 = evidence.p95, evidence.p99
+    rows = []
+    for rank, (i, lp) in enumerate(zip(order.tolist(), lpips_values), start=1):
+        s = float(train_best[i])
+        rows.append({
+            "rank": rank, "fingerprint": fingerprint(train.paths[i], train.images[i]), "path": train.paths[i],
+            "class": train.class_of(i), "class_index": int(train.labels[i]), "train_index": i,
+            "reconstruction_index": int(best_index[i]), "ssim": s, "lpips": lp,
+            "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
+            "above_holdout_p99": (s > p99) if p99 is not None else None,
+            "shares_reconstruction_with": duplicates.shares_with(i),
+            "shares_reconstruction_count": duplicates.share_count(i),
+            "status": "ok", "status_rule": "", "baseline_status": None,
+        })
     return Findings(order, rows, note)
-
-
-def _finding(rank: int, i: int, lpips: float | None, train: ImageSet, matches: Matches, evidence: Evidence,
-             duplicates: NearDuplicates) -> dict[str, Any]:
-    s, p95, p99 = float(evidence.train_best[i]), evidence.p95, evidence.p99
-    return {
-        "rank": rank, "fingerprint": fingerprint(train.paths[i], train.images[i]), "path": train.paths[i],
-        "class": train.class_of(i), "class_index": int(train.labels[i]), "train_index": i,
-        "reconstruction_index": int(matches.train.best_index[i]), "ssim": s, "lpips": lpips,
-        "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
-        "above_holdout_p99": (s > p99) if p99 is not None else None,
-        "shares_reconstruction_with": duplicates.shares_with(i),
-        "shares_reconstruction_count": duplicates.share_count(i),
-        "status": "ok", "status_rule": "", "baseline_status": None,
-    }
 
 
 def per_class(train: ImageSet, train_best: torch.Tensor, null: ImageSet | None, null_best: torch.Tensor | None,
