@@ -110,7 +110,7 @@ def update_span(delta: torch.Tensor, target: TargetModel, min_gap: float = MIN_G
     # Pixels no member ever lights, and hidden units that never fired, leave exactly zero columns and rows:
     # a cliff at their count is no span of the training images.
     active = min(int((delta.abs().sum(0) > 0).sum()), int((delta.abs().sum(1) > 0).sum()))
-    if gap >= min_gap and rank >= 0.9 * active:
+    if gap >= min_gap and rank >= active:
         return None, (f"init-aware mode: the first layer's update fills the {rank} directions its active inputs allow "
                       "(no span of the training images); adaptive optimisers such as Adam break the span")
     if gap < min_gap:
