@@ -34,10 +34,12 @@ Default thresholds and why
 
 ``warn_membership_auc = 0.70`` (requires p < 0.01), ``fail_membership_auc = None``
     The model's own loss-threshold membership test (members vs held-back
-    non-members). On the bundled references it reaches 0.52–0.63 where the
+    non-members). On the bundled references it reaches 0.53–0.63 where the
     model generalises (20 or more digits per class, the augmented CNN, the
-    face model) and 0.79–0.99 where it memorises (1–5 digits per class; a
-    10-per-class MLP on real MNIST: 0.82). 0.70 lies between the two groups.
+    face model) and 0.80–0.99 where it memorises (1–5 digits per class; a
+    10-per-class MLP on real MNIST: 0.82). 0.70 lies between the two groups,
+    above the 20-per-class MLP's interval (0.58–0.67); the 10-per-class digits
+    MLP (0.68) stays just below it.
 
 Chance
 ------
