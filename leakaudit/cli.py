@@ -424,9 +424,6 @@ def _record_rank_failure(exc: BaseException) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
-    from leakaudit.memory import pin_mmap_threshold
-
-    pin_mmap_threshold()  # the process is ours: keep long passes over many images from fragmenting the heap
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console = Console()
