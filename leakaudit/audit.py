@@ -29,6 +29,7 @@ from leakaudit.distributed import DistContext
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import DataError, OutputError
 from leakaudit.exit_codes import ExitStatus
+from leakaudit.memory import release_free_memory
 from leakaudit.models import TargetModel, load_model
 from leakaudit.numerics import flush_denormals
 from leakaudit.outlock import output_lock
@@ -148,6 +149,8 @@ def _losses(target: TargetModel, images: ImageSet, batch: int = 256) -> tuple[to
     with flush_denormals():
         for start in range(0, len(images), batch):
             logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
+            if start // batch % 16 == 15:
+                release_free_memory()  # long passes fragment the C heap (leakaudit/memory.py)
     return torch.cat(logits), images.labels
 
 

@@ -482,9 +482,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
-    from leakaudit.memory import pin_mmap_threshold
-
-    pin_mmap_threshold()  # the process is ours: keep long passes over many images from fragmenting the heap
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     console = Console()

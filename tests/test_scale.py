@@ -55,15 +55,3 @@ def test_class_mean_null_samples_large_sets_without_moving_the_mean() -> None:
     assert sampled.train_best.shape == (500,) and full.train_best.shape == (1500,)
     assert abs(sampled.train_mean - full.train_mean) < 0.02
     assert sampled.holdout_mean == full.holdout_mean  # 297 images: below the limit, all matched
-
-
-def test_the_heap_threshold_is_pinned_on_glibc() -> None:
-    import platform
-
-    from leakaudit.memory import pin_mmap_threshold
-
-    if platform.libc_ver()[0] != "glibc":
-        import pytest
-
-        pytest.skip("mallopt is glibc's")
-    assert pin_mmap_threshold() is True
