@@ -32,7 +32,7 @@ import torch
 
 from bench.attacks import kkt_reconstruction, pixel_inversion
 from leakaudit.inputs import split_holdout
-from leakaudit.data import load_image_folder
+from leakaudit.data import load_image_folder, peek_shape
 from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import leak_score
 from leakaudit.matching.search import auto_prefilter, best_matches
@@ -106,7 +106,7 @@ class Split:
     """The audit's own member / null split of a reference, for the baselines."""
 
     def __init__(self, built: BuiltReference, seed: int = 0) -> None:
-        self.target = load_model(built.model_path, device="cpu")
+        self.target = load_model(built.model_path, device="cpu", shape_hint=peek_shape(built.train_dir))
         shape = self.target.input_shape
         self.train = load_image_folder(built.train_dir, channels=shape[0], size=shape[1:])
         holdout = load_image_folder(built.holdout_dir, channels=shape[0], size=shape[1:], classes=self.train.classes)
@@ -122,6 +122,8 @@ class Split:
 
 
 def baseline_rows(name: str, built: BuiltReference, which: set[str], kkt_budget: float, is_mlp: bool) -> list[Row]:
+    if not which or ("pixel" not in which and not is_mlp):
+        return []
     split = Split(built)
     rows = []
     if "pixel" in which:

@@ -21,6 +21,7 @@ from leakaudit.matches import Matches
 from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
+from leakaudit.memory import release_free_memory
 from leakaudit.models import TargetModel
 from leakaudit.numerics import flush_denormals
 from leakaudit.run_context import RunContext
@@ -50,6 +51,8 @@ def _logits(target: TargetModel, images: ImageSet, batch: int = 256) -> tuple[to
     with flush_denormals():
         for start in range(0, len(images), batch):
             logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
+            if start // batch % 16 == 15:
+                release_free_memory()  # long passes fragment the C heap (leakaudit/memory.py)
     return torch.cat(logits), images.labels
 
 

@@ -46,7 +46,8 @@ def real_images(dataset: str, size: int = 28) -> tuple[torch.Tensor, torch.Tenso
     """A cached real dataset: (N, 1, size, size) uint8, labels, class names; ConfigError when not fetched."""
     npz = realdata_cache() / f"{dataset}.npz"
     if not npz.exists():
-        raise ConfigError(f"{dataset} is not cached at {npz}; fetch it once with `python -m bench.realdata`")
+        raise ConfigError(f"{dataset} is not cached at {npz}; fetch it once with `python -m bench.realdata` in a "
+                          "source checkout, or point $LEAKAUDIT_REALDATA at a folder holding such a cache")
     with np.load(npz) as arrays:
         images = torch.from_numpy(arrays["images"].copy())
         labels = torch.from_numpy(arrays["labels"].astype(np.int64))

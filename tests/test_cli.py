@@ -28,7 +28,8 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["run", "--help"], capsys)
     assert code == 0
     for flag in ("--data", "--holdout", "--arch", "--unsafe-pickle", "--input-size", "--mean", "--std", "--out",
-                 "--fail-ssim", "--warn-ssim", "--fail-lpips", "--seed", "--budget", "--config", "--quiet"):
+                 "--fail-ssim", "--warn-ssim", "--fail-lpips", "--seed", "--budget", "--config", "--quiet", "--effort",
+                 "--allow-foreign-baseline", "--fail-membership-auc"):
         assert flag in out, flag
 
 

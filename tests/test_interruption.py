@@ -177,3 +177,31 @@ def test_a_second_audit_on_the_same_out_exits_2_at_once(tiny: TinyReference, tmp
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert (out / "checkpoints" / "generator.pt").exists(), "the first audit's checkpoint is untouched"
+
+
+def test_a_signal_after_the_attack_writes_nothing_it_did_not_finish_and_says_so(tiny: TinyReference, quick_config: Path,
+                                                                               tmp_path: Path) -> None:
+    config = quick_config
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "leakaudit"), "run", str(tiny.torchscript), "--data", str(tiny.train_dir),
+         "--holdout", str(tiny.holdout_dir), "--out", str(out), "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"},
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # progress lines: one per phase
+        seen.append(line)
+        if "matching reconstructions against training images" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=120)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 130, stderr
+    outputs = [out / name for name in ("reconstructions.npz", "leakaudit.json", "report.html")]
+    if "no result was written" in stderr:
+        assert not any(p.exists() for p in outputs), stderr
+    else:  # the signal came while writing: exactly the files it names are there, each complete
+        claimed = stderr.split("complete before the stop: ")[1].split(";")[0].split(", ")
+        assert sorted(str(p) for p in outputs if p.exists()) == sorted(claimed), stderr
+    assert "no saved inversion state" in stderr  # the inversion had finished: nothing to resume

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from leakaudit.matching.duplicates import SHARE_LIMIT, near_duplicates
+from leakaudit.matching.null import class_mean_null
+from leakaudit.reference import bundled_images
 from leakaudit.scoring import auc, leak_score
 
 
@@ -42,3 +44,12 @@ def test_sixty_thousand_members_sharing_one_reconstruction_stay_small_and_fast()
     assert d.share_count(0) == 20_000 and d.share_count(1) == 39_999  # 19,999 sharers and the twin
     scored = leak_score(torch.rand(m), torch.rand(1000), seed=0)
     assert 0.4 < scored.value < 0.6
+
+
+def test_class_mean_null_samples_large_sets_without_moving_the_mean() -> None:
+    images, labels, _ = bundled_images("digits", 32)
+    full = class_mean_null(images[:1500], labels[:1500], images[1500:], labels[1500:])
+    sampled = class_mean_null(images[:1500], labels[:1500], images[1500:], labels[1500:], max_images=500)
+    assert sampled.train_best.shape == (500,) and full.train_best.shape == (1500,)
+    assert abs(sampled.train_mean - full.train_mean) < 0.02
+    assert sampled.holdout_mean == full.holdout_mean  # 297 images: below the limit, all matched
