@@ -204,7 +204,7 @@ def ablation(name: str, out: Path, config: InversionConfig, informed: bool) -> N
 def step_cost(name: str, out: Path, config: InversionConfig) -> None:
     """Seconds of one generator training step over one classifier forward+backward on the same batch."""
     from leakaudit.inversion.generator import ConditionalGenerator
-    from leakaudit.inversion.objective import objective, resolve_weights
+    from leakaudit.inversion.objective import Batch, objective, resolve_weights
 
     b = Bench(name, out, config.seed)
     t = b.target
@@ -223,7 +223,7 @@ def step_cost(name: str, out: Path, config: InversionConfig) -> None:
     def generator_step() -> None:
         z = torch.randn(len(targets), config.latent_dim, generator=rng)
         pre = gen.low_res(z, cond)
-        loss, _ = objective(t, weights, config, gen.upsample(pre), pre, cond, targets, rng)
+        loss, _ = objective(t, weights, config, Batch(gen.upsample(pre), pre, cond, targets), rng)
         loss.backward(inputs=list(gen.parameters()))
 
     def timed(fn: Callable[[], None], reps: int = 20) -> float:

@@ -31,7 +31,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
-from leakaudit.inversion.objective import objective, resolve_weights
+from leakaudit.inversion.objective import Batch, objective, resolve_weights
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
@@ -366,7 +366,7 @@ def _train_against(run: RunState, phase: str, steps: int, lr: float, anchor: _Pr
         cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
         pre = gen.low_res(z, cond)  # (B_r, C, h, w)
         x = gen.upsample(pre)  # (B_r, C, H, W)
-        loss, report = objective(target, weights, config, x, pre, cond, targets[share], rng)
+        loss, report = objective(target, weights, config, Batch(x, pre, cond, targets[share]), rng)
         if anchor is not None and config.w_anchor:
             enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
             idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(device)

@@ -60,16 +60,18 @@ def resolve_weights(config: InversionConfig, target: TargetModel, notes: list[st
     )
 
 
-def objective(
-    target: TargetModel,
-    weights: Weights,
-    config: InversionConfig,
-    x: torch.Tensor,  # (N, C, H, W) in [0, 1]
-    pre: torch.Tensor | None,  # (N, C, h, w) pre-sigmoid pixels, for the range prior
-    cond: torch.Tensor,  # (N, K) conditioning distributions
-    targets: torch.Tensor,  # (N,) int64
-    rng: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float]]:
+@dataclass(frozen=True)
+class Batch:
+    """One batch of generated images and what they were generated for."""
+
+    x: torch.Tensor  # (N, C, H, W) in [0, 1]
+    pre: torch.Tensor | None  # (N, C, h, w) pre-sigmoid pixels, for the range prior
+    cond: torch.Tensor  # (N, K) conditioning distributions
+    targets: torch.Tensor  # (N,) int64
+
+
+def objective(target: TargetModel, weights: Weights, config: InversionConfig, batch: Batch,
+              rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """Σ_t w_t L_t over the terms with a non-zero weight; returns the total and each term's value.
 
     Call ``total.backward(inputs=...)`` with the variables being optimised, so
@@ -81,17 +83,16 @@ def objective(
         for p in params:
             p.requires_grad_(True)
     try:
-        total, report = _terms(target, weights, config, x, pre, cond, targets, rng)
+        total, report = _terms(target, weights, config, batch, rng)
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return total, report
 
 
-def _terms(
-    target: TargetModel, weights: Weights, config: InversionConfig, x: torch.Tensor, pre: torch.Tensor | None,
-    cond: torch.Tensor, targets: torch.Tensor, rng: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float]]:
+def _terms(target: TargetModel, weights: Weights, config: InversionConfig, batch: Batch,
+           rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    x, pre, cond, targets = batch.x, batch.pre, batch.cond, batch.targets
     terms: dict[str, torch.Tensor] = {}
     probe = target.probe(x)
     logits = probe.logits  # (N, K)

@@ -17,7 +17,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import LatentGaussian
-from leakaudit.inversion.objective import objective
+from leakaudit.inversion.objective import Batch, objective
 from leakaudit.inversion.rowspace import RowSpace
 from leakaudit.models import TargetModel
 
@@ -104,7 +104,7 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
         pre = gen.low_res(z, cond) + delta
         raw = gen.upsample(pre)
         x = projected(raw, space)
-        loss, report = objective(target, weights, config, x, pre, cond, targets, rng)
+        loss, report = objective(target, weights, config, Batch(x, pre, cond, targets), rng)
         if space is not None and config.w_span:
             outside = space.outside_fraction(raw).mean()
             loss = loss + config.w_span * outside
