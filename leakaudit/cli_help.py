@@ -16,7 +16,7 @@ import click
 from leakaudit.errors import DataError, ModelError, UsageError
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Inputs", ("model", "data", "holdout", "init", "config")),
+    ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
     ("Model", ("arch", "unsafe_pickle", "input_size", "mean", "std", "device")),
     ("Gate", ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc", "baseline",
               "allow_foreign_baseline")),
@@ -29,12 +29,13 @@ HELP_OPTION_GROUP = "Run"
 OTHER = "Other options"
 
 # Thresholds default to None on the command line (the gate's defaults apply); say what that means.
-IMPLIED_DEFAULTS = {"fail_ssim": "0.70", "warn_ssim": "0.45", "fail_leak_score": "0.70", "fail_lpips": "off"}
+IMPLIED_DEFAULTS = {"fail_ssim": "0.70", "warn_ssim": "0.45", "fail_leak_score": "0.70", "fail_lpips": "off",
+                    "fail_membership_auc": "off"}
 
 EXIT_CODES = (
     ("0", "the gate passed"),
     ("1", "the gate failed: leakage found"),
-    ("2", "error: usage, config, model, data, output or internal (one line on stderr)"),
+    ("2", "error (usage, config, model, data, output, internal) or an incomplete attack: one line on stderr"),
     ("130", "interrupted (Ctrl-C, SIGTERM)"),
 )
 

@@ -85,7 +85,7 @@ def run_options(func: Any) -> Any:
         click.option("--warn-ssim", type=float, help="Warn when a training image is reconstructed at SSIM ≥ X."),
         click.option("--fail-lpips", type=float, help="Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar)."),
         click.option("--fail-leak-score", type=float, help="Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout)."),
-        click.option("--fail-membership-auc", type=float, help="Fail when the model's loss-threshold membership AUC is ≥ X and significant (needs --holdout; default: warn at 0.70)."),
+        click.option("--fail-membership-auc", type=float, help="Fail when the model's loss-threshold membership AUC is ≥ X and significant (needs --holdout; it warns at 0.70 by default)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inversion and the statistics."),
         click.option("--effort", type=click.Choice(list(EFFORTS)), default="standard", show_default=True, help="How much attack to run: fixes every phase's steps and the candidate pool (never the clock)."),
         click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the whole audit, in seconds. An attack it cuts short is incomplete (exit 2) unless what was done already fails the gate."),

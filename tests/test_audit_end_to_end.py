@@ -164,7 +164,7 @@ def test_budget_is_a_ceiling_and_an_unfinished_attack_exits_2(tiny: TinyReferenc
     assert "INCOMPLETE" in html and "Incomplete attack" in html
     assert "Incomplete attack" in (tmp_path / "s.md").read_text()
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
-    assert cases["attack_complete"].find("failure") is not None
+    assert cases["leakaudit.gate.attack_complete"].find("failure") is not None
     assert not (tmp_path / "o" / "checkpoints").exists(), "a finished (incomplete) run leaves no checkpoint"
 
 

@@ -28,7 +28,7 @@ def test_junit_stays_well_formed_whatever_a_message_holds() -> None:
     doc["gate"]["conditions"][0]["name"] = "x\x01]]>"
     root = ET.fromstring(render_junit(doc))
     case = root.find("./testsuite/testcase")
-    assert case is not None and case.get("name") == "x\\x01]]>"
+    assert case is not None and case.get("name") == "leakaudit.gate.x\\x01]]>"
     messages = [e.get("message") for e in root.iter() if e.get("message")]
     assert HOSTILE not in messages and xml_text(HOSTILE) in messages
 
