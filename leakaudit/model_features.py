@@ -134,7 +134,55 @@ def _script_leaves(module: torch.jit.ScriptModule) -> list[torch.jit.ScriptModul
 
 
 def _instrument_script(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
-    """TorchScript hides its graph from hooks: re-run its children in order instead.
+    """TorchScript hides its graph from hooks: run its own forward graph with the tapped values as extra outputs.
+
+    The same weights give the same features in every format only if the tap is
+    the same tensor: the input of the last linear operation, and every
+    BatchNorm's input with its running statistics, as the plain module's hooks
+    see them. Where the graph cannot be tapped (those operations sit inside
+    control flow), the children are re-run in order instead.
+    """
+    tapped = _graph_tap(module, tap)
+    return (tapped, None) if tapped is not None else _chain_children(module, tap)
+
+
+def _graph_tap(module: torch.jit.ScriptModule, tap: Tap) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A copy of the inlined forward graph that returns (logits, features, *BN inputs and running statistics)."""
+    graph = module.inlined_graph.copy()
+    nodes = list(graph.nodes())  # the top level only: values inside blocks cannot become outputs
+    linears = [n for n in nodes if n.kind() == "aten::linear"]
+    outputs = list(graph.outputs())
+    if not linears or len(outputs) != 1:
+        return None
+    norms = [n for n in nodes if n.kind() == "aten::batch_norm"
+             and all(isinstance(n.inputsAt(i).type(), torch._C.TensorType) for i in (3, 4))]
+    values = [outputs[0], linears[-1].inputsAt(0)]
+    for norm in norms:
+        values += [norm.inputsAt(0), norm.inputsAt(3), norm.inputsAt(4)]
+    packed = graph.create("prim::TupleConstruct", values)
+    graph.appendNode(packed)
+    packed.output().setType(torch._C.TupleType([v.type() for v in values]))
+    graph.eraseOutput(0)
+    graph.registerOutput(packed.output())
+    try:
+        function = torch._C._create_function_from_graph("forward_with_taps", graph)
+    except RuntimeError:
+        return None
+    record = _feature_record(tap)
+    record_bn = _batch_stats_record(tap)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        logits, features, *norm_values = function(module._c, x)
+        record(features)
+        for i in range(0, len(norm_values), 3):
+            record_bn(*norm_values[i: i + 3])
+        return logits
+
+    return forward
+
+
+def _chain_children(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+    """Re-run a scripted module's children in order (the fallback of ``_instrument_script``).
 
     This works when the module is a chain of its children (``nn.Sequential``,
     or a forward that applies its children one after another, with flattening
