@@ -209,11 +209,11 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
     when you run it. The file gets the name torchvision gives it, so LPIPS
     (and torchvision) find it offline afterwards.
     """
-    from leakaudit import weights  # torchvision only for this command
+    from leakaudit import backbone_download  # torchvision only for this command
 
     console = Console(quiet=quiet)
-    b = weights.backbone(net)
-    target = weights.cache_path(net)
+    b = backbone_download.backbone(net)
+    target = backbone_download.cache_path(net)
     if target.is_file() and not force:
         console.say(f"already there: {target} (--force downloads it again)")
         return
@@ -221,7 +221,7 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
                 f"{url or b.url}\n  into {target}")
     bar = ByteProgress(console)
     try:
-        path, _ = weights.fetch(net, url=url, sha256=sha256, force=force, progress=bar)
+        path, _ = backbone_download.fetch(net, url=url, sha256=sha256, force=force, progress=bar)
     finally:
         bar.finish()
     console.say(f"saved {path} (sha256 checked); LPIPS with --lpips-net {net} is now available")

@@ -27,7 +27,7 @@ import lpips as lpips_pkg
 import torch
 import torch.nn.functional as F
 
-from leakaudit import weights
+from leakaudit import backbone_download
 from leakaudit.errors import ConfigError, DataError
 from leakaudit.matching.ssim import to_float01
 
@@ -39,9 +39,9 @@ _BATCH = 64
 
 def backbone_filename(net: str) -> str:
     """The checkpoint file name torchvision uses for this LPIPS backbone, e.g. alexnet-owt-7be5be79.pth."""
-    if net not in weights.BACKBONES:
-        raise ConfigError(f"LPIPS net must be one of {', '.join(weights.BACKBONES)}, not {net!r}")
-    return weights.BACKBONES[net].filename
+    if net not in backbone_download.BACKBONES:
+        raise ConfigError(f"LPIPS net must be one of {', '.join(backbone_download.BACKBONES)}, not {net!r}")
+    return backbone_download.BACKBONES[net].filename
 
 
 def default_backbone_path(net: str) -> Path:
@@ -103,11 +103,11 @@ class LpipsScorer:
     def load(cls, net: str = "alex", weights_path: str | Path | None = None, *, cache_size: int = 1024) -> LpipsScorer:
         """Build the scorer from local files only; unavailable (with ``reason``) when they are missing."""
         filename = backbone_filename(net)
-        label = weights.BACKBONES[net].label
+        label = backbone_download.BACKBONES[net].label
         path = Path(weights_path) if weights_path is not None else default_backbone_path(net)
         if not path.is_file():
             where = str(path) if weights_path is not None else f"$TORCH_HOME/hub/checkpoints/{filename} ({path})"
-            reason = f"{label} backbone weights not found at {where}: {weights.fetch_hint(net)}"
+            reason = f"{label} backbone weights not found at {where}: {backbone_download.fetch_hint(net)}"
             return cls(net, None, reason, path, cache_size)
         try:
             with warnings.catch_warnings():
@@ -119,7 +119,7 @@ class LpipsScorer:
                 )
             model.net.load_state_dict(_backbone_state(model, path))
         except (ValueError, RuntimeError, OSError, KeyError) as exc:
-            reason = f"{label} backbone weights at {path} could not be used ({exc}); {weights.fetch_hint(net)}"
+            reason = f"{label} backbone weights at {path} could not be used ({exc}); {backbone_download.fetch_hint(net)}"
             return cls(net, None, reason, path, cache_size)
         model.eval()
         return cls(net, model, None, path, cache_size)

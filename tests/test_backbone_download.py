@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from leakaudit import weights
+from leakaudit import backbone_download
 from leakaudit.cli import main
 from leakaudit.matching.lpips import LpipsScorer
 
@@ -59,8 +59,8 @@ def test_names_and_addresses_are_torchvisions() -> None:
              "squeeze": torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
              "vgg": torchvision.models.VGG16_Weights.IMAGENET1K_V1}
     for net, enum in enums.items():
-        assert weights.backbone(net).url == enum.url
-    assert weights.torch_hub_dir() == Path(torch.hub.get_dir())
+        assert backbone_download.backbone(net).url == enum.url
+    assert backbone_download.torch_hub_dir() == Path(torch.hub.get_dir())
 
 
 def test_download_lands_where_lpips_finds_it(mirror: tuple[str, str], torch_home: Path,
