@@ -8,12 +8,14 @@ option not listed lands under "Other options" rather than disappearing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
 from leakaudit.errors import DataError, ModelError, UsageError
+from leakaudit.gate_settings import GateSettings
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
@@ -28,9 +30,14 @@ GROUP_OF = {name: group for group, names in GROUPS for name in names}
 HELP_OPTION_GROUP = "Run"
 OTHER = "Other options"
 
-# Thresholds default to None on the command line (the gate's defaults apply); say what that means.
-IMPLIED_DEFAULTS = {"fail_ssim": "0.70", "warn_ssim": "0.45", "fail_leak_score": "0.70", "fail_lpips": "off",
-                    "fail_membership_auc": "off"}
+
+
+def _gate_default(name: str) -> str | None:
+    """A threshold flag defaults to None on the command line (the gate's default applies): show the gate's."""
+    field = next((f for f in fields(GateSettings) if f.name == name), None)
+    if field is None or field.default is MISSING:
+        return None
+    return "off" if field.default is None else f"{field.default:.2f}"
 
 EXIT_CODES = (
     ("0", "the gate passed"),
@@ -45,7 +52,7 @@ def _record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | Non
     if record is None:
         return None
     name, text = record
-    implied = IMPLIED_DEFAULTS.get(param.name or "")
+    implied = _gate_default(param.name or "")
     if implied and "[default" not in text:
         text = f"{text}  [default: {implied}]"
     return name, text

@@ -17,17 +17,6 @@ from leakaudit.cli import main
 from leakaudit.models import TargetModel, load_model
 from leakaudit.report.json_format import without_timings
 
-TINY_AUDIT = """
-[inversion]
-width = 16
-batch_per_class = 2
-steps = 20
-pool_per_class = 4
-candidates_per_class = 2
-refine_steps = 5
-"""
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -96,15 +85,13 @@ def test_every_format_taps_the_same_features_and_batchnorm_statistics(saved: dic
             torch.testing.assert_close(x_mine, x_theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_torchscript_and_state_dict_give_the_same_findings(saved: dict[str, Path], tiny, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY_AUDIT)
+def test_torchscript_and_state_dict_give_the_same_findings(saved: dict[str, Path], tiny, quick_config: Path,
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     documents = []
     for fmt in ("torchscript", "state_dict"):
         out = tmp_path / fmt
         args = ["run", str(saved[fmt]), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-                "--out", str(out), "--config", str(config), "--no-images", "--quiet"]
+                "--out", str(out), "--config", str(quick_config), "--no-images", "--quiet"]
         if fmt == "state_dict":
             args += ["--arch", "tests.test_formats:residual_net"]
         with pytest.raises(SystemExit) as exit_info:

@@ -98,6 +98,15 @@ def _comparable(out: Path, resume_record: bool = True) -> dict:
     return document
 
 
+def _killed_after_first_phase(command: list[str], out: Path) -> None:
+    """Start the audit and SIGKILL it as soon as its first phase saved the resumable state."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CI": "1"})
+    _wait_for(out / "checkpoints" / "resume.pt", proc)
+    proc.kill()
+    proc.communicate()
+
+
 def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference, tmp_path: Path) -> None:
     config = tmp_path / "resumable.toml"
     config.write_text(RESUMABLE_INVERSION)
@@ -108,12 +117,7 @@ def test_killed_run_resumes_and_ends_with_the_same_findings(tiny: TinyReference,
     assert whole.returncode in (0, 1), whole.stderr
     # SIGKILL as soon as pre-training is done (the resumable state appears), mid fine-tuning.
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_audit_command(tiny, config, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    state = out / "checkpoints" / "resume.pt"
-    _wait_for(state, proc)
-    proc.kill()
-    proc.communicate()
+    _killed_after_first_phase(_audit_command(tiny, config, out), out)
     assert not (out / "leakaudit.json").exists()
     again = subprocess.run(_audit_command(tiny, config, out), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == whole.returncode, again.stderr
@@ -132,12 +136,7 @@ def test_state_from_other_inputs_is_not_reused(tiny: TinyReference, tmp_path: Pa
     config.write_text(RESUMABLE_INVERSION.replace("finetune_steps = 400", "finetune_steps = 20"))
     out = tmp_path / "out"
     command = _audit_command(tiny, config, out)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CI": "1"})
-    state = out / "checkpoints" / "resume.pt"
-    _wait_for(state, proc)
-    proc.kill()
-    proc.communicate()
+    _killed_after_first_phase(command, out)
     # Another seed is another inversion: the saved state must be ignored.
     other = subprocess.run([*command[:-1], "3"], capture_output=True, text=True, env={**os.environ, "CI": "1"},
                            timeout=600)
@@ -151,11 +150,7 @@ def test_another_effort_does_not_resume(tiny: TinyReference, tmp_path: Path) -> 
     config.write_text(RESUMABLE_INVERSION.replace("finetune_steps = 400", "finetune_steps = 20"))
     out = tmp_path / "out"
     command = _audit_command(tiny, config, out)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CI": "1"})
-    _wait_for(out / "checkpoints" / "resume.pt", proc)
-    proc.kill()
-    proc.communicate()
+    _killed_after_first_phase(command, out)
     # the engine table pins the step counts, so only the effort label differs: still another attack
     other = subprocess.run([*command, "--effort", "thorough"], capture_output=True, text=True,
                            env={**os.environ, "CI": "1"}, timeout=600)
