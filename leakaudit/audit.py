@@ -33,7 +33,6 @@ from leakaudit.outlock import output_lock
 from leakaudit.progress import Observer, SilentObserver, StopCheck
 from leakaudit.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
-from leakaudit.report.summary import with_previous_ssim
 from leakaudit.run_context import RunContext
 from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 
@@ -141,7 +140,6 @@ def _run_audit(run: RunContext) -> AuditOutcome:
     timer.start("writing")
     document["provenance"]["stage_seconds"] = timer.snapshot()
     document["provenance"]["elapsed_s"] = timer.elapsed()
-    document = with_previous_ssim(document, prepared.previous)  # the report shows the change since --baseline
     if stop():
         return _stopped()
     return _write(run, document, result)

@@ -172,10 +172,14 @@ def apply_gate(
                             members=members)
     result = copy.deepcopy(dict(document))
     result["thresholds"] = settings.thresholds()
+    before = None if previous is None else {f.get("fingerprint"): f.get("ssim") for f in previous.get("findings") or []}
     for finding, decided in zip(result.get("findings") or [], outcome.findings):
         finding["status"] = decided.status
         finding["status_rule"] = decided.rule
         finding["baseline_status"] = decided.baseline_status
+        if before is not None:  # the numbers beside new / persisting / worse: a fall from 0.965 to 0.368 shows
+            value = before.get(finding.get("fingerprint"))
+            finding["previous_ssim"] = None if value is None else float(value)
     result["gate"] = outcome.gate_dict()
     result["verdict"] = outcome.verdict
     result["exposure"] = dict(outcome.exposure)

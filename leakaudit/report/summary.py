@@ -206,18 +206,3 @@ def tidy_numbers(text: str) -> str:
         return format_p(float(match.group(1)))
 
     return _LONG_FLOAT.sub(lambda m: f"{float(m.group(1)):.3f}", _P_VALUE.sub(p_value, text))
-
-
-def with_previous_ssim(document: dict[str, Any], previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Each finding that the previous audit (``--baseline``) also listed gets that audit's SSIM as ``previous_ssim``.
-
-    The gate says new / persisting / worse; this keeps the numbers, so a
-    reviewer sees a fall from 0.965 to 0.368, not only "persisting".
-    """
-    if previous is None:
-        return document
-    before = {f.get("fingerprint"): f.get("ssim") for f in previous.get("findings") or []}
-    for finding in document.get("findings") or []:
-        value = before.get(finding.get("fingerprint"))
-        finding["previous_ssim"] = None if value is None else float(value)
-    return document
