@@ -17,9 +17,9 @@ from leakaudit.errors import ConfigError
 # planned work of an attack is a function of the inputs and the effort level
 # alone: steps of every phase, the refinement pool, the candidates.
 EFFORT_LEVELS: dict[str, dict[str, int]] = {
-    "quick": {"steps": 200, "pretrain_steps": 250, "refine_steps": 40, "pool_per_class": 64},
+    "quick": {"steps": 200, "pretrain_steps": 250, "refine_steps": 40, "pool_per_class": 64, "kkt_steps": 100},
     "standard": {},
-    "thorough": {"steps": 1500, "pretrain_steps": 2000, "refine_steps": 250, "pool_per_class": 512},
+    "thorough": {"steps": 1500, "pretrain_steps": 2000, "refine_steps": 250, "pool_per_class": 512, "kkt_steps": 800},
 }
 assert tuple(EFFORT_LEVELS) == EFFORTS
 OBJECTIVES = ("reconstruction", "diverse")
@@ -98,6 +98,13 @@ class InversionConfig:
     rowspace: bool = True  # project candidates onto a fully connected first layer's learned span (rowspace.py)
     w_span: float = 300.0  # refinement: pull candidates into that span (share of energy outside it)
 
+    # --- stationarity: the refined pixels fitted to the KKT identity of margin maximisation (stationarity.py) ---
+    kkt_steps: int = 300  # 0: off
+    kkt_lr: float = 0.005  # Adam rate of the pixels
+    kkt_lambda_lr: float = 0.1  # Adam rate of the multipliers λ, relative to their starting scale
+    kkt_lambda_min: float = 0.05  # every λ_i stays at least this share of the starting scale
+    kkt_max_params: int = 3_000_000  # above this the double-backprop stage is skipped, with a note
+
     # --- informed mode ---
     pretrain: str = "vae"
     pretrain_steps: int = 800
@@ -132,7 +139,8 @@ class InversionConfig:
             problems.append("prior_margin_quantile must lie in [0, 1]")
         if not 0.0 < self.gen_scale <= 1.0:
             problems.append("gen_scale must lie in (0, 1]")
-        for name in ("steps", "refine_steps", "pretrain_steps", "finetune_steps", "checkpoint_every", "batch_per_class"):
+        for name in ("steps", "refine_steps", "kkt_steps", "pretrain_steps", "finetune_steps", "checkpoint_every",
+                     "batch_per_class"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         if problems:

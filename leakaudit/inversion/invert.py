@@ -32,6 +32,7 @@ from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, 
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
 from leakaudit.inversion.objective import Batch, objective, resolve_weights
+from leakaudit.inversion import stationarity
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
@@ -162,10 +163,15 @@ def _new_run(req: _Request, notes: list[str]) -> RunState:
         gen_scale=config.gen_scale, min_gen_side=config.min_gen_side,
     ).to(device)
     refine = 0 if config.diverse else config.refine_steps
+    reason = stationarity.skip_reason(target, config, req.dist.is_distributed)
+    if reason is not None:
+        notes.append(f"stationarity (KKT) stage skipped: {reason}")
+    settle = [("stationarity", stationarity.planned_steps(target, config, req.dist.is_distributed))]
     if req.informed:
         phases = [("pretrain", config.pretrain_steps), ("finetune", config.finetune_steps), ("refine", refine)]
     else:
         phases = [("train", config.steps), ("refine", refine)]
+    phases += settle
     clock = Clock(config, phases, req.callbacks, req.should_stop, req.dist)
     if req.callbacks.on_start:
         req.callbacks.on_start(clock.planned)
@@ -282,6 +288,9 @@ def _candidates(run: RunState, notes: list[str]) -> tuple[torch.Tensor, torch.Te
         space, note = first_layer_rowspace(run.target)
         notes.append(note)
     images, targets = select_and_refine(run, space)
+    if stationarity.planned_steps(run.target, run.config, run.clock.dist.is_distributed):
+        run.clock.enter("stationarity")
+        images = stationarity.fit(run, images, targets)
     return images, targets, None
 
 

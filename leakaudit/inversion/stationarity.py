@@ -1,0 +1,145 @@
+"""The stationarity (KKT) condition of margin maximisation, as a loss on the candidates.
+
+A homogeneous network trained long enough by gradient descent from a small
+initialisation converges in direction to a KKT point of margin maximisation,
+where its weights are a non-negative combination of its training points'
+margin gradients: θ ≈ Σ_i λ_i ∇_θ [Φ_{y_i}(θ; x_i) − max_{j≠y_i} Φ_j(θ; x_i)]
+(Haim et al. 2022; multiclass: Buzaglo et al. 2023). The loss measures how far
+the candidates are from satisfying that identity, ‖θ − Σ λ ∇_θ m‖² / ‖θ‖², with
+one λ_i ≥ 0 per candidate learned beside them. True training points fit it
+better than anything else the attack starts from (on the 10-per-class MNIST
+reference: relative residual 0.44 at the members, 0.89 at the refined
+candidates), so lowering it moves candidates towards members. It needs every
+candidate in one sum and a double backward pass through the whole model per
+step, which is why it runs only in one process and below a weight count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from leakaudit.inversion.config import InversionConfig
+from leakaudit.inversion.engine import RunState, cosine_lr
+from leakaudit.models import TargetModel
+
+
+def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Φ_y − max_{j≠y} Φ_j per row: (N, K) logits, (N,) labels → (N,)."""
+    own = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return own - others.max(1).values
+
+
+@contextmanager
+def differentiable(params: list[torch.Tensor]) -> Iterator[None]:
+    """Let autograd see the classifier's weights for the duration (they are frozen otherwise)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def residual(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
+             params: list[torch.Tensor]) -> torch.Tensor:
+    """‖θ − Σ λ_i ∇_θ m_i‖² / ‖θ‖², differentiable in x01 and λ; call inside ``differentiable(params)``."""
+    weighted = (lam * margins(target.logits(x01), targets)).sum()
+    grads = torch.autograd.grad(weighted, params, create_graph=True)
+    diff = sum(((p - g) ** 2).sum() for p, g in zip(params, grads))
+    norm = sum((p.detach() ** 2).sum() for p in params)
+    return diff / norm
+
+
+def initial_scale(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, params: list[torch.Tensor]) -> float:
+    """The common λ that best fits θ at the start: argmin_s ‖θ − s Σ ∇_θ m_i‖².
+
+    Kept at least where the summed gradients have a tenth of θ's norm, so λ is
+    never negligible when the candidates' gradients are nearly orthogonal to θ.
+    """
+    grads = torch.autograd.grad(margins(target.logits(x01), targets).sum(), params)
+    dot = sum((p.detach() * g).sum() for p, g in zip(params, grads))
+    sq = sum((g * g).sum() for g in grads)
+    if float(sq) == 0.0:
+        return 1.0
+    theta_sq = sum((p.detach() ** 2).sum() for p in params)
+    return max(float(dot / sq), 0.1 * float((theta_sq / sq).sqrt()))
+
+
+class Stationarity:
+    """The KKT residual of a fixed set of candidates, with their multipliers λ as a variable."""
+
+    def __init__(self, target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, floor: float) -> None:
+        self.target = target
+        self.targets = targets
+        self.params = list(target.parameters())
+        with differentiable(self.params):
+            self.scale = initial_scale(target, x01.detach(), targets, self.params)
+        self.floor = floor * self.scale
+        self.lam = torch.full((x01.shape[0],), self.scale, device=x01.device, requires_grad=True)
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        with differentiable(self.params):
+            return residual(self.target, x01, self.targets, self.lam, self.params)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """λ back onto its constraint: every candidate keeps at least ``floor`` of the starting scale."""
+        self.lam.clamp_(min=self.floor)
+
+
+def skip_reason(target: TargetModel, config: InversionConfig, distributed: bool) -> str | None:
+    """Why the stationarity stage cannot run on this model and run, or None when it runs."""
+    if config.diverse or not config.kkt_steps:
+        return None
+    if distributed:
+        return "it sums over every candidate at once, which one process must hold"
+    if target.has_batchnorm:
+        return ("the model normalises its activations (BatchNorm), so its weights are no combination of margin "
+                "gradients")
+    count = sum(p.numel() for p in target.parameters())
+    if count > config.kkt_max_params:
+        return f"the model has {count:,} weights, above the double-backprop limit of {config.kkt_max_params:,}"
+    return None
+
+
+def planned_steps(target: TargetModel, config: InversionConfig, distributed: bool) -> int:
+    """The stage's steps in this run: 0 when it is off or cannot run."""
+    if config.diverse or skip_reason(target, config, distributed) is not None:
+        return 0
+    return config.kkt_steps
+
+
+def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Move the refined candidates' pixels to lower the KKT residual; returns them in [0, 1].
+
+    The pixels are free (no generator, no projection): members need more
+    directions than the first layer's visible span offers. A penalty keeps them
+    near [0, 1]; both rates decay along a cosine to zero, so that a run cut short
+    still ends on settled candidates.
+    """
+    config, clock = run.config, run.clock
+    steps = config.kkt_steps if not clock.stopped else 0
+    if not steps:
+        return images
+    kkt = Stationarity(run.target, images, targets, config.kkt_lambda_min)
+    x = images.detach().clone().requires_grad_(True)  # (N, C, H, W)
+    opt = torch.optim.Adam([{"params": [x], "lr": config.kkt_lr},
+                            {"params": [kkt.lam], "lr": config.kkt_lambda_lr * kkt.scale}])
+    for step in range(steps):
+        cosine_lr(opt, step, steps, 0.0)
+        residual = kkt(x)
+        outside = (F.relu(x - 1).pow(2) + F.relu(-x).pow(2)).sum()
+        opt.zero_grad(set_to_none=True)
+        (residual + outside).backward(inputs=[x, kkt.lam])
+        opt.step()
+        kkt.project()
+        if not clock.tick({"kkt": float(residual.detach()), "range": float(outside.detach())}):
+            break
+    return x.detach().clamp(0.0, 1.0)
