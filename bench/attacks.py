@@ -48,12 +48,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from leakaudit.inversion.stationarity import differentiable, margins
 from leakaudit.models import TargetModel
 
 __all__ = ["class_mean_candidates", "pixel_inversion", "kkt_reconstruction", "kkt_objective", "spread_targets"]
@@ -147,26 +146,6 @@ def pixel_inversion(
     return images, targets
 
 
-@contextmanager
-def _differentiable(params: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Temporarily let autograd differentiate with respect to the frozen weights."""
-    before = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        yield params
-    finally:
-        for p, flag in zip(params, before):
-            p.requires_grad_(flag)
-
-
-def multiclass_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Φ_y − max_{j≠y} Φ_j per row: (N, K) logits, (N,) labels → (N,)."""
-    own = logits.gather(1, y[:, None]).squeeze(1)  # (N,)
-    others = logits.scatter(1, y[:, None], float("-inf"))  # (N, K)
-    return own - others.max(1).values
-
-
 def pairwise_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Φ_y − Φ_j for every class j, zero at j = y: (N, K), (N,) → (N, K)."""
     return logits.gather(1, y[:, None]) - logits
@@ -175,7 +154,7 @@ def pairwise_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _weighted_margins(logits: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Σ_i λ_i m_i for λ (N,) (max competitor) or Σ_i Σ_j λ_ij (Φ_y − Φ_j) for λ (N, K)."""
     if lam.ndim == 1:
-        return (lam * multiclass_margin(logits, y)).sum()
+        return (lam * margins(logits, y)).sum()
     return (lam * pairwise_margins(logits, y)).sum()  # the j = y column is zero
 
 
@@ -259,7 +238,7 @@ def kkt_reconstruction(
     if competitors == "all":
         mask.scatter_(1, y[:, None], 0.0)
     deadline = _deadline(budget_s)
-    with _differentiable(params):
+    with differentiable(params):
         scale = _lambda_scale(target, x.detach(), y, mask, params)  # λ = scale · mask fits θ best
         floor = lambda_min * scale * (1 if competitors == "max" else k - 1)  # per-candidate total
         lam = (scale * mask).requires_grad_(True)

@@ -77,6 +77,7 @@ steps = 30
 pool_per_class = 8
 candidates_per_class = 2
 refine_steps = 10
+kkt_steps = 10
 pretrain_steps = 60
 finetune_steps = 20
 checkpoint_every = 10

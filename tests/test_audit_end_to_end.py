@@ -147,7 +147,7 @@ def test_budget_is_a_ceiling_and_an_unfinished_attack_exits_2(tiny: TinyReferenc
     # the fail conditions are off, so the work done cannot fail the gate: the verdict must be incomplete
     config.write_text("[gate]\nfail_ssim = false\nfail_leak_score = false\n[inversion]\nwidth = 16\n"
                       "batch_per_class = 2\nsteps = 100000\npool_per_class = 8\ncandidates_per_class = 2\n"
-                      "refine_steps = 10\ncheckpoint_every = 5\n")
+                      "refine_steps = 10\nkkt_steps = 10\ncheckpoint_every = 5\n")
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
                             "--prior", "none", "--out", str(tmp_path / "o"), "--config", str(config), "--budget", "8",
                             "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "s.md")], capsys)
@@ -172,7 +172,7 @@ def test_an_unfinished_attack_that_already_fails_is_a_fail(tiny: TinyReference, 
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "long.toml"
     config.write_text("[inversion]\nwidth = 16\nbatch_per_class = 2\nsteps = 100000\npool_per_class = 8\n"
-                      "candidates_per_class = 2\nrefine_steps = 10\n")
+                      "candidates_per_class = 2\nrefine_steps = 10\nkkt_steps = 10\n")
     # no holdout: the absolute threshold applies, and every member is above SSIM 0.01
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
                             "--config", str(config), "--budget", "6", "--fail-ssim", "0.01", "--quiet"], capsys)

@@ -220,6 +220,7 @@ batch_per_class = 4
 pool_per_class = 8
 candidates_per_class = 2
 refine_steps = 10
+kkt_steps = 10
 threads = 1
 """
 

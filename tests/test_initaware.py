@@ -20,6 +20,7 @@ steps = 20
 pool_per_class = 4
 candidates_per_class = 2
 refine_steps = 5
+kkt_steps = 10
 pretrain_steps = 20
 """
 

@@ -26,6 +26,7 @@ steps = 100000
 pool_per_class = 8
 candidates_per_class = 2
 refine_steps = 10
+kkt_steps = 10
 checkpoint_every = 5
 """
 
@@ -79,6 +80,7 @@ finetune_steps = 400
 pool_per_class = 8
 candidates_per_class = 2
 refine_steps = 10
+kkt_steps = 10
 checkpoint_every = 5
 """
 

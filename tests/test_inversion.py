@@ -16,13 +16,14 @@ from leakaudit.inversion import ConditionalGenerator, InversionCallbacks, Invers
 from leakaudit.inversion import losses
 from leakaudit.inversion.generator import hot_patterns, soft_conditioning
 from leakaudit.inversion.rowspace import first_layer_rowspace
+from leakaudit.inversion.stationarity import Stationarity
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.models import TargetModel
 from leakaudit.reference import ReferenceSpec, load_spec, split_members, train_classifier
 
 # A short run: every phase runs, a few seconds each.
 QUICK = InversionConfig(
-    threads=1, steps=20, pretrain_steps=20, finetune_steps=10, refine_steps=10, pool_per_class=4,
+    threads=1, steps=20, pretrain_steps=20, finetune_steps=10, refine_steps=10, kkt_steps=10, pool_per_class=4,
     candidates_per_class=2, batch_per_class=2, pretrain_batch=16, width=16, latent_dim=8, embed_dim=8,
 )
 
@@ -179,7 +180,7 @@ def test_bn_prior_only_with_batchnorm(mlp_1pc: Reference, cnn_bn: Reference) -> 
 
 
 def test_budget_stops_the_loop(mlp_1pc: Reference) -> None:
-    cfg = dataclasses.replace(QUICK, steps=100_000, refine_steps=100_000, budget_s=2.0)
+    cfg = dataclasses.replace(QUICK, steps=100_000, refine_steps=100_000, kkt_steps=100_000, budget_s=2.0)
     result = invert(mlp_1pc.target, cfg)
     assert result.completed_fraction < 0.1
     assert result.seconds < 10.0
@@ -194,10 +195,10 @@ def test_should_stop_and_callbacks(mlp_1pc: Reference) -> None:
                             on_step=lambda s, p, l: steps.append(s),
                             on_phase=lambda name: events.append(("phase", name)))
     result = invert(mlp_1pc.target, QUICK, callbacks=cb, should_stop=lambda: len(steps) >= 5)
-    assert events[0] == ("start", QUICK.steps + QUICK.refine_steps)
+    assert events[0] == ("start", QUICK.steps + QUICK.refine_steps + QUICK.kkt_steps)
     assert ("phase", "train") in events
     assert result.steps == 5 and steps == [1, 2, 3, 4, 5]
-    assert result.completed_fraction == pytest.approx(5 / 30)
+    assert result.completed_fraction == pytest.approx(5 / 40)
 
 
 def test_checkpoint_written(mlp_1pc: Reference, tmp_path: Path) -> None:
@@ -318,3 +319,50 @@ def test_rowspace_recovers_a_planted_span(hidden: int) -> None:
     assert torch.allclose(space.project(planted), planted, atol=1e-4)
     assert space.outside_fraction(planted).max() < 1e-6
     assert space.outside_fraction(torch.rand(4, 1, 8, 8, generator=gen)).min() > 0.01
+
+
+# --- the stationarity (KKT) stage ----------------------------------------------
+
+def _fitted_residual(ref: Reference, images: torch.Tensor, targets: torch.Tensor, steps: int = 150) -> float:
+    """The KKT residual of fixed images with only their multipliers λ fitted."""
+    kkt = Stationarity(ref.target, images, targets, floor=0.0)
+    opt = torch.optim.Adam([kkt.lam], lr=0.05 * kkt.scale)
+    for _ in range(steps):
+        residual = kkt(images)
+        opt.zero_grad()
+        residual.backward(inputs=[kkt.lam])
+        opt.step()
+        kkt.project()
+    return float(kkt(images).detach())
+
+
+def test_members_satisfy_the_stationarity_identity_better_than_other_digits(mlp_1pc: Reference) -> None:
+    """The premise of the stage: the weights are a combination of the members' margin gradients, not of others'."""
+    labels = torch.arange(10)  # split_members takes the members class by class: one of each, in order
+    members = _fitted_residual(mlp_1pc, mlp_1pc.members.float() / 255, labels)
+    prior_images, prior_labels = mlp_1pc.prior
+    first_of_each = torch.stack([torch.nonzero(prior_labels == c)[0, 0] for c in range(10)])
+    others = _fitted_residual(mlp_1pc, prior_images[first_of_each].float() / 255, labels)
+    assert members < 0.8 * others, (members, others)
+
+
+def test_stationarity_stage_lowers_the_residual_and_keeps_pixels_in_range(mlp_1pc: Reference) -> None:
+    seen: list[dict[str, float]] = []
+    cb = InversionCallbacks(on_step=lambda s, p, losses: seen.append(losses))
+    cfg = dataclasses.replace(QUICK, kkt_steps=40)
+    result = invert(mlp_1pc.target, cfg, callbacks=cb)
+    kkt = [losses["kkt"] for losses in seen if "kkt" in losses]
+    assert len(kkt) == 40 and result.steps == cfg.steps + cfg.refine_steps + 40
+    assert min(kkt[-5:]) < 0.97 * kkt[0], kkt
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    before = invert(mlp_1pc.target, dataclasses.replace(cfg, kkt_steps=0))
+    assert _fitted_residual(mlp_1pc, result.images, result.targets) < _fitted_residual(mlp_1pc, before.images, before.targets)
+
+
+def test_stationarity_stage_skipped_for_convolutions_or_too_many_weights(mlp_1pc: Reference, cnn_bn: Reference) -> None:
+    bn = invert(cnn_bn.target, QUICK)
+    assert any("stationarity (KKT) stage skipped: the first layer is convolutional" in n for n in bn.notes)
+    assert bn.planned_steps == QUICK.steps + QUICK.refine_steps
+    big = invert(mlp_1pc.target, dataclasses.replace(QUICK, kkt_max_params=1000))
+    assert any("above the double-backprop limit of 1,000" in n for n in big.notes)
+    assert big.planned_steps == QUICK.steps + QUICK.refine_steps

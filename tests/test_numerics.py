@@ -29,6 +29,6 @@ def test_flush_denormals_restores_the_callers_setting() -> None:
 def test_an_inversion_leaves_ieee_floats_as_it_found_them(tiny: TinyReference) -> None:
     target = TargetModel.from_module(tiny.module, (1, 32, 32), device="cpu")
     config = InversionConfig(width=16, batch_per_class=2, steps=3, pool_per_class=2, candidates_per_class=1,
-                             refine_steps=1)
+                             refine_steps=1, kkt_steps=1)
     invert(target, config)
     assert not denormals_flushed()

@@ -290,7 +290,10 @@ def _candidates(run: RunState, notes: list[str]) -> tuple[torch.Tensor, torch.Te
     images, targets = select_and_refine(run, space)
     if stationarity.planned_steps(run.target, run.config, run.clock.dist.is_distributed):
         run.clock.enter("stationarity")
-        images = stationarity.fit(run, images, targets)
+        settled = stationarity.fit(run, images, targets)
+        # Both sets are candidates: the stage helps models trained into the KKT regime and
+        # blurs members on the others (bench/README.md), and nothing here can tell which.
+        images, targets = torch.cat([images, settled]), torch.cat([targets, targets])
     return images, targets, None
 
 

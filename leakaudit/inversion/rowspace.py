@@ -86,6 +86,15 @@ def _right_singular(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return singular, vh
 
 
+def first_layer_is_dense(target: TargetModel) -> bool:
+    """Whether the first weight matrix is a fully connected layer on the flattened input."""
+    weights = [p for p in target.parameters() if p.dim() >= 2]
+    size = 1
+    for side in target.input_shape:
+        size *= side
+    return bool(weights) and weights[0].dim() == 2 and weights[0].shape[1] == size
+
+
 def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank_fraction: float = 0.5) -> tuple[RowSpace | None, str]:
     """The learned row space of a fully connected first layer, or None and the reason.
 
@@ -95,12 +104,10 @@ def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank
     usable information, and the check that the logits really ignore the
     complement guards against a first weight that is not the first layer.
     """
-    weights = [p for p in target.parameters() if p.dim() >= 2]
-    size = 1
-    for side in target.input_shape:
-        size *= side
-    if not weights or weights[0].dim() != 2 or weights[0].shape[1] != size:
+    if not first_layer_is_dense(target):
         return None, "row-space prior skipped: the first layer is not fully connected on the flattened input"
+    weights = [p for p in target.parameters() if p.dim() >= 2]
+    size = weights[0].shape[1]
     if weights[0].numel() > MAX_WEIGHTS:
         return None, f"row-space prior skipped: the first layer has {weights[0].numel():,} weights (limit {MAX_WEIGHTS:,})"
     singular, vh = _right_singular(weights[0].detach())

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
+from leakaudit.inversion.rowspace import first_layer_is_dense
 from leakaudit.models import TargetModel
 
 
@@ -100,6 +101,9 @@ def skip_reason(target: TargetModel, config: InversionConfig, distributed: bool)
         return None
     if distributed:
         return "it sums over every candidate at once, which one process must hold"
+    if not first_layer_is_dense(target):
+        return ("the first layer is convolutional: a second backward pass through every convolution at every "
+                "pixel costs several times the rest of the attack")
     if target.has_batchnorm:
         return ("the model normalises its activations (BatchNorm), so its weights are no combination of margin "
                 "gradients")
