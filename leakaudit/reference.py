@@ -34,6 +34,7 @@ from leakaudit.numerics import flush_denormals
 
 BUNDLED = ("digits", "lfw")
 REAL = ("mnist", "fashion-mnist")
+ARCHS = ("mlp", "cnn", "cnn-bn", "resnet18")
 
 
 def realdata_cache() -> Path:
@@ -66,7 +67,7 @@ class ReferenceSpec:
     train_per_class: int = 1  # members per class
     holdout_per_class: int = 50  # non-members per class (prior + evaluation)
     size: int = 32
-    arch: str = "mlp"  # "mlp" | "cnn" | "cnn-bn"
+    arch: str = "mlp"  # "mlp" | "cnn" | "cnn-bn" | "resnet18" (torchvision's, random init)
     hidden: int = 1000
     init_scale: float = 1.0  # multiplies the default initialisation (small init < 1)
     optimizer: str = "adam"  # "adam" | "sgd" (momentum 0.9) | "gd" (plain gradient descent)
@@ -82,8 +83,8 @@ class ReferenceSpec:
     def __post_init__(self) -> None:
         if self.dataset not in BUNDLED + REAL:
             raise ConfigError(f"reference dataset must be one of {BUNDLED + REAL}, not {self.dataset!r}")
-        if self.arch not in ("mlp", "cnn", "cnn-bn"):
-            raise ConfigError(f"reference arch must be 'mlp', 'cnn' or 'cnn-bn', not {self.arch!r}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"reference arch must be 'mlp', 'cnn', 'cnn-bn' or 'resnet18', not {self.arch!r}")
         if self.optimizer not in ("adam", "sgd", "gd"):
             raise ConfigError(f"reference optimizer must be 'adam', 'sgd' or 'gd', not {self.optimizer!r}")
         if self.train_per_class < 1 or self.holdout_per_class < 1:
@@ -144,14 +145,18 @@ def split_members(spec: ReferenceSpec) -> ReferenceData:
     return ReferenceData(images[tr], labels[tr], images[ho], labels[ho], classes)
 
 
-def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Sequential:
-    """A small over-parameterised classifier, as an ``nn.Sequential``.
+def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Module:
+    """A classifier of the spec's architecture, freshly initialised from the current seed.
 
-    Sequential on purpose: its penultimate features are reachable even after
-    TorchScript export (see ``models.FeatureProbe``).
+    The small ones are ``nn.Sequential`` so that even a chain of children
+    reaches their penultimate features; ``resnet18`` is torchvision's
+    residual network, which the audit taps through its TorchScript graph.
     """
     side = spec.size
-    if spec.arch == "mlp":
+    model: nn.Module
+    if spec.arch == "resnet18":
+        model = _resnet18(in_channels, num_classes)
+    elif spec.arch == "mlp":
         model = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_channels * side * side, spec.hidden, bias=spec.bias),
@@ -183,7 +188,23 @@ def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) ->
     return model
 
 
-def initial_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Sequential:
+def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18, stem kept (7×7 stride-2 conv, max-pool: a 28×28 input is 7×7 after it, cheap).
+
+    Only the first convolution changes, to take the data's channels; it gets
+    the initialisation torchvision gives every convolution. No pretrained
+    weights: nothing is downloaded.
+    """
+    from torchvision.models import resnet18  # torchvision is slow to import: only for this arch
+
+    model = resnet18(num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def initial_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Module:
     """The classifier exactly as training starts from it: the seed rebuilds the initial weights θ₀."""
     torch.manual_seed(spec.seed)
     return build_classifier(spec, in_channels, num_classes)
@@ -195,7 +216,7 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 
 
 def train_classifier(spec: ReferenceSpec, data: ReferenceData,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[nn.Sequential, dict[str, float]]:
+                     progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, dict[str, float]]:
     """Train the reference classifier on the members; returns it (eval mode) and its accuracies.
 
     ``progress(epoch, epochs)`` is called as each epoch starts (``epoch`` counts from 0).
@@ -205,7 +226,7 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData,
 
 
 def _train(spec: ReferenceSpec, data: ReferenceData,
-           progress: Callable[[int, int], None] | None) -> tuple[nn.Sequential, dict[str, float]]:
+           progress: Callable[[int, int], None] | None) -> tuple[nn.Module, dict[str, float]]:
     generator = torch.Generator().manual_seed(spec.seed)
     x = data.train_images.float() / 255.0
     y = data.train_labels
@@ -250,10 +271,16 @@ def _train(spec: ReferenceSpec, data: ReferenceData,
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    return model, {"train_accuracy": _accuracy(model, data.train_images, data.train_labels),
+                   "holdout_accuracy": _accuracy(model, data.holdout_images, data.holdout_labels)}
+
+
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 1000) -> float:
+    """In chunks: a ResNet's activations on tens of thousands of images at once would take GiBs."""
     with torch.no_grad():
-        train_acc = (model(data.train_images.float() / 255).argmax(1) == data.train_labels).float().mean().item()
-        holdout_acc = (model(data.holdout_images.float() / 255).argmax(1) == data.holdout_labels).float().mean().item()
-    return model, {"train_accuracy": train_acc, "holdout_accuracy": holdout_acc}
+        correct = sum(int((model(images[i : i + chunk].float() / 255).argmax(1) == labels[i : i + chunk]).sum())
+                      for i in range(0, len(images), chunk))
+    return correct / len(images)
 
 
 @dataclass(frozen=True)

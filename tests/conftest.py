@@ -38,7 +38,7 @@ TINY_SPEC = ReferenceSpec(name="tiny", dataset="digits", train_per_class=3, hold
                           hidden=64, optimizer="adam", lr=3e-3, epochs=60, batch_size=30, seed=0)
 
 
-def tiny_architecture() -> torch.nn.Sequential:
+def tiny_architecture() -> torch.nn.Module:
     """What ``--arch tests.conftest:tiny_architecture`` builds for the tiny state_dict."""
     return build_classifier(TINY_SPEC, in_channels=1, num_classes=10)
 
@@ -53,6 +53,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyReference:
         module, _ = train_classifier(TINY_SPEC, data)
     finally:
         torch.set_num_threads(threads)
+    assert isinstance(module, torch.nn.Sequential)  # an MLP: the tests slice it for its penultimate features
     write_image_folder(root / "train", data.train_images, data.train_labels, data.classes)
     write_image_folder(root / "holdout", data.holdout_images, data.holdout_labels, data.classes)
     torch.jit.save(torch.jit.script(module), str(root / "model.pt"))

@@ -161,6 +161,19 @@ def test_demo_lists_the_bundled_references(capsys: pytest.CaptureFixture[str]) -
     assert "digits-mlp-1pc" in out.split()
 
 
+def test_every_shipped_audit_is_a_valid_spec_that_says_what_it_is() -> None:
+    """Each recipe parses without its data (real-data ones need no cache for this) and opens with its comment."""
+    from leakaudit.reference import load_spec, shipped_audits
+
+    names = shipped_audits()
+    assert "fashion-resnet18-5k" in names
+    for name in names:
+        spec, _ = load_spec(name)
+        assert spec.name == name
+        text = (REPO / "audits" / f"{name}.toml").read_text(encoding="utf-8")
+        assert text.startswith("# ") and text.index("[reference]") > 0, name
+
+
 @pytest.mark.parametrize(("key", "value", "flag"), [("conditioning", '"matrix"', "--conditioning"), ("seed", "7", "--seed"),
                                                     ("budget_s", "30", "--budget"), ("prior", '"none"', "--prior"),
                                                     ("effort", '"quick"', "--effort")])

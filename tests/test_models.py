@@ -106,6 +106,34 @@ def test_batchnorm_statistics_are_reachable(tmp_path: Path) -> None:
     assert batch_mean.shape == running_mean.shape == (32,)
 
 
+def test_a_resnet18_reference_builds_and_its_torchscript_file_is_tapped(tmp_path: Path) -> None:
+    """torchvision's ResNet-18 is no chain of its children: features and BN statistics come from its graph."""
+    from dataclasses import replace
+
+    from leakaudit.reference import ReferenceSpec, build_classifier, build_reference, initial_classifier
+
+    spec = ReferenceSpec(name="t-resnet18", dataset="digits", train_per_class=2, holdout_per_class=2,
+                         arch="resnet18", epochs=1, batch_size=20)
+    built = build_reference(spec, tmp_path / "ref")
+    target = load_model(built.model_path, shape_hint=(1, 32, 32), device="cpu")
+    assert target.format == "torchscript" and target.input_shape == (1, 32, 32) and target.num_classes == 10
+    assert target.has_features, target.feature_note
+    probe = target.probe(_sample())
+    assert probe.features is not None and probe.features.shape == (6, 512)  # the input of the last linear layer
+    scripted = torch.jit.load(str(built.model_path))
+    torch.testing.assert_close(probe.logits, probe.features @ scripted.fc.weight.T + scripted.fc.bias,
+                               rtol=1e-4, atol=1e-4)
+    assert len(probe.bn_stats) == 20  # stem, 8 blocks × 2, 3 downsampling shortcuts
+    assert probe.bn_stats[0][0].shape == (64,)
+    initial = initial_classifier(spec, 1, 10)
+    assert initial.conv1.in_channels == 1
+    assert torch.load(built.init_path)["conv1.weight"].equal(initial.conv1.weight)
+    torch.manual_seed(spec.seed)
+    small = build_classifier(replace(spec, init_scale=0.1), 1, 10)
+    for (name, p), q in zip(small.named_parameters(), initial.parameters()):
+        torch.testing.assert_close(p, 0.1 * q, msg=name)
+
+
 class _Payload:
     """Unpickling this creates a file: the proof that code from the file ran."""
 
