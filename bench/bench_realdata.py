@@ -41,7 +41,7 @@ from leakaudit.reference import BuiltReference, build_reference, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "realdata"
-MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc", "fashion-cnn-60k")
+MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc", "fashion-cnn-60k", "fashion-resnet18-5k")
 MODES = {"data-free": ["--prior", "none"], "informed": [], "init-aware": None}
 HEADER = (f"{'model':20s} {'method':14s} {'leak':>5s} {'mem>.4':>7s} {'mMem':>5s} {'mean':>5s} {'lossAUC':>7s} "
           f"{'wall_s':>6s} {'RSS_MiB':>7s} {'json_kB':>7s} {'html_kB':>7s}  verdict")

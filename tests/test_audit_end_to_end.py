@@ -158,7 +158,7 @@ def test_budget_is_a_ceiling_and_an_unfinished_attack_exits_2(tiny: TinyReferenc
     assert document["inversion"]["completed_fraction"] < 0.5
     assert document["exposure"]["statement"] == "incomplete"
     reason = document["inversion"]["incomplete_reason"]
-    assert "--budget 8 s" in reason and "of its 100010 planned steps" in reason and "raise --budget" in reason
+    assert "--budget 8 s" in reason and "of its 100020 planned steps" in reason and "raise --budget" in reason
     assert "INCOMPLETE" in err and reason in err  # the terminal summary
     html = (tmp_path / "o" / "report.html").read_text()
     assert "INCOMPLETE" in html and "Incomplete attack" in html

@@ -276,6 +276,7 @@ def test_effort_levels_fix_the_planned_steps() -> None:
     quick, standard, thorough = (InversionConfig.for_effort(e) for e in ("quick", "standard", "thorough"))
     assert quick.steps < standard.steps < thorough.steps
     assert quick.pretrain_steps < standard.pretrain_steps < thorough.pretrain_steps
+    assert quick.kkt_steps < standard.kkt_steps < thorough.kkt_steps
     assert standard == InversionConfig()
     assert replace(InversionConfig.for_effort("quick", budget_s=1.0), budget_s=None) == quick
 
