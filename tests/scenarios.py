@@ -207,7 +207,8 @@ def _build_unthreaded(
         "inversion": {
             "mode": "reconstruction", "effort": "standard", "complete": True, "incomplete_reason": None,
             "resumed": False, "resumed_from": None, "steps": 2000, "planned_steps": 2000, "seconds": 91.5,
-            "completed_fraction": 1.0, "phase_seconds": {"pretrain": 40.0, "finetune": 0.0, "refine": 51.5},
+            "completed_fraction": 1.0, "phase_seconds": {"pretrain": 40.0, "finetune": 0.0, "refine": 31.5,
+                                                     "stationarity": 20.0},
             "candidates_per_class": int(len(cands_np) // len(names)),
             "notes": [],
             "gallery": {str(c): np.flatnonzero(cand_labels == c).tolist() for c in range(len(names))},

@@ -165,7 +165,8 @@ def test_reconstruction_raises_target_confidence(mlp_1pc: Reference) -> None:
     before_conf = before.gather(1, result.targets[:, None]).mean().item()
     assert result.mode == "data-free"
     assert result.confidence.mean().item() > max(0.6, before_conf + 0.4)
-    assert result.images.shape == (20, 1, 32, 32) and result.targets.tolist() == [c for c in range(10) for _ in range(2)]
+    # the refined candidates, then as many fitted to the stationarity identity, for the same classes
+    assert result.images.shape == (40, 1, 32, 32) and result.targets.tolist() == 2 * [c for c in range(10) for _ in range(2)]
     assert result.pretrained_images is None
 
 
@@ -228,7 +229,7 @@ def test_informed_mode_uses_the_prior_and_returns_pretrained(mlp_1pc: Reference)
     result = invert(mlp_1pc.target, QUICK, prior=mlp_1pc.prior)
     assert result.mode == "informed" and "public images" in result.threat_model
     assert result.pretrained_images is not None and result.pretrained_targets is not None
-    assert result.pretrained_images.shape == result.images.shape
+    assert result.pretrained_images.shape == (QUICK.candidates_per_class * 10, *result.images.shape[1:])
     data_free = invert(mlp_1pc.target, dataclasses.replace(QUICK, prior="none"), prior=mlp_1pc.prior)
     assert data_free.mode == "data-free" and data_free.pretrained_images is None
 

@@ -293,7 +293,8 @@ def _candidates(run: RunState, notes: list[str]) -> tuple[torch.Tensor, torch.Te
         settled = stationarity.fit(run, images, targets)
         # Both sets are candidates: the stage helps models trained into the KKT regime and
         # blurs members on the others (bench/README.md), and nothing here can tell which.
-        images, targets = torch.cat([images, settled]), torch.cat([targets, targets])
+        if settled is not None:
+            images, targets = torch.cat([images, settled]), torch.cat([targets, targets])
     return images, targets, None
 
 

@@ -120,8 +120,10 @@ def planned_steps(target: TargetModel, config: InversionConfig, distributed: boo
     return config.kkt_steps
 
 
-def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Move the refined candidates' pixels to lower the KKT residual; returns them in [0, 1].
+def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Copies of the refined candidates with their pixels moved to lower the KKT residual, in [0, 1].
+
+    None when the run was already stopped: no step, no copies.
 
     The pixels are free (no generator, no projection): members need more
     directions than the first layer's visible span offers. A penalty keeps them
@@ -131,7 +133,7 @@ def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     config, clock = run.config, run.clock
     steps = config.kkt_steps if not clock.stopped else 0
     if not steps:
-        return images
+        return None
     kkt = Stationarity(run.target, images, targets, config.kkt_lambda_min)
     x = images.detach().clone().requires_grad_(True)  # (N, C, H, W)
     opt = torch.optim.Adam([{"params": [x], "lr": config.kkt_lr},
