@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,11 +76,15 @@ class Row:
                 f"{self.verdict}")
 
 
-def run_cli(built: BuiltReference, mode: str, out: Path, threads: int) -> tuple[dict, float, float]:
-    """``leakaudit run`` in a child process: (the JSON document, wall seconds, peak RSS in MiB)."""
+def run_cli(built: BuiltReference, mode: str, out: Path, threads: int,
+            args: Sequence[str] = ()) -> tuple[dict, float, float]:
+    """``leakaudit run`` in a child process: (the JSON document, wall seconds, peak RSS in MiB).
+
+    ``args``: further command-line arguments after the mode's (``--config FILE``, ``--conditioning …``).
+    """
     extra = MODES[mode] if MODES[mode] is not None else ["--init", str(built.init_path)]
     argv = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
-            "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
+            "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra, *args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
