@@ -8,8 +8,9 @@ margin gradients: θ ≈ Σ_i λ_i ∇_θ [Φ_{y_i}(θ; x_i) − max_{j≠y_i} �
 the candidates are from satisfying that identity, ‖θ − Σ λ ∇_θ m‖² / ‖θ‖², with
 one λ_i ≥ 0 per candidate learned beside them. True training points fit it
 better than anything else the attack starts from (on the 10-per-class MNIST
-reference: relative residual 0.44 at the members, 0.89 at the refined
-candidates), so lowering it moves candidates towards members. It needs every
+reference, relative residual 0.44 at the members with λ fitted; 0.89 at the
+refined candidates, about 0.69 after the stage), so lowering it moves
+candidates towards members. It needs every
 candidate in one sum and a double backward pass through the whole model per
 step, which is why it runs only in one process and below a weight count.
 """
@@ -127,8 +128,8 @@ def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
     The pixels are free (no generator, no projection): members need more
     directions than the first layer's visible span offers. A penalty keeps them
-    near [0, 1]; both rates decay along a cosine to zero, so that a run cut short
-    still ends on settled candidates.
+    near [0, 1]; both rates decay along a cosine to zero over the planned steps,
+    since at a constant rate Adam keeps circling the minimum.
     """
     config, clock = run.config, run.clock
     steps = config.kkt_steps if not clock.stopped else 0
