@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from leakaudit.distributed import DistContext
 from leakaudit.errors import ConfigError
+from leakaudit.inversion import stationarity
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
 from leakaudit.inversion.objective import Batch, objective, resolve_weights
-from leakaudit.inversion import stationarity
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
