@@ -52,7 +52,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from leakaudit.inversion.stationarity import differentiable, margins
+from leakaudit.inversion.losses import logit_margins
+from leakaudit.inversion.stationarity import common_scale, differentiable, fit_error
 from leakaudit.models import TargetModel
 
 __all__ = ["class_mean_candidates", "pixel_inversion", "kkt_reconstruction", "kkt_objective", "spread_targets"]
@@ -154,7 +155,7 @@ def pairwise_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _weighted_margins(logits: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Σ_i λ_i m_i for λ (N,) (max competitor) or Σ_i Σ_j λ_ij (Φ_y − Φ_j) for λ (N, K)."""
     if lam.ndim == 1:
-        return (lam * margins(logits, y)).sum()
+        return (lam * logit_margins(logits, y)).sum()
     return (lam * pairwise_margins(logits, y)).sum()  # the j = y column is zero
 
 
@@ -170,10 +171,8 @@ def kkt_objective(
     ``create_graph`` so that the result can be differentiated again with
     respect to the candidates; one double backward per call, whatever λ's shape.
     """
-    grads = torch.autograd.grad(_weighted_margins(target.logits(x01), y, lam), params, create_graph=True)
-    residual = sum(((p - g) ** 2).sum() for p, g in zip(params, grads))
-    norm = sum((p.detach() ** 2).sum() for p in params)
-    return residual / norm
+    return fit_error(params, torch.autograd.grad(_weighted_margins(target.logits(x01), y, lam), params,
+                                                 create_graph=True))
 
 
 def kkt_reconstruction(
@@ -286,10 +285,4 @@ def _lambda_scale(
     where the weighted gradients have a tenth of θ's norm, so λ is never
     negligible at the start.
     """
-    grads = torch.autograd.grad(_weighted_margins(target.logits(x01), y, mask), params)
-    dot = sum((p.detach() * g).sum() for p, g in zip(params, grads))
-    sq = sum((g * g).sum() for g in grads)
-    if float(sq) == 0.0:
-        return 1.0
-    theta_sq = sum((p.detach() ** 2).sum() for p in params)
-    return max(float(dot / sq), 0.1 * float((theta_sq / sq).sqrt()))
+    return common_scale(params, torch.autograd.grad(_weighted_margins(target.logits(x01), y, mask), params))

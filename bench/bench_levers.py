@@ -42,11 +42,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from bench.bench_realdata import MODES as REALDATA_MODES
-from bench.bench_realdata import ROOT, run_cli
-from bench.bench_realdata import OUT as REFERENCES
+from bench.bench_realdata import ROOT, built_reference, member_figures, run_cli
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS
 from leakaudit.inversion.config import InversionConfig
-from leakaudit.reference import BuiltReference, build_reference, load_spec
+from leakaudit.reference import BuiltReference
 
 OUT = ROOT / "bench" / "out" / "levers"
 MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc")
@@ -129,13 +128,11 @@ def audit(name: str, mode: str, variant: Variant, built: BuiltReference, threads
     out = OUT / name / mode / re.sub(r"[^A-Za-z0-9_.-]+", "_", variant.name)
     shutil.rmtree(out, ignore_errors=True)  # a left-over checkpoint would resume instead of running afresh
     doc, wall, _ = run_cli(built, mode, out, threads, variant.args(out))
-    s, inv = doc["summary"], doc["inversion"]
+    inv = doc["inversion"]
     verdict = f"{doc['verdict']} ({inv['completed_fraction']:.0%} of the planned steps)"
     if any(note.startswith("feature diversity losses skipped") for note in inv["notes"]):
         verdict += ", diversity losses skipped"
-    return Row(name, mode, variant.name, s["leak_score"]["value"],
-               round(s["train"]["fraction_above"]["0.4"] * s["n_train"]), s["n_train"], s["train"]["mean"],
-               s["class_mean_null"]["train_mean"], wall, verdict)
+    return Row(name, mode, variant.name, *member_figures(doc), wall, verdict)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     started_all = time.monotonic()
     for name in [m for m in args.models.split(",") if m]:
-        spec, _ = load_spec(ROOT / "audits" / f"{name}.toml")
-        started = time.monotonic()
-        built = build_reference(spec, REFERENCES / name / "reference")
-        m = built.metrics
-        print(f"# {name}: train acc {m['train_accuracy']:.3f}, holdout acc {m['holdout_accuracy']:.3f} "
-              f"(built in {time.monotonic() - started:.0f} s; 0 when cached)", flush=True)
+        _, built = built_reference(name)
         for mode in modes:
             default: float | None = None
             for variant in variants:

@@ -38,7 +38,7 @@ from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import leak_score
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.models import load_model
-from leakaudit.reference import BuiltReference, build_reference, load_spec
+from leakaudit.reference import BuiltReference, ReferenceSpec, build_reference, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "realdata"
@@ -96,13 +96,29 @@ def run_cli(built: BuiltReference, mode: str, out: Path, threads: int,
     return json.loads((out / "leakaudit.json").read_text()), wall, usage.ru_maxrss / 1024
 
 
+def member_figures(doc: dict) -> tuple[float, int, int, float, float]:
+    """From an audit document: leak score, members above SSIM 0.4, members, their mean best SSIM, the class mean's."""
+    s = doc["summary"]
+    return (s["leak_score"]["value"], round(s["train"]["fraction_above"]["0.4"] * s["n_train"]), s["n_train"],
+            s["train"]["mean"], s["class_mean_null"]["train_mean"])
+
+
+def built_reference(name: str) -> tuple[ReferenceSpec, BuiltReference]:
+    """A shipped reference (``audits/NAME.toml``), built once under ``OUT``; prints its accuracies."""
+    spec, _ = load_spec(ROOT / "audits" / f"{name}.toml")
+    started = time.monotonic()
+    built = build_reference(spec, OUT / name / "reference")
+    m = built.metrics
+    print(f"# {name}: train acc {m['train_accuracy']:.3f}, holdout acc {m['holdout_accuracy']:.3f} "
+          f"(built in {time.monotonic() - started:.0f} s; 0 when cached)", flush=True)
+    return spec, built
+
+
 def audit_row(name: str, mode: str, built: BuiltReference, threads: int) -> Row:
     out = OUT / name / mode
     doc, wall, rss = run_cli(built, mode, out, threads)
-    s = doc["summary"]
     return Row(name, doc["mode"] if mode != "init-aware" or doc["mode"] == "init-aware" else f"{mode}?",
-               s["leak_score"]["value"], round(s["train"]["fraction_above"]["0.4"] * s["n_train"]), s["n_train"],
-               s["train"]["mean"], s["class_mean_null"]["train_mean"], s["membership_loss_auc"], wall, rss,
+               *member_figures(doc), doc["summary"]["membership_loss_auc"], wall, rss,
                (out / "leakaudit.json").stat().st_size / 1024, (out / "report.html").stat().st_size / 1024,
                f"{doc['verdict']} ({doc['inversion']['completed_fraction']:.0%} of the planned steps)")
 
@@ -155,12 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     print(HEADER, flush=True)
     for name in [m for m in args.models.split(",") if m]:
-        spec, _ = load_spec(ROOT / "audits" / f"{name}.toml")
-        started = time.monotonic()
-        built = build_reference(spec, OUT / name / "reference")
-        m = built.metrics
-        print(f"# {name}: train acc {m['train_accuracy']:.3f}, holdout acc {m['holdout_accuracy']:.3f} "
-              f"(built in {time.monotonic() - started:.0f} s; 0 when cached)", flush=True)
+        spec, built = built_reference(name)
         for mode in [m for m in args.modes.split(",") if m]:
             if mode == "init-aware" and spec.arch != "mlp":
                 continue

@@ -288,7 +288,7 @@ def _candidates(run: RunState, notes: list[str]) -> tuple[torch.Tensor, torch.Te
         space, note = first_layer_rowspace(run.target)
         notes.append(note)
     images, targets = select_and_refine(run, space)
-    if stationarity.planned_steps(run.target, run.config, run.clock.dist.is_distributed):
+    if run.clock.phases["stationarity"]:
         run.clock.enter("stationarity")
         settled = stationarity.fit(run, images, targets)
         # Both sets are candidates: the stage helps models trained into the KKT regime and

@@ -50,6 +50,13 @@ def orthogonality_loss(features: torch.Tensor) -> torch.Tensor:
     return ((gram - eye) ** 2).sum() / (n * n)
 
 
+def logit_margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """f_y − max_{k≠y} f_k per row: (N, K) logits, (N,) labels → (N,)."""
+    own = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf")).max(dim=1).values
+    return own - others
+
+
 def margin_loss(logits: torch.Tensor, targets: torch.Tensor, target_margin: float) -> torch.Tensor:
     """L_margin = 1/N Σ_i max(0, m* − (f_{y_i}(x_i) − max_{k≠y_i} f_k(x_i))).
 
@@ -57,9 +64,7 @@ def margin_loss(logits: torch.Tensor, targets: torch.Tensor, target_margin: floa
     logit margin; pushing candidates to (not beyond) m* avoids the saturated
     patterns that unbounded confidence maximisation produces.
     """
-    own = logits.gather(1, targets[:, None]).squeeze(1)  # (N,)
-    others = logits.scatter(1, targets[:, None], float("-inf")).max(dim=1).values
-    return F.relu(target_margin - (own - others)).mean()
+    return F.relu(target_margin - logit_margins(logits, targets)).mean()
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

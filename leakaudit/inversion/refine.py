@@ -17,6 +17,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import LatentGaussian
+from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.objective import Batch, objective
 from leakaudit.inversion.rowspace import RowSpace
 from leakaudit.models import TargetModel
@@ -48,13 +49,8 @@ def sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, c
 @torch.no_grad()
 def margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(N,) logit margin f_y − max_{k≠y} f_k of each image."""
-    out = []
-    for i in range(0, images.shape[0], chunk):
-        logits = target.logits(images[i : i + chunk])
-        t = targets[i : i + chunk, None]
-        own = logits.gather(1, t).squeeze(1)
-        out.append(own - logits.scatter(1, t, float("-inf")).max(1).values)
-    return torch.cat(out)
+    return torch.cat([logit_margins(target.logits(images[i : i + chunk]), targets[i : i + chunk])
+                      for i in range(0, images.shape[0], chunk)])
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ step, which is why it runs only in one process and below a weight count.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -25,15 +25,9 @@ import torch.nn.functional as F
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
+from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.rowspace import first_layer_is_dense
 from leakaudit.models import TargetModel
-
-
-def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Φ_y − max_{j≠y} Φ_j per row: (N, K) logits, (N,) labels → (N,)."""
-    own = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf"))
-    return own - others.max(1).values
 
 
 @contextmanager
@@ -52,8 +46,12 @@ def differentiable(params: list[torch.Tensor]) -> Iterator[None]:
 def residual(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
              params: list[torch.Tensor]) -> torch.Tensor:
     """‖θ − Σ λ_i ∇_θ m_i‖² / ‖θ‖², differentiable in x01 and λ; call inside ``differentiable(params)``."""
-    weighted = (lam * margins(target.logits(x01), targets)).sum()
-    grads = torch.autograd.grad(weighted, params, create_graph=True)
+    weighted = (lam * logit_margins(target.logits(x01), targets)).sum()
+    return fit_error(params, torch.autograd.grad(weighted, params, create_graph=True))
+
+
+def fit_error(params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖θ − g‖² / ‖θ‖² for weights θ and a combination g of their margin gradients (differentiable in g)."""
     diff = sum(((p - g) ** 2).sum() for p, g in zip(params, grads))
     norm = sum((p.detach() ** 2).sum() for p in params)
     return diff / norm
@@ -65,7 +63,11 @@ def initial_scale(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor,
     Kept at least where the summed gradients have a tenth of θ's norm, so λ is
     never negligible when the candidates' gradients are nearly orthogonal to θ.
     """
-    grads = torch.autograd.grad(margins(target.logits(x01), targets).sum(), params)
+    return common_scale(params, torch.autograd.grad(logit_margins(target.logits(x01), targets).sum(), params))
+
+
+def common_scale(params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> float:
+    """argmin_s ‖θ − s g‖² for summed margin gradients g, kept at least where ‖s g‖ = ‖θ‖ / 10."""
     dot = sum((p.detach() * g).sum() for p, g in zip(params, grads))
     sq = sum((g * g).sum() for g in grads)
     if float(sq) == 0.0:
