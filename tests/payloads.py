@@ -293,3 +293,55 @@ def pt2_shape_expression(clean_dynamic: Path, target: Path, marker: Path) -> Pat
         hostile = f"{text[start:end]} + 0*len(str(open('{marker}', 'w')))"
         return (text[:start] + hostile.replace("'", "\\u0027") + text[end:]).encode()
     return rewrite_zip(clean_dynamic, target, edit)
+
+
+def torchscript_case(scratch: Path, path: Path, marker: Path, part: str) -> Path:
+    """The ``__setstate__`` payload with its code entry's name in other letter case (``.PY`` or ``CODE/``).
+
+    PyTorch's zip reader finds ``code/…py`` ignoring case, so the renamed code is still what it compiles.
+    """
+    evil = torchscript_setstate(scratch, scratch / f"setstate-{part}.pt", marker)
+
+    def rename(name: str) -> str:
+        if part == "suffix" and name.endswith(".py"):
+            return name[:-3] + ".PY"
+        return name.replace("/code/", "/CODE/") if part == "folder" else name
+    with zipfile.ZipFile(evil) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(rename(info.filename), src.read(info))
+    return path
+
+
+def pt2_case_twin(clean: Path, target: Path, marker: Path, kind: str) -> Path:
+    """A second ``weights``/``constants`` config or sample-inputs entry whose name differs only in case.
+
+    The vetted entry stays; the twin (``MODEL_…``) carries the payload. PyTorch's reader (miniz) looks names up
+    ignoring case by a binary search over the sorted names, so which twin it reads depends on where each sits in
+    the archive: the twin is placed where the real reader returns it for the expected name.
+    """
+    from torch.export.pt2_archive._package import PT2ArchiveReader
+
+    root = _root(clean)
+    with zipfile.ZipFile(clean) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    payload: list[tuple[str, bytes]] = []
+    if kind == "sample_inputs":
+        expected = "data/sample_inputs/model.pt"
+        twin = (f"{root}/data/sample_inputs/MODEL.pt", payload_pickle(marker))
+    else:
+        expected = f"data/{kind}/model_{kind}_config.json"
+        config = json.loads(dict(entries)[f"{root}/{expected}"])
+        prefix = "weight_" if kind == "weights" else "tensor_"
+        index = 1 + max((int(n.rsplit("_", 1)[1]) for n, _ in entries if n.startswith(f"{root}/data/{kind}/{prefix}")),
+                        default=0)
+        config["config"] = {"evil": {"path_name": f"{prefix}{index}", "is_param": False, "use_pickle": True,
+                                     "tensor_meta": None}, **config["config"]}
+        twin = (f"{root}/data/{kind}/MODEL_{kind}_config.json", json.dumps(config).encode())
+        payload.append((f"{root}/data/{kind}/{prefix}{index}", payload_pickle(marker)))
+    for position in range(len(entries) + 1):
+        with zipfile.ZipFile(target, "w") as dst:
+            for name, data in [*entries[:position], twin, *entries[position:], *payload]:
+                dst.writestr(name, data)
+        if PT2ArchiveReader(str(target)).read_bytes(expected) == twin[1]:
+            return target
+    raise AssertionError(f"no placement makes PyTorch's reader read the {kind} twin")

@@ -319,3 +319,57 @@ def test_a_duplicated_archive_entry_is_refused(tiny: TinyReference, tmp_path: Pa
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "appears twice" in line and code_entry in line, line
     assert not marker.exists()
+
+
+def _outside(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A folder outside OUT with a file in it, and what it holds: every test checks it is left as it was."""
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "keep.txt").write_bytes(b"outside OUT\n")
+    return outside, _snapshot(outside)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("part", ["suffix", "folder"], ids=["__torch__.PY", "CODE/"])
+def test_torchscript_code_in_other_letter_case_is_checked(part: str, tiny: TinyReference, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """PyTorch's reader finds ``code/…py`` ignoring case: the renamed code is still vetted before loading."""
+    outside, before = _outside(tmp_path)
+    marker = outside / "pwned"
+    hostile = payloads.torchscript_case(tmp_path, tmp_path / "evil.pt", marker, part)
+    _live(marker, lambda: torch.jit.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "__setstate__" in line and "refused before loading" in line, line
+    assert (".PY" if part == "suffix" else "/CODE/") in line, line
+    assert not marker.exists() and _snapshot(outside) == before
+
+
+@pytest.mark.parametrize("kind", ["weights", "constants", "sample_inputs"])
+def test_pt2_entries_that_differ_only_in_case_are_refused(kind: str, clean_pt2: Path, tiny: TinyReference,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A twin of a vetted entry, named in other case, is what PyTorch's reader may read instead: refused."""
+    outside, before = _outside(tmp_path)
+    marker = outside / "pwned"
+    hostile = payloads.pt2_case_twin(clean_pt2, tmp_path / "hostile.pt2", marker, kind)
+    _live(marker, lambda: torch.export.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "differ only in letter case" in line and f"data/{kind}/MODEL" in line, line
+    assert not marker.exists() and _snapshot(outside) == before
+
+
+def test_pt2_every_config_the_layout_admits_is_vetted(clean_pt2: Path, tmp_path: Path) -> None:
+    """A config under another model's name is vetted too (a reader that folds or maps names could read it)."""
+    from leakaudit.errors import UnsafeModelError
+    from leakaudit.loading.pt2 import check_archive
+
+    hostile = payloads.pt2_case_twin(clean_pt2, tmp_path / "twin.pt2", tmp_path / "pwned", "weights")
+    renamed = payloads.rewrite_zip(hostile, tmp_path / "other.pt2", lambda _n, d: d)
+    with zipfile.ZipFile(hostile) as src, zipfile.ZipFile(renamed, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename.replace("MODEL_weights", "other_weights"), src.read(info))
+    with pytest.raises(UnsafeModelError, match="other_weights_config.json.*use_pickle"):
+        check_archive(renamed)

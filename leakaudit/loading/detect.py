@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 from leakaudit.errors import ModelError
-from leakaudit.loading.limits import open_zip
+from leakaudit.loading.limits import folded, open_zip
 from leakaudit.sanitize import terminal_text
 
 FORMATS = ("torchscript", "export", "state_dict", "safetensors", "pickle")
@@ -24,7 +24,7 @@ def detect_format(path: Path) -> str:
             return "safetensors"
     if zipfile.is_zipfile(path):
         with open_zip(path) as archive:
-            names = archive.namelist()
+            names = [folded(n) for n in archive.namelist()]  # as torch's reader compares them
         if any("/models/" in n and n.endswith(".json") for n in names) or any(n.endswith("archive_format") for n in names):
             return "export"
         if any("/code/" in n for n in names):

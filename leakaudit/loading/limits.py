@@ -6,6 +6,10 @@ file that declares gigabytes is a memory bomb, refused here by comparing the
 declared sizes with the file's own size and with the memory this machine has.
 An archive with two entries of the same name is refused too: which one a
 reader takes differs between readers, so a check could vet the other one.
+PyTorch's reader (miniz) looks names up ignoring ASCII letter case, so two
+names that differ only in case are the same name to it, and every check that
+asks "which entries would torch read" compares names folded the same way
+(``folded``).
 """
 
 from __future__ import annotations
@@ -77,14 +81,28 @@ def check_zip_sizes(path: Path, archive: zipfile.ZipFile, file_size: int | None 
     check_declared_total(path, total, "the archive")
 
 
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def folded(name: str) -> str:
+    """An entry name as PyTorch's zip reader compares it: ASCII letters lower-cased, nothing else changed."""
+    return name.translate(_ASCII_UPPER)
+
+
 def check_unique_names(path: Path, archive: zipfile.ZipFile) -> None:
-    """Two entries of one name: zip readers differ on which one counts, so a check could vet the other one."""
-    seen: set[str] = set()
+    """Two entries of one name (to PyTorch's reader: ignoring letter case): which one counts differs, so a check
+    could vet the other one."""
+    seen: dict[str, str] = {}
     for name in archive.namelist():
-        if name in seen:
-            raise ModelError(f"{terminal_text(path)}: archive entry {terminal_text(name)} appears twice; refused "
-                             "(zip readers differ on which one counts)")
-        seen.add(name)
+        key = folded(name)
+        if key in seen:
+            if seen[key] == name:
+                raise ModelError(f"{terminal_text(path)}: archive entry {terminal_text(name)} appears twice; "
+                                 "refused (zip readers differ on which one counts)")
+            raise ModelError(f"{terminal_text(path)}: archive entries {terminal_text(seen[key])} and "
+                             f"{terminal_text(name)} differ only in letter case, which PyTorch's reader ignores "
+                             "(either could be the one it reads); refused")
+        seen[key] = name
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:

@@ -11,6 +11,9 @@ plain tensor payloads, JSON configs that say no pickle, sample inputs that load
 with ``weights_only=True``, and a graph whose every operator passes
 ``leakaudit.loading.ops`` and whose every shape expression is plain arithmetic.
 Anything else, including a format version not listed here, is refused.
+Torch's reader finds entries ignoring letter case, so names that differ only
+in case are refused as duplicates (``limits.open_zip``) and every config or
+sample-input entry the layout admits is vetted, not only the expected name.
 """
 
 from __future__ import annotations
@@ -198,8 +201,17 @@ def check_archive(path: Path) -> None:
             config = f"{root}/data/{kind}/model_{kind}_config.json"
             if config not in archive.NameToInfo:
                 raise ModelError(f"{terminal_text(path)}: {config} is missing")
-            _check_payloads(path, archive, config, prefix)
-        _check_sample_inputs(path, archive, f"{root}/data/sample_inputs/model.pt")
+            # Every config the layout admits, not only the expected name: torch's reader finds names ignoring
+            # case, so an entry that is not the expected one could still be the one torch reads.
+            pattern = re.compile(rf"{re.escape(root)}/data/{kind}/{_NAME}_{kind}_config\.json")
+            for name in names:
+                if pattern.fullmatch(name):
+                    _check_payloads(path, archive, name, prefix)
+        if f"{root}/data/sample_inputs/model.pt" not in archive.NameToInfo:
+            raise ModelError(f"{terminal_text(path)}: {root}/data/sample_inputs/model.pt is missing")
+        for name in names:
+            if re.fullmatch(rf"{re.escape(root)}/data/sample_inputs/{_NAME}\.pt", name):
+                _check_sample_inputs(path, archive, name)
         _check_program(path, archive, models[0])
 
 

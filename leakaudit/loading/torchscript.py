@@ -1,6 +1,8 @@
 """TorchScript archives: the code is checked twice, as text before loading and as graphs before running.
 
-``torch.jit.load`` compiles the archive's ``code/`` and runs any
+``torch.jit.load`` compiles the archive's ``code/`` (found by names compared
+ignoring letter case, so ``CODE/x.PY`` is code too: every entry whose folded
+name ends in ``.py`` is checked) and runs any
 ``__setstate__`` it defines while loading, so an archive that defines one is
 refused before loading. After loading, every method of the module and of
 each submodule is inlined and each operator it calls is held against the
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 from leakaudit.errors import ModelError, UnsafeModelError
-from leakaudit.loading.limits import open_zip
+from leakaudit.loading.limits import folded, open_zip
 from leakaudit.loading.ops import op_problem
 from leakaudit.sanitize import terminal_text
 
@@ -32,7 +34,7 @@ def check_archive(path: Path) -> None:
     """Refuse, before loading, an archive whose code would run while it loads."""
     with open_zip(path) as archive:
         for info in archive.infolist():
-            if "/code/" not in info.filename or not info.filename.endswith(".py"):
+            if not folded(info.filename).endswith(".py"):  # torch finds code/…py ignoring letter case
                 continue
             if info.file_size > MAX_CODE_BYTES:
                 raise ModelError(f"{terminal_text(path)}: code entry {terminal_text(info.filename)} is implausibly large")
