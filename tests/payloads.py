@@ -345,3 +345,38 @@ def pt2_case_twin(clean: Path, target: Path, marker: Path, kind: str) -> Path:
         if PT2ArchiveReader(str(target)).read_bytes(expected) == twin[1]:
             return target
     raise AssertionError(f"no placement makes PyTorch's reader read the {kind} twin")
+
+
+def _scribble(x: torch.Tensor, path: str) -> torch.Tensor:
+    """Writes four bytes into ``path`` through a shared file mapping (creating it), returns ``x``."""
+    mapped = torch.from_file(path, shared=True, size=4, dtype=torch.uint8)
+    mapped.copy_(torch.tensor([72, 73, 10, 0], dtype=torch.uint8))
+    return x + mapped.float().sum() * 0  # used, so the JIT keeps the write
+
+
+class Forking(nn.Module):
+    """A classifier whose forward forks the file write: the forked function lives in a subgraph attribute."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.head = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        future = torch.jit.fork(_scribble, x, self.marker)
+        return self.head(torch.jit.wait(future).flatten(1))
+
+
+class Awaiting(Forking):
+    """The same through an awaitable (a deferred call, also held in a subgraph)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deferred = torch.jit._awaitable(_scribble, x, self.marker)
+        return self.head(torch.jit._awaitable_wait(deferred).flatten(1))
+
+
+def torchscript_fork(path: Path, marker: Path, how: str = "fork") -> Path:
+    """TorchScript whose forward writes the marker from a forked (or awaited) function."""
+    module = Forking(str(marker)) if how == "fork" else Awaiting(str(marker))
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path

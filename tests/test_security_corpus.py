@@ -373,3 +373,59 @@ def test_pt2_every_config_the_layout_admits_is_vetted(clean_pt2: Path, tmp_path:
             dst.writestr(info.filename.replace("MODEL_weights", "other_weights"), src.read(info))
     with pytest.raises(UnsafeModelError, match="other_weights_config.json.*use_pickle"):
         check_archive(renamed)
+
+
+@pytest.mark.parametrize(("how", "named"), [("fork", "prim::fork"), ("await", "prim::awaitable")])
+def test_torchscript_forked_work_is_refused(how: str, named: str, tiny: TinyReference, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A forked or deferred function's code is in a subgraph attribute: walked, and forking is refused outright."""
+    outside, before = _outside(tmp_path)
+    marker = outside / "pwned"
+    hostile = payloads.torchscript_fork(tmp_path / "fork.pt", marker, how)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        live = torch.jit.load(str(hostile))
+    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert f"forward calls {named}" in line and "refused before running" in line, line
+    assert not marker.exists() and _snapshot(outside) == before
+
+
+def test_torchscript_graph_walk_enters_subgraphs(tmp_path: Path) -> None:
+    """The walk reaches the forked function's own operators, so what it calls is checked, not only the fork."""
+    from leakaudit.loading.torchscript import _nodes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(payloads.torchscript_fork(tmp_path / "fork.pt", tmp_path / "pwned")))
+    graph = module.forward.graph.copy()
+    torch._C._jit_pass_inline(graph)
+    kinds = {node.kind() for node in _nodes(graph.block())}
+    assert {"prim::fork", "aten::from_file", "aten::copy_"} <= kinds, kinds
+    assert not (tmp_path / "pwned").exists()
+
+
+class _Branching(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return torch.cond(flat.sum() > 0, lambda t: self.head(t).relu(), lambda t: self.head(t), (flat,))
+
+
+def test_pt2_higher_order_operators_are_refused(tiny: TinyReference, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A higher-order operator runs submodule graphs: refused in the archive, and again on the loaded graph."""
+    from leakaudit.errors import UnsafeModelError
+    from leakaudit.loading.pt2 import check_graph
+
+    program = torch.export.export(_Branching().eval(), (torch.zeros(4, 1, 32, 32),))
+    torch.export.save(program, str(tmp_path / "cond.pt2"))
+    line = refused(capsys, tmp_path / "cond.pt2", tiny.train_dir, tmp_path / "out")
+    assert "torch.ops.higher_order.cond" in line and "refused before loading" in line, line
+    with pytest.raises(UnsafeModelError, match="higher-order operator higher_order.cond"):
+        check_graph(tmp_path / "cond.pt2", program)
+    submodules = [m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]
+    assert len(submodules) == 3  # the program and both branches: the check walks every one

@@ -17,7 +17,10 @@ tensors and are refused by name or by schema: anything taking a ``Storage``
 (``set_`` can point a tensor at any memory), any ``filename`` argument
 (``from_file`` maps a file, shared, so writes to the tensor write the file;
 ``save`` writes one), printing and warning (model text on the terminal), RPC,
-Python callbacks, and global state (seeds, grad mode, caches).
+Python callbacks, work on other threads (``fork``, ``wait``, awaitables), and
+global state (seeds, grad mode, caches). Exported programs may call no
+higher-order operator (``torch.ops.higher_order.*``: ``cond``, ``map``, …):
+their namespace is not an allowed one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ REFUSED = {
     "aten::_cufft_set_plan_cache_max_size": "changes a process-wide cache",
     "aten::record_stream": "changes memory ownership across streams",
     "aten::set_data": "replaces a tensor's storage",
+    # Work on other threads: a forked function's code sits in a subgraph the caller's inlining does not reach,
+    # and a classifier has no reason to fork or await.
+    "prim::fork": "runs a function on another thread",
+    "prim::awaitable": "defers a function to run later",
+    "prim::awaitable_nowait": "defers a function to run later",
+    "prim::awaitable_wait": "runs a deferred function",
+    "aten::wait": "waits on work run on another thread",
     # Left after inlining only when the callee is not known statically (an interface): the check cannot see it.
     "prim::CallMethod": "calls a method whose code the check cannot see",
     "prim::CallFunction": "calls a function whose code the check cannot see",

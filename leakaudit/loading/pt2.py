@@ -216,7 +216,8 @@ def check_archive(path: Path) -> None:
 
 
 def check_graph(path: Path, program: torch.export.ExportedProgram) -> None:
-    """After loading: every call in the graph is an allowed operator (the archive check, again, on the real graph)."""
+    """After loading: every call in every graph (submodules' too) is an allowed operator (the archive check, again,
+    on the real graphs)."""
     for module in program.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
@@ -226,6 +227,10 @@ def check_graph(path: Path, program: torch.export.ExportedProgram) -> None:
             target = node.target
             if node.op == "call_function" and target is operator.getitem:
                 continue
+            if isinstance(target, torch._ops.HigherOrderOperator):
+                raise UnsafeModelError(f"{terminal_text(path)}: the exported graph calls higher-order operator "
+                                       f"{terminal_text(str(target))}, which runs submodule graphs (namespace "
+                                       "'higher_order' is not one leakaudit allows)")
             if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph has a {node.op} node "
                                        f"{terminal_text(str(target))}, which is not a PyTorch operator")

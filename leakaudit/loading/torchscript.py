@@ -5,8 +5,9 @@ ignoring letter case, so ``CODE/x.PY`` is code too: every entry whose folded
 name ends in ``.py`` is checked) and runs any
 ``__setstate__`` it defines while loading, so an archive that defines one is
 refused before loading. After loading, every method of the module and of
-each submodule is inlined and each operator it calls is held against the
-allowlist in ``leakaudit.loading.ops``; nothing runs until all pass. The
+each submodule is inlined and each operator it calls, in nested blocks and in
+subgraph attributes alike, is held against the allowlist in
+``leakaudit.loading.ops``; nothing runs until all pass. The
 archive's pickles are read by TorchScript's own unpickler, which builds only
 tensors and TorchScript types.
 """
@@ -46,10 +47,21 @@ def check_archive(path: Path) -> None:
 
 
 def _nodes(block: torch._C.Block) -> Iterator[torch._C.Node]:
+    """Every node, in nested blocks (``if``, loops) and in subgraph attributes (``prim::fork``'s function) too.
+
+    Subgraphs are not inlined with their owner, so each is inlined here before it is walked.
+    """
     for node in block.nodes():
         yield node
         for inner in node.blocks():
             yield from _nodes(inner)
+        for name in node.attributeNames():
+            kind = node.kindOf(name)
+            graphs = [node.g(name)] if kind == "g" else list(node.gs(name)) if kind == "gs" else []
+            for graph in graphs:
+                inlined = graph.copy()
+                torch._C._jit_pass_inline(inlined)
+                yield from _nodes(inlined.block())
 
 
 def _methods(module: torch.jit.ScriptModule) -> Iterator[tuple[str, torch._C.Graph]]:
