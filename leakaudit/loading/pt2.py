@@ -229,7 +229,7 @@ def check_graph(path: Path, program: torch.export.ExportedProgram) -> None:
                 continue
             if isinstance(target, torch._ops.HigherOrderOperator):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph calls higher-order operator "
-                                       f"{terminal_text(str(target))}, which runs submodule graphs (namespace "
+                                       f"torch.ops.higher_order.{terminal_text(target.name())}, which runs submodule graphs (namespace "
                                        "'higher_order' is not one leakaudit allows)")
             if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph has a {node.op} node "
