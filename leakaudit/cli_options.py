@@ -91,7 +91,7 @@ def run_options(func: Any) -> Any:
         click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the whole audit, in seconds. An attack it cuts short is incomplete (exit 2) unless what was done already fails the gate."),
         click.option("--prior", type=click.Choice(["auto", "holdout", "none"]), default="auto", show_default=True, help="Informed inversion from part of the holdout (auto: when --holdout is given)."),
         click.option("--conditioning", type=click.Choice(["vector", "matrix", "both"]), default="both", show_default=True, help="How the generator is told the class: soft vector, hot matrix channel, or both."),
-        click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="The classifier's weights before training (state_dict or TorchScript): the init-aware mode, a stronger threat model."),
+        click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="The classifier's weights before training (any model format, vetted like the model): the init-aware mode, a stronger threat model."),
         click.option("--candidates-per-class", type=click.IntRange(min=1), help="Reconstructions per class (default: the inversion's)."),
         click.option("--top", type=click.IntRange(min=1), default=25, show_default=True, help="Findings listed in the report (the gate counts every member, whatever this is)."),
         click.option("--lpips-net", type=click.Choice(["alex", "vgg", "squeeze"]), default="alex", show_default=True, help="LPIPS backbone."),

@@ -429,3 +429,61 @@ def test_pt2_higher_order_operators_are_refused(tiny: TinyReference, tmp_path: P
         check_graph(tmp_path / "cond.pt2", program)
     submodules = [m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]
     assert len(submodules) == 3  # the program and both branches: the check walks every one
+
+
+def test_init_file_is_vetted_like_the_model(tiny: TinyReference, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--init`` goes through the model's loaders: a TorchScript ``__setstate__`` never runs."""
+    outside, before = _outside(tmp_path)
+    marker = outside / "pwned"
+    hostile = payloads.torchscript_setstate(tmp_path, tmp_path / "init.pt", marker)
+    _live(marker, lambda: torch.jit.load(str(hostile)))
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
+                            str(tiny.holdout_dir), "--init", str(hostile), "--out", str(out), "--quiet",
+                            "--config", str(_quick_config(tmp_path))], capsys)
+    assert code == ExitStatus.ERROR, err
+    assert f"--init {hostile}" in err and "__setstate__" in err and "refused before loading" in err, err
+    assert not marker.exists() and _snapshot(outside) == before
+    assert not (out / "leakaudit.json").exists()
+
+
+@pytest.mark.parametrize("case", ["from_file forward", "fork", "case twin", "full pickle", "bare pickle"])
+def test_init_file_refusals_are_the_models(case: str, clean_pt2: Path, tmp_path: Path) -> None:
+    from leakaudit.errors import ModelError
+    from leakaudit.inversion.initaware import load_initial_state
+
+    marker = tmp_path / "pwned"
+    init = tmp_path / "init.bin"
+    if case == "from_file forward":
+        payloads.torchscript_from_file(init, marker)
+        named = "calls aten::from_file"
+    elif case == "fork":
+        payloads.torchscript_fork(init, marker)
+        named = "calls prim::fork"
+    elif case == "case twin":
+        payloads.pt2_case_twin(clean_pt2, init, marker, "weights")
+        named = "differ only in letter case"
+    elif case == "full pickle":
+        torch.save({"w": torch.zeros(2), "x": payloads.Payload(marker)}, init)
+        named = "full pickled object"
+    else:
+        init.write_bytes(payloads.payload_pickle(marker))
+        named = "bare pickle stream"
+    with pytest.raises(ModelError, match="^--init ") as caught:
+        load_initial_state(init)
+    assert named in str(caught.value), caught.value
+    assert not marker.exists()
+
+
+def test_init_file_may_be_any_model_format(tiny: TinyReference, clean_pt2: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from leakaudit.inversion.initaware import load_initial_state
+
+    first = next(p for p in tiny.module.state_dict().values() if p.dim() == 2)
+    save_file({k: v.contiguous() for k, v in tiny.module.state_dict().items()}, str(tmp_path / "init.safetensors"))
+    for path in (tiny.state_dict, tiny.torchscript, clean_pt2, tmp_path / "init.safetensors"):
+        state = load_initial_state(path)
+        assert torch.equal(next(v for v in state.values() if v.dim() == 2), first), path

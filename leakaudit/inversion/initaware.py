@@ -32,7 +32,9 @@ import torch
 
 from leakaudit.errors import ConfigError, ModelError
 from leakaudit.inversion.invert import InversionResult, invert
+from leakaudit.loading import load_state
 from leakaudit.models import TargetModel
+from leakaudit.sanitize import terminal_text
 
 THREAT_MODEL = (
     "Init-aware (stronger than informed): an attacker holding the model's weights, its weights before training "
@@ -54,21 +56,19 @@ MAX_OBJECTIVES = 1000
 
 
 def load_initial_state(path: Path) -> dict[str, torch.Tensor]:
-    """The classifier's initial weights: a state_dict file, or a TorchScript module of the same architecture."""
+    """The classifier's initial weights, read by the model's own vetted loaders (the file is as untrusted).
+
+    Any format the model may have (state_dict, safetensors, TorchScript, .pt2) with all of its checks; the
+    error names ``--init``.
+    """
+    if not path.exists():
+        raise ConfigError(f"--init {terminal_text(path)}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"--init {terminal_text(path)}: not a regular file")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"--init {path}: no such file") from None
-    except Exception:  # not a plain tensor file: perhaps TorchScript
-        try:
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as exc:
-            raise ModelError(f"--init {path}: neither a state_dict nor a TorchScript module ({exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"--init {path}: expected a state_dict (a mapping of names to tensors)")
-    return dict(obj)
+        return load_state(path)
+    except ModelError as exc:
+        raise type(exc)(f"--init {exc}") from None
 
 
 def first_layer_update(target: TargetModel, initial: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -12,13 +12,16 @@ The policy, per format (every check happens before the deserialiser it guards):
   operators and plain shape expressions (``pt2``);
 - state_dict: ``torch.load(weights_only=True)``; safetensors: header checked
   against the file first (``weights``);
-- a full pickle: only with ``unsafe_pickle``, which runs the file's code.
+- a full pickle: only with ``unsafe_pickle``, which runs the file's code;
+- weights alone (``--init``): any of these formats through the same loaders,
+  never a full pickle (``state``).
 """
 
 from leakaudit.loading.detect import FORMATS, detect_format
 from leakaudit.loading.pt2 import load_export
+from leakaudit.loading.state import load_state
 from leakaudit.loading.torchscript import load_torchscript
 from leakaudit.loading.weights import build_from_state_dict, import_arch, load_safetensors, load_torch_save
 
 __all__ = ["FORMATS", "build_from_state_dict", "detect_format", "import_arch", "load_export", "load_safetensors",
-           "load_torch_save", "load_torchscript"]
+           "load_state", "load_torch_save", "load_torchscript"]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from leakaudit.errors import ModelError, UnsafeModelError
-from leakaudit.loading.limits import check_declared_total
+from leakaudit.loading.limits import check_declared_total, open_zip
 from leakaudit.sanitize import terminal_text
 
 SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -136,18 +136,22 @@ def check_safetensors_header(path: Path) -> None:
     check_declared_total(path, total, "the safetensors file")
 
 
-def load_safetensors(path: Path, arch: str | None) -> nn.Module:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, after its header is checked against the file."""
     try:
         from safetensors.torch import load_file  # only for .safetensors files; a missing package is a clear error
     except ImportError:
         raise ModelError("safetensors files need the 'safetensors' package") from None
     check_safetensors_header(path)
     try:
-        state = load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu")
     except Exception as exc:
         raise ModelError(f"{terminal_text(path)}: safetensors file could not be read "
                          f"({type(exc).__name__}: {terminal_text(exc)})") from None
-    return build_from_state_dict(state, arch, path)
+
+
+def load_safetensors(path: Path, arch: str | None) -> nn.Module:
+    return build_from_state_dict(read_safetensors(path), arch, path)
 
 
 def _pickle_global(exc: Exception) -> str:
@@ -165,25 +169,42 @@ def _unsafe_refusal(path: Path, why: str) -> UnsafeModelError:
     )
 
 
-def load_torch_save(path: Path, arch: str | None, unsafe_pickle: bool) -> tuple[nn.Module, str]:
-    """A ``torch.save`` file: weights only, unless the user accepted running its code."""
+class _NeedsUnpickling(Exception):
+    """The file is a full pickle; only ``unsafe_pickle`` may load it."""
+
+
+def _read_weights_only(path: Path, unsafe_pickle: bool) -> object:
     if not zipfile.is_zipfile(path):
         if unsafe_pickle:
-            return load_unsafe(path, arch), "pickle"
+            raise _NeedsUnpickling
         raise _unsafe_refusal(path, "is a bare pickle stream (not the zip archive torch.save has written since "
                                     "PyTorch 1.6): it may run code, and the sizes it declares cannot be checked "
                                     "before they are allocated")
+    open_zip(path).close()  # declared sizes and unique names, whoever called
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not unsafe_pickle:
             raise _unsafe_refusal(path, f"is a full pickled object (it references {_pickle_global(exc)}); "
                                         "loading it would run code from the file") from None
-        return load_unsafe(path, arch), "pickle"
+        raise _NeedsUnpickling from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{terminal_text(path)}: not a readable model file (truncated or corrupt?): "
                          f"{terminal_text(first)}") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` file's tensors, read weights-only (a full pickle is refused)."""
+    return unwrap_state_dict(_read_weights_only(path, unsafe_pickle=False), path)
+
+
+def load_torch_save(path: Path, arch: str | None, unsafe_pickle: bool) -> tuple[nn.Module, str]:
+    """A ``torch.save`` file: weights only, unless the user accepted running its code."""
+    try:
+        obj = _read_weights_only(path, unsafe_pickle)
+    except _NeedsUnpickling:
+        return load_unsafe(path, arch), "pickle"
     return build_from_state_dict(unwrap_state_dict(obj, path), arch, path), "state_dict"
 
 
