@@ -19,6 +19,7 @@ from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
 from leakaudit.errors import DataError, OutputError
 from leakaudit.inversion.informed import split_prior
 from leakaudit.models import TargetModel, load_model
+from leakaudit.outlock import check_writable
 from leakaudit.progress import Observer
 from leakaudit.safe_files import check_apart
 
@@ -136,8 +137,6 @@ def check_output_folder(out: Path) -> None:
         raise OutputError(f"--out {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".leakaudit-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
         raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+    check_writable(out)  # a new file of a random name: never written through a link planted in OUT

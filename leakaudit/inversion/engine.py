@@ -8,7 +8,6 @@ bundles what the phases pass around so that none takes them one by one.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from leakaudit.inversion.generator import ConditionalGenerator
 from leakaudit.inversion.informed import LatentGaussian
 from leakaudit.inversion.objective import Weights
 from leakaudit.models import TargetModel
+from leakaudit.report.atomic import atomic_write
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Clock:
 
 
 class Checkpointer:
-    """Writes ``generator.pt`` into the checkpoint folder every N steps (atomically)."""
+    """Writes ``generator.pt`` into the checkpoint folder every N steps (atomically, never through a link)."""
 
     def __init__(self, folder: Path | None, config: InversionConfig) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -96,11 +96,8 @@ class Checkpointer:
     def save(self, gen: ConditionalGenerator, step: int, phase: str, force: bool = False) -> None:
         if self.folder is None or (not force and (self.every <= 0 or step % self.every)):
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / "generator.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"generator": gen.state_dict(), "step": step, "phase": phase, "config": self.config}, tmp)
-        os.replace(tmp, path)
+        payload = {"generator": gen.state_dict(), "step": step, "phase": phase, "config": self.config}
+        atomic_write(self.folder / "generator.pt", lambda stream: torch.save(payload, stream), owned=True)
 
 
 def cosine_lr(opt: torch.optim.Optimizer, step: int, total: int, final_fraction: float) -> None:

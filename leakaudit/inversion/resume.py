@@ -11,13 +11,18 @@ candidates as an uninterrupted run (on the CPU, when the budget did not cut a
 phase short). The state is keyed by a hash of the classifier's weights and
 normalisation, the prior images, the engine settings (the effort level among
 them) and the command line, so a checkpoint from other inputs is never reused.
+The folder is leakaudit's own: a symbolic link there is refused, and no file
+in it is read, written or removed through a link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,9 @@ from typing import Any
 import torch
 
 from leakaudit.inversion.config import InversionConfig
+from leakaudit.loading.limits import check_zip_sizes
 from leakaudit.models import TargetModel
+from leakaudit.report.atomic import atomic_write, open_folder
 
 RESUME_FILE = "resume.pt"
 # Settings that bound or place the run but do not change what a completed phase computes.
@@ -52,30 +59,44 @@ def resume_key(target: TargetModel, config: InversionConfig, prior: tuple[torch.
 
 
 def save_state(folder: Path | None, key: str, next_phase: str, state: dict[str, Any]) -> None:
-    """Write the state after a completed phase (atomically: a kill never leaves half a file)."""
+    """Write the state after a completed phase (atomically, never through a link planted in the folder)."""
     if folder is None:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RESUME_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"key": key, "next_phase": next_phase, **state}, tmp)
-    os.replace(tmp, path)
+    payload = {"key": key, "next_phase": next_phase, **state}
+    atomic_write(folder / RESUME_FILE, lambda stream: torch.save(payload, stream), owned=True)
 
 
 def load_state(folder: Path | None, key: str) -> dict[str, Any] | None:
-    """The saved state for these inputs, or None (absent, unreadable, or from other inputs)."""
-    if folder is None or not (folder / RESUME_FILE).is_file():
+    """The saved state for these inputs, or None (absent, unreadable, or from other inputs).
+
+    OutputError when the folder is a symbolic link: checked here, at the inversion's start, so a planted link
+    fails the audit before anything is written through it.
+    """
+    if folder is None or not os.path.lexists(folder):
         return None
-    try:
-        state = torch.load(folder / RESUME_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged checkpoint is not worth failing the audit for: start afresh
-        return None
+    with open_folder(folder, owned=True, create=False) as folder_fd:
+        try:
+            fd = os.open(RESUME_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
+        except OSError:  # absent, or a link: nothing of ours to resume
+            return None
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return None
+        try:
+            with zipfile.ZipFile(stream) as archive:  # declared sizes first, as for any file torch.load reads
+                check_zip_sizes(folder / RESUME_FILE, archive, os.fstat(stream.fileno()).st_size)
+            stream.seek(0)
+            state = torch.load(stream, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged checkpoint is not worth failing the audit for: start afresh
+            return None
     if not isinstance(state, dict) or state.get("key") != key:
         return None
     return state
 
 
 def clear_state(folder: Path | None) -> None:
-    """Forget the state once the inversion has finished: the next run starts afresh."""
-    if folder is not None:
-        (folder / RESUME_FILE).unlink(missing_ok=True)
+    """Forget the state once the inversion has finished: the next run starts afresh (never through a link)."""
+    if folder is None or not os.path.lexists(folder):
+        return
+    with open_folder(folder, owned=True, create=False) as folder_fd, contextlib.suppress(FileNotFoundError):
+        os.unlink(RESUME_FILE, dir_fd=folder_fd)
