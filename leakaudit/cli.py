@@ -21,7 +21,8 @@ import click
 
 from leakaudit import __version__
 from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
-from leakaudit.console import ByteProgress, Console, StopFlag, interrupt_message, make_observer, summary_lines
+from leakaudit.console import (ByteProgress, Console, StopFlag, interrupt_message, make_observer, python_warnings,
+                               summary_lines)
 from leakaudit.cli_options import run_options, settings_from
 from leakaudit.config import DEFAULT_BUDGET_S, AuditSettings
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
@@ -75,7 +76,8 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     restore_signals = stop.install()
     observer = make_observer(console)
     try:
-        outcome = run_audit(settings, observer=observer, should_stop=stop, dist=dist)
+        with python_warnings(console):  # a model's warnings: none with --quiet, else each distinct one once
+            outcome = run_audit(settings, observer=observer, should_stop=stop, dist=dist)
     finally:
         restore_signals()
         if hasattr(observer, "close"):

@@ -6,10 +6,12 @@ to stderr, with untrusted strings escaped. Tests replace the streams.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +40,28 @@ class Console:
 
     def error(self, message: str) -> None:
         print(f"leakaudit: error: {terminal_text(message)}", file=self.err, flush=True)
+
+
+@contextlib.contextmanager
+def python_warnings(console: Console) -> Iterator[None]:
+    """Python warnings raised during the block (a model's ``warnings.warn`` among them) on the console's terms.
+
+    With ``--quiet`` none is shown ("only errors"); otherwise each distinct warning once, on one escaped line:
+    a model that warns on every forward pass does not flood the terminal. The previous handler comes back after.
+    """
+    shown: set[tuple[type[Warning], str]] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        key = (category, str(message))
+        if console.quiet or key in shown:
+            return
+        shown.add(key)
+        console.warn(f"{category.__name__}: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def make_observer(console: Console) -> Observer:

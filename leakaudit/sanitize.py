@@ -1,7 +1,8 @@
 """Escaping of untrusted text (tensor keys, file and folder names) for each sink.
 
 Strings that come from a model file or an image folder are data, not markup:
-on a terminal they must not move the cursor or clear the screen, in JUnit they
+on a terminal they must not move the cursor or clear the screen, in no report
+may a raw control character stand (``document_text``), in JUnit they
 must keep the XML well-formed, in Markdown they must not become links,
 mentions, emphasis or HTML. This module is the one place that knows how.
 """
@@ -16,6 +17,10 @@ import unicodedata
 # make text read differently from how it is stored.
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f" + _BIDI + "\ud800-\udfff]")
+
+# In a document (HTML, Markdown, JUnit) line breaks and tabs are layout; every other control, like the bidi
+# overrides and lone surrogates, is shown as an escape (a raw ESC or BEL reaches a terminal that shows the file).
+_DOCUMENT_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f" + _BIDI + "\ud800-\udfff]")
 
 # XML 1.0 allows only these characters; everything else makes a file ill-formed.
 _XML_UNSAFE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -36,6 +41,11 @@ def _codepoint(ch: str) -> str:
 def terminal_text(text: object) -> str:
     """``text`` with every control, bidi or lone-surrogate character shown as an escape (``\\x1b``)."""
     return _TERMINAL_UNSAFE.sub(lambda m: _codepoint(m.group()), str(text))
+
+
+def document_text(text: object) -> str:
+    """``text`` with C0/C1 controls (but newline and tab), bidi overrides and lone surrogates shown as escapes."""
+    return _DOCUMENT_UNSAFE.sub(lambda m: _codepoint(m.group()), str(text))
 
 
 def xml_text(text: object) -> str:

@@ -380,3 +380,21 @@ def torchscript_fork(path: Path, marker: Path, how: str = "fork") -> Path:
     module = Forking(str(marker)) if how == "fork" else Awaiting(str(marker))
     torch.jit.save(torch.jit.script(module), str(path))
     return path
+
+
+class Chatty(nn.Module):
+    """A model whose forward warns ``times`` times (the same text), then fails: a flood on the terminal."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.times):
+            warnings.warn("\x1b[2J\x1b[1;1H all good")
+        raise RuntimeError("\x1b[32m PASS")
+
+
+def torchscript_chatty(path: Path, times: int = 190) -> Path:
+    torch.jit.save(torch.jit.script(Chatty(times)), str(path))
+    return path

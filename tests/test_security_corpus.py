@@ -283,10 +283,28 @@ def test_model_warnings_and_errors_reach_the_terminal_escaped(tiny: TinyReferenc
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     hostile = payloads.torchscript_shouting(tmp_path / "loud.pt")
     capsys.readouterr()
-    code, _, err = run_cli(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
-                            "--quiet"], capsys)
+    code, _, err = run_cli(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o")],
+                           capsys)
     assert code == ExitStatus.ERROR and "\x1b" not in err, err
     assert "warning: UserWarning: \\x1b[2J\\x1b[1;1H all good" in err, err
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["default", "--quiet"])
+def test_a_model_warning_in_a_loop_is_shown_once_and_not_under_quiet(quiet: bool, tiny: TinyReference,
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``aten::warn`` stays allowed (attention layers warn in TorchScript), but it cannot flood the terminal."""
+    chatty = payloads.torchscript_chatty(tmp_path / "chatty.pt")
+    with pytest.warns(UserWarning):  # the payload is real: one forward pass warns (190 times)
+        with pytest.raises(torch.jit.Error):
+            torch.jit.load(str(chatty))(torch.zeros(1, 1, 8, 8))
+    capsys.readouterr()
+    code, _, err = run_cli(["run", str(chatty), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
+                            *(["--quiet"] if quiet else [])], capsys)
+    assert code == ExitStatus.ERROR and "\x1b" not in err, err
+    warned = [line for line in err.splitlines() if line.startswith("leakaudit: warning: UserWarning")]
+    assert len(warned) == (0 if quiet else 1), err
+    assert err.strip().splitlines()[-1].startswith("leakaudit: error: "), err
 
 
 @pytest.mark.parametrize("build", [payloads.torchscript_hook, payloads.torchscript_attribute],
@@ -595,3 +613,63 @@ def test_an_audit_with_a_linked_checkpoint_folder_touches_nothing_outside(tiny: 
                                         "writes only into a folder it made there (remove the link)"], err
     assert _snapshot(outside) == before
     assert (out / "checkpoints").is_symlink() and not (out / "leakaudit.json").exists()
+
+
+# --- smaller holes -----------------------------------------------------------------------------------------
+
+
+def test_reports_carry_no_raw_control_character() -> None:
+    """ESC, BEL, C1 controls from folder and file names are shown escaped in HTML, Markdown and JUnit alike."""
+    import re
+    from datetime import date
+
+    from leakaudit.gate import GateSettings, apply_gate
+    from leakaudit.report import render_html
+    from leakaudit.report.junit import render_junit
+    from leakaudit.report.markdown import render_markdown
+
+    from .scenarios import scenario
+
+    classes = ("0", "1", "2", "bell\x07\x1b[2Jclear", "c1\x9b31m\x85", "del\x7f\x00nul", "6", "7", "8", "9")
+    s = scenario(leaky=True, train_per_class=1, classes=classes)
+    doc = apply_gate(s.document, GateSettings(), today=date(2026, 11, 28))
+    for finding in doc["findings"]:
+        finding["path"] = f"{finding['path']}\x1b]0;title\x07"
+    for condition in doc["gate"]["conditions"]:
+        condition["message"] = f"{condition['message']} \x1b[31m\x9b\x7f"
+    raw = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+    html, md, junit = render_html(doc, s.arrays), render_markdown(doc), render_junit(doc)
+    for name, text in (("html", html), ("markdown", md), ("junit", junit)):
+        assert not raw.search(text), (name, raw.findall(text)[:5])
+    assert "bell\\x07\\x1b[2Jclear" in html and "\\x1b]0;title\\x07" in html
+    assert "\\x1b[31m\\x9b\\x7f" in junit
+    assert "\\x9b31m" in md or "\\\\x9b31m" in md
+
+
+def test_a_deeply_nested_safetensors_header_is_a_clear_error(tmp_path: Path) -> None:
+    import json
+    import struct
+
+    from leakaudit.errors import ModelError
+    from leakaudit.loading.weights import check_safetensors_header
+
+    header = b"[" * 200_000 + b"]" * 200_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(ModelError, match="nested deeper than"):
+        check_safetensors_header(path)
+    flat = json.dumps(["not", "a", "table"]).encode()
+    path.write_bytes(struct.pack("<Q", len(flat)) + flat)
+    with pytest.raises(ModelError, match="not a table of tensors"):
+        check_safetensors_header(path)
+
+
+def test_a_deeply_nested_safetensors_header_fails_the_cli_cleanly(tiny: TinyReference, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import struct
+
+    header = b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    line = refused(capsys, path, tiny.train_dir, tmp_path / "out", "--arch", "tests.conftest:tiny_architecture")
+    assert "nested deeper than" in line and "internal error" not in line, line

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import sys
 import warnings
@@ -32,6 +33,7 @@ from leakaudit.sanitize import terminal_text
 SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                            "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_SAFETENSORS_HEADER = 16 << 20  # thousands of tensors take ~1 MB
+MAX_HEADER_DEPTH = 16  # a header is a table of tables of lists (depth 3); deeper is not a safetensors file
 
 
 def import_arch(spec: str) -> Callable[[], nn.Module]:
@@ -107,6 +109,19 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     raise ModelError(f"{terminal_text(path)}: the file loads, but holds {type(obj).__name__}, not a state_dict of tensors")
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply ``data``'s arrays and objects nest, counted without parsing (brackets in strings ignored)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b"", data)):
+        depth += 1 if bracket in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def check_safetensors_header(path: Path) -> None:
     """Every tensor's declared byte range lies inside the file and matches its shape."""
     size = path.stat().st_size
@@ -115,10 +130,18 @@ def check_safetensors_header(path: Path) -> None:
         if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
             raise ModelError(f"{terminal_text(path)}: safetensors header declares {header_len} bytes, "
                              f"more than the file holds")
-        try:
-            header = json.loads(fh.read(header_len))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{terminal_text(path)}: safetensors header is not valid JSON ({exc})") from None
+        raw = fh.read(header_len)
+    depth = json_depth(raw)
+    if depth > MAX_HEADER_DEPTH:
+        raise ModelError(f"{terminal_text(path)}: safetensors header is nested deeper than {MAX_HEADER_DEPTH} "
+                         f"levels ({depth}); refused before parsing")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"{terminal_text(path)}: safetensors header is not valid JSON "
+                         f"({terminal_text(exc)})") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{terminal_text(path)}: safetensors header is not a table of tensors")
     body = size - 8 - header_len
     total = 0
     for name, meta in header.items():

@@ -1,5 +1,8 @@
 """The HTML report: one self-contained file, no JavaScript, every user string escaped.
 
+Every ``{{ }}`` passes ``_control_free`` (the environment's ``finalize``) and then HTML escaping, so no raw
+control character from a folder or file name reaches the page.
+
 Templates come from the ``leakaudit.templates`` resource package (the repository's
 top-level ``templates/`` folder, shipped inside the wheel); when the package is
 run from a checkout without being installed, from that folder directly.
@@ -20,6 +23,7 @@ from markupsafe import Markup
 from leakaudit.report import view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
 from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
+from leakaudit.sanitize import document_text
 
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
@@ -47,6 +51,15 @@ def _resource_loader() -> jinja2.BaseLoader:
     return jinja2.FileSystemLoader(Path(__file__).resolve().parents[2] / "templates")
 
 
+def _control_free(value: Any) -> Any:
+    """What a ``{{ }}`` prints, with control characters shown as escapes (before autoescaping; Markup stays Markup)."""
+    if isinstance(value, Markup):
+        return Markup(document_text(str(value)))
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return document_text(value)  # any other object prints as its str()
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=_resource_loader(),
@@ -54,6 +67,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_control_free,  # every {{ }}: no raw control character reaches the page
     )
     env.filters["num"] = view.num
     env.filters["p"] = format_p

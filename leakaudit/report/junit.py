@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
-from leakaudit.sanitize import xml_text
+from leakaudit.sanitize import document_text, xml_text
 
 from leakaudit.report.summary import summarise, tidy_numbers
 
@@ -76,4 +76,5 @@ def render_junit(document: Mapping[str, Any]) -> str:
     if (provenance.get("model") or {}).get("format") == "pickle":
         ET.SubElement(suite, "system-err").text = "--unsafe-pickle: the model file was unpickled; code from it ran"
     ET.indent(suites)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+    # One pass over the whole file: no control character XML allows (DEL, C1) stands raw either.
+    return document_text(ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
-from leakaudit.sanitize import markdown_text
+from leakaudit.sanitize import document_text, markdown_text
 
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
 MAX_ROWS = 10
@@ -104,4 +104,4 @@ def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> st
     lines += _gate_table(document)
     lines += _findings(all_findings[:max_rows], len(all_findings))
     lines += ["", "The full report with images is `report.html` in the output folder.", ""]
-    return "\n".join(lines)
+    return document_text("\n".join(lines))  # one pass over every line: no raw control character, whatever its field
