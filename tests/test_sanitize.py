@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from leakaudit.report import render_junit, render_markdown
-from leakaudit.sanitize import markdown_text, path_text, terminal_text, xml_text
+from leakaudit.sanitize import markdown_text, path_text, terminal_text
 from tests.scenarios import gated
 
 HOSTILE = "a\x1b[2J\x1b[1;1H\x07\x00\x0b\x9b31m\u202eevil]]>&<b>"
@@ -30,7 +30,7 @@ def test_junit_stays_well_formed_whatever_a_message_holds() -> None:
     case = root.find("./testsuite/testcase")
     assert case is not None and case.get("name") == "leakaudit.gate.x\\x01]]>"
     messages = [e.get("message") for e in root.iter() if e.get("message")]
-    assert HOSTILE not in messages and xml_text(HOSTILE) in messages
+    assert HOSTILE not in messages and terminal_text(HOSTILE) in messages  # C1 and bidi shown escaped too
 
 
 def test_markdown_text_is_inert() -> None:

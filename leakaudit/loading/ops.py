@@ -16,9 +16,11 @@ Inside the allowed namespaces a few operators reach outside the process's
 tensors and are refused by name or by schema: anything taking a ``Storage``
 (``set_`` can point a tensor at any memory), any ``filename`` argument
 (``from_file`` maps a file, shared, so writes to the tensor write the file;
-``save`` writes one), printing and warning (model text on the terminal), RPC,
+``save`` writes one), printing (model text on the terminal), RPC,
 Python callbacks, work on other threads (``fork``, ``wait``, awaitables), and
-global state (seeds, grad mode, caches). Exported programs may call no
+global state (seeds, grad mode, caches). Warnings (``aten::warn``) stay allowed:
+PyTorch's own attention and softmax layers warn in TorchScript; the CLI shows
+each distinct one once, and none with ``--quiet``. Exported programs may call no
 higher-order operator (``torch.ops.higher_order.*``: ``cond``, ``map``, …):
 their namespace is not an allowed one.
 """
