@@ -398,3 +398,10 @@ class Chatty(nn.Module):
 def torchscript_chatty(path: Path, times: int = 190) -> Path:
     torch.jit.save(torch.jit.script(Chatty(times)), str(path))
     return path
+
+
+def torchscript_setstate_continued(scratch: Path, path: Path, marker: Path) -> Path:
+    """The ``__setstate__`` payload with ``def`` and the name on two lines, joined by a backslash."""
+    evil = torchscript_setstate(scratch, scratch / "setstate-continued.pt", marker)
+    return rewrite_zip(evil, path, lambda n, d: d.replace(b"def __setstate__", b"def \\\n  __setstate__")
+                       if n.endswith(".py") else d)

@@ -673,3 +673,15 @@ def test_a_deeply_nested_safetensors_header_fails_the_cli_cleanly(tiny: TinyRefe
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     line = refused(capsys, path, tiny.train_dir, tmp_path / "out", "--arch", "tests.conftest:tiny_architecture")
     assert "nested deeper than" in line and "internal error" not in line, line
+
+
+def test_torchscript_setstate_split_over_two_lines_is_refused(tiny: TinyReference, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """TorchScript's lexer joins a backslash-newline: ``def \\`` then ``__setstate__`` still defines it."""
+    outside, before = _outside(tmp_path)
+    marker = outside / "pwned"
+    hostile = payloads.torchscript_setstate_continued(tmp_path, tmp_path / "evil.pt", marker)
+    _live(marker, lambda: torch.jit.load(str(hostile)))
+    line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
+    assert "__setstate__" in line and "refused before loading" in line, line
+    assert not marker.exists() and _snapshot(outside) == before
