@@ -305,7 +305,9 @@ def torchscript_case(scratch: Path, path: Path, marker: Path, part: str) -> Path
     def rename(name: str) -> str:
         if part == "suffix" and name.endswith(".py"):
             return name[:-3] + ".PY"
-        return name.replace("/code/", "/CODE/") if part == "folder" else name
+        if part == "folder" and name.endswith(".py"):  # the debug entry stays in code/: the archive still looks
+            return name.replace("/code/", "/CODE/")    # like TorchScript to a case-sensitive check
+        return name
     with zipfile.ZipFile(evil) as src, zipfile.ZipFile(path, "w") as dst:
         for info in src.infolist():
             dst.writestr(rename(info.filename), src.read(info))
