@@ -150,11 +150,11 @@ def test_same_document_confined_and_in_process(tiny: TinyReference, quick_config
     assert confined["provenance"]["confinement"]["worker"] is True
     assert in_process["provenance"]["confinement"] == {"worker": False,
                                                        "reason": "confinement turned off (LEAKAUDIT_CONFINEMENT=off)"}
-    unconfined_notes = [n for n in in_process["notes"] if n.startswith("The model ran unconfined")]
+    unconfined_notes = [n for n in in_process["summary"]["notes"] if n.startswith("The model ran unconfined")]
     assert len(unconfined_notes) == 1
     for doc in (confined, in_process):
         doc["provenance"].pop("confinement")
-        doc["notes"] = [n for n in doc["notes"] if n not in unconfined_notes]
+        doc["summary"]["notes"] = [n for n in doc["summary"]["notes"] if n not in unconfined_notes]
     assert without_timings(confined) == without_timings(in_process)
 
 
