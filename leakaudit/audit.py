@@ -73,7 +73,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     stop = should_stop or (lambda: False)
     threads = choose_threads(settings.threads)
     run = RunContext(settings, observer or SilentObserver(), stop, dist, StageTimer(), threads)
-    model = open_session(settings, dist, threads, run.observer.note)  # first: the worker's start overlaps the rest
+    model = open_session(settings, dist, threads, run.observer.note, stop)  # first: the worker's start overlaps the rest
     try:
         lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
         previous_threads = torch.get_num_threads()

@@ -27,7 +27,7 @@ import torch
 from leakaudit.confine import limits, results, sandbox
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
 from leakaudit.confine.operations import AttackRequest, LoadRequest, ModelInfo
-from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, stall_bound
+from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.distributed import DistContext
 from leakaudit.errors import AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError, UsageError
@@ -137,11 +137,12 @@ class ConfinedSession:
     """The model in a confined worker; the worker starts at once, so its imports overlap the parent's work."""
 
     def __init__(self, readable: list[Path], budget_s: float | None, seed: int, threads: int,
-                 on_note: Callable[[str], None] | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> None:
         self.readable = readable
         self.stall_s = stall_bound(budget_s)
         self.seed, self.threads = seed, threads
         self.on_note = on_note or (lambda _: None)
+        self.should_stop = should_stop or (lambda: False)  # a stop while loading or in the membership pass ends the worker
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
         self.info: ModelInfo = None  # type: ignore[assignment]
@@ -175,10 +176,9 @@ class ConfinedSession:
                 "informed": request.informed, "init": str(request.init) if request.init else None,
                 "resume_tag": request.resume_tag, "checkpoints": checkpoint_dir is not None,
                 "resume_state": _saved_state(checkpoint_dir)}
-        budget = request.config.budget_s
-        ceiling = budget + 60.0 if budget is not None else None
         writer = _CheckpointWriter(checkpoint_dir, request)
-        reply = self._call("attack", args, "the inversion", callbacks, should_stop, ceiling, writer)
+        reply = self._call("attack", args, "the inversion", callbacks, should_stop, ceiling(request.config.budget_s),
+                           writer)
         if reply is None:
             return _stopped_result(self.info)
         return self._checked(results.inversion_result, reply.get("result"), self.info)
@@ -211,9 +211,13 @@ class ConfinedSession:
         self._phase = phase
         self._send({"kind": "call", "op": op, "args": args}, phase)
         dog = Watchdog(self.stall_s, ceiling_s)
+        stop = should_stop or self.should_stop
         while True:
             self._show_stderr()
-            if should_stop is not None and should_stop() and dog.stop_asked is None:
+            if stop() and dog.stop_asked is None:
+                if should_stop is None:  # only the attack polls for a stop request: end the others at once
+                    self._end()
+                    return None
                 dog.ask_stop()
                 self._send({"kind": "stop"}, phase)
             verdict = dog.verdict()
@@ -389,7 +393,7 @@ def _plain(value: Any) -> Any:
 
 
 def open_session(settings: AuditSettings, dist: DistContext, threads: int,
-                 on_note: Callable[[str], None] | None = None) -> ModelSession:
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> ModelSession:
     """The confined worker where this machine offers confinement, else in-process (refused by --require-confinement)."""
     reason = "a distributed run (its collectives need sockets)" if dist.is_distributed else sandbox.unavailable_reason()
     if reason is not None:
@@ -397,7 +401,7 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
         return InProcessSession(reason, dist=dist)
     readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None)
-    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note)
+    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop)
 
 
 def confinement_notes(model: ModelSession) -> list[str]:

@@ -2,8 +2,9 @@
 
 The stall bound is ``max(30 s, min(budget, 300 s))`` (300 s without a budget):
 a worker that sends no message for that long (no step, no batch, no reply)
-is stuck in the model's code. The ceiling is the operation's own budget plus
-``CEILING_MARGIN_S``. Either way the worker gets SIGTERM, then SIGKILL after
+is stuck in the model's code. The ceiling of the attack is its own budget plus
+``max(60 s, a quarter of that budget)``: the engine ends its phases at the
+budget, so a worker still busy past the margin is not following it. Either way the worker gets SIGTERM, then SIGKILL after
 ``KILL_GRACE_S``.
 """
 
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 MIN_STALL_S, MAX_STALL_S = 30.0, 300.0
-CEILING_MARGIN_S = 60.0
+CEILING_MARGIN_S, CEILING_MARGIN_SHARE = 60.0, 0.25
 KILL_GRACE_S = 3.0
 STOP_GRACE_S = 20.0  # after a stop request, the worker's time to hand back what it has
 
@@ -23,6 +24,13 @@ def stall_bound(budget_s: float | None) -> float:
     if budget_s is None:
         return MAX_STALL_S
     return max(MIN_STALL_S, min(float(budget_s), MAX_STALL_S))
+
+
+def ceiling(budget_s: float | None) -> float | None:
+    """Seconds the attack may take in all, or None (no budget)."""
+    if budget_s is None:
+        return None
+    return budget_s + max(CEILING_MARGIN_S, CEILING_MARGIN_SHARE * budget_s)
 
 
 @dataclass

@@ -90,8 +90,20 @@ def _error(exc: BaseException) -> dict[str, Any]:
             "traceback": traceback.format_exc()[-8000:]}
 
 
+def _die_with_parent() -> None:
+    """``PR_SET_PDEATHSIG``: a parent killed outright takes the worker with it, even one stuck in the model."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
 def main() -> int:
     """Serve requests until ``close`` or the end of the stream."""
+    _die_with_parent()
     channel_in, channel_out = os.dup(0), os.dup(1)
     os.dup2(2, 1)  # the model's prints go to stderr
     devnull = os.open(os.devnull, os.O_RDONLY)
