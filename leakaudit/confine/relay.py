@@ -21,6 +21,7 @@ from leakaudit.inversion.engine import Checkpointer
 
 invert_module = importlib.import_module("leakaudit.inversion.invert")  # the module, not its function
 STEP_INTERVAL_S = 0.05  # progress frames at most this often (the parent's display needs no more)
+MAX_WARNINGS = 1000  # distinct warnings sent; a model warning in a loop sends each text once
 RELAY_FOLDER = Path("/nonexistent/leakaudit-relay")  # stands for the parent's checkpoint folder
 
 
@@ -33,6 +34,7 @@ class Relay:
         self.resume_state: dict[str, Any] | None = None
         self._pending: dict[str, Any] | None = None
         self._last_sent = 0.0
+        self._warned: set[tuple[str, str]] = set()
 
     def send(self, message: dict[str, Any]) -> None:
         self.flush()
@@ -43,6 +45,14 @@ class Relay:
             pending, self._pending = self._pending, None
             self.channel.send(pending)
             self._last_sent = time.monotonic()
+
+    def warning(self, message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        """A warning raised in the worker (by the model, say), sent once per distinct text."""
+        key = (category.__name__, str(message)[:2000])
+        if key in self._warned or len(self._warned) >= MAX_WARNINGS:
+            return
+        self._warned.add(key)
+        self.send({"kind": "warning", "category": key[0], "message": key[1]})
 
     def alive(self) -> None:
         """Progress without a count (a batch of the membership pass): it keeps the watchdog quiet."""

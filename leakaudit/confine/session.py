@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from leakaudit.sanitize import terminal_text
 StopCheck = Callable[[], bool]
 _ERRORS: dict[str, type[LeakAuditError]] = {c.__name__: c for c in (ModelError, UnsafeModelError, ConfigError,
                                                                       DataError, UsageError)}
+_WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, DeprecationWarning, FutureWarning,
+                                                               RuntimeWarning, SyntaxWarning, ResourceWarning,
+                                                               ImportWarning, UnicodeWarning, BytesWarning)}
 MAX_STDERR_LINES = 10_000  # distinct lines remembered (each shown once)
 SHOWN_LINE_CHARS = 300
 
@@ -254,6 +258,9 @@ class ConfinedSession:
         if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
             record = message.get("record")
             self.confinement = _plain(record) if isinstance(record, dict) else {"worker": True}
+        elif kind == "warning":
+            category = _WARNINGS.get(str(message.get("category")), UserWarning)
+            warnings.warn(str(message.get("message", ""))[:2000], category, stacklevel=1)
         elif kind == "checkpoint" and writer is not None:
             writer.write(message)
         elif kind == "event" and callbacks is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ def main() -> int:
 
     channel = Channel(channel_in, channel_out)
     state = WorkerState(relay=Relay(channel))
+    warnings.showwarning = state.relay.warning  # the model's warnings reach the audit's own warning display
     channel.send({"kind": "ready"})
     while True:
         try:
