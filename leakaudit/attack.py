@@ -18,10 +18,10 @@ from leakaudit.budget import incomplete_reason, inversion_ceiling, matching_rese
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings
 from leakaudit.errors import ConfigError, did_you_mean
 from leakaudit.inputs import AuditSets
-from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
+from leakaudit.confine.operations import AttackRequest, ModelInfo
+from leakaudit.confine.session import ModelSession
+from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult
 from leakaudit.inversion.candidates import grown
-from leakaudit.inversion.initaware import init_aware_inversion
-from leakaudit.models import TargetModel
 from leakaudit.progress import Observer
 from leakaudit.run_context import RunContext
 
@@ -85,7 +85,7 @@ class _InversionProgress:
         return InversionCallbacks(on_start=self.on_start, on_step=self.on_step, on_phase=self.on_phase)
 
 
-def _planned_config(settings: AuditSettings, target: TargetModel, sets: AuditSets, started: float) -> InversionConfig:
+def _planned_config(settings: AuditSettings, target: ModelInfo, sets: AuditSets, started: float) -> InversionConfig:
     """The run's engine settings with the candidate count grown to the data and the budget left for it."""
     config = grown(inversion_config(settings), len(sets.train), target.num_classes,
                    settings.candidates_per_class or settings.inversion.get("candidates_per_class"))
@@ -97,18 +97,14 @@ def _planned_config(settings: AuditSettings, target: TargetModel, sets: AuditSet
     return replace(config, budget_s=inversion_ceiling(config.budget_s, time.monotonic() - started, reserve))
 
 
-def run_attack(run: RunContext, target: TargetModel, sets: AuditSets) -> Attack:
+def run_attack(run: RunContext, model: ModelSession, sets: AuditSets) -> Attack:
     """Invert the classifier in the mode the settings ask for (init-aware, informed or data-free)."""
     settings, stop, dist = run.settings, run.stop, run.dist
-    config = _planned_config(settings, target, sets, run.timer.started)
+    config = _planned_config(settings, model.info, sets, run.timer.started)
     callbacks = _InversionProgress(run.observer).callbacks()
     prior = (sets.prior.images, sets.prior.labels) if sets.prior is not None else None
-    if settings.init is not None:
-        result = init_aware_inversion(target, settings.init, prior, config, stop, callbacks)
-    else:
-        result = invert(target, config, prior=prior if sets.informed else None, callbacks=callbacks,
-                        checkpoint_dir=settings.out / CHECKPOINT_DIR if dist.is_main else None, should_stop=stop,
-                        dist=dist, resume_tag=resume_tag(settings))
+    request = AttackRequest(config, prior, sets.informed, settings.init, resume_tag(settings))
+    result = model.attack(request, callbacks, stop, settings.out / CHECKPOINT_DIR if dist.is_main else None)
     notes = list(result.notes)
     if result.resumed_from is not None:
         notes.append(f"This run resumed an interrupted run of the same command at its {result.resumed_from} phase "

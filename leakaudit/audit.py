@@ -20,6 +20,7 @@ import torch
 
 from leakaudit.attack import CHECKPOINT_DIR, Attack, run_attack
 from leakaudit.config import AuditSettings
+from leakaudit.confine.session import ModelSession, confinement_notes, open_session
 from leakaudit.cpus import choose_threads
 from leakaudit.distributed import DistContext
 from leakaudit.document import AuditResult, to_document
@@ -72,21 +73,25 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     stop = should_stop or (lambda: False)
     threads = choose_threads(settings.threads)
     run = RunContext(settings, observer or SilentObserver(), stop, dist, StageTimer(), threads)
-    lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    interrupted = False
+    model = open_session(settings, dist, threads, run.observer.note, stop)  # first: the worker's start overlaps the rest
     try:
-        with lock:
-            try:
-                outcome = _run_audit(run)
-                interrupted = outcome.exit_status == ExitStatus.INTERRUPTED
-                return outcome
-            finally:
-                if dist.is_main and not (interrupted or stop()):
-                    shutil.rmtree(settings.out / CHECKPOINT_DIR, ignore_errors=True)
+        lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        interrupted = False
+        try:
+            with lock:
+                try:
+                    outcome = _run_audit(run, model)
+                    interrupted = outcome.exit_status == ExitStatus.INTERRUPTED
+                    return outcome
+                finally:
+                    if dist.is_main and not (interrupted or stop()):
+                        shutil.rmtree(settings.out / CHECKPOINT_DIR, ignore_errors=True)
+        finally:
+            torch.set_num_threads(previous_threads)
     finally:
-        torch.set_num_threads(previous_threads)
+        model.close()
 
 
 @dataclass(frozen=True)
@@ -98,13 +103,13 @@ class Prepared:
     scorer: LpipsScorer
 
 
-def _prepare(run: RunContext) -> Prepared:
+def _prepare(run: RunContext, model: ModelSession) -> Prepared:
     """Inputs and every check that can fail before the attack: a failed run leaves nothing behind."""
     settings = run.settings
     previous = load_baseline(settings.baseline) if settings.baseline else None
     torch.manual_seed(settings.seed)
     with run.timer("loading"):
-        inputs = load_inputs(settings, run.observer)
+        inputs = load_inputs(settings, run.observer, model)
     require_evaluable(settings.gate, settings, inputs)
     if previous is not None:
         check_baseline_provenance(previous, inputs, settings)
@@ -115,12 +120,12 @@ def _prepare(run: RunContext) -> Prepared:
     return Prepared(inputs, previous, scorer)
 
 
-def _run_audit(run: RunContext) -> AuditOutcome:
+def _run_audit(run: RunContext, model: ModelSession) -> AuditOutcome:
     settings, dist, stop, timer = run.settings, run.dist, run.stop, run.timer
-    prepared = _prepare(run)
+    prepared = _prepare(run, model)
     sets = audit_sets(prepared.inputs, settings)
     with timer("inversion"):
-        attack = run_attack(run, prepared.inputs.target, sets)
+        attack = run_attack(run, prepared.inputs.model, sets)
     if dist.any_true(stop()):
         return _stopped()
     timer.start("matching")
@@ -149,14 +154,14 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     """Statistics and findings, with the document's notes in their order; None when stopped."""
     inputs, scorer = prepared.inputs, prepared.scorer
     run.observer.phase("statistics")
-    notes = [*inputs.target.load_notes, *sets.notes, *attack.notes]  # e.g. that --unsafe-pickle let code run
+    notes = [*inputs.model.info.load_notes, *confinement_notes(inputs.model), *sets.notes, *attack.notes]  # e.g. that --unsafe-pickle let code run
     if matches.note() is not None:
         notes.append(str(matches.note()))
     if run.dist.is_distributed:
         notes.append(f"Ran on {run.dist.world_size} processes ({run.dist.backend}): each trained the generator on its "
                      "share of every batch (gradients averaged), so the reconstructions differ from a single process's "
                      "run as another draw of the same attack would; the matching itself is exact.")
-    evidence = gather_evidence(inputs.target, sets, matches, run.settings.seed)
+    evidence = gather_evidence(inputs.model, sets, matches, run.settings.seed)
     if evidence.gain is not None:
         notes.append(gain_note(evidence.gain))
     findings = top_findings(run, attack.candidates, sets.train, matches, evidence, scorer)

@@ -19,7 +19,7 @@ from leakaudit.gate_settings import GateSettings
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
-    ("Model", ("arch", "unsafe_pickle", "input_size", "mean", "std", "device")),
+    ("Model", ("arch", "unsafe_pickle", "require_confinement", "input_size", "mean", "std", "device")),
     ("Gate", ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc", "baseline",
               "allow_foreign_baseline")),
     ("Outputs", ("out", "top", "redact", "images", "junit", "markdown", "output_format")),

@@ -77,6 +77,7 @@ def run_options(func: Any) -> Any:
         click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null reference."),
         click.option("--arch", metavar="MODULE:CALLABLE", help="Builds the nn.Module for a state_dict or safetensors file (imported from the working directory)."),
         click.option("--unsafe-pickle", is_flag=True, help="Allow loading a fully pickled model. This runs code from the file: only for files you trust."),
+        click.option("--require-confinement", is_flag=True, help="Refuse to run (exit 2) where the model cannot run in the confined worker (not Linux, an old kernel, LEAKAUDIT_CONFINEMENT=off)."),
         click.option("--input-size", type=(int, int), metavar="H W", help="Model input size (default: from the model file or the data)."),
         click.option("--mean", type=FloatList(), help="Per-channel mean the model expects, e.g. 0.485,0.456,0.406 (applied inside the pipeline)."),
         click.option("--std", type=FloatList(), help="Per-channel std the model expects."),
@@ -138,7 +139,8 @@ def settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
         raise UsageError("--prior holdout needs --holdout DIR")
     return AuditSettings(
         model=opts["model"], data=opts["data"], holdout=opts.get("holdout"), arch=opts.get("arch"),
-        unsafe_pickle=bool(opts.get("unsafe_pickle")), input_size=opts.get("input_size"), mean=opts.get("mean"),
+        unsafe_pickle=bool(opts.get("unsafe_pickle")), require_confinement=bool(opts.get("require_confinement")),
+        input_size=opts.get("input_size"), mean=opts.get("mean"),
         std=opts.get("std"), out=opts["out"], seed=opts["seed"], budget=opts["budget"], prior=opts["prior"],
         effort=opts["effort"], allow_foreign_baseline=bool(opts.get("allow_foreign_baseline")),
         conditioning=opts["conditioning"],

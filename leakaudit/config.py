@@ -38,6 +38,7 @@ class AuditSettings:
     holdout: Path | None = None
     arch: str | None = None
     unsafe_pickle: bool = False
+    require_confinement: bool = False  # an error (exit 2) where the model cannot run in the confined worker
     input_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

@@ -15,15 +15,13 @@ from typing import Any
 
 import torch
 
+from leakaudit.confine.session import ModelSession
 from leakaudit.data import ImageSet
 from leakaudit.inputs import AuditSets
 from leakaudit.matches import Matches
 from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
-from leakaudit.memory import release_free_memory
-from leakaudit.models import TargetModel
-from leakaudit.numerics import flush_denormals
 from leakaudit.run_context import RunContext
 from leakaudit.scoring import (
     EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, LeakScore, MembershipTest, WeightsGain, leak_score, membership_test, quantile,
@@ -45,18 +43,11 @@ class Evidence:
     gain: WeightsGain | None
 
 
-@torch.no_grad()
-def _logits(target: TargetModel, images: ImageSet, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = []
-    with flush_denormals():
-        for start in range(0, len(images), batch):
-            logits.append(target.logits(images.float01(slice(start, start + batch)).to(target.device)).float().cpu())
-            if start // batch % 16 == 15:
-                release_free_memory()  # long passes fragment the C heap (leakaudit/memory.py)
-    return torch.cat(logits), images.labels
+def _logits(model: ModelSession, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.logits(images.images), images.labels  # the membership pass (leakaudit.confine.operations.logits)
 
 
-def gather_evidence(target: TargetModel, sets: AuditSets, matches: Matches, seed: int) -> Evidence:
+def gather_evidence(model: ModelSession, sets: AuditSets, matches: Matches, seed: int) -> Evidence:
     """The leak score, the membership test, the prototype null, the null's quantiles and the weights' gain."""
     train, null = sets.train, sets.null
     train_best = matches.train.best_ssim.double()
@@ -64,8 +55,8 @@ def gather_evidence(target: TargetModel, sets: AuditSets, matches: Matches, seed
     score = leak_score(train_best, null_best, seed=seed) if null_best is not None else None
     membership = None
     if null is not None:
-        logits_train, labels_train = _logits(target, train)
-        logits_null, labels_null = _logits(target, null)
+        logits_train, labels_train = _logits(model, train)
+        logits_null, labels_null = _logits(model, null)
         membership = membership_test(logits_train, labels_train, logits_null, labels_null, seed=seed)
     prototype = class_mean_null(train.images, train.labels, null.images if null is not None else None,
                                 null.labels if null is not None else None).to_dict()

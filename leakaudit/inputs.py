@@ -18,7 +18,8 @@ from leakaudit.config import AuditSettings
 from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
 from leakaudit.errors import DataError, OutputError
 from leakaudit.inversion.informed import split_prior
-from leakaudit.models import TargetModel, load_model
+from leakaudit.confine.operations import LoadRequest
+from leakaudit.confine.session import ModelSession
 from leakaudit.outlock import check_writable
 from leakaudit.progress import Observer
 from leakaudit.safe_files import check_apart
@@ -31,7 +32,7 @@ PRIOR_SEED_OFFSET = 7919  # the split's own stream, apart from the inversion's s
 class AuditInputs:
     """The validated model and image sets of one audit."""
 
-    target: TargetModel
+    model: ModelSession  # the model under audit, behind its session (confined or in-process)
     train: ImageSet
     holdout: ImageSet | None
 
@@ -47,17 +48,17 @@ class AuditSets:
     notes: tuple[str, ...] = field(default=())
 
 
-def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
+def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession) -> AuditInputs:
     """Load and cross-check model and data; every mismatch is a clear error."""
     observer.phase("loading model and data")
     check_apart(settings.out, (settings.data, settings.holdout))  # outputs must never become inputs
     list_classes(settings.data)  # a missing or empty folder is reported before the model is touched
     if settings.holdout is not None:
         list_classes(settings.holdout)
-    target = load_model(
+    target = model.load(LoadRequest(
         settings.model, arch=settings.arch, unsafe_pickle=settings.unsafe_pickle, input_size=settings.input_size,
         mean=settings.mean, std=settings.std, shape_hint=peek_shape(settings.data), device=settings.device,
-    )
+    ))
     channels, height, width = target.input_shape
     train = load_image_folder(settings.data, channels=channels, size=(height, width), strict=settings.strict_data,
                               max_file_bytes=settings.max_image_bytes,
@@ -76,7 +77,7 @@ def load_inputs(settings: AuditSettings, observer: Observer) -> AuditInputs:
         for skipped in holdout.skipped:
             observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
         holdout = _without_members(holdout, train, settings, observer)
-    return AuditInputs(target, train, holdout)
+    return AuditInputs(model, train, holdout)
 
 
 def _without_members(holdout: ImageSet, train: ImageSet, settings: AuditSettings, observer: Observer) -> ImageSet:

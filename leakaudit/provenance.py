@@ -88,7 +88,7 @@ def _image_set(images: ImageSet | None, path: Path | None) -> dict[str, Any] | N
 
 def provenance(settings: AuditSettings, inputs: AuditInputs, timer: StageTimer, threads: int) -> dict[str, Any]:
     """The ``provenance`` object of the findings document."""
-    target = inputs.target
+    target = inputs.model.info
     return {
         "model": {"path": str(settings.model), "sha256": target.sha256, "format": target.format,
                   "input_shape": list(target.input_shape), "num_classes": target.num_classes,
@@ -102,4 +102,5 @@ def provenance(settings: AuditSettings, inputs: AuditInputs, timer: StageTimer, 
                            "deterministic; CPU runs with the same seed are."
                            if target.device.type == "cuda" else None),
         "threads": threads,
+        "confinement": inputs.model.confinement,
     }

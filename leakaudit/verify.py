@@ -45,8 +45,8 @@ def check_baseline_provenance(previous: dict[str, Any], inputs: AuditInputs, set
     provenance = previous.get("provenance") or {}
     differences = []
     model_sha = (provenance.get("model") or {}).get("sha256")
-    if model_sha != inputs.target.sha256:
-        differences.append(f"another model (sha256 {str(model_sha)[:12]}…, this one {inputs.target.sha256[:12]}…)")
+    if model_sha != inputs.model.info.sha256:
+        differences.append(f"another model (sha256 {str(model_sha)[:12]}…, this one {inputs.model.info.sha256[:12]}…)")
     data_sha = (provenance.get("data") or {}).get("manifest_sha256")
     if data_sha != inputs.train.manifest_sha256:
         differences.append(f"other training data (manifest {str(data_sha)[:12]}…, this one "

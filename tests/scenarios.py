@@ -231,6 +231,8 @@ def _build_unthreaded(
             "command": ["leakaudit", "run", "models/digits-mlp.pt", "--data", "data/train"],
             "nondeterminism": None, "threads": 1,
             "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "statistics": 1.0, "writing": 0.25},
+            "confinement": {"worker": True, "landlock_abi": 7, "seccomp": True, "no_new_privs": True,
+                            "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0}},
         },
     }
     arrays = {

@@ -16,7 +16,7 @@ from typing import Any
 
 from leakaudit.sanitize import document_text, xml_text
 
-from leakaudit.report.summary import summarise, tidy_numbers
+from leakaudit.report.summary import summarise, tidy_numbers, unconfined_reason
 
 SUITE = "leakaudit.gate"
 
@@ -75,6 +75,9 @@ def render_junit(document: Mapping[str, Any]) -> str:
         _case(suite, condition, seconds)
     if (provenance.get("model") or {}).get("format") == "pickle":
         ET.SubElement(suite, "system-err").text = "--unsafe-pickle: the model file was unpickled; code from it ran"
+    unconfined = unconfined_reason(document)
+    if unconfined is not None:
+        ET.SubElement(suite, "system-err").text = f"the model ran unconfined, in the audit's own process: {unconfined}"
     ET.indent(suites)
     # One pass over the whole file: no control character XML allows (DEL, C1) stands raw either.
     return document_text(ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
+from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers, unconfined_reason
 from leakaudit.sanitize import document_text, markdown_text
 
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
@@ -101,6 +101,9 @@ def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> st
         lines += ["", f"**Incomplete attack**: {md_escape(inversion.get('incomplete_reason') or 'cut short by the budget')}"]
     if ((document.get("provenance") or {}).get("model") or {}).get("format") == "pickle":
         lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
+    unconfined = unconfined_reason(document)
+    if unconfined is not None:
+        lines += ["", f"**Warning: the model ran unconfined**, in the audit's own process: {md_escape(unconfined)}."]
     lines += _gate_table(document)
     lines += _findings(all_findings[:max_rows], len(all_findings))
     lines += ["", "The full report with images is `report.html` in the output folder.", ""]

@@ -206,3 +206,11 @@ def tidy_numbers(text: str) -> str:
         return format_p(float(match.group(1)))
 
     return _LONG_FLOAT.sub(lambda m: f"{float(m.group(1)):.3f}", _P_VALUE.sub(p_value, text))
+
+
+def unconfined_reason(document: Mapping[str, Any]) -> str | None:
+    """Why the model ran outside the confined worker, or None when it ran confined (or the document predates it)."""
+    record = (document.get("provenance") or {}).get("confinement")
+    if not isinstance(record, Mapping) or record.get("worker"):
+        return None
+    return str(record.get("reason") or "confinement unavailable")

@@ -1,0 +1,109 @@
+"""What touches the model, as plain functions of a ``TargetModel`` and serialisable arguments.
+
+Both sessions call these: the in-process one directly, the worker from its
+table of named operations (``worker.OPERATIONS``). Adding an operation that
+touches the model is one function here and one entry in that table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leakaudit.distributed import DistContext
+from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
+from leakaudit.inversion.initaware import init_aware_inversion
+from leakaudit.memory import release_free_memory
+from leakaudit.models import TargetModel, load_model
+from leakaudit.numerics import flush_denormals
+
+LOGITS_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the audit reads about the model, without holding it."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    format: str
+    sha256: str | None
+    feature_note: str | None  # why penultimate features are unavailable, or None
+    device: torch.device
+    load_notes: tuple[str, ...]
+
+    @property
+    def has_features(self) -> bool:
+        return self.feature_note is None
+
+    @classmethod
+    def of(cls, target: TargetModel) -> ModelInfo:
+        return cls(tuple(target.input_shape), int(target.num_classes), target.format, target.sha256,  # type: ignore[arg-type]
+                   target.feature_note, target.device, tuple(target.load_notes))
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """``load_model``'s arguments."""
+
+    path: Path
+    arch: str | None = None
+    unsafe_pickle: bool = False
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    shape_hint: tuple[int, int, int] | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class AttackRequest:
+    """One inversion of the audited model: the engine settings and the data it may learn from."""
+
+    config: InversionConfig
+    prior: tuple[torch.Tensor, torch.Tensor] | None  # uint8 images, int64 labels of the prior part
+    informed: bool
+    init: Path | None = None  # the init-aware mode
+    resume_tag: str = ""
+
+
+def load(request: LoadRequest) -> TargetModel:
+    return load_model(request.path, arch=request.arch, unsafe_pickle=request.unsafe_pickle,
+                      input_size=request.input_size, mean=request.mean, std=request.std,
+                      shape_hint=request.shape_hint, device=request.device)
+
+
+def attack(target: TargetModel, request: AttackRequest, callbacks: InversionCallbacks,
+           should_stop: Callable[[], bool], checkpoint_dir: Path | None, dist: DistContext | None = None) -> InversionResult:
+    """Invert in the mode the request asks for (init-aware, informed or data-free)."""
+    if request.init is not None:
+        return init_aware_inversion(target, request.init, request.prior, request.config, should_stop, callbacks)
+    return invert(target, request.config, prior=request.prior if request.informed else None, callbacks=callbacks,
+                  checkpoint_dir=checkpoint_dir, should_stop=should_stop, dist=dist, resume_tag=request.resume_tag)
+
+
+@torch.no_grad()
+def logits(target: TargetModel, images: torch.Tensor, on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+    """(N, K) float32 logits on the CPU of uint8 images (N, C, H, W): the membership pass."""
+    out = []
+    with flush_denormals():
+        for start in range(0, len(images), LOGITS_BATCH):
+            batch = images[start:start + LOGITS_BATCH].to(torch.float32).div_(255.0)
+            out.append(target.logits(batch.to(target.device)).float().cpu())
+            if start // LOGITS_BATCH % 16 == 15:
+                release_free_memory()  # long passes fragment the C heap (leakaudit/memory.py)
+            if on_batch is not None:
+                on_batch()
+    return torch.cat(out) if out else torch.zeros(0, target.num_classes)
+
+
+def result_fields(result: Any) -> dict[str, Any]:
+    """A dataclass result as plain fields, tensors detached onto the CPU (own storage: nothing else travels)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(result).items():
+        out[name] = value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+    return out

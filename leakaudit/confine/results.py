@@ -1,0 +1,101 @@
+"""The worker's replies checked field by field before the audit uses them.
+
+A reply already decoded safely (``channel``) can still be the wrong shape: a
+confined model could be made to answer anything. Every field of an
+``InversionResult`` or ``ModelInfo`` is checked against the type it must have.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from leakaudit.confine.operations import ModelInfo
+from leakaudit.inversion import InversionResult
+
+
+class ReplyError(Exception):
+    """A reply that is not what the operation returns."""
+
+
+def _is(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float, (int, float))):
+        raise ReplyError(f"{name} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _optional(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    return None if value is None else _is(value, kind, name)
+
+
+def _tensor(value: Any, name: str, dtype: torch.dtype | None = None, ndim: int | None = None) -> torch.Tensor:
+    _is(value, torch.Tensor, name)
+    if (dtype is not None and value.dtype != dtype) or (ndim is not None and value.dim() != ndim):
+        raise ReplyError(f"{name} is a {value.dtype} tensor of shape {tuple(value.shape)}")
+    return value
+
+
+def _floats(value: Any, name: str) -> dict[str, float]:
+    _is(value, dict, name)
+    return {_is(k, str, name): float(_is(v, (int, float), name)) for k, v in value.items()}
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    return [_is(v, str, name) for v in _is(value, (list, tuple), name)]
+
+
+def model_info(fields: dict[str, Any]) -> ModelInfo:
+    shape = tuple(_is(v, int, "input_shape") for v in _is(fields.get("input_shape"), (list, tuple), "input_shape"))
+    if len(shape) != 3 or min(shape) < 1:
+        raise ReplyError(f"input_shape {shape}")
+    return ModelInfo(shape, _is(fields.get("num_classes"), int, "num_classes"),  # type: ignore[arg-type]
+                     _is(fields.get("format"), str, "format"), _optional(fields.get("sha256"), str, "sha256"),
+                     _optional(fields.get("feature_note"), str, "feature_note"),
+                     torch.device(_is(fields.get("device"), str, "device")),
+                     tuple(_strings(fields.get("load_notes", []), "load_notes")))
+
+
+def info_fields(info: ModelInfo) -> dict[str, Any]:
+    return {"input_shape": list(info.input_shape), "num_classes": info.num_classes, "format": info.format,
+            "sha256": info.sha256, "feature_note": info.feature_note, "device": str(info.device),
+            "load_notes": list(info.load_notes)}
+
+
+def inversion_result(f: dict[str, Any], info: ModelInfo) -> InversionResult:
+    images = _tensor(f.get("images"), "images", ndim=4)
+    if tuple(images.shape[1:]) != info.input_shape or not images.is_floating_point():
+        raise ReplyError(f"images of shape {tuple(images.shape)}")
+    n = len(images)
+    targets = _tensor(f.get("targets"), "targets", torch.int64, 1)
+    confidence = _tensor(f.get("confidence"), "confidence", ndim=1)
+    if len(targets) != n or len(confidence) != n:
+        raise ReplyError("targets or confidence do not match the images")
+    pretrained_images = f.get("pretrained_images")
+    pretrained_targets = f.get("pretrained_targets")
+    if pretrained_images is not None:
+        _tensor(pretrained_images, "pretrained_images", ndim=4)
+        _tensor(pretrained_targets, "pretrained_targets", torch.int64, 1)
+    gallery = f.get("gallery")
+    if gallery is not None:
+        gallery = {_is(k, int, "gallery"): [_is(i, int, "gallery") for i in _is(v, list, "gallery")]
+                   for k, v in _is(gallery, dict, "gallery").items()}
+    return InversionResult(
+        images=images, targets=targets, confidence=confidence, mode=_is(f.get("mode"), str, "mode"),
+        threat_model=_is(f.get("threat_model"), str, "threat_model"), steps=_is(f.get("steps"), int, "steps"),
+        planned_steps=_is(f.get("planned_steps"), int, "planned_steps"),
+        seconds=float(_is(f.get("seconds"), (int, float), "seconds")),
+        completed_fraction=float(_is(f.get("completed_fraction"), (int, float), "completed_fraction")),
+        notes=_strings(f.get("notes", []), "notes"), gallery=gallery, pretrained_images=pretrained_images,
+        pretrained_targets=pretrained_targets, losses=_floats(f.get("losses", {}), "losses"),
+        complete=_is(f.get("complete"), bool, "complete"), interrupted=_is(f.get("interrupted"), bool, "interrupted"),
+        resumed_from=_optional(f.get("resumed_from"), str, "resumed_from"),
+        phase_seconds=_floats(f.get("phase_seconds", {}), "phase_seconds"),
+    )
+
+
+def logits(value: Any, n: int, num_classes: int) -> torch.Tensor:
+    t = _tensor(value, "logits", torch.float32, 2)
+    if tuple(t.shape) != (n, num_classes):
+        raise ReplyError(f"logits of shape {tuple(t.shape)}")
+    return t

@@ -1,0 +1,420 @@
+"""The parent's handle on the audited model: a confined worker process, or the same interface in-process.
+
+Everything the audit does with the model goes through a ``ModelSession``:
+``load`` (then ``info``), ``attack``, ``logits``. ``ConfinedSession`` runs
+them in ``leakaudit.confine.worker`` and writes what the worker cannot
+(checkpoints); ``InProcessSession`` runs them here, for in-memory modules,
+distributed runs (their collectives need sockets) and where the kernel
+offers no confinement. Adding an operation: a function in ``operations``,
+an entry in ``worker.OPERATIONS``, and a method on both sessions.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from leakaudit.confine import limits, results, sandbox
+from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
+from leakaudit.confine.operations import AttackRequest, LoadRequest, ModelInfo
+from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
+from leakaudit.config import AuditSettings
+from leakaudit.distributed import DistContext
+from leakaudit.errors import AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError, UsageError
+from leakaudit.inversion import InversionCallbacks, InversionResult
+from leakaudit.inversion.engine import Checkpointer
+from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
+from leakaudit.models import TargetModel
+from leakaudit.sanitize import terminal_text
+
+StopCheck = Callable[[], bool]
+_ERRORS: dict[str, type[LeakAuditError]] = {c.__name__: c for c in (ModelError, UnsafeModelError, ConfigError,
+                                                                      DataError, UsageError)}
+_WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, DeprecationWarning, FutureWarning,
+                                                               RuntimeWarning, SyntaxWarning, ResourceWarning,
+                                                               ImportWarning, UnicodeWarning, BytesWarning)}
+MAX_STDERR_LINES = 10_000  # distinct lines remembered (each shown once)
+SHOWN_LINE_CHARS = 300
+
+
+class ModelSession(Protocol):
+    """What the audit may do with the model under audit."""
+
+    info: ModelInfo
+    confinement: dict[str, Any]
+
+    def load(self, request: LoadRequest) -> ModelInfo: ...
+
+    def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
+               checkpoint_dir: Path | None) -> InversionResult: ...
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessSession:
+    """The model in this process: today's behaviour, with the session's interface."""
+
+    def __init__(self, reason: str, target: TargetModel | None = None, dist: DistContext | None = None) -> None:
+        self.confinement: dict[str, Any] = {"worker": False, "reason": reason}
+        self.target = target
+        self.dist = dist
+        self.info = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
+
+    def load(self, request: LoadRequest) -> ModelInfo:
+        from leakaudit.confine import operations
+
+        self.target = operations.load(request)
+        self.info = ModelInfo.of(self.target)
+        return self.info
+
+    def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
+               checkpoint_dir: Path | None) -> InversionResult:
+        from leakaudit.confine import operations
+
+        return operations.attack(self._target(), request, callbacks, should_stop, checkpoint_dir, self.dist)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        from leakaudit.confine import operations
+
+        return operations.logits(self._target(), images)
+
+    def _target(self) -> TargetModel:
+        if self.target is None:
+            raise RuntimeError("the model is not loaded yet")
+        return self.target
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Stderr:
+    """The worker's stderr, read on a thread; each distinct line is shown once."""
+
+    seen: set[str] = field(default_factory=set)
+    pending: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
+    last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=5))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line.strip():
+                continue
+            with self.lock:
+                self.last.append(line)
+                if line not in self.seen and len(self.seen) < MAX_STDERR_LINES:
+                    self.seen.add(line)
+                    self.pending.append(line)
+
+    def take(self) -> list[str]:
+        with self.lock:
+            lines = list(self.pending)
+            self.pending.clear()
+        return lines
+
+
+class _Weights:
+    """A state_dict standing in for the generator, for the engine's own checkpoint writer."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+class ConfinedSession:
+    """The model in a confined worker; the worker starts at once, so its imports overlap the parent's work."""
+
+    def __init__(self, readable: list[Path], budget_s: float | None, seed: int, threads: int,
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> None:
+        self.readable = readable
+        self.stall_s = stall_bound(budget_s)
+        self.seed, self.threads = seed, threads
+        self.on_note = on_note or (lambda _: None)
+        self.should_stop = should_stop or (lambda: False)  # a stop while loading or in the membership pass ends the worker
+        self.memory_bytes = limits.memory_limit()
+        self.confinement: dict[str, Any] = {"worker": True}
+        self.info: ModelInfo = None  # type: ignore[assignment]
+        self._stderr = _Stderr()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "leakaudit.confine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,  # terminal signals are the parent's
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
+        self._channel = Channel(self._proc.stdout.fileno(), self._proc.stdin.fileno())
+        threading.Thread(target=self._stderr.read, args=(self._proc.stderr,), name="leakaudit-worker-stderr",
+                         daemon=True).start()
+        self._phase = "starting the model's worker"
+
+    # --- operations ---------------------------------------------------------------
+
+    def load(self, request: LoadRequest) -> ModelInfo:
+        args = {"request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
+                "seed": self.seed, "threads": self.threads,
+                "confine": {"readable": [str(p) for p in self.readable], "memory_bytes": self.memory_bytes}}
+        reply = self._call("load", args, "loading the model")
+        if reply is None:
+            raise AuditInterrupted("stopped while the model was loading")
+        self.info = self._checked(results.model_info, reply.get("info"))
+        return self.info
+
+    def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
+               checkpoint_dir: Path | None) -> InversionResult:
+        args = {"config": asdict(request.config), "prior": list(request.prior) if request.prior is not None else None,
+                "informed": request.informed, "init": str(request.init) if request.init else None,
+                "resume_tag": request.resume_tag, "checkpoints": checkpoint_dir is not None,
+                "resume_state": _saved_state(checkpoint_dir)}
+        writer = _CheckpointWriter(checkpoint_dir, request)
+        reply = self._call("attack", args, "the inversion", callbacks, should_stop, ceiling(request.config.budget_s),
+                           writer)
+        if reply is None:
+            return _stopped_result(self.info)
+        return self._checked(results.inversion_result, reply.get("result"), self.info)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        reply = self._call("logits", {"images": images.contiguous()}, "the membership pass")
+        if reply is None:
+            return torch.zeros(len(images), self.info.num_classes)
+        return self._checked(results.logits, reply.get("logits"), len(images), self.info.num_classes)
+
+    def close(self) -> None:
+        """Ask the worker to leave; end it if it does not."""
+        if self._proc.poll() is None:
+            try:
+                self._channel.send({"kind": "close"})
+                self._proc.wait(timeout=KILL_GRACE_S)
+            except (ChannelClosed, subprocess.TimeoutExpired):
+                self._end()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._show_stderr()
+
+    # --- the loop -----------------------------------------------------------------
+
+    def _call(self, op: str, args: dict[str, Any], phase: str, callbacks: InversionCallbacks | None = None,
+              should_stop: StopCheck | None = None, ceiling_s: float | None = None,
+              writer: _CheckpointWriter | None = None) -> dict[str, Any] | None:
+        """Send one request and serve the worker until it replies; None when a stop ended it."""
+        self._phase = phase
+        self._send({"kind": "call", "op": op, "args": args}, phase)
+        dog = Watchdog(self.stall_s, ceiling_s)
+        stop = should_stop or self.should_stop
+        while True:
+            self._show_stderr()
+            if stop() and dog.stop_asked is None:
+                if should_stop is None:  # only the attack polls for a stop request: end the others at once
+                    self._end()
+                    return None
+                dog.ask_stop()
+                self._send({"kind": "stop"}, phase)
+            verdict = dog.verdict()
+            if verdict is not None:
+                self._end()
+                if verdict == "stop":
+                    return None
+                raise ModelError(self._stopped_line(verdict, dog))
+            if not self._channel.readable(0.1):
+                continue
+            try:
+                message = self._channel.recv(timeout_s=self.stall_s)
+            except ChannelClosed:
+                raise ModelError(self._died_line()) from None
+            except FrameError as exc:
+                self._end()
+                raise ModelError(f"the model's worker broke the protocol during {self._phase} ({exc}); stopped it") from None
+            dog.heard()
+            kind = message["kind"]
+            if kind == "result":
+                return message
+            if kind == "error":
+                self._raise(message)
+            try:
+                self._serve(message, callbacks, writer)
+            except results.ReplyError as exc:
+                self._end()
+                raise ModelError(f"the model's worker sent a malformed message during {self._phase} ({exc}); "
+                                 "stopped it") from None
+
+    def _serve(self, message: dict[str, Any], callbacks: InversionCallbacks | None,
+               writer: _CheckpointWriter | None) -> None:
+        kind, name = message["kind"], message.get("name")
+        if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
+            record = message.get("record")
+            self.confinement = _plain(record) if isinstance(record, dict) else {"worker": True}
+        elif kind == "warning":
+            category = _WARNINGS.get(str(message.get("category")), UserWarning)
+            warnings.warn(str(message.get("message", ""))[:2000], category, stacklevel=1)
+        elif kind == "checkpoint" and writer is not None:
+            writer.write(message)
+        elif kind == "event" and callbacks is not None:
+            if name == "start" and callbacks.on_start:
+                callbacks.on_start(_int(message.get("planned")))
+            elif name == "phase":
+                self._phase = f"the inversion ({terminal_text(str(message.get('phase')))[:80]})"
+                if callbacks.on_phase:
+                    callbacks.on_phase(str(message.get("phase")))
+            elif name == "step" and callbacks.on_step:
+                losses = message.get("losses") or {}
+                if not isinstance(losses, dict):
+                    raise results.ReplyError("losses")
+                callbacks.on_step(_int(message.get("step")), _int(message.get("planned")),
+                                  {str(k): float(v) for k, v in losses.items() if isinstance(v, (int, float))})
+
+    def _raise(self, message: dict[str, Any]) -> None:
+        text = terminal_text(str(message.get("message", "")))
+        kind = message.get("type")
+        if kind == "memory":
+            limit = f" (limit {limits.gib(self.memory_bytes)} GiB)" if self.memory_bytes else ""
+            raise ModelError(f"the model's worker ran out of memory{limit} during {self._phase}")
+        if kind in _ERRORS:
+            raise _ERRORS[str(kind)](text)
+        raise ModelError(f"the model's worker failed during {self._phase}: {text}")
+
+    def _checked(self, check: Callable[..., Any], *values: Any) -> Any:
+        try:
+            return check(*values)
+        except (results.ReplyError, TypeError, ValueError, AttributeError) as exc:
+            self._end()
+            raise ModelError(f"the model's worker sent a malformed reply during {self._phase} ({exc}); stopped it") from None
+
+    def _send(self, message: dict[str, Any], phase: str) -> None:
+        try:
+            self._channel.send(message)
+        except ChannelClosed:
+            raise ModelError(self._died_line()) from None
+
+    def _stopped_line(self, verdict: str, dog: Watchdog) -> str:
+        if verdict == "stalled":
+            return f"the model's forward pass made no progress for {dog.stall_s:.0f} s during {self._phase}; stopped it"
+        return (f"the model's worker ran past the budget's ceiling ({dog.ceiling_s:.0f} s) during {self._phase}; "
+                "stopped it")
+
+    def _died_line(self) -> str:
+        try:
+            code = self._proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self._end()
+            code = self._proc.returncode
+        self._stderr_drain()
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited ({code})"
+        last = " | ".join(terminal_text(line)[:SHOWN_LINE_CHARS] for line in self._stderr.last)
+        oom = " (the memory limit, or the system running out of memory?)" if code == -signal.SIGKILL else ""
+        return f"the model's worker {how}{oom} during {self._phase}" + (f"; its last output: {last}" if last else "")
+
+    def _stderr_drain(self) -> None:
+        for _ in range(20):  # the reader thread gets a moment to see the worker's last words
+            if self._proc.stderr is None or self._proc.stderr.closed:
+                return
+            threading.Event().wait(0.01)
+
+    def _end(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _show_stderr(self) -> None:
+        for line in self._stderr.take():
+            self.on_note(f"model: {terminal_text(line)[:SHOWN_LINE_CHARS]}")
+
+
+class _CheckpointWriter:
+    """Writes the worker's checkpoints with the engine's own writers, into the parent's checkpoint folder."""
+
+    def __init__(self, folder: Path | None, request: AttackRequest) -> None:
+        self.folder = folder
+        self.config = request.config
+
+    def write(self, message: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        name = message.get("name")
+        if name == "generator":
+            state = message.get("generator")
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise results.ReplyError("generator checkpoint")
+            Checkpointer(self.folder, self.config).save(_Weights(state), _int(message.get("step")),  # type: ignore[arg-type]
+                                                        str(message.get("phase")), force=True)
+        elif name == "resume":
+            key, next_phase, state = message.get("key"), message.get("next_phase"), message.get("state")
+            if not isinstance(key, str) or not isinstance(next_phase, str) or not isinstance(state, dict):
+                raise results.ReplyError("resume checkpoint")
+            save_state(self.folder, key, next_phase, state)
+        elif name == "clear":
+            clear_state(self.folder)
+
+
+def _saved_state(folder: Path | None) -> dict[str, Any] | None:
+    """The saved inversion state of an interrupted run, for the worker to resume (it checks the key)."""
+    if folder is None or not (folder / RESUME_FILE).is_file():
+        return None
+    try:
+        state = torch.load(folder / RESUME_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # damaged: start afresh, as the engine does
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _stopped_result(info: ModelInfo) -> InversionResult:
+    """What a stopped worker leaves: nothing (the audit stops right after)."""
+    return InversionResult(images=torch.zeros(0, *info.input_shape), targets=torch.zeros(0, dtype=torch.int64),
+                           confidence=torch.zeros(0), mode="stopped", threat_model="", steps=0, planned_steps=0,
+                           seconds=0.0, completed_fraction=0.0, complete=False, interrupted=True)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise results.ReplyError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe data only (the record goes into the findings document)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def open_session(settings: AuditSettings, dist: DistContext, threads: int,
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> ModelSession:
+    """The confined worker where this machine offers confinement, else in-process (refused by --require-confinement)."""
+    reason = "a distributed run (its collectives need sockets)" if dist.is_distributed else sandbox.unavailable_reason()
+    if reason is not None:
+        if settings.require_confinement:
+            raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
+        return InProcessSession(reason, dist=dist)
+    readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None)
+    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop)
+
+
+def confinement_notes(model: ModelSession) -> list[str]:
+    """What every output must say when the model ran unconfined."""
+    record = model.confinement
+    if record.get("worker"):
+        return []
+    return [f"The model ran unconfined, in the audit's own process: {record.get('reason')}. Code in the model file "
+            "(a TorchScript forward, an --unsafe-pickle load) could read, write and connect with your permissions."]

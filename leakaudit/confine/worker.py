@@ -1,0 +1,147 @@
+"""The confined worker's main loop: ``python -m leakaudit.confine.worker``, talking over stdin/stdout.
+
+It imports torch and the engine, receives the ``load`` request, confines
+itself (``sandbox``), and only then opens the model file. After that it
+answers one request at a time from ``OPERATIONS``; the model's own prints go
+to stderr, which the parent reads, never into the frame stream.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class WorkerState:
+    """What the worker holds between requests."""
+
+    relay: Any
+    target: Any = None
+    confinement: dict[str, Any] = field(default_factory=dict)
+
+
+def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from leakaudit.confine import operations, results, sandbox
+
+    torch.set_num_threads(int(args["threads"]))
+    torch.manual_seed(int(args["seed"]))  # as the in-process audit does before loading
+    device = args["request"].get("device")
+    if device is not None and str(device).startswith("cuda") or device is None and torch.cuda.is_available():
+        torch.zeros(1, device=device or "cuda")  # open the GPU's device files before writes are denied
+    confine = args.get("confine")
+    if confine is not None:
+        state.confinement = sandbox.confine([Path(p) for p in confine["readable"]], confine.get("memory_bytes"))
+        state.relay.send({"kind": "confined", "record": state.confinement})
+    request = operations.LoadRequest(**{k: (Path(v) if k == "path" else tuple(v) if isinstance(v, list) else v)
+                                        for k, v in args["request"].items()})
+    state.target = operations.load(request)
+    return {"info": results.info_fields(operations.ModelInfo.of(state.target))}
+
+
+def _op_attack(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
+    from leakaudit.confine import operations
+    from leakaudit.confine.relay import RELAY_FOLDER
+    from leakaudit.inversion import InversionConfig
+
+    prior = args.get("prior")
+    request = operations.AttackRequest(
+        config=InversionConfig(**args["config"]), prior=tuple(prior) if prior is not None else None,  # type: ignore[arg-type]
+        informed=bool(args["informed"]), init=Path(args["init"]) if args.get("init") else None,
+        resume_tag=str(args.get("resume_tag", "")))
+    state.relay.resume_state = args.get("resume_state")
+    state.relay.install_checkpoints()
+    result = operations.attack(state.target, request, state.relay.callbacks(), state.relay.should_stop,
+                               RELAY_FOLDER if args.get("checkpoints") else None)
+    state.relay.flush()
+    return {"result": operations.result_fields(result)}
+
+
+def _op_logits(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
+    from leakaudit.confine import operations
+
+    return {"logits": operations.logits(state.target, args["images"], state.relay.alive)}
+
+
+# name → operation; each takes the worker's state and the request's serialisable arguments
+OPERATIONS: dict[str, Callable[[WorkerState, dict[str, Any]], dict[str, Any]]] = {
+    "load": _op_load,
+    "attack": _op_attack,
+    "logits": _op_logits,
+}
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    from leakaudit.errors import LeakAuditError
+
+    text = f"{exc}"
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text.lower():
+        return {"kind": "error", "type": "memory", "message": text[:2000]}
+    if isinstance(exc, LeakAuditError):
+        return {"kind": "error", "type": type(exc).__name__, "message": text[:4000]}
+    return {"kind": "error", "type": "internal", "message": f"{type(exc).__name__}: {text}"[:4000],
+            "traceback": traceback.format_exc()[-8000:]}
+
+
+def _die_with_parent() -> None:
+    """``PR_SET_PDEATHSIG``: a parent killed outright takes the worker with it, even one stuck in the model."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
+def main() -> int:
+    """Serve requests until ``close`` or the end of the stream."""
+    _die_with_parent()
+    channel_in, channel_out = os.dup(0), os.dup(1)
+    os.dup2(2, 1)  # the model's prints go to stderr
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    import torch  # noqa: F401  everything the operations need is imported before confinement
+
+    import leakaudit.confine.operations  # noqa: F401
+    import leakaudit.confine.results  # noqa: F401
+    import leakaudit.confine.sandbox  # noqa: F401
+    from leakaudit.confine.channel import Channel, ChannelClosed
+    from leakaudit.confine.relay import Relay
+
+    channel = Channel(channel_in, channel_out)
+    state = WorkerState(relay=Relay(channel))
+    warnings.showwarning = state.relay.warning  # the model's warnings reach the audit's own warning display
+    channel.send({"kind": "ready"})
+    while True:
+        try:
+            request = channel.recv()
+        except ChannelClosed:
+            return 0
+        if request["kind"] == "close":
+            return 0
+        if request["kind"] != "call":
+            continue  # a stop that arrived between calls
+        state.relay.stopped = False
+        try:
+            reply = {"kind": "result", **OPERATIONS[request["op"]](state, request.get("args", {}))}
+        except BaseException as exc:  # every failure is a reply; the parent decides what it means
+            reply = _error(exc)
+        try:
+            state.relay.send(reply)
+        except ChannelClosed:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
