@@ -56,7 +56,7 @@ class RungResult:
                 "members_at_ssim_0_4": self.at_seen, "shown": self.shown, "reason": self.reason,
                 "memorised": self.memorised, "training_steps": self.steps,
                 "final_loss": self.final_loss if self.final_loss == self.final_loss else None,
-                "accuracy": self.accuracy, "complete": self.complete, "seconds": self.seconds,
+                "accuracy": self.accuracy, "complete": self.complete,
                 "splits": {"members": self.members, "null": self.null},
                 "member_best_ssim": self.member_best_ssim, "member_best_index": self.member_best_index,
                 "notes": list(self.notes)}
@@ -115,7 +115,8 @@ class Power:
         return {"status": self.status, "reason": self.reason, "statement": self.statement,
                 "largest_k_shown": self.largest_k, "model_images_per_class": self.model_per_class,
                 "ladder": [r.k for r in self.rungs], "rungs": [r.to_dict() for r in self.rungs],
-                "copy": self.method, "recipe": self.recipe, "seconds": self.seconds}
+                "copy": self.method, "recipe": self.recipe, "seconds": self.seconds,
+                "rung_seconds": [r.seconds for r in self.rungs]}
 
 
 def per_class_text(n: float | None) -> str:
