@@ -30,7 +30,7 @@ from leakaudit.inputs import AuditInputs, AuditSets, audit_sets, check_output_fo
 from leakaudit.matches import Matches, match_stage
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.outlock import output_lock
-from leakaudit.power.stage import PowerStage, power_stage
+from leakaudit.power.stage import PowerStage, power_stage, report_arrays
 from leakaudit.progress import Observer, SilentObserver, StopCheck
 from leakaudit.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
@@ -188,6 +188,7 @@ def _write(run: RunContext, document: dict[str, Any], result: AuditResult) -> Au
         "confidence": attack.result.confidence.cpu().numpy().astype(np.float32),
         "finding_train_images": (train.images[order].numpy() if len(order)
                                  else np.zeros((0, *train.images.shape[1:]), np.uint8)),
+        **report_arrays(result.power, result.sets.null.images if result.sets.null is not None else None),
     }
     outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
                             junit_path=settings.junit, markdown_path=settings.markdown, should_stop=run.stop)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from leakaudit.attack import Attack, inversion_config
@@ -119,3 +120,22 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         members[rung.k] = rung.members
     power = decide(results, per_class, method, RECIPE.to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
+
+
+SHOWN_PAIRS = 20  # control members shown beside their best reconstruction in the report
+
+
+def report_arrays(stage: PowerStage | None, null_images: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """The displayed rung's members (uint8, holdout images: the owner's data) and their best reconstructions."""
+    if stage is None or null_images is None:
+        return {}
+    k = stage.power.display_k
+    rung = next((r for r in stage.power.rungs if r.k == k), None)
+    if rung is None or k not in stage.candidates:
+        return {}
+    order = sorted(range(len(rung.member_best_ssim)), key=lambda i: -rung.member_best_ssim[i])[:SHOWN_PAIRS]
+    members = stage.members[k][order]
+    best = torch.tensor([rung.member_best_index[i] for i in order], dtype=torch.long)
+    return {"power_member_images": null_images[members].numpy(),
+            "power_reconstructions": stage.candidates[k][best].numpy().astype(np.float32),
+            "power_pair_order": np.asarray(order, dtype=np.int64)}

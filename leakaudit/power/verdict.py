@@ -111,8 +111,16 @@ class Power:
     recipe: dict[str, Any] | None = None
     seconds: float = 0.0
 
+    @property
+    def display_k(self) -> int | None:
+        """The rung the report shows beside its members: the largest shown, else the smallest tried."""
+        if self.largest_k is not None:
+            return self.largest_k
+        return min((r.k for r in self.rungs), default=None)
+
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "statement": self.statement,
+                "images_k": self.display_k,
                 "largest_k_shown": self.largest_k, "model_images_per_class": self.model_per_class,
                 "ladder": [r.k for r in self.rungs], "rungs": [r.to_dict() for r in self.rungs],
                 "copy": self.method, "recipe": self.recipe, "seconds": self.seconds,

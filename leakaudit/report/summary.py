@@ -176,7 +176,10 @@ def power_of(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
     power = document.get("power")
     if not isinstance(power, Mapping):
         return None, None
-    return str(power.get("status") or "not measured"), str(power.get("statement") or "")
+    status = str(power.get("status") or "not measured")
+    statement = str(power.get("statement") or "")
+    prefix = f"Power {status}: "
+    return status, statement[len(prefix):] if statement.startswith(prefix) else statement
 
 
 def power_required_note(document: Mapping[str, Any]) -> bool:
