@@ -21,6 +21,7 @@ from torch import nn
 
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
 from leakaudit.loading import import_arch
+from leakaudit.model_features import fixed_batch
 from leakaudit.models import TargetModel
 from leakaudit.numerics import flush_denormals
 from leakaudit.power.reinit import UnknownLayer, fresh_copy
@@ -76,6 +77,20 @@ def _set_mode(module: nn.Module, training: bool) -> None:
         pass
 
 
+def _forward(module: nn.Module, x: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """The copy's logits; a program traced with a static batch runs chunk by chunk, the last one padded."""
+    if batch is None:
+        return module(x)
+    outs = []
+    for start in range(0, x.shape[0], batch):
+        chunk = x[start : start + batch]
+        n = chunk.shape[0]
+        if n < batch:
+            chunk = torch.cat([chunk, chunk[:1].expand(batch - n, *chunk.shape[1:])])
+        outs.append(module(chunk)[:n])
+    return torch.cat(outs)
+
+
 def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
                 should_stop: Callable[[], bool]) -> tuple[int, float, float]:
     """Full-batch descent until every member is right and the loss is within the bound: (steps, loss, accuracy)."""
@@ -87,19 +102,20 @@ def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Rec
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr)
     else:
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
+    batch = fixed_batch(module)
     steps, loss_value, accuracy = 0, float("inf"), 0.0
     while True:
         if steps % CHECK_EVERY == 0 or steps >= recipe.max_steps:
             _set_mode(module, False)
             with torch.no_grad():
-                logits = module(x)
+                logits = _forward(module, x, batch)
                 loss_value = float(F.cross_entropy(logits, y))
                 accuracy = float((logits.argmax(1) == y).double().mean())
             if (accuracy == 1.0 and loss_value <= recipe.loss_bound) or steps >= recipe.max_steps or should_stop():
                 break
         _set_mode(module, True)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(module(x), y).backward()
+        F.cross_entropy(_forward(module, x, batch), y).backward()
         opt.step()
         steps += 1
     _set_mode(module, False)

@@ -18,7 +18,7 @@ import torch
 
 from leakaudit.attack import Attack, inversion_config
 from leakaudit.inputs import AuditInputs, AuditSets, prior_split
-from leakaudit.inversion import InversionCallbacks
+from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.inversion.candidates import grown
 from leakaudit.power.control import RECIPE, run_control
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
@@ -42,6 +42,20 @@ def _null_in_holdout(inputs: AuditInputs, sets: AuditSets, seed: int) -> torch.T
     if sets.prior is None:
         return torch.arange(len(inputs.holdout))
     return prior_split(inputs.holdout.labels, seed)[1]
+
+
+def rung_config(base: InversionConfig, attack: Attack, n_members: int, num_classes: int,
+                explicit: int | None) -> InversionConfig:
+    """The audit's engine settings, the candidates grown with the control's own members by the audit's rule.
+
+    The count never exceeds the audit's own: at the same effort a rung then
+    costs at most what the audit's attack cost, which bounds the stage.
+    """
+    config = grown(base, n_members, num_classes, explicit)
+    own = attack.config.candidates_per_class
+    if config.candidates_per_class > own:
+        config = replace(config, candidates_per_class=own, pool_per_class=max(base.pool_per_class, own))
+    return replace(config, prior=attack.config.prior)
 
 
 class _Progress:
@@ -96,7 +110,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     method: str | None = None
     for rung in rungs(null.labels, target.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a fresh copy")
-        config = replace(grown(base, len(rung.members), target.num_classes, explicit), prior=attack.config.prior)
+        config = rung_config(base, attack, len(rung.members), target.num_classes, explicit)
         rung_started = time.monotonic()
         control = run_control(target, null.images[rung.members], null.labels[rung.members], config, control_seed, prior, _Progress(run.observer, rung.k).callbacks(), run.stop)  # noqa: E501
         if run.stop():
