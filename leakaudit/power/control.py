@@ -135,7 +135,14 @@ def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor,
     Deterministic for a seed; ``should_stop`` ends training or inversion early
     (the run is then incomplete).
     """
-    stop = should_stop or (lambda: False)
+    with torch.random.fork_rng(devices=[]):  # the audit's own random stream is left as it was
+        return _run_control(target, images, labels, config, seed, prior, callbacks, should_stop or (lambda: False),
+                            recipe)
+
+
+def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
+                 prior: tuple[torch.Tensor, torch.Tensor] | None, callbacks: InversionCallbacks | None,
+                 stop: Callable[[], bool], recipe: Recipe) -> ControlRun:
     module = target.module
     if module is None:
         return _unsupported("the loaded model keeps no module to copy")

@@ -111,6 +111,11 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     for rung in rungs(null.labels, target.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a fresh copy")
         config = rung_config(base, attack, len(rung.members), target.num_classes, explicit)
+        if settings.budget is not None:  # --budget bounds the whole audit, the controls included
+            left = settings.budget - (time.monotonic() - run.timer.started)
+            if left <= 0:
+                break  # the rungs run so far decide; none at all: not measured
+            config = replace(config, budget_s=left)
         rung_started = time.monotonic()
         control = run_control(target, null.images[rung.members], null.labels[rung.members], config, control_seed, prior, _Progress(run.observer, rung.k).callbacks(), run.stop)  # noqa: E501
         if run.stop():
@@ -132,6 +137,8 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
             [int(i) for i in best_index.tolist()], notes))
         candidates[rung.k] = control.candidates
         members[rung.k] = rung.members
+    if not results:
+        return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
     power = decide(results, per_class, method, RECIPE.to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
 
