@@ -122,13 +122,14 @@ def test_a_layer_without_a_known_default_is_refused() -> None:
 
 
 def _small_config(**changes: object) -> InversionConfig:
-    values = dict(width=16, batch_per_class=2, steps=20, pool_per_class=4, candidates_per_class=2, refine_steps=5,
-                  kkt_steps=5, pretrain_steps=20, finetune_steps=0)
+    values = dict(width=8, batch_per_class=1, steps=5, pool_per_class=2, candidates_per_class=2, refine_steps=2,
+                  kkt_steps=0, pretrain_steps=5, finetune_steps=0)
     values.update(changes)
     return InversionConfig.for_effort("quick", **values)  # type: ignore[arg-type]
 
 
 def test_the_control_memorises_its_members(tiny: TinyReference) -> None:
+    torch.set_num_threads(1)  # a tiny model on shared cores: more threads only wait (conftest restores the count)
     target = load_model(tiny.torchscript, device="cpu")
     holdout = load_image_folder(tiny.holdout_dir, channels=1, size=target.input_shape[1:])
     first = torch.stack([torch.nonzero(holdout.labels == c).flatten()[0] for c in range(10)])
