@@ -167,6 +167,10 @@ def diff_scale() -> str:
             f"white = a difference of {100 / DIFF_GAIN:.0f}% of the pixel range or more")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def power_view(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> dict | None:
     """The positive control: its status, one row per rung, and its members beside their reconstructions."""
     power = document.get("power")
@@ -192,6 +196,7 @@ def power_view(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], im
             pairs.append({"member": images.uri(_pick(members, i)), "recon": images.uri(_pick(recon, i)),
                           "ssim": num(ssim)})
     status, statement = power_of(document)
-    return {"status": status, "slug": str(status).replace(" ", "-"), "statement": statement or "",
-            "reason": power.get("reason") or "", "rungs": rungs, "pairs": [p for p in pairs if p["member"]],
+    reason = str(power.get("reason") or "")
+    return {"status": status, "slug": str(status).replace(" ", "-"), "statement": _sentence(statement or ""),
+            "reason": _sentence(reason), "rungs": rungs, "pairs": [p for p in pairs if p["member"]],
             "images_k": power.get("images_k"), "recipe": power.get("recipe"), "copy": power.get("copy")}
