@@ -31,6 +31,7 @@ from leakaudit.inputs import AuditInputs, AuditSets, audit_sets, check_output_fo
 from leakaudit.matches import Matches, match_stage
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.outlock import output_lock
+from leakaudit.power.stage import PowerStage, power_stage, report_arrays
 from leakaudit.progress import Observer, SilentObserver, StopCheck
 from leakaudit.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
@@ -134,8 +135,12 @@ def _run_audit(run: RunContext, model: ModelSession) -> AuditOutcome:
         return _stopped()
     if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
         return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
+    timer.start("power")
+    power = power_stage(run, prepared.inputs, sets, attack)
+    if power is None or stop():
+        return _stopped()
     timer.start("statistics")
-    result = _score(run, prepared, sets, attack, matches)
+    result = _score(run, prepared, sets, attack, matches, power)
     if result is None:
         return _stopped()
     document = apply_gate(to_document(result, settings.gate.holdout_quantile), settings.gate,
@@ -150,7 +155,8 @@ def _run_audit(run: RunContext, model: ModelSession) -> AuditOutcome:
     return _write(run, document, result)
 
 
-def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack, matches: Matches) -> AuditResult | None:
+def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack, matches: Matches,
+           power: PowerStage) -> AuditResult | None:
     """Statistics and findings, with the document's notes in their order; None when stopped."""
     inputs, scorer = prepared.inputs, prepared.scorer
     run.observer.phase("statistics")
@@ -172,8 +178,9 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     if sets.null is None:
         notes.append(NO_HOLDOUT_NOTE)
     notes.append(EXACT_COPIES_NOTE)
+    notes.append(power.power.statement)
     return AuditResult(attack, sets, evidence, findings, tuple(notes), scorer.settings(),
-                       provenance(run.settings, inputs, run.timer, run.threads))
+                       provenance(run.settings, inputs, run.timer, run.threads), power)
 
 
 def _write(run: RunContext, document: dict[str, Any], result: AuditResult) -> AuditOutcome:
@@ -186,6 +193,7 @@ def _write(run: RunContext, document: dict[str, Any], result: AuditResult) -> Au
         "confidence": attack.result.confidence.cpu().numpy().astype(np.float32),
         "finding_train_images": (train.images[order].numpy() if len(order)
                                  else np.zeros((0, *train.images.shape[1:]), np.uint8)),
+        **report_arrays(result.power, result.sets.null.images if result.sets.null is not None else None),
     }
     outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
                             junit_path=settings.junit, markdown_path=settings.markdown, should_stop=run.stop)

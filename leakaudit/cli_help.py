@@ -21,7 +21,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
     ("Model", ("arch", "unsafe_pickle", "require_confinement", "input_size", "mean", "std", "device")),
     ("Gate", ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc", "baseline",
-              "allow_foreign_baseline")),
+              "allow_foreign_baseline", "require_power", "power_check")),
     ("Outputs", ("out", "top", "redact", "images", "junit", "markdown", "output_format")),
     ("Inversion", ("effort", "prior", "conditioning", "candidates_per_class", "seed", "lpips_net", "lpips_weights")),
     ("Run", ("budget", "strict_data", "quiet", "debug")),
@@ -35,7 +35,7 @@ OTHER = "Other options"
 def _gate_default(name: str) -> str | None:
     """A threshold flag defaults to None on the command line (the gate's default applies): show the gate's."""
     field = next((f for f in fields(GateSettings) if f.name == name), None)
-    if field is None or field.default is MISSING:
+    if field is None or field.default is MISSING or isinstance(field.default, bool):
         return None
     return "off" if field.default is None else f"{field.default:.2f}"
 

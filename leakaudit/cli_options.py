@@ -17,7 +17,7 @@ import click
 
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, FileKey, read_config
 from leakaudit.errors import UsageError
-from leakaudit.gate_settings import THRESHOLD_KEYS, gate_settings_from_mapping
+from leakaudit.gate_settings import GATE_KEYS, THRESHOLD_KEYS, gate_settings_from_mapping
 
 
 class FloatList(click.ParamType):
@@ -52,7 +52,7 @@ def file_keys(command: click.Command) -> dict[str, FileKey]:
     for param in command.params:
         if not isinstance(param, click.Option) or param.name is None or param.name in NOT_IN_FILES:
             continue
-        if param.name in THRESHOLD_KEYS:
+        if param.name in GATE_KEYS:
             continue
         is_path = isinstance(param.type, click.Path)
         for flag in param.opts:
@@ -99,6 +99,8 @@ def run_options(func: Any) -> Any:
         click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path), help="Backbone weights file for LPIPS (default: torchvision's cache under $TORCH_HOME)."),
         click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report."),
         click.option("--images/--no-images", default=True, show_default=True, help="Include images in the HTML report."),
+        click.option("--require-power", is_flag=True, default=None, help="A pass whose attack did not reconstruct a planted copy of the architecture (power not shown) is incomplete (exit 2)."),
+        click.option("--power-check/--no-power-check", default=True, show_default=True, help="Run the positive control: fresh copies of the architecture made to memorise K held-out images per class, attacked the same way."),
         click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), help="A previous leakaudit.json of this model and data: fail only on new or worse findings."),
         click.option("--allow-foreign-baseline", is_flag=True, help="Accept a --baseline made for another model or other training data (e.g. the previous release)."),
         click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write JUnit XML here."),
@@ -126,6 +128,9 @@ def _gate_from(ctx: click.Context, opts: dict[str, Any]) -> tuple[dict[str, Any]
         if opts.get(key) is not None:
             gate[key] = opts[key]
             sources[key] = "--" + key.replace("_", "-")
+    if opts.get("require_power"):
+        gate["require_power"] = True
+        sources["require_power"] = "--require-power"
     return gate, sources
 
 
@@ -148,6 +153,6 @@ def settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
         lpips_weights=opts.get("lpips_weights"), strict_data=bool(opts.get("strict_data")), device=opts.get("device"),
         max_image_bytes=int(opts["max_image_mb"] * (1 << 20)),
         redact=opts["redact"], images=opts["images"], junit=opts.get("junit"), markdown=opts.get("markdown"),
-        baseline=baseline, gate=gate_settings, command=tuple(sys.argv),
+        baseline=baseline, gate=gate_settings, command=tuple(sys.argv), power_check=bool(opts.get("power_check", True)),
         inversion=dict(file_config.inversion) if file_config else {},
     )

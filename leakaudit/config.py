@@ -64,6 +64,7 @@ class AuditSettings:
     baseline: Path | None = None
     allow_foreign_baseline: bool = False  # a baseline made for another model or other data is meant
     gate: GateSettings = field(default_factory=GateSettings)  # thresholds and ignores, validated once
+    power_check: bool = True  # the positive control (leakaudit.power): off only by --no-power-check
     inversion: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.inversion]: InversionConfig fields
     command: tuple[str, ...] = ()
 

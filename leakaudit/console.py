@@ -145,9 +145,12 @@ class ByteProgress:
 def summary_lines(document: dict[str, Any], written: Sequence[Path]) -> list[str]:
     """The human summary the CLI prints on stderr after an audit."""
     # Imported here: the report package loads numpy and jinja2, which `run` must not pay for before its path checks.
-    from leakaudit.report.summary import format_p, headline_line, tidy_numbers
+    from leakaudit.report.summary import format_p, headline_line, power_line, tidy_numbers
     inversion = document.get("inversion") or {}
     lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
+    power = power_line(document)
+    if power:
+        lines.append(f"  {power}")
     if not inversion.get("complete", True):
         lines.append(f"  incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
     if inversion.get("resumed"):

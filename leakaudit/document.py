@@ -16,9 +16,10 @@ from leakaudit.attack import Attack
 from leakaudit.evidence import Evidence, Findings, per_class
 from leakaudit.inputs import AuditSets
 from leakaudit.matching.ssim import SSIM_SETTINGS
+from leakaudit.power.stage import PowerStage
 from leakaudit.scoring import distribution_summary, histogram, quantile
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 FRACTION_THRESHOLDS = (0.4, 0.5, 0.6)  # the summaries' "fraction above" levels of best-match SSIM
 
 
@@ -33,6 +34,7 @@ class AuditResult:
     notes: tuple[str, ...]
     lpips: dict[str, Any]  # the LPIPS scorer's settings, or why it is unavailable
     provenance: dict[str, Any]
+    power: PowerStage | None = None  # the positive control; None only for results made without one
 
 
 def _summary(result: AuditResult, holdout_quantile: float) -> dict[str, Any]:
@@ -89,4 +91,5 @@ def to_document(result: AuditResult, holdout_quantile: float) -> dict[str, Any]:
         "gate": {},
         "inversion": _inversion_record(attack, len(result.sets.train.classes)),
         "provenance": result.provenance,
+        "power": result.power.power.to_dict() if result.power is not None else None,
     }

@@ -107,9 +107,11 @@ def evaluate_gate(
     if previous_findings is not None:
         baseline = _baseline_summary(outcome, previous_findings, baseline_path or settings.baseline_path or "")
     verdict, exit_code, incomplete_note = _verdict(document, conditions)
+    verdict, exit_code, power_note = _required_power(document, settings, verdict, exit_code)
     exposure = _exposure(conditions, verdict)
-    if incomplete_note:
-        notes = notes + (incomplete_note,)
+    for note in (incomplete_note, power_note):
+        if note:
+            notes = notes + (note,)
     return GateOutcome(verdict, exit_code, conditions, finding_outcomes, baseline, ignored, notes, exposure, counted)
 
 
@@ -132,6 +134,18 @@ def _verdict(document: Mapping[str, Any], conditions: Sequence[Condition]) -> tu
                 f"The attack is incomplete ({done}): nothing found so far fails the gate, but an unfinished attack "
                 "cannot pass (exit 2).")
     return verdict, int(code), note
+
+
+def _required_power(document: Mapping[str, Any], settings: GateSettings, verdict: Verdict,
+                    code: int) -> tuple[Verdict, int, str | None]:
+    """``require_power``: a pass (or warning) whose attack showed no power on a planted copy is incomplete."""
+    power = document.get("power") or {}
+    status = power.get("status", "not measured")
+    if not settings.require_power or verdict not in ("pass", "warn") or status == "shown":
+        return verdict, code, None
+    return "incomplete", int(ExitStatus.INCOMPLETE), (
+        f"require_power: power is {status} ({power.get('reason') or 'no control ran'}), so this pass cannot stand "
+        "(exit 2): the same attack did not reconstruct a copy of this architecture that memorises its images.")
 
 
 def _exposure(conditions: Sequence[Condition], verdict: Verdict) -> dict[str, Any]:

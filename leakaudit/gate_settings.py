@@ -50,6 +50,7 @@ class GateSettings:
     warn_membership_auc: float | None = 0.70
     fail_membership_auc: float | None = None
     holdout_quantile: float = 0.99
+    require_power: bool = False  # a pass whose attack showed no power on a planted copy is incomplete
     ignore: tuple[IgnoreEntry, ...] = ()
     baseline_path: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -61,11 +62,13 @@ class GateSettings:
 
     def thresholds(self) -> dict[str, Any]:
         """The ``thresholds`` object of the findings document."""
-        return {**{key: getattr(self, key) for key in THRESHOLD_KEYS}, "directions": dict(DIRECTIONS)}
+        return {**{key: getattr(self, key) for key in THRESHOLD_KEYS}, "require_power": self.require_power,
+                "directions": dict(DIRECTIONS)}
 
 
-THRESHOLD_KEYS = tuple(f.name for f in fields(GateSettings) if f.name not in ("ignore", "baseline_path", "sources"))
-GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore"})  # the keys of [tool.leakaudit.gate]
+THRESHOLD_KEYS = tuple(f.name for f in fields(GateSettings)
+                       if f.name not in ("ignore", "baseline_path", "sources", "require_power"))
+GATE_KEYS = frozenset({*THRESHOLD_KEYS, "ignore", "require_power"})  # the keys of [tool.leakaudit.gate]
 
 
 def threshold_problems(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> list[str]:
@@ -170,7 +173,12 @@ def gate_settings_from_mapping(mapping: Mapping[str, Any], baseline_path: str | 
         problems.append(f"{where.get('holdout_quantile', 'holdout_quantile')} cannot be switched off")
         values["holdout_quantile"] = defaults.holdout_quantile
     ignore = _ignore_entries(mapping.get("ignore", []), problems)
+    require_power = mapping.get("require_power", defaults.require_power)
+    if not isinstance(require_power, bool):
+        problems.append(f"{where.get('require_power', 'require_power')} must be true or false, got {require_power!r}")
+        require_power = defaults.require_power
     if problems:  # parse problems and range problems together; otherwise GateSettings checks the ranges
         problems.extend(threshold_problems(values, where))
         raise ConfigError("gate settings: " + "; ".join(problems))
-    return GateSettings(**values, ignore=ignore, baseline_path=baseline_path, sources=where)
+    return GateSettings(**values, require_power=require_power, ignore=ignore, baseline_path=baseline_path,
+                        sources=where)

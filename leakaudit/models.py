@@ -74,6 +74,8 @@ class TargetModel:
         self.sha256 = sha256
         self.feature_note = feature_note  # why features are unavailable, or None
         self.load_notes: list[str] = []  # what every output must say about how the file was loaded
+        self.module: nn.Module | None = None  # the loaded module itself: the positive control copies it
+        self.arch: str | None = None  # --arch, when the file's architecture came from it
         channels = input_shape[0]
         self.mean = torch.tensor(list(mean) if mean is not None else [0.0] * channels, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std) if std is not None else [1.0] * channels, device=device).view(1, -1, 1, 1)
@@ -131,8 +133,10 @@ class TargetModel:
             p.requires_grad_(False)
         forward, tap, note = instrument(module, input_shape, dev)
         k = num_classes if num_classes is not None else _count_classes(forward, input_shape, dev)
-        return cls(forward, list(module.parameters()), input_shape=input_shape, num_classes=k, mean=mean, std=std,
-                   device=dev, fmt=fmt, tap=tap, feature_note=note)
+        target = cls(forward, list(module.parameters()), input_shape=input_shape, num_classes=k, mean=mean, std=std,
+                     device=dev, fmt=fmt, tap=tap, feature_note=note)
+        target.module = module
+        return target
 
 
 def _set_eval(module: nn.Module) -> None:
@@ -223,6 +227,7 @@ def load_model(
     std_full = list(std) * shape[0] if std is not None and len(std) == 1 else std
     target = TargetModel.from_module(module, shape, num_classes, mean=mean_full, std=std_full, device=dev, fmt=fmt)
     target.path = path
+    target.arch = arch
     target.sha256 = file_sha256(path)
     if fmt == "pickle":
         target.load_notes.append(UNSAFE_NOTE.format(path=shown))

@@ -24,6 +24,7 @@ import torch
 from leakaudit.gate import GateSettings, apply_gate
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.reference import bundled_images
+from leakaudit.power.verdict import RungResult, decide, not_measured
 
 TOP_K = 12
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -171,7 +172,7 @@ def _build_unthreaded(
     null = ssim_matrix(torch.from_numpy(class_means.astype(np.float32)), torch.from_numpy(train_u8)).numpy()
     model_bytes = cands_np.tobytes()
     document = {
-        "schema_version": "1.0",
+        "schema_version": "1.1",
         "tool": {"name": "leakaudit", "version": "0.1.0"},
         "mode": "informed" if calibrated else "data-free",
         "threat_model": "An attacker holding the weights and images of the same kind, but none of the training images.",
@@ -230,10 +231,12 @@ def _build_unthreaded(
             "device": "cpu",
             "command": ["leakaudit", "run", "models/digits-mlp.pt", "--data", "data/train"],
             "nondeterminism": None, "threads": 1,
-            "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "statistics": 1.0, "writing": 0.25},
+            "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "power": 60.0, "statistics": 1.0,
+                              "writing": 0.25},
             "confinement": {"worker": True, "landlock_abi": 7, "seccomp": True, "no_new_privs": True,
                             "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0}},
         },
+        "power": power_record(calibrated, len(names), len(train_idx) / len(names)),
     }
     arrays = {
         "images": cands_np,
@@ -242,6 +245,22 @@ def _build_unthreaded(
         "finding_train_images": train_u8[order],
     }
     return Scenario(document, arrays, train_best, holdout_best)
+
+
+def power_record(calibrated: bool, num_classes: int, per_class: float) -> dict[str, Any]:
+    """The ``power`` object: one shown rung at K = 1 when calibrated, "not measured" without a holdout."""
+    if not calibrated:
+        return not_measured("no holdout, so no non-members to plant in a control", per_class).to_dict()
+    members = list(range(0, 4 * num_classes, 4))
+    rung = RungResult(k=1, n_members=num_classes, n_null=3 * num_classes,
+                      leak={"value": 0.96, "ci_low": 0.9, "ci_high": 0.99, "ci_level": 0.95, "p_value": 0.001,
+                            "n_members": num_classes, "n_nonmembers": 3 * num_classes, "method": "AUC"},
+                      above_quantile=num_classes - 2, quantile_value=0.62, at_seen=num_classes, shown=True,
+                      reason="leak_score: Leak score 0.960 reaches 0.70 with p < 0.01.", memorised=True, steps=20,
+                      final_loss=1e-4, accuracy=1.0, complete=True, seconds=30.0, members=members,
+                      null=[i for i in range(4 * num_classes) if i not in members],
+                      member_best_ssim=[0.8] * num_classes, member_best_index=list(range(num_classes)))
+    return decide([rung], per_class, "reset", {"optimizer": "adam", "lr": 1e-3}, 30.0).to_dict()
 
 
 def scenario(

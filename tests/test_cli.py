@@ -15,7 +15,7 @@ from leakaudit.cli import run
 from leakaudit.cli_options import file_keys
 from leakaudit.config import read_config
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate_settings import THRESHOLD_KEYS
+from leakaudit.gate_settings import GATE_KEYS
 
 from .conftest import TinyReference, assert_error, assert_no_result, run_cli
 
@@ -191,7 +191,7 @@ def test_run_level_values_in_the_engine_table_are_refused(key: str, value: str, 
 def test_every_run_option_is_a_file_key_and_reaches_the_run(tmp_path: Path) -> None:
     keys = file_keys(run)
     flags = {opt[2:].replace("-", "_") for p in run.params for opt in p.opts if opt.startswith("--")}
-    assert set(keys) == flags - {"config", "debug", "unsafe_pickle"} - set(THRESHOLD_KEYS)
+    assert set(keys) == flags - {"config", "debug", "unsafe_pickle"} - set(GATE_KEYS)
     assert keys["format"].param == "output_format" and keys["holdout"].is_path and not keys["seed"].is_path
     config = tmp_path / "audit.toml"
     config.write_text('conditioning = "matrix"\nseed = 7\nbudget = 30\nholdout = "non-members"\nfail_ssim = 0.8\n')

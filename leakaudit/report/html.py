@@ -131,6 +131,7 @@ def report_context(
         "top": view.top_leaked(rows),
         "leak": view.leak_facts(document),
         "galleries": view.galleries(document, arrays, images),
+        "power": view.power_view(document, arrays, images),
         "plot": _plot(document),
         "notes": view.notes(document),
         "lpips_reason": _lpips_reason(document),

@@ -28,6 +28,7 @@ ARRAY_KEYS = ("images", "targets", "confidence", "finding_train_images")
 TIMING_FIELDS = {
     "provenance": ("elapsed_s", "started_at", "command", "stage_seconds"),
     "inversion": ("seconds", "phase_seconds"),
+    "power": ("seconds", "rung_seconds"),
 }
 
 

@@ -31,7 +31,8 @@ def _properties(suite: ET.Element, document: Mapping[str, Any]) -> None:
     model = (document.get("provenance") or {}).get("model") or {}
     values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
               "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
-              "leak_score": _value(leak.get("value")) if leak else "–", "model_sha256": str(model.get("sha256", "–"))}
+              "leak_score": _value(leak.get("value")) if leak else "–", "model_sha256": str(model.get("sha256", "–")),
+              "power": plain.power or "–"}
     properties = ET.SubElement(suite, "properties")
     for name, value in values.items():
         ET.SubElement(properties, "property", name=f"leakaudit.{name}", value=value)
@@ -52,6 +53,24 @@ def _case(suite: ET.Element, condition: Mapping[str, Any], seconds: str) -> None
         out.text = f"{condition['status'].upper()}: {detail}"
 
 
+def _power_case(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The positive control as a case: fails where require_power made the audit incomplete, skipped when not
+    measured, else passing with the statement (which says plainly when power is not shown)."""
+    power = document.get("power")
+    if not isinstance(power, Mapping):
+        return None
+    required = bool((document.get("thresholds") or {}).get("require_power"))
+    status = str(power.get("status"))
+    if status == "shown":
+        outcome = "pass"
+    elif required:
+        outcome = "fail"
+    else:
+        outcome = "skipped" if status == "not measured" else "warn"
+    return {"name": "power", "status": outcome, "threshold": None, "observed": power.get("largest_k_shown"),
+            "message": str(power.get("statement") or power.get("reason") or "")}
+
+
 def render_junit(document: Mapping[str, Any]) -> str:
     """The gate of ``document`` as a JUnit XML string."""
     conditions = list((document.get("gate") or {}).get("conditions") or [])
@@ -60,6 +79,9 @@ def render_junit(document: Mapping[str, Any]) -> str:
         conditions.append({"name": "attack_complete", "status": "fail", "threshold": inversion.get("planned_steps"),
                            "observed": inversion.get("steps"),
                            "message": inversion.get("incomplete_reason") or "the attack was cut short by the budget"})
+    power = _power_case(document)
+    if power is not None:
+        conditions.append(power)
     provenance = document.get("provenance") or {}
     seconds = f"{float(provenance.get('elapsed_s') or 0.0):.3f}"
     failures = sum(1 for c in conditions if c["status"] == "fail")

@@ -55,6 +55,23 @@ def _headline(document: Mapping[str, Any]) -> list[str]:
                      f"{format_p(leak.get('p_value'))}; 0.5 = members matched no better than non-members)")
     else:
         lines.append("- Leak score not available: no holdout of non-member images.")
+    if plain.power is not None:
+        lines.append(f"- **Power {plain.power}**: {md_escape(plain.power_text)}")
+    return lines + _power_table(document)
+
+
+def _power_table(document: Mapping[str, Any]) -> list[str]:
+    """The control's ladder: one row per K."""
+    rungs = (document.get("power") or {}).get("rungs") or []
+    if not rungs:
+        return []
+    lines = ["", "| Control K per class | Leak score | Members above the null | Members at SSIM ≥ 0.4 | Shown | Steps |",
+             "|---:|---:|---:|---:|---|---:|"]
+    for r in rungs:
+        leak = r.get("leak_score") or {}
+        lines.append(f"| {r['k']} | {_num(leak.get('value'))} | {r['members_above_quantile']}/{r['n_members']} | "
+                     f"{r['members_at_ssim_0_4']}/{r['n_members']} | {'yes' if r['shown'] else 'no'} | "
+                     f"{r['training_steps']} |")
     return lines
 
 

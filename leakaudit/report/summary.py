@@ -46,6 +46,8 @@ class AuditSummary:
     n_train: int
     conditions: tuple[ConditionLine, ...]
     incomplete: bool
+    power: str | None = None  # shown | not shown | not measured; None for a document from before the control
+    power_text: str | None = None  # the power sentence, in plain words
 
 
 def format_p(p: float | None) -> str:
@@ -163,6 +165,29 @@ def _detail(document: Mapping[str, Any], exposure: str, leaked: int | None) -> s
     return " ".join(parts)
 
 
+POWER_HEADLINES = {
+    "not shown": "No leakage found, but the attack did not reconstruct a planted copy of this architecture",
+    "not measured": "No leakage found; the attack's power was not measured",
+}
+
+
+def power_of(document: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(status, statement) of the positive control; (None, None) for a document without one."""
+    power = document.get("power")
+    if not isinstance(power, Mapping):
+        return None, None
+    status = str(power.get("status") or "not measured")
+    statement = str(power.get("statement") or "")
+    prefix = f"Power {status}: "
+    return status, statement[len(prefix):] if statement.startswith(prefix) else statement
+
+
+def power_required_note(document: Mapping[str, Any]) -> bool:
+    """Whether require_power, not the attack, made this audit incomplete."""
+    return document.get("verdict") == "incomplete" and (document.get("inversion") or {}).get("complete", True) \
+        and bool((document.get("thresholds") or {}).get("require_power"))
+
+
 def summarise(document: Mapping[str, Any]) -> AuditSummary:
     """The plain-words verdict of a gated findings document."""
     conditions = (document.get("gate") or {}).get("conditions") or []
@@ -170,10 +195,15 @@ def summarise(document: Mapping[str, Any]) -> AuditSummary:
     exposure = _exposure_field(document.get("exposure")) or _exposure_from_conditions(conditions)
     if exposure == "neither" and incomplete:
         exposure = "incomplete"
+    power, power_text = power_of(document)
     headline = HEADLINES[exposure]
     if exposure == "neither" and document.get("verdict") == "warn":
         headline = "No leakage at the fail level, with warnings to look at"
-    if incomplete and exposure != "incomplete":
+    if exposure == "neither" and power in POWER_HEADLINES:
+        headline = POWER_HEADLINES[power]  # a pass the attack could not have failed must not read as clean
+    if power_required_note(document):
+        headline = f"Incomplete: power {power or 'not measured'}, and require_power is set"
+    elif incomplete and exposure != "incomplete":
         headline += " (from an attack that did not finish)"
     leaked = leaked_members(document)
     lines = tuple(
@@ -184,6 +214,7 @@ def summarise(document: Mapping[str, Any]) -> AuditSummary:
         verdict=str(document.get("verdict", "fail")), exposure=exposure, headline=headline,
         detail=_detail(document, exposure, leaked), leaked=leaked,
         n_train=int((document.get("summary") or {}).get("n_train") or 0), conditions=lines, incomplete=incomplete,
+        power=power, power_text=power_text,
     )
 
 
@@ -194,6 +225,19 @@ def headline_line(document: Mapping[str, Any]) -> str:
     count = (f" ({s.leaked} of {s.n_train} members matched better than {quantile:.0%} of non-members)"
              if s.leaked is not None else "")
     return f"{SYMBOLS.get(s.verdict, '')} {s.verdict.upper()}: {s.headline[0].lower() + s.headline[1:]}{count}"
+
+
+def power_line(document: Mapping[str, Any]) -> str | None:
+    """One line on the attack's power: the statement and each rung's leak score; None without a control."""
+    power = document.get("power")
+    if not isinstance(power, Mapping):
+        return None
+    rungs = power.get("rungs") or []
+    ladder = "; ".join(
+        f"K={r.get('k')}: leak {_num((r.get('leak_score') or {}).get('value'))}, "
+        f"{r.get('members_above_quantile')}/{r.get('n_members')} above the null, "
+        f"{'shown' if r.get('shown') else 'not shown'}" for r in rungs)
+    return f"{power.get('statement')}" + (f" [{ladder}]" if ladder else "")
 
 
 _P_VALUE = re.compile(r"\bp = (\d+(?:\.\d+)?(?:e-?\d+)?)")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from leakaudit.report.images import DIFF_GAIN, ImageRenderer
-from leakaudit.report.summary import format_p
+from leakaudit.report.summary import format_p, power_of
 
 TOP_LEAKED = 5
 GALLERY_PER_CLASS = 12
@@ -165,3 +165,38 @@ def diff_scale() -> str:
     """The stated scale of the difference maps."""
     return (f"|reconstruction − training image| × {DIFF_GAIN:g}: black = identical, "
             f"white = a difference of {100 / DIFF_GAIN:.0f}% of the pixel range or more")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def power_view(document: Mapping[str, Any], arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> dict | None:
+    """The positive control: its status, one row per rung, and its members beside their reconstructions."""
+    power = document.get("power")
+    if not isinstance(power, Mapping):
+        return None
+    rungs = []
+    for r in power.get("rungs") or []:
+        leak = r.get("leak_score") or {}
+        rungs.append({"k": r["k"], "leak": num(leak.get("value")),
+                      "ci": f"{num(leak.get('ci_low'))}–{num(leak.get('ci_high'))}" if leak else "–",
+                      "above": f"{r['members_above_quantile']}/{r['n_members']}",
+                      "seen": f"{r['members_at_ssim_0_4']}/{r['n_members']}", "shown": bool(r["shown"]),
+                      "memorised": bool(r["memorised"]), "steps": r["training_steps"],
+                      "n_null": r["n_null"], "reason": r.get("reason") or ""})
+    members, recon = arrays.get("power_member_images"), arrays.get("power_reconstructions")
+    order = arrays.get("power_pair_order")
+    shown_rung = next((r for r in power.get("rungs") or [] if r["k"] == power.get("images_k")), None)
+    pairs = []
+    if members is not None and recon is not None and order is not None and shown_rung is not None:
+        best = shown_rung.get("member_best_ssim") or []
+        for i, index in enumerate(order.tolist()):
+            ssim = best[index] if 0 <= index < len(best) else None
+            pairs.append({"member": images.uri(_pick(members, i)), "recon": images.uri(_pick(recon, i)),
+                          "ssim": num(ssim)})
+    status, statement = power_of(document)
+    reason = str(power.get("reason") or "")
+    return {"status": status, "slug": str(status).replace(" ", "-"), "statement": _sentence(statement or ""),
+            "reason": _sentence(reason), "rungs": rungs, "pairs": [p for p in pairs if p["member"]],
+            "images_k": power.get("images_k"), "recipe": power.get("recipe"), "copy": power.get("copy")}

@@ -1,0 +1,128 @@
+"""The power map: for every reference audit, its verdict beside what the attack can see on that architecture.
+
+For each reference in ``audits/`` (the ``leakaudit demo --list`` set; the
+real-data ones only when ``python -m bench.realdata`` has filled its cache,
+else a line says they were skipped), builds the reference under
+``bench/out/`` on first use and runs the default audit as a user would (a
+fresh process, ``leakaudit run MODEL --data … --holdout …``). Prints the
+model's verdict and exposure, its images per class, the positive control's
+K ladder with each rung's leak score and members at SSIM ≥ 0.4, whether
+power is shown, and the seconds of every stage (the control is ``power``),
+then one Markdown table of it all (what ``bench/README.md`` keeps).
+
+    python bench/bench_power.py                                   # every reference
+    python bench/bench_power.py --models digits-mlp-1pc,digits-mlp-2pc --effort quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from leakaudit.reference import REAL, build_reference, load_spec, realdata_cache, shipped_audits  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+
+
+def available(name: str) -> str | None:
+    """Why a reference cannot run here (its real data is not cached), or None."""
+    spec, _ = load_spec(name)
+    if spec.dataset in REAL and not (realdata_cache() / f"{spec.dataset}.npz").exists():
+        return f"{spec.dataset} is not cached at {realdata_cache()} (python -m bench.realdata)"
+    return None
+
+
+def audit(name: str, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] | None, float, float]:
+    """One default audit of a reference in a fresh process: exit code, document, build and audit seconds."""
+    spec, _ = load_spec(name)
+    started = time.monotonic()
+    built = build_reference(spec, OUT / name)
+    build_s = time.monotonic() - started
+    command = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
+               "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CI": "1"}, cwd=ROOT)
+    wall = time.monotonic() - started
+    path = out / "leakaudit.json"
+    if proc.returncode not in (0, 1, 2) or not path.exists():
+        print(f"  {name}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        return proc.returncode, None, build_s, wall
+    return proc.returncode, json.loads(path.read_text()), build_s, wall
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.2f}"
+
+
+def row(name: str, doc: dict[str, Any]) -> dict[str, str]:
+    """One line of the power map."""
+    power = doc.get("power") or {}
+    rungs = power.get("rungs") or []
+    stages = doc["provenance"].get("stage_seconds") or {}
+    inversion, control = stages.get("inversion"), stages.get("power")
+    ratio = f"{control / inversion:.2f}" if inversion and control is not None else "–"
+    per_class = power.get("model_images_per_class")
+    return {
+        "reference": name,
+        "verdict": doc["verdict"],
+        "exposure": doc["exposure"]["statement"],
+        "model leak": _num((doc["summary"].get("leak_score") or {}).get("value")),
+        "N/class": "–" if per_class is None else f"{per_class:g}",
+        "K ladder": ", ".join(str(r["k"]) for r in rungs) or "–",
+        "control leak": ", ".join(_num((r.get("leak_score") or {}).get("value")) for r in rungs) or "–",
+        "≥ 0.4": ", ".join(f"{r['members_at_ssim_0_4']}/{r['n_members']}" for r in rungs) or "–",
+        "power": power.get("status", "–") + (f" (K ≤ {power['largest_k_shown']})"
+                                             if power.get("largest_k_shown") else ""),
+        "inversion s": f"{inversion:.0f}" if inversion is not None else "–",
+        "power s": f"{control:.0f}" if control is not None else "–",
+        "power / inversion": ratio,
+        "stages": " ".join(f"{k} {v:.0f}" for k, v in stages.items()),
+    }
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(shipped_audits()))
+    parser.add_argument("--effort", default=None, help="--effort of every audit (default: the tool's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    extra = ["--seed", str(args.seed)] + (["--effort", args.effort] if args.effort else [])
+    rows = []
+    for name in [m for m in args.models.split(",") if m]:
+        missing = available(name)
+        if missing:
+            print(f"{name}: skipped: {missing}")
+            continue
+        code, doc, build_s, wall = audit(name, OUT / "power" / name, extra)
+        if doc is None:
+            continue
+        rows.append(row(name, doc))
+        power = doc.get("power") or {}
+        print(f"{name}: exit {code}, {doc['verdict']}, {doc['exposure']['statement']}; {power.get('statement')} "
+              f"(build {build_s:.0f} s, audit {wall:.0f} s)", flush=True)
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

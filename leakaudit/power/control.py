@@ -1,0 +1,174 @@
+"""The model-touching half of the positive control: a fresh copy of the architecture, made to memorise, inverted.
+
+``run_control`` is the one function that handles the audited model for the
+control: it clones the loaded module with fresh weights (``reinit.py``),
+trains the clone on the control's members until it has memorised them, and
+inverts the clone with the audit's own engine and settings. What it returns
+holds only tensors and plain values, so it can run wherever the model is
+kept. Choosing the members, matching and scoring happen elsewhere
+(``ladder.py``, ``verdict.py``), never touching the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
+from leakaudit.loading import import_arch
+from leakaudit.model_features import fixed_batch
+from leakaudit.models import TargetModel
+from leakaudit.numerics import flush_denormals
+from leakaudit.power.reinit import UnknownLayer, fresh_copy
+
+LOSS_BOUND = 1e-3  # mean cross-entropy the control must reach on its members
+CHECK_EVERY = 10  # steps between convergence checks (eval mode: what the inversion sees)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the copy is trained: full-batch descent on every member at once, seeded."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    max_steps: int = 3000
+    loss_bound: float = LOSS_BOUND
+
+    def to_dict(self) -> dict[str, object]:
+        return {"optimizer": self.optimizer, "lr": self.lr, "max_steps": self.max_steps,
+                "loss_bound": self.loss_bound, "batch": "full", "weight_decay": 0.0}
+
+
+RECIPE = Recipe()
+
+
+@dataclass(frozen=True)
+class ControlRun:
+    """What one control produced: tensors and plain values only."""
+
+    candidates: torch.Tensor  # (N, C, H, W) float32 in [0, 1] on the CPU
+    targets: torch.Tensor  # (N,) int64
+    steps: int  # training steps taken
+    final_loss: float  # members' mean cross-entropy at the end (eval mode)
+    accuracy: float  # share of members classified correctly at the end
+    memorised: bool  # accuracy 1 and loss within the bound
+    complete: bool  # the inversion ran every planned step
+    method: str  # how the copy got fresh weights: "arch" | "reset"
+    train_seconds: float
+    invert_seconds: float
+    notes: tuple[str, ...] = field(default=())
+    unsupported: str | None = None  # why no copy could be made (then nothing else is filled)
+
+
+def _unsupported(reason: str) -> ControlRun:
+    empty = torch.zeros(0)
+    return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0, (), reason)
+
+
+def _set_mode(module: nn.Module, training: bool) -> None:
+    try:
+        module.train(training)
+    except (NotImplementedError, RuntimeError):  # exported programs are traced in eval mode
+        pass
+
+
+def _forward(module: nn.Module, x: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """The copy's logits; a program traced with a static batch runs chunk by chunk, the last one padded."""
+    if batch is None:
+        return module(x)
+    outs = []
+    for start in range(0, x.shape[0], batch):
+        chunk = x[start : start + batch]
+        n = chunk.shape[0]
+        if n < batch:
+            chunk = torch.cat([chunk, chunk[:1].expand(batch - n, *chunk.shape[1:])])
+        outs.append(module(chunk)[:n])
+    return torch.cat(outs)
+
+
+def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
+                should_stop: Callable[[], bool]) -> tuple[int, float, float]:
+    """Full-batch descent until every member is right and the loss is within the bound: (steps, loss, accuracy)."""
+    torch.manual_seed(seed)
+    params = [p for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    if recipe.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
+    batch = fixed_batch(module)
+    steps, loss_value, accuracy = 0, float("inf"), 0.0
+    while True:
+        if steps % CHECK_EVERY == 0 or steps >= recipe.max_steps:
+            _set_mode(module, False)
+            with torch.no_grad():
+                logits = _forward(module, x, batch)
+                loss_value = float(F.cross_entropy(logits, y))
+                accuracy = float((logits.argmax(1) == y).double().mean())
+            if (accuracy == 1.0 and loss_value <= recipe.loss_bound) or steps >= recipe.max_steps or should_stop():
+                break
+        _set_mode(module, True)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(_forward(module, x, batch), y).backward()
+        opt.step()
+        steps += 1
+    _set_mode(module, False)
+    for p in params:
+        p.requires_grad_(False)
+        p.grad = None
+    return steps, loss_value, accuracy
+
+
+def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
+                prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                callbacks: InversionCallbacks | None = None,
+                should_stop: Callable[[], bool] | None = None, recipe: Recipe = RECIPE) -> ControlRun:
+    """Copy ``target``'s architecture with fresh weights, train it on ``images`` (uint8), invert it with ``config``.
+
+    ``prior``: the informed attacker's non-member images, as the audit used them.
+    Deterministic for a seed; ``should_stop`` ends training or inversion early
+    (the run is then incomplete).
+    """
+    with torch.random.fork_rng(devices=[]):  # the audit's own random stream is left as it was
+        return _run_control(target, images, labels, config, seed, prior, callbacks, should_stop or (lambda: False),
+                            recipe)
+
+
+def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
+                 prior: tuple[torch.Tensor, torch.Tensor] | None, callbacks: InversionCallbacks | None,
+                 stop: Callable[[], bool], recipe: Recipe) -> ControlRun:
+    module = target.module
+    if module is None:
+        return _unsupported("the loaded model keeps no module to copy")
+    arch = import_arch(target.arch) if target.arch is not None else None
+    try:
+        fresh = fresh_copy(module, seed, arch)
+    except UnknownLayer as exc:
+        return _unsupported(f"no known default initialisation for {exc}")
+    copy_module = fresh.module
+    x = ((images.float() / 255.0).to(target.device) - target.mean) / target.std
+    y = labels.long().to(target.device)
+    started = time.monotonic()
+    with flush_denormals(), torch.jit.optimized_execution(False):  # TorchScript's profiling passes cost ~5× here
+        steps, loss, accuracy = _train_copy(copy_module, x, y, recipe, seed, stop)
+    train_seconds = time.monotonic() - started
+    memorised = accuracy == 1.0 and loss <= recipe.loss_bound
+    notes = [] if memorised else [f"The control did not memorise its members within {recipe.max_steps} steps "
+                                  f"(accuracy {accuracy:.3f}, loss {loss:.2g})."]
+    mean = target.mean.flatten().tolist()
+    std = target.std.flatten().tolist()
+    control = TargetModel.from_module(copy_module, target.input_shape, target.num_classes, mean=mean, std=std,
+                                      device=target.device, fmt=target.format)
+    started = time.monotonic()
+    result = invert(control, config, prior=prior, callbacks=callbacks, should_stop=stop)
+    invert_seconds = time.monotonic() - started
+    candidates = result.images.detach().float().cpu().clamp(0, 1)
+    return ControlRun(candidates, result.targets.detach().cpu().long(), steps, loss, accuracy, memorised,
+                      bool(result.complete), fresh.method, train_seconds, invert_seconds,
+                      tuple(notes), None)

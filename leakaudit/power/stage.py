@@ -1,0 +1,162 @@
+"""The power stage: plant non-members in fresh copies of the architecture, attack them, judge the result.
+
+After the audit's own attack, each rung of the ladder (``ladder.py``) trains a
+copy on K null images per class and inverts it with the audit's settings and
+effort, the candidate count grown with the control's own training set
+(``run_control``, the only call that touches the model); the candidates are
+matched against the control's members and its own null and judged with the
+audit's gate (``verdict.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from leakaudit.attack import Attack, inversion_config
+from leakaudit.inputs import AuditInputs, AuditSets, prior_split
+from leakaudit.inversion import InversionCallbacks, InversionConfig
+from leakaudit.inversion.candidates import grown
+from leakaudit.power.control import RECIPE, run_control
+from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
+from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
+from leakaudit.progress import Observer
+from leakaudit.run_context import RunContext
+
+
+@dataclass(frozen=True)
+class PowerStage:
+    """The stage's verdict, and the control candidates beside their members (for the report's images)."""
+
+    power: Power
+    candidates: dict[int, torch.Tensor]  # K → (N, C, H, W) float32 candidates of that rung
+    members: dict[int, torch.Tensor]  # K → (K · classes,) indices into the null set
+
+
+def _null_in_holdout(inputs: AuditInputs, sets: AuditSets, seed: int) -> torch.Tensor:
+    """Indices into the holdout of each image of the audit's null (the split ``inputs`` made)."""
+    assert inputs.holdout is not None
+    if sets.prior is None:
+        return torch.arange(len(inputs.holdout))
+    return prior_split(inputs.holdout.labels, seed)[1]
+
+
+def rung_config(base: InversionConfig, attack: Attack, n_members: int, num_classes: int,
+                explicit: int | None) -> InversionConfig:
+    """The audit's engine settings, the candidates grown with the control's own members by the audit's rule.
+
+    The count never exceeds the audit's own: at the same effort a rung then
+    costs at most what the audit's attack cost, which bounds the stage.
+    """
+    config = grown(base, n_members, num_classes, explicit)
+    own = attack.config.candidates_per_class
+    if config.candidates_per_class > own:
+        config = replace(config, candidates_per_class=own, pool_per_class=max(base.pool_per_class, own))
+    return replace(config, prior=attack.config.prior)
+
+
+class _Progress:
+    """The control's inversion reported as the ``power`` phase."""
+
+    def __init__(self, observer: Observer, k: int) -> None:
+        self.observer, self.k = observer, k
+
+    def callbacks(self) -> InversionCallbacks:
+        label = f"power: control K={self.k}"
+        return InversionCallbacks(
+            on_start=lambda planned: self.observer.phase(f"{label}: inverting the copy", planned),
+            on_step=lambda step, planned, losses: self.observer.advance(step, planned, ""),
+            on_phase=lambda name: self.observer.phase(f"{label}: inversion: {name}"))
+
+
+def skipped(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> Power | None:
+    """Why power is not measured for this audit, or None when the stage should run."""
+    per_class = len(sets.train) / max(inputs.target.num_classes, 1)
+    if not run.settings.power_check:
+        return not_measured("the positive control was skipped (--no-power-check)", per_class)
+    if sets.null is None or inputs.holdout is None:
+        return not_measured("no holdout, so no non-members to plant in a control", per_class)
+    if run.settings.init is not None:
+        return not_measured("the init-aware attack (--init) has no control: a copy has no file of initial weights",
+                            per_class)
+    return None
+
+
+def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: Attack) -> PowerStage | None:
+    """Every rung of the ladder, attacked and judged; None when a stop was asked for."""
+    target, settings = inputs.target, run.settings
+    per_class = len(sets.train) / max(target.num_classes, 1)
+    reason = skipped(run, inputs, sets)
+    if reason is not None:
+        return PowerStage(reason, {}, {})
+    assert sets.null is not None
+    null = sets.null
+    null_idx = _null_in_holdout(inputs, sets, settings.seed)
+    ks = ladder(settings.effort, null.labels, target.num_classes)
+    if not ks:
+        return PowerStage(not_measured("the null holds too few non-members per class to plant any and keep as many",
+                                       per_class), {}, {})
+    prior = (sets.prior.images, sets.prior.labels) if sets.informed and sets.prior is not None else None
+    base = inversion_config(settings)
+    explicit = settings.candidates_per_class or settings.inversion.get("candidates_per_class")
+    control_seed = settings.seed + SPLIT_SEED_OFFSET
+    started = time.monotonic()
+    results: list[RungResult] = []
+    candidates: dict[int, torch.Tensor] = {}
+    members: dict[int, torch.Tensor] = {}
+    method: str | None = None
+    for rung in rungs(null.labels, target.num_classes, ks, settings.seed):
+        run.observer.phase(f"power: control K={rung.k}: training a fresh copy")
+        config = rung_config(base, attack, len(rung.members), target.num_classes, explicit)
+        if settings.budget is not None:  # --budget bounds the whole audit, the controls included
+            left = settings.budget - (time.monotonic() - run.timer.started)
+            if left <= 0:
+                break  # the rungs run so far decide; none at all: not measured
+            config = replace(config, budget_s=left)
+        rung_started = time.monotonic()
+        control = run_control(target, null.images[rung.members], null.labels[rung.members], config, control_seed, prior, _Progress(run.observer, rung.k).callbacks(), run.stop)  # noqa: E501
+        if run.stop():
+            return None
+        if control.unsupported is not None:
+            return PowerStage(not_measured(control.unsupported, per_class), {}, {})
+        method = control.method
+        leak, above, q, seen, shown, why, best, best_index = score_rung(
+            rung.k, control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,
+            settings.seed)
+        notes = list(control.notes)
+        if not control.complete:
+            shown, why = False, "The control's attack did not finish within the budget: not counted. " + why
+            notes.append("The control's inversion was cut short by the budget.")
+        results.append(RungResult(
+            rung.k, len(rung.members), len(rung.null), leak, above, q, seen, shown, why, control.memorised,
+            control.steps, control.final_loss, control.accuracy, control.complete, time.monotonic() - rung_started,
+            null_idx[rung.members].tolist(), null_idx[rung.null].tolist(), [float(s) for s in best.tolist()],
+            [int(i) for i in best_index.tolist()], notes))
+        candidates[rung.k] = control.candidates
+        members[rung.k] = rung.members
+    if not results:
+        return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
+    power = decide(results, per_class, method, RECIPE.to_dict(), time.monotonic() - started)
+    return PowerStage(power, candidates, members)
+
+
+SHOWN_PAIRS = 20  # control members shown beside their best reconstruction in the report
+
+
+def report_arrays(stage: PowerStage | None, null_images: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """The displayed rung's members (uint8, holdout images: the owner's data) and their best reconstructions."""
+    if stage is None or null_images is None:
+        return {}
+    k = stage.power.display_k
+    rung = next((r for r in stage.power.rungs if r.k == k), None)
+    if rung is None or k not in stage.candidates:
+        return {}
+    order = sorted(range(len(rung.member_best_ssim)), key=lambda i: -rung.member_best_ssim[i])[:SHOWN_PAIRS]
+    members = stage.members[k][order]
+    best = torch.tensor([rung.member_best_index[i] for i in order], dtype=torch.long)
+    return {"power_member_images": null_images[members].numpy(),
+            "power_reconstructions": stage.candidates[k][best].numpy().astype(np.float32),
+            "power_pair_order": np.asarray(order, dtype=np.int64)}
