@@ -60,7 +60,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
 
 def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
-    from leakaudit.audit import run_audit  # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.api import run  # imported when the command runs: torch stays out of --help and the path checks
     from leakaudit.distributed import DistContext  # (the same: torch)
 
     dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
@@ -75,7 +75,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     restore_signals = stop.install()
     observer = make_observer(console)
     try:
-        outcome = run_audit(settings, observer=observer, should_stop=stop, dist=dist)
+        outcome = run(settings, observer=observer, should_stop=stop, dist=dist)  # the path leakaudit.audit() takes
     finally:
         restore_signals()
         if hasattr(observer, "close"):
