@@ -118,9 +118,10 @@ def _layout(schema: Any, shown: str) -> Layout:
     features = _hf_features(schema)
     image = _pick(names, IMAGE_COLUMN, features, "Image")
     label = _pick(names, LABEL_COLUMN, features, "ClassLabel")
-    for column, role in ((image, f"an {IMAGE_COLUMN!r}"), (label, f"a {LABEL_COLUMN!r}")):
+    for column, wanted in ((image, IMAGE_COLUMN), (label, LABEL_COLUMN)):
         if column is None:
-            raise DataError(f"{shown}: no {role} column (columns: {terminal_text(', '.join(names))})")
+            raise DataError(f"{shown}: no {wanted!r} column (columns: {terminal_text(', '.join(names))}); the "
+                            f"Hugging Face layout has {IMAGE_COLUMN!r} (encoded images) and {LABEL_COLUMN!r} (class indices)")
     assert image is not None and label is not None
     image_type = schema.field(image).type
     if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
