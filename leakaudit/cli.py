@@ -50,7 +50,7 @@ def cli() -> None:
 def run(ctx: click.Context, **opts: Any) -> None:
     """Audit MODEL against its training images (--data)."""
     if opts["data"] is None:
-        raise UsageError("--data DIR is required (the training images, in ImageFolder layout)")
+        raise UsageError("--data DIR is required (the training images: an image folder, an .npz file or Parquet)")
     file_config = ctx.meta.get("leakaudit.config")
     for warning in file_config.warnings if file_config is not None else ():
         Console().warn(warning)

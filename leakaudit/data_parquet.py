@@ -38,6 +38,7 @@ from leakaudit.sanitize import terminal_text
 
 INSTALL_HINT = "reading Parquet needs pyarrow: pip install 'leakaudit[parquet]'"
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"
+SAFE_PYARROW = (14, 0, 1)  # the first release that never unpickles an extension type from a file
 SHARD = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.parquet$")
 
 
@@ -48,7 +49,14 @@ def _pyarrow() -> tuple[Any, Any]:
         import pyarrow.parquet
     except ImportError:
         raise DataError(INSTALL_HINT) from None
+    if _version(pyarrow.__version__) < SAFE_PYARROW:
+        raise DataError(f"pyarrow {pyarrow.__version__} unpickles extension types found in a file (CVE-2023-47248); "
+                        "reading Parquet needs pyarrow ≥ 14.0.1: pip install -U 'leakaudit[parquet]'")
     return pyarrow, pyarrow.parquet
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 def is_parquet(path: Path) -> bool:
