@@ -67,7 +67,7 @@ class Finding:
 
     rank: int
     fingerprint: str  # stable identity (path and pixels): what a gate ignore entry names
-    path: str  # where the image is in its input: a file path, ``images[17]``, ``train-00000-of-00001.parquet[3]``
+    path: str  # where its input holds it: a file path, ``images[17]`` (.npz), ``x.parquet[3]``, ``train[17]`` (in memory)
     class_name: str
     class_index: int
     train_index: int
