@@ -212,8 +212,3 @@ def path_source(path: Path) -> ImageSource:
     if path.is_file():
         raise DataError(f"{terminal_text(path)} is a file, not an image folder, an .npz or a .parquet file")
     return FolderSource(path)
-
-
-def source_name(value: Any) -> str:
-    """How the provenance and messages name an input: its path, or what it is in memory."""
-    return str(value)
