@@ -1,3 +1,55 @@
-"""leakaudit: audit an image classifier's weights for training-data leakage."""
+"""leakaudit: audit an image classifier's weights for training-data leakage.
+
+``leakaudit.audit(model, train, holdout)`` is the one call a Python user
+needs; it returns an ``AuditReport``. The names are imported on first use,
+so ``import leakaudit`` (and the CLI's ``--help``) stays free of torch.
+
+The pipeline module ``leakaudit/audit.py`` shares the function's name:
+importing it would make ``leakaudit.audit`` the module, so the package keeps
+the attribute for the function (``from leakaudit.audit import run_audit``
+still imports the module, through ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["AuditReport", "Finding", "LeakScore", "Membership", "ProgressEvent", "__version__", "audit", "errors"]
+
+_LAZY = {"audit": "leakaudit.api", "ProgressEvent": "leakaudit.api", "AuditReport": "leakaudit.results",
+         "Finding": "leakaudit.results", "LeakScore": "leakaudit.results", "Membership": "leakaudit.results"}
+
+if TYPE_CHECKING:
+    from leakaudit import errors
+    from leakaudit.api import ProgressEvent, audit
+    from leakaudit.results import AuditReport, Finding, LeakScore, Membership
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        import importlib
+
+        return importlib.import_module("leakaudit.errors")
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leakaudit' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The package module, whose ``audit`` attribute stays the function when the submodule is imported."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "audit" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -54,6 +54,7 @@ class AuditOutcome:
     exit_status: ExitStatus
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # what reconstructions.npz holds
 
 
 def _stopped(written: list[Path] | None = None) -> AuditOutcome:
@@ -61,8 +62,12 @@ def _stopped(written: list[Path] | None = None) -> AuditOutcome:
 
 
 def run_audit(settings: AuditSettings, observer: Observer | None = None,
-              should_stop: StopCheck | None = None, dist: DistContext | None = None) -> AuditOutcome:
+              should_stop: StopCheck | None = None, dist: DistContext | None = None, *,
+              write: bool = True) -> AuditOutcome:
     """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input.
+
+    ``write=False``: the document and arrays come back unwritten (the Python
+    API writes them when asked); ``settings.out`` still holds the checkpoints.
 
     ``dist``: one rank of a distributed run. Every rank inverts and matches its
     share; rank 0 alone computes the statistics and writes, after the last
@@ -83,7 +88,7 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         try:
             with lock:
                 try:
-                    outcome = _run_audit(run, model)
+                    outcome = _run_audit(run, model, write)
                     interrupted = outcome.exit_status == ExitStatus.INTERRUPTED
                     return outcome
                 finally:
@@ -121,7 +126,7 @@ def _prepare(run: RunContext, model: ModelSession) -> Prepared:
     return Prepared(inputs, previous, scorer)
 
 
-def _run_audit(run: RunContext, model: ModelSession) -> AuditOutcome:
+def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcome:
     settings, dist, stop, timer = run.settings, run.dist, run.stop, run.timer
     prepared = _prepare(run, model)
     sets = audit_sets(prepared.inputs, settings)
@@ -152,7 +157,10 @@ def _run_audit(run: RunContext, model: ModelSession) -> AuditOutcome:
     document["provenance"]["elapsed_s"] = timer.elapsed()
     if stop():
         return _stopped()
-    return _write(run, document, result)
+    arrays = output_arrays(result)
+    if not write:
+        return AuditOutcome(document=document, exit_status=ExitStatus(int(document["exit_code"])), arrays=arrays)
+    return _write(run, document, arrays)
 
 
 def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack, matches: Matches,
@@ -183,11 +191,10 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
                        provenance(run.settings, inputs, run.timer, run.threads), power)
 
 
-def _write(run: RunContext, document: dict[str, Any], result: AuditResult) -> AuditOutcome:
-    """Every output file; what was written, or that a stop cut the writing short."""
-    settings, attack, train, order = run.settings, result.attack, result.sets.train, result.findings.order
-    run.observer.phase("writing outputs")
-    arrays = {
+def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
+    """What ``reconstructions.npz`` holds: the candidates and the training images of the findings."""
+    attack, train, order = result.attack, result.sets.train, result.findings.order
+    return {
         "images": attack.candidates.numpy().astype(np.float32),
         "targets": attack.result.targets.cpu().numpy().astype(np.int64),
         "confidence": attack.result.confidence.cpu().numpy().astype(np.float32),
@@ -195,9 +202,15 @@ def _write(run: RunContext, document: dict[str, Any], result: AuditResult) -> Au
                                  else np.zeros((0, *train.images.shape[1:]), np.uint8)),
         **report_arrays(result.power, result.sets.null.images if result.sets.null is not None else None),
     }
+
+
+def _write(run: RunContext, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AuditOutcome:
+    """Every output file; what was written, or that a stop cut the writing short."""
+    settings = run.settings
+    run.observer.phase("writing outputs")
     outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
                             junit_path=settings.junit, markdown_path=settings.markdown, should_stop=run.stop)
     if outputs.stopped:
         return _stopped(list(outputs.paths))
     return AuditOutcome(document=document, exit_status=ExitStatus(int(document["exit_code"])),
-                        written=list(outputs.paths), warnings=list(outputs.warnings))
+                        written=list(outputs.paths), warnings=list(outputs.warnings), arrays=arrays)

@@ -51,7 +51,7 @@ def cli() -> None:
 def run(ctx: click.Context, **opts: Any) -> None:
     """Audit MODEL against its training images (--data)."""
     if opts["data"] is None:
-        raise UsageError("--data DIR is required (the training images, in ImageFolder layout)")
+        raise UsageError("--data DIR is required (the training images: an image folder, an .npz file or Parquet)")
     file_config = ctx.meta.get("leakaudit.config")
     for warning in file_config.warnings if file_config is not None else ():
         Console().warn(warning)
@@ -61,7 +61,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
 
 def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
-    from leakaudit.audit import run_audit  # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.api import run  # imported when the command runs: torch stays out of --help and the path checks
     from leakaudit.distributed import DistContext  # (the same: torch)
 
     dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
@@ -77,7 +77,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     observer = make_observer(console)
     try:
         with python_warnings(console):  # a model's warnings: none with --quiet, else each distinct one once
-            outcome = run_audit(settings, observer=observer, should_stop=stop, dist=dist)
+            outcome = run(settings, observer=observer, should_stop=stop, dist=dist)  # the path leakaudit.audit() takes
     finally:
         restore_signals()
         if hasattr(observer, "close"):

@@ -112,6 +112,9 @@ def click_message(exc: click.ClickException) -> str:
     return message
 
 
+DATA_FILE_SUFFIXES = (".npz", ".parquet")  # besides image folders (leakaudit.sources)
+
+
 def check_paths(opts: Mapping[str, Any]) -> None:
     """The input paths exist and have the right kind, checked before any heavy import."""
     model = Path(opts["model"])
@@ -121,10 +124,11 @@ def check_paths(opts: Mapping[str, Any]) -> None:
         raise ModelError(f"model path is not a file: {model}")
     for key in ("data", "holdout"):
         folder = opts.get(key)
+        data_file = folder is not None and Path(folder).suffix in DATA_FILE_SUFFIXES
         if folder is not None and not Path(folder).exists():
-            raise DataError(f"data folder not found: {folder}")
-        if folder is not None and not Path(folder).is_dir():
-            raise DataError(f"data path is not a folder: {folder}")
+            raise DataError(f"data {'file' if data_file else 'folder'} not found: {folder}")
+        if folder is not None and not (Path(folder).is_dir() or (data_file and Path(folder).is_file())):
+            raise DataError(f"data path is not a folder, an .npz or a .parquet file: {folder}")
     for key in ("baseline", "init"):
         file = opts.get(key)
         if file is not None and not Path(file).is_file():

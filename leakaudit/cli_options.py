@@ -73,8 +73,8 @@ def run_options(func: Any) -> Any:
     """Decorate ``run`` with every option, in the order `run --help` groups them."""
     options = [
         click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--data", type=click.Path(path_type=Path), help="Training images (ImageFolder layout: DIR/<class>/<image>)."),
-        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution: the null reference."),
+        click.option("--data", type=click.Path(path_type=Path), help="Training images: a folder (DIR/<class>/<image>), an .npz (images, labels[, classes]) or Parquet (Hugging Face layout: a file or a folder of shards)."),
+        click.option("--holdout", type=click.Path(path_type=Path), help="Non-member images of the same distribution (same formats as --data): the null reference."),
         click.option("--arch", metavar="MODULE:CALLABLE", help="Builds the nn.Module for a state_dict or safetensors file (imported from the working directory)."),
         click.option("--unsafe-pickle", is_flag=True, help="Allow loading a fully pickled model. This runs code from the file: only for files you trust."),
         click.option("--require-confinement", is_flag=True, help="Refuse to run (exit 2) where the model cannot run in the confined worker (not Linux, an old kernel, LEAKAUDIT_CONFINEMENT=off)."),

@@ -33,9 +33,9 @@ DEFAULT_BUDGET_S = 900.0  # a ceiling: the reference audits at the default effor
 class AuditSettings:
     """Everything one audit needs to know, after the file and the flags are merged."""
 
-    model: Path
-    data: Path
-    holdout: Path | None = None
+    model: Path | Any  # a model file, or an in-memory torch.nn.Module (the Python API)
+    data: Path | Any  # a path, or a resolved source (leakaudit.sources: arrays, a Dataset)
+    holdout: Path | Any | None = None
     arch: str | None = None
     unsafe_pickle: bool = False
     require_confinement: bool = False  # an error (exit 2) where the model cannot run in the confined worker

@@ -37,7 +37,7 @@ from leakaudit.safe_files import (
 )
 from leakaudit.sanitize import path_text, terminal_text
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "decode_image", "list_classes",
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "convert_image", "decode_image", "list_classes",
            "load_image_folder", "peek_shape", "write_image_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -151,7 +151,6 @@ def decode_image(data: bytes | Path, channels: int, size: tuple[int, int]) -> np
     Raises ``DataError`` for anything Pillow cannot read (including images
     over ``MAX_IMAGE_PIXELS``).
     """
-    height, width = size
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings():
@@ -169,6 +168,17 @@ def decode_image(data: bytes | Path, channels: int, size: tuple[int, int]) -> np
         raise DataError(f"image too large (decompression-bomb limit {MAX_IMAGE_PIXELS} px): {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         raise DataError(f"not a readable image ({type(exc).__name__}: {terminal_text(exc)})") from None
+    return _resized(img, size)
+
+
+def convert_image(img: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """A decoded image (from an array, a dataset) → (C, H, W) uint8, exactly as a file's pixels are converted."""
+    _check_header(img)
+    return _resized(_to_mode(img, channels), size)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
     arr = np.asarray(img, dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The audit's inputs: model and image folders loaded and cross-checked, and the holdout split in two.
+"""The audit's inputs: model and images loaded and cross-checked, and the holdout split in two.
 
 Every mismatch between the model and the folders is a clear ``DataError``
 before any attack runs. With non-members, part of them may train the
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from leakaudit.config import AuditSettings
-from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
+from leakaudit.data import ImageSet
 from leakaudit.errors import DataError, OutputError
 from leakaudit.inversion.informed import split_prior
 from leakaudit.confine.operations import LoadRequest
@@ -23,6 +23,7 @@ from leakaudit.confine.session import ModelSession
 from leakaudit.outlock import check_writable
 from leakaudit.progress import Observer
 from leakaudit.safe_files import check_apart
+from leakaudit.sources import LoadSpec, resolve_source
 
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
 PRIOR_SEED_OFFSET = 7919  # the split's own stream, apart from the inversion's seed
@@ -49,31 +50,37 @@ class AuditSets:
 
 
 def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession) -> AuditInputs:
-    """Load and cross-check model and data; every mismatch is a clear error."""
+    """Load and cross-check model and data; every mismatch is a clear error.
+
+    ``settings.data`` / ``settings.holdout`` may be paths or already-resolved
+    sources (``leakaudit.sources``); ``settings.model`` a path or a module.
+    """
     observer.phase("loading model and data")
-    check_apart(settings.out, (settings.data, settings.holdout))  # outputs must never become inputs
-    list_classes(settings.data)  # a missing or empty folder is reported before the model is touched
-    if settings.holdout is not None:
-        list_classes(settings.holdout)
+    data = resolve_source(settings.data, name="train")
+    holdout_source = resolve_source(settings.holdout, name="holdout") if settings.holdout is not None else None
+    check_apart(settings.out, (data.path, holdout_source.path if holdout_source else None))  # outputs never inputs
+    data.check()  # a missing or empty input is reported before the model is touched
+    if holdout_source is not None:
+        holdout_source.check()
     target = model.load(LoadRequest(
         settings.model, arch=settings.arch, unsafe_pickle=settings.unsafe_pickle, input_size=settings.input_size,
-        mean=settings.mean, std=settings.std, shape_hint=peek_shape(settings.data), device=settings.device,
+        mean=settings.mean, std=settings.std, shape_hint=data.shape_hint(), device=settings.device,
     ))
     channels, height, width = target.input_shape
-    train = load_image_folder(settings.data, channels=channels, size=(height, width), strict=settings.strict_data,
-                              max_file_bytes=settings.max_image_bytes,
-                              progress=lambda d, t: observer.advance(d, t, "training images"))
+    spec = LoadSpec(channels, (height, width), target.num_classes, strict=settings.strict_data,
+                    max_file_bytes=settings.max_image_bytes,
+                    progress=lambda d, t: observer.advance(d, t, "training images"))
+    train = data.load(spec)
     if len(train.classes) != target.num_classes:
         raise DataError(
-            f"{settings.data} has {len(train.classes)} class folders but the model has {target.num_classes} outputs; "
-            "the folders must be exactly the classes the model was trained on (sorted names = class indices)"
+            f"{data} has {len(train.classes)} {data.count_noun} but the model has {target.num_classes} outputs; "
+            "the classes must be exactly those the model was trained on (sorted names = class indices)"
         )
     for skipped in train.skipped:
         observer.note(f"skipped {skipped.path}: {skipped.reason}")
     holdout = None
-    if settings.holdout is not None:
-        holdout = load_image_folder(settings.holdout, channels=channels, size=(height, width), classes=train.classes,
-                                    strict=settings.strict_data, max_file_bytes=settings.max_image_bytes)
+    if holdout_source is not None:
+        holdout = holdout_source.load(replace(spec, classes=train.classes, progress=None))
         for skipped in holdout.skipped:
             observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
         holdout = _without_members(holdout, train, settings, observer)

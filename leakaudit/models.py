@@ -13,6 +13,7 @@ last linear layer) and BatchNorm batch statistics where they can be reached.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from leakaudit.sanitize import terminal_text
 UNSAFE_NOTE = ("--unsafe-pickle: {path} was unpickled, so code from the file ran in this process; this audit is only "
                "as trustworthy as the file")
 
-__all__ = ["FORMATS", "Probe", "TargetModel", "detect_format", "file_sha256", "import_arch", "load_model"]
+__all__ = ["FORMATS", "Probe", "TargetModel", "detect_format", "file_sha256", "import_arch", "load_model", "wrap_module"]
 
 
 @dataclass
@@ -208,6 +209,65 @@ def load_model(
         arch = None  # the file carries its own architecture
     module, fmt = _load_module(path, fmt, arch, unsafe_pickle, dev)
     module = module.to(dev) if not isinstance(module, torch.fx.GraphModule) else module
+    target = _checked_target(module, shown, fmt, input_size, mean, std, shape_hint, dev)
+    target.path = path
+    target.arch = arch
+    target.sha256 = file_sha256(path)
+    if fmt == "pickle":
+        target.load_notes.append(UNSAFE_NOTE.format(path=shown))
+    return target
+
+
+def wrap_module(
+    module: nn.Module,
+    *,
+    input_size: tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    shape_hint: tuple[int, int, int] | None = None,
+    device: str | torch.device | None = None,
+) -> TargetModel:
+    """An in-memory module, checked as a loaded file is (shape, classes, normalisation).
+
+    The audit works on a copy: the caller's module keeps its mode, device and
+    ``requires_grad``. No file-safety check applies (the caller's own object);
+    ``sha256`` is a digest of its state_dict.
+    """
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"the model must be a torch.nn.Module or a path, not {type(module).__name__}")
+    dev = torch.device(device) if device is not None else _default_device()
+    try:
+        copy = copy_module(module).to(dev)
+    except Exception as exc:  # a module holding what deepcopy cannot copy (open files, locks)
+        raise ModelError(f"cannot copy the model for the audit ({type(exc).__name__}: {terminal_text(exc)})") from None
+    shown = f"<in-memory {type(module).__name__}>"
+    target = _checked_target(copy, shown, "module", input_size, mean, std, shape_hint, dev)
+    target.path = None
+    target.sha256 = state_dict_sha256(module)
+    return target
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    """A deep copy, so that eval mode and frozen weights never reach the caller's object."""
+    return copy.deepcopy(module)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over every state_dict entry's name, dtype, shape and bytes: an in-memory model's identity."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode("utf-8"))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _checked_target(module: nn.Module, shown: str, fmt: str, input_size: tuple[int, int] | None,
+                    mean: Sequence[float] | None, std: Sequence[float] | None,
+                    shape_hint: tuple[int, int, int] | None, dev: torch.device) -> TargetModel:
+    """One forward pass learns and checks the input shape and classes; then the module is wrapped."""
     _set_eval(module)
     shape, num_classes, errors = infer_shape(module, input_size, shape_hint, dev)
     if shape is None:
@@ -225,12 +285,4 @@ def load_model(
         raise ModelError("--std values must be positive")
     mean_full = list(mean) * shape[0] if mean is not None and len(mean) == 1 else mean
     std_full = list(std) * shape[0] if std is not None and len(std) == 1 else std
-    target = TargetModel.from_module(module, shape, num_classes, mean=mean_full, std=std_full, device=dev, fmt=fmt)
-    target.path = path
-    target.arch = arch
-    target.sha256 = file_sha256(path)
-    if fmt == "pickle":
-        target.load_notes.append(UNSAFE_NOTE.format(path=shown))
-    return target
-
-
+    return TargetModel.from_module(module, shape, num_classes, mean=mean_full, std=std_full, device=dev, fmt=fmt)

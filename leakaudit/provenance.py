@@ -79,18 +79,23 @@ def _device_name(device: torch.device) -> str:
     return str(device)
 
 
-def _image_set(images: ImageSet | None, path: Path | None) -> dict[str, Any] | None:
-    if images is None or path is None:
+def _image_set(images: ImageSet | None, source: Any) -> dict[str, Any] | None:
+    if images is None or source is None:
         return None
-    return {"path": str(path), "manifest_sha256": images.manifest_sha256, "n_images": len(images),
+    return {"path": str(source), "manifest_sha256": images.manifest_sha256, "n_images": len(images),
             "skipped": [{"path": s.path, "reason": s.reason} for s in images.skipped]}
+
+
+def model_name(model: Any) -> str:
+    """A model file's path, or what an in-memory module is."""
+    return str(model) if isinstance(model, (str, Path)) else f"<in-memory {type(model).__name__}>"
 
 
 def provenance(settings: AuditSettings, inputs: AuditInputs, timer: StageTimer, threads: int) -> dict[str, Any]:
     """The ``provenance`` object of the findings document."""
     target = inputs.model.info
     return {
-        "model": {"path": str(settings.model), "sha256": target.sha256, "format": target.format,
+        "model": {"path": model_name(settings.model), "sha256": target.sha256, "format": target.format,
                   "input_shape": list(target.input_shape), "num_classes": target.num_classes,
                   "features": "penultimate features reached" if target.has_features else target.feature_note},
         "data": _image_set(inputs.train, settings.data),

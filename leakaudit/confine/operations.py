@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from leakaudit.distributed import DistContext
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
 from leakaudit.inversion.initaware import init_aware_inversion
 from leakaudit.memory import release_free_memory
-from leakaudit.models import TargetModel, load_model
+from leakaudit.models import TargetModel, load_model, wrap_module
 from leakaudit.numerics import flush_denormals
 
 LOGITS_BATCH = 256
@@ -48,9 +49,9 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """``load_model``'s arguments."""
+    """``load_model``'s arguments; ``path`` may be an in-memory module (the caller's own object, in-process only)."""
 
-    path: Path
+    path: Path | nn.Module
     arch: str | None = None
     unsafe_pickle: bool = False
     input_size: tuple[int, int] | None = None
@@ -72,9 +73,12 @@ class AttackRequest:
 
 
 def load(request: LoadRequest) -> TargetModel:
-    return load_model(request.path, arch=request.arch, unsafe_pickle=request.unsafe_pickle,
-                      input_size=request.input_size, mean=request.mean, std=request.std,
-                      shape_hint=request.shape_hint, device=request.device)
+    """A file loaded safely, or an in-memory module checked the same way (shape, classes, normalisation)."""
+    common = dict(input_size=request.input_size, mean=request.mean, std=request.std, shape_hint=request.shape_hint,
+                  device=request.device)
+    if isinstance(request.path, nn.Module):
+        return wrap_module(request.path, **common)
+    return load_model(request.path, arch=request.arch, unsafe_pickle=request.unsafe_pickle, **common)
 
 
 def attack(target: TargetModel, request: AttackRequest, callbacks: InversionCallbacks,

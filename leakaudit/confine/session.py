@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from leakaudit.confine import limits, results, sandbox
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
@@ -402,6 +403,8 @@ def _plain(value: Any) -> Any:
 def open_session(settings: AuditSettings, dist: DistContext, threads: int,
                  on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> ModelSession:
     """The confined worker where this machine offers confinement, else in-process (refused by --require-confinement)."""
+    if isinstance(settings.model, nn.Module):  # the caller's own object: nothing untrusted to confine
+        return InProcessSession("an in-memory module, the caller's own object", dist=dist)
     reason = "a distributed run (its collectives need sockets)" if dist.is_distributed else sandbox.unavailable_reason()
     if reason is not None:
         if settings.require_confinement:
