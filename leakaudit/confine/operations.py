@@ -21,6 +21,7 @@ from leakaudit.inversion.initaware import init_aware_inversion
 from leakaudit.memory import release_free_memory
 from leakaudit.models import TargetModel, load_model, wrap_module
 from leakaudit.numerics import flush_denormals
+from leakaudit.power.control import ControlRun, run_control
 
 LOGITS_BATCH = 256
 
@@ -72,6 +73,17 @@ class AttackRequest:
     resume_tag: str = ""
 
 
+@dataclass(frozen=True)
+class ControlRequest:
+    """One positive control: a fresh copy of the architecture trained on ``images`` and inverted with ``config``."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8 non-members planted in the copy
+    labels: torch.Tensor  # (N,) int64
+    config: InversionConfig
+    seed: int
+    prior: tuple[torch.Tensor, torch.Tensor] | None  # the informed attacker's images, as the audit used them
+
+
 def load(request: LoadRequest) -> TargetModel:
     """A file loaded safely, or an in-memory module checked the same way (shape, classes, normalisation)."""
     common = dict(input_size=request.input_size, mean=request.mean, std=request.std, shape_hint=request.shape_hint,
@@ -88,6 +100,13 @@ def attack(target: TargetModel, request: AttackRequest, callbacks: InversionCall
         return init_aware_inversion(target, request.init, request.prior, request.config, should_stop, callbacks)
     return invert(target, request.config, prior=request.prior if request.informed else None, callbacks=callbacks,
                   checkpoint_dir=checkpoint_dir, should_stop=should_stop, dist=dist, resume_tag=request.resume_tag)
+
+
+def control(target: TargetModel, request: ControlRequest, callbacks: InversionCallbacks,
+            should_stop: Callable[[], bool]) -> ControlRun:
+    """The positive control on a copy of ``target``'s architecture (``leakaudit.power.control``)."""
+    return run_control(target, request.images, request.labels, request.config, request.seed, request.prior,
+                       callbacks, should_stop)
 
 
 @torch.no_grad()

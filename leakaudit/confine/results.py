@@ -13,6 +13,7 @@ import torch
 
 from leakaudit.confine.operations import ModelInfo
 from leakaudit.inversion import InversionResult
+from leakaudit.power.control import ControlRun
 
 
 class ReplyError(Exception):
@@ -99,3 +100,24 @@ def logits(value: Any, n: int, num_classes: int) -> torch.Tensor:
     if tuple(t.shape) != (n, num_classes):
         raise ReplyError(f"logits of shape {tuple(t.shape)}")
     return t
+
+
+def control_run(f: dict[str, Any], info: ModelInfo) -> ControlRun:
+    candidates = _tensor(f.get("candidates"), "candidates")
+    unsupported = _optional(f.get("unsupported"), str, "unsupported")
+    if unsupported is None and (candidates.dim() != 4 or tuple(candidates.shape[1:]) != info.input_shape
+                                or not candidates.is_floating_point()):
+        raise ReplyError(f"candidates of shape {tuple(candidates.shape)}")
+    targets = _tensor(f.get("targets"), "targets", torch.int64, 1)
+    if unsupported is None and len(targets) != len(candidates):
+        raise ReplyError("targets do not match the candidates")
+    number = (int, float)
+    return ControlRun(
+        candidates=candidates, targets=targets, steps=_is(f.get("steps"), int, "steps"),
+        final_loss=float(_is(f.get("final_loss"), number, "final_loss")),
+        accuracy=float(_is(f.get("accuracy"), number, "accuracy")), memorised=_is(f.get("memorised"), bool, "memorised"),
+        complete=_is(f.get("complete"), bool, "complete"), method=_is(f.get("method"), str, "method"),
+        train_seconds=float(_is(f.get("train_seconds"), number, "train_seconds")),
+        invert_seconds=float(_is(f.get("invert_seconds"), number, "invert_seconds")),
+        notes=tuple(_strings(f.get("notes", []), "notes")), unsupported=unsupported,
+    )

@@ -28,7 +28,7 @@ from torch import nn
 
 from leakaudit.confine import limits, results, sandbox
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
-from leakaudit.confine.operations import AttackRequest, LoadRequest, ModelInfo
+from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.distributed import DistContext
@@ -37,6 +37,7 @@ from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.inversion.engine import Checkpointer
 from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
 from leakaudit.models import TargetModel
+from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
 
 StopCheck = Callable[[], bool]
@@ -61,6 +62,8 @@ class ModelSession(Protocol):
                checkpoint_dir: Path | None) -> InversionResult: ...
 
     def logits(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun: ...
 
     def close(self) -> None: ...
 
@@ -91,6 +94,11 @@ class InProcessSession:
         from leakaudit.confine import operations
 
         return operations.logits(self._target(), images)
+
+    def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun:
+        from leakaudit.confine import operations
+
+        return operations.control(self._target(), request, callbacks, should_stop)
 
     def _target(self) -> TargetModel:
         if self.target is None:
@@ -193,6 +201,16 @@ class ConfinedSession:
         if reply is None:
             return torch.zeros(len(images), self.info.num_classes)
         return self._checked(results.logits, reply.get("logits"), len(images), self.info.num_classes)
+
+    def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun:
+        args = {"images": request.images.contiguous(), "labels": request.labels.contiguous(),
+                "config": asdict(request.config), "seed": request.seed,
+                "prior": list(request.prior) if request.prior is not None else None}
+        reply = self._call("control", args, "the positive control", callbacks, should_stop,
+                           ceiling(request.config.budget_s))
+        if reply is None:
+            return stopped_control()
+        return self._checked(results.control_run, reply.get("control"), self.info)
 
     def close(self) -> None:
         """Ask the worker to leave; end it if it does not."""

@@ -65,6 +65,18 @@ def _op_attack(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     return {"result": operations.result_fields(result)}
 
 
+def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
+    from leakaudit.confine import operations
+    from leakaudit.inversion import InversionConfig
+
+    prior = args.get("prior")
+    request = operations.ControlRequest(args["images"], args["labels"], InversionConfig(**args["config"]),
+                                        int(args["seed"]), tuple(prior) if prior is not None else None)  # type: ignore[arg-type]
+    run = operations.control(state.target, request, state.relay.callbacks(), state.relay.should_stop)
+    state.relay.flush()
+    return {"control": operations.result_fields(run)}
+
+
 def _op_logits(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     from leakaudit.confine import operations
 
@@ -76,6 +88,7 @@ OPERATIONS: dict[str, Callable[[WorkerState, dict[str, Any]], dict[str, Any]]] =
     "load": _op_load,
     "attack": _op_attack,
     "logits": _op_logits,
+    "control": _op_control,
 }
 
 

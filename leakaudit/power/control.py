@@ -70,6 +70,12 @@ def _unsupported(reason: str) -> ControlRun:
     return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0, (), reason)
 
 
+def stopped_control() -> ControlRun:
+    """What a control stopped from outside leaves: nothing, and not complete (the audit stops right after)."""
+    empty = torch.zeros(0)
+    return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0)
+
+
 def _set_mode(module: nn.Module, training: bool) -> None:
     try:
         module.train(training)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from leakaudit.attack import Attack, inversion_config
+from leakaudit.confine.operations import ControlRequest
 from leakaudit.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.inversion.candidates import grown
-from leakaudit.power.control import RECIPE, run_control
+from leakaudit.power.control import RECIPE
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
 from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
 from leakaudit.progress import Observer
@@ -74,7 +75,7 @@ class _Progress:
 
 def skipped(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> Power | None:
     """Why power is not measured for this audit, or None when the stage should run."""
-    per_class = len(sets.train) / max(inputs.target.num_classes, 1)
+    per_class = len(sets.train) / max(inputs.model.info.num_classes, 1)
     if not run.settings.power_check:
         return not_measured("the positive control was skipped (--no-power-check)", per_class)
     if sets.null is None or inputs.holdout is None:
@@ -87,15 +88,15 @@ def skipped(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> Power | No
 
 def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: Attack) -> PowerStage | None:
     """Every rung of the ladder, attacked and judged; None when a stop was asked for."""
-    target, settings = inputs.target, run.settings
-    per_class = len(sets.train) / max(target.num_classes, 1)
+    info, settings = inputs.model.info, run.settings
+    per_class = len(sets.train) / max(info.num_classes, 1)
     reason = skipped(run, inputs, sets)
     if reason is not None:
         return PowerStage(reason, {}, {})
     assert sets.null is not None
     null = sets.null
     null_idx = _null_in_holdout(inputs, sets, settings.seed)
-    ks = ladder(settings.effort, null.labels, target.num_classes)
+    ks = ladder(settings.effort, null.labels, info.num_classes)
     if not ks:
         return PowerStage(not_measured("the null holds too few non-members per class to plant any and keep as many",
                                        per_class), {}, {})
@@ -108,16 +109,17 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     candidates: dict[int, torch.Tensor] = {}
     members: dict[int, torch.Tensor] = {}
     method: str | None = None
-    for rung in rungs(null.labels, target.num_classes, ks, settings.seed):
+    for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a fresh copy")
-        config = rung_config(base, attack, len(rung.members), target.num_classes, explicit)
+        config = rung_config(base, attack, len(rung.members), info.num_classes, explicit)
         if settings.budget is not None:  # --budget bounds the whole audit, the controls included
             left = settings.budget - (time.monotonic() - run.timer.started)
             if left <= 0:
                 break  # the rungs run so far decide; none at all: not measured
             config = replace(config, budget_s=left)
         rung_started = time.monotonic()
-        control = run_control(target, null.images[rung.members], null.labels[rung.members], config, control_seed, prior, _Progress(run.observer, rung.k).callbacks(), run.stop)  # noqa: E501
+        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior)
+        control = inputs.model.run_control(request, _Progress(run.observer, rung.k).callbacks(), run.stop)
         if run.stop():
             return None
         if control.unsupported is not None:
