@@ -12,10 +12,8 @@ an entry in ``worker.OPERATIONS``, and a method on both sessions.
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from leakaudit.confine import limits, results, sandbox
+from leakaudit.confine import limits, results, sandbox, spawn
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
@@ -160,11 +158,7 @@ class ConfinedSession:
         self.confinement: dict[str, Any] = {"worker": True}
         self.info: ModelInfo = None  # type: ignore[assignment]
         self._stderr = _Stderr()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "leakaudit.confine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,  # terminal signals are the parent's
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        )
+        self._proc = spawn.take()  # started by the CLI before its own imports, where it could
         assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
         self._channel = Channel(self._proc.stdout.fileno(), self._proc.stdin.fileno())
         threading.Thread(target=self._stderr.read, args=(self._proc.stderr,), name="leakaudit-worker-stderr",
@@ -427,6 +421,7 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
     if reason is not None:
         if settings.require_confinement:
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
+        spawn.discard()
         return InProcessSession(reason, dist=dist)
     readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None)
     return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop)

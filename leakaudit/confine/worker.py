@@ -37,6 +37,7 @@ def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     device = args["request"].get("device")
     if device is not None and str(device).startswith("cuda") or device is None and torch.cuda.is_available():
         torch.zeros(1, device=device or "cuda")  # open the GPU's device files before writes are denied
+    _before_confinement()
     confine = args.get("confine")
     if confine is not None:
         state.confinement = sandbox.confine([Path(p) for p in confine["readable"]], confine.get("memory_bytes"))
@@ -45,6 +46,15 @@ def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
                                         for k, v in args["request"].items()})
     state.target = operations.load(request)
     return {"info": results.info_fields(operations.ModelInfo.of(state.target))}
+
+
+def _before_confinement() -> None:
+    """What torch does lazily and cannot do once confined: the optimiser imports ``torch._dynamo``, which asks
+    ``tempfile`` for a writable temporary folder (probing it by creating a file)."""
+    import tempfile
+
+    tempfile.gettempdir()  # remembered: later calls do not probe
+    import torch._dynamo  # noqa: F401
 
 
 def _op_attack(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
