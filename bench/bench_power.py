@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(shipped_audits()))
     parser.add_argument("--effort", default=None, help="--effort of every audit (default: the tool's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=OUT / "power", help="where each audit writes (one folder each)")
     args = parser.parse_args()
     extra = ["--seed", str(args.seed)] + (["--effort", args.effort] if args.effort else [])
     rows = []
@@ -113,7 +114,7 @@ def main() -> None:
         if missing:
             print(f"{name}: skipped: {missing}")
             continue
-        code, doc, build_s, wall = audit(name, OUT / "power" / name, extra)
+        code, doc, build_s, wall = audit(name, args.out / name, extra)
         if doc is None:
             continue
         rows.append(row(name, doc))

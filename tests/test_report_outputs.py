@@ -127,7 +127,9 @@ def test_junit_has_one_testcase_per_condition() -> None:
     root = ET.fromstring(render_junit(doc))
     cases = root.findall("./testsuite/testcase")
     conditions = doc["gate"]["conditions"]
-    assert [c.get("name") for c in cases] == [f"leakaudit.gate.{c['name']}" for c in conditions]
+    # the gate's conditions, then the positive control (shown here: a passing case)
+    assert [c.get("name") for c in cases] == [f"leakaudit.gate.{c['name']}" for c in conditions] + ["leakaudit.gate.power"]
+    assert cases[-1].find("failure") is None and cases[-1].find("skipped") is None
     for case, condition in zip(cases, conditions):
         assert (case.find("failure") is not None) == (condition["status"] == "fail")
         assert (case.find("skipped") is not None) == (condition["status"] == "skipped")
@@ -140,7 +142,7 @@ def test_junit_of_a_passing_audit_has_no_failures() -> None:
     doc, _ = gated(leaky=False)
     root = ET.fromstring(render_junit(doc))
     assert root.findall(".//failure") == []
-    assert len(root.findall(".//testcase")) == len(doc["gate"]["conditions"])
+    assert len(root.findall(".//testcase")) == len(doc["gate"]["conditions"]) + 1  # and the positive control
 
 
 def test_markdown_summary_table() -> None:

@@ -65,11 +65,11 @@ def _power_table(document: Mapping[str, Any]) -> list[str]:
     rungs = (document.get("power") or {}).get("rungs") or []
     if not rungs:
         return []
-    lines = ["", "| Control K per class | Leak score | Members above the null | Members at SSIM ≥ 0.4 | Shown | Steps |",
+    lines = ["", "| Control, per class | Leak score | Members above the null | Members at SSIM ≥ 0.4 | Shown | Steps |",
              "|---:|---:|---:|---:|---|---:|"]
     for r in rungs:
         leak = r.get("leak_score") or {}
-        lines.append(f"| {r['k']} | {_num(leak.get('value'))} | {r['members_above_quantile']}/{r['n_members']} | "
+        lines.append(f"| K = {r['k']} | {_num(leak.get('value'))} | {r['members_above_quantile']}/{r['n_members']} | "
                      f"{r['members_at_ssim_0_4']}/{r['n_members']} | {'yes' if r['shown'] else 'no'} | "
                      f"{r['training_steps']} |")
     return lines
