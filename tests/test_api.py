@@ -16,27 +16,19 @@ import torch
 import leakaudit
 from leakaudit.errors import ConfigError, DataError, ModelError, UsageError
 from leakaudit.reference import split_members
+from leakaudit.report.json_format import without_timings
 
 from .conftest import QUICK_INVERSION, TINY_SPEC, TinyReference, run_cli
 from .input_kinds import PairDataset, shuffled, write_every_kind
 
 QUICK = tomllib.loads(QUICK_INVERSION)["inversion"]
-TIMINGS = {"elapsed_s", "stage_seconds", "seconds", "phase_seconds", "started_at"}
 INPUT_PROVENANCE = ("data", "holdout", "model", "command")
 CLASSES = tuple(str(d) for d in range(10))
 
 
-def _without_timings(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k not in TIMINGS}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
-
-
 def comparable(document: dict[str, Any]) -> dict[str, Any]:
     """The document less timings and input provenance; each finding's name in its input (path, fingerprint) apart."""
-    doc = _without_timings(copy.deepcopy(document))
+    doc = without_timings(document)
     for key in INPUT_PROVENANCE:
         doc["provenance"].pop(key)
     for finding in doc["findings"]:

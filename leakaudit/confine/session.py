@@ -416,7 +416,9 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
                  on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> ModelSession:
     """The confined worker where this machine offers confinement, else in-process (refused by --require-confinement)."""
     if isinstance(settings.model, nn.Module):  # the caller's own object: nothing untrusted to confine
-        return InProcessSession("an in-memory module, the caller's own object", dist=dist)
+        session = InProcessSession("an in-memory module, the caller's own object", dist=dist)
+        session.confinement["caller_object"] = True  # nothing from a stranger runs: no note of its own
+        return session
     reason = "a distributed run (its collectives need sockets)" if dist.is_distributed else sandbox.unavailable_reason()
     if reason is not None:
         if settings.require_confinement:
@@ -430,7 +432,7 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
 def confinement_notes(model: ModelSession) -> list[str]:
     """What every output must say when the model ran unconfined."""
     record = model.confinement
-    if record.get("worker"):
+    if record.get("worker") or record.get("caller_object"):
         return []
     return [f"The model ran unconfined, in the audit's own process: {record.get('reason')}. Code in the model file "
             "(a TorchScript forward, an --unsafe-pickle load) could read, write and connect with your permissions."]

@@ -255,6 +255,6 @@ def tidy_numbers(text: str) -> str:
 def unconfined_reason(document: Mapping[str, Any]) -> str | None:
     """Why the model ran outside the confined worker, or None when it ran confined (or the document predates it)."""
     record = (document.get("provenance") or {}).get("confinement")
-    if not isinstance(record, Mapping) or record.get("worker"):
-        return None
+    if not isinstance(record, Mapping) or record.get("worker") or record.get("caller_object"):
+        return None  # confined, or the caller's own in-memory module: nothing from a file ran
     return str(record.get("reason") or "confinement unavailable")
