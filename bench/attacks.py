@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.stationarity import common_scale, differentiable, fit_error
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 
 __all__ = ["class_mean_candidates", "pixel_inversion", "kkt_reconstruction", "kkt_objective", "spread_targets"]
 

@@ -33,13 +33,13 @@ REFERENCE = "digits-mlp-1pc"
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from leakaudit.data import load_image_folder, peek_shape
-    from leakaudit.distributed import DistContext
+    from leakaudit.data.folders import load_image_folder, peek_shape
+    from leakaudit.runtime.distributed import DistContext
     from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
     from leakaudit.inversion.generator import ConditionalGenerator
     from leakaudit.matching.search import best_matches
     from leakaudit.matching.sharded import sharded_best_matches
-    from leakaudit.models import load_model
+    from leakaudit.model.target import load_model
     from leakaudit.reference import build_reference, bundled_images, load_spec
 
     torch.set_num_threads(args.threads)

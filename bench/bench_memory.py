@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from leakaudit.data import load_image_folder, write_image_folder
+from leakaudit.data.folders import load_image_folder, write_image_folder
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.reference import bundled_images
 

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from bench.attacks import kkt_reconstruction, pixel_inversion
-from leakaudit.inputs import split_holdout
-from leakaudit.data import load_image_folder, peek_shape
+from leakaudit.pipeline.inputs import split_holdout
+from leakaudit.data.folders import load_image_folder, peek_shape
 from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import leak_score
 from leakaudit.matching.search import auto_prefilter, best_matches
-from leakaudit.models import load_model
+from leakaudit.model.target import load_model
 from leakaudit.reference import BuiltReference, ReferenceSpec, build_reference, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from leakaudit.cpus import usable_cpus  # noqa: E402
+from leakaudit.runtime.cpus import usable_cpus  # noqa: E402
 from leakaudit.reference import build_reference, load_spec  # noqa: E402
 from leakaudit.report.json_format import without_timings  # noqa: E402
 

@@ -128,7 +128,7 @@ def write_tree(dataset: str, cache: Path) -> Path:
     """Every image of a dataset as ``<cache>/<dataset>/<class>/<i>.png`` (ImageFolder)."""
     import torch
 
-    from leakaudit.data import write_image_folder
+    from leakaudit.data.folders import write_image_folder
 
     root = cache / dataset
     if not root.exists():

@@ -4,16 +4,14 @@
 needs; it returns an ``AuditReport``. The names are imported on first use,
 so ``import leakaudit`` (and the CLI's ``--help``) stays free of torch.
 
-The pipeline module ``leakaudit/audit.py`` shares the function's name:
+The pipeline module ``leakaudit/pipeline/audit.py`` shares the function's name:
 importing it would make ``leakaudit.audit`` the module, so the package keeps
-the attribute for the function (``from leakaudit.audit import run_audit``
+the attribute for the function (``from leakaudit.pipeline.audit import run_audit``
 still imports the module, through ``sys.modules``).
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -42,14 +40,3 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module 'leakaudit' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """The package module, whose ``audit`` attribute stays the function when the submodule is imported."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "audit" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

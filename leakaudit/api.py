@@ -19,11 +19,11 @@ from typing import Any
 
 import click
 
-from leakaudit.cli_options import file_keys, run_options, settings_from
+from leakaudit.cli.options import file_keys, run_options, settings_from
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings, FileConfig
 from leakaudit.errors import ConfigError, ModelError, UsageError, did_you_mean
-from leakaudit.gate_settings import GATE_KEYS
-from leakaudit.progress import Observer, SilentObserver, StopCheck
+from leakaudit.gate.settings import GATE_KEYS
+from leakaudit.runtime.progress import Observer, SilentObserver, StopCheck
 from leakaudit.results import AuditReport, OutputOptions
 
 API_COMMAND = ("leakaudit.audit",)  # the provenance's command of an audit started from Python
@@ -131,7 +131,7 @@ def build_settings(model: Any, train: Any, holdout: Any = None, *, effort: str =
     """The ``AuditSettings`` of an ``audit`` call, made by the CLI's own ``settings_from``."""
     from torch import nn
 
-    from leakaudit.sources import resolve_source
+    from leakaudit.data.sources import resolve_source
 
     if not isinstance(model, (str, Path, nn.Module)):
         raise ModelError(f"model must be a torch.nn.Module or the path of a model file, not {type(model).__name__}")
@@ -157,7 +157,7 @@ def build_settings(model: Any, train: Any, holdout: Any = None, *, effort: str =
 def run(settings: AuditSettings, *, observer: Observer | None = None, should_stop: StopCheck | None = None,
         dist: Any = None, write: bool = True) -> AuditReport:
     """One audit of finished settings, as an ``AuditReport``: the path the CLI and ``audit`` share."""
-    from leakaudit.audit import run_audit
+    from leakaudit.pipeline.audit import run_audit
 
     outcome = run_audit(settings, observer=observer or SilentObserver(), should_stop=should_stop, dist=dist,
                         write=write)

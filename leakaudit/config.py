@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from leakaudit.errors import ConfigError, did_you_mean
-from leakaudit.gate_settings import GATE_KEYS, GateSettings
+from leakaudit.gate.settings import GATE_KEYS, GateSettings
 
 # [tool.leakaudit.inversion] keys the run level owns: the engine must not get another value than the run.
 RUN_LEVEL_INVERSION_KEYS = {"seed": "seed", "budget_s": "budget", "conditioning": "conditioning",
@@ -34,7 +34,7 @@ class AuditSettings:
     """Everything one audit needs to know, after the file and the flags are merged."""
 
     model: Path | Any  # a model file, or an in-memory torch.nn.Module (the Python API)
-    data: Path | Any  # a path, or a resolved source (leakaudit.sources: arrays, a Dataset)
+    data: Path | Any  # a path, or a resolved source (leakaudit.data.sources: arrays, a Dataset)
     holdout: Path | Any | None = None
     arch: str | None = None
     unsafe_pickle: bool = False

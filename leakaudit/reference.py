@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leakaudit.data import write_image_folder
+from leakaudit.data.folders import write_image_folder
 from leakaudit.errors import ConfigError
-from leakaudit.numerics import flush_denormals
+from leakaudit.runtime.numerics import flush_denormals
 
 
 BUNDLED = ("digits", "lfw")

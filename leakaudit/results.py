@@ -174,8 +174,8 @@ class AuditReport:
     def write(self, out: str | Path, *, junit: str | Path | None = None,
               markdown: str | Path | None = None) -> tuple[Path, ...]:
         """Every output file into ``out`` (JSON, HTML, arrays; JUnit and Markdown when asked); the paths written."""
-        from leakaudit.inputs import check_output_folder
-        from leakaudit.outlock import output_lock
+        from leakaudit.pipeline.inputs import check_output_folder
+        from leakaudit.runtime.outlock import output_lock
         from leakaudit.report import write_outputs
 
         folder = Path(out)

@@ -16,10 +16,10 @@ import torch
 os.environ["TORCH_HOME"] = str(Path(__file__).parent / ".torch-home-empty")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
-from leakaudit.cli import main  # noqa: E402
+from leakaudit.cli.commands import main  # noqa: E402
 from leakaudit.exit_codes import ExitStatus  # noqa: E402
 from leakaudit.reference import ReferenceSpec, build_classifier, split_members, train_classifier  # noqa: E402
-from leakaudit.data import write_image_folder  # noqa: E402
+from leakaudit.data.folders import write_image_folder  # noqa: E402
 
 
 @dataclass(frozen=True)

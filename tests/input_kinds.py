@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leakaudit.data import write_image_folder
+from leakaudit.data.folders import write_image_folder
 
 
 def png_bytes(image: np.ndarray) -> bytes:

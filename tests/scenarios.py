@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.reference import bundled_images
 from leakaudit.power.verdict import RungResult, decide, not_measured

@@ -158,7 +158,7 @@ def test_the_package_names_the_api_without_importing_torch() -> None:
     code = "import sys, leakaudit; print(leakaudit.__version__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
-    from leakaudit.audit import run_audit  # the pipeline module shares the name; the package keeps the function
+    from leakaudit.pipeline.audit import run_audit  # the pipeline module shares the name; the package keeps the function
 
     assert callable(run_audit) and leakaudit.audit.__module__ == "leakaudit.api"
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from leakaudit.cli import main
-from leakaudit.data import load_image_folder
+from leakaudit.cli.commands import main
+from leakaudit.data.folders import load_image_folder
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.matching.ssim import ssim_pairs
 from leakaudit.report.json_format import without_timings

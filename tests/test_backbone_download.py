@@ -13,8 +13,8 @@ import pytest
 import torch
 import torchvision
 
-from leakaudit import backbone_download
-from leakaudit.cli import main
+from leakaudit.matching import backbone_download
+from leakaudit.cli.commands import main
 from leakaudit.matching.lpips import LpipsScorer
 
 

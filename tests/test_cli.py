@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from leakaudit import __version__
-from leakaudit.cli import run
-from leakaudit.cli_options import file_keys
+from leakaudit.cli.commands import run
+from leakaudit.cli.options import file_keys
 from leakaudit.config import read_config
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate_settings import GATE_KEYS
+from leakaudit.gate.settings import GATE_KEYS
 
 from .conftest import TinyReference, assert_error, assert_no_result, run_cli
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from leakaudit.cli import main
-from leakaudit.cli_help import GROUPS
+from leakaudit.cli.commands import main
+from leakaudit.cli.help import GROUPS
 
 from .conftest import TinyReference
 
@@ -55,7 +55,7 @@ def test_usage_errors_are_one_line_in_the_cli_style(capsys: pytest.CaptureFixtur
 
 
 def test_a_missing_path_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
-    probe = ("import sys\nfrom leakaudit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    probe = ("import sys\nfrom leakaudit.cli.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              "    print('torch' in sys.modules, e.code)\n")
     for args, message in (([str(tmp_path / "absent.pt"), "--data", str(tmp_path)], "model file not found"),
                           ([__file__, "--data", str(tmp_path / "nodata")], "data folder not found")):

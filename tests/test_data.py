@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leakaudit.data import load_image_folder, peek_shape
+from leakaudit.data.folders import load_image_folder, peek_shape
 from leakaudit.errors import DataError
 from leakaudit.reference import bundled_images
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from leakaudit.distributed import DistContext, DistributedError, PeerLostError, rank_prefix
-from leakaudit.launcher import LaunchOutcome, _outcome_of, record_failure
+from leakaudit.runtime.distributed import DistContext, DistributedError, PeerLostError, rank_prefix
+from leakaudit.cli.launcher import LaunchOutcome, _outcome_of, record_failure
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.errors import LeakAuditError
 from leakaudit.matching.search import best_matches
@@ -59,7 +59,7 @@ def _worker_match(out: Path) -> None:
 
 def _worker_fail(out: Path) -> None:
     """Rank 1 cannot read its data; rank 0 has started matching and must neither hang nor write."""
-    from leakaudit.data import load_image_folder
+    from leakaudit.data.folders import load_image_folder
 
     # As in the CLI, SIGTERM (torchrun stopping the survivors) only requests a stop: what ends
     # rank 0 here must be its own collective noticing the dead peer.
@@ -96,8 +96,8 @@ def _torchrun(*args: str, cwd: Path = ROOT, timeout: float = 240) -> subprocess.
 
 
 def _launch_in_subprocess(program: list[str], module: str, cwd: Path = ROOT) -> tuple[LaunchOutcome, str]:
-    """``leakaudit.launcher.launch`` in a fresh process (the elastic agent installs signal handlers)."""
-    code = ("import json, sys; from leakaudit.launcher import launch; "
+    """``leakaudit.cli.launcher.launch`` in a fresh process (the elastic agent installs signal handlers)."""
+    code = ("import json, sys; from leakaudit.cli.launcher import launch; "
             f"o = launch(['--nproc-per-node', '2', '--standalone'], {program!r}, module={module!r}); "
             "print(json.dumps({'exit_code': o.exit_code, 'failed_rank': o.failed_rank, 'message': o.message}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
@@ -232,7 +232,7 @@ def _audit_args(tiny: Any, config: Path, out: Path, model: str | None = None, *e
 
 @pytest.mark.slow
 def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, tmp_path: Path) -> None:
-    from leakaudit.data import load_image_folder
+    from leakaudit.data.folders import load_image_folder
 
     config = tmp_path / "quick.toml"
     config.write_text(QUICK)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from leakaudit.cli import main
-from leakaudit.models import TargetModel, load_model
+from leakaudit.cli.commands import main
+from leakaudit.model.target import TargetModel, load_model
 from leakaudit.report.json_format import without_timings
 
 class ResidualBlock(nn.Module):

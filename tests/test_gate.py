@@ -12,13 +12,13 @@ from tests.scenarios import scenario
 
 from leakaudit.errors import ConfigError, UsageError
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate import (
+from leakaudit.gate.verdict import (
     GateSettings,
     IgnoreEntry,
     apply_gate,
     evaluate_gate,
 )
-from leakaudit.gate_settings import gate_settings_from_mapping
+from leakaudit.gate.settings import gate_settings_from_mapping
 from leakaudit.scoring import binomial_tail
 from leakaudit.report.schema import schema_errors
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from leakaudit.cli import main
+from leakaudit.cli.commands import main
 from leakaudit.reference import ReferenceSpec, build_reference
 
 QUICK = """
@@ -46,7 +46,7 @@ def _run(args: list[str]) -> tuple[int, str]:
 
 def test_initial_weights_are_saved_and_rebuild_the_training_start(gd_reference) -> None:
     from leakaudit.inversion.initaware import first_layer_update, load_initial_state, update_span
-    from leakaudit.models import load_model
+    from leakaudit.model.target import load_model
 
     target = load_model(gd_reference.model_path)
     state = load_initial_state(gd_reference.init_path)

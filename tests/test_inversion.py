@@ -18,7 +18,7 @@ from leakaudit.inversion.generator import hot_patterns, soft_conditioning
 from leakaudit.inversion.rowspace import first_layer_rowspace
 from leakaudit.inversion.stationarity import Stationarity
 from leakaudit.matching.ssim import ssim_matrix
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.reference import ReferenceSpec, load_spec, split_members, train_classifier
 
 # A short run: every phase runs, a few seconds each.

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from leakaudit.errors import ModelError, UnsafeModelError
-from leakaudit.models import TargetModel, detect_format, load_model
+from leakaudit.model.target import TargetModel, detect_format, load_model
 
 from .conftest import TinyReference
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from leakaudit.inversion import InversionConfig, invert
-from leakaudit.models import TargetModel
-from leakaudit.numerics import denormals_flushed, flush_denormals
+from leakaudit.model.target import TargetModel
+from leakaudit.runtime.numerics import denormals_flushed, flush_denormals
 
 from .conftest import TinyReference
 

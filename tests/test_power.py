@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from leakaudit.gate import apply_gate
-from leakaudit.gate_settings import GateSettings, gate_settings_from_mapping
-from leakaudit.data import load_image_folder
+from leakaudit.gate.verdict import apply_gate
+from leakaudit.gate.settings import GateSettings, gate_settings_from_mapping
+from leakaudit.data.folders import load_image_folder
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import InversionConfig
 from leakaudit.loading import import_arch
-from leakaudit.models import TargetModel, load_model
+from leakaudit.model.target import TargetModel, load_model
 from leakaudit.power.control import LOSS_BOUND, run_control
 from leakaudit.power.ladder import cap, ladder, rungs
 from leakaudit.power.reinit import UnknownLayer, fresh_copy, kaiming_bound

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from leakaudit.data import load_image_folder
+from leakaudit.data.folders import load_image_folder
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.reference import build_reference, load_spec
 from leakaudit.report.json_format import without_timings

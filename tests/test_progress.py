@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import time
 
-from leakaudit.progress import PhaseTracker, duration
-from leakaudit.terminal import LineObserver, RichObserver
+from leakaudit.runtime.progress import PhaseTracker, duration
+from leakaudit.cli.terminal import LineObserver, RichObserver
 
 
 class Clock:

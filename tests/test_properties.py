@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leakaudit.cli import run
-from leakaudit.cli_options import file_keys
+from leakaudit.cli.commands import run
+from leakaudit.cli.options import file_keys
 from leakaudit.config import read_config
-from leakaudit.data import decode_image
+from leakaudit.data.folders import decode_image
 from leakaudit.errors import ConfigError, DataError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -72,9 +72,9 @@ def mnist_mlp(tmp_path_factory: pytest.TempPathFactory):
 
 @needs_mnist
 def test_update_span_holds_every_member_and_no_non_member(mnist_mlp) -> None:
-    from leakaudit.data import load_image_folder
+    from leakaudit.data.folders import load_image_folder
     from leakaudit.inversion.initaware import first_layer_update, load_initial_state, update_span
-    from leakaudit.models import load_model
+    from leakaudit.model.target import load_model
 
     target = load_model(mnist_mlp.model_path)
     span, note = update_span(first_layer_update(target, load_initial_state(mnist_mlp.init_path)), target)
@@ -88,7 +88,7 @@ def test_update_span_holds_every_member_and_no_non_member(mnist_mlp) -> None:
 
 @needs_mnist
 def test_init_aware_audit_recovers_members_and_says_its_threat_model(mnist_mlp, tmp_path: Path) -> None:
-    from leakaudit.audit import run_audit
+    from leakaudit.pipeline.audit import run_audit
     from leakaudit.config import AuditSettings
 
     settings = AuditSettings(model=mnist_mlp.model_path, data=mnist_mlp.train_dir, holdout=mnist_mlp.holdout_dir,
@@ -104,7 +104,7 @@ def test_init_aware_audit_recovers_members_and_says_its_threat_model(mnist_mlp, 
 @needs_mnist
 def test_adam_breaks_the_span(tmp_path: Path) -> None:
     from leakaudit.inversion.initaware import first_layer_update, update_span
-    from leakaudit.models import TargetModel
+    from leakaudit.model.target import TargetModel
     from leakaudit.reference import ReferenceSpec, initial_classifier, split_members, train_classifier
 
     spec = ReferenceSpec(dataset="mnist", size=28, train_per_class=3, holdout_per_class=2, hidden=1000,

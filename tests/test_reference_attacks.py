@@ -20,7 +20,7 @@ from bench.attacks import (
     pixel_inversion,
     spread_targets,
 )
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.reference import bundled_images
 
 SIDE = 8

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.report import write_outputs
 from tests.scenarios import scenario
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.report import render_html, write_outputs
 from leakaudit.reference import bundled_images
 from leakaudit.report import view

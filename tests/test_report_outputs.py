@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from leakaudit.errors import OutputError
-from leakaudit.gate import GateSettings, IgnoreEntry, apply_gate
+from leakaudit.gate.verdict import GateSettings, IgnoreEntry, apply_gate
 from leakaudit.report import (
     load_outputs,
     render_html,

@@ -527,7 +527,7 @@ def _planted(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
 
 def test_the_lock_is_never_opened_through_a_link(tmp_path: Path) -> None:
     from leakaudit.errors import OutputError
-    from leakaudit.outlock import LOCK_NAME, output_lock
+    from leakaudit.runtime.outlock import LOCK_NAME, output_lock
 
     out, outside, before = _planted(tmp_path)
     (out / LOCK_NAME).symlink_to(outside / "lock")
@@ -546,7 +546,7 @@ def test_the_lock_is_never_opened_through_a_link(tmp_path: Path) -> None:
 
 
 def test_the_write_probe_never_writes_through_a_link(tmp_path: Path) -> None:
-    from leakaudit.inputs import check_output_folder
+    from leakaudit.pipeline.inputs import check_output_folder
 
     out, outside, before = _planted(tmp_path)
     (out / ".leakaudit-write-test").symlink_to(outside / "probe")  # the name the probe once used
@@ -627,7 +627,7 @@ def test_reports_carry_no_raw_control_character() -> None:
     import re
     from datetime import date
 
-    from leakaudit.gate import GateSettings, apply_gate
+    from leakaudit.gate.verdict import GateSettings, apply_gate
     from leakaudit.report import render_html
     from leakaudit.report.junit import render_junit
     from leakaudit.report.markdown import render_markdown

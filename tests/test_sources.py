@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from leakaudit.data_arrays import LoadSpec
+from leakaudit.data.arrays import LoadSpec
 from leakaudit.errors import DataError
 from leakaudit.reference import split_members
-from leakaudit.sources import ArraySource, DatasetSource, NpzSource, ParquetSource, resolve_source
+from leakaudit.data.sources import ArraySource, DatasetSource, NpzSource, ParquetSource, resolve_source
 
 from .conftest import TINY_SPEC
 from .input_kinds import PairDataset, hf_table, shuffled, write_every_kind

@@ -14,8 +14,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from leakaudit.cpus import cgroup_quota_cpus, choose_threads, usable_cpus
-from leakaudit.gate import GateSettings, apply_gate
+from leakaudit.runtime.cpus import cgroup_quota_cpus, choose_threads, usable_cpus
+from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.report import write_outputs
 from leakaudit.report.schema import schema_errors
 from leakaudit.scoring import membership_test, tpr_at_fpr
@@ -68,7 +68,7 @@ def test_every_finding_carries_the_rule_with_the_gates_quantile() -> None:
 
 
 def test_fail_ssim_alone_lowers_the_warning_level() -> None:
-    from leakaudit.gate_settings import gate_settings_from_mapping
+    from leakaudit.gate.settings import gate_settings_from_mapping
 
     settings = gate_settings_from_mapping({"fail_ssim": 0.3}, sources={"fail_ssim": "--fail-ssim"})
     assert (settings.fail_ssim, settings.warn_ssim) == (0.3, 0.3)
@@ -77,7 +77,7 @@ def test_fail_ssim_alone_lowers_the_warning_level() -> None:
 
 def test_an_inconsistent_value_names_the_flag_it_came_from() -> None:
     from leakaudit.errors import ConfigError
-    from leakaudit.gate_settings import gate_settings_from_mapping
+    from leakaudit.gate.settings import gate_settings_from_mapping
 
     with pytest.raises(ConfigError) as info:
         gate_settings_from_mapping({"fail_ssim": 0.3, "warn_ssim": 0.5},
@@ -219,7 +219,7 @@ def test_the_leak_score_baseline_uses_the_value_not_a_claimed_interval() -> None
 
 
 def test_a_stop_while_writing_leaves_only_complete_files_and_says_which(tmp_path: Path) -> None:
-    from leakaudit.console import interrupt_message
+    from leakaudit.cli.console import interrupt_message
 
     s = scenario(leaky=True)
     document = apply_gate(s.document, GateSettings(), today=TODAY)

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from leakaudit.distributed import DistContext
+from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
 from leakaudit.inversion.initaware import init_aware_inversion
-from leakaudit.memory import release_free_memory
-from leakaudit.models import TargetModel, load_model, wrap_module
-from leakaudit.numerics import flush_denormals
+from leakaudit.runtime.memory import release_free_memory
+from leakaudit.model.target import TargetModel, load_model, wrap_module
+from leakaudit.runtime.numerics import flush_denormals
 from leakaudit.power.control import ControlRun, run_control
 
 LOGITS_BATCH = 256
@@ -118,7 +118,7 @@ def logits(target: TargetModel, images: torch.Tensor, on_batch: Callable[[], Non
             batch = images[start:start + LOGITS_BATCH].to(torch.float32).div_(255.0)
             out.append(target.logits(batch.to(target.device)).float().cpu())
             if start // LOGITS_BATCH % 16 == 15:
-                release_free_memory()  # long passes fragment the C heap (leakaudit/memory.py)
+                release_free_memory()  # long passes fragment the C heap (leakaudit/runtime/memory.py)
             if on_batch is not None:
                 on_batch()
     return torch.cat(out) if out else torch.zeros(0, target.num_classes)

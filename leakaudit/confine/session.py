@@ -29,12 +29,12 @@ from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
-from leakaudit.distributed import DistContext
+from leakaudit.runtime.distributed import DistContext
 from leakaudit.errors import AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError, UsageError
 from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.inversion.engine import Checkpointer
 from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from leakaudit.distributed import DistContext
+from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.generator import ConditionalGenerator
 from leakaudit.inversion.informed import LatentGaussian
 from leakaudit.inversion.objective import Weights
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.report.atomic import atomic_write
 
 

@@ -33,7 +33,7 @@ import torch
 from leakaudit.errors import ConfigError, ModelError
 from leakaudit.inversion.invert import InversionResult, invert
 from leakaudit.loading import load_state
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.sanitize import terminal_text
 
 THREAT_MODEL = (

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from leakaudit.distributed import DistContext
+from leakaudit.runtime.distributed import DistContext
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import stationarity
 from leakaudit.inversion.config import InversionConfig
@@ -36,8 +36,8 @@ from leakaudit.inversion.objective import Batch, objective, resolve_weights
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
-from leakaudit.models import TargetModel
-from leakaudit.numerics import flush_denormals
+from leakaudit.model.target import TargetModel
+from leakaudit.runtime.numerics import flush_denormals
 
 __all__ = ["THREAT_MODELS", "InversionCallbacks", "InversionResult", "invert"]
 

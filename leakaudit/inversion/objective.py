@@ -13,7 +13,7 @@ import torch
 
 from leakaudit.inversion import losses
 from leakaudit.inversion.config import InversionConfig
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 
 
 @dataclass(frozen=True)

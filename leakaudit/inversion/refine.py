@@ -20,7 +20,7 @@ from leakaudit.inversion.informed import LatentGaussian
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.objective import Batch, objective
 from leakaudit.inversion.rowspace import RowSpace
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 
 
 @torch.no_grad()

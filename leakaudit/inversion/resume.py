@@ -31,7 +31,7 @@ import torch
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.loading.limits import check_zip_sizes
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 from leakaudit.report.atomic import atomic_write, open_folder
 
 RESUME_FILE = "resume.pt"

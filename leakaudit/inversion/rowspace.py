@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.rowspace import first_layer_is_dense
-from leakaudit.models import TargetModel
+from leakaudit.model.target import TargetModel
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import lpips as lpips_pkg
 import torch
 import torch.nn.functional as F
 
-from leakaudit import backbone_download
+from leakaudit.matching import backbone_download
 from leakaudit.errors import ConfigError, DataError
 from leakaudit.matching.ssim import to_float01
 

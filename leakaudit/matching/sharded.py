@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from leakaudit.distributed import DistContext, DistributedError
+from leakaudit.runtime.distributed import DistContext, DistributedError
 from leakaudit.errors import LeakAuditError
 from leakaudit.matching.search import BestMatches, best_matches
 

@@ -21,9 +21,9 @@ from torch import nn
 
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
 from leakaudit.loading import import_arch
-from leakaudit.model_features import fixed_batch
-from leakaudit.models import TargetModel
-from leakaudit.numerics import flush_denormals
+from leakaudit.model.features import fixed_batch
+from leakaudit.model.target import TargetModel
+from leakaudit.runtime.numerics import flush_denormals
 from leakaudit.power.reinit import UnknownLayer, fresh_copy
 
 LOSS_BOUND = 1e-3  # mean cross-entropy the control must reach on its members

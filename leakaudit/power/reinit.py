@@ -149,7 +149,7 @@ def _strip_taps(module: nn.Module) -> None:
     if isinstance(module, torch.fx.GraphModule):
         graph = module.graph
         for node in list(graph.nodes):
-            if node.op == "call_function" and getattr(node.target, "__module__", "") == "leakaudit.model_features" \
+            if node.op == "call_function" and getattr(node.target, "__module__", "") == "leakaudit.model.features" \
                     and not node.users:
                 graph.erase_node(node)
         module.recompile()

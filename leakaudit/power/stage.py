@@ -16,16 +16,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from leakaudit.attack import Attack, inversion_config
+from leakaudit.pipeline.attack import Attack, inversion_config
 from leakaudit.confine.operations import ControlRequest
-from leakaudit.inputs import AuditInputs, AuditSets, prior_split
+from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.inversion.candidates import grown
 from leakaudit.power.control import RECIPE
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
 from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
-from leakaudit.progress import Observer
-from leakaudit.run_context import RunContext
+from leakaudit.runtime.progress import Observer
+from leakaudit.pipeline.run_context import RunContext
 
 
 @dataclass(frozen=True)

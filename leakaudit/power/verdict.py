@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import torch
 
-from leakaudit.gate_conditions import chance_test, leak_condition, members_of, ssim_condition
-from leakaudit.gate_settings import GateSettings
+from leakaudit.gate.conditions import chance_test, leak_condition, members_of, ssim_condition
+from leakaudit.gate.settings import GateSettings
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.scoring import leak_score, quantile
 

@@ -13,7 +13,7 @@ Unreadable files: a file with an image extension that Pillow cannot decode is
 *skipped and recorded* (``ImageSet.skipped``; every output lists them), unless
 ``strict=True``. A folder where nothing at all is readable is an error.
 What may be read at all (regular files under a size cap, symlinks only within
-the data folder, UTF-8 names) is ``leakaudit.safe_files``'s job; an image's
+the data folder, UTF-8 names) is ``leakaudit.data.safe_files``'s job; an image's
 pixel count and decoded size are checked from its header before it is decoded.
 """
 
@@ -32,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from leakaudit.errors import DataError
-from leakaudit.safe_files import (
+from leakaudit.data.safe_files import (
     DEFAULT_MAX_FILE_BYTES, SkippedFile, decodable, list_image_files, open_regular_file, read_regular_file,
 )
 from leakaudit.sanitize import path_text, terminal_text

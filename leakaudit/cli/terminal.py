@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
-from leakaudit.progress import PhaseTracker
+from leakaudit.runtime.progress import PhaseTracker
 from leakaudit.sanitize import terminal_text
 
 HEARTBEAT_S = 30.0

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from leakaudit.confine.session import ModelSession
-from leakaudit.data import ImageSet
-from leakaudit.inputs import AuditSets
-from leakaudit.matches import Matches
+from leakaudit.data.folders import ImageSet
+from leakaudit.pipeline.inputs import AuditSets
+from leakaudit.pipeline.matches import Matches
 from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
-from leakaudit.run_context import RunContext
+from leakaudit.pipeline.run_context import RunContext
 from leakaudit.scoring import (
     EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, LeakScore, MembershipTest, WeightsGain, leak_score, membership_test, quantile,
     weights_gain,

@@ -21,7 +21,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args
 from torch.distributed.run import run as elastic_run
 
-from leakaudit.distributed import DistributedError, PeerLostError
+from leakaudit.runtime.distributed import DistributedError, PeerLostError
 from leakaudit.errors import AuditInterrupted
 
 _ROLE_KEY = "leakaudit_role"  # in the error file's extraInfo: "cause" or "consequence"

@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
-from leakaudit.budget import incomplete_reason, inversion_ceiling, matching_reserve_s
+from leakaudit.pipeline.budget import incomplete_reason, inversion_ceiling, matching_reserve_s
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS, AuditSettings
 from leakaudit.errors import ConfigError, did_you_mean
-from leakaudit.inputs import AuditSets
+from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.confine.operations import AttackRequest, ModelInfo
 from leakaudit.confine.session import ModelSession
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult
 from leakaudit.inversion.candidates import grown
-from leakaudit.progress import Observer
-from leakaudit.run_context import RunContext
+from leakaudit.runtime.progress import Observer
+from leakaudit.pipeline.run_context import RunContext
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -16,9 +16,9 @@ from leakaudit.report.json_format import load_document
 from leakaudit.report.schema import schema_errors
 
 if TYPE_CHECKING:
-    from leakaudit.inputs import AuditInputs
+    from leakaudit.pipeline.inputs import AuditInputs
     from leakaudit.config import AuditSettings
-    from leakaudit.gate_settings import GateSettings
+    from leakaudit.gate.settings import GateSettings
     from leakaudit.matching.lpips import LpipsScorer
 
 

@@ -17,7 +17,7 @@ import click
 
 from leakaudit.config import DEFAULT_BUDGET_S, EFFORTS, AuditSettings, FileKey, read_config
 from leakaudit.errors import UsageError
-from leakaudit.gate_settings import GATE_KEYS, THRESHOLD_KEYS, gate_settings_from_mapping
+from leakaudit.gate.settings import GATE_KEYS, THRESHOLD_KEYS, gate_settings_from_mapping
 
 
 class FloatList(click.ParamType):

@@ -16,13 +16,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from leakaudit.data import ImageSet, list_classes, load_image_folder, peek_shape
-from leakaudit.data_arrays import (
+from leakaudit.data.folders import ImageSet, list_classes, load_image_folder, peek_shape
+from leakaudit.data.arrays import (
     LoadSpec, array_digest, as_numpy, check_image_shape, class_names, image_pixels, in_class_order, load_arrays,
     resolve_labels, to_uint8,
 )
-from leakaudit.data_npz import NpzSource
-from leakaudit.data_parquet import ParquetSource, is_parquet
+from leakaudit.data.npz import NpzSource
+from leakaudit.data.parquet import ParquetSource, is_parquet
 from leakaudit.errors import DataError
 from leakaudit.sanitize import terminal_text
 

@@ -20,10 +20,10 @@ from typing import Any
 import click
 
 from leakaudit import __version__
-from leakaudit.cli_help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
-from leakaudit.console import (ByteProgress, Console, StopFlag, interrupt_message, make_observer, python_warnings,
+from leakaudit.cli.help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
+from leakaudit.cli.console import (ByteProgress, Console, StopFlag, interrupt_message, make_observer, python_warnings,
                                summary_lines)
-from leakaudit.cli_options import run_options, settings_from
+from leakaudit.cli.options import run_options, settings_from
 from leakaudit.config import DEFAULT_BUDGET_S, AuditSettings
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
@@ -65,7 +65,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
 
     spawn.prestart()  # the model's worker imports torch while this process does the same
     from leakaudit.api import run  # imported when the command runs: torch stays out of --help and the path checks
-    from leakaudit.distributed import DistContext  # (the same: torch)
+    from leakaudit.runtime.distributed import DistContext  # (the same: torch)
 
     dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
     if dist.is_distributed:
@@ -167,7 +167,7 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     `leakaudit run` does (0 passed, 1 gate failed, 2 error naming the rank that
     failed first, 130 interrupted).
     """
-    from leakaudit.launcher import launch as launch_ranks, split_launch_args  # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.cli.launcher import launch as launch_ranks, split_launch_args  # imported when the command runs: torch stays out of --help and the path checks
 
     if not args or args[0] in ("-h", "--help"):
         click.echo(ctx.get_help())
@@ -214,7 +214,7 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
     when you run it. The file gets the name torchvision gives it, so LPIPS
     (and torchvision) find it offline afterwards.
     """
-    from leakaudit import backbone_download  # torchvision only for this command
+    from leakaudit.matching import backbone_download  # torchvision only for this command
 
     console = Console(quiet=quiet)
     b = backbone_download.backbone(net)
@@ -235,7 +235,7 @@ def fetch_weights(net: str, url: str | None, sha256: str | None, force: bool, qu
 def _rank_prefix() -> str:
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return ""  # one process: no torch import just for this
-    from leakaudit.distributed import rank_prefix  # torch only under torchrun
+    from leakaudit.runtime.distributed import rank_prefix  # torch only under torchrun
 
     return rank_prefix()
 
@@ -243,7 +243,7 @@ def _rank_prefix() -> str:
 def _record_rank_failure(exc: BaseException) -> None:
     """Under torchrun: leave the failure where the launcher finds the rank that failed first."""
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        from leakaudit.launcher import record_failure  # torch only under torchrun
+        from leakaudit.cli.launcher import record_failure  # torch only under torchrun
 
         record_failure(exc)
 

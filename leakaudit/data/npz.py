@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from leakaudit.data import ImageSet
-from leakaudit.data_arrays import LoadSpec, check_image_shape, load_arrays
+from leakaudit.data.folders import ImageSet
+from leakaudit.data.arrays import LoadSpec, check_image_shape, load_arrays
 from leakaudit.errors import DataError
 from leakaudit.loading.limits import MEMORY_SHARE, available_memory
-from leakaudit.safe_files import read_regular_file
+from leakaudit.data.safe_files import read_regular_file
 from leakaudit.sanitize import terminal_text
 
 REQUIRED = ("images", "labels")

@@ -15,13 +15,13 @@ from typing import Any
 
 from leakaudit.errors import UsageError
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate_outcome import (
+from leakaudit.gate.outcome import (
     BaselineSummary, Condition, FindingOutcome, GateOutcome, IgnoredOutcome, Verdict,
 )
-from leakaudit.gate_conditions import (
+from leakaudit.gate.conditions import (
     Member, chance_test, leak_condition, lpips_condition, members_of, membership_condition, ssim_condition,
 )
-from leakaudit.gate_settings import GateSettings, IgnoreEntry
+from leakaudit.gate.settings import GateSettings, IgnoreEntry
 
 EXPOSURE_STATEMENTS = {
     (True, True): "reconstructs training images and memorises membership",

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from leakaudit.gate_settings import IgnoreEntry
+from leakaudit.gate.settings import IgnoreEntry
 
 Status = Literal["pass", "warn", "fail", "skipped"]
 Verdict = Literal["pass", "warn", "fail", "incomplete"]

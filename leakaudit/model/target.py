@@ -25,8 +25,8 @@ from torch import nn
 
 from leakaudit.errors import ModelError
 from leakaudit.loading import FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save, load_torchscript
-from leakaudit.model_features import Tap, instrument
-from leakaudit.model_shape import infer_shape, telling
+from leakaudit.model.features import Tap, instrument
+from leakaudit.model.shape import infer_shape, telling
 from leakaudit.sanitize import terminal_text
 
 UNSAFE_NOTE = ("--unsafe-pickle: {path} was unpickled, so code from the file ran in this process; this audit is only "

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from leakaudit.data import ImageSet, SkippedFile, decode_image
-from leakaudit.data_arrays import LoadSpec, class_names, in_class_order, resolve_labels
+from leakaudit.data.folders import ImageSet, SkippedFile, decode_image
+from leakaudit.data.arrays import LoadSpec, class_names, in_class_order, resolve_labels
 from leakaudit.errors import DataError
 from leakaudit.loading.limits import MEMORY_SHARE, available_memory
 from leakaudit.sanitize import terminal_text

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from leakaudit.progress import Observer, SilentObserver
+from leakaudit.runtime.progress import Observer, SilentObserver
 from leakaudit.sanitize import terminal_text
-from leakaudit.terminal import LineObserver, RichObserver
+from leakaudit.cli.terminal import LineObserver, RichObserver
 
 
 class Console:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from leakaudit import __version__
-from leakaudit.attack import Attack
-from leakaudit.evidence import Evidence, Findings, per_class
-from leakaudit.inputs import AuditSets
+from leakaudit.pipeline.attack import Attack
+from leakaudit.pipeline.evidence import Evidence, Findings, per_class
+from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.matching.ssim import SSIM_SETTINGS
 from leakaudit.power.stage import PowerStage
 from leakaudit.scoring import distribution_summary, histogram, quantile

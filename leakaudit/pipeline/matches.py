@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from leakaudit.attack import Attack
-from leakaudit.inputs import AuditSets
+from leakaudit.pipeline.attack import Attack
+from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.matching.search import BestMatches, auto_prefilter
 from leakaudit.matching.sharded import sharded_best_matches
-from leakaudit.run_context import RunContext
+from leakaudit.pipeline.run_context import RunContext
 
 
 @dataclass(frozen=True)

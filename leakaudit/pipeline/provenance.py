@@ -19,8 +19,8 @@ import torch
 
 from leakaudit import __version__
 from leakaudit.config import AuditSettings
-from leakaudit.data import ImageSet
-from leakaudit.inputs import AuditInputs
+from leakaudit.data.folders import ImageSet
+from leakaudit.pipeline.inputs import AuditInputs
 
 VERSIONED = ("torch", "torchvision", "lpips", "scikit-image", "numpy")
 

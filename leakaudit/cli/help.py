@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from leakaudit.errors import DataError, ModelError, UsageError
-from leakaudit.gate_settings import GateSettings
+from leakaudit.gate.settings import GateSettings
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
@@ -112,7 +112,7 @@ def click_message(exc: click.ClickException) -> str:
     return message
 
 
-DATA_FILE_SUFFIXES = (".npz", ".parquet")  # besides image folders (leakaudit.sources)
+DATA_FILE_SUFFIXES = (".npz", ".parquet")  # besides image folders (leakaudit.data.sources)
 
 
 def check_paths(opts: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from leakaudit.model_features import fixed_batch
+from leakaudit.model.features import fixed_batch
 
 def _first_layer(module: nn.Module) -> tuple[str, int] | None:
     """Kind and input width of the first Conv2d/Linear layer (plain or TorchScript modules)."""

@@ -18,25 +18,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from leakaudit.attack import CHECKPOINT_DIR, Attack, run_attack
+from leakaudit.pipeline.attack import CHECKPOINT_DIR, Attack, run_attack
 from leakaudit.config import AuditSettings
 from leakaudit.confine.session import ModelSession, confinement_notes, open_session
-from leakaudit.cpus import choose_threads
-from leakaudit.distributed import DistContext
-from leakaudit.document import AuditResult, to_document
-from leakaudit.evidence import gain_note, gather_evidence, members, top_findings
+from leakaudit.runtime.cpus import choose_threads
+from leakaudit.runtime.distributed import DistContext
+from leakaudit.pipeline.document import AuditResult, to_document
+from leakaudit.pipeline.evidence import gain_note, gather_evidence, members, top_findings
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate import apply_gate
-from leakaudit.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
-from leakaudit.matches import Matches, match_stage
+from leakaudit.gate.verdict import apply_gate
+from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
+from leakaudit.pipeline.matches import Matches, match_stage
 from leakaudit.matching.lpips import LpipsScorer
-from leakaudit.outlock import output_lock
+from leakaudit.runtime.outlock import output_lock
 from leakaudit.power.stage import PowerStage, power_stage, report_arrays
-from leakaudit.progress import Observer, SilentObserver, StopCheck
-from leakaudit.provenance import StageTimer, provenance
+from leakaudit.runtime.progress import Observer, SilentObserver, StopCheck
+from leakaudit.pipeline.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
-from leakaudit.run_context import RunContext
-from leakaudit.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
+from leakaudit.pipeline.run_context import RunContext
+from leakaudit.pipeline.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
 
 NO_HOLDOUT_NOTE = ("No holdout (--holdout): without non-member images the similarity of reconstructions to training "
                    "images cannot be told apart from how well any digit of the class would match; the thresholds are "

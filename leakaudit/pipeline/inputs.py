@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 
 from leakaudit.config import AuditSettings
-from leakaudit.data import ImageSet
+from leakaudit.data.folders import ImageSet
 from leakaudit.errors import DataError, OutputError
 from leakaudit.inversion.informed import split_prior
 from leakaudit.confine.operations import LoadRequest
 from leakaudit.confine.session import ModelSession
-from leakaudit.outlock import check_writable
-from leakaudit.progress import Observer
-from leakaudit.safe_files import check_apart
-from leakaudit.sources import LoadSpec, resolve_source
+from leakaudit.runtime.outlock import check_writable
+from leakaudit.runtime.progress import Observer
+from leakaudit.data.safe_files import check_apart
+from leakaudit.data.sources import LoadSpec, resolve_source
 
 PRIOR_FRACTION = 0.5  # share of the holdout that trains the informed prior; the rest is the null
 PRIOR_SEED_OFFSET = 7919  # the split's own stream, apart from the inversion's seed
@@ -53,7 +53,7 @@ def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession
     """Load and cross-check model and data; every mismatch is a clear error.
 
     ``settings.data`` / ``settings.holdout`` may be paths or already-resolved
-    sources (``leakaudit.sources``); ``settings.model`` a path or a module.
+    sources (``leakaudit.data.sources``); ``settings.model`` a path or a module.
     """
     observer.phase("loading model and data")
     data = resolve_source(settings.data, name="train")

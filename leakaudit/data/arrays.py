@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leakaudit.data import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, convert_image
+from leakaudit.data.folders import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, convert_image
 from leakaudit.errors import DataError
 from leakaudit.sanitize import terminal_text
 

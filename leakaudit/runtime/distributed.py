@@ -25,7 +25,7 @@ then stops the others, and a rank blocked in a collective with a dead peer
 gets an error (or the process-group timeout, ``LEAKAUDIT_DIST_TIMEOUT``
 seconds) instead of hanging. Since no rank reaches the final gather, no report
 is written. ``torchrun`` itself exits 1 for any failed worker, whatever its
-code; ``leakaudit.launcher.launch`` runs the same elastic agent and maps the workers' codes back
+code; ``leakaudit.cli.launcher.launch`` runs the same elastic agent and maps the workers' codes back
 to leakaudit's (0 passed, 1 gate failed, 2 error naming the rank, 130).
 
 One process not launched by torchrun gets ``DistContext.single()``, under which

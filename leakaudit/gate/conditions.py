@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from leakaudit.gate_outcome import BaselineStatus, Condition, FindingStatus, Status
-from leakaudit.gate_settings import GateSettings, IgnoreEntry
+from leakaudit.gate.outcome import BaselineStatus, Condition, FindingStatus, Status
+from leakaudit.gate.settings import GateSettings, IgnoreEntry
 from leakaudit.scoring import binomial_tail, exceedance_p_value, holdout_rank
 
 Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from leakaudit.config import AuditSettings
-from leakaudit.distributed import DistContext
-from leakaudit.progress import Observer, StopCheck
-from leakaudit.provenance import StageTimer
+from leakaudit.runtime.distributed import DistContext
+from leakaudit.runtime.progress import Observer, StopCheck
+from leakaudit.pipeline.provenance import StageTimer
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The command line: click commands, options, help, what a person sees on stderr."""

@@ -1,0 +1,1 @@
+"""Process-level pieces: threads, denormals, heap, ranks, the output lock, progress observers."""
