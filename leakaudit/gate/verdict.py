@@ -2,8 +2,8 @@
 
 The rules a user relies on (directions, default thresholds and why, chance,
 baseline, ignore entries, incomplete attacks) are in ``docs/gate.md``. The
-settings are ``gate_settings.py``, each condition ``gate_conditions.py``, the
-typed outcome ``gate_outcome.py``; this module combines them into a verdict.
+settings are ``settings.py``, each condition ``conditions.py``, the
+typed outcome ``outcome.py``; this module combines them into a verdict.
 """
 
 from __future__ import annotations
