@@ -3,18 +3,13 @@
 ``leakaudit.audit(model, train, holdout)`` is the one call a Python user
 needs; it returns an ``AuditReport``. The names are imported on first use,
 so ``import leakaudit`` (and the CLI's ``--help``) stays free of torch.
-
-The pipeline module ``leakaudit/pipeline/audit.py`` shares the function's name:
-importing it would make ``leakaudit.audit`` the module, so the package keeps
-the attribute for the function (``from leakaudit.pipeline.audit import run_audit``
-still imports the module, through ``sys.modules``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from leakaudit.version import __version__
 
 __all__ = ["AuditReport", "Finding", "LeakScore", "Membership", "ProgressEvent", "__version__", "audit", "errors"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from leakaudit import __version__
+from leakaudit.version import __version__
 from leakaudit.cli.help import RUN_EXAMPLES, GroupedCommand, check_paths, click_message
 from leakaudit.cli.console import (ByteProgress, Console, StopFlag, interrupt_message, make_observer, python_warnings,
                                summary_lines)

@@ -31,7 +31,7 @@ from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_
 from leakaudit.pipeline.matches import Matches, match_stage
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
-from leakaudit.power.stage import PowerStage, power_stage, report_arrays
+from leakaudit.pipeline.power import PowerStage, power_stage, report_arrays
 from leakaudit.runtime.progress import Observer, SilentObserver, StopCheck
 from leakaudit.pipeline.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit import __version__
+from leakaudit.version import __version__
 from leakaudit.pipeline.attack import Attack
 from leakaudit.pipeline.evidence import Evidence, Findings, per_class
 from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.matching.ssim import SSIM_SETTINGS
-from leakaudit.power.stage import PowerStage
+from leakaudit.pipeline.power import PowerStage
 from leakaudit.scoring import distribution_summary, histogram, quantile
 
 SCHEMA_VERSION = "1.1"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from leakaudit import __version__
+from leakaudit.version import __version__
 from leakaudit.config import AuditSettings
 from leakaudit.data.folders import ImageSet
 from leakaudit.pipeline.inputs import AuditInputs
