@@ -24,6 +24,7 @@ import torch
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.reference import bundled_images
+from leakaudit.power.control import RECIPE
 from leakaudit.power.verdict import RungResult, decide, not_measured
 
 TOP_K = 12
@@ -260,7 +261,7 @@ def power_record(calibrated: bool, num_classes: int, per_class: float) -> dict[s
                       final_loss=1e-4, accuracy=1.0, complete=True, seconds=30.0, members=members,
                       null=[i for i in range(4 * num_classes) if i not in members],
                       member_best_ssim=[0.8] * num_classes, member_best_index=list(range(num_classes)))
-    return decide([rung], per_class, "reset", {"optimizer": "adam", "lr": 1e-3}, 30.0).to_dict()
+    return decide([rung], per_class, "reset", RECIPE.to_dict(), 30.0).to_dict()
 
 
 def scenario(
