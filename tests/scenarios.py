@@ -235,7 +235,8 @@ def _build_unthreaded(
             "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "power": 60.0, "statistics": 1.0,
                               "writing": 0.25},
             "confinement": {"worker": True, "landlock_abi": 7, "seccomp": True, "no_new_privs": True,
-                            "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0}},
+                            "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0},
+                            "seccomp_denied": ["execve", "fork", "socket", "ptrace"]},
         },
         "power": power_record(calibrated, len(names), len(train_idx) / len(names)),
     }
