@@ -34,6 +34,7 @@ from leakaudit.data.folders import ImageSet, SkippedFile, decode_image
 from leakaudit.data.arrays import LoadSpec, class_names, in_class_order, resolve_labels
 from leakaudit.errors import DataError
 from leakaudit.loading.limits import MEMORY_SHARE, available_memory
+from leakaudit.runtime.digest import file_sha256
 from leakaudit.sanitize import terminal_text
 
 INSTALL_HINT = "reading Parquet needs pyarrow: pip install 'leakaudit[parquet]'"
@@ -233,7 +234,7 @@ class ParquetSource:
         done = 0
         for path, handle, layout in files:
             name = path.name
-            digest.update(name.encode("utf-8") + b"\0" + _file_sha256(path))
+            digest.update(name.encode("utf-8") + b"\0" + bytes.fromhex(file_sha256(path)))
             for row, value, label in self._rows(path, handle, layout):
                 done += 1
                 where = f"{name}[{row}]"
@@ -271,10 +272,3 @@ class ParquetSource:
             return str(exc)
         return None
 
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()

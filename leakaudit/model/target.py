@@ -27,6 +27,7 @@ from leakaudit.errors import ModelError
 from leakaudit.loading import FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save, load_torchscript
 from leakaudit.model.features import Tap, instrument
 from leakaudit.model.shape import infer_shape, telling
+from leakaudit.runtime.digest import file_sha256
 from leakaudit.sanitize import terminal_text
 
 UNSAFE_NOTE = ("--unsafe-pickle: {path} was unpickled, so code from the file ran in this process; this audit is only "
@@ -159,14 +160,6 @@ def _count_classes(forward: Callable[[torch.Tensor], torch.Tensor], shape: tuple
 
 
 # --- loading ------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _load_module(path: Path, fmt: str, arch: str | None, unsafe_pickle: bool, device: torch.device) -> tuple[nn.Module, str]:
     """Dispatch to the format's loader; each applies its checks before deserialising (``leakaudit.loading``)."""
