@@ -17,10 +17,6 @@ then one Markdown table of it all (what ``bench/README.md`` keeps).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_verdict import audit_built  # noqa: E402
 from leakaudit.reference import REAL, build_reference, load_spec, realdata_cache, shipped_audits  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -48,17 +45,8 @@ def audit(name: str, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] |
     started = time.monotonic()
     built = build_reference(spec, OUT / name)
     build_s = time.monotonic() - started
-    command = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
-               "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CI": "1"}, cwd=ROOT)
-    wall = time.monotonic() - started
-    path = out / "leakaudit.json"
-    if proc.returncode not in (0, 1, 2) or not path.exists():
-        print(f"  {name}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
-        return proc.returncode, None, build_s, wall
-    return proc.returncode, json.loads(path.read_text()), build_s, wall
+    code, document, wall = audit_built(name, built, out, extra)
+    return code, document, build_s, wall
 
 
 def _num(value: Any) -> str:

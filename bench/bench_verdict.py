@@ -58,7 +58,11 @@ def cpu_load(processes: int) -> Iterator[None]:
 def audit(name: str, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] | None, float]:
     """One default audit of a reference, in a fresh process: exit code, document, wall seconds."""
     spec, _ = load_spec(name)
-    built = build_reference(spec, OUT / name)
+    return audit_built(name, build_reference(spec, OUT / name), out, extra)
+
+
+def audit_built(name: str, built: Any, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] | None, float]:
+    """``leakaudit run`` on a built reference in a fresh process, as a user runs it: exit code, document, wall seconds."""
     command = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
                "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
     shutil.rmtree(out, ignore_errors=True)  # a fresh folder: nothing to resume, nothing left from before
