@@ -17,7 +17,8 @@ from leakaudit.gate.verdict import apply_gate
 from leakaudit.gate.settings import GateSettings, gate_settings_from_mapping
 from leakaudit.data.folders import load_image_folder
 from leakaudit.errors import ConfigError
-from leakaudit.inversion import InversionConfig
+from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
+from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.loading import import_arch
 from leakaudit.model.target import TargetModel, load_model
 from leakaudit.power.control import LOSS_BOUND, run_control
@@ -141,6 +142,31 @@ def test_the_control_memorises_its_members(tiny: TinyReference) -> None:
     assert control.candidates.shape[1:] == target.input_shape and len(control.candidates) >= 20 and control.complete
     again = run_control(target, images, labels, _small_config(), seed=1)
     assert torch.equal(again.candidates, control.candidates) and again.steps == control.steps
+
+
+def test_a_control_starts_from_the_attacks_pretraining_and_ends_where_it_would_have(tiny: TinyReference) -> None:
+    torch.set_num_threads(1)
+    target = load_model(tiny.torchscript, device="cpu")
+    holdout = load_image_folder(tiny.holdout_dir, channels=1, size=target.input_shape[1:])
+    first = torch.stack([torch.nonzero(holdout.labels == c).flatten()[0] for c in range(10)])
+    prior = (holdout.images[1::2], holdout.labels[1::2])
+    config = _small_config(pretrain_steps=25, finetune_steps=4)
+    cache = PretrainCache()
+    invert(target, config, prior=prior, pretrain_cache=cache)  # the audit's own attack keeps its pre-training
+    rung = replace(config, candidates_per_class=3, pool_per_class=4, budget_s=600.0)  # other counts, a budget
+    phases: list[str] = []
+    reused = run_control(target, holdout.images[first], holdout.labels[first], rung, seed=1, prior=prior,
+                         callbacks=InversionCallbacks(on_phase=phases.append), pretrain_cache=cache)
+    assert cache.hits == 1 and any("reused" in phase for phase in phases)
+    fresh = run_control(target, holdout.images[first], holdout.labels[first], rung, seed=1, prior=prior)
+    assert torch.equal(reused.candidates, fresh.candidates) and reused.complete and fresh.complete
+    other_prior = (prior[0][1:], prior[1][1:])
+    run_control(target, holdout.images[first], holdout.labels[first], rung, seed=1, prior=other_prior,
+                pretrain_cache=cache)
+    other_seed = replace(rung, seed=rung.seed + 1)
+    run_control(target, holdout.images[first], holdout.labels[first], other_seed, seed=1, prior=prior,
+                pretrain_cache=cache)
+    assert cache.hits == 1  # another prior or seed is another pre-training: never taken from the cache
 
 
 def test_the_ladder_plants_nested_members_that_never_sit_in_their_own_null() -> None:

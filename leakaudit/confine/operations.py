@@ -18,6 +18,7 @@ from torch import nn
 from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
 from leakaudit.inversion.initaware import init_aware_inversion
+from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.runtime.memory import release_free_memory
 from leakaudit.model.target import TargetModel, load_model, wrap_module
 from leakaudit.runtime.numerics import flush_denormals
@@ -94,19 +95,24 @@ def load(request: LoadRequest) -> TargetModel:
 
 
 def attack(target: TargetModel, request: AttackRequest, callbacks: InversionCallbacks,
-           should_stop: Callable[[], bool], checkpoint_dir: Path | None, dist: DistContext | None = None) -> InversionResult:
-    """Invert in the mode the request asks for (init-aware, informed or data-free)."""
+           should_stop: Callable[[], bool], checkpoint_dir: Path | None, dist: DistContext | None = None,
+           pretrain_cache: PretrainCache | None = None) -> InversionResult:
+    """Invert in the mode the request asks for (init-aware, informed or data-free).
+
+    ``pretrain_cache``: where the informed pre-training is kept for the controls that follow.
+    """
     if request.init is not None:
         return init_aware_inversion(target, request.init, request.prior, request.config, should_stop, callbacks)
     return invert(target, request.config, prior=request.prior if request.informed else None, callbacks=callbacks,
-                  checkpoint_dir=checkpoint_dir, should_stop=should_stop, dist=dist, resume_tag=request.resume_tag)
+                  checkpoint_dir=checkpoint_dir, should_stop=should_stop, dist=dist, resume_tag=request.resume_tag,
+                  pretrain_cache=pretrain_cache)
 
 
 def control(target: TargetModel, request: ControlRequest, callbacks: InversionCallbacks,
-            should_stop: Callable[[], bool]) -> ControlRun:
+            should_stop: Callable[[], bool], pretrain_cache: PretrainCache | None = None) -> ControlRun:
     """The positive control on a copy of ``target``'s architecture (``leakaudit.power.control``)."""
     return run_control(target, request.images, request.labels, request.config, request.seed, request.prior,
-                       callbacks, should_stop)
+                       callbacks, should_stop, pretrain_cache=pretrain_cache)
 
 
 @torch.no_grad()

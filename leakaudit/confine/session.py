@@ -34,6 +34,7 @@ from leakaudit.errors import AuditInterrupted, ConfigError, DataError, LeakAudit
 from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.inversion.engine import Checkpointer
 from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
+from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.model.target import TargetModel
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
@@ -74,6 +75,7 @@ class InProcessSession:
         self.target = target
         self.dist = dist
         self.info = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
+        self.pretrain_cache = PretrainCache()  # the attack's informed pre-training, for the controls
 
     def load(self, request: LoadRequest) -> ModelInfo:
         from leakaudit.confine import operations
@@ -86,7 +88,8 @@ class InProcessSession:
                checkpoint_dir: Path | None) -> InversionResult:
         from leakaudit.confine import operations
 
-        return operations.attack(self._target(), request, callbacks, should_stop, checkpoint_dir, self.dist)
+        return operations.attack(self._target(), request, callbacks, should_stop, checkpoint_dir, self.dist,
+                                 self.pretrain_cache)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         from leakaudit.confine import operations
@@ -96,7 +99,7 @@ class InProcessSession:
     def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun:
         from leakaudit.confine import operations
 
-        return operations.control(self._target(), request, callbacks, should_stop)
+        return operations.control(self._target(), request, callbacks, should_stop, self.pretrain_cache)
 
     def _target(self) -> TargetModel:
         if self.target is None:

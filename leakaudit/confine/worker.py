@@ -25,6 +25,14 @@ class WorkerState:
     relay: Any
     target: Any = None
     confinement: dict[str, Any] = field(default_factory=dict)
+    pretrain_cache: Any = None  # the attack's informed pre-training, for the controls (inversion/warmstart.py)
+
+    def cache(self) -> Any:
+        if self.pretrain_cache is None:
+            from leakaudit.inversion.warmstart import PretrainCache
+
+            self.pretrain_cache = PretrainCache()
+        return self.pretrain_cache
 
 
 def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def _op_attack(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     state.relay.resume_state = args.get("resume_state")
     state.relay.install_checkpoints()
     result = operations.attack(state.target, request, state.relay.callbacks(), state.relay.should_stop,
-                               RELAY_FOLDER if args.get("checkpoints") else None)
+                               RELAY_FOLDER if args.get("checkpoints") else None, pretrain_cache=state.cache())
     state.relay.flush()
     return {"result": operations.result_fields(result)}
 
@@ -82,7 +90,8 @@ def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     prior = args.get("prior")
     request = operations.ControlRequest(args["images"], args["labels"], InversionConfig(**args["config"]),
                                         int(args["seed"]), tuple(prior) if prior is not None else None)  # type: ignore[arg-type]
-    run = operations.control(state.target, request, state.relay.callbacks(), state.relay.should_stop)
+    run = operations.control(state.target, request, state.relay.callbacks(), state.relay.should_stop,
+                             state.cache())
     state.relay.flush()
     return {"control": operations.result_fields(run)}
 

@@ -36,6 +36,7 @@ from leakaudit.inversion.objective import Batch, objective, resolve_weights
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
+from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
 
@@ -88,6 +89,7 @@ class _Request:
     dist: DistContext
     device: torch.device
     resume_tag: str
+    pretrain_cache: PretrainCache | None
 
 
 @dataclass
@@ -110,6 +112,7 @@ def invert(
     should_stop: Callable[[], bool] | None = None,
     dist: DistContext | None = None,
     resume_tag: str = "",
+    pretrain_cache: PretrainCache | None = None,
 ) -> InversionResult:
     """Invert ``target`` into K candidates per class.
 
@@ -119,6 +122,9 @@ def invert(
     (and the refined candidates) over the ranks of a distributed run; every
     rank returns the same result. ``resume_tag``: what else must match for a
     saved state to be resumed (the audit passes its command line).
+    ``pretrain_cache``: informed pre-training already run with the same inputs
+    is started from there, and this run's is kept (single process only); the
+    candidates are the same either way (``warmstart.py``).
     """
     informed = _informed(config, prior)
     device = torch.device(config.device) if config.device else target.device
@@ -126,7 +132,7 @@ def invert(
         dist = dist or DistContext.single(device)
         with dist.in_stage("inversion"):
             return _invert(_Request(target, config, prior, informed, callbacks or InversionCallbacks(), checkpoint_dir,
-                                    should_stop, dist, device, resume_tag))
+                                    should_stop, dist, device, resume_tag, pretrain_cache))
 
 
 def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
@@ -248,10 +254,20 @@ def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[
     else:
         run.clock.enter("pretrain")
         start = run.clock.steps
-        _pretrain(run, prior)
-        dist.sync_buffers(run.gen)
-        dist.sync_buffers(prior.encoder)
-        run.latents = fit_latents(prior.encoder, prior.images, prior.labels, prior.variational)
+        cache = req.pretrain_cache if not dist.is_distributed and req.prior is not None else None
+        key = pretrain_key(config, run.target.input_shape, run.num_classes, req.prior, run.device) \
+            if cache is not None and req.prior is not None else ""
+        reused = cache.get(key) if cache is not None else None
+        if reused is not None:
+            _start_from(run, prior, reused)
+        else:
+            _pretrain(run, prior)
+            dist.sync_buffers(run.gen)
+            dist.sync_buffers(prior.encoder)
+            run.latents = fit_latents(prior.encoder, prior.images, prior.labels, prior.variational)
+            if cache is not None and _completed(run, start, config.pretrain_steps):
+                cache.put(Pretrained.capture(key, run.gen, prior.encoder, run.rng, run.latents.mean,
+                                             run.latents.std, run.clock.steps - start, run.device))
         resume.pretrained = sample(run.gen, run.latents, run.num_classes, config.candidates_per_class, run.rng,
                                    run.device)
         if _completed(run, start, config.pretrain_steps):
@@ -262,6 +278,15 @@ def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[
         _train_against(run, "finetune", config.finetune_steps, config.finetune_lr, anchor=prior)
         if _completed(run, start, config.finetune_steps):
             resume.boundary("refine", prior.encoder)
+
+
+def _start_from(run: RunState, prior: _Prior, reused: Pretrained) -> None:
+    """Take a cached pre-training's end state as this run's: its steps count as done."""
+    reused.restore(run.gen, prior.encoder, run.rng, run.device)
+    run.latents = LatentGaussian(reused.latent_mean.to(run.device), reused.latent_std.to(run.device))
+    run.clock.steps += reused.steps
+    if run.clock.callbacks.on_phase:
+        run.clock.callbacks.on_phase("pretrain: the same as the attack's, reused")
 
 
 def _data_free_phases(run: RunState, resume: _Resume) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
+from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.loading import import_arch
 from leakaudit.model.features import fixed_batch
 from leakaudit.model.target import TargetModel
@@ -134,21 +135,23 @@ def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Rec
 def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
                 prior: tuple[torch.Tensor, torch.Tensor] | None = None,
                 callbacks: InversionCallbacks | None = None,
-                should_stop: Callable[[], bool] | None = None, recipe: Recipe = RECIPE) -> ControlRun:
+                should_stop: Callable[[], bool] | None = None, recipe: Recipe = RECIPE,
+                pretrain_cache: PretrainCache | None = None) -> ControlRun:
     """Copy ``target``'s architecture with fresh weights, train it on ``images`` (uint8), invert it with ``config``.
 
     ``prior``: the informed attacker's non-member images, as the audit used them.
     Deterministic for a seed; ``should_stop`` ends training or inversion early
-    (the run is then incomplete).
+    (the run is then incomplete). ``pretrain_cache``: the audit's informed
+    pre-training, which the copy's inversion would repeat step for step.
     """
     with torch.random.fork_rng(devices=[]):  # the audit's own random stream is left as it was
         return _run_control(target, images, labels, config, seed, prior, callbacks, should_stop or (lambda: False),
-                            recipe)
+                            recipe, pretrain_cache)
 
 
 def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
                  prior: tuple[torch.Tensor, torch.Tensor] | None, callbacks: InversionCallbacks | None,
-                 stop: Callable[[], bool], recipe: Recipe) -> ControlRun:
+                 stop: Callable[[], bool], recipe: Recipe, pretrain_cache: PretrainCache | None) -> ControlRun:
     module = target.module
     if module is None:
         return _unsupported("the loaded model keeps no module to copy")
@@ -172,7 +175,7 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     control = TargetModel.from_module(copy_module, target.input_shape, target.num_classes, mean=mean, std=std,
                                       device=target.device, fmt=target.format)
     started = time.monotonic()
-    result = invert(control, config, prior=prior, callbacks=callbacks, should_stop=stop)
+    result = invert(control, config, prior=prior, callbacks=callbacks, should_stop=stop, pretrain_cache=pretrain_cache)
     invert_seconds = time.monotonic() - started
     candidates = result.images.detach().float().cpu().clamp(0, 1)
     return ControlRun(candidates, result.targets.detach().cpu().long(), steps, loss, accuracy, memorised,
