@@ -69,8 +69,11 @@ def _restore_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-# An inversion of a few dozen steps: whole audits of the tiny reference take seconds.
+# An inversion of a few dozen steps: whole audits of the tiny reference take seconds. The positive control
+# is off here (the config-file twin of --no-power-check); the power tests turn it on with ``QUICK_WITH_POWER``.
 QUICK_INVERSION = """
+power_check = false
+
 [inversion]
 width = 16
 batch_per_class = 2
@@ -90,6 +93,17 @@ def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A config file holding ``QUICK_INVERSION``."""
     path = tmp_path_factory.mktemp("config") / "quick.toml"
     path.write_text(QUICK_INVERSION)
+    return path
+
+
+QUICK_WITH_POWER = QUICK_INVERSION.replace("power_check = false", "power_check = true")
+
+
+@pytest.fixture(scope="session")
+def quick_power_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``QUICK_INVERSION`` with the positive control on, as every audit runs by default."""
+    path = tmp_path_factory.mktemp("config") / "quick-power.toml"
+    path.write_text(QUICK_WITH_POWER)
     return path
 
 

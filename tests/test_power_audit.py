@@ -72,19 +72,19 @@ def test_a_pass_without_shown_power_is_incomplete_under_require_power(tiny: Tiny
     assert "Power not measured" in err_free and "does not show that the model is safe" in err_free
 
 
-def test_without_holdout_power_is_not_measured(tiny: TinyReference, quick_config: Path, tmp_path: Path,
+def test_without_holdout_power_is_not_measured(tiny: TinyReference, quick_power_config: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    _, doc, _ = _audit([str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(quick_config)],
+    _, doc, _ = _audit([str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(quick_power_config)],
                        tmp_path / "out", capsys)
     assert doc["power"]["status"] == "not measured" and "no holdout" in doc["power"]["reason"]
 
 
-def test_the_control_gives_identical_documents_on_a_rerun(tiny: TinyReference, quick_config: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_control_gives_identical_documents_on_a_rerun(tiny: TinyReference, quick_power_config: Path,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     documents = []
     for run in range(2):
         _, doc, err = _audit([str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-                              "--config", str(quick_config), "--seed", "4"], tmp_path / f"run{run}", capsys)
+                              "--config", str(quick_power_config), "--seed", "4"], tmp_path / f"run{run}", capsys)
         assert doc["power"]["status"] in ("shown", "not shown") and doc["power"]["rungs"], err
         documents.append(without_timings(doc))
     assert documents[0]["power"] == documents[1]["power"]
