@@ -12,11 +12,13 @@ then one Markdown table of it all (what ``bench/README.md`` keeps).
 
     python bench/bench_power.py                                   # every reference
     python bench/bench_power.py --models digits-mlp-1pc,digits-mlp-2pc --effort quick
+    python bench/bench_power.py --tabulate                        # the table of the audits already written
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -79,6 +81,16 @@ def row(name: str, doc: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def written_rows(out: Path, names: list[str]) -> list[dict[str, str]]:
+    """The rows of the audits an earlier run left under ``out`` (``OUT/NAME/leakaudit.json``), in ``names`` order."""
+    rows = []
+    for name in names:
+        path = out / name / "leakaudit.json"
+        if path.is_file():
+            rows.append(row(name, json.loads(path.read_text())))
+    return rows
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
@@ -94,7 +106,12 @@ def main() -> None:
     parser.add_argument("--effort", default=None, help="--effort of every audit (default: the tool's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT / "power", help="where each audit writes (one folder each)")
+    parser.add_argument("--tabulate", action="store_true",
+                        help="run nothing: the table of the documents under --out (runs split over sessions)")
     args = parser.parse_args()
+    if args.tabulate:
+        print(markdown(written_rows(args.out, [m for m in args.models.split(",") if m])))
+        return
     extra = ["--seed", str(args.seed)] + (["--effort", args.effort] if args.effort else [])
     rows = []
     for name in [m for m in args.models.split(",") if m]:
