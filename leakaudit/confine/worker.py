@@ -28,6 +28,7 @@ class WorkerState:
     pretrain_cache: Any = None  # the attack's informed pre-training, for the controls (inversion/warmstart.py)
 
     def cache(self) -> Any:
+        """Made on first use: the worker imports torch only inside its operations."""
         if self.pretrain_cache is None:
             from leakaudit.inversion.warmstart import PretrainCache
 
