@@ -21,7 +21,7 @@ from leakaudit.report.json_format import without_timings
 from .conftest import QUICK_INVERSION, TINY_SPEC, TinyReference, run_cli
 from .input_kinds import PairDataset, shuffled, write_every_kind
 
-QUICK = tomllib.loads(QUICK_INVERSION)["inversion"]
+QUICK_SETTINGS = tomllib.loads(QUICK_INVERSION)  # the CLI tests' config file, as API settings
 INPUT_PROVENANCE = ("data", "holdout", "model", "command", "confinement")  # confinement: a module in memory runs in-process
 CLASSES = tuple(str(d) for d in range(10))
 
@@ -80,7 +80,7 @@ def test_every_input_kind_through_the_cli_and_the_api_gives_the_same_document(
         "api-dataset": (tiny.module, PairDataset(train_x, train_y), PairDataset(hold_x, hold_y)),
     }
     for name, (model, train, holdout) in inputs.items():
-        report = leakaudit.audit(model, train, holdout, effort="quick", inversion=QUICK)
+        report = leakaudit.audit(model, train, holdout, effort="quick", **QUICK_SETTINGS)
         documents[name] = report.document
     assert capsys.readouterr() == ("", "")  # the library printed nothing
     reference = comparable(documents["cli-folder"])
@@ -100,7 +100,7 @@ def test_a_report_writes_every_output_and_leaves_the_callers_model_alone(tiny: T
     events: list[leakaudit.ProgressEvent] = []
     data = split_members(TINY_SPEC)
     report = leakaudit.audit(module, (data.train_images, data.train_labels), (data.holdout_images, data.holdout_labels),
-                             effort="quick", inversion=QUICK, progress=events.append, gate={"fail_ssim": 0.99})
+                             effort="quick", **QUICK_SETTINGS, progress=events.append, gate={"fail_ssim": 0.99})
     assert module.training and all(p.requires_grad for p in module.parameters())
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
     assert {e.kind for e in events} >= {"phase", "advance"}
