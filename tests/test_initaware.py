@@ -25,11 +25,15 @@ pretrain_steps = 20
 """
 
 
-def _build(tmp_path_factory: pytest.TempPathFactory, optimizer: str):  # type: ignore[no-untyped-def]
-    spec = ReferenceSpec(name=f"gd-{optimizer}", dataset="digits", train_per_class=2, holdout_per_class=8,
+def gd_reference_spec(optimizer: str = "gd") -> ReferenceSpec:
+    """2 digits per class, a 200-unit MLP trained full-batch: plain GD keeps its first layer's update exact."""
+    return ReferenceSpec(name=f"gd-{optimizer}", dataset="digits", train_per_class=2, holdout_per_class=8,
                          arch="mlp", hidden=200, init_scale=0.1, optimizer=optimizer,
                          lr=0.5 if optimizer == "gd" else 1e-3, epochs=150, batch_size=20)
-    return build_reference(spec, tmp_path_factory.mktemp(optimizer))
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, optimizer: str):  # type: ignore[no-untyped-def]
+    return build_reference(gd_reference_spec(optimizer), tmp_path_factory.mktemp(optimizer))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,26 @@ def test_initial_weights_are_saved_and_rebuild_the_training_start(gd_reference) 
     assert "rank 20" in note
 
 
+def test_a_units_bias_ratio_gives_back_the_member_that_alone_reached_it(gd_reference) -> None:
+    from leakaudit.inversion.initaware import (first_layer_bias_update, first_layer_update, load_initial_state,
+                                               unit_ratio_images)
+    from leakaudit.matching.ssim import ssim_matrix
+    from leakaudit.model.target import load_model
+    from leakaudit.reference import split_members
+
+    target = load_model(gd_reference.model_path)
+    state = load_initial_state(gd_reference.init_path)
+    bias_delta = first_layer_bias_update(target, state)
+    assert bias_delta is not None and bias_delta.shape == (200,)
+    ratios = unit_ratio_images(first_layer_update(target, state), bias_delta, target)
+    data = split_members(gd_reference_spec())
+    members = ssim_matrix(ratios, data.train_images.float() / 255).max(0).values
+    others = ssim_matrix(ratios, data.holdout_images.float() / 255).max(0).values
+    # measured: 3 of 20 members come back exactly (SSIM 1.000), no non-member above 0.86
+    assert int((members > 0.99).sum()) >= 1 and float(others.max()) < 0.99
+    assert float(members.mean()) > float(others.mean())
+
+
 def test_cli_init_flag_reports_the_stronger_threat_model(gd_reference, tmp_path: Path) -> None:
     import json
 
@@ -69,6 +93,7 @@ def test_cli_init_flag_reports_the_stronger_threat_model(gd_reference, tmp_path:
     doc = json.loads((out / "leakaudit.json").read_text())
     assert doc["mode"] == "init-aware" and doc["threat_model"].startswith("Init-aware (stronger than informed)")
     assert any("rank 20" in n for n in doc["inversion"]["notes"])
+    assert any("unit ratios" in n for n in doc["inversion"]["notes"])
     # upsampled 8×8 digits are smooth and overlap, so few are exact extreme points (measured: 0.655 with 40
     # objectives); still the members are matched clearly better than non-members
     summary = doc["summary"]
