@@ -193,3 +193,22 @@ def test_worker_replies_are_checked(tiny: TinyReference) -> None:
         results.logits(torch.zeros(3, 9), 3, 10)
     with pytest.raises(results.ReplyError):
         results.inversion_result({"images": torch.zeros(2, 3, 32, 32)}, info)
+
+
+def test_a_membership_pass_over_many_batches_runs_confined_and_agrees(tiny: TinyReference) -> None:
+    # past 16 batches the pass hands freed memory back to the system (leakaudit/runtime/memory.py): that must
+    # work under the worker's confinement too (it once needed a temporary file there)
+    from leakaudit.confine.operations import LOGITS_BATCH, logits
+    from leakaudit.model.target import load_model
+
+    images = torch.randint(0, 256, (17 * LOGITS_BATCH, 1, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    notes: list[str] = []
+    session = ConfinedSession(sandbox.readable_paths(tiny.torchscript, None, False), budget_s=None, seed=0,
+                              threads=1, on_note=notes.append)
+    try:
+        session.load(LoadRequest(tiny.torchscript))
+        confined = session.logits(images)
+    finally:
+        session.close()
+    assert torch.equal(confined, logits(load_model(tiny.torchscript), images))
