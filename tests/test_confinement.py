@@ -63,6 +63,17 @@ def make():
         attempt(name, action)
     return tiny_architecture()
 
+def flaky():
+    import torch
+
+    class Flaky(torch.nn.Sequential):  # fails on a batch of exactly 7, which loading never sends
+        def forward(self, x):
+            if x.shape[0] == 7:
+                raise RuntimeError("seven is not a batch size this model takes")
+            return super().forward(x)
+
+    return Flaky(*tiny_architecture())
+
 def hog():
     import torch
     torch.ones(2 << 30, dtype=torch.uint8)  # 2 GiB, over the test's limit
@@ -111,6 +122,19 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path, 
     listener.close()
     record = session.confinement
     assert record["worker"] and record["seccomp"] and record["landlock_abi"] >= 1 and record["no_new_privs"]
+
+
+def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:
+    session = _session([])
+    try:
+        session.load(LoadRequest(Path("weights.pth"), arch="hostile:flaky", shape_hint=(1, 32, 32), device="cpu"))
+        with pytest.raises(ModelError, match="the model's worker failed during the membership pass: RuntimeError: "
+                                             "seven is not a batch size") as caught:
+            session.logits(torch.zeros(7, 1, 32, 32, dtype=torch.uint8))
+    finally:
+        session.close()
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert notes.startswith("the worker's traceback:") and "hostile.py" in notes and "raise RuntimeError" in notes
 
 
 def test_memory_limit_is_a_clear_error(hostile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

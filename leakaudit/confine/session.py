@@ -301,7 +301,11 @@ class ConfinedSession:
             raise ModelError(f"the model's worker ran out of memory{limit} during {self._phase}")
         if kind in _ERRORS:
             raise _ERRORS[str(kind)](text)
-        raise ModelError(f"the model's worker failed during {self._phase}: {text}")
+        error = ModelError(f"the model's worker failed during {self._phase}: {text}")
+        trace = message.get("traceback")
+        if isinstance(trace, str) and trace:  # shown by --debug, under the audit's own traceback
+            error.add_note("the worker's traceback:\n" + "\n".join(terminal_text(line) for line in trace.splitlines()))
+        raise error
 
     def _checked(self, check: Callable[..., Any], *values: Any) -> Any:
         try:
