@@ -97,7 +97,7 @@ def first_layer_update(target: TargetModel, initial: dict[str, torch.Tensor]) ->
 def first_layer_bias_update(target: TargetModel, initial: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """b₁ − b₁⁰ of the first layer, or None when it has no bias (the parameter after its weight, of its width)."""
     params = [p.detach().cpu() for p in target.parameters()]
-    start = [v for v in initial.values()]
+    start = list(initial.values())
     first = next(i for i, p in enumerate(params) if p.dim() >= 2)
     first_init = next(i for i, v in enumerate(start) if v.dim() >= 2)
     if first + 1 >= len(params) or first_init + 1 >= len(start):
