@@ -81,8 +81,8 @@ def hog():
 '''
 
 
-def _session(notes: list[str]) -> ConfinedSession:
-    return ConfinedSession(sandbox.readable_paths(Path("weights.pth").resolve(), None, True), budget_s=None, seed=0,
+def _session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True) -> ConfinedSession:
+    return ConfinedSession(sandbox.readable_paths(model.resolve(), None, arch), budget_s=None, seed=0,
                            threads=1, on_note=notes.append)
 
 
@@ -227,9 +227,7 @@ def test_a_membership_pass_over_many_batches_runs_confined_and_agrees(tiny: Tiny
 
     images = torch.randint(0, 256, (17 * LOGITS_BATCH, 1, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    notes: list[str] = []
-    session = ConfinedSession(sandbox.readable_paths(tiny.torchscript, None, False), budget_s=None, seed=0,
-                              threads=1, on_note=notes.append)
+    session = _session([], tiny.torchscript, arch=False)
     try:
         session.load(LoadRequest(tiny.torchscript))
         confined = session.logits(images)

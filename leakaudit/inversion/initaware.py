@@ -81,32 +81,48 @@ def load_initial_state(path: Path) -> dict[str, torch.Tensor]:
         raise type(exc)(f"--init {exc}") from None
 
 
+def _first_matrix(tensors: list[torch.Tensor]) -> int | None:
+    """Index of the first tensor with two or more dimensions: the first layer's weight, in either state."""
+    return next((i for i, t in enumerate(tensors) if t.dim() >= 2), None)
+
+
+def _first_layer_pairs(target: TargetModel, initial: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], int | None,
+                                                                                       list[torch.Tensor], int | None]:
+    """The model's parameters and the initial state's tensors, in order, each with its first weight's index."""
+    params = [p.detach().cpu() for p in target.parameters()]
+    start = list(initial.values())
+    return params, _first_matrix(params), start, _first_matrix(start)
+
+
 def first_layer_update(target: TargetModel, initial: dict[str, torch.Tensor]) -> torch.Tensor:
     """W₁ − W₁⁰ (out, D) of a fully connected first layer; ModelError when there is none to compare."""
-    weights = [p for p in target.parameters() if p.dim() >= 2]
+    params, i, start, j = _first_layer_pairs(target, initial)
     size = int(np.prod(target.input_shape))
-    if not weights or weights[0].dim() != 2 or weights[0].shape[1] != size:
+    if i is None or params[i].dim() != 2 or params[i].shape[1] != size:
         raise ModelError("--init needs a classifier whose first layer is fully connected on the flattened input")
-    first = weights[0].detach().cpu()
-    initial_2d = [v for v in initial.values() if v.dim() >= 2]
-    if not initial_2d or tuple(initial_2d[0].shape) != tuple(first.shape):
+    first = params[i]
+    if j is None or tuple(start[j].shape) != tuple(first.shape):
         raise ModelError(f"--init: the first weight of the initial state does not have the model's shape {tuple(first.shape)}")
-    return first.double() - initial_2d[0].double()
+    return first.double() - start[j].double()
 
 
 def first_layer_bias_update(target: TargetModel, initial: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """b₁ − b₁⁰ of the first layer, or None when it has no bias (the parameter after its weight, of its width)."""
-    params = [p.detach().cpu() for p in target.parameters()]
-    start = list(initial.values())
-    first = next(i for i, p in enumerate(params) if p.dim() >= 2)
-    first_init = next(i for i, v in enumerate(start) if v.dim() >= 2)
-    if first + 1 >= len(params) or first_init + 1 >= len(start):
+    params, i, start, j = _first_layer_pairs(target, initial)
+    if i is None or j is None or i + 1 >= len(params) or j + 1 >= len(start):
         return None
-    bias, bias0 = params[first + 1], start[first_init + 1]
-    width = params[first].shape[0]
+    bias, bias0 = params[i + 1], start[j + 1]
+    width = params[i].shape[0]
     if bias.dim() != 1 or bias.shape[0] != width or tuple(bias0.shape) != (width,):
         return None
     return bias.double() - bias0.double()
+
+
+def _input_scale(target: TargetModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input normalisation as flat (D,) mean and std: the first layer sees (x − mean) / std."""
+    shape = target.input_shape
+    return (target.mean.detach().cpu().double().expand(1, *shape).flatten(),
+            target.std.detach().cpu().double().expand(1, *shape).flatten())
 
 
 def unit_ratio_images(delta: torch.Tensor, bias_delta: torch.Tensor, target: TargetModel,
@@ -122,8 +138,7 @@ def unit_ratio_images(delta: torch.Tensor, bias_delta: torch.Tensor, target: Tar
     if len(units) == 0:
         return torch.zeros(0, *shape)
     ratios = delta[units] / bias_delta[units, None]
-    std = target.std.detach().cpu().double().expand(1, *shape).flatten()
-    mean = target.mean.detach().cpu().double().expand(1, *shape).flatten()
+    mean, std = _input_scale(target)
     pixels = torch.cat([mean + std * ratios, mean - std * ratios])
     pixels = pixels[torch.isfinite(pixels).all(1)]
     return pixels.clamp(0, 1).float().view(-1, *shape)
@@ -168,8 +183,7 @@ def update_span(delta: torch.Tensor, target: TargetModel, min_gap: float = MIN_G
                       "adaptive optimisers such as Adam break the span")
     rank = int(torch.nonzero(to_floor).flatten()[0]) + 1
     gap = float(ratios[rank - 1])
-    std = target.std.detach().cpu().double().expand(1, *target.input_shape).flatten()
-    mean = target.mean.detach().cpu().double().expand(1, *target.input_shape).flatten()
+    mean, std = _input_scale(target)
     rows = vh[:rank] * std  # (r, D)
     if float(mean.abs().max()) > 0:
         rows = torch.cat([rows, mean[None]])
