@@ -79,6 +79,12 @@ class ReferenceSpec:
     augment: bool = False  # random shifts of up to 2 px
     early_stopping: bool = False  # stop when a validation split stops improving
     seed: int = 0
+    # Fine-tuning: pre-train on a public set first (Adam, its own epochs), then give the classifier a fresh last
+    # layer (the classes differ) and train on the members from there; init.pt is that starting point.
+    pretrain_dataset: str = ""  # "" (train from scratch) or a dataset name, e.g. "fashion-mnist"
+    pretrain_per_class: int = 1000
+    pretrain_epochs: int = 2
+    trained_layers: str = "all"  # "all" | "dense" (only the fully connected layers: the backbone stays frozen)
 
     def __post_init__(self) -> None:
         if self.dataset not in BUNDLED + REAL:
@@ -87,6 +93,10 @@ class ReferenceSpec:
             raise ConfigError(f"reference arch must be 'mlp', 'cnn', 'cnn-bn' or 'resnet18', not {self.arch!r}")
         if self.optimizer not in ("adam", "sgd", "gd"):
             raise ConfigError(f"reference optimizer must be 'adam', 'sgd' or 'gd', not {self.optimizer!r}")
+        if self.pretrain_dataset not in ("",) + BUNDLED + REAL:
+            raise ConfigError(f"pretrain_dataset must be empty or one of {BUNDLED + REAL}, not {self.pretrain_dataset!r}")
+        if self.trained_layers not in ("all", "dense"):
+            raise ConfigError(f"trained_layers must be 'all' or 'dense', not {self.trained_layers!r}")
         if self.train_per_class < 1 or self.holdout_per_class < 1:
             raise ConfigError("train_per_class and holdout_per_class must be at least 1")
 
@@ -210,23 +220,78 @@ def initial_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) 
     return build_classifier(spec, in_channels, num_classes)
 
 
+def pretrained_images(spec: ReferenceSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public pre-training set: ``pretrain_per_class`` images of each class of ``pretrain_dataset``, seeded."""
+    images, labels, classes = bundled_images(spec.pretrain_dataset, spec.size)
+    rng = np.random.default_rng(spec.seed + 1)
+    chosen: list[int] = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels.numpy() == c)
+        rng.shuffle(idx)
+        chosen.extend(idx[: spec.pretrain_per_class].tolist())
+    order = torch.tensor(chosen)
+    return images[order], labels[order]
+
+
+def starting_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Module:
+    """Where training on the members starts: θ₀ rebuilt from the seed, or a pre-trained network with a fresh head.
+
+    Pre-training is plain minibatch Adam on the public set; the last linear
+    layer is then re-initialised for the members' classes.
+    """
+    model = initial_classifier(spec, in_channels, num_classes)
+    if not spec.pretrain_dataset:
+        return model
+    images, labels = pretrained_images(spec)
+    if int(labels.max()) >= num_classes:
+        raise ConfigError(f"pretrain_dataset {spec.pretrain_dataset} has more classes than the members' {num_classes}")
+    x, generator = images.float() / 255.0, torch.Generator().manual_seed(spec.seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    with flush_denormals():
+        for _ in range(spec.pretrain_epochs):
+            perm = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 128):
+                idx = perm[start : start + 128]
+                loss = F.cross_entropy(model(x[idx]), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    torch.manual_seed(spec.seed + 2)
+    head.reset_parameters()
+    model.eval()
+    return model
+
+
+def _trained_parameters(spec: ReferenceSpec, model: nn.Module) -> list[nn.Parameter]:
+    """All weights, or those of the fully connected layers only (``trained_layers = "dense"``)."""
+    if spec.trained_layers == "all":
+        return list(model.parameters())
+    return [p for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()]
+
+
 def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
 def train_classifier(spec: ReferenceSpec, data: ReferenceData,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, dict[str, float]]:
+                     progress: Callable[[int, int], None] | None = None,
+                     start: nn.Module | None = None) -> tuple[nn.Module, dict[str, float]]:
     """Train the reference classifier on the members; returns it (eval mode) and its accuracies.
 
-    ``progress(epoch, epochs)`` is called as each epoch starts (``epoch`` counts from 0).
+    ``progress(epoch, epochs)`` is called as each epoch starts (``epoch`` counts from 0). ``start`` is the
+    classifier to train (``starting_classifier``, built here when not given); it is trained in place.
     """
+    if start is None:
+        start = starting_classifier(spec, data.train_images.shape[1], len(data.classes))
     with flush_denormals():  # near-zero losses make denormal floats: steps ~2–9× slower
-        return _train(spec, data, progress)
+        return _train(spec, data, progress, start)
 
 
-def _train(spec: ReferenceSpec, data: ReferenceData,
-           progress: Callable[[int, int], None] | None) -> tuple[nn.Module, dict[str, float]]:
+def _train(spec: ReferenceSpec, data: ReferenceData, progress: Callable[[int, int], None] | None,
+           model: nn.Module) -> tuple[nn.Module, dict[str, float]]:
     generator = torch.Generator().manual_seed(spec.seed)
     x = data.train_images.float() / 255.0
     y = data.train_labels
@@ -236,8 +301,7 @@ def _train(spec: ReferenceSpec, data: ReferenceData,
         n_val = max(len(x) // 10, len(data.classes))
         val_x, val_y = x[perm[:n_val]], y[perm[:n_val]]
         x, y = x[perm[n_val:]], y[perm[n_val:]]
-    model = initial_classifier(spec, x.shape[1], len(data.classes))
-    params = model.parameters()
+    params = _trained_parameters(spec, model)
     opt: torch.optim.Optimizer
     if spec.optimizer in ("sgd", "gd"):
         momentum = 0.9 if spec.optimizer == "sgd" else 0.0
@@ -249,6 +313,10 @@ def _train(spec: ReferenceSpec, data: ReferenceData,
         if progress is not None:
             progress(epoch, spec.epochs)
         model.train()
+        if spec.trained_layers == "dense":  # a frozen backbone keeps its BatchNorm statistics too
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         perm = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), spec.batch_size):
             idx = perm[start : start + spec.batch_size]
@@ -311,14 +379,16 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path,
             return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"], init_path)
     out.mkdir(parents=True, exist_ok=True)
     data = split_members(spec)
-    model, metrics = train_classifier(spec, data, progress)
+    start = starting_classifier(spec, data.train_images.shape[1], len(data.classes))
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    model, metrics = train_classifier(spec, data, progress, start)
 
     for folder in (train_dir, holdout_dir):
         if folder.exists():
             shutil.rmtree(folder)
     write_image_folder(train_dir, data.train_images, data.train_labels, data.classes)
     write_image_folder(holdout_dir, data.holdout_images, data.holdout_labels, data.classes)
-    torch.save(initial_classifier(spec, data.train_images.shape[1], len(data.classes)).state_dict(), init_path)
+    torch.save(start_state, init_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still widely shipped
         torch.jit.save(torch.jit.script(model), str(model_path))

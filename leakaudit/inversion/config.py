@@ -17,9 +17,11 @@ from leakaudit.errors import ConfigError
 # planned work of an attack is a function of the inputs and the effort level
 # alone: steps of every phase, the refinement pool, the candidates.
 EFFORT_LEVELS: dict[str, dict[str, int]] = {
-    "quick": {"steps": 200, "pretrain_steps": 250, "refine_steps": 40, "pool_per_class": 64, "kkt_steps": 100},
+    "quick": {"steps": 200, "pretrain_steps": 250, "refine_steps": 40, "pool_per_class": 64, "kkt_steps": 100,
+              "span_steps": 250, "span_starts": 64},
     "standard": {},
-    "thorough": {"steps": 1500, "pretrain_steps": 2000, "refine_steps": 250, "pool_per_class": 512, "kkt_steps": 800},
+    "thorough": {"steps": 1500, "pretrain_steps": 2000, "refine_steps": 250, "pool_per_class": 512, "kkt_steps": 800,
+                 "span_steps": 2500, "span_starts": 1000},
 }
 assert tuple(EFFORT_LEVELS) == EFFORTS
 OBJECTIVES = ("reconstruction", "diverse")
@@ -105,6 +107,11 @@ class InversionConfig:
     kkt_lambda_min: float = 0.05  # every λ_i stays at least this share of the starting scale
     kkt_max_params: int = 3_000_000  # above this the double-backprop stage is skipped, with a note
 
+    # --- init-aware mode: public images pushed into the first linear layer's update span (featurespan.py) ---
+    span_steps: int = 1000  # 0: off
+    span_starts: int = 256  # public images to start from
+    span_lr: float = 0.05  # Adam rate of the pixels' logits
+
     # --- informed mode ---
     pretrain: str = "vae"
     pretrain_steps: int = 800
@@ -140,7 +147,7 @@ class InversionConfig:
         if not 0.0 < self.gen_scale <= 1.0:
             problems.append("gen_scale must lie in (0, 1]")
         for name in ("steps", "refine_steps", "kkt_steps", "pretrain_steps", "finetune_steps", "checkpoint_every",
-                     "batch_per_class"):
+                     "batch_per_class", "span_steps", "span_starts"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         if problems:

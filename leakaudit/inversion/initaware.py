@@ -36,7 +36,9 @@ import numpy as np
 import torch
 
 from leakaudit.errors import ConfigError, ModelError
-from leakaudit.inversion.invert import InversionResult, invert
+from leakaudit.inversion.featurespan import FeatureSpan, feature_span, first_linear_forward, linear_update, push_into_span
+from leakaudit.inversion.invert import InversionCallbacks, InversionResult, invert
+from leakaudit.inversion.rowspace import first_layer_is_dense
 from leakaudit.loading import load_state
 from leakaudit.model.target import TargetModel
 from leakaudit.sanitize import terminal_text
@@ -260,61 +262,149 @@ class InitAwareRun:
     done: int
     seconds: float
     notes: list[str]
-    span: UpdateSpan | None
+    span: UpdateSpan | None  # the exact pixel span of a dense first layer, when there is one
+    feature_span: FeatureSpan | None = None  # the first linear layer's update span, behind any backbone
+
+
+@dataclass(frozen=True)
+class SpanPush:
+    """How the feature-span stage runs: its starts and steps come from the effort level."""
+
+    starts: int
+    steps: int
+    lr: float
+
+
+def _span_starts(prior: torch.Tensor | None, count: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """Public images to start from (every one when there are fewer), else mid-grey noise: (n, C, H, W) in [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    if prior is not None and len(prior):
+        chosen = prior[torch.randperm(len(prior), generator=generator)[:count]]
+        return chosen.float() / (255.0 if chosen.dtype == torch.uint8 else 1.0)
+    return (0.5 + 0.1 * torch.randn(count, *shape, generator=generator)).clamp(0, 1)
+
+
+def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], prior: torch.Tensor | None,
+                           limit: int, keep_going: Callable[[int], bool],
+                           notes: list[str]) -> tuple[list[torch.Tensor], UpdateSpan | None, int, int]:
+    """A dense first layer's extreme images and unit ratios: candidates, the span, objectives planned and done."""
+    delta = first_layer_update(target, initial)
+    span, note = update_span(delta, target)
+    notes.append(note)
+    if span is None:
+        return [], None, 0, 0
+    objectives, source = objectives_for(delta, prior, limit)
+    images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
+    notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
+                 f"{len(objectives)} {source}")
+    parts = [images]
+    bias_delta = first_layer_bias_update(target, initial)
+    if bias_delta is not None:
+        ratios = unit_ratio_images(delta, bias_delta, target)
+        parts.append(ratios)
+        notes.append(f"init-aware mode: {len(ratios)} unit ratios ±ΔWⱼ/Δbⱼ of the first layer (each a weighted mean "
+                     "of the training inputs that reached unit j)")
+    return parts, span, len(objectives), done
+
+
+def _feature_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], prior: torch.Tensor | None,
+                             push: SpanPush, keep_going: Callable[[int], bool],
+                             notes: list[str]) -> tuple[torch.Tensor | None, FeatureSpan | None, int]:
+    """Public images pushed into the first linear layer's update span: candidates, the span, steps done."""
+    forward, why = first_linear_forward(target)
+    if forward is None:
+        notes.append(f"feature span skipped: {why}")
+        return None, None, 0
+    with torch.no_grad():
+        width = forward(torch.zeros(1, *target.input_shape, device=target.device))[1].shape[1]
+    span, note = feature_span(linear_update(target, initial, width), target.device)
+    notes.append(note)
+    if span is None:
+        return None, None, 0
+    starts = _span_starts(prior, push.starts, target.input_shape).to(target.device)
+    with torch.enable_grad():
+        images, done = push_into_span(forward, span, starts, push.steps, push.lr, keep_going)
+    notes.append(f"feature span: {len(images)} images pushed for {done} of {push.steps} steps")
+    return images.cpu(), span, done
 
 
 @torch.no_grad()
 def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor | None, limit: int,
-                      budget_s: float | None = None, should_stop: Callable[[], bool] | None = None,
-                      on_step: Callable[[int, int], None] | None = None) -> InitAwareRun:
-    """Extreme images of the update's span, one per objective (at most ``limit``), labelled by the classifier."""
+                      push: SpanPush | None = None, budget_s: float | None = None,
+                      should_stop: Callable[[], bool] | None = None,
+                      callbacks: InversionCallbacks | None = None) -> InitAwareRun:
+    """Candidates from the update θ − θ₀, labelled by the classifier.
+
+    A dense first layer gives its exact pixel span's extreme images (at most
+    ``limit``) and unit ratios; the first linear layer of any model, dense
+    first or behind a backbone, gives public images pushed into its update's
+    span (``push``; None skips that stage).
+    """
     started = time.monotonic()
     initial = load_initial_state(init_path)
-    delta = first_layer_update(target, initial)
-    span, note = update_span(delta, target)
-    notes = [note]
+    notes: list[str] = []
+    planned = done = 0
+    dense = first_layer_is_dense(target)
+    objectives = min(limit, len(prior)) if prior is not None and len(prior) else limit
+    pushing = push.steps if push is not None else 0
+    total = (objectives if dense else 0) + pushing
+    if callbacks is not None and callbacks.on_start is not None:
+        callbacks.on_start(total)
+
+    def phase(name: str) -> None:
+        if callbacks is not None and callbacks.on_phase is not None:
+            callbacks.on_phase(name)
+
+    def keep_going_from(offset: int) -> Callable[[int], bool]:
+        def keep_going(i: int) -> bool:
+            if callbacks is not None and callbacks.on_step is not None:
+                callbacks.on_step(offset + i, total, {})
+            late = budget_s is not None and time.monotonic() - started > budget_s
+            return not late and not (should_stop is not None and should_stop())
+        return keep_going
+
+    if not dense and push is None:
+        raise ModelError("--init on a classifier whose first layer is not fully connected on the flattened input needs "
+                         "the feature-span stage (span_steps > 0)")
+    parts: list[torch.Tensor] = []
+    span = None
+    if dense:
+        phase("extreme images of the first layer's span")
+        parts, span, planned, done = _pixel_span_candidates(target, initial, prior, limit, keep_going_from(0), notes)
+    fspan = None
+    if push is not None:
+        phase("public images pushed into the first linear layer's update span")
+        pushed, fspan, steps = _feature_span_candidates(target, initial, prior, push, keep_going_from(planned), notes)
+        if pushed is not None:
+            parts.append(pushed)
+            planned += push.steps
+            done += steps
     shape = target.input_shape
-    if span is None:
-        empty = torch.zeros(0, *shape)
-        return InitAwareRun(empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0, 0, 0.0, notes, None)
-    objectives, source = objectives_for(delta, prior, limit)
-    planned = len(objectives)
-
-    def keep_going(i: int) -> bool:
-        if on_step is not None:
-            on_step(i, planned)
-        late = budget_s is not None and time.monotonic() - started > budget_s
-        return not late and not (should_stop is not None and should_stop())
-
-    images, done = extreme_candidates(span, objectives, shape, keep_going)
-    notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of {planned} {source}")
-    bias_delta = first_layer_bias_update(target, initial)
-    if bias_delta is not None:
-        ratios = unit_ratio_images(delta, bias_delta, target)
-        images = torch.cat([images, ratios])
-        notes.append(f"init-aware mode: {len(ratios)} unit ratios ±ΔWⱼ/Δbⱼ of the first layer (each a weighted mean "
-                     "of the training inputs that reached unit j)")
+    images = torch.cat(parts) if parts else torch.zeros(0, *shape)
     logits = target.logits(images.to(target.device)).float().cpu() if len(images) else torch.zeros(0, target.num_classes)
     targets = logits.argmax(1) if len(images) else torch.zeros(0, dtype=torch.int64)
     confidence = logits.softmax(1).gather(1, targets[:, None]).flatten() if len(images) else torch.zeros(0)
-    return InitAwareRun(images, targets, confidence, planned, done, time.monotonic() - started, notes, span)
+    return InitAwareRun(images, targets, confidence, planned, done, time.monotonic() - started, notes, span, fspan)
+
+
+def span_push(config: Any) -> SpanPush | None:
+    """The feature-span stage's settings from the inversion config; None when it is off (0 steps)."""
+    if config.span_steps <= 0:
+        return None
+    return SpanPush(starts=config.span_starts, steps=config.span_steps, lr=config.span_lr)
 
 
 def init_aware_inversion(target: TargetModel, init_path: Path, prior: tuple[torch.Tensor, torch.Tensor] | None, config: Any,
                          should_stop: Callable[[], bool] | None, callbacks: Any) -> Any:
     """The audit's entry point: an ``InversionResult`` of the init-aware mode.
 
-    When the update has no exact span (an adaptive optimiser, a first layer
-    that is not fully connected on the input is an error instead), the
+    When the update has no usable span (an adaptive optimiser breaks it) the
     ordinary inversion runs and the result says why.
     """
     limit = max(config.candidates_per_class * target.num_classes, MAX_OBJECTIVES)
-    on_step = None
-    if callbacks is not None and callbacks.on_step is not None:
-        on_step = lambda i, n: callbacks.on_step(i, n, {})  # noqa: E731
-    run = invert_init_aware(target, init_path, None if prior is None else prior[0], limit, config.budget_s,
-                            should_stop, on_step)
-    if run.span is None or len(run.images) == 0:
+    run = invert_init_aware(target, init_path, None if prior is None else prior[0], limit, span_push(config),
+                            config.budget_s, should_stop, callbacks)
+    if (run.span is None and run.feature_span is None) or len(run.images) == 0:
         fallback = invert(target, config, callbacks=callbacks, should_stop=should_stop, prior=prior)
         fallback.notes[:0] = run.notes
         return fallback

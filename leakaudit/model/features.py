@@ -92,24 +92,30 @@ def _batched(forward: Callable[[torch.Tensor], torch.Tensor], batch: int, tap: T
     return run
 
 
-def instrument(module: nn.Module, shape: tuple[int, int, int], dev: torch.device) -> tuple[Callable[[torch.Tensor], torch.Tensor], Tap, str | None]:
-    """Choose how to reach features for this kind of module; verify the choice."""
+def instrument(module: nn.Module, shape: tuple[int, int, int], dev: torch.device,
+               linear: int = -1) -> tuple[Callable[[torch.Tensor], torch.Tensor], Tap, str | None]:
+    """Choose how to reach features for this kind of module; verify the choice.
+
+    The features are the input of the ``linear``-th linear layer: the last one
+    (penultimate features) unless told; the init-aware mode taps the first.
+    Hooks are registered on ``module`` itself: pass a copy when that matters.
+    """
     tap = Tap()
     if isinstance(module, torch.jit.ScriptModule):
-        forward, note = _instrument_script(module, tap)
+        forward, note = _instrument_script(module, tap, linear)
     elif isinstance(module, torch.fx.GraphModule):
-        forward, note = _instrument_graph(module, tap)
+        forward, note = _instrument_graph(module, tap, linear)
         batch = fixed_batch(module)
         if batch is not None:
             forward = _batched(forward, batch, tap)
     else:
-        forward, note = _instrument_hooks(module, tap)
+        forward, note = _instrument_hooks(module, tap, linear)
     if note is None:
         note = _verify_features(module, forward, tap, shape, dev)
     return forward, tap, note
 
 
-def _instrument_hooks(module: nn.Module, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_hooks(module: nn.Module, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     record_bn = _batch_stats_record(tap)
     for m in module.modules():
@@ -118,7 +124,7 @@ def _instrument_hooks(module: nn.Module, tap: Tap) -> tuple[Callable[[torch.Tens
     if not linears:
         return module, "the model has no nn.Linear layer whose input could serve as penultimate features"
     record = _feature_record(tap)
-    linears[-1].register_forward_pre_hook(lambda mod, args: (record(args[0]),))
+    linears[linear].register_forward_pre_hook(lambda mod, args: (record(args[0]),))
     return module, None
 
 
@@ -133,7 +139,7 @@ def _script_leaves(module: torch.jit.ScriptModule) -> list[torch.jit.ScriptModul
     return leaves
 
 
-def _instrument_script(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_script(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """TorchScript hides its graph from hooks: run its own forward graph with the tapped values as extra outputs.
 
     The same weights give the same features in every format only if the tap is
@@ -142,11 +148,11 @@ def _instrument_script(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callab
     see them. Where the graph cannot be tapped (those operations sit inside
     control flow), the children are re-run in order instead.
     """
-    tapped = _graph_tap(module, tap)
-    return (tapped, None) if tapped is not None else _chain_children(module, tap)
+    tapped = _graph_tap(module, tap, linear)
+    return (tapped, None) if tapped is not None else _chain_children(module, tap, linear)
 
 
-def _graph_tap(module: torch.jit.ScriptModule, tap: Tap) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _graph_tap(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """A copy of the inlined forward graph that returns (logits, features, *BN inputs and running statistics)."""
     graph = module.inlined_graph.copy()
     nodes = list(graph.nodes())  # the top level only: values inside blocks cannot become outputs
@@ -156,7 +162,7 @@ def _graph_tap(module: torch.jit.ScriptModule, tap: Tap) -> Callable[[torch.Tens
         return None
     norms = [n for n in nodes if n.kind() == "aten::batch_norm"
              and all(isinstance(n.inputsAt(i).type(), torch._C.TensorType) for i in (3, 4))]
-    values = [outputs[0], linears[-1].inputsAt(0)]
+    values = [outputs[0], linears[linear].inputsAt(0)]
     for norm in norms:
         values += [norm.inputsAt(0), norm.inputsAt(3), norm.inputsAt(4)]
     packed = graph.create("prim::TupleConstruct", values)
@@ -181,7 +187,7 @@ def _graph_tap(module: torch.jit.ScriptModule, tap: Tap) -> Callable[[torch.Tens
     return forward
 
 
-def _chain_children(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _chain_children(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """Re-run a scripted module's children in order (the fallback of ``_instrument_script``).
 
     This works when the module is a chain of its children (``nn.Sequential``,
@@ -193,7 +199,7 @@ def _chain_children(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[
     names = [getattr(leaf, "original_name", "") for leaf in leaves]
     if "Linear" not in names:
         return module, "TorchScript model: no Linear layer among its children, so penultimate features are unreachable"
-    last_linear = len(names) - 1 - names[::-1].index("Linear")
+    tapped = [i for i, name in enumerate(names) if name == "Linear"][linear]
     record = _feature_record(tap)
     record_bn = _batch_stats_record(tap)
 
@@ -201,7 +207,7 @@ def _chain_children(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[
         for i, (leaf, name) in enumerate(zip(leaves, names)):
             if name == "Linear" and x.dim() > 2:
                 x = x.flatten(1)
-            if i == last_linear:
+            if i == tapped:
                 x = record(x)
             if name.startswith("BatchNorm"):
                 record_bn(x, leaf.running_mean, leaf.running_var)
@@ -212,7 +218,7 @@ def _chain_children(module: torch.jit.ScriptModule, tap: Tap) -> tuple[Callable[
     return chained, None
 
 
-def _instrument_graph(module: torch.fx.GraphModule, tap: Tap) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_graph(module: torch.fx.GraphModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """Exported programs are FX graphs: insert recording calls after the right nodes."""
     graph = module.graph
     linear_targets = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default}
@@ -225,7 +231,7 @@ def _instrument_graph(module: torch.fx.GraphModule, tap: Tap) -> tuple[Callable[
             graph.call_function(record_bn, (x, running_mean, running_var))
     note = None
     if linears:
-        last = linears[-1]
+        last = linears[linear]
         feat = last.args[1] if last.target == torch.ops.aten.addmm.default else last.args[0]
         with graph.inserting_before(last):
             graph.call_function(_feature_record(tap), (feat,))
