@@ -4,8 +4,8 @@ For every real-data reference (``audits/mnist-*``, ``audits/fashion-*``; fetch
 the data once with ``python -m bench.realdata``) the audit runs as a user runs
 it, ``leakaudit run`` in a child process at the default effort and budget, in
 three threat models: data-free (``--prior none``), informed (the default with
-``--holdout``) and init-aware (``--init``, the classifier's initial weights;
-MLPs). Printed per row: the leak score, members whose best match exceeds SSIM
+``--holdout``) and init-aware (``--init``, the classifier's initial weights or
+the checkpoint it was fine-tuned from). Printed per row: the leak score, members whose best match exceeds SSIM
 0.4, members' mean best-match SSIM beside the class-mean image's (the
 prototype null), the loss-threshold membership AUC, wall time, peak RSS of the
 process and the sizes of ``leakaudit.json`` and ``report.html``. In the same
@@ -42,7 +42,9 @@ from leakaudit.reference import BuiltReference, ReferenceSpec, build_reference, 
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "realdata"
-MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc", "fashion-cnn-60k", "fashion-resnet18-5k")
+MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc", "fashion-cnn-60k", "fashion-resnet18-5k",
+          "mnist-cnn-ft-1pc", "mnist-cnn-ft-2pc", "mnist-cnn-ft-10pc", "mnist-cnn-ft-2pc-head", "mnist-cnn-ft-2pc-sgd",
+          "mnist-cnn-ft-2pc-adam")
 MODES = {"data-free": ["--prior", "none"], "informed": [], "init-aware": None}
 HEADER = (f"{'model':20s} {'method':14s} {'leak':>5s} {'mem>.4':>7s} {'mMem':>5s} {'mean':>5s} {'lossAUC':>7s} "
           f"{'wall_s':>6s} {'RSS_MiB':>7s} {'json_kB':>7s} {'html_kB':>7s}  verdict")
@@ -173,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.models.split(",") if m]:
         spec, built = built_reference(name)
         for mode in [m for m in args.modes.split(",") if m]:
-            if mode == "init-aware" and spec.arch != "mlp":
-                continue
             print(audit_row(name, mode, built, args.threads).line(), flush=True)
         for row in baseline_rows(name, built, set(args.baselines.split(",")) - {""}, args.kkt_budget,
                                  spec.arch == "mlp"):

@@ -1,9 +1,10 @@
-"""The init-aware mode on bundled digits (no download): exact span, CLI flag, and the Adam fallback."""
+"""The init-aware mode on bundled digits (no download): exact span, CLI flag, the Adam fallback, fine-tuned CNNs."""
 
 from __future__ import annotations
 
 import io
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,84 @@ def test_an_init_file_of_another_shape_is_a_clear_error(gd_reference, tmp_path: 
     code, err = _run(["run", str(gd_reference.model_path), "--data", str(gd_reference.train_dir),
                       "--init", str(wrong), "--out", str(tmp_path / "o")])
     assert code == 2 and "--init" in err and "shape" in err
+
+
+def finetuned_cnn_spec(trained_layers: str = "all") -> ReferenceSpec:
+    """A small CNN pre-trained on the bundled faces, given a fresh head, fine-tuned by GD on 2 digits per class."""
+    return ReferenceSpec(name=f"ft-cnn-{trained_layers}", dataset="digits", train_per_class=2, holdout_per_class=8,
+                         arch="cnn", optimizer="gd", lr=0.01, epochs=150, batch_size=20, pretrain_dataset="lfw",
+                         pretrain_per_class=100, pretrain_epochs=5, trained_layers=trained_layers)
+
+
+@pytest.fixture(scope="module")
+def finetuned_cnn(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return build_reference(finetuned_cnn_spec(), tmp_path_factory.mktemp("ft-cnn"))
+
+
+def test_a_fine_tuned_cnn_audited_from_its_checkpoint_gives_back_its_members(finetuned_cnn, tmp_path: Path) -> None:
+    import json
+
+    config = tmp_path / "quick.toml"
+    config.write_text(QUICK + "span_steps = 150\nspan_starts = 40\n")
+    code, err = _run(["run", str(finetuned_cnn.model_path), "--data", str(finetuned_cnn.train_dir), "--holdout",
+                      str(finetuned_cnn.holdout_dir), "--init", str(finetuned_cnn.init_path), "--out",
+                      str(tmp_path / "o"), "--config", str(config), "--no-images", "--no-power-check"])
+    assert code == 1, err
+    doc = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
+    assert doc["mode"] == "init-aware" and doc["verdict"] == "fail"
+    assert any("feature span" in n and "rank" in n for n in doc["inversion"]["notes"])
+    summary = doc["summary"]
+    # measured: every member has a candidate at SSIM ≥ 0.4, members' mean best 0.75 against 0.57 for non-members
+    assert summary["train"]["fraction_above"]["0.4"] >= 0.5
+    assert summary["train"]["mean"] > summary["holdout"]["mean"] + 0.1
+
+
+def test_the_feature_span_holds_the_members_features_and_not_the_public_ones(finetuned_cnn) -> None:
+    from leakaudit.inversion.featurespan import feature_span, first_linear_forward, linear_update
+    from leakaudit.inversion.initaware import load_initial_state
+    from leakaudit.model.target import load_model
+    from leakaudit.reference import split_members
+
+    target = load_model(finetuned_cnn.model_path, input_size=(32, 32))
+    forward, why = first_linear_forward(target)
+    assert forward is not None, why
+    data = split_members(finetuned_cnn_spec())
+    with torch.no_grad():
+        _, members = forward(data.train_images.float() / 255)
+        _, others = forward(data.holdout_images.float() / 255)
+    span, note = feature_span(linear_update(target, load_initial_state(finetuned_cnn.init_path), members.shape[1]),
+                              target.device)
+    assert span is not None, note
+    assert members.shape[1] == 64 * 8 * 8  # the backbone's map, flattened: the first linear layer's input
+    # the backbone moved in fine-tuning, so the span holds the members' final features only nearly
+    assert float(span.outside_fraction(members).max()) < float(span.outside_fraction(others).min())
+
+
+def test_fine_tuning_only_the_dense_layers_keeps_the_pretrained_backbone(tmp_path: Path) -> None:
+    from leakaudit.reference import starting_classifier
+
+    spec = replace(finetuned_cnn_spec("dense"), epochs=5, pretrain_epochs=1)
+    built = build_reference(spec, tmp_path / "ref")
+    start, trained = torch.load(built.init_path), torch.jit.load(str(built.model_path)).state_dict()
+    assert torch.equal(start["0.weight"], trained["0.weight"]) and torch.equal(start["4.bias"], trained["4.bias"])
+    assert not torch.equal(start["9.weight"], trained["9.weight"])
+    # init.pt is the pre-trained network with its fresh head, rebuilt the same from the spec
+    again = starting_classifier(spec, 1, 10).state_dict()
+    assert all(torch.equal(again[k], start[k]) for k in start)
+
+
+def test_the_first_linear_layers_input_is_the_same_through_hooks_and_through_torchscript(finetuned_cnn) -> None:
+    from leakaudit.inversion.featurespan import first_linear_forward
+    from leakaudit.model.target import TargetModel, load_model
+    from leakaudit.reference import build_classifier
+
+    scripted = load_model(finetuned_cnn.model_path, input_size=(32, 32))
+    module = build_classifier(finetuned_cnn_spec(), 1, 10)
+    module.load_state_dict(torch.jit.load(str(finetuned_cnn.model_path)).state_dict())
+    eager = TargetModel.from_module(module, (1, 32, 32), 10, device="cpu")
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        by_graph, by_hooks = first_linear_forward(scripted)[0](x)[1], first_linear_forward(eager)[0](x)[1]
+        by_hand = module[:9](x)  # conv, pool, conv, pool, flatten: what the first Linear is given
+    assert torch.allclose(by_graph, by_hand, atol=1e-5) and torch.allclose(by_hooks, by_hand, atol=1e-5)
+    assert not module[9]._forward_pre_hooks  # the audited module is never instrumented, only a copy
