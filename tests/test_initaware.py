@@ -100,6 +100,10 @@ def test_cli_init_flag_reports_the_stronger_threat_model(gd_reference, tmp_path:
     summary = doc["summary"]
     assert summary["leak_score"]["value"] > 0.6 and summary["leak_score"]["p_value"] < 0.05
     assert summary["train"]["mean"] > summary["holdout"]["mean"]
+    # the positive control starts its copies from the same --init weights and attacks them init-aware too
+    power = doc["power"]
+    assert power["copy"] == "init" and power["recipe"]["start"] == "init", power
+    assert power["status"] != "not measured" and power["rungs"], power
 
 
 def test_adam_has_no_span_and_the_ordinary_inversion_runs(tmp_path_factory: pytest.TempPathFactory,

@@ -83,6 +83,7 @@ class ControlRequest:
     config: InversionConfig
     seed: int
     prior: tuple[torch.Tensor, torch.Tensor] | None  # the informed attacker's images, as the audit used them
+    init: Path | None = None  # the init-aware audit's initial weights: the copy starts from them
 
 
 def load(request: LoadRequest) -> TargetModel:
@@ -112,7 +113,7 @@ def control(target: TargetModel, request: ControlRequest, callbacks: InversionCa
             should_stop: Callable[[], bool], pretrain_cache: PretrainCache | None = None) -> ControlRun:
     """The positive control on a copy of ``target``'s architecture (``leakaudit.power.control``)."""
     return run_control(target, request.images, request.labels, request.config, request.seed, request.prior,
-                       callbacks, should_stop, pretrain_cache=pretrain_cache)
+                       callbacks, should_stop, pretrain_cache=pretrain_cache, init=request.init)
 
 
 @torch.no_grad()

@@ -202,7 +202,8 @@ class ConfinedSession:
     def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun:
         args = {"images": request.images.contiguous(), "labels": request.labels.contiguous(),
                 "config": asdict(request.config), "seed": request.seed,
-                "prior": list(request.prior) if request.prior is not None else None}
+                "prior": list(request.prior) if request.prior is not None else None,
+                "init": str(request.init) if request.init is not None else None}
         reply = self._call("control", args, "the positive control", callbacks, should_stop,
                            ceiling(request.config.budget_s))
         if reply is None:

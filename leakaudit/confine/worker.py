@@ -90,7 +90,8 @@ def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
 
     prior = args.get("prior")
     request = operations.ControlRequest(args["images"], args["labels"], InversionConfig(**args["config"]),
-                                        int(args["seed"]), tuple(prior) if prior is not None else None)  # type: ignore[arg-type]
+                                        int(args["seed"]), tuple(prior) if prior is not None else None,  # type: ignore[arg-type]
+                                        Path(args["init"]) if args.get("init") else None)
     run = operations.control(state.target, request, state.relay.callbacks(), state.relay.should_stop,
                              state.cache())
     state.relay.flush()

@@ -21,7 +21,7 @@ from leakaudit.confine.operations import ControlRequest
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.inversion.candidates import grown
-from leakaudit.power.control import RECIPE
+from leakaudit.power.control import INIT_RECIPE, RECIPE
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
 from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
 from leakaudit.runtime.progress import Observer
@@ -80,9 +80,6 @@ def skipped(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> Power | No
         return not_measured("the positive control was skipped (--no-power-check)", per_class)
     if sets.null is None or inputs.holdout is None:
         return not_measured("no holdout, so no non-members to plant in a control", per_class)
-    if run.settings.init is not None:
-        return not_measured("the init-aware attack (--init) has no control: a copy has no file of initial weights",
-                            per_class)
     return None
 
 
@@ -110,7 +107,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     members: dict[int, torch.Tensor] = {}
     method: str | None = None
     for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
-        run.observer.phase(f"power: control K={rung.k}: training a fresh copy")
+        run.observer.phase(f"power: control K={rung.k}: training a copy")
         config = rung_config(base, attack, len(rung.members), info.num_classes, explicit)
         if settings.budget is not None:  # --budget bounds the whole audit, the controls included
             left = settings.budget - (time.monotonic() - run.timer.started)
@@ -118,7 +115,8 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
                 break  # the rungs run so far decide; none at all: not measured
             config = replace(config, budget_s=left)
         rung_started = time.monotonic()
-        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior)
+        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
+                                 settings.init)
         control = inputs.model.run_control(request, _Progress(run.observer, rung.k).callbacks(), run.stop)
         if run.stop():
             return None
@@ -141,7 +139,8 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         members[rung.k] = rung.members
     if not results:
         return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
-    power = decide(results, per_class, method, RECIPE.to_dict(), time.monotonic() - started)
+    recipe = INIT_RECIPE if settings.init is not None else RECIPE
+    power = decide(results, per_class, method, recipe.to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
 
 

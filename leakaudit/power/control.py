@@ -11,14 +11,17 @@ kept. Choosing the members, matching and scoring happen elsewhere
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leakaudit.errors import ModelError
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
 from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.loading import import_arch
@@ -39,13 +42,17 @@ class Recipe:
     lr: float = 1e-3
     max_steps: int = 3000
     loss_bound: float = LOSS_BOUND
+    start: str = "fresh"  # "fresh": the architecture's default initialisation; "init": the audit's --init weights
 
     def to_dict(self) -> dict[str, object]:
         return {"optimizer": self.optimizer, "lr": self.lr, "max_steps": self.max_steps,
-                "loss_bound": self.loss_bound, "batch": "full", "weight_decay": 0.0}
+                "loss_bound": self.loss_bound, "batch": "full", "weight_decay": 0.0, "start": self.start}
 
 
 RECIPE = Recipe()
+# The init-aware attack bounds what an owner's (S)GD training leaks from a known start, so its control starts
+# from the same --init weights and trains by SGD with momentum, whose update stays a sum of gradients.
+INIT_RECIPE = Recipe(optimizer="sgd", lr=0.01, start="init")
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class ControlRun:
     accuracy: float  # share of members classified correctly at the end
     memorised: bool  # accuracy 1 and loss within the bound
     complete: bool  # the inversion ran every planned step
-    method: str  # how the copy got fresh weights: "arch" | "reset"
+    method: str  # how the copy got its weights: "arch" | "reset" (fresh) | "init" (the --init weights)
     train_seconds: float
     invert_seconds: float
     notes: tuple[str, ...] = field(default=())
@@ -135,32 +142,51 @@ def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Rec
 def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
                 prior: tuple[torch.Tensor, torch.Tensor] | None = None,
                 callbacks: InversionCallbacks | None = None,
-                should_stop: Callable[[], bool] | None = None, recipe: Recipe = RECIPE,
-                pretrain_cache: PretrainCache | None = None) -> ControlRun:
+                should_stop: Callable[[], bool] | None = None, recipe: Recipe | None = None,
+                pretrain_cache: PretrainCache | None = None, init: Path | None = None) -> ControlRun:
     """Copy ``target``'s architecture with fresh weights, train it on ``images`` (uint8), invert it with ``config``.
 
     ``prior``: the informed attacker's non-member images, as the audit used them.
     Deterministic for a seed; ``should_stop`` ends training or inversion early
     (the run is then incomplete). ``pretrain_cache``: the audit's informed
     pre-training, which the copy's inversion would repeat step for step.
+    ``init``: the init-aware audit's initial weights; the copy starts from
+    them (``INIT_RECIPE`` unless told) and is inverted by the init-aware mode.
     """
+    chosen = recipe if recipe is not None else (INIT_RECIPE if init is not None else RECIPE)
     with torch.random.fork_rng(devices=[]):  # the audit's own random stream is left as it was
         return _run_control(target, images, labels, config, seed, prior, callbacks, should_stop or (lambda: False),
-                            recipe, pretrain_cache)
+                            chosen, pretrain_cache, init)
+
+
+def _copy_from_init(module: nn.Module, init: Path) -> nn.Module:
+    """A copy of the module holding the initial weights (read by the same vetted loaders as the attack)."""
+    from leakaudit.inversion.initaware import load_initial_state  # the init-aware mode imports the engine
+
+    copied = copy.deepcopy(module)
+    try:
+        copied.load_state_dict(load_initial_state(init))
+    except RuntimeError as exc:
+        raise ModelError(f"--init does not fit the model: {str(exc).splitlines()[0]}") from None
+    return copied
 
 
 def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
                  prior: tuple[torch.Tensor, torch.Tensor] | None, callbacks: InversionCallbacks | None,
-                 stop: Callable[[], bool], recipe: Recipe, pretrain_cache: PretrainCache | None) -> ControlRun:
+                 stop: Callable[[], bool], recipe: Recipe, pretrain_cache: PretrainCache | None,
+                 init: Path | None) -> ControlRun:
     module = target.module
     if module is None:
         return _unsupported("the loaded model keeps no module to copy")
-    arch = import_arch(target.arch) if target.arch is not None else None
-    try:
-        fresh = fresh_copy(module, seed, arch)
-    except UnknownLayer as exc:
-        return _unsupported(f"no known default initialisation for {exc}")
-    copy_module = fresh.module
+    if init is not None:
+        copy_module, method = _copy_from_init(module, init), "init"
+    else:
+        arch = import_arch(target.arch) if target.arch is not None else None
+        try:
+            fresh = fresh_copy(module, seed, arch)
+        except UnknownLayer as exc:
+            return _unsupported(f"no known default initialisation for {exc}")
+        copy_module, method = fresh.module, fresh.method
     x = ((images.float() / 255.0).to(target.device) - target.mean) / target.std
     y = labels.long().to(target.device)
     started = time.monotonic()
@@ -175,9 +201,15 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     control = TargetModel.from_module(copy_module, target.input_shape, target.num_classes, mean=mean, std=std,
                                       device=target.device, fmt=target.format)
     started = time.monotonic()
-    result = invert(control, config, prior=prior, callbacks=callbacks, should_stop=stop, pretrain_cache=pretrain_cache)
+    if init is not None:
+        from leakaudit.inversion.initaware import init_aware_inversion
+
+        result = init_aware_inversion(control, init, prior, config, stop, callbacks)
+    else:
+        result = invert(control, config, prior=prior, callbacks=callbacks, should_stop=stop,
+                        pretrain_cache=pretrain_cache)
     invert_seconds = time.monotonic() - started
     candidates = result.images.detach().float().cpu().clamp(0, 1)
     return ControlRun(candidates, result.targets.detach().cpu().long(), steps, loss, accuracy, memorised,
-                      bool(result.complete), fresh.method, train_seconds, invert_seconds,
+                      bool(result.complete), method, train_seconds, invert_seconds,
                       tuple(notes), None)

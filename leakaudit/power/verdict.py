@@ -107,7 +107,7 @@ class Power:
     largest_k: int | None
     model_per_class: float | None
     rungs: tuple[RungResult, ...] = ()
-    method: str | None = None  # how the copy got its fresh weights
+    method: str | None = None  # how the copy got its weights (fresh, or the --init weights)
     recipe: dict[str, Any] | None = None
     seconds: float = 0.0
 
