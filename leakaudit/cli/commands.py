@@ -78,14 +78,16 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     stop = StopFlag()
     restore_signals = stop.install()
     observer = make_observer(console)
+    finished = False
     try:
         with python_warnings(console):  # a model's warnings: none with --quiet, else each distinct one once
             outcome = run(settings, observer=observer, should_stop=stop, dist=dist)  # the path leakaudit.audit() takes
+        finished = True
     finally:
         restore_signals()
         if hasattr(observer, "close"):
             observer.close()
-        dist.close()
+        dist.close(synchronise=finished and not stop.stopped)
     if stop.stopped:
         raise AuditInterrupted(interrupt_message(stop.signal_name, outcome.written, settings.out))
     if not dist.is_main:  # the verdict and the outputs are rank 0's

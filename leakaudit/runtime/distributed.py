@@ -132,10 +132,20 @@ class DistContext:
         return cls(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend,
                    timeout_s=timeout, _owns_group=own)
 
-    def close(self) -> None:
-        """Leave the process group (only if this context joined it)."""
+    def close(self, synchronise: bool = True) -> None:
+        """Leave the process group (only if this context joined it).
+
+        ``synchronise``: first wait until every rank is leaving, so that no rank
+        closes its connections while a peer still uses them (a gloo peer torn
+        down mid-collective can abort the other process at exit). Off on an
+        error path, where a peer may never arrive; a peer lost here is ignored,
+        since the run's work is already done.
+        """
         if self._owns_group:
             if tdist.is_initialized():
+                if synchronise and self.is_distributed:
+                    with contextlib.suppress(LeakAuditError, RuntimeError):
+                        self.barrier()
                 tdist.destroy_process_group()
             self._owns_group = False
 
