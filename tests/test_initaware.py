@@ -120,6 +120,9 @@ def test_adam_has_no_span_and_the_ordinary_inversion_runs(tmp_path_factory: pyte
     doc = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
     assert doc["mode"] == "informed"
     assert any("Adam" in n for n in doc["inversion"]["notes"])
+    # its control repeats the attack that ran, the ordinary one, on fresh copies: not an init-aware attack on
+    # copies trained by SGD, which would claim power for an attack this model never got
+    assert doc["power"]["copy"] == "reset" and doc["power"]["recipe"]["start"] == "fresh", doc["power"]
 
 
 def test_an_init_file_of_another_shape_is_a_clear_error(gd_reference, tmp_path: Path) -> None:

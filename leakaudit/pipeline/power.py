@@ -101,6 +101,9 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     base = inversion_config(settings)
     explicit = settings.candidates_per_class or settings.inversion.get("candidates_per_class")
     control_seed = settings.seed + SPLIT_SEED_OFFSET
+    # The control repeats the attack that ran: init-aware copies only when the init-aware mode found its span
+    # (on an Adam-trained model it falls back to the ordinary inversion, and so does its control).
+    init = settings.init if attack.result.mode == "init-aware" else None
     started = time.monotonic()
     results: list[RungResult] = []
     candidates: dict[int, torch.Tensor] = {}
@@ -115,8 +118,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
                 break  # the rungs run so far decide; none at all: not measured
             config = replace(config, budget_s=left)
         rung_started = time.monotonic()
-        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
-                                 settings.init)
+        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior, init)
         control = inputs.model.run_control(request, _Progress(run.observer, rung.k).callbacks(), run.stop)
         if run.stop():
             return None
@@ -139,7 +141,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         members[rung.k] = rung.members
     if not results:
         return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
-    recipe = INIT_RECIPE if settings.init is not None else RECIPE
+    recipe = INIT_RECIPE if init is not None else RECIPE
     power = decide(results, per_class, method, recipe.to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
 
