@@ -21,7 +21,7 @@ from leakaudit.confine.operations import ControlRequest
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.inversion.candidates import grown
-from leakaudit.power.control import INIT_RECIPE, RECIPE
+from leakaudit.power.control import recipe_for
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
 from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
 from leakaudit.runtime.progress import Observer
@@ -141,8 +141,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         members[rung.k] = rung.members
     if not results:
         return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
-    recipe = INIT_RECIPE if init is not None else RECIPE
-    power = decide(results, per_class, method, recipe.to_dict(), time.monotonic() - started)
+    power = decide(results, per_class, method, recipe_for(init).to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
 
 

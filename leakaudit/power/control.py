@@ -55,6 +55,11 @@ RECIPE = Recipe()
 INIT_RECIPE = Recipe(optimizer="sgd", lr=0.01, start="init")
 
 
+def recipe_for(init: Path | None) -> Recipe:
+    """The training recipe of a control: from the --init weights by SGD, else fresh by Adam."""
+    return INIT_RECIPE if init is not None else RECIPE
+
+
 @dataclass(frozen=True)
 class ControlRun:
     """What one control produced: tensors and plain values only."""
@@ -144,16 +149,17 @@ def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor,
                 callbacks: InversionCallbacks | None = None,
                 should_stop: Callable[[], bool] | None = None, recipe: Recipe | None = None,
                 pretrain_cache: PretrainCache | None = None, init: Path | None = None) -> ControlRun:
-    """Copy ``target``'s architecture with fresh weights, train it on ``images`` (uint8), invert it with ``config``.
+    """Copy ``target``'s architecture, train it on ``images`` (uint8), invert it with ``config``.
 
     ``prior``: the informed attacker's non-member images, as the audit used them.
     Deterministic for a seed; ``should_stop`` ends training or inversion early
     (the run is then incomplete). ``pretrain_cache``: the audit's informed
     pre-training, which the copy's inversion would repeat step for step.
     ``init``: the init-aware audit's initial weights; the copy starts from
-    them (``INIT_RECIPE`` unless told) and is inverted by the init-aware mode.
+    them and is inverted by the init-aware mode; otherwise its weights are
+    fresh. ``recipe``: ``recipe_for(init)`` unless told.
     """
-    chosen = recipe if recipe is not None else (INIT_RECIPE if init is not None else RECIPE)
+    chosen = recipe if recipe is not None else recipe_for(init)
     with torch.random.fork_rng(devices=[]):  # the audit's own random stream is left as it was
         return _run_control(target, images, labels, config, seed, prior, callbacks, should_stop or (lambda: False),
                             chosen, pretrain_cache, init)
