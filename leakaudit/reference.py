@@ -70,6 +70,7 @@ class ReferenceSpec:
     arch: str = "mlp"  # "mlp" | "cnn" | "cnn-bn" | "resnet18" (torchvision's, random init)
     hidden: int = 1000
     init_scale: float = 1.0  # multiplies the default initialisation (small init < 1)
+    first_init_scale: float = 1.0  # multiplies the first layer's initial weights once more (Haim et al.: ~1e-4)
     optimizer: str = "adam"  # "adam" | "sgd" (momentum 0.9) | "gd" (plain gradient descent)
     bias: bool = True  # MLP layers with biases (the implicit-bias analyses assume none)
     lr: float = 1e-3
@@ -78,6 +79,7 @@ class ReferenceSpec:
     weight_decay: float = 0.0
     augment: bool = False  # random shifts of up to 2 px
     early_stopping: bool = False  # stop when a validation split stops improving
+    loss_target: float = 0.0  # stop once an epoch's mean training loss is at or below it (0: run every epoch)
     seed: int = 0
     # Fine-tuning: pre-train on a public set first (Adam, its own epochs), then give the classifier a fresh last
     # layer (the classes differ) and train on the members from there; init.pt is that starting point.
@@ -99,6 +101,10 @@ class ReferenceSpec:
             raise ConfigError(f"trained_layers must be 'all' or 'dense', not {self.trained_layers!r}")
         if self.train_per_class < 1 or self.holdout_per_class < 1:
             raise ConfigError("train_per_class and holdout_per_class must be at least 1")
+        if not (self.init_scale > 0 and self.first_init_scale > 0):
+            raise ConfigError("init_scale and first_init_scale must be positive")
+        if self.loss_target < 0:
+            raise ConfigError(f"loss_target must be 0 (off) or positive, not {self.loss_target}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,11 @@ def build_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) ->
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(spec.init_scale)
+    if spec.first_init_scale != 1.0:
+        first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        with torch.no_grad():
+            for p in first.parameters():
+                p.mul_(spec.first_init_scale)
     return model
 
 
@@ -309,6 +320,7 @@ def _train(spec: ReferenceSpec, data: ReferenceData, progress: Callable[[int, in
     else:
         opt = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     best_state, best_val, patience = None, -1.0, 0
+    epoch_loss, epochs_run = float("inf"), 0
     for epoch in range(spec.epochs):
         if progress is not None:
             progress(epoch, spec.epochs)
@@ -318,6 +330,7 @@ def _train(spec: ReferenceSpec, data: ReferenceData, progress: Callable[[int, in
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         perm = torch.randperm(len(x), generator=generator)
+        total = 0.0
         for start in range(0, len(x), spec.batch_size):
             idx = perm[start : start + spec.batch_size]
             xb = _shift(x[idx], generator) if spec.augment else x[idx]
@@ -325,6 +338,10 @@ def _train(spec: ReferenceSpec, data: ReferenceData, progress: Callable[[int, in
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total += float(loss.detach()) * len(idx)
+        epoch_loss, epochs_run = total / len(x), epoch + 1
+        if spec.loss_target > 0 and epoch_loss <= spec.loss_target:
+            break
         if val_x is not None:
             model.eval()
             with torch.no_grad():
@@ -340,7 +357,8 @@ def _train(spec: ReferenceSpec, data: ReferenceData, progress: Callable[[int, in
         model.load_state_dict(best_state)
     model.eval()
     return model, {"train_accuracy": _accuracy(model, data.train_images, data.train_labels),
-                   "holdout_accuracy": _accuracy(model, data.holdout_images, data.holdout_labels)}
+                   "holdout_accuracy": _accuracy(model, data.holdout_images, data.holdout_labels),
+                   "final_loss": epoch_loss, "epochs": epochs_run}
 
 
 def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 1000) -> float:
@@ -362,6 +380,14 @@ class BuiltReference:
     init_path: Path | None = None  # the classifier's initial weights (state_dict), for init-aware audits
 
 
+def _same_spec(stored: object, spec: ReferenceSpec) -> bool:
+    """Whether a stored build is of this spec; a field the stored one predates counts at its default."""
+    if not isinstance(stored, dict):
+        return False
+    defaults = {f.name: f.default for f in fields(ReferenceSpec)}
+    return all(stored.get(name, defaults[name]) == value for name, value in asdict(spec).items())
+
+
 def build_reference(spec: ReferenceSpec, out_dir: str | Path,
                     progress: Callable[[int, int], None] | None = None) -> BuiltReference:
     """Write members, non-members and a TorchScript classifier under ``out_dir``.
@@ -375,7 +401,7 @@ def build_reference(spec: ReferenceSpec, out_dir: str | Path,
     init_path = out / "init.pt"
     if spec_file.exists() and model_path.exists() and init_path.exists():
         stored = json.loads(spec_file.read_text())
-        if stored.get("spec") == asdict(spec):
+        if _same_spec(stored.get("spec"), spec):
             return BuiltReference(model_path, train_dir, holdout_dir, stored["metrics"], init_path)
     out.mkdir(parents=True, exist_ok=True)
     data = split_members(spec)

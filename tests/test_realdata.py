@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bench.realdata import PACKAGES, read_tarball
-from leakaudit.inversion.candidates import candidates_per_class_for
+from leakaudit.inversion.candidates import candidates_per_class_for, span_starts_for
 from leakaudit.reference import realdata_cache
 
 CACHED = (realdata_cache() / "mnist.npz").exists()
@@ -34,6 +34,14 @@ def test_candidates_grow_with_the_training_set_within_bounds() -> None:
     assert candidates_per_class_for(100, 10) == 20  # two per member
     assert candidates_per_class_for(60_000, 10) == 32  # the ceiling
     assert candidates_per_class_for(101, 10) == 21  # rounded up, never fewer than two per member below the ceiling
+
+
+def test_span_starts_grow_with_the_members_within_the_effort_ceiling() -> None:
+    assert span_starts_for(2, 256) == 64  # the floor
+    assert span_starts_for(20, 256) == 160  # eight per member
+    assert span_starts_for(100, 256) == 256  # the standard effort's ceiling
+    assert span_starts_for(100, 1000) == 800  # a thorough run keeps growing
+    assert span_starts_for(20, 40) == 40  # a configured ceiling below the floor wins
 
 
 def _tarball(tmp_path: Path, folder: str, files: dict[int, object]) -> Path:

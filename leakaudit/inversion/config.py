@@ -108,8 +108,8 @@ class InversionConfig:
     kkt_max_params: int = 3_000_000  # above this the double-backprop stage is skipped, with a note
 
     # --- init-aware mode: public images pushed into the first linear layer's update span (featurespan.py) ---
-    span_steps: int = 1000  # 0: off
-    span_starts: int = 256  # public images to start from
+    span_steps: int = 400  # 0: off
+    span_starts: int = 256  # the most public images to start from (8 per member, at least 64: candidates.py)
     span_lr: float = 0.05  # Adam rate of the pixels' logits
 
     # --- informed mode ---
