@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench.realdata import PACKAGES, read_tarball
 from leakaudit.inversion.candidates import candidates_per_class_for, span_starts_for
@@ -42,6 +43,18 @@ def test_span_starts_grow_with_the_members_within_the_effort_ceiling() -> None:
     assert span_starts_for(100, 256) == 256  # the standard effort's ceiling
     assert span_starts_for(100, 1000) == 800  # a thorough run keeps growing
     assert span_starts_for(20, 40) == 40  # a configured ceiling below the floor wins
+
+
+def test_extreme_image_programmes_shrink_as_the_pixel_span_widens() -> None:
+    from leakaudit.inversion.initaware import UpdateSpan, programmes_for
+
+    def span(rank: int) -> UpdateSpan:
+        return UpdateSpan(torch.zeros(rank, 784), rank, 10.0)
+
+    assert programmes_for(span(100), 500) == 500  # 10 per class: every public image steers one
+    assert programmes_for(span(500), 500) == 100  # 50 per class: a wide span, fewer programmes
+    assert programmes_for(span(10), 64) == 64  # a narrow span keeps the configured limit
+    assert programmes_for(span(60_000), 500) == 1  # never none
 
 
 def _tarball(tmp_path: Path, folder: str, files: dict[int, object]) -> Path:

@@ -60,6 +60,12 @@ ZERO_TOLERANCE = 1e-4  # pixels may dip this far below 0 (the span is exact only
 # 10-per-class MNIST MLP: 200 objectives gave a leak score of 0.67, 500 gave 0.78; keeping only the sparsest
 # results (the purest extreme points) lowered it (0.73 with the sparser half).
 MAX_OBJECTIVES = 1000
+# A programme's cost grows with the span's rank, and its worth falls with it: a wide span has many extreme points
+# that are no member. So the programmes are capped at this budget divided by the rank: 500 at rank 100 (the
+# 10-per-class MLP, unchanged), 100 at rank 500. Measured on the 50-per-class MNIST MLP (0.85 s per programme,
+# with the 2,000 unit ratios): no programme 0.564 and 123 of 500 members at SSIM >= 0.4; 100 programmes 0.564 and
+# 141 (66 s); 200 the same (134 s); 500 0.574 and 133 (~425 s).
+PROGRAMME_BUDGET = 50_000
 # Units whose ratio ΔWⱼ/Δbⱼ becomes candidates (the ones whose bias moved most), each with both signs. Measured on
 # the real MNIST MLPs (1,000 units): all 1,000 at 10 per class give members ≥ SSIM 0.4 81 %, leak 0.82 alone; at
 # 50 per class 23 %, 0.58 alone (the extreme images: 0.51). The negated ratio adds 3 points at both sizes: a mean
@@ -284,16 +290,17 @@ def _span_starts(prior: torch.Tensor | None, count: int, shape: tuple[int, int, 
     return (0.5 + 0.1 * torch.randn(count, *shape, generator=generator)).clamp(0, 1)
 
 
-def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], prior: torch.Tensor | None,
-                           limit: int, keep_going: Callable[[int], bool],
-                           notes: list[str]) -> tuple[list[torch.Tensor], UpdateSpan | None, int, int]:
-    """A dense first layer's extreme images and unit ratios: candidates, the span, objectives planned and done."""
-    delta = first_layer_update(target, initial)
-    span, note = update_span(delta, target)
-    notes.append(note)
-    if span is None:
-        return [], None, 0, 0
-    objectives, source = objectives_for(delta, prior, limit)
+def programmes_for(span: UpdateSpan, limit: int) -> int:
+    """How many extreme-image programmes run: at most ``limit``, and fewer as the span widens."""
+    return max(1, min(limit, PROGRAMME_BUDGET // span.update_rank))
+
+
+def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], delta: torch.Tensor,
+                           span: UpdateSpan, prior: torch.Tensor | None, limit: int,
+                           keep_going: Callable[[int], bool],
+                           notes: list[str]) -> tuple[list[torch.Tensor], int, int]:
+    """A dense first layer's extreme images and unit ratios: candidates, objectives planned and done."""
+    objectives, source = objectives_for(delta, prior, programmes_for(span, limit))
     images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
     notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
                  f"{len(objectives)} {source}")
@@ -304,7 +311,7 @@ def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor]
         parts.append(ratios)
         notes.append(f"init-aware mode: {len(ratios)} unit ratios ±ΔWⱼ/Δbⱼ of the first layer (each a weighted mean "
                      "of the training inputs that reached unit j)")
-    return parts, span, len(objectives), done
+    return parts, len(objectives), done
 
 
 def _feature_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], prior: torch.Tensor | None,
@@ -336,7 +343,7 @@ def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor 
     """Candidates from the update θ − θ₀, labelled by the classifier.
 
     A dense first layer gives its exact pixel span's extreme images (at most
-    ``limit``) and unit ratios; behind a backbone, the first linear layer
+    ``limit``, fewer as the span widens: ``programmes_for``) and unit ratios; behind a backbone, the first linear layer
     gives public images pushed into its update's span (``push``; None skips
     that stage).
     """
@@ -346,6 +353,12 @@ def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor 
     planned = done = 0
     dense = first_layer_is_dense(target)
     objectives = min(limit, len(prior)) if prior is not None and len(prior) else limit
+    delta = span = None
+    if dense:
+        delta = first_layer_update(target, initial)
+        span, note = update_span(delta, target)
+        notes.append(note)
+        objectives = programmes_for(span, objectives) if span is not None else 0
     # A dense first layer's span is the pixel stage's own: pushing public images into it as well added only
     # generic digits (measured on the 50-per-class MNIST MLP: leak 0.574 and a fail without it, 0.514 and a pass
     # with it), so the feature stage runs behind a backbone only.
@@ -371,10 +384,10 @@ def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor 
         raise ModelError("--init on a classifier whose first layer is not fully connected on the flattened input needs "
                          "the feature-span stage (span_steps > 0)")
     parts: list[torch.Tensor] = []
-    span = None
-    if dense:
+    if delta is not None and span is not None:
         phase("extreme images of the first layer's span")
-        parts, span, planned, done = _pixel_span_candidates(target, initial, prior, limit, keep_going_from(0), notes)
+        parts, planned, done = _pixel_span_candidates(target, initial, delta, span, prior, limit, keep_going_from(0),
+                                                      notes)
     fspan = None
     if push is not None:
         phase("public images pushed into the first linear layer's update span")
