@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
     for name in [m for m in args.models.split(",") if m]:
         spec, built = built_reference(name)
-        walls = {}
+        walls: dict[str, float] = {}
         for mode in [m for m in args.modes.split(",") if m]:
             row = audit_row(name, mode, built, args.threads)
             walls[mode] = row.wall_s

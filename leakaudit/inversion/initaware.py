@@ -63,8 +63,8 @@ MAX_OBJECTIVES = 1000
 # A programme's cost grows with the span's rank, and its worth falls with it: a wide span has many extreme points
 # that are no member. So the programmes are capped at this budget divided by the rank: 500 at rank 100 (the
 # 10-per-class MLP, unchanged), 100 at rank 500. Measured on the 50-per-class MNIST MLP (0.85 s per programme,
-# with the 2,000 unit ratios): no programme 0.564 and 123 of 500 members at SSIM >= 0.4; 100 programmes 0.564 and
-# 141 (66 s); 200 the same (134 s); 500 0.574 and 133 (~425 s).
+# with the 2,000 unit ratios, on the audit's split): no programme 0.564 and 123 of 500 members at SSIM >= 0.4;
+# 100 programmes 0.564 and 141 (66 s); 200 the same (134 s). The whole audit with 500: 0.565 and 141, 373 s.
 PROGRAMME_BUDGET = 50_000
 # Units whose ratio ΔWⱼ/Δbⱼ becomes candidates (the ones whose bias moved most), each with both signs. Measured on
 # the real MNIST MLPs (1,000 units): all 1,000 at 10 per class give members ≥ SSIM 0.4 81 %, leak 0.82 alone; at
@@ -343,9 +343,9 @@ def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor 
     """Candidates from the update θ − θ₀, labelled by the classifier.
 
     A dense first layer gives its exact pixel span's extreme images (at most
-    ``limit``, fewer as the span widens: ``programmes_for``) and unit ratios; behind a backbone, the first linear layer
-    gives public images pushed into its update's span (``push``; None skips
-    that stage).
+    ``limit``, fewer as the span widens: ``programmes_for``) and unit ratios;
+    behind a backbone, the first linear layer gives public images pushed into
+    its update's span (``push``; None skips that stage).
     """
     started = time.monotonic()
     initial = load_initial_state(init_path)
