@@ -57,6 +57,28 @@ def _worker_match(out: Path) -> None:
     ctx.close()
 
 
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _worker_close(out: Path) -> None:
+    """What an audit does with its process group, then how many threads are left after ``close``."""
+    before = _os_threads()
+    ctx = DistContext.from_environment(device="cpu")
+    import leakaudit.pipeline.audit  # noqa: F401  (imported after joining, as the CLI does)
+
+    params = [torch.nn.Parameter(torch.ones(4))]
+    optimiser = torch.optim.Adam(params, lr=0.1)  # its first step imports torch._dynamo
+    (params[0] * (ctx.rank + 1)).sum().backward()
+    ctx.average_gradients(params, 0.5)
+    optimiser.step()
+    ctx.barrier()
+    during = _os_threads()
+    ctx.close()
+    out.with_suffix(f".rank{ctx.rank}.json").write_text(json.dumps(
+        {"before": before, "during": during, "after": _os_threads(), "grad": params[0].grad.tolist()}))
+
+
 def _worker_fail(out: Path) -> None:
     """Rank 1 cannot read its data; rank 0 has started matching and must neither hang nor write."""
     from leakaudit.data.folders import load_image_folder
@@ -201,6 +223,19 @@ def test_sharded_matching_equals_single_process_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_closing_the_context_ends_the_process_groups_threads(tmp_path: Path) -> None:
+    # gloo's threads left running at exit abort the process (SIGABRT) during interpreter shutdown, after
+    # the report is written: a rank that succeeded must leave no communication thread behind.
+    done = _torchrun("-m", "tests.test_distributed", "close", str(tmp_path / "threads"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"threads.rank{rank}.json").read_text())
+        assert seen["grad"] == [1.5] * 4  # (1 + 2) / 2: the gradients did travel between the ranks
+        assert seen["during"] > seen["before"], seen  # the group's threads ran…
+        assert seen["after"] == seen["before"], seen  # …and are gone once the context is closed
+
+
+@pytest.mark.slow
 def test_a_failed_rank_stops_the_run_with_exit_2_naming_it(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     outcome, stderr = _launch_in_subprocess(["fail", str(report)], module="tests.test_distributed")
@@ -291,4 +326,4 @@ def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, tmp
 
 if __name__ == "__main__":
     scenario, target = sys.argv[1], Path(sys.argv[2])
-    {"match": _worker_match, "fail": _worker_fail}[scenario](target)
+    {"match": _worker_match, "close": _worker_close, "fail": _worker_fail}[scenario](target)

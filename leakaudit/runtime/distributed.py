@@ -120,6 +120,7 @@ class DistContext:
             torch.cuda.set_device(dev)
         own = False
         if not tdist.is_initialized():
+            _import_before_joining()
             try:
                 tdist.init_process_group(backend=backend, timeout=dt.timedelta(seconds=timeout),
                                          **({"device_id": dev} if dev.type == "cuda" else {}))
@@ -315,6 +316,18 @@ class DistContext:
             n = b.numel()
             b.copy_(flat[offset: offset + n].view_as(b))
             offset += n
+
+
+def _import_before_joining() -> None:
+    """Import ``torch._dynamo`` (the optimiser's first step does) before the process group exists.
+
+    Imported after ``init_process_group``, it keeps references to the default
+    group, so ``destroy_process_group`` no longer frees it: gloo's worker
+    threads then run on into interpreter shutdown, where one that releases a
+    finished collective's tensors aborts the process (SIGABRT) after the report
+    is written. Imported first, it holds none and ``close`` ends those threads.
+    """
+    import torch._dynamo  # noqa: F401
 
 
 def _is_comm_error(exc: BaseException) -> bool:
