@@ -296,11 +296,14 @@ def programmes_for(span: UpdateSpan, limit: int) -> int:
 
 
 def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor], delta: torch.Tensor,
-                           span: UpdateSpan, prior: torch.Tensor | None, limit: int,
+                           span: UpdateSpan, prior: torch.Tensor | None, programmes: int,
                            keep_going: Callable[[int], bool],
                            notes: list[str]) -> tuple[list[torch.Tensor], int, int]:
-    """A dense first layer's extreme images and unit ratios: candidates, objectives planned and done."""
-    objectives, source = objectives_for(delta, prior, programmes_for(span, limit))
+    """A dense first layer's extreme images and unit ratios: candidates, objectives planned and done.
+
+    ``programmes``: how many extreme-image programmes to run, already capped by the caller.
+    """
+    objectives, source = objectives_for(delta, prior, programmes)
     images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
     notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
                  f"{len(objectives)} {source}")
@@ -386,8 +389,8 @@ def invert_init_aware(target: TargetModel, init_path: Path, prior: torch.Tensor 
     parts: list[torch.Tensor] = []
     if delta is not None and span is not None:
         phase("extreme images of the first layer's span")
-        parts, planned, done = _pixel_span_candidates(target, initial, delta, span, prior, limit, keep_going_from(0),
-                                                      notes)
+        parts, planned, done = _pixel_span_candidates(target, initial, delta, span, prior, objectives,
+                                                      keep_going_from(0), notes)
     fspan = None
     if push is not None:
         phase("public images pushed into the first linear layer's update span")
