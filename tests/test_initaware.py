@@ -177,11 +177,23 @@ def test_the_feature_span_holds_the_members_features_and_not_the_public_ones(fin
         _, members = forward(data.train_images.float() / 255)
         _, others = forward(data.holdout_images.float() / 255)
     span, note = feature_span(linear_update(target, load_initial_state(finetuned_cnn.init_path), members.shape[1]),
-                              target.device)
+                              target.device, target.num_classes)
     assert span is not None, note
     assert members.shape[1] == 64 * 8 * 8  # the backbone's map, flattened: the first linear layer's input
     # the backbone moved in fine-tuning, so the span holds the members' final features only nearly
     assert float(span.outside_fraction(members).max()) < float(span.outside_fraction(others).min())
+
+
+def test_a_head_that_is_the_only_linear_layer_is_named_as_the_reason_for_no_span() -> None:
+    """A backbone whose only linear layer is the head (ResNet-18) gets no span whatever its optimiser: the
+    reason must say so, not blame Adam, while a wide layer's spread update still does."""
+    from leakaudit.inversion.featurespan import feature_span
+
+    gen = torch.Generator().manual_seed(0)
+    head, note = feature_span(torch.randn(10, 512, generator=gen, dtype=torch.float64), torch.device("cpu"), 10)
+    assert head is None and "10-output head" in note and "Adam" not in note, note
+    wide, note = feature_span(torch.randn(256, 512, generator=gen, dtype=torch.float64), torch.device("cpu"), 10)
+    assert wide is None and "Adam" in note and "head" not in note, note
 
 
 def test_fine_tuning_only_the_dense_layers_keeps_the_pretrained_backbone(tmp_path: Path) -> None:
@@ -235,7 +247,7 @@ def test_minibatch_sgd_keeps_a_span_of_the_members_features_and_adam_spreads_it(
         _, members = forward(data.train_images.float() / 255)
         _, others = forward(data.holdout_images.float() / 255)
     span, note = feature_span(linear_update(target, load_initial_state(built.init_path), members.shape[1]),
-                              target.device)
+                              target.device, target.num_classes)
     if optimizer == "adam":
         assert span is None and "Adam" in note, note
         return

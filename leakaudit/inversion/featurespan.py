@@ -114,8 +114,12 @@ def linear_update(target: TargetModel, initial: dict[str, torch.Tensor], width: 
     return weight.double() - start[index].double()
 
 
-def feature_span(delta: torch.Tensor, device: torch.device) -> tuple[FeatureSpan | None, str]:
-    """The update's row span above ``SPAN_FLOOR``, or None and the reason."""
+def feature_span(delta: torch.Tensor, device: torch.device, classes: int) -> tuple[FeatureSpan | None, str]:
+    """The update's row span above ``SPAN_FLOOR``, or None and the reason.
+
+    ``classes``: the model's outputs; a layer with no more outputs than that is the head, whose update
+    spans at most one direction per class, whatever the optimiser.
+    """
     singular, vh = _right_singular(delta)
     if float(singular[0]) == 0.0:
         return None, "feature span: the first linear layer did not change in training"
@@ -125,9 +129,12 @@ def feature_span(delta: torch.Tensor, device: torch.device) -> tuple[FeatureSpan
     energy = singular.double().pow(2).cumsum(0) / singular.double().pow(2).sum()
     holding = int((energy < SPAN_ENERGY).sum()) + 1
     if holding > MAX_ENERGY_SHARE * live:
-        return None, (f"feature span: {SPAN_ENERGY:.2%} of the first linear layer's update is spread over {holding} "
-                      f"of its {live} nonzero directions (no concentrated span; adaptive optimisers such as Adam "
-                      "spread it)")
+        spread = (f"{SPAN_ENERGY:.2%} of the first linear layer's update is spread over {holding} of its {live} "
+                  "nonzero directions")
+        if delta.shape[0] <= classes:
+            return None, (f"feature span: {spread}; the first linear layer is the {delta.shape[0]}-output head, "
+                          "whose update cannot hold more members' features than it has outputs")
+        return None, f"feature span: {spread} (no concentrated span; adaptive optimisers such as Adam spread it)"
     basis = vh[:rank].to(device=device, dtype=torch.float32)
     return FeatureSpan(basis, rank), (f"feature span: the first linear layer's update has rank {rank} in its "
                                       f"{width} inputs; public images are pushed until their features lie in it")

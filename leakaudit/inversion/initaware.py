@@ -327,7 +327,7 @@ def _feature_span_candidates(target: TargetModel, initial: dict[str, torch.Tenso
         return None, None, 0
     with torch.no_grad():
         width = forward(torch.zeros(1, *target.input_shape, device=target.device))[1].shape[1]
-    span, note = feature_span(linear_update(target, initial, width), target.device)
+    span, note = feature_span(linear_update(target, initial, width), target.device, target.num_classes)
     notes.append(note)
     if span is None:
         return None, None, 0
