@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "realdata"
 MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc", "fashion-cnn-60k", "fashion-resnet18-5k",
           "mnist-cnn-ft-1pc", "mnist-cnn-ft-2pc", "mnist-cnn-ft-10pc", "mnist-cnn-ft-2pc-head", "mnist-cnn-ft-2pc-sgd",
-          "mnist-cnn-ft-2pc-adam", "mnist-cnn-bn-ft-2pc")
+          "mnist-cnn-ft-2pc-adam", "mnist-cnn-bn-ft-2pc", "mnist-resnet18-ft-2pc")
 # With ``--kkt-budget match`` the clock ends the KKT run, not a step count (its
 # learning rates decay along the budget), so the peer uses all of its time.
 KKT_UNCAPPED_STEPS = 10**7
