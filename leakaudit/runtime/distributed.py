@@ -137,8 +137,9 @@ class DistContext:
         """Leave the process group (only if this context joined it).
 
         ``synchronise``: first wait until every rank is leaving, so that no rank
-        closes its connections while a peer still uses them (a gloo peer torn
-        down mid-collective can abort the other process at exit). Off on an
+        closes its connections while a peer still uses them (a group that
+        outlives this call aborts the process at exit: see
+        ``_import_before_joining``). Off on an
         error path, where a peer may never arrive; a peer lost here is ignored,
         since the run's work is already done.
         """
