@@ -95,6 +95,8 @@ def test_cli_init_flag_reports_the_stronger_threat_model(gd_reference, tmp_path:
     assert doc["mode"] == "init-aware" and doc["threat_model"].startswith("Init-aware (stronger than informed)")
     assert any("rank 20" in n for n in doc["inversion"]["notes"])
     assert any("unit ratios" in n for n in doc["inversion"]["notes"])
+    # 20 directions, and a public digit leaves hundreds of pixels dark: members are isolated extreme points
+    assert any("members are isolated extreme points" in n for n in doc["inversion"]["notes"]), doc["inversion"]["notes"]
     # upsampled 8×8 digits are smooth and overlap, so few are exact extreme points (measured: 0.655 with 40
     # objectives); still the members are matched clearly better than non-members
     summary = doc["summary"]
@@ -104,6 +106,33 @@ def test_cli_init_flag_reports_the_stronger_threat_model(gd_reference, tmp_path:
     power = doc["power"]
     assert power["copy"] == "init" and power["recipe"]["start"] == "init", power
     assert power["status"] != "not measured" and power["rungs"], power
+
+
+def _sparse_images(count: int, pixels: int, lit: int, seed: int) -> torch.Tensor:
+    """(count, pixels) non-negative images, each lighting ``lit`` random pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.zeros(count, pixels)
+    for row in images:
+        row[torch.randperm(pixels, generator=generator)[:lit]] = 0.2 + 0.8 * torch.rand(lit, generator=generator)
+    return images
+
+
+@pytest.mark.parametrize(("members", "lit", "free", "isolated"), [(30, 10, 1, True), (80, 40, 20, False)])
+def test_the_span_is_called_too_wide_when_a_face_shares_a_members_dark_pixels(members: int, lit: int, free: int,
+                                                                              isolated: bool) -> None:
+    from leakaudit.inversion.spanfaces import free_directions, span_faces
+
+    images = _sparse_images(members, 100, lit, seed=1)
+    basis = torch.linalg.qr(images.double().T)[0].T  # the span of the members, as the update gives it
+    # a member's own direction always vanishes on its dark pixels; with 80 directions and 60 dark pixels,
+    # 20 directions do, so the extreme-image programme cannot tell the member from its face
+    assert free_directions(basis, images).tolist() == [free] * members
+    faces = span_faces(basis, _sparse_images(40, 100, lit, seed=2))
+    reached = int((images > 0).any(0).sum())  # the pixels some member lights
+    assert faces is not None and faces.isolated is isolated and faces.rank == members and faces.reached == reached
+    assert ("isolated extreme points" in faces.note()) is isolated
+    assert ("too wide" in faces.note()) is not isolated
+    assert span_faces(basis, None) is None
 
 
 def test_adam_has_no_span_and_the_ordinary_inversion_runs(tmp_path_factory: pytest.TempPathFactory,

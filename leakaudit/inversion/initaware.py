@@ -39,6 +39,7 @@ from leakaudit.errors import ConfigError, ModelError
 from leakaudit.inversion.featurespan import FeatureSpan, feature_span, first_linear_forward, linear_update, push_into_span
 from leakaudit.inversion.invert import InversionCallbacks, InversionResult, invert
 from leakaudit.inversion.rowspace import first_layer_is_dense
+from leakaudit.inversion.spanfaces import span_faces
 from leakaudit.loading import load_state
 from leakaudit.model.target import TargetModel
 from leakaudit.sanitize import terminal_text
@@ -240,6 +241,11 @@ def extreme_candidates(span: UpdateSpan, objectives: torch.Tensor, shape: tuple[
     return torch.from_numpy(np.stack(out)).float().clamp(0, 1).view(-1, *shape), done
 
 
+def _as_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """(N, D) float images in [0, 1] from uint8 or float public images."""
+    return images.float().flatten(1) / (255.0 if images.dtype == torch.uint8 else 1.0)
+
+
 def objectives_for(delta: torch.Tensor, prior: torch.Tensor | None, limit: int) -> tuple[torch.Tensor, str]:
     """What the extreme images are steered by: public images when there are any, else the update's rows.
 
@@ -248,8 +254,7 @@ def objectives_for(delta: torch.Tensor, prior: torch.Tensor | None, limit: int) 
     rows 13, single pixels 3.
     """
     if prior is not None and len(prior):
-        flat = prior.float().flatten(1) / (255.0 if prior.dtype == torch.uint8 else 1.0)
-        return flat[:limit], "public images"
+        return _as_unit_range(prior)[:limit], "public images"
     rows = torch.cat([delta, -delta]).float().clamp_min(0)
     rows = rows[rows.amax(1) > 0]
     rows = rows / rows.amax(1, keepdim=True)
@@ -304,6 +309,9 @@ def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor]
     ``programmes``: how many extreme-image programmes to run, already capped by the caller.
     """
     objectives, source = objectives_for(delta, prior, programmes)
+    faces = span_faces(span.basis, None if prior is None else _as_unit_range(prior))
+    if faces is not None:
+        notes.append(faces.note())
     images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
     notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
                  f"{len(objectives)} {source}")
