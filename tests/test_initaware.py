@@ -135,6 +135,21 @@ def test_the_span_is_called_too_wide_when_a_face_shares_a_members_dark_pixels(me
     assert span_faces(basis, None) is None
 
 
+def test_without_public_images_the_rows_steer_the_span_and_its_faces_go_unmeasured(gd_reference) -> None:
+    from leakaudit.inversion.initaware import invert_init_aware
+    from leakaudit.matching.ssim import ssim_matrix
+    from leakaudit.model.target import load_model
+    from leakaudit.reference import split_members
+
+    run = invert_init_aware(load_model(gd_reference.model_path), gd_reference.init_path, None, limit=40)
+    assert any("rows of the update" in n for n in run.notes), run.notes
+    assert any("was not measured" in n for n in run.notes) and not any("isolated" in n for n in run.notes)
+    data = split_members(gd_reference_spec())
+    members = ssim_matrix(run.images, data.train_images.float() / 255).max(0).values
+    others = ssim_matrix(run.images, data.holdout_images.float() / 255).max(0).values
+    assert float(members.mean()) > float(others.mean())
+
+
 def test_adam_has_no_span_and_the_ordinary_inversion_runs(tmp_path_factory: pytest.TempPathFactory,
                                                           tmp_path: Path) -> None:
     import json

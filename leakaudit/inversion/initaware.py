@@ -310,8 +310,9 @@ def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor]
     """
     objectives, source = objectives_for(delta, prior, programmes)
     faces = span_faces(span.basis, None if prior is None else _as_unit_range(prior))
-    if faces is not None:
-        notes.append(faces.note())
+    notes.append(faces.note() if faces is not None else
+                 "init-aware mode: without public images, whether the span's extreme images can single out members "
+                 "was not measured (their dark pixels measure it)")
     images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
     notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
                  f"{len(objectives)} {source}")
