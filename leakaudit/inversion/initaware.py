@@ -6,9 +6,10 @@ momentum, each step adds Σᵢ δᵢ uᵢᵀ (back-propagated errors times first
 inputs), so every row of the update lies in the span of the training images:
 its rank is at most the number of training images and its singular spectrum
 ends in a cliff down to rounding noise. Every member lies in that span and a
-non-member generally does not, and the training images are, among the
-non-negative images in the span, the extreme ones: mostly exact zeros, which
-a mixture of them is not. A small linear programme per objective finds such
+non-member generally does not, and while the span is narrow the training
+images are, among the non-negative images in the span, the extreme ones: mostly
+exact zeros, which a mixture of them is not (``spanfaces`` measures whether
+the span is that narrow). A small linear programme per objective finds such
 an extreme image: maximise its overlap with a public image (or a row of the
 update) over the non-negative images of the span with unit mass. Adaptive
 optimisers (Adam) scale the update per weight and break the span: then the
