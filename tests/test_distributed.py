@@ -192,8 +192,17 @@ def test_launcher_exit_codes_name_the_rank_that_failed_first(tmp_path: Path, mon
     cause = outcome(r0=_failure(tmp_path, monkeypatch, 0, 2, PeerLostError("lost contact with the other ranks")),
                     r1=_failure(tmp_path, monkeypatch, 1, 2, DataError("data folder not found: /x")))
     assert (cause.exit_code, cause.failed_rank) == (2, 1)
-    assert cause.message == ("rank 1 (local rank 1) exited with code 2 (data folder not found: /x); the run was "
+    assert cause.message == ("rank 1 (local rank 1) failed: data folder not found: /x; the run was "
                              "stopped and no report was written (other failed ranks: 0)")
+    # The agent stops the ranks still alive once one has exited: the cause, still leaving the group after its
+    # error, may be among them. Its reason is the same, whoever exits first.
+    late = outcome(r0=_failure(tmp_path, monkeypatch, 0, 2, PeerLostError("lost contact with the other ranks")),
+                   r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGTERM), DataError("data folder not found: /x")))
+    assert late.message == cause.message and (late.exit_code, late.failed_rank) == (2, 1)
+    # A crash after the error is still said.
+    crashed = outcome(r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGABRT), DataError("data folder not found: /x")))
+    assert crashed.message is not None
+    assert crashed.message.startswith("rank 1 (local rank 1) failed: data folder not found: /x (then its process was killed by SIGABRT)")
     # Killed by the kernel (no error file) while the survivor was stopped by the agent.
     killed = outcome(r0=_failure(tmp_path, monkeypatch, 0, -int(signal.SIGTERM)),
                      r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGKILL)))
@@ -240,7 +249,7 @@ def test_a_failed_rank_stops_the_run_with_exit_2_naming_it(tmp_path: Path) -> No
     report = tmp_path / "report.json"
     outcome, stderr = _launch_in_subprocess(["fail", str(report)], module="tests.test_distributed")
     assert outcome.exit_code == 2 and outcome.failed_rank == 1
-    assert outcome.message is not None and outcome.message.startswith("rank 1 (local rank 1) exited with code 2 (data folder not found")
+    assert outcome.message is not None and outcome.message.startswith("rank 1 (local rank 1) failed: data folder not found")
     assert "rank 1 of 2: " in stderr and "no-such-folder" in stderr  # the failing rank's own reason
     assert "rank 0 of 2: lost contact with the other ranks during matching" in stderr  # no hang
     assert not report.exists()
@@ -319,7 +328,7 @@ def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, tmp
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "leakaudit: error: rank 1 of 2: " in done.stderr and "missing on this node" in done.stderr
-    assert "leakaudit: error: rank 1 (local rank 1) exited with code 2 (--arch node_arch:build" in done.stderr
+    assert "leakaudit: error: rank 1 (local rank 1) failed: --arch node_arch:build" in done.stderr
     assert not (out / "leakaudit.json").exists() and not (out / "report.html").exists()
     assert not (out / "reconstructions.npz").exists()
 
