@@ -96,7 +96,6 @@ def _outcome_of(exc: Any) -> LaunchOutcome:
     real = {r: f for r, f in failures.items() if not (r == 0 and f.exitcode in (1, 130))} or failures
     rank, failure = min(real.items(), key=lambda item: (_cause_order(item[1]), item[1].timestamp, item[0]))
     code = int(failure.exitcode)
-    how = _exit_description(code)
     if isinstance(failure.message, dict) and failure.message.get("extraInfo", {}).get(_ROLE_KEY) == "cause":
         # The rank's own error is the story. The agent stops every rank once one has exited, so a rank still
         # on its way out after reporting (leaving the group, closing its model worker) may be the one it
@@ -104,6 +103,8 @@ def _outcome_of(exc: Any) -> LaunchOutcome:
         how = f"failed: {failure.message.get('message')}"
         if code < 0 and code != -signal.SIGTERM:
             how += f" (then its process {_exit_description(code)})"
+    else:
+        how = _exit_description(code)
     message = (f"rank {rank} (local rank {failure.local_rank}) {how}; the run was stopped and no report was written"
                + (f" (other failed ranks: {', '.join(str(r) for r in sorted(codes) if r != rank)})" if len(codes) > 1 else ""))
     return LaunchOutcome(exit_code=2, failed_rank=int(rank), message=message, exit_codes=codes)

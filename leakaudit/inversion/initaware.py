@@ -40,8 +40,9 @@ from leakaudit.errors import ConfigError, ModelError
 from leakaudit.inversion.featurespan import FeatureSpan, feature_span, first_linear_forward, linear_update, push_into_span
 from leakaudit.inversion.invert import InversionCallbacks, InversionResult, invert
 from leakaudit.inversion.rowspace import first_layer_is_dense
-from leakaudit.inversion.spanfaces import span_faces
+from leakaudit.inversion.spanfaces import NOT_MEASURED, span_faces
 from leakaudit.loading import load_state
+from leakaudit.matching.ssim import to_float01
 from leakaudit.model.target import TargetModel
 from leakaudit.sanitize import terminal_text
 
@@ -242,20 +243,16 @@ def extreme_candidates(span: UpdateSpan, objectives: torch.Tensor, shape: tuple[
     return torch.from_numpy(np.stack(out)).float().clamp(0, 1).view(-1, *shape), done
 
 
-def _as_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """(N, D) float images in [0, 1] from uint8 or float public images."""
-    return images.float().flatten(1) / (255.0 if images.dtype == torch.uint8 else 1.0)
-
-
-def objectives_for(delta: torch.Tensor, prior: torch.Tensor | None, limit: int) -> tuple[torch.Tensor, str]:
-    """What the extreme images are steered by: public images when there are any, else the update's rows.
+def objectives_for(delta: torch.Tensor, public01: torch.Tensor | None, limit: int) -> tuple[torch.Tensor, str]:
+    """What the extreme images are steered by: public images (N, D) in [0, 1] when there are any, else the
+    update's rows.
 
     Measured on the 10-per-class real MNIST MLP (500 objectives each): public
     images recovered 44 of 100 members exactly (SSIM ≥ 0.9), the update's
     rows 13, single pixels 3.
     """
-    if prior is not None and len(prior):
-        return _as_unit_range(prior)[:limit], "public images"
+    if public01 is not None:
+        return public01[:limit], "public images"
     rows = torch.cat([delta, -delta]).float().clamp_min(0)
     rows = rows[rows.amax(1) > 0]
     rows = rows / rows.amax(1, keepdim=True)
@@ -291,8 +288,7 @@ def _span_starts(prior: torch.Tensor | None, count: int, shape: tuple[int, int, 
     """Public images to start from (every one when there are fewer), else mid-grey noise: (n, C, H, W) in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
     if prior is not None and len(prior):
-        chosen = prior[torch.randperm(len(prior), generator=generator)[:count]]
-        return chosen.float() / (255.0 if chosen.dtype == torch.uint8 else 1.0)
+        return to_float01(prior[torch.randperm(len(prior), generator=generator)[:count]])
     return (0.5 + 0.1 * torch.randn(count, *shape, generator=generator)).clamp(0, 1)
 
 
@@ -309,11 +305,10 @@ def _pixel_span_candidates(target: TargetModel, initial: dict[str, torch.Tensor]
 
     ``programmes``: how many extreme-image programmes to run, already capped by the caller.
     """
-    objectives, source = objectives_for(delta, prior, programmes)
-    faces = span_faces(span.basis, None if prior is None else _as_unit_range(prior))
-    notes.append(faces.note() if faces is not None else
-                 "init-aware mode: without public images, whether the span's extreme images can single out members "
-                 "was not measured (their dark pixels measure it)")
+    public01 = to_float01(prior).flatten(1) if prior is not None and len(prior) else None
+    objectives, source = objectives_for(delta, public01, programmes)
+    faces = span_faces(span.basis, public01)
+    notes.append(faces.note() if faces is not None else NOT_MEASURED)
     images, done = extreme_candidates(span, objectives, target.input_shape, keep_going)
     notes.append(f"init-aware mode: {len(images)} extreme images of the span, steered by {done} of "
                  f"{len(objectives)} {source}")

@@ -33,6 +33,8 @@ VANISHING = 1e-3
 SAMPLE = 32
 # Free directions at most this many: an image with those zeros is fixed by them (its own direction only).
 ISOLATED = 1
+NOT_MEASURED = ("init-aware mode: without public images, whether the span's extreme images can single out members "
+                "was not measured (their dark pixels measure it)")
 
 
 @dataclass(frozen=True)
