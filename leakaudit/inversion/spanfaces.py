@@ -9,8 +9,9 @@ update reaches, a whole face of images shares the member's zeros and the
 programme lands somewhere on it, rarely on the member. Measured with
 ``free_directions`` on the real MNIST MLPs: at 50 digits per class (rank 500,
 583 pixels reached, a member lights ~148 of them) a member's dark pixels leave
-a median of 147 free directions (public images' 107); at 10 per class (rank
-100) exactly 1 (public images' 0), and most members come back exactly.
+a median of 114 free directions (25–244 over the 500; public images' 107); at
+10 per class (rank 100) exactly 1 for every member (public images' 0), and most
+members come back exactly (``bench/bench_spanfaces.py``).
 
 Public images from the training distribution have the members' kind of
 support, so their dark pixels measure the face without touching the members.
@@ -29,7 +30,7 @@ DARK_LEVEL = 0.5 / 255
 # weights' float32 rounding), generic directions far above.
 VANISHING = 1e-3
 # Public images whose dark pixels are measured (about a second at rank 500). Enough to tell a narrow span from
-# a wide one, not for a precise count: two draws of 32 at 50 per class gave medians of 107 and 148.
+# a wide one, not for a precise count: at 50 per class the members' own counts spread from 25 to 244.
 SAMPLE = 32
 # Free directions at most this many: an image with those zeros is fixed by them (its own direction only).
 ISOLATED = 1
