@@ -12,8 +12,7 @@ from PIL import Image
 
 from leakaudit import __version__
 from leakaudit.cli.commands import run
-from leakaudit.cli.options import file_keys
-from leakaudit.config import read_config
+from leakaudit.config import file_keys, read_config
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.settings import GATE_KEYS
 
@@ -189,7 +188,7 @@ def test_run_level_values_in_the_engine_table_are_refused(key: str, value: str, 
 
 
 def test_every_run_option_is_a_file_key_and_reaches_the_run(tmp_path: Path) -> None:
-    keys = file_keys(run)
+    keys = file_keys()
     flags = {opt[2:].replace("-", "_") for p in run.params for opt in p.opts if opt.startswith("--")}
     assert set(keys) == flags - {"config", "debug", "unsafe_pickle"} - set(GATE_KEYS)
     assert keys["format"].param == "output_format" and keys["holdout"].is_path and not keys["seed"].is_path

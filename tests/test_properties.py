@@ -12,9 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from leakaudit.cli.commands import run
-from leakaudit.cli.options import file_keys
-from leakaudit.config import read_config
+from leakaudit.config import file_keys, read_config
 from leakaudit.data.folders import decode_image
 from leakaudit.errors import ConfigError, DataError
 
@@ -96,7 +94,7 @@ def test_every_key_is_used_or_warned_about(tmp_path_factory: pytest.TempPathFact
     path = tmp_path_factory.mktemp("cfg") / "c.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     try:
-        config = read_config(path, run_keys=file_keys(run))
+        config = read_config(path, run_keys=file_keys())
     except ConfigError:
         return
     for key in table:

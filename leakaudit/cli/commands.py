@@ -24,7 +24,7 @@ from leakaudit.cli.help import RUN_EXAMPLES, GroupedCommand, check_paths, click_
 from leakaudit.cli.console import (ByteProgress, Console, StopFlag, interrupt_message, make_observer, python_warnings,
                                summary_lines)
 from leakaudit.cli.options import run_options, settings_from
-from leakaudit.config import DEFAULT_BUDGET_S, AuditSettings
+from leakaudit.config import AuditSettings
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.sanitize import terminal_text
@@ -57,10 +57,10 @@ def run(ctx: click.Context, **opts: Any) -> None:
         Console().warn(warning)
     settings = settings_from(ctx, opts)  # the gate's thresholds are checked here, once
     check_paths(opts)  # before torch is imported: a typo costs milliseconds, not seconds
-    ctx.exit(_execute(ctx, settings, opts))
+    ctx.exit(_execute(ctx, settings))
 
 
-def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) -> int:
+def _execute(ctx: click.Context, settings: AuditSettings) -> int:
     from leakaudit.confine import spawn
 
     spawn.prestart()  # the model's worker imports torch while this process does the same
@@ -70,8 +70,8 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
     dist = DistContext.from_environment(device=settings.device)  # one process unless launched by torchrun
     if dist.is_distributed:
         settings = replace(settings, device=str(dist.device))
-    console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=bool(opts.get("quiet")))
-    console.quiet = bool(opts.get("quiet")) or not dist.is_main  # progress and summary from rank 0 only
+    console: Console = ctx.obj if isinstance(ctx.obj, Console) else Console(quiet=settings.quiet)
+    console.quiet = settings.quiet or not dist.is_main  # progress and summary from rank 0 only
     if settings.unsafe_pickle:
         console.warn("--unsafe-pickle given: if the model file is a pickle, loading it runs code from the file "
                      "with your permissions; use it only for files you trust")
@@ -94,7 +94,7 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
         return int(ExitStatus.PASSED)
     for warning in outcome.warnings:
         console.warn(warning)
-    if opts.get("output_format") == "json":
+    if settings.output_format == "json":
         print(json.dumps(outcome.document, indent=2), file=console.out, flush=True)
     for line in summary_lines(outcome.document, outcome.written):
         console.say(line)
@@ -108,8 +108,8 @@ def _execute(ctx: click.Context, settings: AuditSettings, opts: dict[str, Any]) 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
 @click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
 @click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
-@click.option("--budget", type=click.FloatRange(min=1.0), default=DEFAULT_BUDGET_S, show_default=True, help="Ceiling on the audit, in seconds (see `run --help`).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training and of the audit.")
+@click.option("--budget", type=click.FloatRange(min=1.0), default=AuditSettings.budget, show_default=True, help="Ceiling on the audit, in seconds (see `run --help`).")
+@click.option("--seed", type=int, default=AuditSettings.seed, show_default=True, help="Seed of the training and of the audit.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context

@@ -1,43 +1,39 @@
 """``run --help`` that a new user can read: options in groups, every default shown, exit codes, examples.
 
-One mapping (option name → group) decides the layout, so options are defined
-wherever the CLI defines them and a new option only needs a line here; any
-option not listed lands under "Other options" rather than disappearing.
+Each setting names its group in the settings schema; the command's own
+parameters (the model, --config, --debug) are placed here. Any option without
+a group lands under "Other options" rather than disappearing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
+from leakaudit.config import options
+from leakaudit.config.schema import GROUPS as SCHEMA_GROUPS
 from leakaudit.errors import DataError, ModelError, UsageError
-from leakaudit.gate.settings import GateSettings
 
-GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Inputs", ("model", "data", "holdout", "init", "config", "max_image_mb")),
-    ("Model", ("arch", "unsafe_pickle", "require_confinement", "input_size", "mean", "std", "device")),
-    ("Gate", ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "fail_membership_auc", "baseline",
-              "allow_foreign_baseline", "require_power", "power_check")),
-    ("Outputs", ("out", "top", "redact", "images", "junit", "markdown", "output_format")),
-    ("Inversion", ("effort", "prior", "conditioning", "candidates_per_class", "seed", "lpips_net", "lpips_weights")),
-    ("Run", ("budget", "strict_data", "quiet", "debug")),
-)
+# The command's own parameters, beside the settings (each of which names its group in the schema).
+OWN_GROUPS = {"model": "Inputs", "config": "Inputs", "debug": "Run"}
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (group, tuple(o.name for o in options() if o.meta.group == group)
+     + tuple(name for name, own in OWN_GROUPS.items() if own == group)) for group in SCHEMA_GROUPS)
 GROUP_OF = {name: group for group, names in GROUPS for name in names}
 HELP_OPTION_GROUP = "Run"
 OTHER = "Other options"
 
 
-
 def _gate_default(name: str) -> str | None:
     """A threshold flag defaults to None on the command line (the gate's default applies): show the gate's."""
-    field = next((f for f in fields(GateSettings) if f.name == name), None)
-    if field is None or field.default is MISSING or isinstance(field.default, bool):
+    option = next((o for o in options() if o.to_gate and o.name == name), None)
+    if option is None or isinstance(option.default, bool):
         return None
-    return "off" if field.default is None else f"{field.default:.2f}"
+    return "off" if option.default is None else f"{option.default:.2f}"
+
 
 EXIT_CODES = (
     ("0", "the gate passed"),

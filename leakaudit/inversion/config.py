@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leakaudit.config import EFFORTS
+from leakaudit.config import EFFORTS, AuditSettings
 from leakaudit.errors import ConfigError
 
 # What each effort level changes from the defaults below ("standard"). The
@@ -43,10 +43,11 @@ class InversionConfig:
     """
 
     # --- run ---
-    effort: str = "standard"  # the level the step counts came from (EFFORT_LEVELS); recorded, and part of the resume key
+    # effort, prior, seed, conditioning: an audit's run-level settings (RUN_LEVEL_INVERSION_KEYS), defaults and all
+    effort: str = AuditSettings.effort  # the level the step counts came from (EFFORT_LEVELS); part of the resume key
     mode: str = "reconstruction"
-    prior: str = "auto"
-    seed: int = 0
+    prior: str = AuditSettings.prior
+    seed: int = AuditSettings.seed
     budget_s: float | None = None  # wall-clock ceiling of the whole inversion: cut short, it is incomplete
     device: str | None = None  # None: the target model's device
     threads: int | None = None  # torch CPU threads during the run (None: leave as is)
@@ -54,7 +55,7 @@ class InversionConfig:
     checkpoint_every: int = 200  # generator checkpoint every N steps (with checkpoint_dir)
 
     # --- generator ---
-    conditioning: str = "both"
+    conditioning: str = AuditSettings.conditioning
     latent_dim: int = 32
     embed_dim: int = 32
     width: int = 64  # channels of the first (lowest-resolution) stage

@@ -39,8 +39,16 @@ class Attack:
     incomplete: str | None  # why the attack did not finish, or None
 
 
-def inversion_config(settings: AuditSettings) -> InversionConfig:
-    """The engine's settings: the effort level's, then [tool.leakaudit.inversion], then the run's."""
+def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *,
+                      most_candidates: int | None = None) -> InversionConfig:
+    """The engine's settings for this run and data: the one place they are resolved.
+
+    In order: the effort level's step counts, ``[tool.leakaudit.inversion]``,
+    the run's own values (seed, budget, conditioning, prior), then the
+    candidates per class: the run's ``candidates_per_class``, else the
+    table's, else grown with the training set (``inversion.candidates``),
+    never above ``most_candidates`` (the positive control's cap).
+    """
     known = {f.name for f in fields(InversionConfig)} - set(RUN_LEVEL_INVERSION_KEYS)
     unknown = sorted(set(settings.inversion) - known)
     if unknown:
@@ -48,14 +56,20 @@ def inversion_config(settings: AuditSettings) -> InversionConfig:
                           + ", ".join(f"{key}{did_you_mean(key, known)}" for key in unknown))
     values: dict[str, Any] = dict(settings.inversion)
     values.update(seed=settings.seed, budget_s=settings.budget, conditioning=settings.conditioning)
-    if settings.candidates_per_class is not None:
-        values["candidates_per_class"] = settings.candidates_per_class
+    explicit = settings.candidates_per_class or settings.inversion.get("candidates_per_class")
+    if explicit is not None:
+        values["candidates_per_class"] = explicit
     if settings.prior == "none":
         values["prior"] = "none"
     try:
-        return InversionConfig.for_effort(settings.effort, **values)
+        base = InversionConfig.for_effort(settings.effort, **values)
     except TypeError as exc:
         raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
+    config = grown(base, n_train, num_classes, explicit)
+    if most_candidates is not None and config.candidates_per_class > most_candidates:
+        config = replace(config, candidates_per_class=most_candidates,
+                         pool_per_class=max(base.pool_per_class, most_candidates))
+    return config
 
 
 def resume_tag(settings: AuditSettings) -> str:
@@ -87,8 +101,7 @@ class _InversionProgress:
 
 def _planned_config(settings: AuditSettings, target: ModelInfo, sets: AuditSets, started: float) -> InversionConfig:
     """The run's engine settings with the candidate count grown to the data and the budget left for it."""
-    config = grown(inversion_config(settings), len(sets.train), target.num_classes,
-                   settings.candidates_per_class or settings.inversion.get("candidates_per_class"))
+    config = resolve_inversion(settings, len(sets.train), target.num_classes)
     if config.budget_s is None:
         return config
     n_images = len(sets.train) + (len(sets.null) if sets.null is not None else 0)  # all the candidates meet

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from leakaudit.pipeline.attack import Attack, inversion_config
+from leakaudit.config import AuditSettings
+from leakaudit.pipeline.attack import Attack, resolve_inversion
 from leakaudit.confine.operations import ControlRequest
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
-from leakaudit.inversion.candidates import grown
 from leakaudit.power.control import recipe_for
 from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
 from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
@@ -45,17 +45,14 @@ def _null_in_holdout(inputs: AuditInputs, sets: AuditSets, seed: int) -> torch.T
     return prior_split(inputs.holdout.labels, seed)[1]
 
 
-def rung_config(base: InversionConfig, attack: Attack, n_members: int, num_classes: int,
-                explicit: int | None) -> InversionConfig:
+def rung_config(settings: AuditSettings, attack: Attack, n_members: int, num_classes: int) -> InversionConfig:
     """The audit's engine settings, the candidates grown with the control's own members by the audit's rule.
 
     The count never exceeds the audit's own: at the same effort a rung then
     costs at most what the audit's attack cost, which bounds the stage.
     """
-    config = grown(base, n_members, num_classes, explicit)
-    own = attack.config.candidates_per_class
-    if config.candidates_per_class > own:
-        config = replace(config, candidates_per_class=own, pool_per_class=max(base.pool_per_class, own))
+    config = resolve_inversion(settings, n_members, num_classes,
+                               most_candidates=attack.config.candidates_per_class)
     return replace(config, prior=attack.config.prior)
 
 
@@ -98,8 +95,6 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         return PowerStage(not_measured("the null holds too few non-members per class to plant any and keep as many",
                                        per_class), {}, {})
     prior = (sets.prior.images, sets.prior.labels) if sets.informed and sets.prior is not None else None
-    base = inversion_config(settings)
-    explicit = settings.candidates_per_class or settings.inversion.get("candidates_per_class")
     control_seed = settings.seed + SPLIT_SEED_OFFSET
     # The control repeats the attack that ran: init-aware copies only when the init-aware mode found its span
     # (on an Adam-trained model it falls back to the ordinary inversion, and so does its control).
@@ -111,7 +106,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     method: str | None = None
     for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a copy")
-        config = rung_config(base, attack, len(rung.members), info.num_classes, explicit)
+        config = rung_config(settings, attack, len(rung.members), info.num_classes)
         if settings.budget is not None:  # --budget bounds the whole audit, the controls included
             left = settings.budget - (time.monotonic() - run.timer.started)
             if left <= 0:

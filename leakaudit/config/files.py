@@ -1,14 +1,14 @@
-"""Audit settings: one frozen dataclass, and the TOML files that feed it.
+"""The TOML files that feed the settings: ``[tool.leakaudit]`` and ``--config FILE``.
 
 Settings come from ``[tool.leakaudit]`` in ``./pyproject.toml`` or from a
 ``--config FILE`` (the same table, or the keys at the top level of a
-standalone file). Which keys exist is not listed here: the CLI derives the
-run keys from its own click parameters and the gate keys come from the gate,
-so a new flag is a new key without a second list. The CLI feeds the run
-values into click's ``default_map`` so that a flag overrides the file through
-the one code path click already has; unknown keys are returned as warnings,
-never silently dropped. ``unsafe_pickle`` is refused in a file: a repository
-must not be able to make its model's code run; only the command line can.
+standalone file). The keys are not listed here: they are the options of the
+settings schema (``leakaudit.config.schema``), named like their flags, and the
+gate's keys come from the gate. The CLI feeds the run values into click's
+``default_map`` so that a flag overrides the file through the one code path
+click already has; unknown keys are returned as warnings, never silently
+dropped. ``unsafe_pickle`` is refused in a file: a repository must not be able
+to make its model's code run; only the command line can.
 """
 
 from __future__ import annotations
@@ -19,54 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leakaudit.config.kinds import PathKind
+from leakaudit.config.schema import RUN_LEVEL_INVERSION_KEYS, options
 from leakaudit.errors import ConfigError, did_you_mean
-from leakaudit.gate.settings import GATE_KEYS, GateSettings
-
-# [tool.leakaudit.inversion] keys the run level owns: the engine must not get another value than the run.
-RUN_LEVEL_INVERSION_KEYS = {"seed": "seed", "budget_s": "budget", "conditioning": "conditioning",
-                            "effort": "effort", "prior": "prior"}
-EFFORTS = ("quick", "standard", "thorough")  # see leakaudit.inversion.config.EFFORT_LEVELS
-DEFAULT_BUDGET_S = 900.0  # a ceiling: the reference audits at the default effort finish far inside it (README)
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """Everything one audit needs to know, after the file and the flags are merged."""
-
-    model: Path | Any  # a model file, or an in-memory torch.nn.Module (the Python API)
-    data: Path | Any  # a path, or a resolved source (leakaudit.data.sources: arrays, a Dataset)
-    holdout: Path | Any | None = None
-    arch: str | None = None
-    unsafe_pickle: bool = False
-    require_confinement: bool = False  # an error (exit 2) where the model cannot run in the confined worker
-    input_size: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    out: Path = Path("leakaudit-out")
-    seed: int = 0
-    effort: str = "standard"  # "quick" | "standard" | "thorough": fixes the attack's planned work
-    budget: float | None = DEFAULT_BUDGET_S  # ceiling: an attack it cuts short is incomplete, never a pass
-    threads: int | None = None  # torch CPU threads (None: the CPUs this process may use)
-    prior: str = "auto"  # "auto" (holdout when given) | "holdout" | "none"
-    conditioning: str = "both"
-    candidates_per_class: int | None = None  # None: the inversion's default
-    init: Path | None = None  # the classifier's weights before training: the init-aware mode
-    top: int = 25
-    lpips_net: str = "alex"
-    lpips_weights: Path | None = None
-    strict_data: bool = False
-    max_image_bytes: int = 64 << 20  # image files over this are skipped before being opened
-    device: str | None = None
-    redact: str = "none"
-    images: bool = True
-    junit: Path | None = None
-    markdown: Path | None = None
-    baseline: Path | None = None
-    allow_foreign_baseline: bool = False  # a baseline made for another model or other data is meant
-    gate: GateSettings = field(default_factory=GateSettings)  # thresholds and ignores, validated once
-    power_check: bool = True  # the positive control (leakaudit.power): off only by --no-power-check
-    inversion: dict[str, Any] = field(default_factory=dict)  # [tool.leakaudit.inversion]: InversionConfig fields
-    command: tuple[str, ...] = ()
+from leakaudit.gate.settings import GATE_KEYS
 
 
 @dataclass(frozen=True)
@@ -75,6 +31,12 @@ class FileKey:
 
     param: str
     is_path: bool = False
+
+
+def file_keys() -> dict[str, FileKey]:
+    """The ``[tool.leakaudit]`` keys that set ``run`` options: every option a file may set, but the gate's."""
+    return {option.key: FileKey(option.name, isinstance(option.meta.kind, PathKind))
+            for option in options() if option.meta.in_file and not option.to_gate}
 
 
 @dataclass(frozen=True)
@@ -154,15 +116,15 @@ def read_config(explicit: Path | None, cwd: Path | None = None, *,
                 run_keys: Mapping[str, FileKey] | None = None) -> FileConfig:
     """Read ``--config FILE`` if given, else ``./pyproject.toml``'s ``[tool.leakaudit]``.
 
-    ``run_keys``: the keys that set ``run`` options (from the CLI's click
-    parameters); any other key that is no gate key is warned about. Keys may
+    ``run_keys``: the keys that set ``run`` options (default: ``file_keys()``);
+    any other key that is no gate key is warned about, with the closest key. Keys may
     use dashes or underscores (``fail-ssim`` = ``fail_ssim``). Relative paths
     in the file are taken relative to the file's folder.
     """
     source, table = _find_table(explicit, cwd)
     if source is None:
         return FileConfig(None, {}, {}, ())
-    known = dict(run_keys or {})
+    known = dict(file_keys() if run_keys is None else run_keys)
     warnings: list[str] = []
     defaults: dict[str, Any] = {}
     gate: dict[str, Any] = {}
@@ -188,5 +150,6 @@ def read_config(explicit: Path | None, cwd: Path | None = None, *,
             defaults[known[key].param] = value
         elif key != "reference":  # audit definitions in audits/ carry a [reference] table for the builder
             taken.discard(key)
-            warnings.append(f"{source}: unknown key {raw_key!r} ignored")
+            suggestion = did_you_mean(key, set(known) | GATE_KEYS | {"gate", "inversion"})
+            warnings.append(f"{source}: unknown key {raw_key!r} ignored{suggestion}")
     return FileConfig(source, defaults, gate, tuple(warnings), inversion, frozenset(taken))
