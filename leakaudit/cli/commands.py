@@ -169,7 +169,8 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
     `leakaudit run` does (0 passed, 1 gate failed, 2 error naming the rank that
     failed first, 130 interrupted).
     """
-    from leakaudit.cli.launcher import launch as launch_ranks, split_launch_args  # imported when the command runs: torch stays out of --help and the path checks
+    # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.cli.launcher import launch as launch_ranks, split_launch_args
 
     if not args or args[0] in ("-h", "--help"):
         click.echo(ctx.get_help())
@@ -183,9 +184,12 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
 
 @cli.command(short_help="Re-render report.html from a leakaudit.json.")
 @click.argument("result", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="HTML file to write (default: report.html beside RESULT).")
-@click.option("--redact", type=click.Choice(["none", "blur"]), default="none", show_default=True, help="Blur training images in the report.")
-@click.option("--images/--no-images", default=True, show_default=True, help="Include images in the report.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default: report.html beside RESULT).")
+@click.option("--redact", type=click.Choice(["none", "blur"]), default=AuditSettings.redact, show_default=True,
+              help="Blur training images in the report.")
+@click.option("--images/--no-images", default=AuditSettings.images, show_default=True,
+              help="Include images in the report.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
     """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
@@ -205,7 +209,8 @@ def report(result: Path, out: Path | None, redact: str, images: bool, debug: boo
               help="LPIPS backbone: alex (233 MB, LPIPS's default), squeeze (5 MB), vgg (528 MB).")
 @click.option("--url", envvar="LEAKAUDIT_WEIGHTS_URL", show_envvar=True,
               help="Download from this address instead of download.pytorch.org (a mirror).")
-@click.option("--sha256", "sha256", metavar="HEX", help="Full sha256 the file must have (default: the hash prefix in torchvision's file name).")
+@click.option("--sha256", "sha256", metavar="HEX",
+              help="Full sha256 the file must have (default: the hash prefix in torchvision's file name).")
 @click.option("--force", is_flag=True, help="Download again even if the file is already in the cache.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
