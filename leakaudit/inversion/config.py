@@ -159,7 +159,7 @@ class InversionConfig:
         return self.mode == "diverse"
 
     @classmethod
-    def for_effort(cls, effort: str = "standard", **overrides: object) -> "InversionConfig":
+    def for_effort(cls, effort: str = AuditSettings.effort, **overrides: object) -> "InversionConfig":
         """The settings of an effort level, with explicit overrides on top."""
         if effort not in EFFORT_LEVELS:
             raise ConfigError(f"effort must be one of {', '.join(EFFORTS)}, not {effort!r}")
