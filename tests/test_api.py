@@ -120,6 +120,8 @@ def test_a_report_writes_every_output_and_leaves_the_callers_model_alone(tiny: T
 
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"efort": "quick"}, UsageError, "unknown setting 'efort' (did you mean 'effort'?)"),
+    ({"efort": "quick", "top": 0}, UsageError, "(did you mean 'effort'?); settings are the [tool.leakaudit] keys "
+                                               "(see `leakaudit run --help`); top=0: 0 is not in the range x>=1"),
     ({"candidate_per_class": 3}, UsageError, "did you mean 'candidates_per_class'?"),
     ({"budget": 0}, UsageError, "budget=0: 0.0 is not in the range x>=1.0"),
     ({"effort": "fast"}, UsageError, "effort='fast': 'fast' is not one of 'quick', 'standard', 'thorough'"),
