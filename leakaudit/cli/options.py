@@ -31,13 +31,12 @@ class FloatList(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def click_type(kind: Kind) -> click.ParamType | tuple[type, ...] | None:
+def click_type(kind: Kind) -> click.ParamType[Any] | tuple[type, ...] | None:
     """The click type that parses what ``kind`` takes."""
+    if isinstance(kind, Number) and kind.integer:
+        return click.INT if kind.minimum is None else click.IntRange(min=int(kind.minimum))
     if isinstance(kind, Number):
-        number = click.IntRange if kind.integer else click.FloatRange
-        if kind.minimum is not None:
-            return number(min=kind.minimum)
-        return click.INT if kind.integer else click.FLOAT
+        return click.FLOAT if kind.minimum is None else click.FloatRange(min=kind.minimum)
     if isinstance(kind, Choice):
         return click.Choice(list(kind.choices))
     if isinstance(kind, PathKind):

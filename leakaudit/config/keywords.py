@@ -57,7 +57,7 @@ def _value(key: str, value: Any, problems: list[str]) -> tuple[str, Any]:
     except BadValue as exc:
         problems.append(f"{key}={value!r}: {exc}")
         return option.name, None
-    if key in INPUT_FILES and not Path(converted).is_file():
+    if key in INPUT_FILES and isinstance(converted, Path) and not converted.is_file():
         problems.append(f"{key}={str(converted)!r}: file not found")
     return option.name, converted
 

@@ -65,7 +65,7 @@ def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *
         base = InversionConfig.for_effort(settings.effort, **values)
     except TypeError as exc:
         raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
-    config = grown(base, n_train, num_classes, explicit)
+    config: InversionConfig = grown(base, n_train, num_classes, explicit)
     if most_candidates is not None and config.candidates_per_class > most_candidates:
         config = replace(config, candidates_per_class=most_candidates,
                          pool_per_class=max(base.pool_per_class, most_candidates))
