@@ -15,7 +15,7 @@ import torch
 
 import leakaudit
 from leakaudit.errors import ConfigError, DataError, ModelError, UsageError
-from leakaudit.reference import split_members
+from leakaudit.zoo import split_members
 from leakaudit.report.json_format import without_timings
 
 from .conftest import QUICK_INVERSION, TINY_SPEC, TinyReference, run_cli
@@ -201,7 +201,8 @@ def test_an_in_memory_torchscript_module_is_audited_as_its_file_is(tiny: TinyRef
 def test_a_module_whose_weights_are_not_leaves_is_frozen_for_the_audit(tiny: TinyReference) -> None:
     from leakaudit.model.target import TargetModel
 
-    scripted = torch.jit.script(copy.deepcopy(tiny.module))
+    module = copy.deepcopy(tiny.module).requires_grad_(True)  # as trained, whatever an earlier test did to it
+    scripted = torch.jit.script(module)
     clone = copy.deepcopy(scripted)  # TorchScript clones weights that need gradients through autograd
     assert not all(p.is_leaf for p in clone.parameters())
     target = TargetModel.from_module(clone, (1, 32, 32), 10, device="cpu")
