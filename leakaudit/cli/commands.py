@@ -121,7 +121,8 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
     `leakaudit run` on it. Everything is built from data that ships with
     scikit-learn and scikit-image: nothing is downloaded.
     """
-    from leakaudit.zoo import build_reference, load_spec  # imported when the command runs: torch stays out of --help and the path checks
+    # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.zoo import build_reference, load_spec
 
     console = Console(quiet=quiet)
     if list_only:

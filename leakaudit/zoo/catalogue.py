@@ -65,7 +65,7 @@ def _spec(path_or_name: str | Path, path: Path, doc: dict[str, Any]) -> Referenc
     return replace(ReferenceSpec(), **table)
 
 
-def load_spec(path_or_name: str | Path) -> tuple[ReferenceSpec, dict]:
+def load_spec(path_or_name: str | Path) -> tuple[ReferenceSpec, dict[str, Any]]:
     """Read an audit definition (TOML): its ``[reference]`` table and its audit settings.
 
     A bare name (``digits-mlp-1pc``) is looked up among the audits that ship
