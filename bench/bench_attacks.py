@@ -24,7 +24,7 @@ import torch
 from bench.attacks import class_mean_candidates, kkt_reconstruction, pixel_inversion
 from leakaudit import scoring
 from leakaudit.model.target import TargetModel, load_model
-from leakaudit.reference import BUNDLED, ReferenceData, build_reference, load_spec, shipped_audits, split_members
+from leakaudit.zoo import BUNDLED, ReferenceData, build_reference, load_spec, shipped_audits, split_members
 
 OUT = Path(__file__).resolve().parent / "out"
 LADDER = ["digits-mlp-1pc", "digits-mlp-2pc", "digits-mlp-5pc", "digits-mlp-20pc"]

@@ -40,7 +40,7 @@ def _worker(args: argparse.Namespace) -> None:
     from leakaudit.matching.search import best_matches
     from leakaudit.matching.sharded import sharded_best_matches
     from leakaudit.model.target import load_model
-    from leakaudit.reference import build_reference, bundled_images, load_spec
+    from leakaudit.zoo import build_reference, bundled_images, load_spec
 
     torch.set_num_threads(args.threads)
     ctx = DistContext.from_environment(device="cpu")

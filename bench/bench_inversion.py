@@ -39,7 +39,7 @@ from leakaudit.pipeline.inputs import prior_split  # noqa: E402
 from leakaudit.inversion import InversionConfig, InversionResult, invert  # noqa: E402
 from leakaudit.matching.search import best_matches  # noqa: E402
 from leakaudit.model.target import TargetModel, load_model  # noqa: E402
-from leakaudit.reference import build_reference, load_spec, split_members  # noqa: E402
+from leakaudit.zoo import build_reference, load_spec, split_members  # noqa: E402
 from leakaudit import scoring  # noqa: E402
 
 MODELS = (

@@ -45,7 +45,7 @@ from bench.bench_realdata import MODES as REALDATA_MODES
 from bench.bench_realdata import ROOT, built_reference, member_figures, run_cli
 from leakaudit.config import RUN_LEVEL_INVERSION_KEYS
 from leakaudit.inversion.config import InversionConfig
-from leakaudit.reference import BuiltReference
+from leakaudit.zoo import BuiltReference
 
 OUT = ROOT / "bench" / "out" / "levers"
 MODELS = ("mnist-mlp-10pc", "mnist-mlp-50pc", "fashion-cnn-bn-50pc")

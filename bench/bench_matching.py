@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from leakaudit.matching.search import best_matches
 from leakaudit.matching.ssim import C1, C2, gaussian_filter_valid, local_stats, ssim_matrix
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from leakaudit.data.folders import load_image_folder, write_image_folder
 from leakaudit.matching.search import auto_prefilter, best_matches
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 
 def peak_rss_gib() -> float:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_verdict import audit_built  # noqa: E402
-from leakaudit.reference import REAL, build_reference, load_spec, realdata_cache, shipped_audits  # noqa: E402
+from leakaudit.zoo import REAL, build_reference, load_spec, realdata_cache, shipped_audits  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 

@@ -42,7 +42,7 @@ from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import leak_score
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.model.target import load_model
-from leakaudit.reference import BuiltReference, ReferenceSpec, build_reference, load_spec
+from leakaudit.zoo import BuiltReference, ReferenceSpec, build_reference, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "realdata"

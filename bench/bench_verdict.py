@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from leakaudit.runtime.cpus import usable_cpus  # noqa: E402
-from leakaudit.reference import build_reference, load_spec  # noqa: E402
+from leakaudit.zoo import build_reference, load_spec  # noqa: E402
 from leakaudit.report.json_format import without_timings  # noqa: E402
 
 MODELS = (

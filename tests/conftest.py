@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 from leakaudit.cli.commands import main  # noqa: E402
 from leakaudit.exit_codes import ExitStatus  # noqa: E402
-from leakaudit.reference import ReferenceSpec, build_classifier, split_members, train_classifier  # noqa: E402
+from leakaudit.zoo import ReferenceSpec, build_classifier, split_members, train_classifier  # noqa: E402
 from leakaudit.data.folders import write_image_folder  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import torch
 
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.matching.ssim import ssim_matrix
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 from leakaudit.power.control import RECIPE
 from leakaudit.power.verdict import RungResult, decide, not_measured
 

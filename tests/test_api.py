@@ -15,7 +15,7 @@ import torch
 
 import leakaudit
 from leakaudit.errors import ConfigError, DataError, ModelError, UsageError
-from leakaudit.reference import split_members
+from leakaudit.zoo import split_members
 from leakaudit.report.json_format import without_timings
 
 from .conftest import QUICK_INVERSION, TINY_SPEC, TinyReference, run_cli
@@ -178,3 +178,37 @@ def test_the_readme_python_example_runs_as_written(tmp_path: Path, monkeypatch: 
     exec(compile(_readme_block("Python"), "README.md", "exec"), {"__name__": "readme"})
     assert (tmp_path / "leakaudit-out" / "leakaudit.json").is_file()
     assert "LeakScore(" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_in_memory_torchscript_module_is_audited_as_its_file_is(tiny: TinyReference, quick_config: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """What ``torch.jit.load`` returns: its weights need gradients, and a copy of it holds non-leaf weights."""
+    out = tmp_path / "cli"
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
+                            str(tiny.holdout_dir), "--out", str(out), "--effort", "quick", "--config",
+                            str(quick_config), "--quiet"], capsys)
+    assert code in (0, 1), err
+    from_file = json.loads((out / "leakaudit.json").read_text())
+    module = torch.jit.load(str(tiny.torchscript))
+    assert all(p.requires_grad for p in module.parameters())
+    report = leakaudit.audit(module, tiny.train_dir, tiny.holdout_dir, effort="quick", **QUICK_SETTINGS)
+    assert all(p.requires_grad and p.is_leaf for p in module.parameters())  # the caller's module is left as it was
+    assert report.document["findings"] == from_file["findings"]
+    assert comparable(report.document) == comparable(from_file)
+    assert report.document["provenance"]["model"]["format"] == "module"
+
+
+def test_a_module_whose_weights_are_not_leaves_is_frozen_for_the_audit(tiny: TinyReference) -> None:
+    from leakaudit.model.target import TargetModel
+
+    module = copy.deepcopy(tiny.module).requires_grad_(True)  # as trained, whatever an earlier test did to it
+    scripted = torch.jit.script(module)
+    clone = copy.deepcopy(scripted)  # TorchScript clones weights that need gradients through autograd
+    assert not all(p.is_leaf for p in clone.parameters())
+    target = TargetModel.from_module(clone, (1, 32, 32), 10, device="cpu")
+    assert all(p.is_leaf and not p.requires_grad for p in target.parameters())
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(target.logits(x), tiny.module(x), atol=1e-5)

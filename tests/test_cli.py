@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -154,15 +155,28 @@ def test_unwritable_output_folder(tiny: TinyReference, tmp_path: Path, capsys: p
     assert_error(code, err, "cannot write to the output folder")
 
 
-def test_demo_lists_the_bundled_references(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_lists_each_bundled_reference_on_a_line_that_says_what_it_is(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from leakaudit.zoo import load_spec, shipped_audits
+
     code, out, _ = run_cli(["demo", "--list"], capsys)
     assert code == 0
-    assert "digits-mlp-1pc" in out.split()
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == shipped_audits()
+    for line in lines:
+        name = line.split()[0]
+        spec, _ = load_spec(name)
+        assert f" {spec.arch} " in line and f" {spec.train_per_class:,} image" in line, line
+        description = tomllib.loads((REPO / "audits" / f"{name}.toml").read_text(encoding="utf-8"))["description"]
+        assert line.endswith(description) and len(description) >= 20, line
+    demo = next(line for line in lines if line.startswith("digits-mlp-1pc "))
+    assert "scikit-learn digits" in demo and " 1 image/class " in demo
+    assert "(pre-trained on Fashion-MNIST)" in next(line for line in lines if line.startswith("mnist-cnn-ft-2pc "))
 
 
 def test_every_shipped_audit_is_a_valid_spec_that_says_what_it_is() -> None:
     """Each recipe parses without its data (real-data ones need no cache for this) and opens with its comment."""
-    from leakaudit.reference import load_spec, shipped_audits
+    from leakaudit.zoo import load_spec, shipped_audits
 
     names = shipped_audits()
     assert "fashion-resnet18-5k" in names

@@ -13,7 +13,7 @@ from PIL import Image
 
 from leakaudit.data.folders import load_image_folder, peek_shape
 from leakaudit.errors import DataError
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 from .conftest import TinyReference
 

@@ -35,7 +35,7 @@ IMAGE_CHUNK = 192  # 4 chunks: shards of 2 chunks each, the last one short
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Real digits (32×32 uint8) and candidates: noisy copies of some of them; with their labels."""
-    from leakaudit.reference import bundled_images
+    from leakaudit.zoo import bundled_images
 
     images, labels, _ = bundled_images("digits")
     images, labels = images[:N_IMAGES], labels[:N_IMAGES]

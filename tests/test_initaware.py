@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from leakaudit.cli.commands import main
-from leakaudit.reference import ReferenceSpec, build_reference
+from leakaudit.zoo import ReferenceSpec, build_reference
 
 QUICK = """
 [inversion]
@@ -66,7 +66,7 @@ def test_a_units_bias_ratio_gives_back_the_member_that_alone_reached_it(gd_refer
                                                unit_ratio_images)
     from leakaudit.matching.ssim import ssim_matrix
     from leakaudit.model.target import load_model
-    from leakaudit.reference import split_members
+    from leakaudit.zoo import split_members
 
     target = load_model(gd_reference.model_path)
     state = load_initial_state(gd_reference.init_path)
@@ -139,7 +139,7 @@ def test_without_public_images_the_rows_steer_the_span_and_its_faces_go_unmeasur
     from leakaudit.inversion.initaware import invert_init_aware
     from leakaudit.matching.ssim import ssim_matrix
     from leakaudit.model.target import load_model
-    from leakaudit.reference import split_members
+    from leakaudit.zoo import split_members
 
     run = invert_init_aware(load_model(gd_reference.model_path), gd_reference.init_path, None, limit=40)
     assert any("rows of the update" in n for n in run.notes), run.notes
@@ -211,7 +211,7 @@ def test_the_feature_span_holds_the_members_features_and_not_the_public_ones(fin
     from leakaudit.inversion.featurespan import feature_span, first_linear_forward, linear_update
     from leakaudit.inversion.initaware import load_initial_state
     from leakaudit.model.target import load_model
-    from leakaudit.reference import split_members
+    from leakaudit.zoo import split_members
 
     target = load_model(finetuned_cnn.model_path, input_size=(32, 32))
     forward, why = first_linear_forward(target)
@@ -241,7 +241,7 @@ def test_a_head_that_is_the_only_linear_layer_is_named_as_the_reason_for_no_span
 
 
 def test_fine_tuning_only_the_dense_layers_keeps_the_pretrained_backbone(tmp_path: Path) -> None:
-    from leakaudit.reference import starting_classifier
+    from leakaudit.zoo import starting_classifier
 
     spec = replace(finetuned_cnn_spec("dense"), epochs=5, pretrain_epochs=1)
     built = build_reference(spec, tmp_path / "ref")
@@ -256,7 +256,7 @@ def test_fine_tuning_only_the_dense_layers_keeps_the_pretrained_backbone(tmp_pat
 def test_the_first_linear_layers_input_is_the_same_through_hooks_and_through_torchscript(finetuned_cnn) -> None:
     from leakaudit.inversion.featurespan import first_linear_forward
     from leakaudit.model.target import TargetModel, load_model
-    from leakaudit.reference import build_classifier
+    from leakaudit.zoo import build_classifier
 
     scripted = load_model(finetuned_cnn.model_path, input_size=(32, 32))
     module = build_classifier(finetuned_cnn_spec(), 1, 10)
@@ -277,7 +277,7 @@ def test_minibatch_sgd_keeps_a_span_of_the_members_features_and_adam_spreads_it(
     from leakaudit.inversion.featurespan import feature_span, first_linear_forward, linear_update
     from leakaudit.inversion.initaware import load_initial_state
     from leakaudit.model.target import load_model
-    from leakaudit.reference import split_members
+    from leakaudit.zoo import split_members
 
     spec = replace(finetuned_cnn_spec(), name=f"ft-cnn-{optimizer}", optimizer=optimizer, batch_size=2, epochs=300,
                    lr=0.002 if optimizer == "sgd" else 1e-3)

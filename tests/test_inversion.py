@@ -19,7 +19,7 @@ from leakaudit.inversion.rowspace import first_layer_rowspace
 from leakaudit.inversion.stationarity import Stationarity
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.model.target import TargetModel
-from leakaudit.reference import ReferenceSpec, load_spec, split_members, train_classifier
+from leakaudit.zoo import ReferenceSpec, load_spec, split_members, train_classifier
 
 # A short run: every phase runs, a few seconds each.
 QUICK = InversionConfig(

@@ -13,7 +13,7 @@ from leakaudit.matching.null import class_mean_null
 from leakaudit.scoring import auc, distribution_summary, histogram, leak_score, membership_test, weights_gain
 from leakaudit.matching.search import best_matches
 from leakaudit.matching.ssim import ssim_pairs
-from leakaudit.reference import ReferenceSpec, bundled_images, split_members, train_classifier
+from leakaudit.zoo import ReferenceSpec, bundled_images, split_members, train_classifier
 
 
 def test_auc_matches_scikit_learn_with_ties() -> None:

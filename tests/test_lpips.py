@@ -11,7 +11,7 @@ import torchvision
 
 from leakaudit.errors import ConfigError
 from leakaudit.matching.lpips import LpipsScorer, backbone_filename, default_backbone_path
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from leakaudit.model.target import TargetModel, detect_format, load_model
 from .conftest import TinyReference
 
 ARCH_SOURCE = """
-from leakaudit.reference import ReferenceSpec, build_classifier
+from leakaudit.zoo import ReferenceSpec, build_classifier
 
 def make():
     spec = ReferenceSpec(train_per_class=3, holdout_per_class=4, arch="mlp", hidden=64)
@@ -95,7 +95,7 @@ def test_pickled_module_needs_the_flag(tiny: TinyReference, tmp_path: Path) -> N
 
 
 def test_batchnorm_statistics_are_reachable(tmp_path: Path) -> None:
-    from leakaudit.reference import ReferenceSpec, build_classifier
+    from leakaudit.zoo import ReferenceSpec, build_classifier
 
     module = build_classifier(ReferenceSpec(arch="cnn-bn"), 1, 10).eval()
     torch.jit.save(torch.jit.script(module), str(tmp_path / "bn.pt"))
@@ -110,7 +110,7 @@ def test_a_resnet18_reference_builds_and_its_torchscript_file_is_tapped(tmp_path
     """torchvision's ResNet-18 is no chain of its children: features and BN statistics come from its graph."""
     from dataclasses import replace
 
-    from leakaudit.reference import ReferenceSpec, build_classifier, build_reference, initial_classifier
+    from leakaudit.zoo import ReferenceSpec, build_classifier, build_reference, initial_classifier
 
     spec = ReferenceSpec(name="t-resnet18", dataset="digits", train_per_class=2, holdout_per_class=2,
                          arch="resnet18", epochs=1, batch_size=20)
@@ -242,7 +242,7 @@ def test_input_shape_without_any_hint(tiny: TinyReference, tmp_path: Path) -> No
     # An MLP's first layer fixes C·H·W: 1024 inputs read as one 32×32 gray image.
     assert load_model(tiny.torchscript, device="cpu").input_shape == (1, 32, 32)
     # A CNN says only its channels: the size must come from the data or --input-size.
-    from leakaudit.reference import ReferenceSpec, build_classifier
+    from leakaudit.zoo import ReferenceSpec, build_classifier
 
     cnn = build_classifier(ReferenceSpec(arch="cnn"), 1, 10).eval()
     torch.jit.save(torch.jit.script(cnn), str(tmp_path / "cnn.pt"))

@@ -36,6 +36,8 @@ def test_wheel_contains_the_resources(wheel: Path) -> None:
     assert any(n.endswith(".css") for n in templates)
     assert "leakaudit/schema/leakaudit.schema.json" in names
     assert "leakaudit/audits/digits-mlp-1pc.toml" in names
+    assert {f"leakaudit/zoo/{m}.py" for m in ("spec", "datasets", "architectures", "training", "build",
+                                              "catalogue")} <= names  # what `leakaudit demo` builds from
     assert not any(n.startswith("tests/") or n.startswith("bench/") for n in names)
 
 

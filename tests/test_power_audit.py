@@ -10,7 +10,7 @@ import pytest
 
 from leakaudit.data.folders import load_image_folder
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.reference import build_reference, load_spec
+from leakaudit.zoo import build_reference, load_spec
 from leakaudit.report.json_format import without_timings
 from leakaudit.report.schema import schema_errors
 

@@ -18,7 +18,7 @@ import torch
 
 from bench.realdata import PACKAGES, read_tarball
 from leakaudit.inversion.candidates import candidates_per_class_for, span_starts_for
-from leakaudit.reference import realdata_cache
+from leakaudit.zoo import realdata_cache
 
 CACHED = (realdata_cache() / "mnist.npz").exists()
 _skip = pytest.mark.skipif(not CACHED, reason=f"real MNIST is not cached at {realdata_cache()}: "
@@ -84,7 +84,7 @@ def test_both_npm_layouts_are_read_and_empty_entries_dropped(tmp_path: Path) -> 
 @pytest.fixture(scope="module")
 def mnist_mlp(tmp_path_factory: pytest.TempPathFactory):
     """A small-init MLP trained by full-batch gradient descent on 3 real digits per class."""
-    from leakaudit.reference import build_reference, load_spec
+    from leakaudit.zoo import build_reference, load_spec
 
     spec, _ = load_spec("mnist-mlp-10pc")
     spec = replace(spec, train_per_class=3, holdout_per_class=20, hidden=200, epochs=300, batch_size=30)
@@ -126,7 +126,7 @@ def test_init_aware_audit_recovers_members_and_says_its_threat_model(mnist_mlp, 
 def test_adam_breaks_the_span(tmp_path: Path) -> None:
     from leakaudit.inversion.initaware import first_layer_update, update_span
     from leakaudit.model.target import TargetModel
-    from leakaudit.reference import ReferenceSpec, initial_classifier, split_members, train_classifier
+    from leakaudit.zoo import ReferenceSpec, initial_classifier, split_members, train_classifier
 
     spec = ReferenceSpec(dataset="mnist", size=28, train_per_class=3, holdout_per_class=2, hidden=1000,
                          optimizer="adam", lr=1e-3, epochs=50, batch_size=30, init_scale=0.1)

@@ -21,7 +21,7 @@ from bench.attacks import (
     spread_targets,
 )
 from leakaudit.model.target import TargetModel
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 SIDE = 8
 K = 10

@@ -14,7 +14,7 @@ from PIL import Image
 
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.report import render_html, write_outputs
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 from leakaudit.report import view
 from leakaudit.report.images import DIFF_GAIN, MAX_THUMB_SIDE, ImageRenderer, difference_map
 from leakaudit.report.summary import format_p, summarise, tidy_numbers

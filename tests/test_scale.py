@@ -8,7 +8,7 @@ import torch
 
 from leakaudit.matching.duplicates import SHARE_LIMIT, near_duplicates
 from leakaudit.matching.null import class_mean_null
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 from leakaudit.scoring import auc, leak_score
 
 

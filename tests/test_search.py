@@ -8,7 +8,7 @@ import torch
 from leakaudit.errors import DataError
 from leakaudit.matching.search import auto_prefilter, best_matches
 from leakaudit.matching.ssim import ssim_pairs
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 
 def brute_force(cands: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:

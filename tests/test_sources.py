@@ -12,7 +12,7 @@ import torch
 
 from leakaudit.data.arrays import LoadSpec
 from leakaudit.errors import DataError
-from leakaudit.reference import split_members
+from leakaudit.zoo import split_members
 from leakaudit.data.sources import ArraySource, DatasetSource, NpzSource, ParquetSource, resolve_source
 
 from .conftest import TINY_SPEC

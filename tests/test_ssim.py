@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity
 
 from leakaudit.errors import DataError
 from leakaudit.matching.ssim import SSIM_SETTINGS, ssim_matrix, ssim_pairs
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:

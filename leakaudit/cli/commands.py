@@ -121,12 +121,13 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
     `leakaudit run` on it. Everything is built from data that ships with
     scikit-learn and scikit-image: nothing is downloaded.
     """
-    from leakaudit.reference import build_reference, load_spec, shipped_audits  # imported when the command runs: torch stays out of --help and the path checks
+    # imported when the command runs: torch stays out of --help and the path checks
+    from leakaudit.zoo import build_reference, load_spec
 
     console = Console(quiet=quiet)
     if list_only:
-        for name in shipped_audits():
-            print(name, file=console.out)
+        for line in _reference_lines():
+            print(line, file=console.out)
         ctx.exit(0)
     spec, _ = load_spec(audit_name)
     console.say(f"building reference {spec.name!r}: {spec.train_per_class} training image(s) per class, {spec.arch} classifier …")
@@ -152,6 +153,16 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
     sub = run.make_context("run", argv, parent=ctx)
     with sub:
         ctx.exit(run.invoke(sub))
+
+
+def _reference_lines() -> list[str]:
+    """One line per shipped reference: name, architecture, data, members per class, what auditing it shows."""
+    from leakaudit.zoo import describe, shipped_audits
+
+    audits = [(name, describe(name)) for name in shipped_audits()]
+    rows = [(name, a.spec.arch, a.data, a.members, a.description) for name, a in audits]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,

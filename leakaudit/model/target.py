@@ -129,16 +129,33 @@ class TargetModel:
     ) -> TargetModel:
         """Wrap an in-memory module (plain, TorchScript or exported)."""
         dev = torch.device(device) if device is not None else _default_device()
+        _freeze(module)  # first: moving a module reads each weight's .grad, which warns on a non-leaf
         module = module.to(dev)
         _set_eval(module)
-        for p in module.parameters():
-            p.requires_grad_(False)
         forward, tap, note = instrument(module, input_shape, dev)
         k = num_classes if num_classes is not None else _count_classes(forward, input_shape, dev)
         target = cls(forward, list(module.parameters()), input_shape=input_shape, num_classes=k, mean=mean, std=std,
                      device=dev, fmt=fmt, tap=tap, feature_note=note)
         target.module = module
         return target
+
+
+def _freeze(module: nn.Module) -> None:
+    """Turn every weight into a leaf that needs no gradient.
+
+    A parameter that is not a leaf (a deep copy of a TorchScript module whose
+    weights require gradients clones them through autograd) cannot have its
+    ``requires_grad`` flag changed, so it is detached in place: the module
+    keeps the same tensor, now cut from the graph it was computed in.
+    """
+    for p in module.parameters():
+        if p.is_leaf:
+            p.requires_grad_(False)
+            continue
+        try:
+            p.detach_()
+        except RuntimeError as exc:  # a view of another tensor cannot be detached in place
+            raise ModelError(f"cannot freeze the model's weights for the audit ({terminal_text(exc)})") from None
 
 
 def _set_eval(module: nn.Module) -> None:
