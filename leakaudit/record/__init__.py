@@ -1,0 +1,20 @@
+"""The typed record of an audit: what the pipeline, the gate and every output format hand each other.
+
+``AuditRecord`` holds one gated audit; ``load`` and ``dump`` turn it into the
+JSON findings document and back (``document.py``).
+"""
+
+from leakaudit.record.audit import AuditRecord, ExposureKind, Inversion, Summary
+from leakaudit.record.document import SCHEMA_VERSION, dump, load
+from leakaudit.record.findings import BaselineStatus, Finding, FindingStatus
+from leakaudit.record.gate import (
+    BaselineSummary, Condition, Counted, Exposure, GateRecord, Ignored, Status, Thresholds, Verdict,
+)
+from leakaudit.record.power import PowerRecord, PowerStatus, Rung
+from leakaudit.record.scores import LeakScore, Membership, MembershipTest
+
+__all__ = [
+    "SCHEMA_VERSION", "AuditRecord", "BaselineStatus", "BaselineSummary", "Condition", "Counted", "Exposure",
+    "ExposureKind", "Finding", "FindingStatus", "GateRecord", "Ignored", "Inversion", "LeakScore", "Membership",
+    "MembershipTest", "PowerRecord", "PowerStatus", "Rung", "Status", "Summary", "Thresholds", "Verdict", "dump", "load",
+]
