@@ -37,6 +37,7 @@ from leakaudit.pipeline.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
 from leakaudit.pipeline.run_context import RunContext
 from leakaudit.pipeline.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
+from leakaudit.record import AuditRecord
 
 NO_HOLDOUT_NOTE = ("No holdout (--holdout): without non-member images the similarity of reconstructions to training "
                    "images cannot be told apart from how well any digit of the class would match; the thresholds are "
@@ -105,7 +106,7 @@ class Prepared:
     """The checked inputs of an audit, the previous audit it is compared with, and the LPIPS scorer."""
 
     inputs: AuditInputs
-    previous: dict[str, Any] | None
+    previous: AuditRecord | None  # the --baseline audit
     scorer: LpipsScorer
 
 

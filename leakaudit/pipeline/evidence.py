@@ -23,6 +23,7 @@ from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
 from leakaudit.pipeline.run_context import RunContext
+from leakaudit.record import MemberScore
 from leakaudit.scoring import (
     EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, LeakScore, MembershipTest, WeightsGain, leak_score, membership_test, quantile,
     weights_gain,
@@ -84,10 +85,9 @@ def fingerprint(path: str, image: torch.Tensor) -> str:
     return hashlib.sha256(path.encode("utf-8") + b"\0" + image.numpy().tobytes()).hexdigest()
 
 
-def members(train: ImageSet, train_best: torch.Tensor) -> list[dict[str, Any]]:
+def members(train: ImageSet, train_best: torch.Tensor) -> list[MemberScore]:
     """Every member's fingerprint and best match: what the gate counts."""
-    return [{"fingerprint": fingerprint(train.paths[i], train.images[i]), "ssim": float(train_best[i])}
-            for i in range(len(train))]
+    return [MemberScore(fingerprint(train.paths[i], train.images[i]), float(train_best[i])) for i in range(len(train))]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from leakaudit.gate.conditions import chance_test, leak_condition, members_of, ssim_condition
 from leakaudit.gate.settings import GateSettings
 from leakaudit.matching.search import auto_prefilter, best_matches
+from leakaudit.record import LeakScore, MemberScore
 from leakaudit.scoring import leak_score, quantile
 
 PowerStatus = Literal["shown", "not shown", "not measured"]
@@ -32,7 +33,7 @@ class RungResult:
     k: int
     n_members: int
     n_null: int
-    leak: dict[str, Any] | None
+    leak: LeakScore | None
     above_quantile: int  # members above the control null's gate quantile
     quantile_value: float | None
     at_seen: int  # members at SSIM ≥ SEEN_SSIM
@@ -51,7 +52,8 @@ class RungResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n_members": self.n_members, "n_null": self.n_null, "leak_score": self.leak,
+        return {"k": self.k, "n_members": self.n_members, "n_null": self.n_null,
+                "leak_score": None if self.leak is None else self.leak.to_dict(),
                 "members_above_quantile": self.above_quantile, "quantile_value": self.quantile_value,
                 "members_at_ssim_0_4": self.at_seen, "shown": self.shown, "reason": self.reason,
                 "memorised": self.memorised, "training_steps": self.steps,
@@ -67,14 +69,23 @@ def _gate_for_control(gate: GateSettings) -> GateSettings:
     return replace(gate, ignore=(), baseline_path=None)
 
 
-def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, null_images: torch.Tensor,
-               gate: GateSettings, seed: int) -> tuple[dict[str, Any] | None, int, float | None, int, bool, str,
-                                                       torch.Tensor, torch.Tensor]:
-    """Match a control's candidates and judge them with the audit's conditions.
+@dataclass(frozen=True)
+class RungScore:
+    """A control's candidates matched and judged with the audit's conditions."""
 
-    Returns (leak score dict, members above the quantile, the quantile, members at ≥ 0.4, shown, reason,
-    members' best SSIM, their best candidate).
-    """
+    leak: LeakScore
+    above_quantile: int  # members above the control null's gate quantile
+    quantile_value: float | None
+    at_seen: int  # members at SSIM ≥ SEEN_SSIM
+    shown: bool  # the control fails the audit's reconstruction conditions
+    reason: str
+    member_best_ssim: torch.Tensor  # (members,) float64
+    member_best_index: torch.Tensor  # (members,) the best candidate of each member
+
+
+def score_rung(candidates: torch.Tensor, member_images: torch.Tensor, null_images: torch.Tensor,
+               gate: GateSettings, seed: int) -> RungScore:
+    """Match a control's candidates and judge them with the audit's SSIM and leak score conditions."""
     prefilter = auto_prefilter(int(candidates.shape[0]), len(member_images) + len(null_images))
     train = best_matches(candidates, member_images, k=1, prefilter=prefilter)
     null = best_matches(candidates, null_images, k=1, prefilter=prefilter)
@@ -82,11 +93,10 @@ def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, nu
     leak = leak_score(train_best, null_best, seed=seed)
     settings = _gate_for_control(gate)
     q = quantile(null_best, settings.holdout_quantile)
-    rows = [{"fingerprint": str(i), "ssim": float(s)} for i, s in enumerate(train_best.tolist())]
-    summary = {"n_holdout": len(null_images), "leak_score": leak.to_dict()}
-    chance = chance_test(rows, len(rows), summary, settings, q)
+    rows = [MemberScore(str(i), float(s)) for i, s in enumerate(train_best.tolist())]
+    chance = chance_test(rows, len(rows), len(null_images), settings, q)
     ssim = ssim_condition(settings, members_of(rows, {}, settings, chance, {}, None), chance)
-    leak_cond = leak_condition(settings, {"calibrated": True, "summary": summary}, None)
+    leak_cond = leak_condition(settings, leak, True, None)
     failed = [c for c in (ssim, leak_cond) if c.status == "fail"]
     if failed:
         reason = " ".join(f"{c.name}: {c.message}" for c in failed)
@@ -94,7 +104,7 @@ def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, nu
         reason = "Would pass the gate: " + " ".join(f"{c.name}: {c.message}" for c in (leak_cond, ssim))
     above = int((train_best > q).sum()) if q is not None else 0
     seen = int((train_best >= SEEN_SSIM).sum())
-    return (leak.to_dict(), above, q, seen, bool(failed), reason, train_best, train.best_index)
+    return RungScore(leak, above, q, seen, bool(failed), reason, train_best, train.best_index)
 
 
 @dataclass(frozen=True)

@@ -148,4 +148,10 @@ def dump(record: AuditRecord) -> dict[str, Any]:
     return document
 
 
-__all__ = ["SCHEMA_VERSION", "Exposure", "dump", "load"]
+
+def as_record(value: AuditRecord | Mapping[str, Any]) -> AuditRecord:
+    """A record as it is, or a findings document read as one (field checks only: the writer validated it)."""
+    return value if isinstance(value, AuditRecord) else load(value, validate=False)
+
+
+__all__ = ["SCHEMA_VERSION", "Exposure", "as_record", "dump", "load"]

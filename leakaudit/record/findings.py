@@ -23,6 +23,14 @@ _BEFORE_STATUS = ("shares_reconstruction_with", "shares_reconstruction_count")  
 
 
 @dataclass(frozen=True)
+class MemberScore:
+    """One training member's identity and best-match SSIM: what the gate counts, listed or not."""
+
+    fingerprint: str
+    ssim: float
+
+
+@dataclass(frozen=True)
 class Finding:
     """One training image and the reconstruction closest to it."""
 
@@ -41,8 +49,12 @@ class Finding:
     status_rule: str | None = None  # the gate's sentence for the status; None in documents from before it
     baseline_status: BaselineStatus | None = None
     previous_ssim: float | None = None  # with --baseline: the SSIM in the previous audit (None: not listed there)
-    compared: bool = False  # whether the document holds ``previous_ssim`` (a --baseline run), null or not
-    extra: JsonObject = field(default_factory=lambda: MappingProxyType({}))  # fields the record does not model
+    compared: bool = field(default=False, repr=False)  # whether the document holds ``previous_ssim`` (a --baseline run), null or not
+    extra: JsonObject = field(default_factory=lambda: MappingProxyType({}), repr=False)  # fields not modelled
+
+    @property
+    def score(self) -> MemberScore:
+        return MemberScore(self.fingerprint, float(self.ssim))
 
     @property
     def flagged(self) -> bool:

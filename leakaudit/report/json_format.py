@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from leakaudit.errors import OutputError
+from leakaudit.record import AuditRecord, load
 from leakaudit.report.atomic import atomic_write
 
 JSON_NAME = "leakaudit.json"
@@ -94,12 +95,13 @@ def load_arrays(npz_path: str | Path) -> dict[str, np.ndarray]:
         raise OutputError(f"cannot read {path}: {exc}") from exc
 
 
-def load_outputs(json_path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The document and, when ``reconstructions.npz`` lies beside it, its arrays (else ``{}``).
+def load_outputs(json_path: str | Path) -> tuple[AuditRecord, dict[str, np.ndarray]]:
+    """The audit's record (its document checked and read) and, when ``reconstructions.npz`` lies beside it, its
+    arrays (else ``{}``).
 
     Without the arrays the report is still rendered, with its images left out.
     """
-    document = load_document(json_path)
+    document = load(load_document(json_path))
     npz = Path(json_path).with_name(ARRAYS_NAME)
     arrays = load_arrays(npz) if npz.exists() else {}
     return document, arrays
