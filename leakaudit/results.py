@@ -29,7 +29,7 @@ __all__ = ["AuditReport", "Finding", "LeakScore", "Membership", "OutputOptions"]
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How ``AuditReport.write`` renders, as the audit's settings said (``redact``, ``images``, ``junit``, ``markdown``)."""
+    """How ``AuditReport.write`` renders, as the audit's settings said (redact, images, junit, markdown)."""
 
     redact: Redaction = "none"
     include_images: bool = True

@@ -140,7 +140,8 @@ class Member:
 
 
 def members_of(rows: Sequence[MemberScore], lpips: Mapping[str, float | None], settings: GateSettings,
-               chance: Chance, active: Mapping[str, IgnoreEntry], previous: Mapping[str, Finding] | None) -> list[Member]:
+               chance: Chance, active: Mapping[str, IgnoreEntry],
+               previous: Mapping[str, Finding] | None) -> list[Member]:
     out = []
     for row in rows:
         fp = row.fingerprint

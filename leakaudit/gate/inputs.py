@@ -66,4 +66,5 @@ class GateInput:
 
 def member_scores(rows: Sequence[MemberScore | Mapping[str, Any]]) -> tuple[MemberScore, ...]:
     """Members as typed scores (rows of ``{fingerprint, ssim}`` are read once, here)."""
-    return tuple(r if isinstance(r, MemberScore) else MemberScore(str(r["fingerprint"]), float(r["ssim"])) for r in rows)
+    return tuple(r if isinstance(r, MemberScore) else MemberScore(str(r["fingerprint"]), float(r["ssim"]))
+                 for r in rows)

@@ -36,7 +36,8 @@ def _holdout_reference(audit: GateInput, quantile: float) -> float | None:
     if reference is None:
         raise UsageError(
             f"the audit has no holdout SSIM quantile {quantile:g} "
-            f"(available: {', '.join(sorted(audit.holdout_quantiles)) or 'none'}); choose one of them as holdout_quantile"
+            f"(available: {', '.join(sorted(audit.holdout_quantiles)) or 'none'}); "
+            "choose one of them as holdout_quantile"
         )
     return reference
 

@@ -15,6 +15,7 @@ from leakaudit.record.scores import LeakScore, Membership, MembershipTest
 
 __all__ = [
     "SCHEMA_VERSION", "AuditRecord", "BaselineStatus", "BaselineSummary", "Condition", "Counted", "Exposure",
-    "ExposureKind", "Finding", "FindingStatus", "GateRecord", "Ignored", "Inversion", "LeakScore", "MemberScore", "Membership",
-    "MembershipTest", "PowerRecord", "PowerStatus", "Rung", "Status", "Summary", "Thresholds", "Verdict", "as_record", "dump", "load",
+    "ExposureKind", "Finding", "FindingStatus", "GateRecord", "Ignored", "Inversion", "LeakScore", "MemberScore",
+    "Membership", "MembershipTest", "PowerRecord", "PowerStatus", "Rung", "Status", "Summary", "Thresholds", "Verdict",
+    "as_record", "dump", "load",
 ]

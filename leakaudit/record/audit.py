@@ -8,6 +8,7 @@ format derives them again. The JSON document is one rendering of a record
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -177,13 +178,13 @@ class AuditRecord:
     @property
     def model_format(self) -> str | None:
         model = self.provenance.get("model")
-        return None if not hasattr(model, "get") else model.get("format")
+        return str(model["format"]) if isinstance(model, Mapping) and model.get("format") is not None else None
 
     @property
     def unconfined_reason(self) -> str | None:
         """Why the model ran outside the confined worker; None when confined, or the caller's own module."""
         record = self.provenance.get("confinement")
-        if not hasattr(record, "get") or record.get("worker") or record.get("caller_object"):
+        if not isinstance(record, Mapping) or record.get("worker") or record.get("caller_object"):
             return None
         return str(record.get("reason") or "confinement unavailable")
 

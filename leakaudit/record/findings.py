@@ -36,7 +36,7 @@ class Finding:
 
     rank: int
     fingerprint: str  # stable identity (path and pixels): what a gate ignore entry names
-    path: str  # where its input holds it: a file path, ``images[17]`` (.npz), ``x.parquet[3]``, ``train[17]`` (in memory)
+    path: str  # where its input holds it: a file, ``images[17]`` (.npz), ``x.parquet[3]``, ``train[17]`` (in memory)
     class_name: str
     class_index: int
     train_index: int
@@ -49,7 +49,7 @@ class Finding:
     status_rule: str | None = None  # the gate's sentence for the status; None in documents from before it
     baseline_status: BaselineStatus | None = None
     previous_ssim: float | None = None  # with --baseline: the SSIM in the previous audit (None: not listed there)
-    compared: bool = field(default=False, repr=False)  # whether the document holds ``previous_ssim`` (a --baseline run), null or not
+    compared: bool = field(default=False, repr=False)  # the document holds ``previous_ssim`` (--baseline), null or not
     extra: JsonObject = field(default_factory=lambda: MappingProxyType({}), repr=False)  # fields not modelled
 
     @property

@@ -110,4 +110,5 @@ def thawed(value: Any) -> Any:
 
 def rest(d: Mapping[str, Any], known: tuple[str, ...]) -> JsonObject:
     """The keys of ``d`` a record does not model, read-only and in their order: written back as they came."""
-    return frozen({k: v for k, v in d.items() if k not in known})
+    kept: JsonObject = frozen({k: v for k, v in d.items() if k not in known})
+    return kept

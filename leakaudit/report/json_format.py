@@ -35,7 +35,7 @@ TIMING_FIELDS = {
 
 def without_timings(document: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``document`` without its timings: what must be identical for the same inputs, seed and effort."""
-    copy = json.loads(json.dumps(document))
+    copy: dict[str, Any] = json.loads(json.dumps(document))
     for section, keys in TIMING_FIELDS.items():
         for key in keys:
             (copy.get(section) or {}).pop(key, None)
@@ -63,7 +63,8 @@ def dumps(document: Mapping[str, Any]) -> str:
 def write_arrays(arrays: Mapping[str, np.ndarray], out_dir: str | Path) -> Path:
     """Atomically write OUT/reconstructions.npz (compressed)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    named: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    np.savez_compressed(buffer, **named)
     return atomic_write(Path(out_dir) / ARRAYS_NAME, lambda stream: stream.write(buffer.getvalue()))
 
 

@@ -11,6 +11,7 @@ through ``sanitize.xml_text``, so the file stays well-formed whatever a path hol
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from leakaudit.record import AuditRecord, Condition, as_record
@@ -43,7 +44,7 @@ def _properties(suite: ET.Element, record: AuditRecord) -> None:
     plain = summarise(record)
     leak = record.summary.leak_score
     model = record.provenance.get("model")
-    sha = model.get("sha256", "–") if hasattr(model, "get") else "–"
+    sha = model.get("sha256", "–") if isinstance(model, Mapping) else "–"
     values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
               "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
               "leak_score": "–" if leak is None else _value(leak.value), "model_sha256": str(sha),

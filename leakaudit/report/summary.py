@@ -84,7 +84,8 @@ def condition_text(condition: Condition, record: AuditRecord) -> str:
     if name == "leak_score":
         leak = record.summary.leak_score
         ci = "" if leak is None else f"CI {_num(leak.ci_low)}–{_num(leak.ci_high)}, "
-        return f"leak score {_num(observed)} vs {_num(threshold, 2)} ({ci}{format_p(None if leak is None else leak.p_value)})"
+        p = format_p(None if leak is None else leak.p_value)
+        return f"leak score {_num(observed)} vs {_num(threshold, 2)} ({ci}{p})"
     if name == "lpips":
         return f"{plural(record.count('fail'), 'reconstruction')} at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
     return f"{name.replace('_', ' ')} {_num(observed)} vs threshold {_num(threshold, 2)}"
