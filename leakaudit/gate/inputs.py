@@ -1,18 +1,16 @@
 """What the gate reads about an audit, as typed values: the findings, every member's score, the statistics.
 
-``GateInput.from_document`` reads an ungated (or gated) findings document once;
-the conditions and the verdict then work on these values only.
+``GateInput.of`` takes them from an audit record (gated or not); the
+conditions and the verdict then work on these values only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-from leakaudit.record import Finding, LeakScore, MemberScore, MembershipTest
-from leakaudit.record.parse import items, obj, optional_integer, optional_obj
+from leakaudit.record import AuditRecord, Finding, LeakScore, MemberScore, MembershipTest
 
 
 @dataclass(frozen=True)
@@ -23,44 +21,30 @@ class GateInput:
     n_train: int
     n_holdout: int | None
     calibrated: bool
-    holdout_quantiles: Mapping[str, float]  # non-members' best-match SSIM at the recorded quantiles
+    holdout_quantiles: tuple[str, ...]  # the quantiles of non-members' best match the audit recorded
+    reference: float | None  # non-members' best match at the gate's quantile (None: not recorded)
     leak: LeakScore | None
     membership: MembershipTest | None
     lpips_available: bool
     lpips_reason: str | None
     complete: bool
-    steps: int | None
-    planned_steps: int | None
+    steps: int
+    planned_steps: int
     power_status: str  # shown | not shown | not measured
     power_reason: str | None
 
-    def holdout_reference(self, quantile: float) -> float | None:
-        for key in (f"{quantile:g}", str(quantile)):
-            if self.holdout_quantiles.get(key) is not None:
-                return float(self.holdout_quantiles[key])
-        return None
-
     @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> GateInput:
-        summary = obj(document, "summary")
-        holdout = optional_obj(summary, "holdout") or {}
-        quantiles = holdout.get("quantiles") or {}
-        leak, test = optional_obj(summary, "leak_score"), optional_obj(summary, "membership")
-        lpips = (optional_obj(document, "metrics") or {}).get("lpips") or {}
-        inversion = optional_obj(document, "inversion") or {}
-        power = optional_obj(document, "power") or {}
-        findings = tuple(Finding.from_dict(f) for f in items(document, "findings"))
-        n_train = optional_integer(summary, "n_train")
+    def of(cls, record: AuditRecord, holdout_quantile: float) -> GateInput:
+        summary, inversion, power = record.summary, record.inversion, record.power
         return cls(
-            findings=findings, n_train=n_train or len(findings), n_holdout=optional_integer(summary, "n_holdout"),
-            calibrated=bool(document.get("calibrated")),
-            holdout_quantiles=MappingProxyType({str(k): v for k, v in quantiles.items()}),
-            leak=None if not leak else LeakScore.from_dict(leak),
-            membership=None if not test else MembershipTest.from_dict(test),
-            lpips_available=bool(lpips.get("available", False)), lpips_reason=lpips.get("reason"),
-            complete=bool(inversion.get("complete", True)), steps=inversion.get("steps"),
-            planned_steps=inversion.get("planned_steps"), power_status=str(power.get("status", "not measured")),
-            power_reason=power.get("reason"),
+            findings=record.findings, n_train=summary.n_train or len(record.findings), n_holdout=summary.n_holdout,
+            calibrated=record.calibrated, holdout_quantiles=summary.holdout_quantile_keys,
+            reference=summary.holdout_quantile(holdout_quantile), leak=summary.leak_score,
+            membership=summary.membership_test, lpips_available=record.lpips_available,
+            lpips_reason=record.lpips_reason, complete=inversion.complete, steps=inversion.steps,
+            planned_steps=inversion.planned_steps,
+            power_status="not measured" if power is None else power.status,
+            power_reason=None if power is None else power.reason,
         )
 
 

@@ -9,8 +9,8 @@ combines them into a verdict.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -22,7 +22,9 @@ from leakaudit.gate.conditions import (
 from leakaudit.gate.inputs import GateInput, member_scores
 from leakaudit.gate.outcome import BaselineSummary, Condition, FindingOutcome, GateOutcome, IgnoredOutcome, Verdict
 from leakaudit.gate.settings import GateSettings, IgnoreEntry
-from leakaudit.record import AuditRecord, Counted, Exposure, Finding, MemberScore, as_record
+from leakaudit.record import (
+    AuditRecord, Counted, Exposure, Finding, MemberScore, Thresholds, as_record, dump, load_ungated,
+)
 
 Previous = AuditRecord | Mapping[str, Any]  # an earlier audit (``--baseline``): its record, or its document
 Members = Sequence[MemberScore] | Sequence[Mapping[str, Any]]
@@ -32,7 +34,7 @@ def _holdout_reference(audit: GateInput, quantile: float) -> float | None:
     """The holdout's best-match SSIM at ``quantile`` (the gate's own); None without a holdout."""
     if not audit.calibrated:
         return None
-    reference = audit.holdout_reference(quantile)
+    reference = audit.reference
     if reference is None:
         raise UsageError(
             f"the audit has no holdout SSIM quantile {quantile:g} "
@@ -59,7 +61,7 @@ def _expiry_notes(ignored: Sequence[IgnoredOutcome]) -> tuple[str, ...]:
 
 
 def evaluate_gate(
-    audit: GateInput | Mapping[str, Any],
+    audit: GateInput | AuditRecord | Mapping[str, Any],
     settings: GateSettings,
     *,
     today: date,
@@ -75,7 +77,9 @@ def evaluate_gate(
     an earlier audit (``--baseline``); ``today`` decides which ignore entries
     have expired. Statuses already in a document are ignored, so it can be gated again.
     """
-    facts = audit if isinstance(audit, GateInput) else GateInput.from_document(audit)
+    if not isinstance(audit, GateInput):
+        audit = GateInput.of(audit if isinstance(audit, AuditRecord) else load_ungated(audit), settings.holdout_quantile)
+    facts = audit
     before = None if previous is None else as_record(previous)
     rows = member_scores(members) if members is not None else tuple(f.score for f in facts.findings)
     n_train = len(rows) if members is not None else facts.n_train
@@ -146,6 +150,35 @@ def _baseline_summary(members: Sequence[Member], previous_findings: Mapping[str,
                            worse=counted.count("worse"), fixed=fixed)
 
 
+def gate_record(
+    record: AuditRecord,
+    settings: GateSettings,
+    *,
+    today: date,
+    previous: Previous | None = None,
+    baseline_path: str | None = None,
+    members: Members | None = None,
+) -> AuditRecord:
+    """The record with the gate's thresholds, statuses, conditions, verdict, exit code and notes."""
+    outcome = evaluate_gate(record, settings, today=today, previous=previous, baseline_path=baseline_path,
+                            members=members)
+    before = None if previous is None else {f.fingerprint: float(f.ssim) for f in as_record(previous).findings}
+    findings = tuple(_decided(f, d.status, d.rule, d.baseline_status, before)
+                     for f, d in zip(record.findings, outcome.findings))
+    notes = record.summary.notes + tuple(n for n in outcome.notes if n not in record.summary.notes)  # once each
+    return replace(record, thresholds=Thresholds.from_dict(settings.thresholds()), findings=findings,
+                   gate=outcome.record(), verdict=outcome.verdict, exit_code=outcome.exit_code,
+                   summary=replace(record.summary, notes=notes))
+
+
+def _decided(finding: Finding, status: Any, rule: str, baseline: Any, before: Mapping[str, float] | None) -> Finding:
+    """A finding with the gate's decision; with a baseline, the SSIM it had there (a fall from 0.965 to 0.368 shows)."""
+    if before is None:
+        return replace(finding, status=status, status_rule=rule, baseline_status=baseline)
+    return replace(finding, status=status, status_rule=rule, baseline_status=baseline,
+                   previous_ssim=before.get(finding.fingerprint), compared=True)
+
+
 def apply_gate(
     document: Mapping[str, Any],
     settings: GateSettings,
@@ -155,25 +188,6 @@ def apply_gate(
     baseline_path: str | None = None,
     members: Members | None = None,
 ) -> dict[str, Any]:
-    """A copy of ``document`` with thresholds, statuses, gate, verdict, exposure, exit code and notes filled."""
-    outcome = evaluate_gate(document, settings, today=today, previous=previous, baseline_path=baseline_path,
-                            members=members)
-    result = copy.deepcopy(dict(document))
-    result["thresholds"] = settings.thresholds()
-    before = None if previous is None else {f.fingerprint: f.ssim for f in as_record(previous).findings}
-    for finding, decided in zip(result["findings"], outcome.findings):
-        finding["status"] = decided.status
-        finding["status_rule"] = decided.rule
-        finding["baseline_status"] = decided.baseline_status
-        if before is not None:  # the numbers beside new / persisting / worse: a fall from 0.965 to 0.368 shows
-            value = before.get(finding["fingerprint"])
-            finding["previous_ssim"] = None if value is None else float(value)
-    result["gate"] = outcome.record().to_dict()
-    result["verdict"] = outcome.verdict
-    result["exposure"] = outcome.exposure.to_dict()
-    result["exit_code"] = outcome.exit_code
-    if outcome.notes:
-        summary = result["summary"]
-        existing = list(summary["notes"])
-        summary["notes"] = existing + [n for n in outcome.notes if n not in existing]  # re-gating adds nothing twice
-    return result
+    """The findings document gated: ``gate_record`` over the document's record, dumped."""
+    return dump(gate_record(load_ungated(document), settings, today=today, previous=previous,
+                            baseline_path=baseline_path, members=members))

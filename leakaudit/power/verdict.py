@@ -19,7 +19,8 @@ import torch
 from leakaudit.gate.conditions import chance_test, leak_condition, members_of, ssim_condition
 from leakaudit.gate.settings import GateSettings
 from leakaudit.matching.search import auto_prefilter, best_matches
-from leakaudit.record import LeakScore, MemberScore
+from leakaudit.record import LeakScore, MemberScore, PowerRecord, Rung
+from leakaudit.record.parse import frozen
 from leakaudit.scoring import leak_score, quantile
 
 PowerStatus = Literal["shown", "not shown", "not measured"]
@@ -51,17 +52,19 @@ class RungResult:
     member_best_index: list[int]
     notes: list[str] = field(default_factory=list)
 
+    def rung(self) -> Rung:
+        """The rung as the audit record holds it."""
+        return Rung(k=self.k, n_members=self.n_members, n_null=self.n_null, leak_score=self.leak,
+                    members_above_quantile=self.above_quantile, quantile_value=self.quantile_value,
+                    members_at_ssim_0_4=self.at_seen, shown=self.shown, reason=self.reason, memorised=self.memorised,
+                    training_steps=self.steps,
+                    final_loss=self.final_loss if self.final_loss == self.final_loss else None,  # NaN: none recorded
+                    accuracy=self.accuracy, complete=self.complete, members=tuple(self.members), null=tuple(self.null),
+                    member_best_ssim=tuple(self.member_best_ssim), member_best_index=tuple(self.member_best_index),
+                    notes=tuple(self.notes), seconds=self.seconds)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n_members": self.n_members, "n_null": self.n_null,
-                "leak_score": None if self.leak is None else self.leak.to_dict(),
-                "members_above_quantile": self.above_quantile, "quantile_value": self.quantile_value,
-                "members_at_ssim_0_4": self.at_seen, "shown": self.shown, "reason": self.reason,
-                "memorised": self.memorised, "training_steps": self.steps,
-                "final_loss": self.final_loss if self.final_loss == self.final_loss else None,
-                "accuracy": self.accuracy, "complete": self.complete,
-                "splits": {"members": self.members, "null": self.null},
-                "member_best_ssim": self.member_best_ssim, "member_best_index": self.member_best_index,
-                "notes": list(self.notes)}
+        return self.rung().to_dict()
 
 
 def _gate_for_control(gate: GateSettings) -> GateSettings:
@@ -128,13 +131,15 @@ class Power:
             return self.largest_k
         return min((r.k for r in self.rungs), default=None)
 
+    def record(self) -> PowerRecord:
+        """The power as the audit record holds it."""
+        return PowerRecord(status=self.status, reason=self.reason, statement=self.statement,
+                           largest_k_shown=self.largest_k, model_images_per_class=self.model_per_class,
+                           rungs=tuple(r.rung() for r in self.rungs), copy=self.method,
+                           recipe=None if self.recipe is None else frozen(self.recipe), seconds=self.seconds)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason, "statement": self.statement,
-                "images_k": self.display_k,
-                "largest_k_shown": self.largest_k, "model_images_per_class": self.model_per_class,
-                "ladder": [r.k for r in self.rungs], "rungs": [r.to_dict() for r in self.rungs],
-                "copy": self.method, "recipe": self.recipe, "seconds": self.seconds,
-                "rung_seconds": [r.seconds for r in self.rungs]}
+        return self.record().to_dict()
 
 
 def per_class_text(n: float | None) -> str:

@@ -5,7 +5,7 @@ JSON findings document and back (``document.py``).
 """
 
 from leakaudit.record.audit import AuditRecord, ExposureKind, Inversion, Summary
-from leakaudit.record.document import SCHEMA_VERSION, as_record, dump, load
+from leakaudit.record.document import SCHEMA_VERSION, as_record, dump, load, load_ungated
 from leakaudit.record.findings import BaselineStatus, Finding, FindingStatus, MemberScore
 from leakaudit.record.gate import (
     BaselineSummary, Condition, Counted, Exposure, GateRecord, Ignored, Status, Thresholds, Verdict,
@@ -17,5 +17,5 @@ __all__ = [
     "SCHEMA_VERSION", "AuditRecord", "BaselineStatus", "BaselineSummary", "Condition", "Counted", "Exposure",
     "ExposureKind", "Finding", "FindingStatus", "GateRecord", "Ignored", "Inversion", "LeakScore", "MemberScore",
     "Membership", "MembershipTest", "PowerRecord", "PowerStatus", "Rung", "Status", "Summary", "Thresholds", "Verdict",
-    "as_record", "dump", "load",
+    "as_record", "dump", "load", "load_ungated",
 ]

@@ -64,6 +64,17 @@ class Summary:
     def class_names(self) -> dict[int, str]:
         return {int(c["class_index"]): str(c["class"]) for c in self.per_class}
 
+    @property
+    def holdout_quantile_keys(self) -> tuple[str, ...]:
+        """The quantiles of non-members' best match the audit recorded (``"0.99"``, ``"max"``, …)."""
+        return tuple(str(k) for k in ((self.holdout or _EMPTY).get("quantiles") or _EMPTY))
+
+    @property
+    def prototype_train_mean(self) -> float | None:
+        """Members' mean best match against the class-mean images (the prototype null); None when not measured."""
+        value = (self.class_mean_null or _EMPTY).get("train_mean")
+        return None if value is None else float(value)
+
     def holdout_quantile(self, q: float) -> float | None:
         """Non-members' best-match SSIM at quantile ``q``, as the audit recorded it; None when not recorded."""
         quantiles = (self.holdout or _EMPTY).get("quantiles") or _EMPTY
@@ -175,10 +186,41 @@ class AuditRecord:
     def notes(self) -> tuple[str, ...]:
         return self.summary.notes
 
+    def _provenance(self, section: str, key: str) -> Any:
+        part = self.provenance.get(section)
+        return part.get(key) if isinstance(part, Mapping) else None
+
+    @property
+    def lpips_available(self) -> bool:
+        return bool(self._metric("lpips", "available"))
+
+    @property
+    def lpips_reason(self) -> str:
+        """Why LPIPS is unavailable, in the scorer's words."""
+        return str(self._metric("lpips", "reason") or "no reason given")
+
+    def _metric(self, metric: str, key: str) -> Any:
+        settings = self.metrics.get(metric)
+        return settings.get(key) if isinstance(settings, Mapping) else None
+
+    @property
+    def model_sha256(self) -> str | None:
+        value = self._provenance("model", "sha256")
+        return None if value is None else str(value)
+
+    @property
+    def elapsed_s(self) -> float:
+        return float(self.provenance.get("elapsed_s") or 0.0)
+
+    @property
+    def started_at(self) -> str | None:
+        value = self.provenance.get("started_at")
+        return None if value is None else str(value)
+
     @property
     def model_format(self) -> str | None:
-        model = self.provenance.get("model")
-        return str(model["format"]) if isinstance(model, Mapping) and model.get("format") is not None else None
+        value = self._provenance("model", "format")
+        return None if value is None else str(value)
 
     @property
     def unconfined_reason(self) -> str | None:

@@ -95,18 +95,20 @@ def _upgraded(document: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**document, "schema_version": SCHEMA_VERSION, "power": document.get("power")}
 
 
-def _record(d: Mapping[str, Any]) -> AuditRecord:
-    verdict = text(d, "verdict")
+def _record(d: Mapping[str, Any], gated: bool = True) -> AuditRecord:
+    verdict = text(d, "verdict") if gated else "pass"
     if verdict not in VERDICTS:
         raise OutputError(f"findings document: unknown verdict {verdict!r}")
     power = optional_obj(d, "power")
     return AuditRecord(
         schema_version=text(d, "schema_version"), tool=frozen(dict(obj(d, "tool"))), verdict=verdict,
-        exit_code=integer(d, "exit_code"), mode=text(d, "mode"), threat_model=text(d, "threat_model"),
-        calibrated=flag(d, "calibrated"), thresholds=Thresholds.from_dict(obj(d, "thresholds")),
+        exit_code=integer(d, "exit_code") if gated else 0, mode=text(d, "mode"), threat_model=text(d, "threat_model"),
+        calibrated=flag(d, "calibrated"),
+        thresholds=Thresholds.from_dict(obj(d, "thresholds")) if gated else Thresholds(),
         metrics=frozen(dict(obj(d, "metrics"))), summary=_summary(obj(d, "summary")),
         findings=tuple(Finding.from_dict(f) for f in items(d, "findings")),
-        gate=GateRecord.from_dict(obj(d, "gate")), inversion=_inversion(obj(d, "inversion")),
+        gate=GateRecord.from_dict(obj(d, "gate")) if gated else GateRecord(()),
+        inversion=_inversion(obj(d, "inversion")),
         provenance=frozen(dict(obj(d, "provenance"))), power=None if power is None else PowerRecord.from_dict(power),
         extra=rest(d, _TOP),
     )
@@ -122,6 +124,14 @@ def load(document: Mapping[str, Any], *, validate: bool = True) -> AuditRecord:
         _schema_check(upgraded)
     try:
         return _record(upgraded)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise OutputError(f"not a leakaudit findings document: {exc}") from exc
+
+
+def load_ungated(document: Mapping[str, Any]) -> AuditRecord:
+    """The record of a document the gate has not decided yet (its verdict, thresholds and gate are ignored)."""
+    try:
+        return _record(_upgraded(document), gated=False)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise OutputError(f"not a leakaudit findings document: {exc}") from exc
 
@@ -155,4 +165,4 @@ def as_record(value: AuditRecord | Mapping[str, Any]) -> AuditRecord:
     return value if isinstance(value, AuditRecord) else load(value, validate=False)
 
 
-__all__ = ["SCHEMA_VERSION", "Exposure", "as_record", "dump", "load"]
+__all__ = ["SCHEMA_VERSION", "Exposure", "as_record", "dump", "load", "load_ungated"]

@@ -93,7 +93,7 @@ def _plot(record: AuditRecord) -> Markup | None:
     if not histogram or not histogram.get("bins"):
         return None
     q = thresholds.holdout_quantile
-    prototype = None if summary.class_mean_null is None else summary.class_mean_null.get("train_mean")
+    prototype = summary.prototype_train_mean
     markers: Sequence[tuple[str, float | None, str]] = (
         ("fail", thresholds.fail_ssim, ""),
         ("warn", thresholds.warn_ssim, "6 4"),
@@ -105,10 +105,7 @@ def _plot(record: AuditRecord) -> Markup | None:
 
 
 def _lpips_reason(record: AuditRecord) -> str | None:
-    info = record.metrics.get("lpips")
-    if not isinstance(info, Mapping):
-        return "no reason given"
-    return None if info.get("available") else str(info.get("reason") or "no reason given")
+    return None if record.lpips_available else record.lpips_reason
 
 
 def report_context(

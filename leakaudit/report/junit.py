@@ -11,7 +11,6 @@ through ``sanitize.xml_text``, so the file stays well-formed whatever a path hol
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from leakaudit.record import AuditRecord, Condition, as_record
@@ -43,8 +42,7 @@ def _value(value: float | None) -> str:
 def _properties(suite: ET.Element, record: AuditRecord) -> None:
     plain = summarise(record)
     leak = record.summary.leak_score
-    model = record.provenance.get("model")
-    sha = model.get("sha256", "–") if isinstance(model, Mapping) else "–"
+    sha = record.model_sha256 or "–"
     values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
               "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
               "leak_score": "–" if leak is None else _value(leak.value), "model_sha256": str(sha),
@@ -95,13 +93,13 @@ def render_junit(readable: Readable) -> str:
     power = _power_case(record)
     if power is not None:
         cases.append(power)
-    seconds = f"{float(record.provenance.get('elapsed_s') or 0.0):.3f}"
+    seconds = f"{record.elapsed_s:.3f}"
     failures = sum(1 for c in cases if c.status == "fail")
     skipped = sum(1 for c in cases if c.status == "skipped")
     suites = ET.Element("testsuites", name="leakaudit", tests=str(len(cases)), failures=str(failures), time=seconds)
     suite = ET.SubElement(suites, "testsuite", name=SUITE, tests=str(len(cases)), failures=str(failures),
                           errors="0", skipped=str(skipped), time=seconds)
-    started = record.provenance.get("started_at")
+    started = record.started_at
     if started:
         suite.set("timestamp", str(started)[:19])  # the JUnit schema's form: no zone (the audit's clock is UTC)
     _properties(suite, record)

@@ -103,8 +103,7 @@ def _about_missing_lpips(note: str) -> bool:
 
 def notes(record: AuditRecord) -> list[str]:
     """The audit's notes once each (the inversion's are also in the summary's); LPIPS's reason is shown elsewhere."""
-    lpips = record.metrics.get("lpips")
-    lpips_missing = not (lpips.get("available") if isinstance(lpips, Mapping) else False)
+    lpips_missing = not record.lpips_available
     seen: list[str] = []
     for note in record.summary.notes + record.inversion.notes:
         if note not in seen and not (lpips_missing and _about_missing_lpips(note)):
