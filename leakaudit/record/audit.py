@@ -61,6 +61,11 @@ class Summary:
         return None if self.membership is None else self.membership.strongest
 
     @property
+    def membership_loss_auc(self) -> float | None:
+        """The loss-threshold test's AUC (the document's ``membership_loss_auc``)."""
+        return None if self.membership is None else self.membership.primary.auc
+
+    @property
     def class_names(self) -> dict[int, str]:
         return {int(c["class_index"]): str(c["class"]) for c in self.per_class}
 

@@ -52,7 +52,7 @@ def _dump_summary(s: Summary) -> dict[str, Any]:
     return {
         "n_train": s.n_train, "n_holdout": s.n_holdout, "n_candidates": s.n_candidates,
         "leak_score": None if s.leak_score is None else s.leak_score.to_dict(),
-        "membership_loss_auc": None if test is None else test.auc,
+        "membership_loss_auc": s.membership_loss_auc,
         "membership": None if test is None else test.to_dict(),
         "train": thawed(s.train), "holdout": thawed(s.holdout), "holdout_ssim_p95": s.holdout_ssim_p95,
         "holdout_ssim_p99": s.holdout_ssim_p99, "class_mean_null": thawed(s.class_mean_null),

@@ -57,6 +57,11 @@ class Finding:
         return MemberScore(self.fingerprint, float(self.ssim))
 
     @property
+    def shares_reconstruction_with(self) -> tuple[int, ...]:
+        """Training indices of other members whose best match is this finding's reconstruction (up to 10)."""
+        return tuple(int(i) for i in self.extra.get("shares_reconstruction_with") or ())
+
+    @property
     def flagged(self) -> bool:
         """The gate counted it against the model (fail or warn)."""
         return self.status in ("fail", "warn")

@@ -20,7 +20,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-from leakaudit.record import AuditRecord, as_record, dump
+from leakaudit.record import AuditRecord, as_record
 from leakaudit.report import view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
 from leakaudit.report.summary import SYMBOLS, Readable, format_p, summarise, tidy_numbers
@@ -117,17 +117,16 @@ def report_context(
 ) -> dict[str, Any]:
     """Everything the template needs, with images already turned into data URIs.
 
-    The template lays out the record's JSON view (``doc``, ``summary``); every choice is made in ``view``.
+    The template lays out the record (``doc``, ``summary``); every choice is made in ``view``.
     """
     record = as_record(readable)
     images = ImageRenderer(redact=redact, include=include_images and bool(arrays))
     plain = summarise(record)
     banner_kind, banner_text = _banner(include_images, redact, bool(arrays))
     rows = view.finding_rows(record, arrays, images)
-    document = dump(record)
     return {
-        "doc": document,
-        "summary": document["summary"],
+        "doc": record,
+        "summary": record.summary,
         "verdict": {"key": plain.verdict, "symbol": SYMBOLS.get(plain.verdict, ""),
                     "word": VERDICT_WORDS.get(plain.verdict, plain.verdict.upper()), "plain": plain},
         "banner": {"kind": banner_kind, "text": banner_text, "npz": bool(arrays)},

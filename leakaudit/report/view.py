@@ -53,7 +53,7 @@ def finding_rows(record: AuditRecord, arrays: Mapping[str, np.ndarray], images: 
         r, t = _pick(recon, finding.reconstruction_index), _pick(train, k)
         previous = finding.previous_ssim
         rows.append({
-            "f": finding.to_dict(), "recon": images.uri(r), "train": images.uri(t), "diff": images.diff_uri(r, t),
+            "f": finding, "recon": images.uri(r), "train": images.uri(t), "diff": images.diff_uri(r, t),
             "lpips": num(finding.lpips), "rule": finding.status_rule or NO_RULE, "flagged": finding.flagged,
             "previous": num(previous), "change": None if previous is None else f"{float(finding.ssim) - previous:+.3f}",
         })
