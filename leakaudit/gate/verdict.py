@@ -23,7 +23,8 @@ from leakaudit.gate.inputs import GateInput, member_scores
 from leakaudit.gate.outcome import BaselineSummary, Condition, FindingOutcome, GateOutcome, IgnoredOutcome, Verdict
 from leakaudit.gate.settings import GateSettings, IgnoreEntry
 from leakaudit.record import (
-    AuditRecord, Counted, Exposure, Finding, MemberScore, Thresholds, as_record, dump, load_ungated,
+    AuditRecord, BaselineStatus, Counted, Exposure, Finding, FindingStatus, MemberScore, Thresholds, as_record, dump,
+    load_ungated,
 )
 
 Previous = AuditRecord | Mapping[str, Any]  # an earlier audit (``--baseline``): its record, or its document
@@ -171,7 +172,8 @@ def gate_record(
                    summary=replace(record.summary, notes=notes))
 
 
-def _decided(finding: Finding, status: Any, rule: str, baseline: Any, before: Mapping[str, float] | None) -> Finding:
+def _decided(finding: Finding, status: FindingStatus, rule: str, baseline: BaselineStatus | None,
+             before: Mapping[str, float] | None) -> Finding:
     """A finding with the gate's decision; with a baseline, the SSIM it had there (a fall from 0.965 to 0.368 shows)."""
     if before is None:
         return replace(finding, status=status, status_rule=rule, baseline_status=baseline)
