@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from leakaudit.errors import DataError
+from leakaudit.record.scores import LeakScore, MembershipTest  # the one class of each, shared with the record
 
 MEMBERSHIP_METHOD = (
     "loss-threshold membership test (lower cross-entropy = member): Mann-Whitney AUC of members vs non-members, "
@@ -67,32 +68,6 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((below + not_above).sum() / (2.0 * positives.size * neg.size))
 
 
-@dataclass(frozen=True)
-class LeakScore:
-    """Member-vs-non-member AUC of best-match SSIM, with its uncertainty."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    n_members: int
-    n_nonmembers: int
-    ci_level: float = 0.95
-    method: str = LEAK_SCORE_METHOD
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {
-            "value": self.value,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
-            "ci_level": self.ci_level,
-            "p_value": self.p_value,
-            "n_members": self.n_members,
-            "n_nonmembers": self.n_nonmembers,
-            "method": self.method,
-        }
-
-
 def leak_score(
     train_best: torch.Tensor | np.ndarray,
     holdout_best: torch.Tensor | np.ndarray,
@@ -122,7 +97,8 @@ def leak_score(
         shuffled = rng.permutation(ranks)
         exceed += (shuffled[: pos.size].sum() - offset) / (pos.size * neg.size) >= value - 1e-12
     p_value = (1.0 + exceed) / (1.0 + n_perm)
-    return LeakScore(value, ci_low, ci_high, float(p_value), int(pos.size), int(neg.size), ci_level)
+    return LeakScore(value=value, ci_low=ci_low, ci_high=ci_high, ci_level=ci_level, p_value=float(p_value),
+                     n_members=int(pos.size), n_nonmembers=int(neg.size), method=LEAK_SCORE_METHOD)
 
 
 def _bootstrap_aucs(pos: np.ndarray, neg: np.ndarray, rounds: int, rng: np.random.Generator) -> np.ndarray:
@@ -183,28 +159,6 @@ def histogram(
         "train": counts(train_best),
         "holdout": None if holdout_best is None else counts(holdout_best),
     }
-
-
-@dataclass(frozen=True)
-class MembershipTest:
-    """How well the model's own loss tells members from non-members."""
-
-    auc: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    tpr_at_fpr: dict[str, float]  # "0.01" → TPR, "0.001" → TPR
-    n_members: int
-    n_nonmembers: int
-    ci_level: float = 0.95
-    method: str = MEMBERSHIP_METHOD
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "auc": self.auc, "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_level": self.ci_level,
-            "p_value": self.p_value, "tpr_at_fpr": dict(self.tpr_at_fpr), "fpr_resolution": 1.0 / self.n_nonmembers,
-            "n_members": self.n_members, "n_nonmembers": self.n_nonmembers, "method": self.method,
-        }
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -305,7 +259,9 @@ def membership_test(logits_members: torch.Tensor, labels_members: torch.Tensor, 
     alpha = (1.0 - ci_level) / 2.0
     low, high = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot else (value, value)
     rates = {f"{level:g}": tpr_at_fpr(pos, neg, level) for level in FPR_LEVELS}
-    return MembershipTest(value, low, high, mann_whitney_p(pos, neg), rates, int(pos.size), int(neg.size), ci_level)
+    return MembershipTest(auc=value, ci_low=low, ci_high=high, ci_level=ci_level, p_value=mann_whitney_p(pos, neg),
+                          tpr_at_fpr=rates, n_members=int(pos.size), n_nonmembers=int(neg.size),
+                          method=MEMBERSHIP_METHOD)
 
 
 # Informed mode: what the weights must add over the pre-trained generator before it counts as evidence.

@@ -26,6 +26,7 @@ from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.zoo import bundled_images
 from leakaudit.power.control import RECIPE
 from leakaudit.power.verdict import RungResult, decide, not_measured
+from leakaudit.record import LeakScore
 
 TOP_K = 12
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -255,8 +256,8 @@ def power_record(calibrated: bool, num_classes: int, per_class: float) -> dict[s
         return not_measured("no holdout, so no non-members to plant in a control", per_class).to_dict()
     members = list(range(0, 4 * num_classes, 4))
     rung = RungResult(k=1, n_members=num_classes, n_null=3 * num_classes,
-                      leak={"value": 0.96, "ci_low": 0.9, "ci_high": 0.99, "ci_level": 0.95, "p_value": 0.001,
-                            "n_members": num_classes, "n_nonmembers": 3 * num_classes, "method": "AUC"},
+                      leak=LeakScore(value=0.96, ci_low=0.9, ci_high=0.99, ci_level=0.95, p_value=0.001,
+                                     n_members=num_classes, n_nonmembers=3 * num_classes, method="AUC"),
                       above_quantile=num_classes - 2, quantile_value=0.62, at_seen=num_classes, shown=True,
                       reason="leak_score: Leak score 0.960 reaches 0.70 with p < 0.01.", memorised=True, steps=20,
                       final_loss=1e-4, accuracy=1.0, complete=True, seconds=30.0, members=members,

@@ -193,8 +193,9 @@ def _with_power(document: dict, status: str) -> dict:
         return doc
     rung = doc["power"]["rungs"][0]
     from leakaudit.power.verdict import RungResult
+    from leakaudit.record import LeakScore
     doc["power"] = decide([RungResult(
-        k=1, n_members=10, n_null=30, leak=rung["leak_score"], above_quantile=0, quantile_value=0.6, at_seen=1,
+        k=1, n_members=10, n_null=30, leak=LeakScore.from_dict(rung["leak_score"]), above_quantile=0, quantile_value=0.6, at_seen=1,
         shown=False, reason="Would pass the gate", memorised=True, steps=20, final_loss=1e-4, accuracy=1.0,
         complete=True, seconds=1.0, members=rung["splits"]["members"], null=rung["splits"]["null"],
         member_best_ssim=[0.3] * 10, member_best_index=list(range(10)))], 2.0, "reset", None, 1.0).to_dict()

@@ -283,7 +283,9 @@ def test_summary_names_what_holds_and_counts_leaked_members() -> None:
     clean = apply_gate(scenario(leaky=False).document, GateSettings(), today=TODAY)
     clean["inversion"]["completed_fraction"] = 1.0
     assert summarise(clean).exposure == "neither"
-    assert summarise({**doc, "exposure": {"reconstruction": False, "membership": True}}).exposure == "membership"
+    conditions = [{**c, "status": "warn"} if c["name"] == "membership" else c for c in clean["gate"]["conditions"]]
+    membership_only = {**clean, "gate": {**clean["gate"], "conditions": conditions}}
+    assert summarise(membership_only).exposure == "membership"  # what holds follows the gate's conditions
     unfinished = {**clean, "inversion": {**clean["inversion"], "completed_fraction": 0.4}}
     assert summarise(unfinished).exposure == "incomplete"
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -142,27 +142,29 @@ class ByteProgress:
             print(file=self.console.err, flush=True)
 
 
-def summary_lines(document: dict[str, Any], written: Sequence[Path]) -> list[str]:
+def summary_lines(document: Mapping[str, Any], written: Sequence[Path]) -> list[str]:
     """The human summary the CLI prints on stderr after an audit."""
     # Imported here: the report package loads numpy and jinja2, which `run` must not pay for before its path checks.
+    from leakaudit.record import as_record
     from leakaudit.report.summary import format_p, headline_line, power_line, tidy_numbers
-    inversion = document.get("inversion") or {}
-    lines = [f"{headline_line(document)}, mode {document['mode']}, effort {inversion.get('effort', 'standard')}"]
-    power = power_line(document)
+    record = as_record(document)
+    inversion = record.inversion
+    lines = [f"{headline_line(record)}, mode {record.mode}, effort {inversion.effort}"]
+    power = power_line(record)
     if power:
         lines.append(f"  {power}")
-    if not inversion.get("complete", True):
-        lines.append(f"  incomplete attack: {inversion.get('incomplete_reason') or 'cut short by the budget'}")
-    if inversion.get("resumed"):
-        lines.append(f"  resumed an interrupted run at its {inversion.get('resumed_from')} phase")
-    score = document["summary"].get("leak_score")
-    if score:
-        lines.append(f"  leak score {score['value']:.3f} [{score['ci_low']:.3f}, {score['ci_high']:.3f}] "
-                     f"({format_p(score['p_value'])}; 0.5 = members matched no better than non-members)")
+    if not inversion.complete:
+        lines.append(f"  incomplete attack: {inversion.incomplete_reason or 'cut short by the budget'}")
+    if inversion.resumed:
+        lines.append(f"  resumed an interrupted run at its {inversion.resumed_from} phase")
+    score = record.summary.leak_score
+    if score is not None:
+        lines.append(f"  leak score {score.value:.3f} [{score.ci_low:.3f}, {score.ci_high:.3f}] "
+                     f"({format_p(score.p_value)}; 0.5 = members matched no better than non-members)")
     else:
         lines.append("  no holdout: the result is not calibrated against non-members")
-    for condition in document["gate"].get("conditions", []):
-        lines.append(f"  {condition['status']:>7}  {condition['name']}: {tidy_numbers(condition['message'])}")
+    for condition in record.gate.conditions:
+        lines.append(f"  {condition.status:>7}  {condition.name}: {tidy_numbers(condition.message)}")
     for path in written:
         lines.append(f"  wrote {path}")
     return lines

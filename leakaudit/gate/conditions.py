@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Literal
 
 from leakaudit.gate.outcome import BaselineStatus, Condition, FindingStatus, Status
 from leakaudit.gate.settings import GateSettings, IgnoreEntry
+from leakaudit.record import Finding, LeakScore, MemberScore, MembershipTest
 from leakaudit.scoring import binomial_tail, exceedance_p_value, holdout_rank
 
 Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores
@@ -24,11 +26,11 @@ CHANCE_ALPHA = 0.01  # exceedances of the holdout quantile must be this improbab
 WORSE_MARGIN = 0.02  # SSIM (or leak score) rise that makes a persisting result "worse"
 
 
-def baseline_status(row: Mapping[str, Any], previous: Mapping[str, Mapping[str, Any]]) -> BaselineStatus:
-    before = previous.get(row["fingerprint"])
+def baseline_status(member: MemberScore, previous: Mapping[str, Finding]) -> BaselineStatus:
+    before = previous.get(member.fingerprint)
     if before is None:
         return "new"
-    if before.get("ssim") is not None and float(row["ssim"]) > float(before["ssim"]) + WORSE_MARGIN:
+    if member.ssim > float(before.ssim) + WORSE_MARGIN:
         return "worse"
     return "persisting"
 
@@ -49,8 +51,8 @@ class Chance:
     p_value: float | None = None
 
 
-def chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mapping[str, Any],
-                 settings: GateSettings, reference: float | None) -> Chance:
+def chance_test(rows: Sequence[MemberScore], n_train: int, n_holdout: int | None, settings: GateSettings,
+                reference: float | None) -> Chance:
     """Are more members above the holdout quantile than non-members would give?
 
     Ignored members still count here: an ignore accepts one image, it does not
@@ -60,8 +62,7 @@ def chance_test(rows: Sequence[Mapping[str, Any]], n_train: int, summary: Mappin
         return Chance(False, None, True, "Uncalibrated: no holdout, so the absolute thresholds apply; class "
                        "prototypes can exceed them.")
 
-    n_holdout = int(summary.get("n_holdout") or 0)
-    exceed = sum(1 for r in rows if float(r["ssim"]) > reference)
+    exceed = sum(1 for r in rows if r.ssim > reference)
     if n_holdout:
         rank = holdout_rank(n_holdout, settings.holdout_quantile)
         tail = exceedance_p_value(exceed, n_train, n_holdout, rank)
@@ -138,18 +139,18 @@ class Member:
         return "fail" if "fail" in levels else "warn" if "warn" in levels else "ok"
 
 
-def members_of(rows: Sequence[Mapping[str, Any]], lpips: Mapping[str, float | None], settings: GateSettings,
-             chance: Chance, active: Mapping[str, IgnoreEntry],
-             previous: Mapping[str, Mapping[str, Any]] | None) -> list[Member]:
+def members_of(rows: Sequence[MemberScore], lpips: Mapping[str, float | None], settings: GateSettings,
+               chance: Chance, active: Mapping[str, IgnoreEntry],
+               previous: Mapping[str, Finding] | None) -> list[Member]:
     out = []
     for row in rows:
-        fp = row["fingerprint"]
+        fp = row.fingerprint
         baseline = None if previous is None else baseline_status(row, previous)
-        ssim_level, lpips_level, rule = _member_level(float(row["ssim"]), lpips.get(fp), settings, chance, baseline)
+        ssim_level, lpips_level, rule = _member_level(row.ssim, lpips.get(fp), settings, chance, baseline)
         entry = active.get(fp)
         if entry is not None:
             rule = f"Ignored until {entry.expires.isoformat()} ({entry.reason}); otherwise: {rule}"
-        out.append(Member(fp, float(row["ssim"]), ssim_level, lpips_level, rule, entry is not None, baseline))
+        out.append(Member(fp, row.ssim, ssim_level, lpips_level, rule, entry is not None, baseline))
     return out
 
 
@@ -180,22 +181,21 @@ def ssim_condition(settings: GateSettings, members: Sequence[Member], chance: Ch
     if persisting:
         parts.append(f"{persisting} fail-level member(s) persist from the baseline and are reported as warnings.")
     return Condition("ssim", status, settings.fail_ssim, observed, " ".join(parts),
-                     {"n_members": len(members), "n_above_reference": chance.exceed if chance.calibrated else None,
-                      "chance_p_value": chance.p_value})
+                     MappingProxyType({"n_members": len(members),
+                                       "n_above_reference": chance.exceed if chance.calibrated else None,
+                                       "chance_p_value": chance.p_value}))
 
 
-def lpips_condition(settings: GateSettings, document: Mapping[str, Any], listed: Sequence[Member],
-                     chance: Chance) -> Condition:
+def lpips_condition(settings: GateSettings, available: bool, reason: str | None, findings: Sequence[Finding],
+                    listed: Sequence[Member], chance: Chance) -> Condition:
     if settings.fail_lpips is None:
         return Condition("lpips", "skipped", None, None, "No LPIPS threshold set (fail_lpips is off by default).")
-    lpips_info = ((document.get("metrics") or {}).get("lpips")) or {}
-    if not lpips_info.get("available", False):
-        reason = lpips_info.get("reason") or "no reason given"
+    if not available:
         return Condition("lpips", "skipped", settings.fail_lpips, None,
-                         f"LPIPS threshold set but LPIPS is unavailable: {reason}.")
-    findings = {f["fingerprint"]: f for f in document.get("findings") or []}
-    values = [float(findings[m.fingerprint]["lpips"]) for m in listed
-              if not m.ignored and m.lpips_level != "ok" and findings[m.fingerprint].get("lpips") is not None]
+                         f"LPIPS threshold set but LPIPS is unavailable: {reason or 'no reason given'}.")
+    lpips = {f.fingerprint: f.lpips for f in findings}
+    values = [float(value) for m in listed
+              if not m.ignored and m.lpips_level != "ok" and (value := lpips.get(m.fingerprint)) is not None]
     fails, warns = _counts(listed, "lpips_level")
     status: Status = "fail" if fails else "warn" if warns else "pass"
     message = (f"{fails} listed finding(s) at or below fail_lpips {settings.fail_lpips:.3f} (LPIPS: lower is more "
@@ -204,16 +204,17 @@ def lpips_condition(settings: GateSettings, document: Mapping[str, Any], listed:
     return Condition("lpips", status, settings.fail_lpips, min(values) if values else None, message)
 
 
-def leak_condition(settings: GateSettings, document: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Condition:
+def leak_condition(settings: GateSettings, leak: LeakScore | None, calibrated: bool,
+                   before: LeakScore | None) -> Condition:
+    """The leak score against ``fail_leak_score``; ``before`` is the baseline's leak score (``--baseline``)."""
     threshold = settings.fail_leak_score
     if threshold is None:
         return Condition("leak_score", "skipped", None, None, "Leak score threshold is switched off.")
-    leak = (document.get("summary") or {}).get("leak_score")
-    if not document.get("calibrated") or not leak:
+    if not calibrated or leak is None:
         return Condition("leak_score", "skipped", threshold, None,
                          "No holdout: the leak score needs non-member images to compare with.")
-    value, p_value = float(leak["value"]), float(leak["p_value"])
-    interval = f"{value:.3f} (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, p = {p_value:.3g})"
+    value, p_value = float(leak.value), float(leak.p_value)
+    interval = f"{value:.3f} (95% CI {leak.ci_low:.3f}–{leak.ci_high:.3f}, p = {p_value:.3g})"
     if value < threshold:
         return Condition("leak_score", "pass", threshold, value,
                          f"Leak score {interval} is below {threshold:.2f} (0.5 = no difference).")
@@ -221,32 +222,30 @@ def leak_condition(settings: GateSettings, document: Mapping[str, Any], previous
         return Condition("leak_score", "pass", threshold, value,
                          f"Leak score {interval} reaches {threshold:.2f} but is consistent with chance (one-sided "
                          f"permutation test, p ≥ {LEAK_SCORE_ALPHA:g}): too few members or non-members to tell; pass.")
-    before = ((previous or {}).get("summary") or {}).get("leak_score") if previous is not None else None
-    if before and float(before["value"]) >= threshold and value <= float(before["value"]) + WORSE_MARGIN:
+    if before is not None and float(before.value) >= threshold and value <= float(before.value) + WORSE_MARGIN:
         return Condition("leak_score", "warn", threshold, value,
-                         f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before['value']):.3f}); "
+                         f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before.value):.3f}); "
                          f"not more than {WORSE_MARGIN} above the baseline's value, so reported as a warning.")
     return Condition("leak_score", "fail", threshold, value,
                      f"Leak score {interval} reaches {threshold:.2f} with p < {LEAK_SCORE_ALPHA:g}: "
                      "training members are matched better than non-members.")
 
 
-def membership_condition(settings: GateSettings, document: Mapping[str, Any]) -> Condition:
+def membership_condition(settings: GateSettings, test: MembershipTest | None) -> Condition:
     """The model's own loss-threshold membership AUC: warn (or fail) when high and significant."""
     fail, warn = settings.fail_membership_auc, settings.warn_membership_auc
     threshold = fail if fail is not None else warn
     if threshold is None:
         return Condition("membership", "skipped", None, None, "Membership thresholds are switched off.")
-    test = (document.get("summary") or {}).get("membership")
-    if not test:
+    if test is None:
         return Condition("membership", "skipped", threshold, None,
                          "No holdout: the membership test needs non-member images to compare with.")
-    value, p = float(test["auc"]), float(test["p_value"])
-    rates = test.get("tpr_at_fpr") or {}
-    tpr = ", ".join(f"TPR {float(v):.1%} at {float(k):.1%} FPR" for k, v in rates.items())
-    text = (f"Loss-threshold membership AUC {value:.3f} (95% CI {test['ci_low']:.3f}–{test['ci_high']:.3f}, "
+    value, p = float(test.auc), float(test.p_value)
+    tpr = ", ".join(f"TPR {float(v):.1%} at {float(k):.1%} FPR" for k, v in test.tpr_at_fpr.items())
+    text = (f"Loss-threshold membership AUC {value:.3f} (95% CI {test.ci_low:.3f}–{test.ci_high:.3f}, "
             f"one-sided Mann-Whitney p = {p:.3g}; {tpr}; 0.5 = the loss does not tell members from non-members)")
-    extra = {k: test.get(k) for k in ("ci_low", "ci_high", "p_value", "tpr_at_fpr")}
+    extra = MappingProxyType({"ci_low": test.ci_low, "ci_high": test.ci_high, "p_value": test.p_value,
+                              "tpr_at_fpr": dict(test.tpr_at_fpr)})
     if fail is not None and value >= fail and p < MEMBERSHIP_ALPHA:
         return Condition("membership", "fail", threshold, value,
                          f"{text} reaches fail_membership_auc {fail:.2f}: the model memorises its training set.", extra)

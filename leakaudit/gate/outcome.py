@@ -1,43 +1,20 @@
 """What the gate decides, as typed values: conditions, per-finding statuses, the baseline comparison, ignores.
 
-``GateOutcome.gate_dict`` is the ``gate`` object of the findings document;
-``apply_gate`` writes the rest of the outcome into the document.
+The condition, baseline and exposure types are the audit record's own
+(``leakaudit.record``); ``GateOutcome.record`` is the record's ``gate`` part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from leakaudit.gate.settings import IgnoreEntry
+from leakaudit.record import (
+    BaselineStatus, BaselineSummary, Condition, Counted, Exposure, FindingStatus, GateRecord, Ignored, Status, Verdict,
+)
 
-Status = Literal["pass", "warn", "fail", "skipped"]
-Verdict = Literal["pass", "warn", "fail", "incomplete"]
-FindingStatus = Literal["fail", "warn", "ok", "ignored"]
-BaselineStatus = Literal["new", "persisting", "worse"]
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One gate condition: what was compared, and how it came out."""
-
-    name: str
-    status: Status
-    threshold: float | None
-    observed: float | None
-    message: str
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "threshold": self.threshold,
-            "observed": self.observed,
-            "message": self.message,
-            **dict(self.extra),
-        }
+__all__ = ["BaselineStatus", "BaselineSummary", "Condition", "FindingOutcome", "FindingStatus", "GateOutcome",
+           "IgnoredOutcome", "Status", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -51,39 +28,14 @@ class FindingOutcome:
 
 
 @dataclass(frozen=True)
-class BaselineSummary:
-    """Flagged findings compared with a previous audit."""
-
-    path: str
-    new: int
-    persisting: int
-    worse: int
-    fixed: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "new": self.new,
-            "persisting": self.persisting,
-            "worse": self.worse,
-            "fixed": list(self.fixed),
-        }
-
-
-@dataclass(frozen=True)
 class IgnoredOutcome:
     """An ignore entry and whether it still applies."""
 
     entry: IgnoreEntry
     expired: bool
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.entry.fingerprint,
-            "reason": self.entry.reason,
-            "expires": self.entry.expires.isoformat(),
-            "expired": self.expired,
-        }
+    def record(self) -> Ignored:
+        return Ignored(self.entry.fingerprint, self.entry.reason, self.entry.expires.isoformat(), self.expired)
 
 
 @dataclass(frozen=True)
@@ -97,14 +49,9 @@ class GateOutcome:
     baseline: BaselineSummary | None
     ignored: tuple[IgnoredOutcome, ...]
     notes: tuple[str, ...] = field(default=())
-    exposure: Mapping[str, Any] = field(default_factory=dict)
-    counted: Mapping[str, Any] = field(default_factory=dict)
+    exposure: Exposure = field(default_factory=lambda: Exposure(None, None, "incomplete"))
+    counted: Counted | None = None
 
-    def gate_dict(self) -> dict[str, Any]:
-        """The ``gate`` object of the findings document."""
-        return {
-            "conditions": [c.to_dict() for c in self.conditions],
-            "baseline": None if self.baseline is None else self.baseline.to_dict(),
-            "ignored": [i.to_dict() for i in self.ignored],
-            "counted": dict(self.counted),
-        }
+    def record(self) -> GateRecord:
+        """The ``gate`` part of the audit record."""
+        return GateRecord(self.conditions, self.baseline, tuple(i.record() for i in self.ignored), self.counted)

@@ -142,7 +142,7 @@ def _ignore_entries(raw: Any, problems: list[str]) -> tuple[IgnoreEntry, ...]:
         elif not isinstance(expires, date):
             problems.append(f"{where}.expires is required: a date YYYY-MM-DD (ignores must expire)")
             ok = False
-        if ok:
+        if ok and isinstance(fp, str) and isinstance(reason, str) and isinstance(expires, date):
             entries.append(IgnoreEntry(fp, reason.strip(), expires))
     return tuple(entries)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from leakaudit.config import AuditSettings
 from leakaudit.confine.session import ModelSession, confinement_notes, open_session
 from leakaudit.runtime.cpus import choose_threads
 from leakaudit.runtime.distributed import DistContext
-from leakaudit.pipeline.document import AuditResult, to_document
+from leakaudit.pipeline.result import AuditResult, audit_record
 from leakaudit.pipeline.evidence import gain_note, gather_evidence, members, top_findings
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.gate.verdict import apply_gate
+from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
 from leakaudit.pipeline.matches import Matches, match_stage
 from leakaudit.matching.lpips import LpipsScorer
@@ -37,6 +37,8 @@ from leakaudit.pipeline.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
 from leakaudit.pipeline.run_context import RunContext
 from leakaudit.pipeline.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
+from leakaudit.record import AuditRecord, dump
+from leakaudit.record.parse import frozen
 
 NO_HOLDOUT_NOTE = ("No holdout (--holdout): without non-member images the similarity of reconstructions to training "
                    "images cannot be told apart from how well any digit of the class would match; the thresholds are "
@@ -48,13 +50,14 @@ EXACT_COPIES_NOTE = ("Exact copies of training images among the reconstructions 
 
 @dataclass
 class AuditOutcome:
-    """What the CLI needs after an audit: the document, the exit status, what was written."""
+    """What the CLI needs after an audit: the record and its document, the exit status, what was written."""
 
-    document: dict[str, Any]
+    document: dict[str, Any]  # the record's JSON document (empty when stopped, or on a rank other than 0)
     exit_status: ExitStatus
     written: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # what reconstructions.npz holds
+    record: AuditRecord | None = None  # the audit's record (None when there is no result)
 
 
 def _stopped(written: list[Path] | None = None) -> AuditOutcome:
@@ -105,7 +108,7 @@ class Prepared:
     """The checked inputs of an audit, the previous audit it is compared with, and the LPIPS scorer."""
 
     inputs: AuditInputs
-    previous: dict[str, Any] | None
+    previous: AuditRecord | None  # the --baseline audit
     scorer: LpipsScorer
 
 
@@ -148,19 +151,20 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
     result = _score(run, prepared, sets, attack, matches, power)
     if result is None:
         return _stopped()
-    document = apply_gate(to_document(result, settings.gate.holdout_quantile), settings.gate,
-                          today=dt.datetime.now(dt.timezone.utc).date(), previous=prepared.previous,
-                          baseline_path=str(settings.baseline) if settings.baseline else None,
-                          members=members(sets.train, result.evidence.train_best))
+    record = gate_record(audit_record(result, settings.gate.holdout_quantile), settings.gate,
+                         today=dt.datetime.now(dt.timezone.utc).date(), previous=prepared.previous,
+                         baseline_path=str(settings.baseline) if settings.baseline else None,
+                         members=members(sets.train, result.evidence.train_best))
     timer.start("writing")
-    document["provenance"]["stage_seconds"] = timer.snapshot()
-    document["provenance"]["elapsed_s"] = timer.elapsed()
+    timings = {"stage_seconds": timer.snapshot(), "elapsed_s": timer.elapsed()}
+    record = replace(record, provenance=frozen({**record.provenance, **timings}))
     if stop():
         return _stopped()
     arrays = output_arrays(result)
     if not write:
-        return AuditOutcome(document=document, exit_status=ExitStatus(int(document["exit_code"])), arrays=arrays)
-    return _write(run, document, arrays)
+        return AuditOutcome(document=dump(record), exit_status=ExitStatus(record.exit_code), arrays=arrays,
+                            record=record)
+    return _write(run, record, arrays)
 
 
 def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack, matches: Matches,
@@ -204,13 +208,13 @@ def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
     }
 
 
-def _write(run: RunContext, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AuditOutcome:
+def _write(run: RunContext, record: AuditRecord, arrays: dict[str, np.ndarray]) -> AuditOutcome:
     """Every output file; what was written, or that a stop cut the writing short."""
     settings = run.settings
     run.observer.phase("writing outputs")
-    outputs = write_outputs(document, arrays, settings.out, redact=settings.redact, include_images=settings.images,
+    outputs = write_outputs(record, arrays, settings.out, redact=settings.redact, include_images=settings.images,
                             junit_path=settings.junit, markdown_path=settings.markdown, should_stop=run.stop)
     if outputs.stopped:
         return _stopped(list(outputs.paths))
-    return AuditOutcome(document=document, exit_status=ExitStatus(int(document["exit_code"])),
-                        written=list(outputs.paths), warnings=list(outputs.warnings), arrays=arrays)
+    return AuditOutcome(document=dump(record), exit_status=ExitStatus(record.exit_code),
+                        written=list(outputs.paths), warnings=list(outputs.warnings), arrays=arrays, record=record)

@@ -23,6 +23,8 @@ from leakaudit.matching.duplicates import near_duplicates
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.matching.null import class_mean_null
 from leakaudit.pipeline.run_context import RunContext
+from leakaudit.record import Finding, MemberScore
+from leakaudit.record.parse import frozen
 from leakaudit.scoring import (
     EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, LeakScore, MembershipTest, WeightsGain, leak_score, membership_test, quantile,
     weights_gain,
@@ -84,10 +86,9 @@ def fingerprint(path: str, image: torch.Tensor) -> str:
     return hashlib.sha256(path.encode("utf-8") + b"\0" + image.numpy().tobytes()).hexdigest()
 
 
-def members(train: ImageSet, train_best: torch.Tensor) -> list[dict[str, Any]]:
+def members(train: ImageSet, train_best: torch.Tensor) -> list[MemberScore]:
     """Every member's fingerprint and best match: what the gate counts."""
-    return [{"fingerprint": fingerprint(train.paths[i], train.images[i]), "ssim": float(train_best[i])}
-            for i in range(len(train))]
+    return [MemberScore(fingerprint(train.paths[i], train.images[i]), float(train_best[i])) for i in range(len(train))]
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class Findings:
     """The top members by best match, with what the document lists about each."""
 
     order: torch.Tensor  # (K,) training indices, best match first
-    rows: list[dict[str, Any]]
+    rows: tuple[Finding, ...]
     lpips_note: str | None  # why LPIPS is missing, if it is
 
 
@@ -122,20 +123,19 @@ def top_findings(run: RunContext, candidates: torch.Tensor, train: ImageSet, mat
     else:
         note = f"LPIPS unavailable: {scorer.reason}"
     p95, p99 = evidence.p95, evidence.p99
-    rows = []
+    rows: list[Finding] = []
     for rank, (i, lp) in enumerate(zip(order.tolist(), lpips_values), start=1):
         s = float(train_best[i])
-        rows.append({
-            "rank": rank, "fingerprint": fingerprint(train.paths[i], train.images[i]), "path": train.paths[i],
-            "class": train.class_of(i), "class_index": int(train.labels[i]), "train_index": i,
-            "reconstruction_index": int(best_index[i]), "ssim": s, "lpips": lp,
-            "excess_over_holdout_p95": (s - p95) if p95 is not None else None,
-            "above_holdout_p99": (s > p99) if p99 is not None else None,
-            "shares_reconstruction_with": duplicates.shares_with(i),
-            "shares_reconstruction_count": duplicates.share_count(i),
-            "status": "ok", "status_rule": "", "baseline_status": None,
-        })
-    return Findings(order, rows, note)
+        rows.append(Finding(
+            rank=rank, fingerprint=fingerprint(train.paths[i], train.images[i]), path=train.paths[i],
+            class_name=train.class_of(i), class_index=int(train.labels[i]), train_index=i,
+            reconstruction_index=int(best_index[i]), ssim=s, lpips=lp,
+            excess_over_holdout_p95=(s - p95) if p95 is not None else None,
+            above_holdout_p99=(s > p99) if p99 is not None else None, status="ok", status_rule="",
+            extra=frozen({"shares_reconstruction_with": duplicates.shares_with(i),
+                          "shares_reconstruction_count": duplicates.share_count(i)}),
+        ))
+    return Findings(order, tuple(rows), note)
 
 
 def per_class(train: ImageSet, train_best: torch.Tensor, null: ImageSet | None, null_best: torch.Tensor | None,

@@ -120,18 +120,20 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         if control.unsupported is not None:
             return PowerStage(not_measured(control.unsupported, per_class), {}, {})
         method = control.method
-        leak, above, q, seen, shown, why, best, best_index = score_rung(
-            rung.k, control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,
-            settings.seed)
-        notes = list(control.notes)
+        score = score_rung(control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,
+                           settings.seed)
+        shown, why, notes = score.shown, score.reason, list(control.notes)
         if not control.complete:
             shown, why = False, "The control's attack did not finish within the budget: not counted. " + why
             notes.append("The control's inversion was cut short by the budget.")
         results.append(RungResult(
-            rung.k, len(rung.members), len(rung.null), leak, above, q, seen, shown, why, control.memorised,
-            control.steps, control.final_loss, control.accuracy, control.complete, time.monotonic() - rung_started,
-            null_idx[rung.members].tolist(), null_idx[rung.null].tolist(), [float(s) for s in best.tolist()],
-            [int(i) for i in best_index.tolist()], notes))
+            k=rung.k, n_members=len(rung.members), n_null=len(rung.null), leak=score.leak,
+            above_quantile=score.above_quantile, quantile_value=score.quantile_value, at_seen=score.at_seen,
+            shown=shown, reason=why, memorised=control.memorised, steps=control.steps, final_loss=control.final_loss,
+            accuracy=control.accuracy, complete=control.complete, seconds=time.monotonic() - rung_started,
+            members=null_idx[rung.members].tolist(), null=null_idx[rung.null].tolist(),
+            member_best_ssim=[float(s) for s in score.member_best_ssim.tolist()],
+            member_best_index=[int(i) for i in score.member_best_index.tolist()], notes=notes))
         candidates[rung.k] = control.candidates
         members[rung.k] = rung.members
     if not results:

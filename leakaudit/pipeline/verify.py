@@ -9,9 +9,10 @@ what to pass, and runs before minutes of inversion are spent.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from leakaudit.errors import ConfigError, DataError, UsageError
+from leakaudit.errors import ConfigError, DataError, OutputError, UsageError
+from leakaudit.record import AuditRecord, load
 from leakaudit.report.json_format import load_document
 from leakaudit.report.schema import schema_errors
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
     from leakaudit.matching.lpips import LpipsScorer
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
-    """A previous findings document, schema-validated; a forged or damaged file is refused here."""
+def load_baseline(path: Path) -> AuditRecord:
+    """A previous audit's record, from its schema-validated document; a forged or damaged file is refused here."""
     try:
         document = load_document(path)
     except Exception as exc:  # OutputError: missing, unreadable, not JSON
@@ -35,19 +36,22 @@ def load_baseline(path: Path) -> dict[str, Any]:
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise UsageError(f"--baseline {path} is not a valid leakaudit findings document: {shown}")
-    return document
+    try:
+        return load(document)
+    except OutputError as exc:  # a schema-valid document the record still cannot read (an older version)
+        raise UsageError(f"--baseline {path}: {exc}") from None
 
 
-def check_baseline_provenance(previous: dict[str, Any], inputs: AuditInputs, settings: AuditSettings) -> None:
+def check_baseline_provenance(previous: AuditRecord, inputs: AuditInputs, settings: AuditSettings) -> None:
     """A baseline must come from an audit of this model on this training data, unless told otherwise."""
     if settings.allow_foreign_baseline:
         return
-    provenance = previous.get("provenance") or {}
+    provenance = previous.provenance  # the schema requires its model and data objects
     differences = []
-    model_sha = (provenance.get("model") or {}).get("sha256")
+    model_sha = provenance["model"]["sha256"]
     if model_sha != inputs.model.info.sha256:
         differences.append(f"another model (sha256 {str(model_sha)[:12]}…, this one {inputs.model.info.sha256[:12]}…)")
-    data_sha = (provenance.get("data") or {}).get("manifest_sha256")
+    data_sha = provenance["data"]["manifest_sha256"]
     if data_sha != inputs.train.manifest_sha256:
         differences.append(f"other training data (manifest {str(data_sha)[:12]}…, this one "
                            f"{inputs.train.manifest_sha256[:12]}…)")

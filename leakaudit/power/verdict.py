@@ -19,6 +19,8 @@ import torch
 from leakaudit.gate.conditions import chance_test, leak_condition, members_of, ssim_condition
 from leakaudit.gate.settings import GateSettings
 from leakaudit.matching.search import auto_prefilter, best_matches
+from leakaudit.record import LeakScore, MemberScore, PowerRecord, Rung
+from leakaudit.record.parse import frozen
 from leakaudit.scoring import leak_score, quantile
 
 PowerStatus = Literal["shown", "not shown", "not measured"]
@@ -32,7 +34,7 @@ class RungResult:
     k: int
     n_members: int
     n_null: int
-    leak: dict[str, Any] | None
+    leak: LeakScore | None
     above_quantile: int  # members above the control null's gate quantile
     quantile_value: float | None
     at_seen: int  # members at SSIM ≥ SEEN_SSIM
@@ -50,16 +52,19 @@ class RungResult:
     member_best_index: list[int]
     notes: list[str] = field(default_factory=list)
 
+    def rung(self) -> Rung:
+        """The rung as the audit record holds it."""
+        return Rung(k=self.k, n_members=self.n_members, n_null=self.n_null, leak_score=self.leak,
+                    members_above_quantile=self.above_quantile, quantile_value=self.quantile_value,
+                    members_at_ssim_0_4=self.at_seen, shown=self.shown, reason=self.reason, memorised=self.memorised,
+                    training_steps=self.steps,
+                    final_loss=self.final_loss if self.final_loss == self.final_loss else None,  # NaN: none recorded
+                    accuracy=self.accuracy, complete=self.complete, members=tuple(self.members), null=tuple(self.null),
+                    member_best_ssim=tuple(self.member_best_ssim), member_best_index=tuple(self.member_best_index),
+                    notes=tuple(self.notes), seconds=self.seconds)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n_members": self.n_members, "n_null": self.n_null, "leak_score": self.leak,
-                "members_above_quantile": self.above_quantile, "quantile_value": self.quantile_value,
-                "members_at_ssim_0_4": self.at_seen, "shown": self.shown, "reason": self.reason,
-                "memorised": self.memorised, "training_steps": self.steps,
-                "final_loss": self.final_loss if self.final_loss == self.final_loss else None,
-                "accuracy": self.accuracy, "complete": self.complete,
-                "splits": {"members": self.members, "null": self.null},
-                "member_best_ssim": self.member_best_ssim, "member_best_index": self.member_best_index,
-                "notes": list(self.notes)}
+        return self.rung().to_dict()
 
 
 def _gate_for_control(gate: GateSettings) -> GateSettings:
@@ -67,14 +72,23 @@ def _gate_for_control(gate: GateSettings) -> GateSettings:
     return replace(gate, ignore=(), baseline_path=None)
 
 
-def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, null_images: torch.Tensor,
-               gate: GateSettings, seed: int) -> tuple[dict[str, Any] | None, int, float | None, int, bool, str,
-                                                       torch.Tensor, torch.Tensor]:
-    """Match a control's candidates and judge them with the audit's conditions.
+@dataclass(frozen=True)
+class RungScore:
+    """A control's candidates matched and judged with the audit's conditions."""
 
-    Returns (leak score dict, members above the quantile, the quantile, members at ≥ 0.4, shown, reason,
-    members' best SSIM, their best candidate).
-    """
+    leak: LeakScore
+    above_quantile: int  # members above the control null's gate quantile
+    quantile_value: float | None
+    at_seen: int  # members at SSIM ≥ SEEN_SSIM
+    shown: bool  # the control fails the audit's reconstruction conditions
+    reason: str
+    member_best_ssim: torch.Tensor  # (members,) float64
+    member_best_index: torch.Tensor  # (members,) the best candidate of each member
+
+
+def score_rung(candidates: torch.Tensor, member_images: torch.Tensor, null_images: torch.Tensor,
+               gate: GateSettings, seed: int) -> RungScore:
+    """Match a control's candidates and judge them with the audit's SSIM and leak score conditions."""
     prefilter = auto_prefilter(int(candidates.shape[0]), len(member_images) + len(null_images))
     train = best_matches(candidates, member_images, k=1, prefilter=prefilter)
     null = best_matches(candidates, null_images, k=1, prefilter=prefilter)
@@ -82,11 +96,10 @@ def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, nu
     leak = leak_score(train_best, null_best, seed=seed)
     settings = _gate_for_control(gate)
     q = quantile(null_best, settings.holdout_quantile)
-    rows = [{"fingerprint": str(i), "ssim": float(s)} for i, s in enumerate(train_best.tolist())]
-    summary = {"n_holdout": len(null_images), "leak_score": leak.to_dict()}
-    chance = chance_test(rows, len(rows), summary, settings, q)
+    rows = [MemberScore(str(i), float(s)) for i, s in enumerate(train_best.tolist())]
+    chance = chance_test(rows, len(rows), len(null_images), settings, q)
     ssim = ssim_condition(settings, members_of(rows, {}, settings, chance, {}, None), chance)
-    leak_cond = leak_condition(settings, {"calibrated": True, "summary": summary}, None)
+    leak_cond = leak_condition(settings, leak, True, None)
     failed = [c for c in (ssim, leak_cond) if c.status == "fail"]
     if failed:
         reason = " ".join(f"{c.name}: {c.message}" for c in failed)
@@ -94,7 +107,7 @@ def score_rung(k: int, candidates: torch.Tensor, member_images: torch.Tensor, nu
         reason = "Would pass the gate: " + " ".join(f"{c.name}: {c.message}" for c in (leak_cond, ssim))
     above = int((train_best > q).sum()) if q is not None else 0
     seen = int((train_best >= SEEN_SSIM).sum())
-    return (leak.to_dict(), above, q, seen, bool(failed), reason, train_best, train.best_index)
+    return RungScore(leak, above, q, seen, bool(failed), reason, train_best, train.best_index)
 
 
 @dataclass(frozen=True)
@@ -118,13 +131,15 @@ class Power:
             return self.largest_k
         return min((r.k for r in self.rungs), default=None)
 
+    def record(self) -> PowerRecord:
+        """The power as the audit record holds it."""
+        return PowerRecord(status=self.status, reason=self.reason, statement=self.statement,
+                           largest_k_shown=self.largest_k, model_images_per_class=self.model_per_class,
+                           rungs=tuple(r.rung() for r in self.rungs), copy=self.method,
+                           recipe=None if self.recipe is None else frozen(self.recipe), seconds=self.seconds)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "reason": self.reason, "statement": self.statement,
-                "images_k": self.display_k,
-                "largest_k_shown": self.largest_k, "model_images_per_class": self.model_per_class,
-                "ladder": [r.k for r in self.rungs], "rungs": [r.to_dict() for r in self.rungs],
-                "copy": self.method, "recipe": self.recipe, "seconds": self.seconds,
-                "rung_seconds": [r.seconds for r in self.rungs]}
+        return self.record().to_dict()
 
 
 def per_class_text(n: float | None) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from leakaudit.record import as_record, dump
 from leakaudit.report.atomic import atomic_write_text
 from leakaudit.report.html import render_html
 from leakaudit.report.images import Redaction
@@ -26,6 +26,7 @@ from leakaudit.report.json_format import (
 )
 from leakaudit.report.junit import render_junit
 from leakaudit.report.markdown import render_markdown
+from leakaudit.report.summary import Readable
 
 HTML_NAME = "report.html"
 DEFAULT_SIZE_WARN_BYTES = 20_000_000
@@ -66,7 +67,7 @@ def _size_warnings(path: Path, size: int, limit: int) -> list[str]:
 
 
 def render_report_file(
-    document: Mapping[str, Any],
+    readable: Readable,
     arrays: Mapping[str, np.ndarray],
     target: str | Path,
     *,
@@ -75,12 +76,12 @@ def render_report_file(
     size_warn_bytes: int = DEFAULT_SIZE_WARN_BYTES,
 ) -> tuple[Path, list[str]]:
     """Re-render only the HTML report (``leakaudit report``): the written path and any warnings."""
-    path = atomic_write_text(target, render_html(document, arrays, redact=redact, include_images=include_images))
+    path = atomic_write_text(target, render_html(readable, arrays, redact=redact, include_images=include_images))
     return path, _size_warnings(path, path.stat().st_size, size_warn_bytes)
 
 
 def write_outputs(
-    document: Mapping[str, Any],
+    readable: Readable,
     arrays: Mapping[str, np.ndarray],
     out_dir: str | Path,
     *,
@@ -92,7 +93,7 @@ def write_outputs(
     write_array_file: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> WrittenOutputs:
-    """Write arrays, leakaudit.json, report.html and the optional JUnit/Markdown files, each atomically.
+    """Write arrays, leakaudit.json, report.html and the optional JUnit/Markdown files of a record, each atomically.
 
     Everything is rendered before anything is written, so a rendering error
     leaves the folder as it was. ``write_array_file=False`` keeps an existing
@@ -101,10 +102,11 @@ def write_outputs(
     no further file is started, and ``stopped`` says the set is partial.
     """
     out = Path(out_dir)
-    json_text = dumps(document)
-    html_text = render_html(document, arrays, redact=redact, include_images=include_images)
-    junit_text = render_junit(document) if junit_path is not None else None
-    markdown_text = render_markdown(document) if markdown_path is not None else None
+    record = as_record(readable)
+    json_text = dumps(dump(record))
+    html_text = render_html(record, arrays, redact=redact, include_images=include_images)
+    junit_text = render_junit(record) if junit_path is not None else None
+    markdown_text = render_markdown(record) if markdown_path is not None else None
 
     stop = should_stop or (lambda: False)
     jobs: list[tuple[Path, Callable[[], Path]]] = []

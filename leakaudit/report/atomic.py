@@ -65,7 +65,7 @@ def create_new(folder_fd: int, prefix: str, mode: int = 0o666) -> tuple[int, str
     raise FileExistsError(errno.EEXIST, "no free temporary name", prefix)
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, owned: bool = False) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, owned: bool = False) -> Path:
     """Create or replace ``path`` with whatever ``write`` puts into the binary stream it is given.
 
     ``owned``: the folder is one leakaudit makes inside OUT, which may not be a symbolic link.

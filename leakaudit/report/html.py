@@ -20,9 +20,10 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from leakaudit.record import AuditRecord, as_record
 from leakaudit.report import view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
-from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers
+from leakaudit.report.summary import SYMBOLS, Readable, format_p, summarise, tidy_numbers
 from leakaudit.sanitize import document_text
 
 TEMPLATE = "report.html.j2"
@@ -86,62 +87,65 @@ def _banner(include_images: bool, redact: Redaction, have_arrays: bool) -> tuple
     return "contains", "This report contains training images. Handle and share it like the training data itself."
 
 
-def _plot(document: Mapping[str, Any]) -> Markup | None:
-    summary, thresholds = document["summary"], document.get("thresholds") or {}
-    histogram = summary.get("histogram")
+def _plot(record: AuditRecord) -> Markup | None:
+    summary, thresholds = record.summary, record.thresholds
+    histogram = summary.histogram
     if not histogram or not histogram.get("bins"):
         return None
-    q = thresholds.get("holdout_quantile", 0.99)
-    prototype = (summary.get("class_mean_null") or {}).get("train_mean")
+    q = thresholds.holdout_quantile
+    prototype = summary.prototype_train_mean
     markers: Sequence[tuple[str, float | None, str]] = (
-        ("fail", thresholds.get("fail_ssim"), ""),
-        ("warn", thresholds.get("warn_ssim"), "6 4"),
-        (f"holdout q{q:g}", view.holdout_reference(document), "2 3"),
+        ("fail", thresholds.fail_ssim, ""),
+        ("warn", thresholds.warn_ssim, "6 4"),
+        (f"holdout q{q:g}", record.holdout_reference, "2 3"),
         ("class mean", prototype, "10 3 2 3"),
     )
     # the SVG holds numbers and fixed labels only, never a user string
     return Markup(ssim_distribution_svg(histogram, markers))
 
 
-def _lpips_reason(document: Mapping[str, Any]) -> str | None:
-    info = (document.get("metrics") or {}).get("lpips") or {}
-    return None if info.get("available") else str(info.get("reason") or "no reason given")
+def _lpips_reason(record: AuditRecord) -> str | None:
+    return None if record.lpips_available else record.lpips_reason
 
 
 def report_context(
-    document: Mapping[str, Any],
+    readable: Readable,
     arrays: Mapping[str, np.ndarray],
     *,
     redact: Redaction = "none",
     include_images: bool = True,
 ) -> dict[str, Any]:
-    """Everything the template needs, with images already turned into data URIs."""
+    """Everything the template needs, with images already turned into data URIs.
+
+    The template lays out the record (``doc``, ``summary``); every choice is made in ``view``.
+    """
+    record = as_record(readable)
     images = ImageRenderer(redact=redact, include=include_images and bool(arrays))
-    plain = summarise(document)
+    plain = summarise(record)
     banner_kind, banner_text = _banner(include_images, redact, bool(arrays))
-    rows = view.finding_rows(document, arrays, images)
+    rows = view.finding_rows(record, arrays, images)
     return {
-        "doc": document,
-        "summary": document["summary"],
+        "doc": record,
+        "summary": record.summary,
         "verdict": {"key": plain.verdict, "symbol": SYMBOLS.get(plain.verdict, ""),
                     "word": VERDICT_WORDS.get(plain.verdict, plain.verdict.upper()), "plain": plain},
         "banner": {"kind": banner_kind, "text": banner_text, "npz": bool(arrays)},
         "images": images.include,
         "rows": rows,
         "top": view.top_leaked(rows),
-        "leak": view.leak_facts(document),
-        "galleries": view.galleries(document, arrays, images),
-        "power": view.power_view(document, arrays, images),
-        "plot": _plot(document),
-        "notes": view.notes(document),
-        "lpips_reason": _lpips_reason(document),
+        "leak": view.leak_facts(record),
+        "galleries": view.galleries(record, arrays, images),
+        "power": view.power_view(record, arrays, images),
+        "plot": _plot(record),
+        "notes": view.notes(record),
+        "lpips_reason": _lpips_reason(record),
         "diff_scale": view.diff_scale(),
-        "reference": view.holdout_reference(document),
+        "reference": record.holdout_reference,
     }
 
 
 def render_html(
-    document: Mapping[str, Any],
+    readable: Readable,
     arrays: Mapping[str, np.ndarray],
     *,
     redact: Redaction = "none",
@@ -149,7 +153,7 @@ def render_html(
 ) -> str:
     """The complete report page as a string."""
     env = _environment()
-    context = report_context(document, arrays, redact=redact, include_images=include_images)
+    context = report_context(readable, arrays, redact=redact, include_images=include_images)
     assert env.loader is not None
     context["css"] = Markup(env.loader.get_source(env, STYLESHEET)[0])  # our own stylesheet, inlined
     return env.get_template(TEMPLATE).render(**context)

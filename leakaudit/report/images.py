@@ -45,7 +45,8 @@ def difference_map(reconstruction: np.ndarray, train: np.ndarray, gain: float = 
     diff = np.abs(a - b)
     if diff.ndim == 3:
         diff = diff.mean(axis=-1)
-    return np.clip(diff * gain, 0, 255).round().astype(np.uint8)
+    scaled: np.ndarray = np.clip(diff * gain, 0, 255).round().astype(np.uint8)
+    return scaled
 
 
 def _pil(array: np.ndarray) -> Image.Image:

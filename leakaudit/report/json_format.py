@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from leakaudit.errors import OutputError
+from leakaudit.record import AuditRecord, load
 from leakaudit.report.atomic import atomic_write
 
 JSON_NAME = "leakaudit.json"
@@ -34,7 +35,7 @@ TIMING_FIELDS = {
 
 def without_timings(document: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``document`` without its timings: what must be identical for the same inputs, seed and effort."""
-    copy = json.loads(json.dumps(document))
+    copy: dict[str, Any] = json.loads(json.dumps(document))
     for section, keys in TIMING_FIELDS.items():
         for key in keys:
             (copy.get(section) or {}).pop(key, None)
@@ -62,7 +63,8 @@ def dumps(document: Mapping[str, Any]) -> str:
 def write_arrays(arrays: Mapping[str, np.ndarray], out_dir: str | Path) -> Path:
     """Atomically write OUT/reconstructions.npz (compressed)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    named: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    np.savez_compressed(buffer, **named)
     return atomic_write(Path(out_dir) / ARRAYS_NAME, lambda stream: stream.write(buffer.getvalue()))
 
 
@@ -94,12 +96,13 @@ def load_arrays(npz_path: str | Path) -> dict[str, np.ndarray]:
         raise OutputError(f"cannot read {path}: {exc}") from exc
 
 
-def load_outputs(json_path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The document and, when ``reconstructions.npz`` lies beside it, its arrays (else ``{}``).
+def load_outputs(json_path: str | Path) -> tuple[AuditRecord, dict[str, np.ndarray]]:
+    """The audit's record (its document checked and read) and, when ``reconstructions.npz`` lies beside it, its
+    arrays (else ``{}``).
 
     Without the arrays the report is still rendered, with its images left out.
     """
-    document = load_document(json_path)
+    document = load(load_document(json_path))
     npz = Path(json_path).with_name(ARRAYS_NAME)
     arrays = load_arrays(npz) if npz.exists() else {}
     return document, arrays

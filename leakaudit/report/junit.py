@@ -11,93 +11,103 @@ through ``sanitize.xml_text``, so the file stays well-formed whatever a path hol
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
+from leakaudit.record import AuditRecord, Condition, as_record
+from leakaudit.report.summary import Readable, summarise, tidy_numbers
 from leakaudit.sanitize import document_text, xml_text
-
-from leakaudit.report.summary import summarise, tidy_numbers, unconfined_reason
 
 SUITE = "leakaudit.gate"
 
 
-def _value(value: Any) -> str:
+@dataclass(frozen=True)
+class Case:
+    """One test case: a gate condition, or the attack's completeness, or the positive control."""
+
+    name: str
+    status: str
+    threshold: float | None
+    observed: float | None
+    message: str
+
+    @classmethod
+    def of(cls, condition: Condition) -> Case:
+        return cls(condition.name, condition.status, condition.threshold, condition.observed, condition.message)
+
+
+def _value(value: float | None) -> str:
     return "off" if value is None else f"{float(value):.3f}"
 
 
-def _properties(suite: ET.Element, document: Mapping[str, Any]) -> None:
-    plain = summarise(document)
-    leak = (document.get("summary") or {}).get("leak_score") or {}
-    model = (document.get("provenance") or {}).get("model") or {}
+def _properties(suite: ET.Element, record: AuditRecord) -> None:
+    plain = summarise(record)
+    leak = record.summary.leak_score
+    sha = record.model_sha256 or "–"
     values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
               "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
-              "leak_score": _value(leak.get("value")) if leak else "–", "model_sha256": str(model.get("sha256", "–")),
+              "leak_score": "–" if leak is None else _value(leak.value), "model_sha256": str(sha),
               "power": plain.power or "–"}
     properties = ET.SubElement(suite, "properties")
     for name, value in values.items():
         ET.SubElement(properties, "property", name=f"leakaudit.{name}", value=value)
 
 
-def _case(suite: ET.Element, condition: Mapping[str, Any], seconds: str) -> None:
-    name = f"{SUITE}.{xml_text(condition['name'])}"
+def _case(suite: ET.Element, condition: Case, seconds: str) -> None:
+    name = f"{SUITE}.{xml_text(condition.name)}"
     case = ET.SubElement(suite, "testcase", classname=SUITE, name=name, time=seconds)
-    message = xml_text(tidy_numbers(str(condition["message"])))
-    detail = f"{message} (threshold {_value(condition.get('threshold'))}, observed {_value(condition.get('observed'))})"
-    if condition["status"] == "fail":
+    message = xml_text(tidy_numbers(condition.message))
+    detail = f"{message} (threshold {_value(condition.threshold)}, observed {_value(condition.observed)})"
+    if condition.status == "fail":
         failure = ET.SubElement(case, "failure", message=message, type="LeakageGateFailure")
         failure.text = detail
-    elif condition["status"] == "skipped":
+    elif condition.status == "skipped":
         ET.SubElement(case, "skipped", message=message)
     else:
         out = ET.SubElement(case, "system-out")
-        out.text = f"{condition['status'].upper()}: {detail}"
+        out.text = f"{condition.status.upper()}: {detail}"
 
 
-def _power_case(document: Mapping[str, Any]) -> dict[str, Any] | None:
+def _power_case(record: AuditRecord) -> Case | None:
     """The positive control as a case: fails where require_power made the audit incomplete, skipped when not
     measured, else passing with the statement (which says plainly when power is not shown)."""
-    power = document.get("power")
-    if not isinstance(power, Mapping):
+    power = record.power
+    if power is None:
         return None
-    required = bool((document.get("thresholds") or {}).get("require_power"))
-    status = str(power.get("status"))
-    if status == "shown":
+    if power.status == "shown":
         outcome = "pass"
-    elif required:
+    elif record.thresholds.require_power:
         outcome = "fail"
     else:
-        outcome = "skipped" if status == "not measured" else "warn"
-    return {"name": "power", "status": outcome, "threshold": None, "observed": power.get("largest_k_shown"),
-            "message": str(power.get("statement") or power.get("reason") or "")}
+        outcome = "skipped" if power.status == "not measured" else "warn"
+    return Case("power", outcome, None, power.largest_k_shown, power.statement or power.reason)
 
 
-def render_junit(document: Mapping[str, Any]) -> str:
-    """The gate of ``document`` as a JUnit XML string."""
-    conditions = list((document.get("gate") or {}).get("conditions") or [])
-    inversion = document.get("inversion") or {}
-    if inversion.get("complete") is False:  # an unfinished attack is its own failing case, whatever the conditions say
-        conditions.append({"name": "attack_complete", "status": "fail", "threshold": inversion.get("planned_steps"),
-                           "observed": inversion.get("steps"),
-                           "message": inversion.get("incomplete_reason") or "the attack was cut short by the budget"})
-    power = _power_case(document)
+def render_junit(readable: Readable) -> str:
+    """The gate of an audit as a JUnit XML string."""
+    record = as_record(readable)
+    cases = [Case.of(c) for c in record.gate.conditions]
+    inversion = record.inversion
+    if not inversion.complete:  # an unfinished attack is its own failing case, whatever the conditions say
+        cases.append(Case("attack_complete", "fail", inversion.planned_steps, inversion.steps,
+                          inversion.incomplete_reason or "the attack was cut short by the budget"))
+    power = _power_case(record)
     if power is not None:
-        conditions.append(power)
-    provenance = document.get("provenance") or {}
-    seconds = f"{float(provenance.get('elapsed_s') or 0.0):.3f}"
-    failures = sum(1 for c in conditions if c["status"] == "fail")
-    skipped = sum(1 for c in conditions if c["status"] == "skipped")
-    suites = ET.Element("testsuites", name="leakaudit", tests=str(len(conditions)), failures=str(failures), time=seconds)
-    suite = ET.SubElement(suites, "testsuite", name=SUITE, tests=str(len(conditions)), failures=str(failures),
+        cases.append(power)
+    seconds = f"{record.elapsed_s:.3f}"
+    failures = sum(1 for c in cases if c.status == "fail")
+    skipped = sum(1 for c in cases if c.status == "skipped")
+    suites = ET.Element("testsuites", name="leakaudit", tests=str(len(cases)), failures=str(failures), time=seconds)
+    suite = ET.SubElement(suites, "testsuite", name=SUITE, tests=str(len(cases)), failures=str(failures),
                           errors="0", skipped=str(skipped), time=seconds)
-    started = provenance.get("started_at")
+    started = record.started_at
     if started:
         suite.set("timestamp", str(started)[:19])  # the JUnit schema's form: no zone (the audit's clock is UTC)
-    _properties(suite, document)
-    for condition in conditions:
-        _case(suite, condition, seconds)
-    if (provenance.get("model") or {}).get("format") == "pickle":
+    _properties(suite, record)
+    for case in cases:
+        _case(suite, case, seconds)
+    if record.model_format == "pickle":
         ET.SubElement(suite, "system-err").text = "--unsafe-pickle: the model file was unpickled; code from it ran"
-    unconfined = unconfined_reason(document)
+    unconfined = record.unconfined_reason
     if unconfined is not None:
         ET.SubElement(suite, "system-err").text = f"the model ran unconfined, in the audit's own process: {unconfined}"
     ET.indent(suites)

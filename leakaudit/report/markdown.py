@@ -11,10 +11,8 @@ autolinks and @mentions stay plain text, and table pipes are escaped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from leakaudit.report.summary import SYMBOLS, format_p, summarise, tidy_numbers, unconfined_reason
+from leakaudit.record import AuditRecord, Finding, as_record
+from leakaudit.report.summary import SYMBOLS, Readable, format_p, summarise, tidy_numbers
 from leakaudit.sanitize import document_text, markdown_text
 
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
@@ -37,60 +35,60 @@ def shorten(text: object, width: int = MAX_CELL) -> str:
     return s[:keep] + "…" + s[len(s) - (width - 1 - keep):]
 
 
-def _num(value: Any) -> str:
+def _num(value: float | None) -> str:
     return "–" if value is None else f"{float(value):.3f}"
 
 
-def _headline(document: Mapping[str, Any]) -> list[str]:
-    plain = summarise(document)
+def _headline(record: AuditRecord) -> list[str]:
+    plain = summarise(record)
     verdict = plain.verdict
     lines = [f"## leakaudit: {SYMBOLS.get(verdict, '')} {verdict.upper()}: {plain.headline} "
-             f"(exit code {document.get('exit_code')})", ""]
+             f"(exit code {record.exit_code})", ""]
     if plain.detail:
         lines += [md_escape(plain.detail), ""]
     lines += [f"- {STATUS.get(c.status, c.status)} **{c.name}**: {md_escape(c.text)}" for c in plain.conditions]
-    leak = (document.get("summary") or {}).get("leak_score")
-    if leak:
-        lines.append(f"- Leak score **{leak['value']:.3f}** (95% CI {leak['ci_low']:.3f}–{leak['ci_high']:.3f}, "
-                     f"{format_p(leak.get('p_value'))}; 0.5 = members matched no better than non-members)")
+    leak = record.summary.leak_score
+    if leak is not None:
+        lines.append(f"- Leak score **{leak.value:.3f}** (95% CI {leak.ci_low:.3f}–{leak.ci_high:.3f}, "
+                     f"{format_p(leak.p_value)}; 0.5 = members matched no better than non-members)")
     else:
         lines.append("- Leak score not available: no holdout of non-member images.")
     if plain.power is not None:
         lines.append(f"- **Power {plain.power}**: {md_escape(plain.power_text)}")
-    return lines + _power_table(document)
+    return lines + _power_table(record)
 
 
-def _power_table(document: Mapping[str, Any]) -> list[str]:
+def _power_table(record: AuditRecord) -> list[str]:
     """The control's ladder: one row per K."""
-    rungs = (document.get("power") or {}).get("rungs") or []
+    rungs = () if record.power is None else record.power.rungs
     if not rungs:
         return []
     lines = ["", "| Control, per class | Leak score | Members above the null | Members at SSIM ≥ 0.4 | Shown | Steps |",
              "|---:|---:|---:|---:|---|---:|"]
     for r in rungs:
-        leak = r.get("leak_score") or {}
-        lines.append(f"| K = {r['k']} | {_num(leak.get('value'))} | {r['members_above_quantile']}/{r['n_members']} | "
-                     f"{r['members_at_ssim_0_4']}/{r['n_members']} | {'yes' if r['shown'] else 'no'} | "
-                     f"{r['training_steps']} |")
+        leak = None if r.leak_score is None else r.leak_score.value
+        lines.append(f"| K = {r.k} | {_num(leak)} | {r.members_above_quantile}/{r.n_members} | "
+                     f"{r.members_at_ssim_0_4}/{r.n_members} | {'yes' if r.shown else 'no'} | "
+                     f"{r.training_steps} |")
     return lines
 
 
-def _gate_table(document: Mapping[str, Any]) -> list[str]:
-    conditions = (document.get("gate") or {}).get("conditions") or []
+def _gate_table(record: AuditRecord) -> list[str]:
+    conditions = record.gate.conditions
     lines = ["", "| Condition | Status | Threshold | Observed |", "|---|---|---:|---:|"]
-    lines += [f"| {c['name']} | {STATUS.get(c['status'], c['status'])} | {_num(c.get('threshold'))} | "
-              f"{_num(c.get('observed'))} |" for c in conditions]
+    lines += [f"| {c.name} | {STATUS.get(c.status, c.status)} | {_num(c.threshold)} | "
+              f"{_num(c.observed)} |" for c in conditions]
     lines += ["", "<details><summary>What each condition measured</summary>", ""]
-    lines += [f"- **{c['name']}**: {md_escape(tidy_numbers(str(c['message'])))}" for c in conditions]
+    lines += [f"- **{c.name}**: {md_escape(tidy_numbers(c.message))}" for c in conditions]
     return lines + ["", "</details>"]
 
 
-def _finding_row(f: Mapping[str, Any]) -> str:
-    return (f"| {f['rank']} | {md_escape(shorten(f['class'], 16))} | {md_escape(shorten(f['path']))} | {_num(f['ssim'])} | "
-            f"{_num(f.get('lpips'))} | {STATUS.get(f['status'], f['status'])} | `{str(f['fingerprint'])[:12]}` |")
+def _finding_row(f: Finding) -> str:
+    return (f"| {f.rank} | {md_escape(shorten(f.class_name, 16))} | {md_escape(shorten(f.path))} | {_num(f.ssim)} | "
+            f"{_num(f.lpips)} | {STATUS.get(f.status, f.status)} | `{f.fingerprint[:12]}` |")
 
 
-def _findings(findings: Sequence[Mapping[str, Any]], total: int) -> list[str]:
+def _findings(findings: tuple[Finding, ...], total: int) -> list[str]:
     if not findings:
         return []
     header = ["| Rank | Class | File | SSIM | LPIPS | Status | Fingerprint |", "|---:|---|---|---:|---:|---|---|"]
@@ -100,28 +98,27 @@ def _findings(findings: Sequence[Mapping[str, Any]], total: int) -> list[str]:
         lines += ["", f"<details><summary>{len(findings) - SHOWN_ROWS} more</summary>", "", *header]
         lines += [_finding_row(f) for f in findings[SHOWN_ROWS:]] + ["", "</details>"]
     lines += ["", "<details><summary>Fingerprints, for ignore entries</summary>", "", "```toml"]
-    lines += [f'{{ fingerprint = "{f["fingerprint"]}", reason = "…", expires = "YYYY-MM-DD" }},  # rank {f["rank"]}'
-              for f in findings if all(ch in "0123456789abcdef" for ch in str(f["fingerprint"]))]
+    lines += [f'{{ fingerprint = "{f.fingerprint}", reason = "…", expires = "YYYY-MM-DD" }},  # rank {f.rank}'
+              for f in findings if all(ch in "0123456789abcdef" for ch in f.fingerprint)]
     return lines + ["```", "", "</details>"]
 
 
-def render_markdown(document: Mapping[str, Any], max_rows: int = MAX_ROWS) -> str:
+def render_markdown(readable: Readable, max_rows: int = MAX_ROWS) -> str:
     """What holds, the failing conditions, the gate and the top findings, as GitHub/GitLab Markdown."""
-    all_findings = document.get("findings") or []
-    summary = document.get("summary") or {}
-    lines = _headline(document) + [""]
-    lines.append(("Calibrated by a holdout." if document.get("calibrated") else "**Uncalibrated**: no holdout, absolute thresholds.")
-                 + f" Mode: {md_escape(document.get('mode'))}. {summary.get('n_train')} training images, "
-                 f"{summary.get('n_candidates')} reconstructions.")
-    inversion = document.get("inversion") or {}
-    if inversion.get("complete") is False:
-        lines += ["", f"**Incomplete attack**: {md_escape(inversion.get('incomplete_reason') or 'cut short by the budget')}"]
-    if ((document.get("provenance") or {}).get("model") or {}).get("format") == "pickle":
+    record = as_record(readable)
+    summary = record.summary
+    lines = _headline(record) + [""]
+    lines.append(("Calibrated by a holdout." if record.calibrated else "**Uncalibrated**: no holdout, absolute thresholds.")
+                 + f" Mode: {md_escape(record.mode)}. {summary.n_train} training images, "
+                 f"{summary.n_candidates} reconstructions.")
+    if not record.inversion.complete:
+        lines += ["", f"**Incomplete attack**: {md_escape(record.inversion.incomplete_reason or 'cut short by the budget')}"]
+    if record.model_format == "pickle":
         lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
-    unconfined = unconfined_reason(document)
+    unconfined = record.unconfined_reason
     if unconfined is not None:
         lines += ["", f"**Warning: the model ran unconfined**, in the audit's own process: {md_escape(unconfined)}."]
-    lines += _gate_table(document)
-    lines += _findings(all_findings[:max_rows], len(all_findings))
+    lines += _gate_table(record)
+    lines += _findings(record.findings[:max_rows], len(record.findings))
     lines += ["", "The full report with images is `report.html` in the output folder.", ""]
     return document_text("\n".join(lines))  # one pass over every line: no raw control character, whatever its field

@@ -21,7 +21,8 @@ def load_schema() -> dict[str, Any]:
     """The draft 2020-12 schema of ``leakaudit.json``."""
     package, name = SCHEMA_RESOURCE
     text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def schema_errors(document: Any) -> list[str]:
