@@ -54,6 +54,7 @@ from leakaudit.reference import (ReferenceSpec, bundled_images, build_classifier
 
 STAGES = ("pretrain", "finetune", "refine", "stationarity", "control", "reference")
 MEMBERS_PER_CLASS = 4
+PRIOR_PER_CLASS = 8
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,14 @@ class Row:
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior an audit of 8 holdout images per class would hand the attack: 8 digits per class."""
     images, labels, _ = bundled_images("digits", 32)
-    return images, labels
+    return _per_class(images, labels)
+
+
+def _per_class(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:PRIOR_PER_CLASS] for c in range(10)])
+    return images[keep], labels[keep]
 
 
 def cases(models: list[str], sizes: list[int]) -> list[Case]:
@@ -95,7 +102,7 @@ def cases(models: list[str], sizes: list[int]) -> list[Case]:
                 continue
             images, labels, _ = real_images("fashion-mnist", 28)
             spec = ReferenceSpec(name=model, dataset="fashion-mnist", arch="cnn", size=28)
-            out.append(Case("fashion-cnn", build_classifier(spec, 1, 10), (1, 28, 28), (images[:2000], labels[:2000])))
+            out.append(Case("fashion-cnn", build_classifier(spec, 1, 10), (1, 28, 28), _per_class(images, labels)))
         elif model == "resnet18":
             spec = ReferenceSpec(name=model, dataset="digits", arch="resnet18")
             for side in sizes:

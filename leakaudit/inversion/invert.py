@@ -32,6 +32,7 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
+from leakaudit.inversion.interrupt import interruptible
 from leakaudit.inversion.objective import Batch, objective, resolve_weights
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
@@ -369,9 +370,13 @@ def _pretrain(run: RunState, prior: _Prior) -> None:
         cosine_lr(opt, step, config.pretrain_steps, config.lr_final_fraction)
         idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
         idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
-        loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with interruptible(clock.stop):
+            loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
+                                 rng=rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if clock.abandoned():
+            break
         clock.dist.average_gradients(params, idx.shape[0] / batch)
         opt.step()
         ckpt.save(gen, clock.steps + 1, "pretrain")
@@ -402,21 +407,31 @@ def _train_against(run: RunState, phase: str, steps: int, lr: float, anchor: _Pr
         cosine_lr(opt, step, steps, config.lr_final_fraction)
         z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
         cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
-        pre = gen.low_res(z, cond)  # (B_r, C, h, w)
-        x = gen.upsample(pre)  # (B_r, C, H, W)
-        loss, report = objective(target, weights, config, Batch(x, pre, cond, targets[share]), rng)
-        if anchor is not None and config.w_anchor:
-            enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
-            idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(device)
-            idx = idx[clock.dist.batch_share(labels[idx])]
-            vae = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
-            vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
-            loss = loss + config.w_anchor * vae
-            report["anchor"] = float(config.w_anchor * vae.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
+        with interruptible(clock.stop):
+            pre = gen.low_res(z, cond)  # (B_r, C, h, w)
+            loss, report = _against_loss(run, Batch(gen.upsample(pre), pre, cond, targets[share]), anchor)
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
+        if clock.abandoned():
+            break
         clock.dist.average_gradients(params, share.shape[0] / targets.shape[0])
         opt.step()
         ckpt.save(gen, clock.steps + 1, phase)
         if not clock.tick(report):
             break
+
+
+def _against_loss(run: RunState, batch: Batch, anchor: _Prior | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The objective of one batch against the classifier, plus the prior's reconstruction when anchored."""
+    config, rng = run.config, run.rng
+    loss, report = objective(run.target, run.weights, config, batch, rng)
+    if anchor is not None and config.w_anchor:
+        enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
+        idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(run.device)
+        idx = idx[run.clock.dist.batch_share(labels[idx])]
+        vae = pretrain_step(run.gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
+                            rng=rng)
+        vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
+        loss = loss + config.w_anchor * vae
+        report["anchor"] = float(config.w_anchor * vae.detach())
+    return loss, report
