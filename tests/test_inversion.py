@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +368,50 @@ def test_stationarity_stage_skipped_for_convolutions_or_too_many_weights(mlp_1pc
     big = invert(mlp_1pc.target, dataclasses.replace(QUICK, kkt_max_params=1000))
     assert any("above the double-backprop limit of 1,000" in n for n in big.notes)
     assert big.planned_steps == QUICK.steps + QUICK.refine_steps
+
+
+# --- stop requests inside a step ----------------------------------------------
+
+def test_a_stop_inside_a_long_step_ends_the_run_within_seconds() -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    target = TargetModel.from_module(model, (3, 224, 224), 10, device="cpu")
+    raised: list[float] = []
+
+    def arm(name: str) -> None:  # once the attack trains: the checks of the model at wrapping ran before
+        if name == "train":
+            model.layer2.register_forward_pre_hook(lambda mod, args: raised.append(time.monotonic()))
+
+    result = invert(target, dataclasses.replace(QUICK, batch_per_class=4), callbacks=InversionCallbacks(on_phase=arm),
+                    should_stop=lambda: bool(raised))
+    ended = time.monotonic()
+    assert raised, "the stop was never asked for"
+    assert ended - raised[0] <= 5.0  # the stop came in the middle of the first step's forward pass
+    assert result.interrupted and not result.complete
+    assert result.steps == 0  # that step was dropped, not applied
+    assert result.images.shape == (20, 3, 224, 224)
+
+
+def test_a_run_stopped_inside_a_refine_step_resumes_there_and_completes(mlp_1pc: Reference, tmp_path: Path) -> None:
+    module = mlp_1pc.target.module
+    assert module is not None
+    raised: list[float] = []
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def arm(name: str) -> None:
+        if name == "refine":
+            hooks.append(module.register_forward_pre_hook(lambda mod, args: raised.append(1.0)))
+
+    try:
+        first = invert(mlp_1pc.target, QUICK, callbacks=InversionCallbacks(on_phase=arm), checkpoint_dir=tmp_path,
+                       should_stop=lambda: bool(raised))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert first.interrupted and first.steps == QUICK.steps  # every training step, no refine step
+    again = invert(mlp_1pc.target, QUICK, checkpoint_dir=tmp_path)
+    assert again.resumed_from == "refine" and again.complete
+    fresh = invert(mlp_1pc.target, QUICK)
+    assert torch.equal(again.images, fresh.images)  # the dropped step left nothing behind

@@ -336,7 +336,9 @@ def _invert(req: _Request) -> InversionResult:
     req.dist.sync_buffers(run.gen)  # BatchNorm statistics tracked per rank: one generator for sampling
     run.ckpt.save(run.gen, run.clock.steps, "final", force=True)
     images_out, targets, gallery = _candidates(run, notes)
-    conf = confidence(req.target, images_out, targets)
+    # an interrupted run is not read (the audit stops): no classifier pass to score it, not even at 224×224
+    conf = torch.full(targets.shape, float("nan")) if run.clock.interrupted else confidence(req.target, images_out,
+                                                                                             targets)
     clock = run.clock
     clock.finish()
     complete = not clock.stopped and clock.steps >= clock.planned
