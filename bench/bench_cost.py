@@ -112,7 +112,7 @@ def cases(models: list[str], sizes: list[int]) -> list[Case]:
     return out
 
 
-def forward_backward(target: TargetModel, batch: int, reps: int) -> float:
+def forward_backward(target: TargetModel, batch: int, reps: int, warm: bool = True) -> float:
     """Median seconds of one cross-entropy forward+backward to every weight, on ``batch`` images."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(batch, *target.input_shape, generator=gen)
@@ -122,7 +122,7 @@ def forward_backward(target: TargetModel, batch: int, reps: int) -> float:
         p.requires_grad_(True)
     times = []
     try:
-        for _ in range(reps + 1):  # the first one warms up
+        for _ in range(reps + int(warm)):  # the first one warms up
             began = time.perf_counter()
             F.cross_entropy(target.logits(x), y).backward(inputs=params)
             times.append(time.perf_counter() - began)
@@ -130,7 +130,7 @@ def forward_backward(target: TargetModel, batch: int, reps: int) -> float:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-    return statistics.median(times[1:])
+    return statistics.median(times[int(warm):])
 
 
 class StepTimes:
@@ -168,14 +168,18 @@ def engine_steps(target: TargetModel, case: Case, steps: int, threads: int) -> S
 
 
 def control_step(case: Case, target: TargetModel, steps: int) -> float:
-    """Seconds per step of the control's full-batch training on the members (its checks included)."""
+    """Seconds per step of the control's full-batch training on the members (its convergence checks, one every
+    10 steps in an audit, left out)."""
     k = target.num_classes
     x = torch.rand(MEMBERS_PER_CLASS * k, *case.shape, generator=torch.Generator().manual_seed(2))
     y = torch.arange(x.shape[0]) % k
-    module = case.module
-    began = time.perf_counter()
-    taken, _, _ = _train_copy(module, x, y, Recipe(max_steps=steps, loss_bound=-1.0), 0, lambda: False)
-    return (time.perf_counter() - began) / max(1, taken)
+    def run(n: int) -> float:
+        began = time.perf_counter()
+        _train_copy(case.module, x, y, Recipe(max_steps=n, loss_bound=-1.0), 0, lambda: False)
+        return time.perf_counter() - began
+
+    check = run(0)  # a run of no step is one convergence check (no-gradient pass over the members)
+    return max(0.0, run(steps) - 2 * check) / steps  # n steps cost n steps and two checks
 
 
 def reference_epoch(case: Case, target: TargetModel, epochs: int) -> float:
@@ -203,7 +207,7 @@ def reference_epoch(case: Case, target: TargetModel, epochs: int) -> float:
     return statistics.median(times[1:])
 
 
-def measure(case: Case, steps: int, threads: int, script: bool) -> Row:
+def measure(case: Case, steps: int, threads: int, script: bool, reps: int) -> Row:
     module = torch.jit.script(case.module) if script else case.module
     target = TargetModel.from_module(module, case.shape, 10)
     config = InversionConfig.for_effort("quick")
@@ -211,7 +215,8 @@ def measure(case: Case, steps: int, threads: int, script: bool) -> Row:
     batches = {"pretrain": config.pretrain_batch, "finetune": config.batch_per_class * k,
                "refine": config.candidates_per_class * k, "stationarity": config.candidates_per_class * k,
                "control": MEMBERS_PER_CLASS * k, "reference": MEMBERS_PER_CLASS * k}
-    floor = {b: forward_backward(target, b, reps=2) for b in sorted(set(batches.values()))}
+    sizes = sorted(set(batches.values()))
+    floor = {b: forward_backward(target, b, reps=reps, warm=i == 0) for i, b in enumerate(sizes)}
     times = engine_steps(target, case, steps, threads)
     seconds: dict[str, float | None] = {stage: times.per_step(stage) for stage in STAGES[:4]}
     seconds["control"] = control_step(case, target, steps)
@@ -238,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,128,224", help="ResNet-18 input sides")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per stage (one more runs first)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=2, help="forward+backward passes timed per batch size")
     parser.add_argument("--script", action="store_true", help="TorchScript-compile the classifiers")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
         began = time.perf_counter()
-        rows.append(measure(case, args.steps, args.threads, args.script))
+        rows.append(measure(case, args.steps, args.threads, args.script, args.reps))
         print(f"{case.name} {case.shape[-1]}×{case.shape[-1]}: measured in {time.perf_counter() - began:.0f} s",
               flush=True)
     print(f"threads {args.threads}, {args.steps} steps a stage; each cell: stage step / one classifier "

@@ -34,9 +34,11 @@ from leakaudit.inversion.generator import ConditionalGenerator, soft_conditionin
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
 from leakaudit.inversion.interrupt import interruptible
 from leakaudit.inversion.objective import Batch, objective, resolve_weights
+from leakaudit.inversion.plan import budget_message
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
+from leakaudit.inversion.scale import large_input
 from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
@@ -97,10 +99,11 @@ class _Request:
 class _Prior:
     """Informed mode: the prior images on the device and the encoder the generator is pre-trained with."""
 
-    images: torch.Tensor  # (P, C, H, W) float in [0, 1]
+    images: torch.Tensor  # (P, C, H, W) float in [0, 1]; large inputs: at the generation size (gh, gw)
     labels: torch.Tensor  # (P,)
     encoder: Encoder
     variational: bool
+    at_generation_size: bool = False  # large inputs (scale.py): the generator is fitted before its up-sampling
 
 
 def invert(
@@ -129,7 +132,7 @@ def invert(
     """
     informed = _informed(config, prior)
     device = torch.device(config.device) if config.device else target.device
-    with _run_context(config, device):
+    with _run_context(config, device), _interpreted(target):
         dist = dist or DistContext.single(device)
         with dist.in_stage("inversion"):
             return _invert(_Request(target, config, prior, informed, callbacks or InversionCallbacks(), checkpoint_dir,
@@ -158,6 +161,16 @@ def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None
             torch.set_num_threads(threads)
 
 
+def _interpreted(target: TargetModel) -> contextlib.AbstractContextManager[None]:
+    """Large inputs: TorchScript classifiers run without the graph executor's profiling and re-optimisation.
+
+    Its passes re-specialise the graph for every new batch shape and differentiate it symbolically; on
+    ResNet-18 at 224×224 that made refinement steps many times a plain forward+backward (the control's
+    training turns them off for the same reason). Gated on the input size (scale.py): below it nothing changes.
+    """
+    return torch.jit.optimized_execution(False) if large_input(target.input_shape) else contextlib.nullcontext()
+
+
 def _new_run(req: _Request, notes: list[str]) -> RunState:
     """The generator, the clock of the planned phases and the starting latents of one run."""
     config, target, device = req.config, req.target, req.device
@@ -180,6 +193,9 @@ def _new_run(req: _Request, notes: list[str]) -> RunState:
         phases = [("train", config.steps), ("refine", refine)]
     phases += settle
     clock = Clock(config, phases, req.callbacks, req.should_stop, req.dist)
+    warning = budget_message(target, config, req.informed, dict(settle)["stationarity"], torch.get_num_threads())
+    if warning is not None and req.callbacks.on_phase:  # before the first step (progress only, not the document)
+        req.callbacks.on_phase(warning)
     if req.callbacks.on_start:
         req.callbacks.on_start(clock.planned)
     latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
@@ -243,7 +259,10 @@ def _load_prior(req: _Request, run: RunState, notes: list[str]) -> _Prior:
         run.weights = dataclasses.replace(run.weights, target_margin=m_star)
         notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile of the prior images' margins")
     encoder = Encoder(target.input_shape, k, config.latent_dim).to(req.device)
-    return _Prior(images, labels, encoder, config.pretrain == "vae")
+    at_gen = large_input(target.input_shape)
+    if at_gen:  # the generator makes its images at gen_size: fit it there, not through the up-sampling
+        images = F.interpolate(images, size=run.gen.gen_size, mode="area")
+    return _Prior(images, labels, encoder, config.pretrain == "vae", at_gen)
 
 
 def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[str]) -> None:
@@ -374,7 +393,7 @@ def _pretrain(run: RunState, prior: _Prior) -> None:
         idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
         with interruptible(clock.stop):
             loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
-                                 rng=rng)
+                                 rng=rng, at_generation_size=prior.at_generation_size)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         if clock.abandoned():
@@ -432,7 +451,7 @@ def _against_loss(run: RunState, batch: Batch, anchor: _Prior | None) -> tuple[t
         idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(run.device)
         idx = idx[run.clock.dist.batch_share(labels[idx])]
         vae = pretrain_step(run.gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
-                            rng=rng)
+                            rng=rng, at_generation_size=anchor.at_generation_size)
         vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
         loss = loss + config.w_anchor * vae
         report["anchor"] = float(config.w_anchor * vae.detach())

@@ -21,6 +21,7 @@ from leakaudit.inversion.interrupt import StopPoll, interruptible
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.objective import Batch, objective
 from leakaudit.inversion.rowspace import RowSpace
+from leakaudit.inversion.scale import pool_chunk
 from leakaudit.model.target import TargetModel
 
 
@@ -59,13 +60,6 @@ def margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, ch
             continue
         out.append(logit_margins(target.logits(images[i : i + chunk]), targets[i : i + chunk]))
     return torch.cat(out)
-
-
-def pool_chunk(shape: tuple[int, int, int]) -> int:
-    """Images per no-gradient classifier pass: 256, fewer for large inputs so a stop is seen within seconds.
-
-    The chunks only split the batch (the classifier is in eval mode); inputs up to 64×64 keep 256 images."""
-    return 256 if shape[1] * shape[2] <= 64 * 64 else max(8, (256 * 64 * 64) // (shape[1] * shape[2] * 8))
 
 
 @torch.no_grad()
