@@ -162,8 +162,8 @@ def engine_steps(target: TargetModel, case: Case, steps: int, threads: int) -> S
     config = InversionConfig.for_effort("quick", pretrain_steps=n, finetune_steps=n, refine_steps=n, kkt_steps=n,
                                         pool_per_class=2, threads=threads, seed=0)
     times = StepTimes()
-    invert(target, config, prior=case.prior, callbacks=InversionCallbacks(on_step=times.on_step,
-                                                                             on_phase=times.on_phase))
+    callbacks = InversionCallbacks(on_step=times.on_step, on_phase=times.on_phase)
+    invert(target, config, prior=case.prior, callbacks=callbacks, should_stop=lambda: False)  # as an audit asks
     return times
 
 
@@ -224,6 +224,17 @@ def measure(case: Case, steps: int, threads: int, script: bool, reps: int) -> Ro
     return Row(case.name, case.shape[-1], floor, seconds, batches)
 
 
+def compare_threads(case: Case, batch: int, rounds: int) -> tuple[float, float]:
+    """Median seconds of one forward+backward at 1 and at 2 threads, interleaved so both see the same load."""
+    target = TargetModel.from_module(case.module, case.shape, 10)
+    seen: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            seen[threads].append(forward_backward(target, batch, reps=1, warm=False))
+    return statistics.median(seen[1]), statistics.median(seen[2])
+
+
 def table(rows: list[Row]) -> str:
     head = "| model | input | F+B s (batch) | " + " | ".join(STAGES) + " |"
     lines = [head, "|" + "---|" * (3 + len(STAGES))]
@@ -245,8 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=2, help="forward+backward passes timed per batch size")
     parser.add_argument("--script", action="store_true", help="TorchScript-compile the classifiers")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="only: one forward+backward of 20 images at 1 vs 2 threads per case")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compare_threads:
+        print("| model | input | 1 thread s | 2 threads s | 2 threads / 1 |\n|---|---|---|---|---|")
+        for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
+            one, two = compare_threads(case, 20, rounds=args.reps + 1)
+            print(f"| {case.name} | {case.shape[-1]}×{case.shape[-1]} | {one:.3f} | {two:.3f} | {two / one:.2f} |",
+                  flush=True)
+        return 0
     rows = []
     for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
         began = time.perf_counter()

@@ -415,3 +415,25 @@ def test_a_run_stopped_inside_a_refine_step_resumes_there_and_completes(mlp_1pc:
     assert again.resumed_from == "refine" and again.complete
     fresh = invert(mlp_1pc.target, QUICK)
     assert torch.equal(again.images, fresh.images)  # the dropped step left nothing behind
+
+
+# --- the planned work and the budget ---------------------------------------------
+
+def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_would() -> None:
+    from torchvision.models import resnet18
+
+    from leakaudit.inversion.plan import budget_message, plan
+
+    torch.manual_seed(0)
+    target = TargetModel.from_module(resnet18(num_classes=10), (3, 224, 224), 10, device="cpu")
+    standard = InversionConfig.for_effort("standard", budget_s=1200.0)
+    quick = InversionConfig.for_effort("quick", budget_s=1200.0)
+    # counted, not timed: ResNet-18 forward at 224×224 is 1.8 G multiply-adds (3.6 GFLOP), ×3 with the backward
+    assert plan(target, standard, True, 0).flops_per_pass == pytest.approx(3 * 3.63e9, rel=0.01)
+    assert plan(target, quick, True, 0).passes < plan(target, standard, True, 0).passes
+    message = budget_message(target, standard, True, 0, threads=1)
+    assert message is not None and "effort quick would" in message
+    assert budget_message(target, quick, True, 0, threads=1) is None  # it fits: nothing to say
+    assert budget_message(target, dataclasses.replace(standard, budget_s=None), True, 0, threads=1) is None
+    data_free = budget_message(target, standard, False, 0, threads=1)
+    assert data_free is not None and "no effort level would" in data_free
