@@ -437,3 +437,19 @@ def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_wo
     assert budget_message(target, dataclasses.replace(standard, budget_s=None), True, 0, threads=1) is None
     data_free = budget_message(target, standard, False, 0, threads=1)
     assert data_free is not None and "no effort level would" in data_free
+
+
+def test_an_informed_attack_on_a_large_input_runs_every_phase_on_the_cheap_path() -> None:
+    from leakaudit.reference import bundled_images
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(128, 10))
+    target = TargetModel.from_module(model, (3, 96, 96), 10, device="cpu")
+    images, labels, _ = bundled_images("digits", 32)  # gray 32×32: the engine brings them to 3×96×96
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:4] for c in range(10)])
+    result = invert(target, QUICK, prior=(images[keep], labels[keep]), should_stop=lambda: False)
+    assert result.complete and result.mode == "informed"
+    assert result.images.shape == (20, 3, 96, 96) and 0 <= float(result.images.min()) <= float(result.images.max()) <= 1
+    assert result.pretrained_images is not None and result.pretrained_images.shape == (20, 3, 96, 96)
+    assert set(result.phase_seconds) == {"pretrain", "finetune", "refine"}
