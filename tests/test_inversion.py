@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +368,88 @@ def test_stationarity_stage_skipped_for_convolutions_or_too_many_weights(mlp_1pc
     big = invert(mlp_1pc.target, dataclasses.replace(QUICK, kkt_max_params=1000))
     assert any("above the double-backprop limit of 1,000" in n for n in big.notes)
     assert big.planned_steps == QUICK.steps + QUICK.refine_steps
+
+
+# --- stop requests inside a step ----------------------------------------------
+
+def test_a_stop_inside_a_long_step_ends_the_run_within_seconds() -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    target = TargetModel.from_module(model, (3, 224, 224), 10, device="cpu")
+    raised: list[float] = []
+
+    def arm(name: str) -> None:  # once the attack trains: the checks of the model at wrapping ran before
+        if name == "train":
+            model.layer2.register_forward_pre_hook(lambda mod, args: raised.append(time.monotonic()))
+
+    result = invert(target, dataclasses.replace(QUICK, batch_per_class=4), callbacks=InversionCallbacks(on_phase=arm),
+                    should_stop=lambda: bool(raised))
+    ended = time.monotonic()
+    assert raised, "the stop was never asked for"
+    assert ended - raised[0] <= 5.0  # the stop came in the middle of the first step's forward pass
+    assert result.interrupted and not result.complete
+    assert result.steps == 0  # that step was dropped, not applied
+    assert result.images.shape == (20, 3, 224, 224)
+
+
+def test_a_run_stopped_inside_a_refine_step_resumes_there_and_completes(mlp_1pc: Reference, tmp_path: Path) -> None:
+    module = mlp_1pc.target.module
+    assert module is not None
+    raised: list[float] = []
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def arm(name: str) -> None:
+        if name == "refine":
+            hooks.append(module.register_forward_pre_hook(lambda mod, args: raised.append(1.0)))
+
+    try:
+        first = invert(mlp_1pc.target, QUICK, callbacks=InversionCallbacks(on_phase=arm), checkpoint_dir=tmp_path,
+                       should_stop=lambda: bool(raised))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert first.interrupted and first.steps == QUICK.steps  # every training step, no refine step
+    again = invert(mlp_1pc.target, QUICK, checkpoint_dir=tmp_path)
+    assert again.resumed_from == "refine" and again.complete
+    fresh = invert(mlp_1pc.target, QUICK)
+    assert torch.equal(again.images, fresh.images)  # the dropped step left nothing behind
+
+
+# --- the planned work and the budget ---------------------------------------------
+
+def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_would() -> None:
+    from torchvision.models import resnet18
+
+    from leakaudit.inversion.plan import budget_message, plan
+
+    torch.manual_seed(0)
+    target = TargetModel.from_module(resnet18(num_classes=10), (3, 224, 224), 10, device="cpu")
+    standard = InversionConfig.for_effort("standard", budget_s=1200.0)
+    quick = InversionConfig.for_effort("quick", budget_s=1200.0)
+    # counted, not timed: ResNet-18 forward at 224×224 is 1.8 G multiply-adds (3.6 GFLOP), ×3 with the backward
+    assert plan(target, standard, True, 0).flops_per_pass == pytest.approx(3 * 3.63e9, rel=0.01)
+    assert plan(target, quick, True, 0).passes < plan(target, standard, True, 0).passes
+    message = budget_message(target, standard, True, 0, threads=1)
+    assert message is not None and "effort quick would" in message
+    assert budget_message(target, quick, True, 0, threads=1) is None  # it fits: nothing to say
+    assert budget_message(target, dataclasses.replace(standard, budget_s=None), True, 0, threads=1) is None
+    data_free = budget_message(target, standard, False, 0, threads=1)
+    assert data_free is not None and "no effort level would" in data_free
+
+
+def test_an_informed_attack_on_a_large_input_runs_every_phase_on_the_cheap_path() -> None:
+    from leakaudit.reference import bundled_images
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(128, 10))
+    target = TargetModel.from_module(model, (3, 96, 96), 10, device="cpu")
+    images, labels, _ = bundled_images("digits", 32)  # gray 32×32: the engine brings them to 3×96×96
+    keep = torch.cat([torch.nonzero(labels == c).flatten()[:4] for c in range(10)])
+    result = invert(target, QUICK, prior=(images[keep], labels[keep]), should_stop=lambda: False)
+    assert result.complete and result.mode == "informed"
+    assert result.images.shape == (20, 3, 96, 96) and 0 <= float(result.images.min()) <= float(result.images.max()) <= 1
+    assert result.pretrained_images is not None and result.pretrained_images.shape == (20, 3, 96, 96)
+    assert set(result.phase_seconds) == {"pretrain", "finetune", "refine"}

@@ -19,6 +19,7 @@ from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.generator import ConditionalGenerator
 from leakaudit.inversion.informed import LatentGaussian
+from leakaudit.inversion.interrupt import StopPoll
 from leakaudit.inversion.objective import Weights
 from leakaudit.model.target import TargetModel
 from leakaudit.report.atomic import atomic_write
@@ -44,6 +45,8 @@ class Clock:
         self.planned = sum(n for _, n in phases)
         self.callbacks = callbacks
         self.should_stop = should_stop
+        # inside a step (interrupt.py); ranks must agree on every stop, which only happens between steps
+        self.stop = StopPoll(None if dist.is_distributed else should_stop)
         self.start = time.monotonic()
         self.steps = 0
         self.stopped = False
@@ -71,13 +74,19 @@ class Clock:
     def finish(self) -> None:
         self._close_phase()
 
+    def abandoned(self) -> bool:
+        """After an ``interruptible`` block: whether a stop cut it short (then the step is dropped, the run ends)."""
+        if self.stop.asked:
+            self.interrupted = self.stopped = True
+        return self.stop.asked
+
     def tick(self, losses: dict[str, float]) -> bool:
         """Count a step; False when the run must end (budget ceiling, stop request)."""
         self.steps += 1
         self.last = losses
         if self.callbacks.on_step:
             self.callbacks.on_step(self.steps, self.planned, losses)
-        asked = self.should_stop is not None and self.should_stop()
+        asked = self.stop.asked or (self.should_stop is not None and self.should_stop())
         over = self.config.budget_s is not None and self.elapsed() >= self.config.budget_s
         # Ranks agree on the decision, so they always run the same number of collectives.
         self.interrupted, over = self.dist.any_flags(self.interrupted or asked, over)

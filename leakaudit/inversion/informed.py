@@ -83,8 +83,13 @@ def pretrain_step(
     variational: bool,
     beta: float,
     rng: torch.Generator,
+    at_generation_size: bool = False,
 ) -> torch.Tensor:
-    """The VAE (or autoencoder) loss of one prior batch; the decoder is the conditioned generator."""
+    """The VAE (or autoencoder) loss of one prior batch; the decoder is the conditioned generator.
+
+    ``at_generation_size``: ``images`` are at the generator's generation size and are compared with its
+    output before the up-sampling (large inputs, scale.py).
+    """
     mu, logvar = enc(images, labels)
     if variational:
         eps = torch.randn(mu.shape, generator=rng).to(mu.device)
@@ -92,7 +97,7 @@ def pretrain_step(
     else:
         z, logvar = mu, torch.zeros_like(mu)
     cond = F.one_hot(labels, gen.num_classes).float()
-    recon = gen(z, cond)  # (B, C, H, W)
+    recon = torch.sigmoid(gen.low_res(z, cond)) if at_generation_size else gen(z, cond)  # (B, C, H, W) or (.., gh, gw)
     return vae_loss(recon, images, mu, logvar, beta if variational else 0.0)
 
 

@@ -32,10 +32,13 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
+from leakaudit.inversion.interrupt import interruptible
 from leakaudit.inversion.objective import Batch, objective, resolve_weights
+from leakaudit.inversion.plan import budget_message
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
+from leakaudit.inversion.scale import large_input
 from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
@@ -96,10 +99,11 @@ class _Request:
 class _Prior:
     """Informed mode: the prior images on the device and the encoder the generator is pre-trained with."""
 
-    images: torch.Tensor  # (P, C, H, W) float in [0, 1]
+    images: torch.Tensor  # (P, C, H, W) float in [0, 1]; large inputs: at the generation size (gh, gw)
     labels: torch.Tensor  # (P,)
     encoder: Encoder
     variational: bool
+    at_generation_size: bool = False  # large inputs (scale.py): the generator is fitted before its up-sampling
 
 
 def invert(
@@ -128,7 +132,7 @@ def invert(
     """
     informed = _informed(config, prior)
     device = torch.device(config.device) if config.device else target.device
-    with _run_context(config, device):
+    with _run_context(config, device), _interpreted(target):
         dist = dist or DistContext.single(device)
         with dist.in_stage("inversion"):
             return _invert(_Request(target, config, prior, informed, callbacks or InversionCallbacks(), checkpoint_dir,
@@ -157,6 +161,16 @@ def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None
             torch.set_num_threads(threads)
 
 
+def _interpreted(target: TargetModel) -> contextlib.AbstractContextManager[None]:
+    """Large inputs: TorchScript classifiers run without the graph executor's profiling and re-optimisation.
+
+    Its passes re-specialise the graph for every new batch shape and differentiate it symbolically; on
+    ResNet-18 at 224×224 that made refinement steps many times a plain forward+backward (the control's
+    training turns them off for the same reason). Gated on the input size (scale.py): below it nothing changes.
+    """
+    return torch.jit.optimized_execution(False) if large_input(target.input_shape) else contextlib.nullcontext()
+
+
 def _new_run(req: _Request, notes: list[str]) -> RunState:
     """The generator, the clock of the planned phases and the starting latents of one run."""
     config, target, device = req.config, req.target, req.device
@@ -179,6 +193,9 @@ def _new_run(req: _Request, notes: list[str]) -> RunState:
         phases = [("train", config.steps), ("refine", refine)]
     phases += settle
     clock = Clock(config, phases, req.callbacks, req.should_stop, req.dist)
+    warning = budget_message(target, config, req.informed, dict(settle)["stationarity"], torch.get_num_threads())
+    if warning is not None and req.callbacks.on_phase:  # before the first step (progress only, not the document)
+        req.callbacks.on_phase(warning)
     if req.callbacks.on_start:
         req.callbacks.on_start(clock.planned)
     latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
@@ -242,7 +259,10 @@ def _load_prior(req: _Request, run: RunState, notes: list[str]) -> _Prior:
         run.weights = dataclasses.replace(run.weights, target_margin=m_star)
         notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile of the prior images' margins")
     encoder = Encoder(target.input_shape, k, config.latent_dim).to(req.device)
-    return _Prior(images, labels, encoder, config.pretrain == "vae")
+    at_gen = large_input(target.input_shape)
+    if at_gen:  # the generator makes its images at gen_size: fit it there, not through the up-sampling
+        images = F.interpolate(images, size=run.gen.gen_size, mode="area")
+    return _Prior(images, labels, encoder, config.pretrain == "vae", at_gen)
 
 
 def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[str]) -> None:
@@ -335,7 +355,9 @@ def _invert(req: _Request) -> InversionResult:
     req.dist.sync_buffers(run.gen)  # BatchNorm statistics tracked per rank: one generator for sampling
     run.ckpt.save(run.gen, run.clock.steps, "final", force=True)
     images_out, targets, gallery = _candidates(run, notes)
-    conf = confidence(req.target, images_out, targets)
+    # an interrupted run is not read (the audit stops): no classifier pass to score it, not even at 224×224
+    conf = torch.full(targets.shape, float("nan")) if run.clock.interrupted else confidence(req.target, images_out,
+                                                                                             targets)
     clock = run.clock
     clock.finish()
     complete = not clock.stopped and clock.steps >= clock.planned
@@ -369,9 +391,13 @@ def _pretrain(run: RunState, prior: _Prior) -> None:
         cosine_lr(opt, step, config.pretrain_steps, config.lr_final_fraction)
         idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
         idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
-        loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with interruptible(clock.stop):
+            loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
+                                 rng=rng, at_generation_size=prior.at_generation_size)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if clock.abandoned():
+            break
         clock.dist.average_gradients(params, idx.shape[0] / batch)
         opt.step()
         ckpt.save(gen, clock.steps + 1, "pretrain")
@@ -402,21 +428,31 @@ def _train_against(run: RunState, phase: str, steps: int, lr: float, anchor: _Pr
         cosine_lr(opt, step, steps, config.lr_final_fraction)
         z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
         cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
-        pre = gen.low_res(z, cond)  # (B_r, C, h, w)
-        x = gen.upsample(pre)  # (B_r, C, H, W)
-        loss, report = objective(target, weights, config, Batch(x, pre, cond, targets[share]), rng)
-        if anchor is not None and config.w_anchor:
-            enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
-            idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(device)
-            idx = idx[clock.dist.batch_share(labels[idx])]
-            vae = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta, rng=rng)
-            vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
-            loss = loss + config.w_anchor * vae
-            report["anchor"] = float(config.w_anchor * vae.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
+        with interruptible(clock.stop):
+            pre = gen.low_res(z, cond)  # (B_r, C, h, w)
+            loss, report = _against_loss(run, Batch(gen.upsample(pre), pre, cond, targets[share]), anchor)
+            opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=params)
+        if clock.abandoned():
+            break
         clock.dist.average_gradients(params, share.shape[0] / targets.shape[0])
         opt.step()
         ckpt.save(gen, clock.steps + 1, phase)
         if not clock.tick(report):
             break
+
+
+def _against_loss(run: RunState, batch: Batch, anchor: _Prior | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The objective of one batch against the classifier, plus the prior's reconstruction when anchored."""
+    config, rng = run.config, run.rng
+    loss, report = objective(run.target, run.weights, config, batch, rng)
+    if anchor is not None and config.w_anchor:
+        enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
+        idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(run.device)
+        idx = idx[run.clock.dist.batch_share(labels[idx])]
+        vae = pretrain_step(run.gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
+                            rng=rng, at_generation_size=anchor.at_generation_size)
+        vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
+        loss = loss + config.w_anchor * vae
+        report["anchor"] = float(config.w_anchor * vae.detach())
+    return loss, report

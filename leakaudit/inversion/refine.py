@@ -17,9 +17,11 @@ from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
 from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
 from leakaudit.inversion.informed import LatentGaussian
+from leakaudit.inversion.interrupt import StopPoll, interruptible
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.objective import Batch, objective
 from leakaudit.inversion.rowspace import RowSpace
+from leakaudit.inversion.scale import pool_chunk
 from leakaudit.model.target import TargetModel
 
 
@@ -47,10 +49,17 @@ def sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, c
 
 
 @torch.no_grad()
-def margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """(N,) logit margin f_y − max_{k≠y} f_k of each image."""
-    return torch.cat([logit_margins(target.logits(images[i : i + chunk]), targets[i : i + chunk])
-                      for i in range(0, images.shape[0], chunk)])
+def margins(target: TargetModel, images: torch.Tensor, targets: torch.Tensor, chunk: int = 256,
+            stop: StopPoll | None = None) -> torch.Tensor:
+    """(N,) logit margin f_y − max_{k≠y} f_k of each image; after a ``stop``, the rest are −inf (not scored)."""
+    chunk = min(chunk, pool_chunk(target.input_shape))
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        if stop is not None and stop.poll():
+            out.append(torch.full((images[i : i + chunk].shape[0],), -float("inf"), device=images.device))
+            continue
+        out.append(logit_margins(target.logits(images[i : i + chunk]), targets[i : i + chunk]))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -69,8 +78,11 @@ def _confident_pool(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
     for c in range(k):
         t = torch.full((config.pool_per_class,), c, device=run.device, dtype=torch.long)
         z = run.latents.sample(config.pool_per_class, run.rng)  # (P, latent)
-        m = margins(run.target, gen(z, F.one_hot(t, k).float()), t)
-        chosen_z.append(z[m.argsort(descending=True)[:per]])
+        if run.clock.stop.poll():  # an interrupted run's candidates are not read: no more classifier passes
+            chosen_z.append(z[:per])
+        else:
+            m = margins(run.target, gen(z, F.one_hot(t, k).float()), t, stop=run.clock.stop)
+            chosen_z.append(z[m.argsort(descending=True)[:per]])
         chosen_t.append(t[:per])
     return torch.cat(chosen_z), torch.cat(chosen_t)
 
@@ -80,9 +92,9 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
 
     With a row space, candidates are projected onto it in every step (and at the end).
     """
-    gen, target, weights, config, clock, rng = run.gen, run.target, run.weights, run.config, run.clock, run.rng
-    k, device, latents = run.num_classes, run.device, run.latents
+    gen, config, clock, k, device = run.gen, run.config, run.clock, run.num_classes, run.device
     pool_z, all_targets = _confident_pool(run)  # (N,): chosen alike on every rank
+    clock.abandoned()  # a stop seen while scoring the pool ends the run here
     share = clock.dist.batch_share(all_targets)  # each rank refines its share of the candidates
     weight = share.shape[0] / all_targets.shape[0]  # gradients as in the full batch
     z = pool_z[share].clone().requires_grad_(True)  # (N_r, latent)
@@ -97,24 +109,12 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
                            ([{"params": [delta], "lr": config.refine_pixel_lr}] if config.refine_pixels else []))
     for step in range(config.refine_steps if not clock.stopped else 0):
         cosine_lr(opt, step, config.refine_steps, config.lr_final_fraction)
-        pre = gen.low_res(z, cond) + delta
-        raw = gen.upsample(pre)
-        x = projected(raw, space)
-        loss, report = objective(target, weights, config, Batch(x, pre, cond, targets), rng)
-        if space is not None and config.w_span:
-            outside = space.outside_fraction(raw).mean()
-            loss = loss + config.w_span * outside
-            report["span"] = float(config.w_span * outside.detach())
-        if config.w_refine_latent:
-            prior = latents.standardise(z).pow(2).mean()
-            loss = loss + config.w_refine_latent * prior
-            report["latent"] = float(config.w_refine_latent * prior.detach())
-        if config.refine_pixels and config.w_refine_pixel:
-            shift = delta.pow(2).mean()
-            loss = loss + config.w_refine_pixel * shift
-            report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
-        opt.zero_grad(set_to_none=True)
-        (loss * weight).backward(inputs=variables)
+        with interruptible(clock.stop):
+            loss, report = _refine_loss(run, z, delta, cond, targets, space)
+            opt.zero_grad(set_to_none=True)
+            (loss * weight).backward(inputs=variables)
+        if clock.abandoned():
+            break
         opt.step()
         if not clock.tick(report):
             break
@@ -123,6 +123,29 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
     with torch.no_grad():
         images = projected(gen.upsample(gen.low_res(z, cond) + delta), space)
         return clock.dist.gather_rows(images, share, all_targets.shape[0]), all_targets
+
+
+def _refine_loss(run: RunState, z: torch.Tensor, delta: torch.Tensor, cond: torch.Tensor, targets: torch.Tensor,
+                 space: RowSpace | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The refinement objective of the candidates' latents ``z`` and pixel residuals ``delta``."""
+    gen, config = run.gen, run.config
+    pre = gen.low_res(z, cond) + delta
+    raw = gen.upsample(pre)
+    x = projected(raw, space)
+    loss, report = objective(run.target, run.weights, config, Batch(x, pre, cond, targets), run.rng)
+    if space is not None and config.w_span:
+        outside = space.outside_fraction(raw).mean()
+        loss = loss + config.w_span * outside
+        report["span"] = float(config.w_span * outside.detach())
+    if config.w_refine_latent:
+        prior = run.latents.standardise(z).pow(2).mean()
+        loss = loss + config.w_refine_latent * prior
+        report["latent"] = float(config.w_refine_latent * prior.detach())
+    if config.refine_pixels and config.w_refine_pixel:
+        shift = delta.pow(2).mean()
+        loss = loss + config.w_refine_pixel * shift
+        report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
+    return loss, report
 
 
 def projected(images: torch.Tensor, space: RowSpace | None) -> torch.Tensor:

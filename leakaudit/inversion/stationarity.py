@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
+from leakaudit.inversion.interrupt import interruptible
 from leakaudit.inversion.losses import logit_margins
 from leakaudit.inversion.rowspace import first_layer_is_dense
 from leakaudit.model.target import TargetModel
@@ -143,10 +144,13 @@ def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Ten
                             {"params": [kkt.lam], "lr": config.kkt_lambda_lr * kkt.scale}])
     for step in range(steps):
         cosine_lr(opt, step, steps, 0.0)
-        residual = kkt(x)
-        outside = (F.relu(x - 1).pow(2) + F.relu(-x).pow(2)).sum()
-        opt.zero_grad(set_to_none=True)
-        (residual + outside).backward(inputs=[x, kkt.lam])
+        with interruptible(clock.stop):
+            residual = kkt(x)
+            outside = (F.relu(x - 1).pow(2) + F.relu(-x).pow(2)).sum()
+            opt.zero_grad(set_to_none=True)
+            (residual + outside).backward(inputs=[x, kkt.lam])
+        if clock.abandoned():
+            break
         opt.step()
         kkt.project()
         if not clock.tick({"kkt": float(residual.detach()), "range": float(outside.detach())}):

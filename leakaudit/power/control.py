@@ -23,6 +23,7 @@ from torch import nn
 
 from leakaudit.errors import ModelError
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
+from leakaudit.inversion.interrupt import StopPoll, interruptible
 from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.loading import import_arch
 from leakaudit.model.features import fixed_batch
@@ -122,19 +123,23 @@ def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Rec
     else:
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
     batch = fixed_batch(module)
+    stop = StopPoll(should_stop)
     steps, loss_value, accuracy = 0, float("inf"), 0.0
-    while True:
+    while not stop.poll():  # every step: at 224×224 ten steps are minutes
         if steps % CHECK_EVERY == 0 or steps >= recipe.max_steps:
             _set_mode(module, False)
             with torch.no_grad():
                 logits = _forward(module, x, batch)
                 loss_value = float(F.cross_entropy(logits, y))
                 accuracy = float((logits.argmax(1) == y).double().mean())
-            if (accuracy == 1.0 and loss_value <= recipe.loss_bound) or steps >= recipe.max_steps or should_stop():
+            if (accuracy == 1.0 and loss_value <= recipe.loss_bound) or steps >= recipe.max_steps:
                 break
         _set_mode(module, True)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(_forward(module, x, batch), y).backward()
+        with interruptible(stop):  # a stop inside the step drops it: the copy is not used after a stop
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(_forward(module, x, batch), y).backward()
+        if stop.asked:
+            break
         opt.step()
         steps += 1
     _set_mode(module, False)

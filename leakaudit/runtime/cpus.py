@@ -9,7 +9,11 @@ of wall time with 2 threads and 0.37 s with 1 (40 ms of CPU either way); an
 earlier measurement beside one busy process: 88 s with 2 threads, 40 s with 1,
 24 s with 2 on the idle machine. The attack's small batches gain little from a
 second thread and lose most when a neighbour takes a core, so an audit uses
-half the usable CPUs (at least one).
+half the usable CPUs (at least one). Measured again for large inputs, where a
+second thread might pay (bench/bench_cost.py --compare-threads, load average
+about 12): one forward+backward of 20 images of ResNet-18 at 224×224 took
+31.6 s on 1 thread and 47.4 s on 2, so the choice is the same for every
+input size.
 
 The count depends on what the process is allowed, never on the load of the
 moment: another thread count sums in another order and moves SSIM values by
