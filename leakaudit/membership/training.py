@@ -89,7 +89,10 @@ def eval_logits(module: nn.Module, x: torch.Tensor, batch: int | None = None) ->
 def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: TrainingRecipe, seed: int,
                  normalise: Callable[[torch.Tensor], torch.Tensor],
                  should_stop: Callable[[], bool] = lambda: False) -> TrainStats:
-    """Train ``module`` in place on uint8 ``images`` (on its device) by ``recipe``; eval mode at the end."""
+    """Train ``module`` in place on ``images`` (uint8 pixels, or float features) by ``recipe``; eval mode after.
+
+    ``normalise`` maps a batch in [0, 1] to the model's input (identity for features).
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout and other in-model randomness
     params = trained_parameters(module, recipe)
@@ -98,7 +101,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     for p in params:
         p.requires_grad_(True)
     opt = make_optimizer(params, recipe)
-    x01 = images.float().div_(255.0)
+    x01 = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
     clean = normalise(x01)
     y = labels.long().to(x01.device)
     batch, static = recipe.batch_for(len(x01)), fixed_batch(module)
