@@ -111,7 +111,7 @@ def _wants_head(recipe: TrainingRecipe) -> bool:
 
 
 def _unsupported(reason: str, r: int, n: int, k: int) -> ReferenceRun:
-    empty = torch.zeros(0)
+    empty = torch.zeros(0, dtype=torch.float64)
     return ReferenceRun(torch.zeros(0, n, k), None, empty, empty, empty, empty, empty, 0, "none", reason)
 
 
