@@ -29,7 +29,7 @@ class TrainStats:
 
     epochs: int
     steps: int
-    train_accuracy: float  # eval mode, unaugmented, at the end
+    train_accuracy: float  # eval mode, unaugmented, at the last check (NaN without ``until_train_accuracy``)
     stopped: bool  # a stop request ended it early
 
 
@@ -106,7 +106,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     y = labels.long().to(x01.device)
     batch, static = recipe.batch_for(len(x01)), fixed_batch(module)
     plain = not recipe.augment
-    steps, epochs, accuracy, stopped = 0, 0, 0.0, False
+    steps, epochs, accuracy, stopped = 0, 0, float("nan"), False
     for epoch in range(recipe.epochs):
         _set_mode(module, True)
         if recipe.trained_layers != "all":
@@ -126,7 +126,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         epochs = epoch + 1
         if stopped:
             break
-        if recipe.until_train_accuracy is not None or epochs == recipe.epochs:
+        if recipe.until_train_accuracy is not None:  # the stopping rule's own check; nothing else costs a pass
             accuracy = float((eval_logits(module, clean, static).argmax(1) == y).double().mean())
             if recipe.until_train_accuracy is not None and accuracy >= recipe.until_train_accuracy:
                 break
