@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +191,23 @@ def test_confined_and_in_process_reference_models_agree(digits: Digits, tmp_path
     assert there.models_done == local.models_done == 2 and there.mirrored is not None
     assert torch.equal(there.logits, local.logits) and torch.equal(there.mirrored, local.mirrored)
     assert torch.equal(there.in_accuracy, local.in_accuracy)
+
+
+def test_a_fine_tuned_head_retrains_only_the_head_on_features_computed_once(digits: Digits, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = mlp()
+    public = digits.nonmembers[200:]  # pre-training on other images, then a fresh head fine-tuned on the members
+    train_module(module, digits.images[public], digits.labels[public], TrainingRecipe(epochs=5), 0, lambda x: x)
+    module[3].reset_parameters()
+    init = tmp_path / "init.pt"
+    torch.save(module.state_dict(), init)
+    tuned = TrainingRecipe(lr=1e-2, batch_size="full", epochs=100, until_train_accuracy=None, start="init")
+    train_module(module, digits.images[digits.members], digits.labels[digits.members],
+                 replace(tuned, trained_layers="head"), 0, lambda x: x)
+    target = TargetModel.from_module(module, (1, SIDE, SIDE), 10, device="cpu")
+    settings = MembershipSettings(reference_models=16, recipe=tuned, recipe_given=True, seed=0, init=init)
+    result = membership_stage(InProcessSession("test", target), _sets(digits, target), settings)
+    assert result.method == "head"  # the --init weights show that only the last layer changed
+    assert result.reference_models == 16 and result.check is not None
+    assert result.check.references.in_accuracy > result.check.references.out_accuracy  # each head fitted its split
+    assert max(r.auc for r in result.rows) > 0.5

@@ -69,7 +69,8 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return low, high
 
 
-def roc_curve(pos: np.ndarray, neg: np.ndarray, points: int = ROC_POINTS) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def roc_curve(pos: np.ndarray, neg: np.ndarray,
+              points: int = ROC_POINTS) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(FPR, TPR) at thresholds spaced evenly in log FPR from 1/n to 1, for a log–log plot."""
     neg_sorted = np.sort(neg)[::-1]
     pos_sorted = np.sort(pos)

@@ -118,7 +118,8 @@ def _check_value(key: str, value: Any) -> str | None:
         if value in ("all", "head"):
             return None
         ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value)
-        return None if ok else f"trained_layers must be \"all\", \"head\" or a list of parameter name prefixes, not {value!r}"
+        return None if ok else ("trained_layers must be \"all\", \"head\" or a list of parameter name prefixes, "
+                                f"not {value!r}")
     if key == "start":
         return None if value in STARTS else f"start must be \"fresh\" or \"init\", not {value!r}"
     return None

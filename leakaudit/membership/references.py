@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,6 +90,7 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
         if target.module is None:
             return _unsupported("the loaded model keeps no module to copy", len(masks), len(images),
                                 target.num_classes)
+        recipe = head_by_init(target, recipe, init)
         head = _head_features(target, images, recipe, init, seed) if _wants_head(recipe) else None
         if head is not None:
             return _run(head.model_for, head.inputs, head.mirrored, labels, masks, recipe, seed, lambda x: x,
@@ -104,6 +105,21 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
         mirrored = x.flip(3) if recipe.flips else None
         return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
                     masks, recipe, seed, target.normalise, should_stop, on_model, "full")
+
+
+def head_by_init(target: TargetModel, recipe: TrainingRecipe, init: Path | None) -> TrainingRecipe:
+    """The recipe as head-only when the --init weights show that only the last layer changed (a fine-tuned head)."""
+    if init is None or recipe.trained_layers != "all" or target.module is None:
+        return recipe
+    from leakaudit.inversion.initaware import load_initial_state
+
+    initial = load_initial_state(init)
+    named = dict(target.module.named_parameters())
+    changed = {name for name, p in named.items()
+               if name not in initial or initial[name].shape != p.shape or not torch.equal(initial[name].to(p), p)}
+    head = replace(recipe, trained_layers="head")
+    head_names = {name for name, p in named.items() if any(p is q for q in trained_parameters(target.module, head))}
+    return head if changed and changed <= head_names else recipe
 
 
 def _wants_head(recipe: TrainingRecipe) -> bool:
