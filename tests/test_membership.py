@@ -193,6 +193,7 @@ def test_confined_and_in_process_reference_models_agree(digits: Digits, tmp_path
     assert torch.equal(there.in_accuracy, local.in_accuracy)
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_head_retrains_only_the_head_on_features_computed_once(digits: Digits, tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = mlp()

@@ -95,16 +95,14 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
         if head is not None:
             return _run(head.model_for, head.inputs, head.mirrored, labels, masks, recipe, seed, lambda x: x,
                         should_stop, on_model, "head")
+        x = images.to(target.device)
+        mirrored = x.flip(3) if recipe.flips else None
         try:
-            start = _starting_copy(target, recipe, seed, init)
+            return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
+                        masks, recipe, seed, target.normalise, should_stop, on_model, "full")
         except UnknownLayer as exc:
             return _unsupported(f"no known default initialisation for {exc}", len(masks), len(images),
                                 target.num_classes)
-        del start
-        x = images.to(target.device)
-        mirrored = x.flip(3) if recipe.flips else None
-        return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
-                    masks, recipe, seed, target.normalise, should_stop, on_model, "full")
 
 
 def head_by_init(target: TargetModel, recipe: TrainingRecipe, init: Path | None) -> TrainingRecipe:
@@ -177,13 +175,14 @@ class _Head:
     weight: torch.Tensor  # the head's starting weight (K, D) and bias (K,)
     bias: torch.Tensor | None
     fresh: bool
+    seed: int
 
     def model_for(self, r: int) -> nn.Module:
         head = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
         head = head.to(self.inputs.device)
         with torch.no_grad():
             if self.fresh:
-                torch.manual_seed(1_000_003 * (r + 1))
+                torch.manual_seed(self.seed + 1000 * (r + 1))  # as the full path seeds each fresh copy
                 head.reset_parameters()
             else:
                 head.weight.copy_(self.weight)
@@ -217,7 +216,8 @@ def _head_features(target: TargetModel, images: torch.Tensor, recipe: TrainingRe
 
         state = load_initial_state(init)
         w, b = state.get(weight_name, w), state.get(bias_name, b) if bias_name else None
-    return _Head(feats, mirrored, w.float().clone(), None if b is None else b.float().clone(), recipe.start == "fresh")
+    return _Head(feats, mirrored, w.float().clone(), None if b is None else b.float().clone(), recipe.start == "fresh",
+                 seed)
 
 
 def _features(target: TargetModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
