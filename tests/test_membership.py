@@ -212,3 +212,19 @@ def test_a_fine_tuned_head_retrains_only_the_head_on_features_computed_once(digi
     assert result.reference_models == 16 and result.check is not None
     assert result.check.references.in_accuracy > result.check.references.out_accuracy  # each head fitted its split
     assert max(r.auc for r in result.rows) > 0.5
+
+
+def test_a_malformed_reference_reply_is_refused() -> None:
+    from leakaudit.confine import results
+
+    good = {"logits": torch.zeros(2, 5, 10), "mirrored": None, "models_done": 2, "method": "full",
+            "unsupported": None, **{k: torch.zeros(2, dtype=torch.float64)
+                                    for k in ("in_loss", "in_accuracy", "out_loss", "out_accuracy", "seconds")}}
+    run = results.reference_run(good, 2, 5, 10, flips=False)
+    assert run.models_done == 2 and tuple(run.logits.shape) == (2, 5, 10)
+    for bad in ({"logits": torch.zeros(2, 5, 9)}, {"models_done": 3}, {"in_loss": torch.zeros(1, dtype=torch.float64)},
+                {"seconds": "fast"}):
+        with pytest.raises(results.ReplyError):
+            results.reference_run({**good, **bad}, 2, 5, 10, flips=False)
+    with pytest.raises(results.ReplyError, match="mirrored"):
+        results.reference_run(good, 2, 5, 10, flips=True)
