@@ -50,22 +50,29 @@ def fit_gaussians(ref_phi: np.ndarray, masks: np.ndarray) -> Gaussians:
     mu_out = np.where(n_out > 0, mu_out, mu_in - gap)
     res_in = np.where(masks, ref_phi - mu_in, np.nan)
     res_out = np.where(~masks, ref_phi - mu_out, np.nan)
-    g_in = _global_sigma(res_in)
-    g_out = _global_sigma(res_out)
+    pooled_in, pooled_out = _pooled_sigma(res_in, n_in), _pooled_sigma(res_out, n_out)
+    spread = max(float(np.std(ref_phi)), MIN_SIGMA) if ref_phi.size > 1 else 1.0
+    g_in = pooled_in or pooled_out or spread
+    g_out = pooled_out or pooled_in or spread
     per_image = bool(n_in.min() >= PER_IMAGE_VARIANCE_MIN and n_out.min() >= PER_IMAGE_VARIANCE_MIN)
     if per_image:
-        s_in = np.maximum(np.sqrt(np.nanmean(res_in ** 2, 0)), MIN_SIGMA)
-        s_out = np.maximum(np.sqrt(np.nanmean(res_out ** 2, 0)), MIN_SIGMA)
+        s_in = np.maximum(np.sqrt(np.nansum(res_in ** 2, 0) / (n_in - 1)), MIN_SIGMA)
+        s_out = np.maximum(np.sqrt(np.nansum(res_out ** 2, 0) / (n_out - 1)), MIN_SIGMA)
     else:
         s_in, s_out = np.full(ref_phi.shape[1], g_in), np.full(ref_phi.shape[1], g_out)
     return Gaussians(mu_in, mu_out, s_in, s_out, per_image)
 
 
-def _global_sigma(residuals: np.ndarray) -> float:
-    """One σ from every residual; with a single model per side (no spread) the other side's, else 1."""
-    finite = residuals[np.isfinite(residuals)]
-    value = float(np.sqrt(np.mean(finite ** 2))) if finite.size > 1 else 0.0
-    return max(value, MIN_SIGMA) if finite.size > 1 else 1.0
+def _pooled_sigma(residuals: np.ndarray, counts: np.ndarray) -> float | None:
+    """One σ pooled over images (each image's mean costs a degree of freedom); None without any to spare.
+
+    With one model per image (R = 1 or 2) every residual is 0 by construction,
+    so the caller falls back to the other side's σ, then to φ's spread over the pool.
+    """
+    freedom = int(counts.sum() - (counts > 0).sum())
+    if freedom <= 0:
+        return None
+    return max(float(np.sqrt(np.nansum(residuals ** 2) / freedom)), MIN_SIGMA)
 
 
 def lira_online(target_phi: np.ndarray, fit: Gaussians) -> np.ndarray:
