@@ -104,7 +104,7 @@ def run_reference(name: str, recipes: list[str], models: int) -> None:
                           operations.logits(target, images[ni]))
     accuracy = float((sets.member_logits.argmax(1) == sets.member_labels).double().mean())
     print(f"{name}: target trained in {time.monotonic() - started:.0f} s ({stats.epochs} epochs, train accuracy "
-          f"{accuracy:.3f}); {len(mi)} members, {len(ni)} non-members")
+          f"{accuracy:.3f}); {len(mi)} members, {len(ni)} non-members", flush=True)
     session = InProcessSession("bench", target)
     pool = torch.cat([images[mi], images[ni]])
     pool_labels = torch.cat([labels[mi], labels[ni]])
@@ -113,7 +113,10 @@ def run_reference(name: str, recipes: list[str], models: int) -> None:
         settings = MembershipSettings(models, recipe, which == "given", seed=0)
         splits = draw_splits(len(pool), len(mi), models, settings.seed)
         request = ReferenceRequest(pool, pool_labels, torch.from_numpy(splits.masks), recipe, settings.seed)
-        run = session.train_references(request, InversionCallbacks(), lambda: False)
+        began = time.monotonic()
+        progress = InversionCallbacks(on_step=lambda done, planned, _: print(
+            f"  reference model {done}/{planned} ({which}) after {time.monotonic() - began:.0f} s", flush=True))
+        run = session.train_references(request, progress, lambda: False)
         mirrored = session.logits(pool.flip(3)) if recipe.flips else None
         table(which, sets, settings, splits.masks, run, mirrored)
         check = recipe_check(target_fit(sets.member_logits, sets.member_labels, sets.nonmember_logits,
