@@ -163,8 +163,11 @@ def attack_rows(run: ReferenceRun, masks: np.ndarray, target_logits: torch.Tenso
     a = attacks.rmia_a(ref_p, masks)
     population = np.arange(len(labels))
     variance = "per-image variance" if fit.per_image_variance else "one global variance"
+    online = f"LiRA online, {variance}"
+    if not (masks.any(0) & (~masks).any(0)).any():
+        online += "; no image has both IN and OUT models (R = 1), so every score ties: not a test"
     scores = {
-        "lira-online": (attacks.lira_online(target_phi, fit), f"LiRA online, {variance}"),
+        "lira-online": (attacks.lira_online(target_phi, fit), online),
         "lira-offline": (attacks.lira_offline(target_phi, fit), f"LiRA offline (OUT models only), {variance}"),
         "rmia-offline": (attacks.rmia_offline(target_p, ref_p, masks, a, population),
                          f"RMIA offline, a = {a:.3f}, gamma = {attacks.RMIA_GAMMA:g}, population = the pool"),
