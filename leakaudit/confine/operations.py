@@ -22,6 +22,8 @@ from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.runtime.memory import release_free_memory
 from leakaudit.model.target import TargetModel, load_model, wrap_module
 from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.membership.recipe import TrainingRecipe
+from leakaudit.membership.references import ReferenceRun
 from leakaudit.power.control import ControlRun, run_control
 
 LOGITS_BATCH = 256
@@ -86,6 +88,18 @@ class ControlRequest:
     init: Path | None = None  # the init-aware audit's initial weights: the copy starts from them
 
 
+@dataclass(frozen=True)
+class ReferenceRequest:
+    """Reference models for membership inference: copies of the architecture trained by ``recipe`` on their splits."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8 pool: the audit's members and non-members
+    labels: torch.Tensor  # (N,) int64
+    masks: torch.Tensor  # (R, N) bool: the images each reference model trains on
+    recipe: TrainingRecipe
+    seed: int
+    init: Path | None = None  # the --init weights, for a recipe that starts from them
+
+
 def load(request: LoadRequest) -> TargetModel:
     """A file loaded safely, or an in-memory module checked the same way (shape, classes, normalisation)."""
     common = dict(input_size=request.input_size, mean=request.mean, std=request.std, shape_hint=request.shape_hint,
@@ -114,6 +128,15 @@ def control(target: TargetModel, request: ControlRequest, callbacks: InversionCa
     """The positive control on a copy of ``target``'s architecture (``leakaudit.power.control``)."""
     return run_control(target, request.images, request.labels, request.config, request.seed, request.prior,
                        callbacks, should_stop, pretrain_cache=pretrain_cache, init=request.init)
+
+
+def train_references(target: TargetModel, request: ReferenceRequest, should_stop: Callable[[], bool],
+                     on_model: Callable[[int, int], None] | None = None) -> ReferenceRun:
+    """The reference models of the membership test (``leakaudit.membership.references``)."""
+    from leakaudit.membership.references import train_references as run
+
+    return run(target, request.images, request.labels, request.masks, request.recipe, request.seed, request.init,
+               should_stop, on_model)
 
 
 @torch.no_grad()

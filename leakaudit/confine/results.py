@@ -13,6 +13,7 @@ import torch
 
 from leakaudit.confine.operations import ModelInfo
 from leakaudit.inversion import InversionResult
+from leakaudit.membership.references import ReferenceRun
 from leakaudit.power.control import ControlRun
 
 
@@ -121,3 +122,28 @@ def control_run(f: dict[str, Any], info: ModelInfo) -> ControlRun:
         invert_seconds=float(_is(f.get("invert_seconds"), number, "invert_seconds")),
         notes=tuple(_strings(f.get("notes", []), "notes")), unsupported=unsupported,
     )
+
+
+def reference_run(f: dict[str, Any], models: int, n: int, num_classes: int, flips: bool) -> ReferenceRun:
+    """Reference models' logits (R' ≤ R, N, K) float32 and their per-model fits, shapes checked."""
+    unsupported = _optional(f.get("unsupported"), str, "unsupported")
+    done = _is(f.get("models_done"), int, "models_done")
+    if not 0 <= done <= models:
+        raise ReplyError(f"models_done {done} of {models}")
+    logits = _tensor(f.get("logits"), "logits", torch.float32, 3)
+    if unsupported is None and tuple(logits.shape) != (done, n, num_classes):
+        raise ReplyError(f"reference logits of shape {tuple(logits.shape)}")
+    mirrored = f.get("mirrored")
+    if mirrored is not None:
+        _tensor(mirrored, "mirrored", torch.float32, 3)
+        if tuple(mirrored.shape) != tuple(logits.shape):
+            raise ReplyError(f"mirrored logits of shape {tuple(mirrored.shape)}")
+    elif flips and done and unsupported is None:
+        raise ReplyError("mirrored logits missing")
+    rows = {}
+    for name in ("in_loss", "in_accuracy", "out_loss", "out_accuracy", "seconds"):
+        rows[name] = _tensor(f.get(name), name, torch.float64, 1)
+        if unsupported is None and len(rows[name]) != done:
+            raise ReplyError(f"{name} has {len(rows[name])} values for {done} models")
+    return ReferenceRun(logits=logits, mirrored=mirrored, models_done=done,
+                        method=_is(f.get("method"), str, "method"), unsupported=unsupported, **rows)

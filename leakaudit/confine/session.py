@@ -26,7 +26,7 @@ from torch import nn
 
 from leakaudit.confine import limits, results, sandbox, spawn
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
-from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo
+from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo, ReferenceRequest
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.runtime.distributed import DistContext
@@ -35,6 +35,7 @@ from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.inversion.engine import Checkpointer
 from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
 from leakaudit.inversion.warmstart import PretrainCache
+from leakaudit.membership.references import ReferenceRun
 from leakaudit.model.target import TargetModel
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
@@ -63,6 +64,9 @@ class ModelSession(Protocol):
     def logits(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun: ...
+
+    def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
+                         should_stop: StopCheck) -> ReferenceRun: ...
 
     def close(self) -> None: ...
 
@@ -100,6 +104,16 @@ class InProcessSession:
         from leakaudit.confine import operations
 
         return operations.control(self._target(), request, callbacks, should_stop, self.pretrain_cache)
+
+    def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
+                         should_stop: StopCheck) -> ReferenceRun:
+        from leakaudit.confine import operations
+
+        def on_model(done: int, planned: int) -> None:
+            if callbacks.on_step is not None:
+                callbacks.on_step(done, planned, {})
+
+        return operations.train_references(self._target(), request, should_stop, on_model)
 
     def _target(self) -> TargetModel:
         if self.target is None:
@@ -209,6 +223,20 @@ class ConfinedSession:
         if reply is None:
             return stopped_control()
         return self._checked(results.control_run, reply.get("control"), self.info)
+
+    def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
+                         should_stop: StopCheck) -> ReferenceRun:
+        args = {"images": request.images.contiguous(), "labels": request.labels.contiguous(),
+                "masks": request.masks.contiguous(), "recipe": request.recipe.to_dict(), "seed": request.seed,
+                "init": str(request.init) if request.init is not None else None}
+        reply = self._call("references", args, "the reference models", callbacks, should_stop)
+        models, n = len(request.masks), len(request.images)
+        if reply is None:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return ReferenceRun(torch.zeros(0, n, self.info.num_classes), None, empty, empty, empty, empty, empty,
+                                0, "stopped")
+        return self._checked(results.reference_run, reply.get("references"), models, n, self.info.num_classes,
+                             request.recipe.flips)
 
     def close(self) -> None:
         """Ask the worker to leave; end it if it does not."""

@@ -98,6 +98,29 @@ def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     return {"control": operations.result_fields(run)}
 
 
+def _op_references(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
+    from leakaudit.confine import operations
+    from leakaudit.membership.recipe import recipe_from_mapping
+
+    request = operations.ReferenceRequest(args["images"], args["labels"], args["masks"],
+                                          recipe_from_mapping(args["recipe"]), int(args["seed"]),
+                                          Path(args["init"]) if args.get("init") else None)
+    callbacks = state.relay.callbacks()
+
+    def stop() -> bool:  # polled between batches: also the watchdog's sign of progress
+        state.relay.alive()
+        return bool(state.relay.should_stop())
+
+    def on_model(done: int, planned: int) -> None:
+        if callbacks.on_step is not None:
+            callbacks.on_step(done, planned, {})
+        state.relay.flush()
+
+    run = operations.train_references(state.target, request, stop, on_model)
+    state.relay.flush()
+    return {"references": operations.result_fields(run)}
+
+
 def _op_logits(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     from leakaudit.confine import operations
 
@@ -110,6 +133,7 @@ OPERATIONS: dict[str, Callable[[WorkerState, dict[str, Any]], dict[str, Any]]] =
     "attack": _op_attack,
     "logits": _op_logits,
     "control": _op_control,
+    "references": _op_references,
 }
 
 

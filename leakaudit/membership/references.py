@@ -1,0 +1,231 @@
+"""The model-touching half of membership inference: train R reference models, read their logits on the pool.
+
+``train_references`` is the one function that handles the audited model for
+the membership test. Each reference model is a copy of the audited
+architecture (fresh weights as the positive control makes them, or the
+``--init`` weights), trained by the recipe on its split of the pool; what it
+returns holds only tensors and plain values, so it can run in the confined
+worker. When only the head trains, the backbone's features are computed once
+and each reference model is a linear head trained on them (seconds, not minutes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leakaudit.errors import ModelError
+from leakaudit.membership.recipe import TrainingRecipe
+from leakaudit.membership.training import eval_logits, train_module, trained_parameters
+from leakaudit.model.features import fixed_batch
+from leakaudit.model.target import TargetModel
+from leakaudit.power.control import _copy_from_init
+from leakaudit.power.reinit import UnknownLayer, fresh_copy
+from leakaudit.runtime.numerics import flush_denormals
+
+HEAD_CHECK_TOLERANCE = 1e-3  # relative: the head applied to the tapped features must give the model's logits
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """Every pool image's logits under each reference model, and how each model trained."""
+
+    logits: torch.Tensor  # (R, N, K) float32
+    mirrored: torch.Tensor | None  # (R, N, K) float32 of the mirrored images, when the recipe flips
+    in_loss: torch.Tensor  # (R,) mean cross-entropy on the model's own split (IN)
+    in_accuracy: torch.Tensor  # (R,)
+    out_loss: torch.Tensor  # (R,) on the pool images it did not train on (OUT)
+    out_accuracy: torch.Tensor  # (R,)
+    seconds: torch.Tensor  # (R,) training and scoring time of each model
+    models_done: int  # < R when a stop ended the run
+    method: str  # "head" (features once, head retrained) | "full"
+    unsupported: str | None = None  # why no copy could be made
+
+
+def _starting_copy(target: TargetModel, recipe: TrainingRecipe, seed: int, init: Path | None) -> nn.Module:
+    """Where a reference model starts: the --init weights, or fresh weights (``power.reinit``)."""
+    module = target.module
+    assert module is not None
+    if recipe.start == "init":
+        if init is None:
+            raise ModelError("the recipe starts from the initial weights (start = \"init\") but no --init was given")
+        return _copy_from_init(module, init)
+    from leakaudit.loading import import_arch
+
+    arch = import_arch(target.arch) if target.arch is not None else None
+    copied = fresh_copy(module, seed, arch).module
+    if recipe.trained_layers != "all":  # the layers it does not train are the audited model's own (a public backbone)
+        trained = {id(p) for p in trained_parameters(copied, recipe)}
+        own = dict(module.named_parameters())
+        own.update(dict(module.named_buffers()))
+        with torch.no_grad():
+            for name, tensor in [*copied.named_parameters(), *copied.named_buffers()]:
+                if id(tensor) not in trained and name in own:
+                    tensor.copy_(own[name])
+    return copied
+
+
+def _fit_report(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float, float]:
+    """(IN loss, IN accuracy, OUT loss, OUT accuracy) of one model's pool logits."""
+    loss = F.cross_entropy(logits.double(), labels, reduction="none")
+    right = (logits.argmax(1) == labels).double()
+    out = ~mask
+    nan = float("nan")
+    return (float(loss[mask].mean()) if mask.any() else nan, float(right[mask].mean()) if mask.any() else nan,
+            float(loss[out].mean()) if out.any() else nan, float(right[out].mean()) if out.any() else nan)
+
+
+def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
+                     recipe: TrainingRecipe, seed: int, init: Path | None = None,
+                     should_stop: Callable[[], bool] = lambda: False,
+                     on_model: Callable[[int, int], None] | None = None) -> ReferenceRun:
+    """Train one reference model per row of ``masks`` (R, N) on the uint8 pool ``images``; seeded per model."""
+    with torch.random.fork_rng(devices=[]), flush_denormals(), torch.jit.optimized_execution(False):
+        if target.module is None:
+            return _unsupported("the loaded model keeps no module to copy", len(masks), len(images),
+                                target.num_classes)
+        recipe = head_by_init(target, recipe, init)
+        head = _head_features(target, images, recipe, init, seed) if _wants_head(recipe) else None
+        if head is not None:
+            return _run(head.model_for, head.inputs, head.mirrored, labels, masks, recipe, seed, lambda x: x,
+                        should_stop, on_model, "head")
+        x = images.to(target.device)
+        mirrored = x.flip(3) if recipe.flips else None
+        try:
+            return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
+                        masks, recipe, seed, target.normalise, should_stop, on_model, "full")
+        except UnknownLayer as exc:
+            return _unsupported(f"no known default initialisation for {exc}", len(masks), len(images),
+                                target.num_classes)
+
+
+def head_by_init(target: TargetModel, recipe: TrainingRecipe, init: Path | None) -> TrainingRecipe:
+    """The recipe as head-only when the --init weights show that only the last layer changed (a fine-tuned head)."""
+    if init is None or recipe.trained_layers != "all" or target.module is None:
+        return recipe
+    from leakaudit.inversion.initaware import load_initial_state
+
+    initial = load_initial_state(init)
+    named = dict(target.module.named_parameters())
+    changed = {name for name, p in named.items()
+               if name not in initial or initial[name].shape != p.shape or not torch.equal(initial[name].to(p), p)}
+    head = replace(recipe, trained_layers="head")
+    head_names = {name for name, p in named.items() if any(p is q for q in trained_parameters(target.module, head))}
+    return head if changed and changed <= head_names else recipe
+
+
+def _wants_head(recipe: TrainingRecipe) -> bool:
+    return recipe.head_only and not recipe.augment
+
+
+def _unsupported(reason: str, r: int, n: int, k: int) -> ReferenceRun:
+    empty = torch.zeros(0, dtype=torch.float64)
+    return ReferenceRun(torch.zeros(0, n, k), None, empty, empty, empty, empty, empty, 0, "none", reason)
+
+
+def _run(model_for: Callable[[int], nn.Module], inputs: torch.Tensor, mirrored: torch.Tensor | None,
+         labels: torch.Tensor, masks: torch.Tensor, recipe: TrainingRecipe, seed: int,
+         normalise: Callable[[torch.Tensor], torch.Tensor], should_stop: Callable[[], bool],
+         on_model: Callable[[int, int], None] | None, method: str) -> ReferenceRun:
+    """Train each model on its split and read its logits on the whole pool (and the mirrors)."""
+    models = len(masks)
+    y = labels.long().to(inputs.device)
+    scaled = inputs if inputs.dtype != torch.uint8 else None  # features are already the model's inputs
+    logits, flipped, fits, seconds = [], [], [], []
+    for r in range(models):
+        if should_stop():
+            break
+        started = time.monotonic()
+        module = model_for(r)
+        mask = masks[r].to(inputs.device)
+        stats = train_module(module, inputs[mask], y[mask], recipe, seed + 7 * (r + 1), normalise, should_stop)
+        if stats.stopped:
+            break
+        batch = fixed_batch(module)
+        pool = scaled if scaled is not None else normalise(inputs.float() / 255.0)
+        out = eval_logits(module, pool, batch).cpu()
+        logits.append(out)
+        if mirrored is not None:
+            m = mirrored if mirrored.dtype != torch.uint8 else normalise(mirrored.float() / 255.0)
+            flipped.append(eval_logits(module, m, batch).cpu())
+        fits.append(_fit_report(out, labels.long().cpu(), masks[r].cpu()))
+        seconds.append(time.monotonic() - started)
+        if on_model is not None:
+            on_model(r + 1, models)
+    done = len(logits)
+    k = logits[0].shape[1] if logits else 0
+    table = torch.tensor(fits, dtype=torch.float64).reshape(done, 4)
+    return ReferenceRun(torch.stack(logits) if logits else torch.zeros(0, len(inputs), k),
+                        torch.stack(flipped) if flipped else None, table[:, 0], table[:, 1], table[:, 2], table[:, 3],
+                        torch.tensor(seconds, dtype=torch.float64), done, method)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The features computed once, and how to make a fresh copy of the head."""
+
+    inputs: torch.Tensor  # (N, D) float32 features of the pool
+    mirrored: torch.Tensor | None
+    weight: torch.Tensor  # the head's starting weight (K, D) and bias (K,)
+    bias: torch.Tensor | None
+    fresh: bool
+    seed: int
+
+    def model_for(self, r: int) -> nn.Module:
+        head = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None)
+        head = head.to(self.inputs.device)
+        with torch.no_grad():
+            if self.fresh:
+                torch.manual_seed(self.seed + 1000 * (r + 1))  # as the full path seeds each fresh copy
+                head.reset_parameters()
+            else:
+                head.weight.copy_(self.weight)
+                if self.bias is not None and head.bias is not None:
+                    head.bias.copy_(self.bias)
+        return head
+
+
+@torch.no_grad()
+def _head_features(target: TargetModel, images: torch.Tensor, recipe: TrainingRecipe, init: Path | None,
+                   seed: int) -> _Head | None:
+    """The pool's penultimate features and the head's start, or None when the head is not one final linear layer."""
+    module = target.module
+    if module is None or not target.has_features:
+        return None
+    named = dict(module.named_parameters())
+    head_params = trained_parameters(module, recipe)
+    names = [n for n, p in named.items() if any(p is q for q in head_params)]
+    weight_name = next((n for n in names if n.endswith("weight")), None)
+    if weight_name is None or named[weight_name].dim() != 2:
+        return None
+    bias_name = next((n for n in names if n.endswith("bias")), None)
+    feats, logits = _features(target, images)
+    w, b = named[weight_name].detach(), named[bias_name].detach() if bias_name else None
+    rebuilt = feats @ w.T + (b if b is not None else 0)
+    if not torch.allclose(rebuilt, logits, rtol=HEAD_CHECK_TOLERANCE, atol=HEAD_CHECK_TOLERANCE * logits.abs().max()):
+        return None
+    mirrored = _features(target, images.flip(3))[0] if recipe.flips else None
+    if recipe.start == "init" and init is not None:
+        from leakaudit.inversion.initaware import load_initial_state
+
+        state = load_initial_state(init)
+        w, b = state.get(weight_name, w), state.get(bias_name, b) if bias_name else None
+    return _Head(feats, mirrored, w.float().clone(), None if b is None else b.float().clone(), recipe.start == "fresh",
+                 seed)
+
+
+def _features(target: TargetModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features and logits of uint8 images, in chunks."""
+    feats, logits = [], []
+    for i in range(0, len(images), 512):
+        probe = target.probe(images[i:i + 512].to(target.device).float() / 255.0)
+        assert probe.features is not None
+        feats.append(probe.features.float().flatten(1))
+        logits.append(probe.logits.float())
+    return torch.cat(feats), torch.cat(logits)

@@ -1,0 +1,221 @@
+"""The membership stage: reference models trained like the target, then LiRA and RMIA beside the loss threshold.
+
+The stage draws the IN/OUT splits over the pool (the audit's members and
+non-members), has the session train the reference models (the only call that
+touches the model, confined where the audit is), and scores every image by
+each attack. R = 0 is today's loss-threshold test, number for number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leakaudit.confine.operations import ReferenceRequest
+from leakaudit.confine.session import ModelSession
+from leakaudit.inversion import InversionCallbacks
+from leakaudit.membership import attacks
+from leakaudit.membership.evaluate import AttackRow, evaluate, strongest
+from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe
+from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.signals import probability, signal
+from leakaudit.membership.splits import Splits, draw_splits
+from leakaudit.runtime.progress import Observer, SilentObserver
+from leakaudit.scoring import FPR_LEVELS, membership_test
+
+# Reference models per effort: RMIA gains most from its first models and LiRA online needs about 8 (bench figures
+# in docs/membership.md); the count depends on the effort only, never on measured speed.
+EFFORT_REFERENCE_MODELS = {"quick": 0, "standard": 4, "thorough": 16}
+GATE_FPR = 0.001
+GAP_RATIO_WARN = 2.0  # the larger generalisation gap over the smaller one that makes the recipe check warn
+GAP_FLOOR = 0.05  # loss gaps below this count as this much (so two near-zero gaps never warn)
+
+
+@dataclass(frozen=True)
+class MembershipSettings:
+    """What the stage runs: R reference models trained by ``recipe`` (given by the owner, or guessed)."""
+
+    reference_models: int = 0
+    recipe: TrainingRecipe = DEFAULT_RECIPE
+    recipe_given: bool = False
+    seed: int = 0
+    fpr_levels: tuple[float, ...] = FPR_LEVELS
+    gate_fpr: float = GATE_FPR
+    target_train_size: int | None = None  # the target's training-set size when known (else the members')
+    init: Path | None = None
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Mean cross-entropy and accuracy on training images (IN) and unseen ones (OUT)."""
+
+    in_loss: float
+    in_accuracy: float
+    out_loss: float
+    out_accuracy: float
+
+    @property
+    def loss_gap(self) -> float:
+        return self.out_loss - self.in_loss
+
+    def to_dict(self) -> dict[str, float]:
+        return {"in_loss": self.in_loss, "in_accuracy": self.in_accuracy, "out_loss": self.out_loss,
+                "out_accuracy": self.out_accuracy, "loss_gap": self.loss_gap}
+
+
+@dataclass(frozen=True)
+class RecipeCheck:
+    """The reference models' fit beside the target's: a mismatched recipe shows as different gaps."""
+
+    target: Fit
+    references: Fit  # means over the reference models
+    warning: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"target": self.target.to_dict(), "references": self.references.to_dict(), "warning": self.warning}
+
+
+@dataclass(frozen=True)
+class MembershipResult:
+    """Every attack's row, the strongest, and how the reference models were made."""
+
+    rows: tuple[AttackRow, ...]
+    strongest: AttackRow
+    recipe: TrainingRecipe
+    recipe_given: bool
+    reference_models: int  # trained (fewer than asked when stopped)
+    planned_models: int
+    check: RecipeCheck | None
+    splits: Splits | None
+    seconds_per_model: float | None
+    method: str  # "loss" | "full" | "head"
+    complete: bool
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        return {"attacks": [r.to_dict() for r in self.rows], "strongest": self.strongest.attack,
+                "recipe": self.recipe.to_dict(), "recipe_given": self.recipe_given,
+                "reference_models": self.reference_models, "planned_models": self.planned_models,
+                "recipe_check": self.check.to_dict() if self.check else None,
+                "splits": self.splits.to_dict() if self.splits else None, "seconds_per_model": self.seconds_per_model,
+                "method": self.method, "complete": self.complete, "notes": list(self.notes)}
+
+
+def target_fit(logits_in: torch.Tensor, labels_in: torch.Tensor, logits_out: torch.Tensor,
+               labels_out: torch.Tensor) -> Fit:
+    def pair(z: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        return float(F.cross_entropy(z.double(), y)), float((z.argmax(1) == y).double().mean())
+
+    return Fit(*pair(logits_in, labels_in), *pair(logits_out, labels_out))
+
+
+def recipe_check(target: Fit, run: ReferenceRun) -> RecipeCheck:
+    """The gaps side by side; a warning when one is more than ``GAP_RATIO_WARN`` times the other."""
+    refs = Fit(float(np.nanmean(run.in_loss.numpy())), float(np.nanmean(run.in_accuracy.numpy())),
+               float(np.nanmean(run.out_loss.numpy())), float(np.nanmean(run.out_accuracy.numpy())))
+    a, b = max(target.loss_gap, GAP_FLOOR), max(refs.loss_gap, GAP_FLOOR)
+    warning = None
+    if max(a, b) / min(a, b) > GAP_RATIO_WARN:
+        warning = (f"the reference models' generalisation gap (loss {refs.loss_gap:.3f}, accuracy "
+                   f"{refs.in_accuracy:.3f} IN vs {refs.out_accuracy:.3f} OUT) differs from the target's (loss "
+                   f"{target.loss_gap:.3f}, accuracy {target.in_accuracy:.3f} on members vs {target.out_accuracy:.3f}"
+                   " on non-members): the recipe may not be the target's, which weakens the reference-model tests")
+    return RecipeCheck(target, refs, warning)
+
+
+@dataclass(frozen=True)
+class MembershipSets:
+    """The audit's members and non-members (uint8 images, labels) and the target's logits on them."""
+
+    member_images: torch.Tensor
+    member_labels: torch.Tensor
+    nonmember_images: torch.Tensor
+    nonmember_labels: torch.Tensor
+    member_logits: torch.Tensor
+    nonmember_logits: torch.Tensor
+
+
+def loss_row(sets: MembershipSets, settings: MembershipSettings) -> AttackRow:
+    """The loss threshold (R = 0): ``scoring.membership_test``'s AUC and interval, its scores −CE."""
+    test = membership_test(sets.member_logits, sets.member_labels, sets.nonmember_logits, sets.nonmember_labels,
+                           seed=settings.seed)
+    pos = -F.cross_entropy(sets.member_logits.double(), sets.member_labels, reduction="none").numpy()
+    neg = -F.cross_entropy(sets.nonmember_logits.double(), sets.nonmember_labels, reduction="none").numpy()
+    return evaluate("loss", 0, pos, neg, settings.fpr_levels, settings.seed,
+                    auc_interval=(test.auc, test.ci_low, test.ci_high))
+
+
+def attack_rows(run: ReferenceRun, masks: np.ndarray, target_logits: torch.Tensor,
+                target_mirrored: torch.Tensor | None, labels: torch.Tensor, n_members: int,
+                settings: MembershipSettings) -> list[AttackRow]:
+    """LiRA online, LiRA offline and RMIA offline from the reference models' logits; members come first."""
+    models = run.models_done
+    target_phi = signal(target_logits, labels, target_mirrored).numpy()
+    ref_phi = signal(run.logits, labels, run.mirrored).numpy()
+    target_p = probability(target_logits, labels, target_mirrored).numpy()
+    ref_p = probability(run.logits, labels, run.mirrored).numpy()
+    fit = attacks.fit_gaussians(ref_phi, masks)
+    a = attacks.rmia_a(ref_p, masks)
+    population = np.arange(len(labels))
+    variance = "per-image variance" if fit.per_image_variance else "one global variance"
+    online = f"LiRA online, {variance}"
+    if not (masks.any(0) & (~masks).any(0)).any():
+        online += "; no image has both IN and OUT models (R = 1), so every score ties: not a test"
+    scores = {
+        "lira-online": (attacks.lira_online(target_phi, fit), online),
+        "lira-offline": (attacks.lira_offline(target_phi, fit), f"LiRA offline (OUT models only), {variance}"),
+        "rmia-offline": (attacks.rmia_offline(target_p, ref_p, masks, a, population),
+                         f"RMIA offline, a = {a:.3f}, gamma = {attacks.RMIA_GAMMA:g}, population = the pool"),
+    }
+    return [evaluate(name, models, s[:n_members], s[n_members:], settings.fpr_levels, settings.seed, note=note)
+            for name, (s, note) in scores.items()]
+
+
+def _progress(observer: Observer, planned: int) -> InversionCallbacks:
+    return InversionCallbacks(on_step=lambda done, total, _: observer.advance(done, total, "reference models"))
+
+
+def membership_stage(session: ModelSession, sets: MembershipSets, settings: MembershipSettings,
+                     observer: Observer | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> MembershipResult:
+    """Every membership attack the settings ask for, evaluated on the audit's members vs non-members."""
+    observer = observer or SilentObserver()
+    loss = loss_row(sets, settings)
+    planned = settings.reference_models
+    if planned <= 0:
+        note = "membership tested by the loss threshold only, the weakest known test (no reference models)"
+        return MembershipResult((loss,), loss, settings.recipe, settings.recipe_given, 0, 0, None, None, None,
+                                "loss", True, (note,))
+    images = torch.cat([sets.member_images, sets.nonmember_images])
+    labels = torch.cat([sets.member_labels, sets.nonmember_labels]).long()
+    n_members = len(sets.member_images)
+    splits = draw_splits(len(images), settings.target_train_size or n_members, planned, settings.seed)
+    observer.phase("membership: training reference models", planned)
+    request = ReferenceRequest(images, labels, torch.from_numpy(splits.masks), settings.recipe, settings.seed,
+                               settings.init)
+    run = session.train_references(request, _progress(observer, planned), should_stop)
+    notes: list[str] = []
+    if run.unsupported is not None or run.models_done == 0:
+        why = run.unsupported or "stopped before the first reference model was trained"
+        notes.append(f"no reference models: {why}; membership tested by the loss threshold only")
+        return MembershipResult((loss,), loss, settings.recipe, settings.recipe_given, 0, planned, None, splits,
+                                None, "loss", run.unsupported is not None, tuple(notes))
+    masks = splits.masks[: run.models_done]
+    mirrored = session.logits(images.flip(3)) if settings.recipe.flips else None
+    target_logits = torch.cat([sets.member_logits, sets.nonmember_logits])
+    rows = [loss, *attack_rows(run, masks, target_logits, mirrored, labels, n_members, settings)]
+    fit = target_fit(sets.member_logits, sets.member_labels, sets.nonmember_logits, sets.nonmember_labels)
+    check = recipe_check(fit, run)
+    if not settings.recipe_given:
+        notes.append("the training recipe was not given: the reference models used the default (guessed) recipe")
+    if run.models_done < planned:
+        notes.append(f"stopped after {run.models_done} of {planned} reference models: the membership phase is "
+                     "incomplete")
+    return MembershipResult(tuple(rows), strongest(rows, settings.gate_fpr), settings.recipe, settings.recipe_given,
+                            run.models_done, planned, check, splits, float(run.seconds.mean()), run.method,
+                            run.models_done == planned, tuple(notes))
