@@ -26,9 +26,14 @@ pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
 
 # An --arch module is trusted code that runs inside the worker, after confinement: here it tries what a hostile
 # model would, reports each outcome on stderr (which the parent shows once per line), then builds the model.
+# The worker's environment holds none of the test's variables: the module finds its markers next to itself.
 HOSTILE_ARCH = '''
 import os, socket, sys
+from pathlib import Path
 from tests.conftest import tiny_architecture
+
+HERE = Path(__file__).resolve().parent
+MARKERS = str(HERE / "markers")
 
 def attempt(name, action):
     try:
@@ -38,29 +43,70 @@ def attempt(name, action):
         print(f"ATTEMPT {name}: denied ({type(exc).__name__})", file=sys.stderr, flush=True)
 
 def write():
-    with open(os.environ["MARKER_DIR"] + "/written", "w") as fh:
+    with open(MARKERS + "/written", "w") as fh:
         fh.write("x")
 
 def run_program():
-    os.execv("/bin/sh", ["/bin/sh", "-c", "touch " + os.environ["MARKER_DIR"] + "/executed"])
+    os.execv("/bin/sh", ["/bin/sh", "-c", "touch " + MARKERS + "/executed"])
 
 def connect():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.connect(("127.0.0.1", int(os.environ["MARKER_PORT"])))
+    s.connect(("127.0.0.1", int((HERE / "port").read_text())))
 
 def fork():
     pid = os.fork()
     if pid == 0:
-        open(os.environ["MARKER_DIR"] + "/forked", "w").close()
+        open(MARKERS + "/forked", "w").close()
         os._exit(0)
 
 def signal_parent():
     os.kill(os.getppid(), 0)
 
+def read_secret_file():
+    print("SECRET FILE " + (HERE.parent / "secret.txt").read_text(), file=sys.stderr, flush=True)
+
+def read_secret_variable():
+    print("SECRET VARIABLE " + os.environ["LEAKAUDIT_TEST_SECRET"], file=sys.stderr, flush=True)
+
+def read_parent_environment():
+    print("PARENT ENVIRONMENT " + open(f"/proc/{os.getppid()}/environ", "rb").read().decode("latin-1"),
+          file=sys.stderr, flush=True)
+
+def change_mode():
+    os.chmod(HERE / "weights.pth", 0o777)
+
+def change_mode_of_open_file():
+    with open(HERE / "weights.pth", "rb") as fh:
+        os.fchmod(fh.fileno(), 0o777)
+
+def change_times():
+    os.utime(HERE / "weights.pth", (0, 0))
+
 def make():
     for name, action in (("write", write), ("exec", run_program), ("connect", connect), ("fork", fork),
-                         ("signal", signal_parent)):
+                         ("signal", signal_parent), ("secret-file", read_secret_file),
+                         ("secret-variable", read_secret_variable), ("parent-environ", read_parent_environment),
+                         ("chmod", change_mode), ("fchmod", change_mode_of_open_file), ("utime", change_times)):
         attempt(name, action)
+    return tiny_architecture()
+
+def pooled():
+    """Work that starts every thread pool the worker has (OpenBLAS through numpy and scipy, torch's OpenMP), then
+    the census of /proc/self/task as the model's own code sees it, and a write and a connect from a pool thread."""
+    import concurrent.futures
+    import numpy, scipy.linalg, torch
+    torch.set_num_threads(2)
+    a = numpy.random.default_rng(0).random((300, 300))
+    scipy.linalg.inv(a @ a.T + numpy.eye(300))
+    net = torch.nn.Sequential(*tiny_architecture())
+    net(torch.rand(64, 1, 32, 32)).sum().backward()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for name, action in (("pool-write", write), ("pool-connect", connect)):
+            pool.submit(attempt, name, action).result()
+    for entry in sorted(os.listdir("/proc/self/task")):
+        status = dict(line.split(":", 1) for line in open(f"/proc/self/task/{entry}/status").read().splitlines())
+        print(f"CENSUS {entry} {status['Name'].strip()} seccomp={status['Seccomp'].strip()} "
+              f"nnp={status['NoNewPrivs'].strip()}", file=sys.stderr, flush=True)
     return tiny_architecture()
 
 def flaky():
@@ -94,8 +140,9 @@ def hostile_dir(tiny: TinyReference, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (work / "hostile.py").write_text(HOSTILE_ARCH)
     (work / "weights.pth").write_bytes(tiny.state_dict.read_bytes())
     (work / "markers").mkdir()
+    (tmp_path / "secret.txt").write_text("the-secret-in-a-file")
+    monkeypatch.setenv("LEAKAUDIT_TEST_SECRET", "the-secret-in-the-environment")
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MARKER_DIR", str(work / "markers"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent.parent), str(work)]))
     return work
 
@@ -105,7 +152,7 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path, 
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.settimeout(0.5)
-    monkeypatch.setenv("MARKER_PORT", str(listener.getsockname()[1]))
+    (hostile_dir / "port").write_text(str(listener.getsockname()[1]))
     notes: list[str] = []
     session = _session(notes)
     try:
@@ -114,14 +161,43 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path, 
     finally:
         session.close()
     shown = "\n".join(notes)
-    for name in ("write", "exec", "connect", "fork", "signal"):
-        assert f"ATTEMPT {name}: denied" in shown, shown
+    for name in ("write", "exec", "connect", "fork", "signal", "secret-file", "parent-environ", "chmod", "fchmod",
+                 "utime"):
+        assert f"ATTEMPT {name}: denied (PermissionError)" in shown, shown
+    assert "ATTEMPT secret-variable: denied (KeyError)" in shown, shown  # the variable is not in its environment
+    assert "the-secret" not in shown
     assert list((hostile_dir / "markers").iterdir()) == []
+    assert (hostile_dir / "weights.pth").stat().st_mode & 0o777 != 0o777 and (hostile_dir / "weights.pth").stat().st_mtime > 0
     with pytest.raises(OSError):
         listener.accept()  # nobody connected
     listener.close()
     record = session.confinement
     assert record["worker"] and record["seccomp"] and record["landlock_abi"] >= 1 and record["no_new_privs"]
+
+
+def test_every_thread_of_a_real_worker_is_confined_after_numpy_scipy_and_torch_ran(hostile_dir: Path) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    (hostile_dir / "port").write_text(str(listener.getsockname()[1]))
+    notes: list[str] = []
+    session = _session(notes)
+    try:
+        session.load(LoadRequest(Path("weights.pth"), arch="hostile:pooled", shape_hint=(1, 32, 32), device="cpu"))
+    finally:
+        session.close()
+    census = [n.split()[1:] for n in notes if n.startswith("model: CENSUS ")]
+    assert len(census) >= 3, notes  # the main thread and the pools numpy, scipy and torch started
+    assert all(row[-2:] == ["seccomp=2", "nnp=1"] for row in census), census
+    shown = "\n".join(notes)
+    assert "ATTEMPT pool-write: denied (PermissionError)" in shown and "ATTEMPT pool-connect: denied" in shown, shown
+    assert list((hostile_dir / "markers").iterdir()) == []
+    with pytest.raises(OSError):
+        listener.accept()
+    listener.close()
+    assert session.confinement["every_thread_confined"] is True
+    assert session.census and all(t["seccomp"] == 2 and t["no_new_privs"] == 1 for t in session.census)
 
 
 def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:
@@ -233,4 +309,10 @@ def test_a_membership_pass_over_many_batches_runs_confined_and_agrees(tiny: Tiny
         confined = session.logits(images)
     finally:
         session.close()
-    assert torch.equal(confined, logits(load_model(tiny.torchscript), images))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the session's thread count: float sums agree only at the same one
+    try:
+        in_process = logits(load_model(tiny.torchscript), images)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(confined, in_process)

@@ -16,8 +16,6 @@ import select
 import struct
 from typing import Any
 
-import torch
-
 MAX_FRAME = 8 << 30  # a reply bigger than this is a misbehaving worker, not a result
 MAX_JSON = 1 << 20
 _HEADER = struct.Struct(">cQ")
@@ -37,6 +35,8 @@ def encode(message: dict[str, Any]) -> bytes:
     try:
         payload, codec = json.dumps(message, allow_nan=True).encode("utf-8"), JSON
     except TypeError:  # tensors (or bytes) inside: the tensor codec
+        import torch  # here, not at the top: the worker confines itself before anything imports torch
+
         buffer = io.BytesIO()
         torch.save(message, buffer)
         payload, codec = buffer.getvalue(), TENSORS
@@ -49,6 +49,8 @@ def decode(codec: bytes, payload: bytes) -> dict[str, Any]:
         if codec == JSON:
             message = json.loads(payload.decode("utf-8"))
         elif codec == TENSORS:
+            import torch
+
             message = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         else:
             raise FrameError(f"unknown frame codec {codec!r}")

@@ -16,6 +16,8 @@ import platform
 import struct
 
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 1, 1
+SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277}
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 RET_ALLOW, RET_ERRNO = 0x7FFF0000, 0x00050000
 LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
@@ -128,7 +130,8 @@ def no_new_privs() -> None:
 
 
 def install() -> list[str]:
-    """Install the filter on this process (threads created later inherit it); the denied calls."""
+    """Install the filter on every thread of this process at once (``SECCOMP_FILTER_FLAG_TSYNC``, which also sets
+    no-new-privs on each), so threads started before it are held as the calling one is; the denied calls."""
     machine = supported_machine()
     if machine is None:
         raise SeccompError(errno.ENOSYS, f"no seccomp filter for {platform.system()} {platform.machine()}")
@@ -136,6 +139,10 @@ def install() -> list[str]:
     buffer = ctypes.create_string_buffer(code, len(code))
     prog = _SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        raise SeccompError(ctypes.get_errno(), f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
+    libc.syscall.restype = ctypes.c_long
+    done = libc.syscall(ctypes.c_long(SECCOMP_SYSCALL[machine]), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                        ctypes.c_uint(SECCOMP_FILTER_FLAG_TSYNC), ctypes.byref(prog))
+    if done != 0:  # -1 and errno, or the id of a thread that could not take the filter
+        reason = os.strerror(ctypes.get_errno()) if done < 0 else f"thread {done} could not take it"
+        raise SeccompError(ctypes.get_errno() if done < 0 else errno.EBUSY, f"seccomp(TSYNC): {reason}")
     return names

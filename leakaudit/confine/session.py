@@ -151,7 +151,8 @@ class ConfinedSession:
     """The model in a confined worker; the worker starts at once, so its imports overlap the parent's work."""
 
     def __init__(self, readable: list[Path], budget_s: float | None, seed: int, threads: int,
-                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None,
+                 gpu: bool = False) -> None:
         self.readable = readable
         self.stall_s = stall_bound(budget_s)
         self.seed, self.threads = seed, threads
@@ -159,6 +160,7 @@ class ConfinedSession:
         self.should_stop = should_stop or (lambda: False)  # a stop while loading or in the membership pass ends the worker
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
+        self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
         self.info: ModelInfo = None  # type: ignore[assignment]
         self._stderr = _Stderr()
         self._proc = spawn.take()  # started by the CLI before its own imports, where it could
@@ -167,13 +169,15 @@ class ConfinedSession:
         threading.Thread(target=self._stderr.read, args=(self._proc.stderr,), name="leakaudit-worker-stderr",
                          daemon=True).start()
         self._phase = "starting the model's worker"
+        # first, before the worker imports anything that starts a thread (``worker.main``)
+        self._send({"kind": "confine", "readable": [str(p) for p in readable], "memory_bytes": self.memory_bytes,
+                    "gpu": gpu}, self._phase)
 
     # --- operations ---------------------------------------------------------------
 
     def load(self, request: LoadRequest) -> ModelInfo:
         args = {"request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
-                "seed": self.seed, "threads": self.threads,
-                "confine": {"readable": [str(p) for p in self.readable], "memory_bytes": self.memory_bytes}}
+                "seed": self.seed, "threads": self.threads}
         reply = self._call("load", args, "loading the model")
         if reply is None:
             raise AuditInterrupted("stopped while the model was loading")
@@ -274,7 +278,10 @@ class ConfinedSession:
         kind, name = message["kind"], message.get("name")
         if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
             record = message.get("record")
-            self.confinement = _plain(record) if isinstance(record, dict) else {"worker": True}
+            record = _plain(record) if isinstance(record, dict) else {"worker": True}
+            census = record.pop("census", [])
+            self.census = census if isinstance(census, list) else []
+            self.confinement = record
         elif kind == "warning":
             category = _WARNINGS.get(str(message.get("category")), UserWarning)
             warnings.warn(str(message.get("message", ""))[:2000], category, stacklevel=1)
@@ -433,8 +440,9 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
         spawn.discard()
         return InProcessSession(reason, dist=dist)
-    readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None)
-    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop)
+    readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None or settings.unsafe_pickle)
+    gpu = str(settings.device).startswith("cuda") if settings.device is not None else torch.cuda.is_available()
+    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop, gpu)
 
 
 def confinement_notes(model: ModelSession) -> list[str]:

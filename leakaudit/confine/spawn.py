@@ -15,13 +15,32 @@ import sys
 
 _early: subprocess.Popen[bytes] | None = None
 
+# The worker's whole environment: what torch, the C libraries and Python's own imports read (threads, locale,
+# the GPU's selection, the import path). Nothing else of the parent's passes (tokens, keys, CI variables).
+PASSED_ENV = ("LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUTF8", "PYTHONIOENCODING",
+              "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_THREADING_LAYER", "KMP_AFFINITY",
+              "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "LD_LIBRARY_PATH",
+              "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG",
+              "PYTORCH_CUDA_ALLOC_CONF", "TORCH_CUDA_ARCH_LIST")
+PASSED_PREFIXES = ("LC_",)
+
+
+def worker_environment(parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's variables the worker needs, and only those."""
+    source = dict(os.environ) if parent is None else parent
+    env = {k: v for k, v in source.items() if k in PASSED_ENV or k.startswith(PASSED_PREFIXES)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PATH"] = ""  # no program to look up: ``ctypes.util.find_library`` then asks no compiler (and no tempfile)
+    env["TORCHINDUCTOR_CACHE_DIR"] = "/"  # an existing folder: torch's import "creates" it, and writes nothing there
+    return env
+
 
 def start() -> subprocess.Popen[bytes]:
     """A fresh worker on pipes; its own session, so the terminal's Ctrl-C reaches the audit only."""
     return subprocess.Popen(
         [sys.executable, "-m", "leakaudit.confine.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env=worker_environment(),
     )
 
 
