@@ -176,12 +176,18 @@ class ConfinedSession:
     # --- operations ---------------------------------------------------------------
 
     def load(self, request: LoadRequest) -> ModelInfo:
+        from leakaudit.model.target import detect_format, file_sha256
+
+        path = Path(str(request.path))
+        readable = path.is_file() and path.stat().st_size > 0  # else the worker's load says what is wrong
+        fmt, sha256 = (detect_format(path), file_sha256(path)) if readable else ("", "")  # the parent's own
         args = {"request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
                 "seed": self.seed, "threads": self.threads}
         reply = self._call("load", args, "loading the model")
         if reply is None:
             raise AuditInterrupted("stopped while the model was loading")
-        self.info = self._checked(results.model_info, reply.get("info"))
+        info = self._checked(results.model_info, reply.get("info"))
+        self.info = self._checked(results.with_provenance, info, request, fmt, sha256)
         return self.info
 
     def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,

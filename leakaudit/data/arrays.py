@@ -38,6 +38,26 @@ class LoadSpec:
     strict: bool = False
     max_file_bytes: int = 64 << 20
     progress: Callable[[int, int], None] | None = None
+    poll: Callable[[], None] | None = None  # called for every image read: raises to end the loading (budget, stop)
+
+    def tick(self) -> None:
+        if self.poll is not None:
+            self.poll()
+
+    def check_capacity(self, count: int, what: str) -> None:
+        """Refuse, before decoding, a set whose images at the model's input size would not fit in memory.
+
+        A file's declared size says nothing of this: a million 1×1 images in a few kilobytes each become a
+        model-sized image once resized.
+        """
+        from leakaudit.loading.limits import MEMORY_SHARE, available_memory
+
+        need = count * self.channels * self.size[0] * self.size[1]
+        limit = int(available_memory() * MEMORY_SHARE)
+        if need > limit:
+            raise DataError(f"{what}: {count} images at the model's input ({self.channels}x{self.size[0]}x"
+                            f"{self.size[1]}) would take {need >> 20} MiB, more than the {limit >> 20} MiB the audit "
+                            "may use; refused before decoding")
 
 
 def as_numpy(value: Any, what: str) -> np.ndarray:
@@ -169,9 +189,11 @@ def load_arrays(images: Any, labels: Any, spec: LoadSpec, *, what: str, root: Pa
     check_image_shape(array.shape, array.dtype, f"{what} images")
     label_array = check_labels(as_numpy(labels, f"{what} labels"), int(array.shape[0]), what)
     mapped, audit_classes = resolve_labels(label_array, class_names(classes, what), spec, what)
+    spec.check_capacity(int(array.shape[0]), what)
     pixels = to_uint8(array, f"{what} images")
     out = np.empty((pixels.shape[0], spec.channels, *spec.size), dtype=np.uint8)
     for i in range(pixels.shape[0]):
+        spec.tick()
         out[i] = image_pixels(pixels[i], spec)
         if spec.progress is not None:
             spec.progress(i + 1, int(pixels.shape[0]))
