@@ -120,6 +120,29 @@ def flaky():
 
     return Flaky(*tiny_architecture())
 
+def sleepy():
+    """Slow only where the membership pass runs (no gradients, batches over 2): each batch just inside the stall bound."""
+    import time
+    import torch
+
+    class Sleepy(torch.nn.Sequential):
+        def forward(self, x):
+            if not torch.is_grad_enabled() and x.shape[0] > 2:
+                time.sleep(8)
+            return super().forward(x)
+
+    return Sleepy(*tiny_architecture())
+
+def keepalive():
+    """Loading that never ends but keeps telling the parent it is alive, through the worker's own channel."""
+    import gc
+    import time
+
+    relay = next(o for o in gc.get_objects() if type(o).__name__ == "Relay")
+    while True:
+        relay.channel.send({"kind": "event", "name": "alive"})
+        time.sleep(1)
+
 def hog():
     import torch
     torch.ones(2 << 30, dtype=torch.uint8)  # 2 GiB, over the test's limit
@@ -127,8 +150,9 @@ def hog():
 '''
 
 
-def _session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True) -> ConfinedSession:
-    return ConfinedSession(sandbox.readable_paths(model.resolve(), None, arch), budget_s=None, seed=0,
+def _session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True,
+             budget_s: float | None = None) -> ConfinedSession:
+    return ConfinedSession(sandbox.readable_paths(model.resolve(), None, arch), budget_s=budget_s, seed=0,
                            threads=1, on_note=notes.append)
 
 
@@ -198,6 +222,33 @@ def test_every_thread_of_a_real_worker_is_confined_after_numpy_scipy_and_torch_r
     listener.close()
     assert session.confinement["every_thread_confined"] is True
     assert session.census and all(t["seccomp"] == 2 and t["no_new_privs"] == 1 for t in session.census)
+
+
+@pytest.mark.slow
+def test_a_membership_pass_slow_batch_by_batch_ends_at_the_budget(hostile_dir: Path) -> None:
+    started = time.monotonic()
+    session = _session([], budget_s=20)
+    try:
+        session.load(LoadRequest(Path("weights.pth"), arch="hostile:sleepy", shape_hint=(1, 32, 32), device="cpu"))
+        with pytest.raises(ModelError, match="ran past the budget's ceiling .* during the membership pass; stopped it: "
+                                             "the audit is incomplete"):
+            session.logits(torch.zeros(40 * 256, 1, 32, 32, dtype=torch.uint8))  # 40 batches of 8 s each
+    finally:
+        session.close()
+    assert time.monotonic() - started < 20 + 60
+
+
+@pytest.mark.slow
+def test_a_load_that_keeps_sending_progress_ends_at_the_budget(hostile_dir: Path) -> None:
+    started = time.monotonic()
+    session = _session([], budget_s=20)
+    try:
+        with pytest.raises(ModelError, match="ran past the budget's ceiling .* during loading the model"):
+            session.load(LoadRequest(Path("weights.pth"), arch="hostile:keepalive", shape_hint=(1, 32, 32),
+                                     device="cpu"))
+    finally:
+        session.close()
+    assert time.monotonic() - started < 20 + 60
 
 
 def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:

@@ -723,3 +723,20 @@ def test_a_pickled_module_on_pythonpath_is_audited_and_cannot_forge_its_provenan
     assert any("code from the file ran" in note for note in document["summary"]["notes"])
     assert "--unsafe-pickle" in (tmp_path / "s.md").read_text()
     assert "code from it ran" in (tmp_path / "j.xml").read_text()
+
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 8 8
+newpath 0 0 moveto 8 8 lineto stroke
+showpage
+"""
+
+
+def test_an_image_in_a_format_the_readme_does_not_list_is_refused_by_name(tiny: TinyReference, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = _folder(tmp_path, tiny)
+    (data / "3" / "evil.png").write_bytes(EPS)
+    with Image.open(data / "3" / "evil.png") as img:  # by content, Pillow alone would take it as PostScript
+        assert img.format == "EPS"
+    line = refused(capsys, tiny.torchscript, data, tmp_path / "out")
+    assert "evil.png: a PostScript (EPS) file; leakaudit reads only PNG, JPEG, BMP, WebP and TIFF images" in line
