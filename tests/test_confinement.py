@@ -143,6 +143,27 @@ def keepalive():
         relay.channel.send({"kind": "event", "name": "alive"})
         time.sleep(1)
 
+def flooding():
+    """A membership pass that writes a 1 GiB line to stderr, then announces a 1 GiB reply and sends it."""
+    import gc
+    import struct
+    import torch
+
+    class Flooding(torch.nn.Sequential):
+        def forward(self, x):
+            if not torch.is_grad_enabled() and x.shape[0] > 2:
+                chunk = b"x" * (1 << 20)
+                for _ in range(1024):
+                    os.write(2, chunk)
+                os.write(2, b"\\n")
+                relay = next(o for o in gc.get_objects() if type(o).__name__ == "Relay")
+                os.write(relay.channel.write_fd, struct.pack(">cQ", b"T", 1 << 30))
+                for _ in range(1024):
+                    os.write(relay.channel.write_fd, chunk)
+            return super().forward(x)
+
+    return Flooding(*tiny_architecture())
+
 def hog():
     import torch
     torch.ones(2 << 30, dtype=torch.uint8)  # 2 GiB, over the test's limit
@@ -249,6 +270,37 @@ def test_a_load_that_keeps_sending_progress_ends_at_the_budget(hostile_dir: Path
     finally:
         session.close()
     assert time.monotonic() - started < 20 + 60
+
+
+HOSTILE_WORKER_PEAK = '''
+import resource, sys, torch
+from pathlib import Path
+from leakaudit.confine import sandbox
+from leakaudit.confine.operations import LoadRequest
+from leakaudit.confine.session import ConfinedSession
+from leakaudit.errors import ModelError
+
+torch.set_num_threads(1)
+session = ConfinedSession(sandbox.readable_paths(Path("weights.pth").resolve(), None, True), budget_s=None, seed=0,
+                          threads=1)
+try:
+    session.load(LoadRequest(Path("weights.pth"), arch="hostile:flooding", shape_hint=(1, 32, 32), device="cpu"))
+    session.logits(torch.zeros(8, 1, 32, 32, dtype=torch.uint8))
+except ModelError as exc:
+    print("ERROR", exc)
+finally:
+    session.close()
+print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+'''
+
+
+@pytest.mark.slow
+def test_a_hostile_workers_output_leaves_the_parents_memory_bounded(hostile_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", HOSTILE_WORKER_PEAK], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line[:5] in ("ERROR", "PEAK "))
+    assert "is over the limit" in lines.get("ERROR", ""), proc.stdout + proc.stderr  # refused from its header
+    assert int(lines["PEAK"]) < 2 << 30, lines  # a 1 GiB line and a 1 GiB reply, read or refused in bounded memory
 
 
 def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:

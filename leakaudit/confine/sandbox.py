@@ -93,7 +93,8 @@ def confine_process(readable: Iterable[Path], memory_bytes: int | None, gpu: boo
 def confine_threads(record: dict[str, Any]) -> dict[str, Any]:
     """The seccomp filter on every thread, then the census; the completed record (raises if a thread is loose)."""
     record = dict(record)
-    record["seccomp_denied"] = seccomp.install()
+    record["seccomp_allowed"] = seccomp.install()
+    record["seccomp_denied"] = ["every other system call (EPERM)"]
     record["seccomp"] = True
     found = census.require_confined()
     record["every_thread_confined"] = True
