@@ -303,6 +303,69 @@ def test_a_hostile_workers_output_leaves_the_parents_memory_bounded(hostile_dir:
     assert int(lines["PEAK"]) < 2 << 30, lines  # a 1 GiB line and a 1 GiB reply, read or refused in bounded memory
 
 
+# A thread started before the confinement runs code for whoever hands it a callback (a BLAS pool's exec_blas did):
+# here a plain thread waits for work, the main thread confines itself, then hands the thread a write and a connect.
+EARLY_THREAD = '''
+import os, socket, sys, threading
+from pathlib import Path
+from leakaudit.confine import census, landlock, sandbox, seccomp
+
+markers, port, how = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+work, done = threading.Event(), threading.Event()
+outcome = {}
+
+def pool_thread():
+    work.wait()
+    for name, action in (("write", lambda: (markers / "written").write_text("x")),
+                         ("connect", lambda: socket.create_connection(("127.0.0.1", port), timeout=2))):
+        try:
+            action()
+            outcome[name] = "allowed"
+        except OSError as exc:
+            outcome[name] = f"denied ({type(exc).__name__})"
+    done.set()
+
+threading.Thread(target=pool_thread).start()
+readable = sandbox.python_paths() + [Path(p) for p in sandbox.SYSTEM_READABLE]
+if how == "main-thread-only":  # what the worker once did: each step acts on the calling thread
+    seccomp.no_new_privs()
+    landlock.restrict(readable)
+    code, count, _ = seccomp.program(seccomp.supported_machine(), os.getpid())
+    buffer = seccomp.ctypes.create_string_buffer(code, len(code))
+    prog = seccomp._SockFprog(count, seccomp.ctypes.cast(buffer, seccomp.ctypes.c_void_p))
+    assert seccomp.ctypes.CDLL(None).prctl(seccomp.PR_SET_SECCOMP, seccomp.SECCOMP_MODE_FILTER,
+                                          seccomp.ctypes.byref(prog), 0, 0) == 0
+else:
+    try:
+        sandbox.confine_process(readable, None, False)
+    except census.CensusError as exc:
+        print("REFUSED", exc)
+work.set()
+done.wait()
+print("OUTCOME", outcome)
+'''
+
+
+@pytest.mark.parametrize("how", ["main-thread-only", "worker"])
+def test_a_thread_started_before_the_confinement_escapes_it_unless_the_worker_refuses(how: str, tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = subprocess.run([sys.executable, "-c", EARLY_THREAD, str(markers), str(listener.getsockname()[1]), how],
+                          capture_output=True, text=True, timeout=120)
+    assert "OUTCOME" in proc.stdout, proc.stderr
+    if how == "main-thread-only":  # the payload is live: the early thread wrote and connected
+        assert "'write': 'allowed'" in proc.stdout and "'connect': 'allowed'" in proc.stdout, proc.stdout
+        assert (markers / "written").exists()
+        listener.accept()[0].close()
+    else:  # the worker's first step refuses to confine itself beside another thread: nothing is loaded after it
+        assert "REFUSED the worker had 2 threads before confining itself (it needs one)" in proc.stdout, proc.stdout
+    listener.close()
+
+
 def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:
     session = _session([])
     try:
