@@ -218,7 +218,7 @@ def test_sigterm_while_the_data_loads_stops_within_seconds(tiny: TinyReference, 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"})
     assert proc.stderr is not None
     for line in proc.stderr:  # the progress display counts the images as they are read
-        counted = re.search(r"loading model and data: (\d+)/\d+ images", line)
+        counted = re.search(r"loading model and data: (\d+)/\d+ ", line)
         if counted and int(counted.group(1)) > 0:
             break
     else:

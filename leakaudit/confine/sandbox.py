@@ -28,7 +28,7 @@ SYSTEM_READABLE = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib", "/lib64",
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidia1",
                "/dev/nvidia2", "/dev/nvidia3", "/dev/nvidia4", "/dev/nvidia5", "/dev/nvidia6", "/dev/nvidia7",
                "/dev/nvidia-caps")  # opened read-write by CUDA's initialisation
-GPU_READABLE = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices")
+GPU_READABLE = ("/proc/driver/nvidia", "/proc/devices", "/sys/bus/pci", "/sys/devices")
 
 
 def unavailable_reason() -> str | None:
@@ -50,7 +50,8 @@ def python_paths() -> list[Path]:
     ``PYTHONPATH`` is the worker's (it inherits the variable): a module the user put there (an ``--arch`` or a
     pickled module's class) is importable in the worker too, read-only.
     """
-    extra = [p or "." for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)] if os.environ.get("PYTHONPATH") else []
+    variable = os.environ.get("PYTHONPATH", "")
+    extra = [p or "." for p in variable.split(os.pathsep)] if variable else []
     package = Path(__file__).resolve().parents[1]  # leakaudit itself, wherever an editable install keeps it
     found = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(package),
              *sysconfig.get_paths().values(), *sys.path, *extra]

@@ -430,7 +430,8 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
         spawn.discard()
         return InProcessSession(reason, dist=dist)
-    readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None or settings.unsafe_pickle)
+    code_from_cwd = settings.arch is not None or settings.unsafe_pickle
+    readable = sandbox.readable_paths(settings.model, settings.init, code_from_cwd)
     gpu = str(settings.device).startswith("cuda") if settings.device is not None else torch.cuda.is_available()
     return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop, gpu)
 
