@@ -294,6 +294,40 @@ print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 '''
 
 
+WITHOUT_CAPABILITIES = '''
+import sys, torch
+from pathlib import Path
+from leakaudit.confine import sandbox
+from leakaudit.confine.operations import LoadRequest
+from leakaudit.confine.session import ConfinedSession
+
+torch.set_num_threads(1)
+notes = []
+session = ConfinedSession(sandbox.readable_paths(Path("weights.pth").resolve(), None, True), budget_s=None, seed=0,
+                          threads=1, on_note=notes.append)
+try:
+    session.load(LoadRequest(Path("weights.pth"), arch="hostile:make", shape_hint=(1, 32, 32), device="cpu"))
+finally:
+    session.close()
+print("\\n".join(notes))
+print("CAPABILITIES", open("/proc/self/status").read().split("CapEff:")[1].split()[0])
+'''
+
+
+@pytest.mark.skipif(not Path("/usr/bin/setpriv").exists(), reason="setpriv (util-linux) is not installed")
+def test_the_confinement_holds_for_a_user_without_capabilities(hostile_dir: Path) -> None:
+    # the audit usually runs unprivileged: seccomp and Landlock must not rely on the root this suite may run as
+    (hostile_dir / "port").write_text("9")  # nothing listens: only the refusal is checked here
+    proc = subprocess.run(["/usr/bin/setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c",
+                           WITHOUT_CAPABILITIES], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "CAPABILITIES 0000000000000000" in proc.stdout, proc.stdout + proc.stderr
+    for name in ("write", "exec", "connect", "fork", "signal", "secret-file", "parent-environ", "chmod", "fchmod",
+                 "utime"):
+        assert f"ATTEMPT {name}: denied (PermissionError)" in proc.stdout, proc.stdout + proc.stderr
+    assert list((hostile_dir / "markers").iterdir()) == []
+
+
 @pytest.mark.slow
 def test_a_hostile_workers_output_leaves_the_parents_memory_bounded(hostile_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", HOSTILE_WORKER_PEAK], capture_output=True, text=True, timeout=600,
