@@ -198,7 +198,11 @@ class ConfinedSession:
         return self._checked(results.control_run, reply.get("control"), self.info)
 
     def close(self) -> None:
-        """Ask the worker to leave; end it if it does not."""
+        """Ask the worker to leave; end it if it does not. After a stop request it is ended at once: it holds
+        nothing the audit keeps, and a stop must not wait for its interpreter to wind down."""
+        if self._proc.poll() is None and self.should_stop():
+            self._proc.kill()
+            self._proc.wait()
         if self._proc.poll() is None:
             try:
                 self._channel.send({"kind": "close"})
