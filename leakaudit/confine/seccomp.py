@@ -37,7 +37,7 @@ ALLOWED = (
     "getdents64", "readlink", "readlinkat", "access", "faccessat", "faccessat2", "fcntl", "dup", "dup2", "dup3",
     "ioctl", "fstatfs", "statfs", "getcwd", "fadvise64",
     "write", "writev",  # to the descriptors it holds: its pipes (every file it may open is read-only)
-    "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "mincore", "get_mempolicy",
+    "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "get_mempolicy",
     "futex", "set_robust_list", "get_robust_list", "rseq", "sched_yield", "sched_getaffinity", "sched_setaffinity",
     "sched_getparam", "sched_getscheduler", "sched_get_priority_max", "sched_get_priority_min", "membarrier",
     "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday", "getrusage", "times",

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leakaudit.data.folders import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, convert_image
+from leakaudit.data.folders import (
+    MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, check_resized_size, convert_image,
+)
 from leakaudit.errors import DataError
 from leakaudit.sanitize import terminal_text
 
@@ -45,19 +47,8 @@ class LoadSpec:
             self.poll()
 
     def check_capacity(self, count: int, what: str) -> None:
-        """Refuse, before decoding, a set whose images at the model's input size would not fit in memory.
-
-        A file's declared size says nothing of this: a million 1×1 images in a few kilobytes each become a
-        model-sized image once resized.
-        """
-        from leakaudit.loading.limits import MEMORY_SHARE, available_memory
-
-        need = count * self.channels * self.size[0] * self.size[1]
-        limit = int(available_memory() * MEMORY_SHARE)
-        if need > limit:
-            raise DataError(f"{what}: {count} images at the model's input ({self.channels}x{self.size[0]}x"
-                            f"{self.size[1]}) would take {need >> 20} MiB, more than the {limit >> 20} MiB the audit "
-                            "may use; refused before decoding")
+        """``count`` images at this size must fit in memory (``folders.check_resized_size``)."""
+        check_resized_size(count, self.channels, self.size, what)
 
 
 def as_numpy(value: Any, what: str) -> np.ndarray:

@@ -190,6 +190,18 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def check_resized_size(count: int, channels: int, size: tuple[int, int], what: str) -> None:
+    """Refuse, before decoding, a set whose images at the model's input size would not fit in memory.
+
+    A file's size says nothing of this: a million 1×1 images in a few kilobytes each become a model-sized
+    image once resized.
+    """
+    need, limit = count * channels * size[0] * size[1], int(available_memory() * MEMORY_SHARE)
+    if need > limit:
+        raise DataError(f"{what}: {count} images at the model's input ({channels}x{size[0]}x{size[1]}) would take "
+                        f"{need >> 20} MiB, more than the {limit >> 20} MiB the audit may use; refused before decoding")
+
+
 def load_image_folder(
     root: str | Path,
     *,
@@ -217,11 +229,7 @@ def load_image_folder(
     if not files:
         first = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {terminal_text(root)}{first}")
-    need, limit = len(files) * channels * size[0] * size[1], int(available_memory() * MEMORY_SHARE)
-    if need > limit:
-        raise DataError(f"{terminal_text(root)}: {len(files)} images at the model's input ({channels}x{size[0]}x"
-                        f"{size[1]}) would take {need >> 20} MiB, more than the {limit >> 20} MiB the audit may use; "
-                        "refused before decoding")
+    check_resized_size(len(files), channels, size, terminal_text(root))
     images = np.empty((len(files), channels, *size), dtype=np.uint8)
     labels: list[int] = []
     paths: list[str] = []
