@@ -16,9 +16,12 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leakaudit.confine import census, landlock, limits, seccomp
+
+if TYPE_CHECKING:
+    from leakaudit.config import AuditSettings
 
 MODE_ENV = "LEAKAUDIT_CONFINEMENT"  # "off": run the model in-process, as where the kernel offers no confinement
 SYSTEM_READABLE = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib", "/lib64", "/usr/share/zoneinfo",
@@ -69,6 +72,27 @@ def readable_paths(model: Path, init: Path | None, code_from_cwd: bool) -> list[
     paths += python_paths()
     paths += [Path(p) for p in SYSTEM_READABLE]
     return paths
+
+
+def gpu_wanted(device: str | None) -> bool:
+    """Whether the worker may open a GPU's device files: asked for, or (no device named) a GPU driver present.
+
+    Decided without importing torch, so that the request can go out before this process has imported it.
+    """
+    if device is not None:
+        return str(device).startswith("cuda")
+    return os.path.exists("/dev/nvidiactl")
+
+
+def confine_request(settings: AuditSettings) -> dict[str, Any] | None:
+    """The worker's first message for an audit of a model file (``ConfinedSession`` sends the same): what it may
+    read, its memory limit, whether it may open a GPU. None for a model that is not a file."""
+    if not isinstance(settings.model, (str, Path)):
+        return None
+    model = Path(settings.model)
+    readable = readable_paths(model, settings.init, settings.arch is not None or settings.unsafe_pickle)
+    return {"kind": "confine", "readable": [str(p) for p in readable], "memory_bytes": limits.memory_limit(),
+            "gpu": gpu_wanted(settings.device)}
 
 
 def confine_process(readable: Iterable[Path], memory_bytes: int | None, gpu: bool) -> dict[str, Any]:

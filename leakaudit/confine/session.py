@@ -139,15 +139,16 @@ class ConfinedSession:
         self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
         self.info: ModelInfo = None  # type: ignore[assignment]
         self._stderr = WorkerStderr()
-        self._proc = spawn.take()  # started by the CLI before its own imports, where it could
+        # the worker's first message, read before it imports anything that starts a thread (``worker.main``); the
+        # CLI sends it to a worker it starts before its own imports (``spawn.prestart``), which is then taken here
+        first = {"kind": "confine", "readable": [str(p) for p in readable], "memory_bytes": self.memory_bytes,
+                 "gpu": gpu}
+        self._proc = spawn.take(first)
         assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
         self._channel = Channel(self._proc.stdout.fileno(), self._proc.stdin.fileno())
         threading.Thread(target=self._stderr.read, args=(self._proc.stderr,), name="leakaudit-worker-stderr",
                          daemon=True).start()
         self._phase = "starting the model's worker"
-        # first, before the worker imports anything that starts a thread (``worker.main``)
-        self._send({"kind": "confine", "readable": [str(p) for p in readable], "memory_bytes": self.memory_bytes,
-                    "gpu": gpu}, self._phase)
 
     # --- operations ---------------------------------------------------------------
 
@@ -436,8 +437,8 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
         return InProcessSession(reason, dist=dist)
     code_from_cwd = settings.arch is not None or settings.unsafe_pickle
     readable = sandbox.readable_paths(settings.model, settings.init, code_from_cwd)
-    gpu = str(settings.device).startswith("cuda") if settings.device is not None else torch.cuda.is_available()
-    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop, gpu)
+    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop,
+                           sandbox.gpu_wanted(settings.device))
 
 
 def confinement_notes(model: ModelSession) -> list[str]:
