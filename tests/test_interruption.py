@@ -202,3 +202,29 @@ def test_a_signal_after_the_attack_writes_nothing_it_did_not_finish_and_says_so(
         claimed = stderr.split("complete before the stop: ")[1].split(";")[0].split(", ")
         assert sorted(str(p) for p in outputs if p.exists()) == sorted(claimed), stderr
     assert "no saved inversion state" in stderr  # the inversion had finished: nothing to resume
+
+
+def test_sigterm_while_the_data_loads_stops_within_seconds(tiny: TinyReference, tmp_path: Path) -> None:
+    import numpy as np
+
+    import re
+
+    n = 1_000_000  # 1x1 images: each is resized to the model's 32x32 input, minutes of work in all
+    np.savez_compressed(tmp_path / "many.npz", images=np.zeros((n, 1, 1, 1), np.uint8),
+                        labels=np.arange(n, dtype=np.int64) % 10)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "leakaudit"), "run", str(tiny.torchscript), "--data",
+         str(tmp_path / "many.npz"), "--out", str(tmp_path / "out"), "--budget", "3000", "--input-size", "32", "32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"})
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the progress display counts the images as they are read
+        counted = re.search(r"loading model and data: (\d+)/\d+ ", line)
+        if counted and int(counted.group(1)) > 0:
+            break
+    else:
+        pytest.fail(f"the audit ended before loading its data: {proc.wait()}")
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert time.monotonic() - sent < 10

@@ -689,3 +689,54 @@ def test_torchscript_setstate_split_over_two_lines_is_refused(tiny: TinyReferenc
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "__setstate__" in line and "refused before loading" in line, line
     assert not marker.exists() and _snapshot(outside) == before
+
+
+def _cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The installed CLI in a subprocess, one thread, from ``cwd`` with ``env`` added."""
+    return subprocess.run([str(Path(sys.executable).parent / "leakaudit"), *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", "CI": "1", **env}, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_pickled_module_on_pythonpath_is_audited_and_cannot_forge_its_provenance(tiny: TinyReference,
+                                                                                  tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from .conftest import tiny_architecture
+
+    work = tmp_path / "work"
+    work.mkdir()
+    trained = tiny_architecture()
+    trained.load_state_dict(tiny.module.state_dict())
+    model = payloads.forging_pickle(work, trained)
+    out = tmp_path / "out"
+    result = _cli(["run", "kit.pt", "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
+                   "--budget", "600", "--config", str(_quick_config(tmp_path)), "--markdown", str(tmp_path / "s.md"),
+                   "--junit", str(tmp_path / "j.xml")], work, {"PYTHONPATH": str(work)})
+    assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
+    assert "FORGING the model's provenance" in result.stderr  # the payload ran, in the worker
+    document = json.loads((out / "leakaudit.json").read_text())
+    model_record = document["provenance"]["model"]
+    assert model_record["format"] == "pickle"
+    assert model_record["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert any("code from the file ran" in note for note in document["summary"]["notes"])
+    assert "--unsafe-pickle" in (tmp_path / "s.md").read_text()
+    assert "code from it ran" in (tmp_path / "j.xml").read_text()
+
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 8 8
+newpath 0 0 moveto 8 8 lineto stroke
+showpage
+"""
+
+
+def test_an_image_in_a_format_the_readme_does_not_list_is_refused_by_name(tiny: TinyReference, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = _folder(tmp_path, tiny)
+    (data / "3" / "evil.png").write_bytes(EPS)
+    with Image.open(data / "3" / "evil.png") as img:  # by content, Pillow alone would take it as PostScript
+        assert img.format == "EPS"
+    line = refused(capsys, tiny.torchscript, data, tmp_path / "out")
+    assert "evil.png: a PostScript (EPS) file; leakaudit reads only PNG, JPEG, BMP, WebP and TIFF images" in line

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +164,53 @@ def test_without_pyarrow_the_error_names_the_install_command(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert "pip install 'leakaudit[parquet]'" in _error(resolve_source(kinds["parquet"]))
+
+
+def _tiny_npz(path: Path, n: int = 1_000_000) -> Path:
+    """``n`` images of 1×1 pixel in a few kilobytes: small on disk, model-sized each once resized."""
+    np.savez_compressed(path, images=np.zeros((n, 1, 1, 1), np.uint8), labels=np.arange(n, dtype=np.int64) % 10)
+    return path
+
+
+def _tiny_parquet(path: Path, n: int = 2_000_000) -> Path:
+    """``n`` rows that are one dictionary-encoded 1×1 PNG: tens of kilobytes for millions of images."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    image = pa.repeat(pa.scalar(buffer.getvalue(), pa.binary()), n)  # written as one dictionary page entry
+    pq.write_table(pa.table({"image": image, "label": pa.array(np.arange(n) % 10)}), path, use_dictionary=True)
+    return path
+
+
+def _ended_within(seconds: float) -> Callable[[], None]:
+    deadline = time.monotonic() + seconds
+
+    def poll() -> None:
+        if time.monotonic() > deadline:
+            raise DataError("the budget ended the loading")
+
+    return poll
+
+
+@pytest.mark.parametrize("build", [_tiny_npz, _tiny_parquet], ids=["npz", "parquet"])
+def test_a_tiny_file_of_many_tiny_images_is_refused_before_decoding(build: Callable[[Path], Path],
+                                                                   tmp_path: Path) -> None:
+    source = resolve_source(build(tmp_path / ("tiny.npz" if build is _tiny_npz else "tiny.parquet")))
+    assert source.path.stat().st_size < 128 << 10  # type: ignore[union-attr]
+    started = time.monotonic()
+    message = _error(source, LoadSpec(3, (224, 224), 10))  # 150,528 bytes per image at a 3x224x224 input
+    assert "would take" in message and "refused before decoding" in message, message
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("build", [_tiny_npz, _tiny_parquet], ids=["npz", "parquet"])
+def test_a_tiny_file_of_many_tiny_images_stops_at_the_budget(build: Callable[[Path], Path], tmp_path: Path) -> None:
+    source = resolve_source(build(tmp_path / ("tiny.npz" if build is _tiny_npz else "tiny.parquet")))
+    started = time.monotonic()
+    assert "the budget ended the loading" in _error(source, LoadSpec(1, (32, 32), 10, poll=_ended_within(3.0)))
+    assert time.monotonic() - started < 3.0 + 60  # the poll is reached image by image, not after the whole set

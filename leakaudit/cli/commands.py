@@ -61,9 +61,9 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
 
 def _execute(ctx: click.Context, settings: AuditSettings) -> int:
-    from leakaudit.confine import spawn
+    from leakaudit.confine import sandbox, spawn
 
-    spawn.prestart()  # the model's worker imports torch while this process does the same
+    spawn.prestart(sandbox.confine_request(settings))  # the worker confines itself and imports torch while this process does
     from leakaudit.api import run  # imported when the command runs: torch stays out of --help and the path checks
     from leakaudit.runtime.distributed import DistContext  # (the same: torch)
 

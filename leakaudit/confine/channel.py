@@ -16,8 +16,6 @@ import select
 import struct
 from typing import Any
 
-import torch
-
 MAX_FRAME = 8 << 30  # a reply bigger than this is a misbehaving worker, not a result
 MAX_JSON = 1 << 20
 _HEADER = struct.Struct(">cQ")
@@ -37,19 +35,50 @@ def encode(message: dict[str, Any]) -> bytes:
     try:
         payload, codec = json.dumps(message, allow_nan=True).encode("utf-8"), JSON
     except TypeError:  # tensors (or bytes) inside: the tensor codec
+        import torch  # here, not at the top: the worker confines itself before anything imports torch
+
         buffer = io.BytesIO()
         torch.save(message, buffer)
         payload, codec = buffer.getvalue(), TENSORS
     return _HEADER.pack(codec, len(payload)) + payload
 
 
-def decode(codec: bytes, payload: bytes) -> dict[str, Any]:
+class _Reader(io.RawIOBase):
+    """A frame's bytes as a file, without copying them (``io.BytesIO`` would copy a ``bytearray``)."""
+
+    def __init__(self, payload: bytes | bytearray) -> None:
+        self._view, self._at = memoryview(payload), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        n = min(len(target), len(self._view) - self._at)
+        target[:n] = self._view[self._at:self._at + n]
+        self._at += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
+def decode(codec: bytes, payload: bytes | bytearray) -> dict[str, Any]:
     """A frame's message, through the safe decoder its codec names."""
     try:
         if codec == JSON:
             message = json.loads(payload.decode("utf-8"))
         elif codec == TENSORS:
-            message = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+            import torch
+
+            message = torch.load(_Reader(payload), map_location="cpu", weights_only=True)
         else:
             raise FrameError(f"unknown frame codec {codec!r}")
     except FrameError:
@@ -83,24 +112,29 @@ class Channel:
         ready, _, _ = select.select([self.read_fd], [], [], max(0.0, timeout_s))
         return bool(ready)
 
-    def recv(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """The next message; with ``timeout_s``, a frame that stops arriving midway for that long is an error."""
+    def recv(self, timeout_s: float | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+        """The next message; with ``timeout_s``, a frame that stops arriving midway for that long is an error.
+
+        ``max_bytes``: the most a tensor frame may hold now (what the operation under way can return), checked
+        from the header before anything of the frame is read.
+        """
         codec, length = _HEADER.unpack(self._read_exactly(_HEADER.size, timeout_s))
-        if length > (MAX_JSON if codec == JSON else self.max_frame):
-            raise FrameError(f"a frame of {length} bytes is over the limit")
+        limit = MAX_JSON if codec == JSON else min(self.max_frame, max_bytes or self.max_frame)
+        if length > limit:
+            raise FrameError(f"a frame of {length} bytes is over the limit of {limit}")
         return decode(codec, self._read_exactly(length, timeout_s))
 
-    def _read_exactly(self, n: int, timeout_s: float | None) -> bytes:
-        chunks, left = [], n
-        while left:
+    def _read_exactly(self, n: int, timeout_s: float | None) -> bytearray:
+        buffer = bytearray(n)  # filled in place: the frame is in memory once while it arrives
+        view, got = memoryview(buffer), 0
+        while got < n:
             if timeout_s is not None and not self.readable(timeout_s):
                 raise FrameError(f"a frame stopped arriving for {timeout_s:.0f} s")
             try:
-                chunk = os.read(self.read_fd, min(left, 1 << 24))
+                read = os.readv(self.read_fd, [view[got:got + (1 << 24)]])
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
-            if not chunk:
+            if not read:
                 raise ChannelClosed("end of stream")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+            got += read
+        return buffer

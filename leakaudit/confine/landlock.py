@@ -19,6 +19,7 @@ CREATE_RULESET_VERSION = 1 << 0
 RULE_PATH_BENEATH = 1
 
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+IOCTL_DEV = 1 << 15
 _FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
@@ -61,10 +62,12 @@ def _fs_rights(abi: int) -> int:
     return _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
 
 
-def restrict(readable: Iterable[Path]) -> int:
-    """Apply the ruleset to this process (and its threads to come); the ABI applied.
+def restrict(readable: Iterable[Path], devices: Iterable[Path] = ()) -> int:
+    """Apply the ruleset to the calling thread and the threads it starts later; the ABI applied.
 
-    Needs ``PR_SET_NO_NEW_PRIVS`` first. Paths that do not exist are skipped.
+    Threads that already exist keep their rights: call it while the process has one thread. Needs
+    ``PR_SET_NO_NEW_PRIVS`` first. Paths that do not exist are skipped. ``devices`` may also be opened for
+    writing and take ioctls (a GPU's device files); everything else is read-only.
     """
     numbers = _numbers()
     abi = abi_version()
@@ -82,7 +85,9 @@ def restrict(readable: Iterable[Path]) -> int:
         raise LandlockError(ctypes.get_errno(), f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
         for path in dict.fromkeys(Path(p) for p in readable):
-            _allow_read(libc, add_rule, int(ruleset), path, handled)
+            _allow(libc, add_rule, int(ruleset), path, handled, READ_FILE)
+        for path in dict.fromkeys(Path(p) for p in devices):
+            _allow(libc, add_rule, int(ruleset), path, handled, READ_FILE | WRITE_FILE | IOCTL_DEV)
         if libc.syscall(ctypes.c_long(restrict_self), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
             raise LandlockError(ctypes.get_errno(), f"landlock_restrict_self: {os.strerror(ctypes.get_errno())}")
     finally:
@@ -90,13 +95,13 @@ def restrict(readable: Iterable[Path]) -> int:
     return abi
 
 
-def _allow_read(libc: ctypes.CDLL, add_rule: int, ruleset: int, path: Path, handled: int) -> None:
+def _allow(libc: ctypes.CDLL, add_rule: int, ruleset: int, path: Path, handled: int, file_rights: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return  # absent here: nothing to grant
     try:
-        rights = READ_FILE | (READ_DIR if path.is_dir() else 0)
+        rights = file_rights | (READ_DIR if path.is_dir() else 0)
         rule = _PathBeneathAttr(rights & handled, fd)
         if libc.syscall(ctypes.c_long(add_rule), ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
                         ctypes.byref(rule), ctypes.c_uint32(0)) != 0:

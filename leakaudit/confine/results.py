@@ -7,11 +7,13 @@ confined model could be made to answer anything. Every field of an
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from leakaudit.confine.operations import ModelInfo
+from leakaudit.confine.operations import LoadRequest, ModelInfo
 from leakaudit.inversion import InversionResult
 from leakaudit.membership.references import ReferenceRun
 from leakaudit.power.control import ControlRun
@@ -56,6 +58,25 @@ def model_info(fields: dict[str, Any]) -> ModelInfo:
                      _optional(fields.get("feature_note"), str, "feature_note"),
                      torch.device(_is(fields.get("device"), str, "device")),
                      tuple(_strings(fields.get("load_notes", []), "load_notes")))
+
+
+def with_provenance(info: ModelInfo, request: LoadRequest, fmt: str, sha256: str) -> ModelInfo:
+    """The worker's account of the model with what the parent computed itself from the file in place of it.
+
+    ``fmt`` and ``sha256`` are the parent's (``detect_format``, ``file_sha256``). The one thing only the
+    worker knows is whether a pickled module was unpickled (``pickle``) rather than plain weights; with
+    ``--unsafe-pickle`` on a pickle-bearing file the note that code from the file ran is the parent's, whatever
+    the worker says, since code that ran could have said anything. Nothing the worker claims is refused here:
+    it is simply not used.
+    """
+    from leakaudit.model.target import UNSAFE_NOTE
+    from leakaudit.sanitize import terminal_text
+
+    pickled = request.unsafe_pickle and fmt == "state_dict"
+    notes = (UNSAFE_NOTE.format(path=terminal_text(Path(str(request.path)))),) if pickled else ()
+    if pickled:  # plain weights, or a module whose code ran (and may have said anything): the cautious one
+        fmt = "state_dict" if info.format == "state_dict" else "pickle"
+    return replace(info, format=fmt, sha256=sha256, load_notes=notes)
 
 
 def info_fields(info: ModelInfo) -> dict[str, Any]:

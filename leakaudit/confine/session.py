@@ -11,13 +11,13 @@ an entry in ``worker.OPERATIONS``, and a method on both sessions.
 
 from __future__ import annotations
 
-import collections
 import signal
 import subprocess
 import threading
+import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from torch import nn
 from leakaudit.confine import limits, results, sandbox, spawn
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo, ReferenceRequest
+from leakaudit.confine.stderr import SHOWN_LINE_CHARS, WorkerStderr
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.runtime.distributed import DistContext
@@ -46,8 +47,9 @@ _ERRORS: dict[str, type[LeakAuditError]] = {c.__name__: c for c in (ModelError, 
 _WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, DeprecationWarning, FutureWarning,
                                                                RuntimeWarning, SyntaxWarning, ResourceWarning,
                                                                ImportWarning, UnicodeWarning, BytesWarning)}
-MAX_STDERR_LINES = 10_000  # distinct lines remembered (each shown once)
-SHOWN_LINE_CHARS = 300
+REPLY_MARGIN = 1 << 20  # a tensor frame's own structure (names, pickle) beyond the tensors' bytes
+MODEL_REPLY_BYTES = 1 << 30  # the most an inversion, a control or a checkpoint may send back
+BUDGET_MARGIN_S = 30.0  # loading and the membership pass end at the budget plus this, counted from the start
 
 
 class ModelSession(Protocol):
@@ -124,33 +126,6 @@ class InProcessSession:
         pass
 
 
-@dataclass
-class _Stderr:
-    """The worker's stderr, read on a thread; each distinct line is shown once."""
-
-    seen: set[str] = field(default_factory=set)
-    pending: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
-    last: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=5))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def read(self, stream: Any) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line.strip():
-                continue
-            with self.lock:
-                self.last.append(line)
-                if line not in self.seen and len(self.seen) < MAX_STDERR_LINES:
-                    self.seen.add(line)
-                    self.pending.append(line)
-
-    def take(self) -> list[str]:
-        with self.lock:
-            lines = list(self.pending)
-            self.pending.clear()
-        return lines
-
-
 class _Weights:
     """A state_dict standing in for the generator, for the engine's own checkpoint writer."""
 
@@ -165,17 +140,24 @@ class ConfinedSession:
     """The model in a confined worker; the worker starts at once, so its imports overlap the parent's work."""
 
     def __init__(self, readable: list[Path], budget_s: float | None, seed: int, threads: int,
-                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None, should_stop: StopCheck | None = None,
+                 gpu: bool = False) -> None:
         self.readable = readable
         self.stall_s = stall_bound(budget_s)
         self.seed, self.threads = seed, threads
+        self.deadline = time.monotonic() + budget_s + BUDGET_MARGIN_S if budget_s is not None else None
         self.on_note = on_note or (lambda _: None)
         self.should_stop = should_stop or (lambda: False)  # a stop while loading or in the membership pass ends the worker
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
+        self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
         self.info: ModelInfo = None  # type: ignore[assignment]
-        self._stderr = _Stderr()
-        self._proc = spawn.take()  # started by the CLI before its own imports, where it could
+        self._stderr = WorkerStderr()
+        # the worker's first message, read before it imports anything that starts a thread (``worker.main``); the
+        # CLI sends it to a worker it starts before its own imports (``spawn.prestart``), which is then taken here
+        first = {"kind": "confine", "readable": [str(p) for p in readable], "memory_bytes": self.memory_bytes,
+                 "gpu": gpu}
+        self._proc = spawn.take(first)
         assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
         self._channel = Channel(self._proc.stdout.fileno(), self._proc.stdin.fileno())
         threading.Thread(target=self._stderr.read, args=(self._proc.stderr,), name="leakaudit-worker-stderr",
@@ -185,13 +167,18 @@ class ConfinedSession:
     # --- operations ---------------------------------------------------------------
 
     def load(self, request: LoadRequest) -> ModelInfo:
+        from leakaudit.model.target import detect_format, file_sha256
+
+        path = Path(str(request.path))
+        readable = path.is_file() and path.stat().st_size > 0  # else the worker's load says what is wrong
+        fmt, sha256 = (detect_format(path), file_sha256(path)) if readable else ("", "")  # the parent's own
         args = {"request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
-                "seed": self.seed, "threads": self.threads,
-                "confine": {"readable": [str(p) for p in self.readable], "memory_bytes": self.memory_bytes}}
-        reply = self._call("load", args, "loading the model")
+                "seed": self.seed, "threads": self.threads}
+        reply = self._call("load", args, "loading the model", reply_bytes=REPLY_MARGIN)
         if reply is None:
             raise AuditInterrupted("stopped while the model was loading")
-        self.info = self._checked(results.model_info, reply.get("info"))
+        info = self._checked(results.model_info, reply.get("info"))
+        self.info = self._checked(results.with_provenance, info, request, fmt, sha256)
         return self.info
 
     def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
@@ -208,7 +195,8 @@ class ConfinedSession:
         return self._checked(results.inversion_result, reply.get("result"), self.info)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        reply = self._call("logits", {"images": images.contiguous()}, "the membership pass")
+        reply = self._call("logits", {"images": images.contiguous()}, "the membership pass",
+                           reply_bytes=len(images) * self.info.num_classes * 4 + REPLY_MARGIN)
         if reply is None:
             return torch.zeros(len(images), self.info.num_classes)
         return self._checked(results.logits, reply.get("logits"), len(images), self.info.num_classes)
@@ -239,7 +227,11 @@ class ConfinedSession:
                              request.recipe.flips)
 
     def close(self) -> None:
-        """Ask the worker to leave; end it if it does not."""
+        """Ask the worker to leave; end it if it does not. After a stop request it is ended at once: it holds
+        nothing the audit keeps, and a stop must not wait for its interpreter to wind down."""
+        if self._proc.poll() is None and self.should_stop():
+            self._proc.kill()
+            self._proc.wait()
         if self._proc.poll() is None:
             try:
                 self._channel.send({"kind": "close"})
@@ -255,10 +247,17 @@ class ConfinedSession:
 
     def _call(self, op: str, args: dict[str, Any], phase: str, callbacks: InversionCallbacks | None = None,
               should_stop: StopCheck | None = None, ceiling_s: float | None = None,
-              writer: _CheckpointWriter | None = None) -> dict[str, Any] | None:
-        """Send one request and serve the worker until it replies; None when a stop ended it."""
+              writer: _CheckpointWriter | None = None, reply_bytes: int = MODEL_REPLY_BYTES) -> dict[str, Any] | None:
+        """Send one request and serve the worker until it replies; None when a stop ended it.
+
+        ``ceiling_s``: the operation's own ceiling; without one it ends where the audit's budget does (plus
+        ``BUDGET_MARGIN_S``). Messages keep the stall bound away, never the ceiling. ``reply_bytes``: the most a
+        tensor frame may hold during this call.
+        """
         self._phase = phase
         self._send({"kind": "call", "op": op, "args": args}, phase)
+        if ceiling_s is None and self.deadline is not None:
+            ceiling_s = max(0.0, self.deadline - time.monotonic())
         dog = Watchdog(self.stall_s, ceiling_s)
         stop = should_stop or self.should_stop
         while True:
@@ -278,7 +277,7 @@ class ConfinedSession:
             if not self._channel.readable(0.1):
                 continue
             try:
-                message = self._channel.recv(timeout_s=self.stall_s)
+                message = self._channel.recv(timeout_s=self.stall_s, max_bytes=reply_bytes)
             except ChannelClosed:
                 raise ModelError(self._died_line()) from None
             except FrameError as exc:
@@ -302,7 +301,10 @@ class ConfinedSession:
         kind, name = message["kind"], message.get("name")
         if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
             record = message.get("record")
-            self.confinement = _plain(record) if isinstance(record, dict) else {"worker": True}
+            record = _plain(record) if isinstance(record, dict) else {"worker": True}
+            census = record.pop("census", [])
+            self.census = census if isinstance(census, list) else []
+            self.confinement = record
         elif kind == "warning":
             category = _WARNINGS.get(str(message.get("category")), UserWarning)
             warnings.warn(str(message.get("message", ""))[:2000], category, stacklevel=1)
@@ -353,7 +355,7 @@ class ConfinedSession:
         if verdict == "stalled":
             return f"the model's forward pass made no progress for {dog.stall_s:.0f} s during {self._phase}; stopped it"
         return (f"the model's worker ran past the budget's ceiling ({dog.ceiling_s:.0f} s) during {self._phase}; "
-                "stopped it")
+                "stopped it: the audit is incomplete")
 
     def _died_line(self) -> str:
         try:
@@ -461,8 +463,10 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
         spawn.discard()
         return InProcessSession(reason, dist=dist)
-    readable = sandbox.readable_paths(settings.model, settings.init, settings.arch is not None)
-    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop)
+    code_from_cwd = settings.arch is not None or settings.unsafe_pickle
+    readable = sandbox.readable_paths(settings.model, settings.init, code_from_cwd)
+    return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop,
+                           sandbox.gpu_wanted(settings.device))
 
 
 def confinement_notes(model: ModelSession) -> list[str]:

@@ -1,9 +1,13 @@
 """The confined worker's main loop: ``python -m leakaudit.confine.worker``, talking over stdin/stdout.
 
-It imports torch and the engine, receives the ``load`` request, confines
-itself (``sandbox``), and only then opens the model file. After that it
-answers one request at a time from ``OPERATIONS``; the model's own prints go
-to stderr, which the parent reads, never into the frame stream.
+Its first message is the ``confine`` request, read before anything starts a
+thread: limits, no-new-privs and Landlock go on while the worker has one
+thread, so every thread it starts later (BLAS and OpenMP pools, a GPU
+driver's) inherits them. Then it imports torch and the engine; the ``load``
+request puts the seccomp filter on every thread, checks that each is held
+(``census``), and only then opens the model file. After that it answers one
+request at a time from ``OPERATIONS``; the model's own prints go to stderr,
+which the parent reads, never into the frame stream.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class WorkerState:
     relay: Any
     target: Any = None
     confinement: dict[str, Any] = field(default_factory=dict)
+    refusal: BaseException | None = None  # why the first step of the confinement failed: nothing may load
     pretrain_cache: Any = None  # the attack's informed pre-training, for the controls (inversion/warmstart.py)
 
     def cache(self) -> Any:
@@ -47,10 +52,10 @@ def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     if device is not None and str(device).startswith("cuda") or device is None and torch.cuda.is_available():
         torch.zeros(1, device=device or "cuda")  # open the GPU's device files before writes are denied
     _before_confinement()
-    confine = args.get("confine")
-    if confine is not None:
-        state.confinement = sandbox.confine([Path(p) for p in confine["readable"]], confine.get("memory_bytes"))
-        state.relay.send({"kind": "confined", "record": state.confinement})
+    if state.refusal is not None:
+        raise state.refusal
+    state.confinement = sandbox.confine_threads(state.confinement)
+    state.relay.send({"kind": "confined", "record": state.confinement})
     request = operations.LoadRequest(**{k: (Path(v) if k == "path" else tuple(v) if isinstance(v, list) else v)
                                         for k, v in args["request"].items()})
     state.target = operations.load(request)
@@ -58,11 +63,7 @@ def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _before_confinement() -> None:
-    """What torch does lazily and cannot do once confined: the optimiser imports ``torch._dynamo``, which asks
-    ``tempfile`` for a writable temporary folder (probing it by creating a file)."""
-    import tempfile
-
-    tempfile.gettempdir()  # remembered: later calls do not probe
+    """What torch does lazily and cannot do under the seccomp filter: the optimiser imports ``torch._dynamo``."""
     import torch._dynamo  # noqa: F401
 
 
@@ -160,6 +161,20 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+def _confine_process(request: dict[str, Any]) -> tuple[dict[str, Any], BaseException | None]:
+    """The first step of the confinement (``sandbox.confine_process``); its failure is kept for ``load``."""
+    import tempfile
+
+    from leakaudit.confine import sandbox
+
+    tempfile.tempdir = "/nonexistent/leakaudit-worker"  # torch asks for one; nothing may be written anyway
+    try:
+        readable = [Path(str(p)) for p in request.get("readable", [])]
+        return sandbox.confine_process(readable, request.get("memory_bytes"), bool(request.get("gpu"))), None
+    except Exception as exc:
+        return {"worker": True}, exc
+
+
 def main() -> int:
     """Serve requests until ``close`` or the end of the stream."""
     _die_with_parent()
@@ -169,16 +184,23 @@ def main() -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.stdout = sys.stderr
-    import torch  # noqa: F401  everything the operations need is imported before confinement
+    from leakaudit.confine.channel import Channel, ChannelClosed  # no torch, no thread
+
+    channel = Channel(channel_in, channel_out)
+    try:
+        first = channel.recv()
+    except ChannelClosed:
+        return 0
+    if first.get("kind") != "confine":
+        return 0  # closed before anything was asked
+    record, refusal = _confine_process(first)
+    import torch  # noqa: F401  from here on, threads may start: they inherit the confinement
 
     import leakaudit.confine.operations  # noqa: F401
     import leakaudit.confine.results  # noqa: F401
-    import leakaudit.confine.sandbox  # noqa: F401
-    from leakaudit.confine.channel import Channel, ChannelClosed
     from leakaudit.confine.relay import Relay
 
-    channel = Channel(channel_in, channel_out)
-    state = WorkerState(relay=Relay(channel))
+    state = WorkerState(relay=Relay(channel), confinement=record, refusal=refusal)
     warnings.showwarning = state.relay.warning  # the model's warnings reach the audit's own warning display
     channel.send({"kind": "ready"})
     while True:

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from leakaudit.data.folders import MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, convert_image
+from leakaudit.data.folders import (
+    MAX_DECODED_BYTES, MAX_IMAGE_PIXELS, ImageSet, SkippedFile, check_resized_size, convert_image,
+)
 from leakaudit.errors import DataError
 from leakaudit.sanitize import terminal_text
 
@@ -38,6 +40,15 @@ class LoadSpec:
     strict: bool = False
     max_file_bytes: int = 64 << 20
     progress: Callable[[int, int], None] | None = None
+    poll: Callable[[], None] | None = None  # called for every image read: raises to end the loading (budget, stop)
+
+    def tick(self) -> None:
+        if self.poll is not None:
+            self.poll()
+
+    def check_capacity(self, count: int, what: str) -> None:
+        """``count`` images at this size must fit in memory (``folders.check_resized_size``)."""
+        check_resized_size(count, self.channels, self.size, what)
 
 
 def as_numpy(value: Any, what: str) -> np.ndarray:
@@ -169,9 +180,11 @@ def load_arrays(images: Any, labels: Any, spec: LoadSpec, *, what: str, root: Pa
     check_image_shape(array.shape, array.dtype, f"{what} images")
     label_array = check_labels(as_numpy(labels, f"{what} labels"), int(array.shape[0]), what)
     mapped, audit_classes = resolve_labels(label_array, class_names(classes, what), spec, what)
+    spec.check_capacity(int(array.shape[0]), what)
     pixels = to_uint8(array, f"{what} images")
     out = np.empty((pixels.shape[0], spec.channels, *spec.size), dtype=np.uint8)
     for i in range(pixels.shape[0]):
+        spec.tick()
         out[i] = image_pixels(pixels[i], spec)
         if spec.progress is not None:
             spec.progress(i + 1, int(pixels.shape[0]))

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from leakaudit.data.formats import IMAGE_EXTENSIONS, ImageFormatError, open_image
 from leakaudit.errors import DataError
+from leakaudit.loading.limits import MEMORY_SHARE, available_memory
 from leakaudit.data.safe_files import (
     DEFAULT_MAX_FILE_BYTES, SkippedFile, decodable, list_image_files, open_regular_file, read_regular_file,
 )
@@ -40,7 +42,6 @@ from leakaudit.sanitize import path_text, terminal_text
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "convert_image", "decode_image", "list_classes",
            "load_image_folder", "peek_shape", "write_image_folder"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Pillow's own limit is ~89 Mpx with a warning and 179 Mpx with an error; an
 # audit never needs more than this many pixels per image, and a smaller limit
@@ -158,7 +159,7 @@ def decode_image(data: bytes | Path, channels: int, size: tuple[int, int]) -> np
             previous = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
             try:
-                with Image.open(source) as img:
+                with open_image(source) as img:
                     _check_header(img)  # Image.open has read only the header so far
                     img.load()
                     img = _to_mode(img, channels)
@@ -189,6 +190,18 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def check_resized_size(count: int, channels: int, size: tuple[int, int], what: str) -> None:
+    """Refuse, before decoding, a set whose images at the model's input size would not fit in memory.
+
+    A file's size says nothing of this: a million 1×1 images in a few kilobytes each become a model-sized
+    image once resized.
+    """
+    need, limit = count * channels * size[0] * size[1], int(available_memory() * MEMORY_SHARE)
+    if need > limit:
+        raise DataError(f"{what}: {count} images at the model's input ({channels}x{size[0]}x{size[1]}) would take "
+                        f"{need >> 20} MiB, more than the {limit >> 20} MiB the audit may use; refused before decoding")
+
+
 def load_image_folder(
     root: str | Path,
     *,
@@ -198,13 +211,15 @@ def load_image_folder(
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    poll: Callable[[], None] | None = None,
 ) -> ImageSet:
     """Read an ImageFolder tree into an ``ImageSet``.
 
     ``classes`` fixes the class list (a holdout folder must use the training
     folder's classes); a class folder of the data that is not in it is an
-    error. ``progress(done, total)`` is called as files are read. A file over
-    ``max_file_bytes`` is skipped and recorded (an error with ``strict``).
+    error. ``progress(done, total)`` is called as files are read, ``poll()`` before each (it raises to end the
+    loading). A file over ``max_file_bytes`` is skipped and recorded (an error with ``strict``). The set at the
+    model's input size must fit in memory, checked before anything is decoded.
     """
     root = Path(root)
     classes = _resolve_classes(root, classes)
@@ -214,18 +229,21 @@ def load_image_folder(
     if not files:
         first = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {terminal_text(root)}{first}")
+    check_resized_size(len(files), channels, size, terminal_text(root))
     images = np.empty((len(files), channels, *size), dtype=np.uint8)
     labels: list[int] = []
     paths: list[str] = []
     digest = hashlib.sha256()
     for n, (path, label) in enumerate(files):
+        if poll is not None:
+            poll()
         rel = path.relative_to(root).as_posix()
         try:
             data = _read_one(path, max_file_bytes)
             images[len(paths)] = decode_image(data, channels, size)
         except DataError as exc:
-            if strict:
-                raise DataError(f"{terminal_text(path)}: {exc}") from None
+            if strict or isinstance(exc, ImageFormatError):
+                raise type(exc)(f"{terminal_text(path)}: {exc}") from None
             skipped.append(SkippedFile(terminal_text(rel), str(exc)))
             continue
         digest.update(rel.encode("utf-8") + b"\0" + hashlib.sha256(data).digest())
@@ -296,7 +314,7 @@ def peek_shape(root: str | Path) -> tuple[int, int, int] | None:
     files, _ = _list_files(root, classes)
     for path, _label in files[:20]:
         try:
-            with open_regular_file(path, DEFAULT_MAX_FILE_BYTES) as fh, Image.open(fh) as img:  # header only
+            with open_regular_file(path, DEFAULT_MAX_FILE_BYTES) as fh, open_image(fh) as img:  # header only
                 channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") else 3
                 return channels, img.height, img.width
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from leakaudit.data.folders import ImageSet, SkippedFile, decode_image
+from leakaudit.data.formats import ImageFormatError, open_image
 from leakaudit.data.arrays import LoadSpec, class_names, in_class_order, resolve_labels
 from leakaudit.errors import DataError
 from leakaudit.loading.limits import MEMORY_SHARE, available_memory
@@ -197,7 +198,7 @@ class ParquetSource:
                 for batch in handle.iter_batches(batch_size=1, columns=[layout.image]):
                     data = _encoded(batch.column(0).to_pylist()[0])
                     if data is not None:
-                        with Image.open(io.BytesIO(data)) as img:  # the header only
+                        with open_image(io.BytesIO(data)) as img:  # the header only
                             return (1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3), img.height, img.width
                     break
         except Exception:  # load() reports the real problem
@@ -226,6 +227,7 @@ class ParquetSource:
         files = self._files()
         own = files[0][2].classes
         total = sum(handle.metadata.num_rows for _, handle, _ in files)
+        spec.check_capacity(total, terminal_text(self.path))  # rows, not bytes: dictionary pages compress anything
         pixels: list[np.ndarray] = []
         labels: list[int] = []
         paths: list[str] = []
@@ -236,11 +238,15 @@ class ParquetSource:
             name = path.name
             digest.update(name.encode("utf-8") + b"\0" + bytes.fromhex(file_sha256(path)))
             for row, value, label in self._rows(path, handle, layout):
+                spec.tick()
                 done += 1
                 where = f"{name}[{row}]"
                 if label is None:
                     raise DataError(f"{terminal_text(path)}: row {row} has no label")
-                problem = self._decode(value, spec, pixels)
+                try:
+                    problem = self._decode(value, spec, pixels)
+                except ImageFormatError as exc:
+                    raise ImageFormatError(f"{terminal_text(path)}: row {row}: {exc}") from None
                 if problem is not None:
                     if spec.strict:
                         raise DataError(f"{terminal_text(path)}: row {row}: {problem}")
@@ -268,6 +274,8 @@ class ParquetSource:
             return f"image of {len(data)} bytes is over the {spec.max_file_bytes}-byte limit (--max-image-mb)"
         try:
             pixels.append(decode_image(data, spec.channels, spec.size))
+        except ImageFormatError:
+            raise
         except DataError as exc:
             return str(exc)
         return None

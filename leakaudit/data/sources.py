@@ -70,7 +70,8 @@ class FolderSource:
 
     def load(self, spec: LoadSpec) -> ImageSet:
         return load_image_folder(self.path, channels=spec.channels, size=spec.size, classes=spec.classes,
-                                 strict=spec.strict, max_file_bytes=spec.max_file_bytes, progress=spec.progress)
+                                 strict=spec.strict, max_file_bytes=spec.max_file_bytes, progress=spec.progress,
+                                 poll=spec.poll)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,10 +174,12 @@ class DatasetSource:
 
     def load(self, spec: LoadSpec) -> ImageSet:
         n = self._length()
+        spec.check_capacity(n, str(self))
         pixels = np.empty((n, spec.channels, *spec.size), dtype=np.uint8)
         labels = np.empty(n, dtype=np.int64)
         digests: list[np.ndarray] = []
         for i in range(n):
+            spec.tick()
             image, labels[i] = self._item(i)
             digests.append(np.frombuffer(array_digest(image).encode("ascii"), dtype=np.uint8))
             pixels[i] = image_pixels(image, spec)

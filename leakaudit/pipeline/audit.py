@@ -118,7 +118,7 @@ def _prepare(run: RunContext, model: ModelSession) -> Prepared:
     previous = load_baseline(settings.baseline) if settings.baseline else None
     torch.manual_seed(settings.seed)
     with run.timer("loading"):
-        inputs = load_inputs(settings, run.observer, model)
+        inputs = load_inputs(settings, run.observer, model, run.stop, run.timer.started)
     require_evaluable(settings.gate, settings, inputs)
     if previous is not None:
         check_baseline_provenance(previous, inputs, settings)

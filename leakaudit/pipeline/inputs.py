@@ -9,6 +9,8 @@ members are compared with; the two parts never overlap.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 
 from leakaudit.config import AuditSettings
 from leakaudit.data.folders import ImageSet
-from leakaudit.errors import DataError, OutputError
+from leakaudit.errors import AuditInterrupted, DataError, OutputError
 from leakaudit.inversion.informed import split_prior
 from leakaudit.confine.operations import LoadRequest
 from leakaudit.confine.session import ModelSession
@@ -49,11 +51,14 @@ class AuditSets:
     notes: tuple[str, ...] = field(default=())
 
 
-def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession) -> AuditInputs:
+def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession,
+                should_stop: Callable[[], bool] | None = None, started: float | None = None) -> AuditInputs:
     """Load and cross-check model and data; every mismatch is a clear error.
 
     ``settings.data`` / ``settings.holdout`` may be paths or already-resolved
     sources (``leakaudit.data.sources``); ``settings.model`` a path or a module.
+    Reading the images stops at a stop request (``AuditInterrupted``) and when the audit, begun at ``started``
+    (``time.monotonic()``), reaches ``--budget`` (``DataError`` naming the phase).
     """
     observer.phase("loading model and data")
     data = resolve_source(settings.data, name="train")
@@ -69,7 +74,8 @@ def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession
     channels, height, width = target.input_shape
     spec = LoadSpec(channels, (height, width), target.num_classes, strict=settings.strict_data,
                     max_file_bytes=settings.max_image_bytes,
-                    progress=lambda d, t: observer.advance(d, t, "training images"))
+                    progress=lambda d, t: observer.advance(d, t, "training images"),
+                    poll=data_poll(settings.budget, started, should_stop))
     train = data.load(spec)
     if len(train.classes) != target.num_classes:
         raise DataError(
@@ -85,6 +91,22 @@ def load_inputs(settings: AuditSettings, observer: Observer, model: ModelSession
             observer.note(f"skipped holdout {skipped.path}: {skipped.reason}")
         holdout = _without_members(holdout, train, settings, observer)
     return AuditInputs(model, train, holdout)
+
+
+def data_poll(budget_s: float | None, started: float | None,
+              should_stop: Callable[[], bool] | None) -> Callable[[], None]:
+    """What the image readers call before each image: a stop request or the budget's end ends the loading."""
+    begun = time.monotonic() if started is None else started
+    stop = should_stop or (lambda: False)
+
+    def poll() -> None:
+        if stop():
+            raise AuditInterrupted("stopped while the data was loading")
+        if budget_s is not None and time.monotonic() - begun > budget_s:
+            raise DataError(f"--budget {budget_s:g} s ended the audit while loading the data; the audit is "
+                            "incomplete: raise --budget or give fewer images")
+
+    return poll
 
 
 def _without_members(holdout: ImageSet, train: ImageSet, settings: AuditSettings, observer: Observer) -> ImageSet:
