@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from leakaudit.reference import build_reference, load_spec  # noqa: E402
+from leakaudit.zoo import build_reference, load_spec  # noqa: E402
 from leakaudit.report.json_format import without_timings  # noqa: E402
 
 DEFAULT_MODELS = "digits-mlp-1pc,digits-mlp-20pc,digits-cnn-20pc"

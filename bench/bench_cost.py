@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
 from leakaudit.power.control import Recipe, _train_copy  # noqa: E402
-from leakaudit.reference import (ReferenceSpec, bundled_images, build_classifier, real_images,  # noqa: E402
+from leakaudit.zoo import (ReferenceSpec, bundled_images, build_classifier, real_images,  # noqa: E402
                                  realdata_cache)
 
 STAGES = ("pretrain", "finetune", "refine", "stationarity", "control", "reference")

@@ -440,7 +440,7 @@ def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_wo
 
 
 def test_an_informed_attack_on_a_large_input_runs_every_phase_on_the_cheap_path() -> None:
-    from leakaudit.reference import bundled_images
+    from leakaudit.zoo import bundled_images
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
