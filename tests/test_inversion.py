@@ -175,7 +175,7 @@ def test_bn_prior_only_with_batchnorm(mlp_1pc: Reference, cnn_bn: Reference) -> 
     seen: dict[str, set[str]] = {}
     for name, ref in (("mlp", mlp_1pc), ("cnn", cnn_bn)):
         keys: set[str] = set()
-        cb = InversionCallbacks(on_step=lambda s, p, l, keys=keys: keys.update(l))
+        cb = InversionCallbacks(on_step=lambda s, p, losses, keys=keys: keys.update(losses))
         invert(ref.target, dataclasses.replace(QUICK, steps=3, refine_steps=1), callbacks=cb)
         seen[name] = keys
     assert "bn" in seen["cnn"] and "bn" not in seen["mlp"]
@@ -194,7 +194,7 @@ def test_should_stop_and_callbacks(mlp_1pc: Reference) -> None:
     events: list[tuple[str, object]] = []
     steps: list[int] = []
     cb = InversionCallbacks(on_start=lambda n: events.append(("start", n)),
-                            on_step=lambda s, p, l: steps.append(s),
+                            on_step=lambda s, p, losses: steps.append(s),
                             on_phase=lambda name: events.append(("phase", name)))
     result = invert(mlp_1pc.target, QUICK, callbacks=cb, should_stop=lambda: len(steps) >= 5)
     assert events[0] == ("start", QUICK.steps + QUICK.refine_steps + QUICK.kkt_steps)

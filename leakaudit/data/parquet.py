@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from leakaudit.data.folders import ImageSet, SkippedFile, decode_image
 from leakaudit.data.formats import ImageFormatError, open_image

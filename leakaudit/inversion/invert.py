@@ -415,7 +415,7 @@ def _train_against(run: RunState, phase: str, steps: int, lr: float, anchor: _Pr
     """Train the generator against the frozen classifier (optionally still reconstructing the prior)."""
     if steps <= 0:
         return
-    gen, target, weights, config, clock = run.gen, run.target, run.weights, run.config, run.clock
+    gen, config, clock = run.gen, run.config, run.clock
     ckpt, rng, latents = run.ckpt, run.rng, run.latents
     k = gen.num_classes
     device = latents.mean.device
