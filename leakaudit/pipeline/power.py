@@ -113,7 +113,8 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
                 break  # the rungs run so far decide; none at all: not measured
             config = replace(config, budget_s=left)
         rung_started = time.monotonic()
-        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior, init)
+        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
+                                 init)
         control = inputs.model.run_control(request, _Progress(run.observer, rung.k).callbacks(), run.stop)
         if run.stop():
             return None
