@@ -18,7 +18,8 @@ not cut the run short) and never print.
     to the target class plus total variation, Adam, ``per_class`` candidates
     per class from different random starts. The yardstick of the ladder.
 
-``kkt_reconstruction(target, n_candidates, steps=3000, seed=0, *, competitors, lr_x, lr_lambda, lambda_min, init_mean, init_std, prior_weight, cosine_decay, budget_s, trace)``
+``kkt_reconstruction(target, n_candidates, steps=3000, seed=0, *, competitors, lr_x, lr_lambda, lambda_min,
+init_mean, init_std, prior_weight, cosine_decay, budget_s, trace)``
     Reconstruction from the implicit bias of gradient training (Haim et al.
     2022, "Reconstructing Training Data from Trained Neural Networks"), in its
     multiclass form (Buzaglo et al. 2023, "Deconstructing Data Reconstruction").

@@ -74,7 +74,8 @@ def loss_auc(target: TargetModel, data: ReferenceData) -> float:
 Attack = Callable[[TargetModel, ReferenceData], torch.Tensor]
 
 
-def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int, kkt_budget: float | None) -> list[tuple[str, str, Attack]]:
+def attacks(quick: bool, seed: int, is_mlp: bool, n_train: int,
+            kkt_budget: float | None) -> list[tuple[str, str, Attack]]:
     """(kind, label, attack) for every reference attack; KKT only on MLPs (full-model θ, see bench.attacks)."""
     per_class = 4 if quick else 10
     pix_steps = 150 if quick else 400
@@ -106,7 +107,8 @@ def run_model(name: str, quick: bool, seed: int, which: set[str], kkt_budget: fl
     built = build_reference(spec, OUT / name)
     build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     data = split_members(spec)
-    target = load_model(built.model_path, input_size=(spec.size, spec.size), shape_hint=tuple(data.train_images.shape[1:]), device="cpu")
+    target = load_model(built.model_path, input_size=(spec.size, spec.size),
+                        shape_hint=tuple(data.train_images.shape[1:]), device="cpu")
     m = built.metrics
     lines = [
         f"{name}: {len(data.train_images)} members, {len(data.holdout_images)} non-members, "
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     bundled = [n for n in shipped_audits() if load_spec(n)[0].dataset in BUNDLED]  # real data: bench_realdata.py
     parser.add_argument("--models", default=",".join(bundled), help="comma-separated audit names")
     parser.add_argument("--quick", action="store_true", help="fewer candidates and steps")
-    parser.add_argument("--attacks", default="class-mean,pixel,kkt", help="comma-separated subset of class-mean,pixel,kkt")
+    parser.add_argument("--attacks", default="class-mean,pixel,kkt",
+                        help="comma-separated subset of class-mean,pixel,kkt")
     parser.add_argument("--kkt-budget", type=float, default=None, help="seconds per KKT run (default 240, quick 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -112,7 +112,8 @@ class Bench:
             ln = self.target.logits(self.evalset[0].float() / 255)
         return scoring.membership_test(lm, self.member_labels, ln, self.evalset[1], n_boot=0).auc
 
-    def score(self, method: str, cands: torch.Tensor, seconds: float, steps_per_s: float | None = None, extra: str = "") -> Row:
+    def score(self, method: str, cands: torch.Tensor, seconds: float, steps_per_s: float | None = None,
+              extra: str = "") -> Row:
         mem = best_ssim(cands, self.members)
         non = best_ssim(cands, self.evalset[0])
         row = Row(self.name, method, auc(mem, non), mem, non, seconds, steps_per_s, extra)
@@ -158,7 +159,8 @@ def bench_model(name: str, out: Path, config: InversionConfig, seeds: list[int],
     b.score("pixel inversion", pix, dt, 400 / dt)
     if kkt_budget > 0:
         t0 = time.monotonic()
-        kkt, _ = attacks.kkt_reconstruction(b.target, max(len(b.members), b.target.num_classes * k), seed=seeds[0], budget_s=kkt_budget)
+        kkt, _ = attacks.kkt_reconstruction(b.target, max(len(b.members), b.target.num_classes * k), seed=seeds[0],
+                                            budget_s=kkt_budget)
         b.score("KKT", kkt, time.monotonic() - t0)
     for seed in seeds:
         result, _ = b.run_engine(f"informed s{seed}", dataclasses.replace(config, seed=seed), informed=True)
@@ -209,8 +211,9 @@ def step_cost(name: str, out: Path, config: InversionConfig) -> None:
     b = Bench(name, out, config.seed)
     t = b.target
     k = t.num_classes
-    gen = ConditionalGenerator(t.input_shape, k, latent_dim=config.latent_dim, embed_dim=config.embed_dim, width=config.width,
-                               conditioning=config.conditioning, dropout=config.dropout, gen_scale=config.gen_scale)
+    gen = ConditionalGenerator(t.input_shape, k, latent_dim=config.latent_dim, embed_dim=config.embed_dim,
+                               width=config.width, conditioning=config.conditioning, dropout=config.dropout,
+                               gen_scale=config.gen_scale)
     weights = resolve_weights(config, t, [])
     targets = torch.arange(k).repeat(config.batch_per_class)
     cond = F.one_hot(targets, k).float()
@@ -234,8 +237,8 @@ def step_cost(name: str, out: Path, config: InversionConfig) -> None:
         return (time.perf_counter() - t0) / reps
 
     c, g = timed(classifier_step), timed(generator_step)
-    print(f"step cost on {name} (batch {len(targets)}): classifier fwd+bwd {c * 1e3:.2f} ms, generator step {g * 1e3:.2f} ms, "
-          f"ratio {g / c:.2f}", flush=True)
+    print(f"step cost on {name} (batch {len(targets)}): classifier fwd+bwd {c * 1e3:.2f} ms, "
+          f"generator step {g * 1e3:.2f} ms, ratio {g / c:.2f}", flush=True)
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
@@ -263,7 +266,8 @@ def main() -> None:
     parser.add_argument("--step-cost", default="digits-mlp-1pc", help="model for the step cost ratio (empty: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change one InversionConfig default, VALUE as in TOML (e.g. w_span=0, rowspace=false); repeatable")
+                        help="change one InversionConfig default, VALUE as in TOML (e.g. w_span=0, rowspace=false); "
+                             "repeatable")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)

@@ -56,7 +56,8 @@ def products_then_filter(cands: torch.Tensor, imgs: torch.Tensor) -> torch.Tenso
     for i in range(n):
         uxy = gaussian_filter_valid(cands[i : i + 1] * imgs)  # (m, C, Ho, Wo)
         cov = uxy - mx[i : i + 1] * my
-        s = (2 * mx[i : i + 1] * my + C1) * (2 * cov + C2) / ((mx[i : i + 1] ** 2 + my**2 + C1) * (vx[i : i + 1] + vy + C2))
+        s = ((2 * mx[i : i + 1] * my + C1) * (2 * cov + C2)
+             / ((mx[i : i + 1] ** 2 + my**2 + C1) * (vx[i : i + 1] + vy + C2)))
         out[i] = s.flatten(1).mean(1)
     return out
 

@@ -87,11 +87,13 @@ def main() -> None:
         after_match = peak_rss_gib()
 
     print(f"{args.images:,} images of 1x32x32 (PNG files written in {written:.1f} s)")
-    print(f"  images as uint8:            {uint8_gib * 1024:8.1f} MiB (as float32 they would be {uint8_gib * 4096:.1f} MiB)")
+    print(f"  images as uint8:            {uint8_gib * 1024:8.1f} MiB "
+          f"(as float32 they would be {uint8_gib * 4096:.1f} MiB)")
     print(f"  RSS before loading:         {baseline * 1024:8.1f} MiB")
     print(f"  peak RSS after loading:     {after_load * 1024:8.1f} MiB  (+{(after_load - baseline) * 1024:.1f} MiB, "
           f"{load_s:.1f} s, {len(loaded) / load_s:,.0f} images/s)")
-    print(f"  peak RSS after matching {args.candidates} candidates (prefilter {prefilter}): {after_match * 1024:8.1f} MiB "
+    print(f"  peak RSS after matching {args.candidates} candidates (prefilter {prefilter}): "
+          f"{after_match * 1024:8.1f} MiB "
           f"(+{(after_match - before_match) * 1024:.1f} MiB over the RSS before matching, {match_s:.1f} s)")
 
 

@@ -62,7 +62,8 @@ def audit(name: str, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] |
 
 
 def audit_built(name: str, built: Any, out: Path, extra: list[str]) -> tuple[int, dict[str, Any] | None, float]:
-    """``leakaudit run`` on a built reference in a fresh process, as a user runs it: exit code, document, wall seconds."""
+    """``leakaudit run`` on a built reference in a fresh process, as a user runs it: exit code, document, wall
+    seconds."""
     command = [sys.executable, "-m", "leakaudit", "run", str(built.model_path), "--data", str(built.train_dir),
                "--holdout", str(built.holdout_dir), "--out", str(out), "--quiet", *extra]
     shutil.rmtree(out, ignore_errors=True)  # a fresh folder: nothing to resume, nothing left from before
@@ -99,7 +100,8 @@ def describe(label: str, code: int, doc: dict[str, Any] | None, wall: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--load", type=int, default=None, help="busy processes in the loaded run (default: usable CPUs)")
+    parser.add_argument("--load", type=int, default=None,
+                        help="busy processes in the loaded run (default: usable CPUs)")
     parser.add_argument("--effort", default=None, help="--effort of both runs (default: the tool's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -89,7 +89,8 @@ def leak_score(
     rng = np.random.default_rng(seed)
     boots = _bootstrap_aucs(pos, neg, n_boot, rng)
     alpha = (1.0 - ci_level) / 2.0
-    ci_low, ci_high = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot else (value, value)
+    ci_low, ci_high = ((float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot
+                       else (value, value))
     ranks = rankdata(np.concatenate([pos, neg]))  # tie-averaged: a permutation only reshuffles them
     offset = pos.size * (pos.size + 1) / 2.0
     exceed = 0
@@ -191,7 +192,8 @@ def holdout_rank(n_holdout: int, quantile: float) -> int:
 
 
 def exceedance_p_value(exceed: int, n_members: int, n_holdout: int, rank: int) -> float:
-    """P(at least ``exceed`` members rank above the holdout's ``rank``-th largest), members and non-members exchangeable.
+    """P(at least ``exceed`` members rank above the holdout's ``rank``-th largest), members and non-members
+    exchangeable.
 
     The exact test of "more members above the holdout's upper quantile than
     chance gives": under the null every ordering of the pooled values is

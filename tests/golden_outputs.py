@@ -5,8 +5,8 @@
 For each scenario (leaky, clean, uncalibrated, three per class, require_power; each also re-gated against
 itself as a baseline) it writes the JSON document, the HTML report (with and without images), Markdown, JUnit
 and the terminal summary. DOCUMENT.json (an audit's ``leakaudit.json``, with ``reconstructions.npz`` beside it)
-is rendered the same way. Run it from two checkouts into two folders (copy this file into the older one) and ``cmp`` the files: the
-renderings of the same documents must be byte-identical.
+is rendered the same way. Run it from two checkouts into two folders (copy this file into the older one) and
+``cmp`` the files: the renderings of the same documents must be byte-identical.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def hf_table(images: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None) -> Any:
-    """A table as ``datasets`` writes it: ``image`` {bytes, path} structs, ``label``, ClassLabel names in the metadata."""
+    """A table as ``datasets`` writes it: ``image`` {bytes, path} structs, ``label``, ClassLabel names in the
+    metadata."""
     import pyarrow as pa
 
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

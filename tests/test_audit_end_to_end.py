@@ -70,7 +70,8 @@ def test_document_follows_the_schema(audited: dict[str, Any]) -> None:
     assert len(document["provenance"]["model"]["sha256"]) == 64
 
 
-def test_findings_can_be_recomputed_from_the_saved_reconstructions(audited: dict[str, Any], tiny: TinyReference) -> None:
+def test_findings_can_be_recomputed_from_the_saved_reconstructions(audited: dict[str, Any],
+                                                                   tiny: TinyReference) -> None:
     document = json.loads((audited["result"] / "leakaudit.json").read_text())
     saved = np.load(audited["result"] / "reconstructions.npz")
     train = load_image_folder(tiny.train_dir, channels=1, size=(32, 32))
@@ -148,7 +149,8 @@ def test_budget_is_a_ceiling_and_an_unfinished_attack_exits_2(tiny: TinyReferenc
     config.write_text("[gate]\nfail_ssim = false\nfail_leak_score = false\n[inversion]\nwidth = 16\n"
                       "batch_per_class = 2\nsteps = 100000\npool_per_class = 8\ncandidates_per_class = 2\n"
                       "refine_steps = 10\nkkt_steps = 10\ncheckpoint_every = 5\n")
-    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
+    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir),
+                            "--holdout", str(tiny.holdout_dir),
                             "--prior", "none", "--out", str(tmp_path / "o"), "--config", str(config), "--budget", "8",
                             "--junit", str(tmp_path / "j.xml"), "--markdown", str(tmp_path / "s.md")], capsys)
     assert code == ExitStatus.INCOMPLETE == 2, err

@@ -55,7 +55,8 @@ def test_usage_errors_are_one_line_in_the_cli_style(capsys: pytest.CaptureFixtur
 
 
 def test_a_missing_path_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
-    probe = ("import sys\nfrom leakaudit.cli.commands import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    probe = ("import sys\nfrom leakaudit.cli.commands import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
              "    print('torch' in sys.modules, e.code)\n")
     for args, message in (([str(tmp_path / "absent.pt"), "--data", str(tmp_path)], "model file not found"),
                           ([__file__, "--data", str(tmp_path / "nodata")], "data folder not found")):

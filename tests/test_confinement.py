@@ -121,7 +121,8 @@ def flaky():
     return Flaky(*tiny_architecture())
 
 def sleepy():
-    """Slow only where the membership pass runs (no gradients, batches over 2): each batch just inside the stall bound."""
+    """Slow only where the membership pass runs (no gradients, batches over 2): each batch just inside the stall
+    bound."""
     import time
     import torch
 
@@ -192,7 +193,8 @@ def hostile_dir(tiny: TinyReference, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return work
 
 
-def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -212,7 +214,8 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path, 
     assert "ATTEMPT secret-variable: denied (KeyError)" in shown, shown  # the variable is not in its environment
     assert "the-secret" not in shown
     assert list((hostile_dir / "markers").iterdir()) == []
-    assert (hostile_dir / "weights.pth").stat().st_mode & 0o777 != 0o777 and (hostile_dir / "weights.pth").stat().st_mtime > 0
+    weights = (hostile_dir / "weights.pth").stat()
+    assert weights.st_mode & 0o777 != 0o777 and weights.st_mtime > 0
     with pytest.raises(OSError):
         listener.accept()  # nobody connected
     listener.close()

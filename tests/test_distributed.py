@@ -41,7 +41,8 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     images, labels = images[:N_IMAGES], labels[:N_IMAGES]
     gen = torch.Generator().manual_seed(0)
     pick = torch.randperm(images.shape[0], generator=gen)[:N_CANDIDATES]
-    candidates = (images[pick].float() / 255 + 0.15 * torch.rand((N_CANDIDATES, *images.shape[1:]), generator=gen)).clamp(0, 1)
+    noise = 0.15 * torch.rand((N_CANDIDATES, *images.shape[1:]), generator=gen)
+    candidates = (images[pick].float() / 255 + noise).clamp(0, 1)
     return candidates, images, labels[pick], labels
 
 
@@ -122,7 +123,8 @@ def _launch_in_subprocess(program: list[str], module: str, cwd: Path = ROOT) -> 
     code = ("import json, sys; from leakaudit.cli.launcher import launch; "
             f"o = launch(['--nproc-per-node', '2', '--standalone'], {program!r}, module={module!r}); "
             "print(json.dumps({'exit_code': o.exit_code, 'failed_rank': o.failed_rank, 'message': o.message}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     fields = json.loads(done.stdout.strip().splitlines()[-1])
     return LaunchOutcome(fields["exit_code"], fields["failed_rank"], fields["message"]), done.stderr
@@ -200,9 +202,11 @@ def test_launcher_exit_codes_name_the_rank_that_failed_first(tmp_path: Path, mon
                    r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGTERM), DataError("data folder not found: /x")))
     assert late.message == cause.message and (late.exit_code, late.failed_rank) == (2, 1)
     # A crash after the error is still said.
-    crashed = outcome(r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGABRT), DataError("data folder not found: /x")))
+    crashed = outcome(r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGABRT),
+                                  DataError("data folder not found: /x")))
     assert crashed.message is not None
-    assert crashed.message.startswith("rank 1 (local rank 1) failed: data folder not found: /x (then its process was killed by SIGABRT)")
+    assert crashed.message.startswith("rank 1 (local rank 1) failed: data folder not found: /x "
+                                      "(then its process was killed by SIGABRT)")
     # Killed by the kernel (no error file) while the survivor was stopped by the agent.
     killed = outcome(r0=_failure(tmp_path, monkeypatch, 0, -int(signal.SIGTERM)),
                      r1=_failure(tmp_path, monkeypatch, 1, -int(signal.SIGKILL)))
@@ -227,7 +231,8 @@ def test_sharded_matching_equals_single_process_exactly(tmp_path: Path) -> None:
             for field in ("best_index", "topk_index", "nearest_image"):
                 assert torch.equal(getattr(got[name], field), getattr(want, field)), (rank, name, field)
             for field in ("best_ssim", "topk_ssim", "nearest_ssim"):  # bitwise, NaN where no pair is allowed
-                assert torch.equal(getattr(got[name], field).nan_to_num(-9), getattr(want, field).nan_to_num(-9)), (rank, name, field)
+                assert torch.equal(getattr(got[name], field).nan_to_num(-9),
+                                   getattr(want, field).nan_to_num(-9)), (rank, name, field)
             assert got[name].pairs_scored == want.pairs_scored
 
 
@@ -249,7 +254,8 @@ def test_a_failed_rank_stops_the_run_with_exit_2_naming_it(tmp_path: Path) -> No
     report = tmp_path / "report.json"
     outcome, stderr = _launch_in_subprocess(["fail", str(report)], module="tests.test_distributed")
     assert outcome.exit_code == 2 and outcome.failed_rank == 1
-    assert outcome.message is not None and outcome.message.startswith("rank 1 (local rank 1) failed: data folder not found")
+    assert outcome.message is not None
+    assert outcome.message.startswith("rank 1 (local rank 1) failed: data folder not found")
     assert "rank 1 of 2: " in stderr and "no-such-folder" in stderr  # the failing rank's own reason
     assert "rank 0 of 2: lost contact with the other ranks during matching" in stderr  # no hang
     assert not report.exists()
@@ -271,7 +277,8 @@ threads = 1
 
 def _audit_args(tiny: Any, config: Path, out: Path, model: str | None = None, *extra: str) -> list[str]:
     return ["run", model or str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-            "--prior", "none", "--config", str(config), "--seed", "3", "--top", "10", "--out", str(out), "--quiet", *extra]
+            "--prior", "none", "--config", str(config), "--seed", "3", "--top", "10", "--out", str(out), "--quiet",
+            *extra]
 
 
 @pytest.mark.slow

@@ -61,7 +61,8 @@ def mlp_1pc() -> Reference:
 @pytest.fixture(scope="session")
 def cnn_bn() -> Reference:
     """A small BatchNorm CNN, briefly trained (enough to classify, not to be good)."""
-    spec = ReferenceSpec(name="t-cnn-bn", train_per_class=5, holdout_per_class=4, size=16, arch="cnn-bn", epochs=5, batch_size=25)
+    spec = ReferenceSpec(name="t-cnn-bn", train_per_class=5, holdout_per_class=4, size=16, arch="cnn-bn", epochs=5,
+                         batch_size=25)
     return _reference(spec)
 
 
@@ -162,12 +163,14 @@ def test_reconstruction_raises_target_confidence(mlp_1pc: Reference) -> None:
     torch.manual_seed(0)
     gen = ConditionalGenerator(mlp_1pc.target.input_shape, 10, width=16, latent_dim=8, embed_dim=8).eval()
     with torch.no_grad():
-        before = torch.softmax(mlp_1pc.target.logits(gen(torch.randn(len(result.targets), 8), F.one_hot(result.targets, 10).float())), 1)
+        fresh = gen(torch.randn(len(result.targets), 8), F.one_hot(result.targets, 10).float())
+        before = torch.softmax(mlp_1pc.target.logits(fresh), 1)
     before_conf = before.gather(1, result.targets[:, None]).mean().item()
     assert result.mode == "data-free"
     assert result.confidence.mean().item() > max(0.6, before_conf + 0.4)
     # the refined candidates, then as many fitted to the stationarity identity, for the same classes
-    assert result.images.shape == (40, 1, 32, 32) and result.targets.tolist() == 2 * [c for c in range(10) for _ in range(2)]
+    assert result.images.shape == (40, 1, 32, 32)
+    assert result.targets.tolist() == 2 * [c for c in range(10) for _ in range(2)]
     assert result.pretrained_images is None
 
 
@@ -175,7 +178,7 @@ def test_bn_prior_only_with_batchnorm(mlp_1pc: Reference, cnn_bn: Reference) -> 
     seen: dict[str, set[str]] = {}
     for name, ref in (("mlp", mlp_1pc), ("cnn", cnn_bn)):
         keys: set[str] = set()
-        cb = InversionCallbacks(on_step=lambda s, p, l, keys=keys: keys.update(l))
+        cb = InversionCallbacks(on_step=lambda s, p, losses, keys=keys: keys.update(losses))
         invert(ref.target, dataclasses.replace(QUICK, steps=3, refine_steps=1), callbacks=cb)
         seen[name] = keys
     assert "bn" in seen["cnn"] and "bn" not in seen["mlp"]
@@ -194,7 +197,7 @@ def test_should_stop_and_callbacks(mlp_1pc: Reference) -> None:
     events: list[tuple[str, object]] = []
     steps: list[int] = []
     cb = InversionCallbacks(on_start=lambda n: events.append(("start", n)),
-                            on_step=lambda s, p, l: steps.append(s),
+                            on_step=lambda s, p, losses: steps.append(s),
                             on_phase=lambda name: events.append(("phase", name)))
     result = invert(mlp_1pc.target, QUICK, callbacks=cb, should_stop=lambda: len(steps) >= 5)
     assert events[0] == ("start", QUICK.steps + QUICK.refine_steps + QUICK.kkt_steps)
@@ -312,9 +315,11 @@ def test_rowspace_prior_is_used_and_reported(mlp_1pc: Reference) -> None:
 def test_rowspace_recovers_a_planted_span(hidden: int) -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(5, 64, generator=gen)  # five "training images" of 8×8 pixels
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 3))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 3))
     with torch.no_grad():
-        model[1].weight.copy_(torch.randn(hidden, 5, generator=gen) @ images + 1e-4 * torch.randn(hidden, 64, generator=gen))
+        model[1].weight.copy_(torch.randn(hidden, 5, generator=gen) @ images
+                              + 1e-4 * torch.randn(hidden, 64, generator=gen))
     space, note = first_layer_rowspace(TargetModel.from_module(model, (1, 8, 8), 3, device="cpu"))
     assert space is not None and space.rank == 5, note
     planted = images.view(5, 1, 8, 8)
@@ -358,7 +363,8 @@ def test_stationarity_stage_lowers_the_residual_and_keeps_pixels_in_range(mlp_1p
     assert min(kkt[-5:]) < 0.97 * kkt[0], kkt
     assert result.images.min() >= 0 and result.images.max() <= 1
     before = invert(mlp_1pc.target, dataclasses.replace(cfg, kkt_steps=0))
-    assert _fitted_residual(mlp_1pc, result.images, result.targets) < _fitted_residual(mlp_1pc, before.images, before.targets)
+    assert (_fitted_residual(mlp_1pc, result.images, result.targets)
+            < _fitted_residual(mlp_1pc, before.images, before.targets))
 
 
 def test_stationarity_stage_skipped_for_convolutions_or_too_many_weights(mlp_1pc: Reference, cnn_bn: Reference) -> None:

@@ -101,7 +101,8 @@ def test_prototype_null_on_real_digits(power_setup: dict[str, torch.Tensor]) -> 
     assert abs(null.train_mean - null.holdout_mean) < 0.05  # prototypes favour neither group
     # a real other digit matches better than the plain class mean
     assert power_setup["base_members"].mean() > null.train_mean + 0.1
-    own = class_mean_null(data.train_images, data.train_labels, data.holdout_images, data.holdout_labels, same_class=True)
+    own = class_mean_null(data.train_images, data.train_labels, data.holdout_images, data.holdout_labels,
+                          same_class=True)
     assert (own.train_best <= null.train_best + 1e-6).all()
     no_holdout = class_mean_null(data.train_images, data.train_labels)
     assert no_holdout.source == "train" and no_holdout.holdout_mean is None

@@ -270,7 +270,8 @@ def test_the_vetted_pt2_layout_is_the_installed_torch_one(tiny: TinyReference, t
     check_archive(path)  # what this torch writes passes the check
 
 
-def test_a_state_dict_with_hostile_keys_is_reported_escaped(tiny: TinyReference, arch_dir: Path, tmp_path: Path) -> None:
+def test_a_state_dict_with_hostile_keys_is_reported_escaped(tiny: TinyReference, arch_dir: Path,
+                                                            tmp_path: Path) -> None:
     state = dict(tiny.module.state_dict())
     state["\x1b]0;title\x07"] = torch.zeros(1)
     path = tmp_path / "weights.pth"

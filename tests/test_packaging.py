@@ -58,7 +58,8 @@ def test_installed_wheel_renders_from_its_own_templates(wheel: Path, tmp_path: P
         "assert t.is_file(), t;"
         "print(leakaudit.__file__); print(t)"
     )
-    proc = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(python), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     module_file, template = proc.stdout.split()
     assert module_file.startswith(target), module_file

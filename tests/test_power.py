@@ -97,7 +97,8 @@ def test_reset_draws_torch_default_initialisation(formats: dict[str, Path], fmt:
     fresh = fresh_copy(target.module, seed=0).module  # no arch: every tensor re-drawn in place, whatever the format
     state = _state(fresh)
     hidden_w, hidden_b = state["hidden.weight"], state["hidden.bias"]
-    assert hidden_w.abs().max() <= kaiming_bound(hidden_w) + 1e-7 and math.isclose(kaiming_bound(hidden_w), 1 / math.sqrt(8))
+    assert hidden_w.abs().max() <= kaiming_bound(hidden_w) + 1e-7
+    assert math.isclose(kaiming_bound(hidden_w), 1 / math.sqrt(8))
     assert hidden_b.abs().max() <= 1 / math.sqrt(8) + 1e-7
     conv = state["stem.0.weight"]  # 1 input channel, 3×3: fan-in 9
     assert conv.abs().max() <= 1 / 3 + 1e-7 and conv.std() > 0.1
@@ -195,7 +196,8 @@ def _with_power(document: dict, status: str) -> dict:
     from leakaudit.power.verdict import RungResult
     from leakaudit.record import LeakScore
     doc["power"] = decide([RungResult(
-        k=1, n_members=10, n_null=30, leak=LeakScore.from_dict(rung["leak_score"]), above_quantile=0, quantile_value=0.6, at_seen=1,
+        k=1, n_members=10, n_null=30, leak=LeakScore.from_dict(rung["leak_score"]), above_quantile=0,
+        quantile_value=0.6, at_seen=1,
         shown=False, reason="Would pass the gate", memorised=True, steps=20, final_loss=1e-4, accuracy=1.0,
         complete=True, seconds=1.0, members=rung["splits"]["members"], null=rung["splits"]["null"],
         member_best_ssim=[0.3] * 10, member_best_index=list(range(10)))], 2.0, "reset", None, 1.0).to_dict()
@@ -217,7 +219,8 @@ def test_require_power_turns_only_a_pass_without_shown_power_into_incomplete(sta
         assert "does not show that the model is safe" in (gated["power"]["statement"])
     if verdict == "incomplete":
         assert "require_power" in plain.headline and "require_power" in " ".join(gated["summary"]["notes"])
-        assert '<failure message="' in render_junit(gated).split('name="leakaudit.gate.power"')[1].split("</testcase>")[0]
+        power_case = render_junit(gated).split('name="leakaudit.gate.power"')[1].split("</testcase>")[0]
+        assert '<failure message="' in power_case
     assert f"**Power {status}**" in render_markdown(gated)
 
 

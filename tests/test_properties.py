@@ -90,7 +90,8 @@ def test_random_config_text_is_a_config_error_or_parsed(tmp_path_factory: pytest
 def test_every_key_is_used_or_warned_about(tmp_path_factory: pytest.TempPathFactory, table: dict) -> None:
     import json
 
-    lines = [f"{json.dumps(k)} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}" for k, v in table.items()]
+    lines = [f"{json.dumps(k)} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
+             for k, v in table.items()]
     path = tmp_path_factory.mktemp("cfg") / "c.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     try:

@@ -55,7 +55,8 @@ def target(members: tuple[torch.Tensor, torch.Tensor]) -> TargetModel:
     """A small ReLU MLP trained to fit the members (full batch, weight decay)."""
     torch.manual_seed(0)
     x, y = members
-    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, K))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, K))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3)
     for _ in range(400):
         loss = F.cross_entropy(model(x), y)

@@ -34,7 +34,8 @@ def test_junit_stays_well_formed_whatever_a_message_holds() -> None:
 
 
 def test_markdown_text_is_inert() -> None:
-    text = "~~strike~~ **bold** _em_ `code` www.evil.example https://evil.example/x @octocat [link](http://x) <img src=x> #1"
+    text = ("~~strike~~ **bold** _em_ `code` www.evil.example https://evil.example/x @octocat [link](http://x) "
+            "<img src=x> #1")
     md = markdown_text(text)
     for live in ("~~", "**", "`code`", "www.", "https://", "@octocat", "](", "<img", "[link]"):
         assert live not in md, (live, md)

@@ -82,7 +82,8 @@ def test_progress_reports_every_image(small_case: dict[str, torch.Tensor]) -> No
 def test_same_class_restriction(small_case: dict[str, torch.Tensor]) -> None:
     s = small_case["ssim"].clone()
     cl, il = small_case["cand_labels"], small_case["img_labels"]
-    r = best_matches(small_case["cands"], small_case["imgs"], k=3, candidate_labels=cl, image_labels=il, same_class=True)
+    r = best_matches(small_case["cands"], small_case["imgs"], k=3, candidate_labels=cl, image_labels=il,
+                     same_class=True)
     allowed = cl[:, None] == il[None, :]
     s[~allowed] = float("-inf")
     for j in range(s.shape[1]):

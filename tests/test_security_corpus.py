@@ -268,7 +268,8 @@ def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
     torch.save(module, model)
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
-                            "--budget", "600", "--config", str(_quick_config(tmp_path)), "--junit", str(tmp_path / "j.xml"),
+                            "--budget", "600", "--config", str(_quick_config(tmp_path)),
+                            "--junit", str(tmp_path / "j.xml"),
                             "--markdown", str(tmp_path / "s.md")], capsys)
     assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
     assert "warning: --unsafe-pickle given" in err and "runs code from the file" in err

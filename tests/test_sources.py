@@ -1,4 +1,5 @@
-"""Every input kind (folder, .npz, Parquet, shards, tensors, numpy, Dataset) gives the folder's ImageSet; each bad input one clear error."""
+"""Every input kind (folder, .npz, Parquet, shards, tensors, numpy, Dataset) gives the folder's ImageSet; each bad
+input one clear error."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def test_every_kind_gives_the_folders_image_set(kinds: dict[str, Path], arrays: 
         assert source.shape_hint() == (1, 32, 32), kind  # type: ignore[attr-defined]
 
 
-def test_paths_name_each_image_where_its_input_holds_it(kinds: dict[str, Path], arrays: tuple[np.ndarray, np.ndarray]) -> None:
+def test_paths_name_each_image_where_its_input_holds_it(kinds: dict[str, Path],
+                                                        arrays: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = arrays
     spec = LoadSpec(1, (32, 32), 10)
     loaded = resolve_source((images, labels)).load(spec)
@@ -74,7 +76,8 @@ def test_paths_name_each_image_where_its_input_holds_it(kinds: dict[str, Path], 
     assert shards.paths[0].startswith("train-0000") and shards.paths[0].endswith("]")
 
 
-def test_provenance_hashes_the_file_bytes_or_the_arrays(kinds: dict[str, Path], arrays: tuple[np.ndarray, np.ndarray]) -> None:
+def test_provenance_hashes_the_file_bytes_or_the_arrays(kinds: dict[str, Path],
+                                                        arrays: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = arrays
     spec = LoadSpec(1, (32, 32), 10)
     assert NpzSource(kinds["npz"]).load(spec).manifest_sha256 == hashlib.sha256(kinds["npz"].read_bytes()).hexdigest()
@@ -82,8 +85,10 @@ def test_provenance_hashes_the_file_bytes_or_the_arrays(kinds: dict[str, Path], 
     changed = images.copy()
     changed[0, 0, 0, 0] ^= 1
     assert ArraySource(changed, labels).load(spec).manifest_sha256 != first
-    assert ArraySource(images.reshape(len(labels), 1, 16, 64), labels).load(spec).manifest_sha256 != first  # shape counts
-    assert ParquetSource(kinds["parquet"]).load(spec).manifest_sha256 != ParquetSource(kinds["shards"]).load(spec).manifest_sha256
+    reshaped = ArraySource(images.reshape(len(labels), 1, 16, 64), labels)
+    assert reshaped.load(spec).manifest_sha256 != first  # shape counts
+    one_file = ParquetSource(kinds["parquet"]).load(spec).manifest_sha256
+    assert one_file != ParquetSource(kinds["shards"]).load(spec).manifest_sha256
 
 
 def test_class_names_come_with_the_data(kinds: dict[str, Path], arrays: tuple[np.ndarray, np.ndarray]) -> None:
@@ -109,7 +114,8 @@ def test_a_bad_array_shape_is_one_clear_error(arrays: tuple[np.ndarray, np.ndarr
     message = _error(resolve_source((images.transpose(0, 2, 3, 1).repeat(3, axis=3), labels)))
     assert "must be N×C×H×W" in message and "channels last?" in message
     assert "one integer label per image" in _error(resolve_source((images, labels[:-1])))
-    assert "float images must lie in [0, 1]" in _error(resolve_source((images.astype(np.float32), labels)))  # 0–255 as float
+    # 0–255 as float
+    assert "float images must lie in [0, 1]" in _error(resolve_source((images.astype(np.float32), labels)))
     assert "uint8 (0–255) or float" in _error(resolve_source((images.astype(np.int32), labels)))
 
 
@@ -145,7 +151,8 @@ def test_a_truncated_parquet_file_is_one_clear_error(tmp_path: Path, kinds: dict
 def test_incomplete_shards_are_an_error(tmp_path: Path, kinds: dict[str, Path]) -> None:
     folder = tmp_path / "shards"
     folder.mkdir()
-    (folder / "train-00000-of-00002.parquet").write_bytes((kinds["shards"] / "train-00000-of-00002.parquet").read_bytes())
+    shard = "train-00000-of-00002.parquet"
+    (folder / shard).write_bytes((kinds["shards"] / shard).read_bytes())
     assert "shards are incomplete" in _error(resolve_source(folder))
 
 
@@ -160,7 +167,8 @@ def test_an_npz_declaring_huge_images_is_refused_from_its_header(tmp_path: Path)
     assert "images too large" in _error(resolve_source(tmp_path / "wide.npz"))
 
 
-def test_without_pyarrow_the_error_names_the_install_command(monkeypatch: pytest.MonkeyPatch, kinds: dict[str, Path]) -> None:
+def test_without_pyarrow_the_error_names_the_install_command(monkeypatch: pytest.MonkeyPatch,
+                                                             kinds: dict[str, Path]) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     assert "pip install 'leakaudit[parquet]'" in _error(resolve_source(kinds["parquet"]))

@@ -105,8 +105,9 @@ def _outcome_of(exc: Any) -> LaunchOutcome:
             how += f" (then its process {_exit_description(code)})"
     else:
         how = _exit_description(code)
+    others = ", ".join(str(r) for r in sorted(codes) if r != rank)
     message = (f"rank {rank} (local rank {failure.local_rank}) {how}; the run was stopped and no report was written"
-               + (f" (other failed ranks: {', '.join(str(r) for r in sorted(codes) if r != rank)})" if len(codes) > 1 else ""))
+               + (f" (other failed ranks: {others})" if len(codes) > 1 else ""))
     return LaunchOutcome(exit_code=2, failed_rank=int(rank), message=message, exit_codes=codes)
 
 

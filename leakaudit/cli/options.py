@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from leakaudit.config import AuditSettings, Option, build_settings, options, read_config
-from leakaudit.config.kinds import BadValue, Choice, Flag, Floats, IntPair, Kind, Number, PathKind, Text
+from leakaudit.config.kinds import BadValue, Choice, Flag, Floats, IntPair, Kind, Number, PathKind
 from leakaudit.gate.settings import THRESHOLD_KEYS
 
 class FloatList(click.ParamType):

@@ -87,7 +87,8 @@ class RichObserver:
 
         self._rich = RichConsole(file=stream)
         self._progress = Progress(
-            TextColumn("{task.description}", table_column=Column(max_width=LABEL_WIDTH, no_wrap=True, overflow="ellipsis")),
+            TextColumn("{task.description}",
+                       table_column=Column(max_width=LABEL_WIDTH, no_wrap=True, overflow="ellipsis")),
             BarColumn(bar_width=30), TextColumn("{task.fields[count]}"),
             TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=self._rich, transient=False,
         )
@@ -103,7 +104,8 @@ class RichObserver:
             return
         phase = self._phase
         complete = not phase.total or phase.done >= phase.total
-        ending = "✓" if complete else "ended here" if phase.shared else f"stopped at {100 * phase.done / phase.total:.0f}%"
+        ending = ("✓" if complete else "ended here" if phase.shared
+                  else f"stopped at {100 * phase.done / phase.total:.0f}%")
         self._progress.update(self._task, detail=ending)
         self._progress.stop_task(self._task)  # left where it got to: no jump to 100 %
 

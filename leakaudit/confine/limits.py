@@ -41,7 +41,8 @@ def gib(n: int) -> str:
 def apply(memory_bytes: int | None) -> dict[str, int | None]:
     """Lower this process's limits (never raise them); what was set."""
     applied: dict[str, int | None] = {}
-    for name, which, value in (("nofile", resource.RLIMIT_NOFILE, OPEN_FILES), ("data", resource.RLIMIT_DATA, memory_bytes),
+    for name, which, value in (("nofile", resource.RLIMIT_NOFILE, OPEN_FILES),
+                               ("data", resource.RLIMIT_DATA, memory_bytes),
                                ("core", resource.RLIMIT_CORE, 0), ("fsize", resource.RLIMIT_FSIZE, 0)):
         if value is None:
             applied[name] = None

@@ -29,6 +29,13 @@ def _is(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
+def integer(value: Any) -> int:
+    """An integer field of a progress or checkpoint message (a bool is not one)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ReplyError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
 def _optional(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return None if value is None else _is(value, kind, name)
 
@@ -137,7 +144,8 @@ def control_run(f: dict[str, Any], info: ModelInfo) -> ControlRun:
     return ControlRun(
         candidates=candidates, targets=targets, steps=_is(f.get("steps"), int, "steps"),
         final_loss=float(_is(f.get("final_loss"), number, "final_loss")),
-        accuracy=float(_is(f.get("accuracy"), number, "accuracy")), memorised=_is(f.get("memorised"), bool, "memorised"),
+        accuracy=float(_is(f.get("accuracy"), number, "accuracy")),
+        memorised=_is(f.get("memorised"), bool, "memorised"),
         complete=_is(f.get("complete"), bool, "complete"), method=_is(f.get("method"), str, "method"),
         train_seconds=float(_is(f.get("train_seconds"), number, "train_seconds")),
         invert_seconds=float(_is(f.get("invert_seconds"), number, "invert_seconds")),

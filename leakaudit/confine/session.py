@@ -3,10 +3,11 @@
 Everything the audit does with the model goes through a ``ModelSession``:
 ``load`` (then ``info``), ``attack``, ``logits``. ``ConfinedSession`` runs
 them in ``leakaudit.confine.worker`` and writes what the worker cannot
-(checkpoints); ``InProcessSession`` runs them here, for in-memory modules,
-distributed runs (their collectives need sockets) and where the kernel
-offers no confinement. Adding an operation: a function in ``operations``,
-an entry in ``worker.OPERATIONS``, and a method on both sessions.
+(checkpoints, ``checkpoints``); ``InProcessSession`` (``inprocess``) runs
+them here, for in-memory modules, distributed runs (their collectives need
+sockets) and where the kernel offers no confinement. Adding an operation: a
+function in ``operations``, an entry in ``worker.OPERATIONS``, and a method
+on both sessions.
 """
 
 from __future__ import annotations
@@ -19,29 +20,29 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from leakaudit.confine import limits, results, sandbox, spawn
+from leakaudit.confine.checkpoints import CheckpointWriter, saved_state
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
+from leakaudit.confine.inprocess import InProcessSession, ModelSession, StopCheck
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo, ReferenceRequest
 from leakaudit.confine.stderr import SHOWN_LINE_CHARS, WorkerStderr
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.runtime.distributed import DistContext
-from leakaudit.errors import AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError, UsageError
+from leakaudit.errors import (AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError,
+                              UsageError)
 from leakaudit.inversion import InversionCallbacks, InversionResult
-from leakaudit.inversion.engine import Checkpointer
-from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
-from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.membership.references import ReferenceRun
-from leakaudit.model.target import TargetModel
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
 
-StopCheck = Callable[[], bool]
+__all__ = ["BUDGET_MARGIN_S", "MODEL_REPLY_BYTES", "REPLY_MARGIN", "ConfinedSession", "InProcessSession",
+           "ModelSession", "StopCheck", "confinement_notes", "open_session"]
 _ERRORS: dict[str, type[LeakAuditError]] = {c.__name__: c for c in (ModelError, UnsafeModelError, ConfigError,
                                                                       DataError, UsageError)}
 _WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, DeprecationWarning, FutureWarning,
@@ -50,90 +51,6 @@ _WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, Depr
 REPLY_MARGIN = 1 << 20  # a tensor frame's own structure (names, pickle) beyond the tensors' bytes
 MODEL_REPLY_BYTES = 1 << 30  # the most an inversion, a control or a checkpoint may send back
 BUDGET_MARGIN_S = 30.0  # loading and the membership pass end at the budget plus this, counted from the start
-
-
-class ModelSession(Protocol):
-    """What the audit may do with the model under audit."""
-
-    info: ModelInfo
-    confinement: dict[str, Any]
-
-    def load(self, request: LoadRequest) -> ModelInfo: ...
-
-    def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
-               checkpoint_dir: Path | None) -> InversionResult: ...
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun: ...
-
-    def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
-                         should_stop: StopCheck) -> ReferenceRun: ...
-
-    def close(self) -> None: ...
-
-
-class InProcessSession:
-    """The model in this process: today's behaviour, with the session's interface."""
-
-    def __init__(self, reason: str, target: TargetModel | None = None, dist: DistContext | None = None) -> None:
-        self.confinement: dict[str, Any] = {"worker": False, "reason": reason}
-        self.target = target
-        self.dist = dist
-        self.info = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
-        self.pretrain_cache = PretrainCache()  # the attack's informed pre-training, for the controls
-
-    def load(self, request: LoadRequest) -> ModelInfo:
-        from leakaudit.confine import operations
-
-        self.target = operations.load(request)
-        self.info = ModelInfo.of(self.target)
-        return self.info
-
-    def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
-               checkpoint_dir: Path | None) -> InversionResult:
-        from leakaudit.confine import operations
-
-        return operations.attack(self._target(), request, callbacks, should_stop, checkpoint_dir, self.dist,
-                                 self.pretrain_cache)
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        from leakaudit.confine import operations
-
-        return operations.logits(self._target(), images)
-
-    def run_control(self, request: ControlRequest, callbacks: InversionCallbacks, should_stop: StopCheck) -> ControlRun:
-        from leakaudit.confine import operations
-
-        return operations.control(self._target(), request, callbacks, should_stop, self.pretrain_cache)
-
-    def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
-                         should_stop: StopCheck) -> ReferenceRun:
-        from leakaudit.confine import operations
-
-        def on_model(done: int, planned: int) -> None:
-            if callbacks.on_step is not None:
-                callbacks.on_step(done, planned, {})
-
-        return operations.train_references(self._target(), request, should_stop, on_model)
-
-    def _target(self) -> TargetModel:
-        if self.target is None:
-            raise RuntimeError("the model is not loaded yet")
-        return self.target
-
-    def close(self) -> None:
-        pass
-
-
-class _Weights:
-    """A state_dict standing in for the generator, for the engine's own checkpoint writer."""
-
-    def __init__(self, state: dict[str, torch.Tensor]) -> None:
-        self._state = state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
 
 
 class ConfinedSession:
@@ -147,7 +64,8 @@ class ConfinedSession:
         self.seed, self.threads = seed, threads
         self.deadline = time.monotonic() + budget_s + BUDGET_MARGIN_S if budget_s is not None else None
         self.on_note = on_note or (lambda _: None)
-        self.should_stop = should_stop or (lambda: False)  # a stop while loading or in the membership pass ends the worker
+        # a stop while loading or in the membership pass ends the worker
+        self.should_stop = should_stop or (lambda: False)
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
         self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
@@ -186,8 +104,8 @@ class ConfinedSession:
         args = {"config": asdict(request.config), "prior": list(request.prior) if request.prior is not None else None,
                 "informed": request.informed, "init": str(request.init) if request.init else None,
                 "resume_tag": request.resume_tag, "checkpoints": checkpoint_dir is not None,
-                "resume_state": _saved_state(checkpoint_dir)}
-        writer = _CheckpointWriter(checkpoint_dir, request)
+                "resume_state": saved_state(checkpoint_dir)}
+        writer = CheckpointWriter(checkpoint_dir, request)
         reply = self._call("attack", args, "the inversion", callbacks, should_stop, ceiling(request.config.budget_s),
                            writer)
         if reply is None:
@@ -247,7 +165,7 @@ class ConfinedSession:
 
     def _call(self, op: str, args: dict[str, Any], phase: str, callbacks: InversionCallbacks | None = None,
               should_stop: StopCheck | None = None, ceiling_s: float | None = None,
-              writer: _CheckpointWriter | None = None, reply_bytes: int = MODEL_REPLY_BYTES) -> dict[str, Any] | None:
+              writer: CheckpointWriter | None = None, reply_bytes: int = MODEL_REPLY_BYTES) -> dict[str, Any] | None:
         """Send one request and serve the worker until it replies; None when a stop ended it.
 
         ``ceiling_s``: the operation's own ceiling; without one it ends where the audit's budget does (plus
@@ -282,7 +200,8 @@ class ConfinedSession:
                 raise ModelError(self._died_line()) from None
             except FrameError as exc:
                 self._end()
-                raise ModelError(f"the model's worker broke the protocol during {self._phase} ({exc}); stopped it") from None
+                raise ModelError(f"the model's worker broke the protocol during {self._phase} ({exc}); "
+                                 "stopped it") from None
             dog.heard()
             kind = message["kind"]
             if kind == "result":
@@ -297,7 +216,7 @@ class ConfinedSession:
                                  "stopped it") from None
 
     def _serve(self, message: dict[str, Any], callbacks: InversionCallbacks | None,
-               writer: _CheckpointWriter | None) -> None:
+               writer: CheckpointWriter | None) -> None:
         kind, name = message["kind"], message.get("name")
         if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
             record = message.get("record")
@@ -312,7 +231,7 @@ class ConfinedSession:
             writer.write(message)
         elif kind == "event" and callbacks is not None:
             if name == "start" and callbacks.on_start:
-                callbacks.on_start(_int(message.get("planned")))
+                callbacks.on_start(results.integer(message.get("planned")))
             elif name == "phase":
                 self._phase = f"the inversion ({terminal_text(str(message.get('phase')))[:80]})"
                 if callbacks.on_phase:
@@ -321,7 +240,7 @@ class ConfinedSession:
                 losses = message.get("losses") or {}
                 if not isinstance(losses, dict):
                     raise results.ReplyError("losses")
-                callbacks.on_step(_int(message.get("step")), _int(message.get("planned")),
+                callbacks.on_step(results.integer(message.get("step")), results.integer(message.get("planned")),
                                   {str(k): float(v) for k, v in losses.items() if isinstance(v, (int, float))})
 
     def _raise(self, message: dict[str, Any]) -> None:
@@ -343,7 +262,8 @@ class ConfinedSession:
             return check(*values)
         except (results.ReplyError, TypeError, ValueError, AttributeError) as exc:
             self._end()
-            raise ModelError(f"the model's worker sent a malformed reply during {self._phase} ({exc}); stopped it") from None
+            raise ModelError(f"the model's worker sent a malformed reply during {self._phase} ({exc}); "
+                             "stopped it") from None
 
     def _send(self, message: dict[str, Any], phase: str) -> None:
         try:
@@ -391,42 +311,6 @@ class ConfinedSession:
             self.on_note(f"model: {terminal_text(line)[:SHOWN_LINE_CHARS]}")
 
 
-class _CheckpointWriter:
-    """Writes the worker's checkpoints with the engine's own writers, into the parent's checkpoint folder."""
-
-    def __init__(self, folder: Path | None, request: AttackRequest) -> None:
-        self.folder = folder
-        self.config = request.config
-
-    def write(self, message: dict[str, Any]) -> None:
-        if self.folder is None:
-            return
-        name = message.get("name")
-        if name == "generator":
-            state = message.get("generator")
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise results.ReplyError("generator checkpoint")
-            Checkpointer(self.folder, self.config).save(_Weights(state), _int(message.get("step")),  # type: ignore[arg-type]
-                                                        str(message.get("phase")), force=True)
-        elif name == "resume":
-            key, next_phase, state = message.get("key"), message.get("next_phase"), message.get("state")
-            if not isinstance(key, str) or not isinstance(next_phase, str) or not isinstance(state, dict):
-                raise results.ReplyError("resume checkpoint")
-            save_state(self.folder, key, next_phase, state)
-        elif name == "clear":
-            clear_state(self.folder)
-
-
-def _saved_state(folder: Path | None) -> dict[str, Any] | None:
-    """The saved inversion state of an interrupted run, for the worker to resume (it checks the key)."""
-    if folder is None or not (folder / RESUME_FILE).is_file():
-        return None
-    try:
-        state = torch.load(folder / RESUME_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # damaged: start afresh, as the engine does
-        return None
-    return state if isinstance(state, dict) else None
-
 
 def _stopped_result(info: ModelInfo) -> InversionResult:
     """What a stopped worker leaves: nothing (the audit stops right after)."""
@@ -434,11 +318,6 @@ def _stopped_result(info: ModelInfo) -> InversionResult:
                            confidence=torch.zeros(0), mode="stopped", threat_model="", steps=0, planned_steps=0,
                            seconds=0.0, completed_fraction=0.0, complete=False, interrupted=True)
 
-
-def _int(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise results.ReplyError(f"expected an integer, got {type(value).__name__}")
-    return value
 
 
 def _plain(value: Any) -> Any:
@@ -448,6 +327,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
 
 
 def open_session(settings: AuditSettings, dist: DistContext, threads: int,

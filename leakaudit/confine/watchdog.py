@@ -4,8 +4,8 @@ The stall bound is ``max(30 s, min(budget, 300 s))`` (300 s without a budget):
 a worker that sends no message for that long (no step, no batch, no reply)
 is stuck in the model's code. The ceiling of the attack is its own budget plus
 ``max(60 s, a quarter of that budget)``: the engine ends its phases at the
-budget, so a worker still busy past the margin is not following it. Either way the worker gets SIGTERM, then SIGKILL after
-``KILL_GRACE_S``.
+budget, so a worker still busy past the margin is not following it. Either way
+the worker gets SIGTERM, then SIGKILL after ``KILL_GRACE_S``.
 """
 
 from __future__ import annotations

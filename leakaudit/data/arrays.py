@@ -77,8 +77,8 @@ def check_image_shape(shape: Sequence[int], dtype: np.dtype, what: str) -> None:
     if height * width > MAX_IMAGE_PIXELS:
         raise DataError(f"{what}: images too large ({width}x{height} px, limit {MAX_IMAGE_PIXELS} px)")
     if height * width * channels * dtype.itemsize > MAX_DECODED_BYTES:
-        raise DataError(f"{what}: each image takes more than {MAX_DECODED_BYTES >> 20} MiB ({width}x{height}x{channels} "
-                        f"{dtype}); the limit of an image file applies")
+        raise DataError(f"{what}: each image takes more than {MAX_DECODED_BYTES >> 20} MiB "
+                        f"({width}x{height}x{channels} {dtype}); the limit of an image file applies")
 
 
 def to_uint8(images: np.ndarray, what: str) -> np.ndarray:

@@ -39,8 +39,8 @@ from leakaudit.data.safe_files import (
 )
 from leakaudit.sanitize import path_text, terminal_text
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "convert_image", "decode_image", "list_classes",
-           "load_image_folder", "peek_shape", "write_image_folder"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "ImageSet", "SkippedFile", "convert_image", "decode_image",
+           "list_classes", "load_image_folder", "peek_shape", "write_image_folder"]
 
 
 # Pillow's own limit is ~89 Mpx with a warning and 179 Mpx with an error; an
@@ -106,7 +106,8 @@ def list_classes(root: Path) -> list[str]:
     return classes
 
 
-def _list_files(root: Path, classes: Sequence[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[tuple[Path, int]], list[SkippedFile]]:
+def _list_files(root: Path, classes: Sequence[str],
+                max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[tuple[Path, int]], list[SkippedFile]]:
     return list_image_files(root, classes, IMAGE_EXTENSIONS, max_bytes)
 
 
@@ -223,12 +224,7 @@ def load_image_folder(
     """
     root = Path(root)
     classes = _resolve_classes(root, classes)
-    files, skipped = _list_files(root, classes, max_file_bytes)
-    if strict and skipped:
-        raise DataError(f"{terminal_text(root)}/{skipped[0].path}: {skipped[0].reason}")
-    if not files:
-        first = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
-        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {terminal_text(root)}{first}")
+    files, skipped = _listed(root, classes, max_file_bytes, strict)
     check_resized_size(len(files), channels, size, terminal_text(root))
     images = np.empty((len(files), channels, *size), dtype=np.uint8)
     labels: list[int] = []
@@ -253,7 +249,8 @@ def load_image_folder(
             progress(n + 1, len(files))
     if not paths:
         first = skipped[0].reason if skipped else "no files"
-        raise DataError(f"none of the {len(files)} image files under {terminal_text(root)} could be read (first: {first})")
+        raise DataError(f"none of the {len(files)} image files under {terminal_text(root)} could be read "
+                        f"(first: {first})")
     kept = len(paths)
     return ImageSet(
         root=root,
@@ -264,6 +261,18 @@ def load_image_folder(
         manifest_sha256=digest.hexdigest(),
         skipped=tuple(sorted(skipped, key=lambda s: s.path)),
     )
+
+
+def _listed(root: Path, classes: Sequence[str], max_file_bytes: int,
+            strict: bool) -> tuple[list[tuple[Path, int]], list[SkippedFile]]:
+    """The image files to read and those skipped; an error when none is left (or, with ``strict``, any skipped)."""
+    files, skipped = _list_files(root, classes, max_file_bytes)
+    if strict and skipped:
+        raise DataError(f"{terminal_text(root)}/{skipped[0].path}: {skipped[0].reason}")
+    if not files:
+        first = f" ({skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {terminal_text(root)}{first}")
+    return files, skipped
 
 
 def _resolve_classes(root: Path, classes: Sequence[str] | None) -> Sequence[str]:
@@ -295,7 +304,8 @@ def write_image_folder(root: str | Path, images: torch.Tensor, labels: torch.Ten
     counters = [0] * len(classes)
     for image, label in zip(images, labels.tolist()):
         arr = image.numpy()
-        pil = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)))
+        pil = (Image.fromarray(arr[0]) if arr.shape[0] == 1
+               else Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0))))
         pil.save(root / classes[label] / f"{counters[label]:05d}.png")
         counters[label] += 1
 

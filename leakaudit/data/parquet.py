@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from leakaudit.data.folders import ImageSet, SkippedFile, decode_image
 from leakaudit.data.formats import ImageFormatError, open_image
@@ -131,7 +130,8 @@ def _layout(schema: Any, shown: str) -> Layout:
     for column, wanted in ((image, IMAGE_COLUMN), (label, LABEL_COLUMN)):
         if column is None:
             raise DataError(f"{shown}: no {wanted!r} column (columns: {terminal_text(', '.join(names))}); the "
-                            f"Hugging Face layout has {IMAGE_COLUMN!r} (encoded images) and {LABEL_COLUMN!r} (class indices)")
+                            f"Hugging Face layout has {IMAGE_COLUMN!r} (encoded images) and {LABEL_COLUMN!r} "
+                            "(class indices)")
     assert image is not None and label is not None
     image_type = schema.field(image).type
     if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)

@@ -120,7 +120,8 @@ def _walk_class(root: Path, name: str, extensions: tuple[str, ...], max_bytes: i
         for sub in sorted(dirnames):
             if (here / sub).is_symlink():
                 rel = (here / sub).relative_to(root).as_posix()
-                skipped.append(SkippedFile(f"{path_text(rel)}/", "symlinked folder inside a class folder; not followed"))
+                skipped.append(SkippedFile(f"{path_text(rel)}/",
+                                           "symlinked folder inside a class folder; not followed"))
         dirnames[:] = sorted(d for d in dirnames if decodable(d) and not (here / d).is_symlink())
         for filename in sorted(filenames):
             path = here / filename

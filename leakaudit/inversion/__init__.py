@@ -5,5 +5,5 @@ from leakaudit.inversion.generator import ConditionalGenerator
 from leakaudit.inversion.informed import split_prior
 from leakaudit.inversion.invert import THREAT_MODELS, InversionCallbacks, InversionResult, invert
 
-__all__ = ["THREAT_MODELS", "ConditionalGenerator", "InversionCallbacks", "InversionConfig", "InversionResult", "invert",
-           "split_prior"]
+__all__ = ["THREAT_MODELS", "ConditionalGenerator", "InversionCallbacks", "InversionConfig", "InversionResult",
+           "invert", "split_prior"]

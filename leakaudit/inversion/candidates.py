@@ -34,7 +34,8 @@ def candidates_per_class_for(n_train: int, num_classes: int, *, per_member: floa
 
 
 def span_starts_for(n_train: int, ceiling: int) -> int:
-    """Public images the feature-span stage starts from: ``SPAN_STARTS_PER_MEMBER`` per member, within [floor, ceiling]."""
+    """Public images the feature-span stage starts from: ``SPAN_STARTS_PER_MEMBER`` per member, within
+    [floor, ceiling]."""
     return min(ceiling, max(SPAN_STARTS_FLOOR, SPAN_STARTS_PER_MEMBER * max(0, n_train)))
 
 

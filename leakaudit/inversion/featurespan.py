@@ -110,7 +110,8 @@ def linear_update(target: TargetModel, initial: dict[str, torch.Tensor], width: 
         raise ModelError(f"--init: no weight matrix of the model takes the first linear layer's {width} inputs")
     weight = params[index].detach().cpu()
     if index >= len(start) or tuple(start[index].shape) != tuple(weight.shape):
-        raise ModelError(f"--init: the initial state has no weight of the first linear layer's shape {tuple(weight.shape)}")
+        raise ModelError("--init: the initial state has no weight of the first linear layer's shape "
+                         f"{tuple(weight.shape)}")
     return weight.double() - start[index].double()
 
 

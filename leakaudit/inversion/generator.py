@@ -39,7 +39,8 @@ def hot_patterns(num_classes: int) -> torch.Tensor:
     return torch.maximum(rows, cols).contiguous()
 
 
-def soft_conditioning(targets: torch.Tensor, num_classes: int, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def soft_conditioning(targets: torch.Tensor, num_classes: int, temperature: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
     """(N,) targets → (N, K) softmaxed random vectors whose argmax is the target."""
     raw = torch.randn(targets.shape[0], num_classes, generator=generator) * temperature  # (N, K)
     top = raw.max(dim=1).values

@@ -18,7 +18,8 @@ from leakaudit.inversion.generator import ConditionalGenerator
 from leakaudit.inversion.losses import vae_loss
 
 
-def prepare_prior(images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_prior(images: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int, int], num_classes: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 or float (M, C', H', W') prior images → float (M, C, H, W) in [0, 1] at the model's shape."""
     if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
         raise DataError("prior images must be (M, C, H, W) with one label each")

@@ -4,7 +4,8 @@ Phases (each reported through ``InversionCallbacks.on_phase``):
 - data-free: "train" (the generator against the classifier), "refine";
 - informed: "pretrain" (the generator on the prior images), "finetune"
   (against the classifier, still anchored to the prior), "refine".
-"refine" picks and refines the candidates (refine.py).
+"refine" picks and refines the candidates (refine.py); the generator's
+training loops are in training.py.
 
 The planned work (every phase's steps, the pool, the candidates) is fixed by
 the settings alone, never by the clock. The wall-clock budget is only a
@@ -29,16 +30,16 @@ from leakaudit.runtime.distributed import DistContext
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import stationarity
 from leakaudit.inversion.config import InversionConfig
-from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState, cosine_lr
-from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
-from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior, pretrain_step
-from leakaudit.inversion.interrupt import interruptible
-from leakaudit.inversion.objective import Batch, objective, resolve_weights
+from leakaudit.inversion.engine import Checkpointer, Clock, InversionCallbacks, RunState
+from leakaudit.inversion.generator import ConditionalGenerator
+from leakaudit.inversion.informed import Encoder, LatentGaussian, fit_latents, prepare_prior
+from leakaudit.inversion.objective import resolve_weights
 from leakaudit.inversion.plan import budget_message
 from leakaudit.inversion.refine import confidence, margins, sample, sample_diverse, select_and_refine
 from leakaudit.inversion.resume import clear_state, load_state, resume_key, save_state
 from leakaudit.inversion.rowspace import first_layer_rowspace
 from leakaudit.inversion.scale import large_input
+from leakaudit.inversion.training import Prior, pretrain, train_against
 from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
@@ -93,17 +94,6 @@ class _Request:
     device: torch.device
     resume_tag: str
     pretrain_cache: PretrainCache | None
-
-
-@dataclass
-class _Prior:
-    """Informed mode: the prior images on the device and the encoder the generator is pre-trained with."""
-
-    images: torch.Tensor  # (P, C, H, W) float in [0, 1]; large inputs: at the generation size (gh, gw)
-    labels: torch.Tensor  # (P,)
-    encoder: Encoder
-    variational: bool
-    at_generation_size: bool = False  # large inputs (scale.py): the generator is fitted before its up-sampling
 
 
 def invert(
@@ -198,7 +188,8 @@ def _new_run(req: _Request, notes: list[str]) -> RunState:
         req.callbacks.on_phase(warning)
     if req.callbacks.on_start:
         req.callbacks.on_start(clock.planned)
-    latents = LatentGaussian(torch.zeros(config.latent_dim, device=device), torch.ones(config.latent_dim, device=device))
+    latents = LatentGaussian(torch.zeros(config.latent_dim, device=device),
+                             torch.ones(config.latent_dim, device=device))
     return RunState(target, config, weights, gen, clock, Checkpointer(req.checkpoint_dir, config), rng, device, latents)
 
 
@@ -206,7 +197,8 @@ class _Resume:
     """The saved state of an interrupted run with the same inputs (single process), and saving the next one."""
 
     def __init__(self, req: _Request, run: RunState) -> None:
-        self.folder = Path(req.checkpoint_dir) if req.checkpoint_dir is not None and not req.dist.is_distributed else None
+        self.folder = (Path(req.checkpoint_dir) if req.checkpoint_dir is not None and not req.dist.is_distributed
+                       else None)
         self.key = resume_key(req.target, req.config, req.prior, req.resume_tag) if self.folder is not None else ""
         self.state = load_state(self.folder, self.key)
         self.run = run
@@ -246,7 +238,7 @@ def _completed(run: RunState, phase_start: int, planned: int) -> bool:
     return not run.clock.stopped and run.clock.steps - phase_start >= planned
 
 
-def _load_prior(req: _Request, run: RunState, notes: list[str]) -> _Prior:
+def _load_prior(req: _Request, run: RunState, notes: list[str]) -> Prior:
     """The prior images on the device, the margin target they imply, and a fresh encoder."""
     assert req.prior is not None
     config, target, k = req.config, req.target, req.target.num_classes
@@ -257,12 +249,13 @@ def _load_prior(req: _Request, run: RunState, notes: list[str]) -> _Prior:
     if config.prior_margin_quantile is not None and run.weights.margin:
         m_star = max(1.0, float(margins(target, images, labels).quantile(config.prior_margin_quantile)))
         run.weights = dataclasses.replace(run.weights, target_margin=m_star)
-        notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile of the prior images' margins")
+        notes.append(f"margin target {m_star:.2f}: the {config.prior_margin_quantile:.0%} quantile "
+                     "of the prior images' margins")
     encoder = Encoder(target.input_shape, k, config.latent_dim).to(req.device)
     at_gen = large_input(target.input_shape)
     if at_gen:  # the generator makes its images at gen_size: fit it there, not through the up-sampling
         images = F.interpolate(images, size=run.gen.gen_size, mode="area")
-    return _Prior(images, labels, encoder, config.pretrain == "vae", at_gen)
+    return Prior(images, labels, encoder, config.pretrain == "vae", at_gen)
 
 
 def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[str]) -> None:
@@ -281,7 +274,7 @@ def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[
         if reused is not None:
             _start_from(run, prior, reused)
         else:
-            _pretrain(run, prior)
+            pretrain(run, prior)
             dist.sync_buffers(run.gen)
             dist.sync_buffers(prior.encoder)
             run.latents = fit_latents(prior.encoder, prior.images, prior.labels, prior.variational)
@@ -295,12 +288,12 @@ def _informed_phases(req: _Request, run: RunState, resume: _Resume, notes: list[
     if resume.next_phase in (None, "finetune"):
         run.clock.enter("finetune")
         start = run.clock.steps
-        _train_against(run, "finetune", config.finetune_steps, config.finetune_lr, anchor=prior)
+        train_against(run, "finetune", config.finetune_steps, config.finetune_lr, anchor=prior)
         if _completed(run, start, config.finetune_steps):
             resume.boundary("refine", prior.encoder)
 
 
-def _start_from(run: RunState, prior: _Prior, reused: Pretrained) -> None:
+def _start_from(run: RunState, prior: Prior, reused: Pretrained) -> None:
     """Take a cached pre-training's end state as this run's: its steps count as done."""
     reused.restore(run.gen, prior.encoder, run.rng, run.device)
     run.latents = LatentGaussian(reused.latent_mean.to(run.device), reused.latent_std.to(run.device))
@@ -316,7 +309,7 @@ def _data_free_phases(run: RunState, resume: _Resume) -> None:
         return
     run.clock.enter("train")
     start = run.clock.steps
-    _train_against(run, "train", run.config.steps, run.config.lr, anchor=None)
+    train_against(run, "train", run.config.steps, run.config.lr, anchor=None)
     if _completed(run, start, run.config.steps):
         resume.boundary("refine", None)
 
@@ -376,83 +369,3 @@ def _invert(req: _Request) -> InversionResult:
         complete=complete, interrupted=clock.interrupted, resumed_from=resumed_from,
         phase_seconds={k: round(v, 3) for k, v in clock.phase_seconds.items()},
     )
-
-
-def _pretrain(run: RunState, prior: _Prior) -> None:
-    """Fit the generator (as the decoder of a conditional VAE / autoencoder) to the prior images."""
-    gen, enc, images, labels, variational = run.gen, prior.encoder, prior.images, prior.labels, prior.variational
-    config, clock, ckpt, rng = run.config, run.clock, run.ckpt, run.rng
-    params = list(gen.parameters()) + list(enc.parameters())
-    opt = torch.optim.Adam(params, lr=config.pretrain_lr)
-    gen.train()
-    enc.train()
-    batch = min(config.pretrain_batch, images.shape[0])
-    for step in range(config.pretrain_steps if not clock.stopped else 0):
-        cosine_lr(opt, step, config.pretrain_steps, config.lr_final_fraction)
-        idx = torch.randperm(images.shape[0], generator=rng)[:batch].to(images.device)
-        idx = idx[clock.dist.batch_share(labels[idx])]  # this rank's share of the batch
-        with interruptible(clock.stop):
-            loss = pretrain_step(gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
-                                 rng=rng, at_generation_size=prior.at_generation_size)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        if clock.abandoned():
-            break
-        clock.dist.average_gradients(params, idx.shape[0] / batch)
-        opt.step()
-        ckpt.save(gen, clock.steps + 1, "pretrain")
-        if not clock.tick({"vae": float(loss.detach())}):
-            break
-
-
-def _conditioning(targets: torch.Tensor, k: int, config: InversionConfig, rng: torch.Generator) -> torch.Tensor:
-    if config.diverse:
-        return soft_conditioning(targets, k, config.soft_temperature, rng)
-    return F.one_hot(targets, k).float()
-
-
-def _train_against(run: RunState, phase: str, steps: int, lr: float, anchor: _Prior | None) -> None:
-    """Train the generator against the frozen classifier (optionally still reconstructing the prior)."""
-    if steps <= 0:
-        return
-    gen, target, weights, config, clock = run.gen, run.target, run.weights, run.config, run.clock
-    ckpt, rng, latents = run.ckpt, run.rng, run.latents
-    k = gen.num_classes
-    device = latents.mean.device
-    params = list(gen.parameters()) + (list(anchor.encoder.parameters()) if anchor is not None else [])
-    opt = torch.optim.Adam(params, lr=lr)
-    gen.train()
-    targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
-    share = clock.dist.batch_share(targets)  # this rank's positions of the batch (all of it in one process)
-    for step in range(steps if not clock.stopped else 0):
-        cosine_lr(opt, step, steps, config.lr_final_fraction)
-        z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
-        cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
-        with interruptible(clock.stop):
-            pre = gen.low_res(z, cond)  # (B_r, C, h, w)
-            loss, report = _against_loss(run, Batch(gen.upsample(pre), pre, cond, targets[share]), anchor)
-            opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=params)
-        if clock.abandoned():
-            break
-        clock.dist.average_gradients(params, share.shape[0] / targets.shape[0])
-        opt.step()
-        ckpt.save(gen, clock.steps + 1, phase)
-        if not clock.tick(report):
-            break
-
-
-def _against_loss(run: RunState, batch: Batch, anchor: _Prior | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The objective of one batch against the classifier, plus the prior's reconstruction when anchored."""
-    config, rng = run.config, run.rng
-    loss, report = objective(run.target, run.weights, config, batch, rng)
-    if anchor is not None and config.w_anchor:
-        enc, images, labels, variational = anchor.encoder, anchor.images, anchor.labels, anchor.variational
-        idx = torch.randperm(images.shape[0], generator=rng)[: config.pretrain_batch].to(run.device)
-        idx = idx[run.clock.dist.batch_share(labels[idx])]
-        vae = pretrain_step(run.gen, enc, images[idx], labels[idx], variational=variational, beta=config.vae_beta,
-                            rng=rng, at_generation_size=anchor.at_generation_size)
-        vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
-        loss = loss + config.w_anchor * vae
-        report["anchor"] = float(config.w_anchor * vae.detach())
-    return loss, report

@@ -134,7 +134,8 @@ def perturb(x: torch.Tensor, sigma: float, max_shift: int, generator: torch.Gene
     return out.clamp(0.0, 1.0)
 
 
-def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float) -> torch.Tensor:
+def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             beta: float) -> torch.Tensor:
     """L_VAE = 1/N Σ_i [ Σ_p BCE(x̂_ip, x_ip) + β · KL(N(μ_i, σ_i²) ‖ N(0, I)) ], in nats per image."""
     n = target.shape[0]
     rec = F.binary_cross_entropy(recon.clamp(1e-6, 1 - 1e-6), target, reduction="sum") / n

@@ -38,8 +38,8 @@ def sample(gen: ConditionalGenerator, latents: LatentGaussian, k: int, per_class
 
 
 @torch.no_grad()
-def sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, config: InversionConfig, rng: torch.Generator,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_diverse(gen: ConditionalGenerator, latents: LatentGaussian, k: int, config: InversionConfig,
+                   rng: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Diverse mode: soft-conditioned samples, K per class, for the class galleries."""
     gen.eval()
     targets = torch.arange(k, device=device).repeat_interleave(config.candidates_per_class)
@@ -101,7 +101,8 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
     targets = all_targets[share]  # (N_r,)
     cond = F.one_hot(targets, k).float()
     # a per-sample residual on the low-resolution pre-activations (zero: off)
-    delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)  # (N, C, gh, gw)
+    # (N, C, gh, gw)
+    delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)
     variables = [z, delta] if config.refine_pixels else [z]
     for p in gen.parameters():
         p.requires_grad_(False)

@@ -95,7 +95,8 @@ def first_layer_is_dense(target: TargetModel) -> bool:
     return bool(weights) and weights[0].dim() == 2 and weights[0].shape[1] == size
 
 
-def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank_fraction: float = 0.5) -> tuple[RowSpace | None, str]:
+def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0,
+                         max_rank_fraction: float = 0.5) -> tuple[RowSpace | None, str]:
     """The learned row space of a fully connected first layer, or None and the reason.
 
     Rank: singular values above ``bulk_factor`` × the median one (the median
@@ -109,7 +110,8 @@ def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank
     weights = [p for p in target.parameters() if p.dim() >= 2]
     size = weights[0].shape[1]
     if weights[0].numel() > MAX_WEIGHTS:
-        return None, f"row-space prior skipped: the first layer has {weights[0].numel():,} weights (limit {MAX_WEIGHTS:,})"
+        return None, (f"row-space prior skipped: the first layer has {weights[0].numel():,} weights "
+                      f"(limit {MAX_WEIGHTS:,})")
     singular, vh = _right_singular(weights[0].detach())
     rank = int((singular > bulk_factor * singular.median()).sum())
     if rank == 0 or rank > max_rank_fraction * size:
@@ -118,7 +120,8 @@ def first_layer_rowspace(target: TargetModel, bulk_factor: float = 3.0, max_rank
     space = RowSpace(vh[:rank].to(device=target.device, dtype=torch.float32), target.mean, target.std)
     if not _logits_ignore_complement(target, space):
         return None, "row-space prior skipped: the logits are not invariant outside the first weight's span"
-    return space, f"row-space prior: candidates projected onto the {rank} learned directions of the first layer (of {size})"
+    return space, (f"row-space prior: candidates projected onto the {rank} learned directions of the first layer "
+                   f"(of {size})")
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ def detect_format(path: Path) -> str:
     if zipfile.is_zipfile(path):
         with open_zip(path) as archive:
             names = [folded(n) for n in archive.namelist()]  # as torch's reader compares them
-        if any("/models/" in n and n.endswith(".json") for n in names) or any(n.endswith("archive_format") for n in names):
+        if (any("/models/" in n and n.endswith(".json") for n in names)
+                or any(n.endswith("archive_format") for n in names)):
             return "export"
         if any("/code/" in n for n in names):
             return "torchscript"

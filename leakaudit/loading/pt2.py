@@ -61,7 +61,8 @@ MAX_JSON_BYTES = 64 << 20  # a ViT-B/16 program is ~1 MB of JSON
 
 
 def _refuse(path: Path, entry: str, problem: str) -> UnsafeModelError:
-    return UnsafeModelError(f"{terminal_text(path)}: .pt2 entry {terminal_text(entry)}: {problem}; refused before loading")
+    return UnsafeModelError(f"{terminal_text(path)}: .pt2 entry {terminal_text(entry)}: {problem}; "
+                            "refused before loading")
 
 
 def _root(path: Path, names: list[str]) -> str:
@@ -196,7 +197,8 @@ def check_archive(path: Path) -> None:
         _check_layout(path, archive, root)
         models = [n for n in names if re.fullmatch(rf"{re.escape(root)}/models/{_NAME}\.json", n)]
         if [n.rsplit("/", 1)[1] for n in models] != ["model.json"]:
-            raise ModelError(f"{terminal_text(path)}: a .pt2 archive should hold exactly one program, models/model.json")
+            raise ModelError(f"{terminal_text(path)}: a .pt2 archive should hold exactly one program, "
+                             "models/model.json")
         for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
             config = f"{root}/data/{kind}/model_{kind}_config.json"
             if config not in archive.NameToInfo:
@@ -229,8 +231,8 @@ def check_graph(path: Path, program: torch.export.ExportedProgram) -> None:
                 continue
             if isinstance(target, torch._ops.HigherOrderOperator):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph calls higher-order operator "
-                                       f"torch.ops.higher_order.{terminal_text(target.name())}, which runs submodule graphs (namespace "
-                                       "'higher_order' is not one leakaudit allows)")
+                                       f"torch.ops.higher_order.{terminal_text(target.name())}, which runs submodule "
+                                       "graphs (namespace 'higher_order' is not one leakaudit allows)")
             if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph has a {node.op} node "
                                        f"{terminal_text(str(target))}, which is not a PyTorch operator")
@@ -246,7 +248,8 @@ def load_export(path: Path) -> torch.nn.Module:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise ModelError(f"{terminal_text(path)}: torch.export program could not be loaded "
-                         f"({type(exc).__name__}: {terminal_text(str(exc).splitlines()[0][:200] if str(exc) else '')})") from None
+                         f"({type(exc).__name__}: {terminal_text(first)})") from None
     check_graph(path, program)
     return program.module()

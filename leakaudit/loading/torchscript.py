@@ -40,7 +40,8 @@ def check_archive(path: Path) -> None:
             if not folded(info.filename).endswith(".py"):  # torch finds code/…py ignoring letter case
                 continue
             if info.file_size > MAX_CODE_BYTES:
-                raise ModelError(f"{terminal_text(path)}: code entry {terminal_text(info.filename)} is implausibly large")
+                raise ModelError(f"{terminal_text(path)}: code entry {terminal_text(info.filename)} "
+                                 "is implausibly large")
             if _SETSTATE.search(archive.read(info)):
                 raise UnsafeModelError(
                     f"{terminal_text(path)}: {terminal_text(info.filename)} defines (or names) __setstate__, which "

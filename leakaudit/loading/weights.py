@@ -83,7 +83,8 @@ def build_from_state_dict(state: dict[str, torch.Tensor], arch: str | None, path
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{terminal_text(k)} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
+    mismatched = [f"{terminal_text(k)} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -106,7 +107,8 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 return inner
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj  # type: ignore[return-value]
-    raise ModelError(f"{terminal_text(path)}: the file loads, but holds {type(obj).__name__}, not a state_dict of tensors")
+    raise ModelError(f"{terminal_text(path)}: the file loads, but holds {type(obj).__name__}, "
+                     "not a state_dict of tensors")
 
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -238,7 +240,8 @@ def load_unsafe(path: Path, arch: str | None) -> nn.Module:
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelError(f"{terminal_text(path)}: unpickling failed ({type(exc).__name__}: {terminal_text(exc)})") from None
+        raise ModelError(f"{terminal_text(path)}: unpickling failed "
+                         f"({type(exc).__name__}: {terminal_text(exc)})") from None
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):

@@ -127,7 +127,8 @@ def _near_identical_edges(images: torch.Tensor, probe: torch.Tensor, duplicate_s
         k = min(m, int(probe.numel()), 16)  # best_matches keeps at most one entry per probe
         near = best_matches(images[probe], images, k=k)  # images × probed: (M, k) best probes per image
         rows = torch.arange(m)[:, None].expand(m, k)
-        hit = (near.topk_ssim >= duplicate_ssim) & (probe[near.topk_index.clamp_min(0)] != rows) & (near.topk_index >= 0)
+        hit = ((near.topk_ssim >= duplicate_ssim) & (probe[near.topk_index.clamp_min(0)] != rows)
+               & (near.topk_index >= 0))
         return torch.stack([rows[hit], probe[near.topk_index[hit]]], 1).numpy()
     fp = screen_features(images[probe])  # (P, d)
     best_val = torch.full((probe.numel(), SCREEN_PER_PROBE), float("-inf"))

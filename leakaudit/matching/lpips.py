@@ -119,7 +119,8 @@ class LpipsScorer:
                 )
             model.net.load_state_dict(_backbone_state(model, path))
         except (ValueError, RuntimeError, OSError, KeyError) as exc:
-            reason = f"{label} backbone weights at {path} could not be used ({exc}); {backbone_download.fetch_hint(net)}"
+            reason = (f"{label} backbone weights at {path} could not be used ({exc}); "
+                      f"{backbone_download.fetch_hint(net)}")
             return cls(net, None, reason, path, cache_size)
         model.eval()
         return cls(net, model, None, path, cache_size)

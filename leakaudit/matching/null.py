@@ -18,7 +18,8 @@ from leakaudit.scoring import finite_values
 CLASS_MEAN_SAMPLE = 5000  # images per set matched against the class means (only their mean is reported)
 
 
-def class_means(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def class_means(images: torch.Tensor, labels: torch.Tensor,
+                num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain mean image of each class present: (K, C, H, W) float [0, 1] and their class indices (K,)."""
     x = to_float01(images)
     classes = torch.unique(labels) if num_classes is None else torch.arange(num_classes)

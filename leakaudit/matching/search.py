@@ -243,7 +243,8 @@ def _prefiltered_search(
     # Exact SSIM for the screened pairs of both directions.
     img_rows = torch.arange(m)[:, None].expand(m, keep)
     sel = img_allowed.reshape(-1)
-    pair_c = torch.cat([img_cand.reshape(-1)[sel], torch.arange(n)[:, None].expand(n, keep_img)[~torch.isneginf(cand_val)]])
+    cand_rows = torch.arange(n)[:, None].expand(n, keep_img)
+    pair_c = torch.cat([img_cand.reshape(-1)[sel], cand_rows[~torch.isneginf(cand_val)]])
     pair_i = torch.cat([img_rows.reshape(-1)[sel], cand_img[~torch.isneginf(cand_val)]])
     pairs = torch.unique(pair_c * m + pair_i)
     pair_c, pair_i = pairs // m, pairs % m

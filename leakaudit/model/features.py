@@ -63,7 +63,8 @@ def fixed_batch(module: nn.Module) -> int | None:
     return None
 
 
-def _batched(forward: Callable[[torch.Tensor], torch.Tensor], batch: int, tap: Tap) -> Callable[[torch.Tensor], torch.Tensor]:
+def _batched(forward: Callable[[torch.Tensor], torch.Tensor], batch: int,
+             tap: Tap) -> Callable[[torch.Tensor], torch.Tensor]:
     """Run a static-batch program on any batch: pad the last chunk, drop the padding.
 
     What the tap records is gathered across chunks so a probe sees the whole batch.
@@ -115,7 +116,8 @@ def instrument(module: nn.Module, shape: tuple[int, int, int], dev: torch.device
     return forward, tap, note
 
 
-def _instrument_hooks(module: nn.Module, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_hooks(module: nn.Module, tap: Tap,
+                      linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     record_bn = _batch_stats_record(tap)
     for m in module.modules():
@@ -139,7 +141,8 @@ def _script_leaves(module: torch.jit.ScriptModule) -> list[torch.jit.ScriptModul
     return leaves
 
 
-def _instrument_script(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_script(module: torch.jit.ScriptModule, tap: Tap,
+                       linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """TorchScript hides its graph from hooks: run its own forward graph with the tapped values as extra outputs.
 
     The same weights give the same features in every format only if the tap is
@@ -187,7 +190,8 @@ def _graph_tap(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> Callabl
     return forward
 
 
-def _chain_children(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _chain_children(module: torch.jit.ScriptModule, tap: Tap,
+                    linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """Re-run a scripted module's children in order (the fallback of ``_instrument_script``).
 
     This works when the module is a chain of its children (``nn.Sequential``,
@@ -218,7 +222,8 @@ def _chain_children(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> tu
     return chained, None
 
 
-def _instrument_graph(module: torch.fx.GraphModule, tap: Tap, linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+def _instrument_graph(module: torch.fx.GraphModule, tap: Tap,
+                      linear: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
     """Exported programs are FX graphs: insert recording calls after the right nodes."""
     graph = module.graph
     linear_targets = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default}
@@ -241,7 +246,8 @@ def _instrument_graph(module: torch.fx.GraphModule, tap: Tap, linear: int) -> tu
     return module, note
 
 
-def _verify_features(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], tap: Tap, shape: tuple[int, int, int], dev: torch.device) -> str | None:
+def _verify_features(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], tap: Tap,
+                     shape: tuple[int, int, int], dev: torch.device) -> str | None:
     """Check that the tapped path reproduces the model's logits on a sample batch."""
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(4, *shape, generator=gen).to(dev)

@@ -57,7 +57,8 @@ def _export_input_shape(module: nn.Module) -> tuple[int, int, int] | None:
     return None
 
 
-def _candidate_shapes(module: nn.Module, input_size: tuple[int, int] | None, hint: tuple[int, int, int] | None) -> Iterator[tuple[int, int, int]]:
+def _candidate_shapes(module: nn.Module, input_size: tuple[int, int] | None,
+                      hint: tuple[int, int, int] | None) -> Iterator[tuple[int, int, int]]:
     exported = _export_input_shape(module)
     if exported is not None and input_size is None:
         yield exported
@@ -98,7 +99,8 @@ def telling(errors: list[str]) -> list[str]:
     return sized or errors
 
 
-def infer_shape(module: nn.Module, input_size: tuple[int, int] | None, hint: tuple[int, int, int] | None, dev: torch.device) -> tuple[tuple[int, int, int] | None, int, list[str]]:
+def infer_shape(module: nn.Module, input_size: tuple[int, int] | None, hint: tuple[int, int, int] | None,
+                dev: torch.device) -> tuple[tuple[int, int, int] | None, int, list[str]]:
     errors: list[str] = []
     batch = fixed_batch(module) or 2
     for shape in _candidate_shapes(module, input_size, hint):

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from leakaudit.errors import ModelError
-from leakaudit.loading import FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save, load_torchscript
+from leakaudit.loading import (FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save,
+                               load_torchscript)
 from leakaudit.model.features import Tap, instrument
 from leakaudit.model.shape import infer_shape, telling
 from leakaudit.runtime.digest import file_sha256
@@ -33,7 +34,8 @@ from leakaudit.sanitize import terminal_text
 UNSAFE_NOTE = ("--unsafe-pickle: {path} was unpickled, so code from the file ran in this process; this audit is only "
                "as trustworthy as the file")
 
-__all__ = ["FORMATS", "Probe", "TargetModel", "detect_format", "file_sha256", "import_arch", "load_model", "wrap_module"]
+__all__ = ["FORMATS", "Probe", "TargetModel", "detect_format", "file_sha256", "import_arch", "load_model",
+           "wrap_module"]
 
 
 @dataclass
@@ -170,7 +172,8 @@ def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _count_classes(forward: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int, int], dev: torch.device) -> int:
+def _count_classes(forward: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int, int],
+                   dev: torch.device) -> int:
     with torch.no_grad():
         out = forward(torch.zeros(2, *shape, device=dev))
     return int(out.shape[1])
@@ -178,7 +181,8 @@ def _count_classes(forward: Callable[[torch.Tensor], torch.Tensor], shape: tuple
 
 # --- loading ------------------------------------------------------------------
 
-def _load_module(path: Path, fmt: str, arch: str | None, unsafe_pickle: bool, device: torch.device) -> tuple[nn.Module, str]:
+def _load_module(path: Path, fmt: str, arch: str | None, unsafe_pickle: bool,
+                 device: torch.device) -> tuple[nn.Module, str]:
     """Dispatch to the format's loader; each applies its checks before deserialising (``leakaudit.loading``)."""
     if fmt == "torchscript":
         return load_torchscript(path, device), fmt
@@ -287,7 +291,8 @@ def _checked_target(module: nn.Module, shown: str, fmt: str, input_size: tuple[i
             "pass --input-size H W"
         )
     if num_classes < 2:
-        raise ModelError(f"{shown}: the model returns {num_classes} output(s); a classifier with at least 2 classes is needed")
+        raise ModelError(f"{shown}: the model returns {num_classes} output(s); a classifier with at least 2 classes "
+                         "is needed")
     for name, values in (("--mean", mean), ("--std", std)):
         if values is not None and len(values) not in (1, shape[0]):
             raise ModelError(f"{name} has {len(values)} values, the model takes {shape[0]} channel(s)")

@@ -115,7 +115,8 @@ def _without_members(holdout: ImageSet, train: ImageSet, settings: AuditSettings
     overlap = set(_pixel_digests(train)) & set(holdout_digests)
     if not overlap:
         return holdout
-    observer.note(f"{len(overlap)} holdout image(s) are pixel-identical to training images; they are left out of the null")
+    observer.note(f"{len(overlap)} holdout image(s) are pixel-identical to training images; "
+                  "they are left out of the null")
     kept = _subset(holdout, torch.tensor([d not in overlap for d in holdout_digests]))
     if len(kept) == 0:
         raise DataError(f"every image in {settings.holdout} is also in {settings.data}: no non-members left")

@@ -32,9 +32,9 @@ class Matches:
         """What the document says when the prefilter was used: the figures are lower bounds."""
         if self.prefilter is None:
             return None
-        return (f"Matching used the correlation prefilter (exact SSIM for each image's {self.prefilter} most correlated "
-                "reconstructions, not all of them): at this size exhaustive matching is slow. An image's best "
-                "match can be missed, so its SSIM is a lower bound.")
+        return (f"Matching used the correlation prefilter (exact SSIM for each image's {self.prefilter} "
+                "most correlated reconstructions, not all of them): at this size exhaustive matching is slow. "
+                "An image's best match can be missed, so its SSIM is a lower bound.")
 
 
 def match_stage(run: RunContext, attack: Attack, sets: AuditSets) -> Matches:

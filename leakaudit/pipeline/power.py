@@ -21,9 +21,9 @@ from leakaudit.pipeline.attack import Attack, resolve_inversion
 from leakaudit.confine.operations import ControlRequest
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
-from leakaudit.power.control import recipe_for
-from leakaudit.power.ladder import SPLIT_SEED_OFFSET, ladder, rungs
-from leakaudit.power.verdict import Power, RungResult, decide, not_measured, score_rung
+from leakaudit.power.control import ControlRun, recipe_for
+from leakaudit.power.ladder import SPLIT_SEED_OFFSET, Rung, ladder, rungs
+from leakaudit.power.verdict import Power, RungResult, RungScore, decide, not_measured, score_rung
 from leakaudit.runtime.progress import Observer
 from leakaudit.pipeline.run_context import RunContext
 
@@ -113,7 +113,8 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
                 break  # the rungs run so far decide; none at all: not measured
             config = replace(config, budget_s=left)
         rung_started = time.monotonic()
-        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior, init)
+        request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
+                                 init)
         control = inputs.model.run_control(request, _Progress(run.observer, rung.k).callbacks(), run.stop)
         if run.stop():
             return None
@@ -122,24 +123,30 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         method = control.method
         score = score_rung(control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,
                            settings.seed)
-        shown, why, notes = score.shown, score.reason, list(control.notes)
-        if not control.complete:
-            shown, why = False, "The control's attack did not finish within the budget: not counted. " + why
-            notes.append("The control's inversion was cut short by the budget.")
-        results.append(RungResult(
-            k=rung.k, n_members=len(rung.members), n_null=len(rung.null), leak=score.leak,
-            above_quantile=score.above_quantile, quantile_value=score.quantile_value, at_seen=score.at_seen,
-            shown=shown, reason=why, memorised=control.memorised, steps=control.steps, final_loss=control.final_loss,
-            accuracy=control.accuracy, complete=control.complete, seconds=time.monotonic() - rung_started,
-            members=null_idx[rung.members].tolist(), null=null_idx[rung.null].tolist(),
-            member_best_ssim=[float(s) for s in score.member_best_ssim.tolist()],
-            member_best_index=[int(i) for i in score.member_best_index.tolist()], notes=notes))
+        results.append(_rung_result(rung, control, score, null_idx, rung_started))
         candidates[rung.k] = control.candidates
         members[rung.k] = rung.members
     if not results:
         return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
     power = decide(results, per_class, method, recipe_for(init).to_dict(), time.monotonic() - started)
     return PowerStage(power, candidates, members)
+
+
+def _rung_result(rung: Rung, control: ControlRun, score: RungScore, null_idx: torch.Tensor,
+                 rung_started: float) -> RungResult:
+    """One control's numbers for the verdict; a control whose attack did not finish is not counted."""
+    shown, why, notes = score.shown, score.reason, list(control.notes)
+    if not control.complete:
+        shown, why = False, "The control's attack did not finish within the budget: not counted. " + why
+        notes.append("The control's inversion was cut short by the budget.")
+    return RungResult(
+        k=rung.k, n_members=len(rung.members), n_null=len(rung.null), leak=score.leak,
+        above_quantile=score.above_quantile, quantile_value=score.quantile_value, at_seen=score.at_seen,
+        shown=shown, reason=why, memorised=control.memorised, steps=control.steps, final_loss=control.final_loss,
+        accuracy=control.accuracy, complete=control.complete, seconds=time.monotonic() - rung_started,
+        members=null_idx[rung.members].tolist(), null=null_idx[rung.null].tolist(),
+        member_best_ssim=[float(s) for s in score.member_best_ssim.tolist()],
+        member_best_index=[int(i) for i in score.member_best_index.tolist()], notes=notes)
 
 
 SHOWN_PAIRS = 20  # control members shown beside their best reconstruction in the report

@@ -103,8 +103,8 @@ def provenance(settings: AuditSettings, inputs: AuditInputs, timer: StageTimer, 
         "seed": settings.seed, "budget_s": settings.budget, "elapsed_s": timer.elapsed(),
         "started_at": timer.started_at, "versions": versions(), "device": _device_name(target.device),
         "command": list(settings.command),
-        "nondeterminism": ("CUDA kernels (cuDNN convolution algorithms, atomic adds in backward passes) are not bitwise "
-                           "deterministic; CPU runs with the same seed are."
+        "nondeterminism": ("CUDA kernels (cuDNN convolution algorithms, atomic adds in backward passes) are not "
+                           "bitwise deterministic; CPU runs with the same seed are."
                            if target.device.type == "cuda" else None),
         "threads": threads,
         "confinement": inputs.model.confinement,

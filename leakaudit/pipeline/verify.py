@@ -32,7 +32,8 @@ def load_baseline(path: Path) -> AuditRecord:
     try:
         problems = schema_errors(document)
     except ModuleNotFoundError:
-        raise UsageError("--baseline needs the jsonschema package to validate the file (pip install jsonschema)") from None
+        raise UsageError("--baseline needs the jsonschema package to validate the file "
+                         "(pip install jsonschema)") from None
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise UsageError(f"--baseline {path} is not a valid leakaudit findings document: {shown}")

@@ -169,8 +169,9 @@ def decide(rungs: Sequence[RungResult], model_per_class: float | None, method: s
         statement = (f"Power shown: the same attack reconstructs a copy of this architecture memorising up to {k} "
                      f"{plural} per class; this model was trained on {n_text} per class.")
         if model_per_class is not None and model_per_class > k:
+            # said alike for every verdict: its reading of a pass
             statement += (f" So a pass would mean no leak the attack can see at {k} per class, not that a model "
-                          f"memorising {n_text} per class is safe.")  # said alike for every verdict: its reading of a pass
+                          f"memorising {n_text} per class is safe.")
         return Power("shown", f"a control fails the gate at K = {k} (ladder K = {tried})", statement, k,
                      model_per_class, tuple(rungs), method, recipe, seconds)
     smallest = min(r.k for r in rungs)
