@@ -237,7 +237,8 @@ def _build_unthreaded(
                               "writing": 0.25},
             "confinement": {"worker": True, "landlock_abi": 7, "seccomp": True, "no_new_privs": True,
                             "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0},
-                            "seccomp_denied": ["execve", "fork", "socket", "ptrace"]},
+                            "seccomp_allowed": ["read", "write", "mmap", "futex", "openat (read-only)"],
+                            "seccomp_denied": ["every other system call (EPERM)"], "every_thread_confined": True},
         },
         "power": power_record(calibrated, len(names), len(train_idx) / len(names)),
     }
