@@ -22,7 +22,13 @@ from .conftest import QUICK_INVERSION, TINY_SPEC, TinyReference, run_cli
 from .input_kinds import PairDataset, shuffled, write_every_kind
 
 QUICK_SETTINGS = tomllib.loads(QUICK_INVERSION)  # the CLI tests' config file, as API settings
-INPUT_PROVENANCE = ("data", "holdout", "model", "command", "confinement")  # confinement: a module in memory runs in-process
+INPUT_PROVENANCE = (
+    "data",
+    "holdout",
+    "model",
+    "command",
+    "confinement",
+)  # confinement: a module in memory runs in-process
 CLASSES = tuple(str(d) for d in range(10))
 
 
@@ -53,7 +59,10 @@ def shuffled_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("pyarrow")
     data = split_members(TINY_SPEC)
     root = tmp_path_factory.mktemp("kinds")
-    train, holdout = shuffled(data.train_images, data.train_labels), shuffled(data.holdout_images, data.holdout_labels, 2)
+    train, holdout = (
+        shuffled(data.train_images, data.train_labels),
+        shuffled(data.holdout_images, data.holdout_labels, 2),
+    )
     return {"train": train, "holdout": holdout, "train_paths": write_every_kind(root, "train", *train, CLASSES),
             "holdout_paths": write_every_kind(root, "holdout", *holdout, CLASSES)}
 
@@ -106,7 +115,10 @@ def test_a_report_writes_every_output_and_leaves_the_callers_model_alone(tiny: T
     assert {e.kind for e in events} >= {"phase", "advance"}
     assert report.verdict in ("pass", "warn", "fail") and int(report.exit_status) in (0, 1)
     assert report.passed == (int(report.exit_status) == 0)
-    assert report.leak_score is not None and report.leak_score.ci_low <= report.leak_score.value <= report.leak_score.ci_high
+    assert (
+        report.leak_score is not None
+        and report.leak_score.ci_low <= report.leak_score.value <= report.leak_score.ci_high
+    )
     assert report.membership is not None and 0.0 <= report.membership.auc <= 1.0
     assert report.exposure in ("both", "reconstruction", "membership", "neither")
     assert report.findings and report.findings[0].rank == 1 and report.findings[0].path.startswith("images[")
@@ -160,7 +172,9 @@ def test_the_package_names_the_api_without_importing_torch() -> None:
     code = "import sys, leakaudit; print(leakaudit.__version__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
-    from leakaudit.pipeline.audit import run_audit  # the pipeline module shares the name; the package keeps the function
+    from leakaudit.pipeline.audit import (
+        run_audit,
+    )  # the pipeline module shares the name; the package keeps the function
 
     assert callable(run_audit) and leakaudit.audit.__module__ == "leakaudit.api"
 

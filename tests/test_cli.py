@@ -37,8 +37,16 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_entry_point_runs_as_a_program(tiny: TinyReference, tmp_path: Path) -> None:
     """The installed console script, in a fresh process: an error is exit 2 and one line."""
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "leakaudit"), "run", str(tmp_path / "absent.pt"), "--data", str(tiny.train_dir)],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "leakaudit"),
+            "run",
+            str(tmp_path / "absent.pt"),
+            "--data",
+            str(tiny.train_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"leakaudit: error: model file not found: {tmp_path / 'absent.pt'}"
@@ -84,8 +92,14 @@ def _bad_inputs(tiny: TinyReference, tmp: Path) -> dict[str, tuple[list[str], st
         "not a model": ([str(tmp / "text.pt"), "--data", data], "not a model file"),
         "pickle": ([str(tmp / "pickled.pt"), "--data", data], "--unsafe-pickle"),
         "state_dict without arch": ([str(tiny.state_dict), "--data", data], "--arch module.path:callable"),
-        "arch import": ([str(tiny.state_dict), "--data", data, "--arch", "no_such_mod:f"], "cannot import 'no_such_mod'"),
-        "holdout classes": ([model, "--data", data, "--holdout", str(tmp / "three")], "class folders not in the training data"),
+        "arch import": (
+            [str(tiny.state_dict), "--data", data, "--arch", "no_such_mod:f"],
+            "cannot import 'no_such_mod'",
+        ),
+        "holdout classes": (
+            [model, "--data", data, "--holdout", str(tmp / "three")],
+            "class folders not in the training data",
+        ),
         "mean length": ([model, "--data", data, "--mean", "0.1,0.2,0.3"], "--mean has 3 values"),
     }
 
@@ -111,8 +125,12 @@ def test_config_file_feeds_options_and_flags_win(tiny: TinyReference, tmp_path: 
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "audit.toml"
     config.write_text('fail_ssim = 7.0\nbogus_key = 1\n[gate]\nwarn_ssim = 0.3\n')
-    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config)], capsys)
-    assert_error(code, err, "[tool.leakaudit.gate] fail_ssim must be in (0, 1], got 7.0")  # the file's value reached the gate
+    code, _, err = run_cli(
+        ["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config)], capsys
+    )
+    assert_error(
+        code, err, "[tool.leakaudit.gate] fail_ssim must be in (0, 1], got 7.0"
+    )  # the file's value reached the gate
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tmp_path / "nodata"), "--config", str(config),
                             "--fail-ssim", "0.5"], capsys)
     assert_error(code, err, "data folder not found")  # the flag replaced the file's bad value
@@ -141,7 +159,9 @@ def test_pyproject_in_the_working_directory_is_read(tiny: TinyReference, tmp_pat
 def test_invalid_config_file(tiny: TinyReference, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("this is = = not toml")
-    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(config)], capsys)
+    code, _, err = run_cli(
+        ["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--config", str(config)], capsys
+    )
     assert_error(code, err, "is not valid TOML")
 
 
@@ -187,9 +207,16 @@ def test_every_shipped_audit_is_a_valid_spec_that_says_what_it_is() -> None:
         assert text.startswith("# ") and text.index("[reference]") > 0, name
 
 
-@pytest.mark.parametrize(("key", "value", "flag"), [("conditioning", '"matrix"', "--conditioning"), ("seed", "7", "--seed"),
-                                                    ("budget_s", "30", "--budget"), ("prior", '"none"', "--prior"),
-                                                    ("effort", '"quick"', "--effort")])
+@pytest.mark.parametrize(
+    ("key", "value", "flag"),
+    [
+        ("conditioning", '"matrix"', "--conditioning"),
+        ("seed", "7", "--seed"),
+        ("budget_s", "30", "--budget"),
+        ("prior", '"none"', "--prior"),
+        ("effort", '"quick"', "--effort"),
+    ],
+)
 def test_run_level_values_in_the_engine_table_are_refused(key: str, value: str, flag: str, tiny: TinyReference,
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The run owns these: an engine table value would otherwise be replaced by the run's without a word."""
@@ -209,5 +236,10 @@ def test_every_run_option_is_a_file_key_and_reaches_the_run(tmp_path: Path) -> N
     config = tmp_path / "audit.toml"
     config.write_text('conditioning = "matrix"\nseed = 7\nbudget = 30\nholdout = "non-members"\nfail_ssim = 0.8\n')
     read = read_config(config, run_keys=keys)
-    assert read.defaults == {"conditioning": "matrix", "seed": 7, "budget": 30, "holdout": str(tmp_path / "non-members")}
+    assert read.defaults == {
+        "conditioning": "matrix",
+        "seed": 7,
+        "budget": 30,
+        "holdout": str(tmp_path / "non-members"),
+    }
     assert read.gate == {"fail_ssim": 0.8} and read.warnings == ()

@@ -29,7 +29,9 @@ def test_ssim_agrees_with_scikit_image(leaky: bool) -> None:
     f = s.document["findings"][0]
     recon = s.arrays["images"][f["reconstruction_index"], 0].astype(np.float64)
     train = s.arrays["finding_train_images"][0, 0].astype(np.float64) / 255.0
-    ref = structural_similarity(recon, train, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    ref = structural_similarity(
+        recon, train, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     assert f["ssim"] == pytest.approx(ref, abs=1e-4)
 
 

@@ -121,7 +121,9 @@ def test_findings_rows_and_images_match_the_document() -> None:
     top = len([f for f in doc["findings"] if f["status"] in ("fail", "warn")][:5])
     assert html.count('<img class="mini"') == 2 * top
     assert html.count('<img class="thumb"') == 3 * len(doc["findings"]) + galleries
-    assert html.count("LPIPS unavailable") == 1 and "LPIPS is unavailable" not in html and "unavailable" not in body  # said once, not per row
+    assert (
+        html.count("LPIPS unavailable") == 1 and "LPIPS is unavailable" not in html and "unavailable" not in body
+    )  # said once, not per row
     assert "fail 0.70" in html and "<svg" in html and "× 4" in html
 
 
@@ -239,7 +241,11 @@ def test_without_images_no_empty_picture_boxes_remain() -> None:
     doc = apply_gate(s.document, GateSettings(), today=TODAY)
     html = render_html(doc, s.arrays, include_images=False)
     assert "noimg" not in html and "image left out" not in html
-    assert "Reconstruction · training image" not in html and 'class="zoom"' not in html and "overlay" not in html.split("</style>")[1]
+    assert (
+        "Reconstruction · training image" not in html
+        and 'class="zoom"' not in html
+        and "overlay" not in html.split("</style>")[1]
+    )
     assert _findings_body(html).count('<tr id="finding-') == len(doc["findings"])  # the numbers stay
 
 

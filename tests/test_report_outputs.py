@@ -129,7 +129,9 @@ def test_junit_has_one_testcase_per_condition() -> None:
     cases = root.findall("./testsuite/testcase")
     conditions = doc["gate"]["conditions"]
     # the gate's conditions, then the positive control (shown here: a passing case)
-    assert [c.get("name") for c in cases] == [f"leakaudit.gate.{c['name']}" for c in conditions] + ["leakaudit.gate.power"]
+    assert [c.get("name") for c in cases] == [f"leakaudit.gate.{c['name']}" for c in conditions] + [
+        "leakaudit.gate.power"
+    ]
     assert cases[-1].find("failure") is None and cases[-1].find("skipped") is None
     for case, condition in zip(cases, conditions):
         assert (case.find("failure") is not None) == (condition["status"] == "fail")

@@ -63,7 +63,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
 def _execute(ctx: click.Context, settings: AuditSettings) -> int:
     from leakaudit.confine import sandbox, spawn
 
-    spawn.prestart(sandbox.confine_request(settings))  # the worker confines itself and imports torch while this process does
+    # the worker confines itself and imports torch while this process does the same
+    spawn.prestart(sandbox.confine_request(settings))
     from leakaudit.api import run  # imported when the command runs: torch stays out of --help and the path checks
     from leakaudit.runtime.distributed import DistContext  # (the same: torch)
 
@@ -105,15 +106,20 @@ def _execute(ctx: click.Context, settings: AuditSettings) -> int:
 
 
 @cli.command(short_help="Build a bundled reference model on real digits and audit it.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"), show_default=True, help="Where the reference data, model and report go.")
-@click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True, help="Which bundled reference to build (see --list).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("leakaudit-demo"),
+              show_default=True, help="Where the reference data, model and report go.")
+@click.option("--audit", "audit_name", default="digits-mlp-1pc", show_default=True,
+              help="Which bundled reference to build (see --list).")
 @click.option("--list", "list_only", is_flag=True, help="List the bundled references and exit.")
-@click.option("--budget", type=click.FloatRange(min=1.0), default=AuditSettings.budget, show_default=True, help="Ceiling on the audit, in seconds (see `run --help`).")
-@click.option("--seed", type=int, default=AuditSettings.seed, show_default=True, help="Seed of the training and of the audit.")
+@click.option("--budget", type=click.FloatRange(min=1.0), default=AuditSettings.budget, show_default=True,
+              help="Ceiling on the audit, in seconds (see `run --help`).")
+@click.option("--seed", type=int, default=AuditSettings.seed, show_default=True,
+              help="Seed of the training and of the audit.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
-def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget: float, seed: int, quiet: bool, debug: bool) -> None:
+def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget: float, seed: int, quiet: bool,
+         debug: bool) -> None:
     """Build a bundled reference (real handwritten digits) and audit it.
 
     Trains a small classifier on a handful of real digits per class, saves it
@@ -130,7 +136,8 @@ def demo(ctx: click.Context, out: Path, audit_name: str, list_only: bool, budget
             print(line, file=console.out)
         ctx.exit(0)
     spec, _ = load_spec(audit_name)
-    console.say(f"building reference {spec.name!r}: {spec.train_per_class} training image(s) per class, {spec.arch} classifier …")
+    console.say(f"building reference {spec.name!r}: {spec.train_per_class} training image(s) per class, "
+                f"{spec.arch} classifier …")
     observer = make_observer(console)
     observer.phase(f"training the {spec.arch} classifier", spec.epochs)
     try:
