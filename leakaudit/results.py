@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from leakaudit.errors import OutputError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.record import AuditRecord, Finding, LeakScore, MembershipTest, as_record, dump
 from leakaudit.report.images import Redaction
@@ -45,10 +46,12 @@ def _no_arrays() -> Mapping[str, np.ndarray]:
 class AuditReport:
     """What one audit found: the verdict, exit status and figures, and every output file on demand.
 
-    ``record`` may be given as a findings document; it is read into a record once, here.
+    ``record`` may be given as a findings document; it is read into a record once, here. An audit stopped before
+    its verdict, or a rank other than 0 of a distributed run, has none (an empty document reads as none): its
+    report keeps the exit status and the files written, and asking it for a figure is an error.
     """
 
-    record: AuditRecord | Mapping[str, Any]
+    record: AuditRecord | Mapping[str, Any] | None
     exit_status: ExitStatus  # what ``leakaudit run`` exits with: 0 passed, 1 gate failed, 2 incomplete, 130 stopped
     arrays: Mapping[str, np.ndarray] = field(repr=False, default_factory=_no_arrays)
     written: tuple[Path, ...] = ()  # files the audit already wrote (``out=`` given)
@@ -56,11 +59,19 @@ class AuditReport:
     options: OutputOptions = field(default_factory=OutputOptions)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "record", as_record(self.record))
+        object.__setattr__(self, "record", as_record(self.record) if self.record else None)
+
+    @property
+    def has_result(self) -> bool:
+        """False when the audit stopped before its verdict (or on a rank other than 0)."""
+        return self.record is not None
 
     @property
     def audit(self) -> AuditRecord:
         """The audit record (typed)."""
+        if self.record is None:
+            raise OutputError(f"this audit has no result (exit status {int(self.exit_status)}): it stopped before "
+                              "its verdict, or ran on a rank other than 0")
         return as_record(self.record)
 
     @property

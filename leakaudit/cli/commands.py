@@ -93,6 +93,9 @@ def _execute(ctx: click.Context, settings: AuditSettings) -> int:
         raise AuditInterrupted(interrupt_message(stop.signal_name, outcome.written, settings.out))
     if not dist.is_main:  # the verdict and the outputs are rank 0's
         return int(ExitStatus.PASSED)
+    if not outcome.has_result:  # another rank was stopped: this one stopped with it
+        raise AuditInterrupted(interrupt_message(stop.signal_name or "a stop on another rank", outcome.written,
+                                                 settings.out))
     for warning in outcome.warnings:
         console.warn(warning)
     if settings.output_format == "json":
