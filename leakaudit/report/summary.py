@@ -98,10 +98,26 @@ def _detail(record: AuditRecord) -> str:
                      f"reconstruction better than {float(record.thresholds.holdout_quantile):.0%} of non-members.")
     test = record.summary.membership_test
     if test is not None and record.exposure_kind in ("membership", "both"):
-        parts.append(f"A loss-threshold membership test separates members from non-members at AUC {_num(test.auc)}.")
+        parts.append(membership_sentence(record) or
+                     f"A loss-threshold membership test separates members from non-members at AUC {_num(test.auc)}.")
+    elif test is not None and record.membership_test_name is not None:
+        parts.append(f"Membership was tested by {record.membership_test_name}.")
     if not record.calibrated:
         parts.append("Uncalibrated: no holdout of non-members, so absolute thresholds only.")
     return " ".join(parts)
+
+
+def membership_sentence(record: AuditRecord) -> str | None:
+    """"LiRA with 8 reference models identifies 12 % of members at 0.1 % FPR (AUC 0.81)"; None without them."""
+    attacks = record.membership_attacks
+    if attacks is None or attacks.reference_models == 0:
+        return None
+    row = attacks.strongest
+    rate = row.gate_rate(attacks.gate_fpr)
+    if rate is None:
+        return f"{row.name[0].upper()}{row.name[1:]} separates members from non-members at AUC {_num(row.auc)}."
+    return (f"{row.name[0].upper()}{row.name[1:]} identifies {rate.tpr:.1%} of members at {rate.fpr:.1%} FPR "
+            f"(AUC {_num(row.auc)}).")
 
 
 def summarise(readable: Readable) -> AuditSummary:
