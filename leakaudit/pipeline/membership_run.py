@@ -86,7 +86,7 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> M
 def membership_notes(phase: MembershipPhase) -> list[str]:
     """The document's notes of the phase: which test ran, a guessed recipe, a warning of the check, a cut-short run."""
     result = phase.result
-    if result is None:
+    if result is None or result.planned_models == 0:  # R = 0: the document is as before (the outputs say which test)
         return []
     notes = list(result.notes)
     if result.check is not None and result.check.warning is not None:
