@@ -29,6 +29,7 @@ from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
 from leakaudit.pipeline.matches import Matches, match_stage
+from leakaudit.pipeline.membership_record import reference_membership
 from leakaudit.pipeline.membership_run import MembershipPhase, membership_notes, membership_phase
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
@@ -198,7 +199,8 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     notes.append(power.power.statement)
     notes.extend(membership_notes(membership))
     return AuditResult(attack, sets, evidence, findings, tuple(notes), scorer.settings(),
-                       provenance(run.settings, inputs, run.timer, run.threads), power, membership.result)
+                       provenance(run.settings, inputs, run.timer, run.threads), power, membership.result,
+                       matches.train.best_index)
 
 
 def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
@@ -211,7 +213,16 @@ def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
         "finding_train_images": (train.images[order].numpy() if len(order)
                                  else np.zeros((0, *train.images.shape[1:]), np.uint8)),
         **report_arrays(result.power, result.sets.null.images if result.sets.null is not None else None),
+        **exposed_arrays(result),
     }
+
+
+def exposed_arrays(result: AuditResult) -> dict[str, np.ndarray]:
+    """The training images the membership attacks expose most (``membership_train_images``), when there are any."""
+    record = reference_membership(result.membership)
+    if record is None or not record.exposed:
+        return {}
+    return {"membership_train_images": result.sets.train.images[[e.index for e in record.exposed]].numpy()}
 
 
 def _write(run: RunContext, record: AuditRecord, arrays: dict[str, np.ndarray]) -> AuditOutcome:

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from leakaudit.membership.evaluate import AttackRow
 from leakaudit.membership.splits import Splits
@@ -29,7 +30,9 @@ def splits_record(splits: Splits) -> dict[str, object]:
             "pool": int(splits.masks.shape[1]), "masks_sha256": digest}
 
 
-def reference_membership(result: MembershipResult | None, gate_fpr: float = GATE_FPR) -> ReferenceMembership | None:
+def reference_membership(result: MembershipResult | None, best_index: torch.Tensor | None = None,
+                         best_ssim: torch.Tensor | None = None,
+                         gate_fpr: float = GATE_FPR) -> ReferenceMembership | None:
     """The record of the attacks; None when no reference model was planned (R = 0: the document is unchanged)."""
     if result is None or result.planned_models == 0:
         return None
@@ -41,5 +44,13 @@ def reference_membership(result: MembershipResult | None, gate_fpr: float = GATE
         result.method, result.complete, result.notes, ())
     strongest = next(r for r in result.rows if r.attack == record.strongest.attack)
     order = np.argsort(-np.asarray(strongest.member_scores), kind="stable")[:EXPOSED_MEMBERS]
-    exposed = tuple(ExposedMember(int(i), float(strongest.member_scores[i])) for i in order)
+    exposed = tuple(ExposedMember(int(i), float(strongest.member_scores[i]), *_best(int(i), best_index, best_ssim))
+                    for i in order)
     return replace(record, exposed=exposed)
+
+
+def _best(i: int, best_index: torch.Tensor | None, best_ssim: torch.Tensor | None) -> tuple[int | None, float | None]:
+    """Member ``i``'s best reconstruction and its SSIM (None where it has none)."""
+    if best_index is None or best_ssim is None or int(best_index[i]) < 0:
+        return None, None
+    return int(best_index[i]), float(best_ssim[i])

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from leakaudit.matching.ssim import SSIM_SETTINGS
 from leakaudit.pipeline.attack import Attack
 from leakaudit.pipeline.evidence import Evidence, Findings, per_class
@@ -39,6 +41,7 @@ class AuditResult:
     provenance: dict[str, Any]
     power: PowerStage | None = None  # the positive control; None only for results made without one
     membership: MembershipResult | None = None  # the membership attacks (None without a holdout)
+    train_best_index: torch.Tensor | None = None  # (M,) each member's best reconstruction
 
 
 def _summary(result: AuditResult, holdout_quantile: float) -> Summary:
@@ -85,5 +88,6 @@ def audit_record(result: AuditResult, holdout_quantile: float) -> AuditRecord:
         metrics=frozen({"ssim": dict(SSIM_SETTINGS), "lpips": result.lpips}),
         summary=_summary(result, holdout_quantile), findings=result.findings.rows, gate=GateRecord(()),
         inversion=_inversion(attack, len(result.sets.train.classes)), provenance=frozen(result.provenance),
-        power=power, membership_attacks=reference_membership(result.membership),
+        power=power, membership_attacks=reference_membership(
+            result.membership, result.train_best_index, result.evidence.train_best),
     )

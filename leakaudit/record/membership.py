@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leakaudit.record.parse import (
-    JsonObject, flag, frozen, integer, items, number, optional_number, optional_obj, text, thawed,
+    JsonObject, flag, frozen, integer, items, number, optional_integer, optional_number, optional_obj, text, thawed,
 )
 
 ATTACK_NAMES = {"loss": "the loss threshold", "lira-online": "LiRA", "lira-offline": "LiRA offline",
@@ -97,13 +97,21 @@ class AttackResult:
 
 @dataclass(frozen=True)
 class ExposedMember:
-    """A member the strongest attack scores high: its index among the members and its score."""
+    """A member the strongest attack scores high: its index among the members, its score, its best reconstruction."""
 
     index: int
     score: float
+    reconstruction_index: int | None = None  # the candidate that matches it best (None: not matched)
+    ssim: float | None = None  # that match's SSIM
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "score": self.score}
+        return {"index": self.index, "score": self.score, "reconstruction_index": self.reconstruction_index,
+                "ssim": self.ssim}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExposedMember:
+        return cls(integer(d, "index"), number(d, "score"), optional_integer(d, "reconstruction_index"),
+                   optional_number(d, "ssim"))
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class ReferenceMembership:
                    flag(d, "recipe_given"), optional_obj(d, "recipe_check"), optional_obj(d, "splits"),
                    optional_number(d, "seconds_per_model"), text(d, "method"), flag(d, "complete"),
                    tuple(str(n) for n in items(d, "notes")),
-                   tuple(ExposedMember(integer(e, "index"), number(e, "score")) for e in items(d, "exposed")))
+                   tuple(ExposedMember.from_dict(e) for e in items(d, "exposed")))
 
     def __post_init__(self) -> None:
         if not self.attacks:
