@@ -42,7 +42,7 @@ from leakaudit.membership.training import train_module  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
 from leakaudit.pipeline.membership import (Fit, MembershipSets, MembershipSettings, attack_rows,  # noqa: E402
                                            loss_row, membership_stage, recipe_check, target_fit)
-from leakaudit.reference import ReferenceSpec, build_classifier, bundled_images  # noqa: E402
+from leakaudit.zoo import ReferenceSpec, build_classifier, bundled_images  # noqa: E402
 
 R_LEVELS = (0, 1, 2, 4, 8)
 

@@ -22,7 +22,7 @@ from leakaudit.membership.splits import draw_splits
 from leakaudit.membership.training import train_module
 from leakaudit.model.target import TargetModel
 from leakaudit.pipeline.membership import MembershipSets, MembershipSettings, membership_stage
-from leakaudit.reference import bundled_images
+from leakaudit.zoo import bundled_images
 from leakaudit.scoring import membership_test
 
 SIDE = 16

@@ -27,7 +27,7 @@ from leakaudit.report.summary import summarise
 from leakaudit.zoo import bundled_images
 
 from .conftest import QUICK_INVERSION, assert_error, run_cli
-from .scenarios import TODAY
+from .scenarios import TODAY, scenario, with_references
 
 SIDE = 32
 QUICK = tomllib.loads(QUICK_INVERSION)  # the quick inversion, without the positive control
@@ -160,3 +160,16 @@ def test_the_recipe_comes_from_a_mapping_or_the_config_files_table(tmp_path: Pat
         build_settings(module, (images[:20], labels[:20]), recipe={"lr": -1})
     (tmp_path / "pyproject.toml").write_text('[tool.leakaudit.recipe]\noptimizer = "adamw"\nepochs = 5\n')
     assert read_config(None, tmp_path).recipe == {"optimizer": "adamw", "epochs": 5}
+
+
+def test_a_membership_phase_the_budget_cut_short_is_incomplete_never_a_pass() -> None:
+    s = with_references(scenario(leaky=False), 8)
+    s.document["membership_attacks"].update(complete=False, reference_models=3)
+    gate = GateSettings(fail_ssim=None, warn_ssim=None, fail_leak_score=None, warn_membership_auc=None,
+                        fail_membership_tpr=None)
+    document = apply_gate(s.document, gate, today=TODAY)
+    assert document["verdict"] == "incomplete" and document["exit_code"] == 2
+    assert any("membership phase is incomplete" in n for n in document["summary"]["notes"])
+    assert load(document).incomplete
+    s.document["membership_attacks"]["complete"] = True
+    assert apply_gate(s.document, gate, today=TODAY)["verdict"] == "pass"
