@@ -156,9 +156,13 @@ class AuditRecord:
         """Which membership test stood behind the verdict, in words (None without a holdout)."""
         if self.summary.membership is None:
             return None
-        if self.membership_attacks is None or self.membership_attacks.reference_models == 0:
-            return "the loss threshold (the weakest known test; no reference models)"
         m = self.membership_attacks
+        if m is not None and not m.complete:
+            cut = f"the budget ended the reference models' training after {m.reference_models} of {m.planned_models}"
+            return (f"{m.strongest.name} ({cut})" if m.reference_models else
+                    f"the loss threshold (the weakest known test: {cut})")
+        if m is None or m.reference_models == 0:
+            return "the loss threshold (the weakest known test; no reference models)"
         recipe = "the given recipe" if m.recipe_given else "a guessed recipe"
         check = " (the recipe check warns)" if m.recipe_warning else ""
         return f"{m.strongest.name}, trained by {recipe}{check}"
