@@ -79,8 +79,9 @@ GATE_OPTIONS: tuple[tuple[str, Meta], ...] = (
     ("fail_leak_score", _threshold("Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout).")),
     ("fail_membership_auc", _threshold("Fail when the strongest membership attack's AUC is ≥ X and significant "
                                        "(needs --holdout; it warns at 0.70 by default).")),
-    ("fail_membership_tpr", _threshold("Fail when the strongest reference-model attack (LiRA / RMIA) identifies members "
-                                       "at N × the FPR, at 0.1 % FPR (or the lowest FPR the holdout resolves).")),
+    ("fail_membership_tpr", _threshold("Fail when the strongest reference-model attack (LiRA / RMIA) identifies "
+                                       "members at N × the FPR, at 0.1 % FPR (or the lowest FPR the holdout "
+                                       "resolves).")),
     ("require_power", Meta(help="A pass whose attack did not reconstruct a planted copy of the architecture (power "
                                 "not shown), or whose membership test was the loss threshold alone (no reference "
                                 "models), is incomplete (exit 2).", group="Gate", kind=Flag())),

@@ -312,7 +312,7 @@ def membership_tpr_condition(settings: GateSettings, attacks: ReferenceMembershi
                               "tpr": rate.tpr, "ci_low": rate.ci_low, "ci_high": rate.ci_high})
     if rate.tpr >= level and rate.ci_low > rate.fpr:
         return Condition("membership_tpr", "fail", times, rate.tpr,
-                         f"{text}: at least fail_membership_tpr {times:g} × the FPR ({level:.1%}); the model memorises "
-                         "its training set.", extra)
+                         f"{text}: at least fail_membership_tpr {times:g} × the FPR ({level:.1%}); the model "
+                         "memorises its training set.", extra)
     return Condition("membership_tpr", "pass", times, rate.tpr,
                      f"{text}: below fail_membership_tpr {times:g} × the FPR ({level:.1%}) or within chance.", extra)

@@ -64,7 +64,8 @@ def _exposed(record: AuditRecord, arrays: Mapping[str, np.ndarray], images: Imag
     return rows
 
 
-def membership_view(record: AuditRecord, arrays: Mapping[str, np.ndarray], images: ImageRenderer) -> dict[str, Any] | None:
+def membership_view(record: AuditRecord, arrays: Mapping[str, np.ndarray],
+                    images: ImageRenderer) -> dict[str, Any] | None:
     """The membership section; None without a holdout (no membership test ran)."""
     if record.summary.membership is None:
         return None
