@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import mannwhitneyu
 
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.zoo import bundled_images
 from leakaudit.power.control import RECIPE
 from leakaudit.power.verdict import RungResult, decide, not_measured
+from leakaudit.membership.evaluate import evaluate
+from leakaudit.membership.recipe import DEFAULT_RECIPE
 from leakaudit.record import LeakScore
 
 TOP_K = 12
@@ -38,6 +41,8 @@ class Scenario:
     arrays: dict[str, np.ndarray]
     train_best: np.ndarray
     holdout_best: np.ndarray | None
+    train_best_index: np.ndarray | None = None  # each member's best reconstruction
+    train_images: np.ndarray | None = None  # (M, C, H, W) uint8
 
 
 def _distribution(values: np.ndarray) -> dict[str, Any]:
@@ -174,7 +179,7 @@ def _build_unthreaded(
     null = ssim_matrix(torch.from_numpy(class_means.astype(np.float32)), torch.from_numpy(train_u8)).numpy()
     model_bytes = cands_np.tobytes()
     document = {
-        "schema_version": "1.1",
+        "schema_version": "1.2",
         "tool": {"name": "leakaudit", "version": "0.1.0"},
         "mode": "informed" if calibrated else "data-free",
         "threat_model": "An attacker holding the weights and images of the same kind, but none of the training images.",
@@ -233,7 +238,8 @@ def _build_unthreaded(
             "device": "cpu",
             "command": ["leakaudit", "run", "models/digits-mlp.pt", "--data", "data/train"],
             "nondeterminism": None, "threads": 1,
-            "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "power": 60.0, "statistics": 1.0,
+            "stage_seconds": {"loading": 1.5, "inversion": 91.5, "matching": 3.0, "power": 60.0, "membership": 4.0,
+                              "statistics": 1.0,
                               "writing": 0.25},
             "confinement": {"worker": True, "landlock_abi": 7, "seccomp": True, "no_new_privs": True,
                             "rlimits": {"nofile": 1024, "data": 12 << 30, "core": 0, "fsize": 0},
@@ -248,7 +254,7 @@ def _build_unthreaded(
         "confidence": np.ones(len(cands_np), dtype=np.float32),  # no classifier here: real images stand in
         "finding_train_images": train_u8[order],
     }
-    return Scenario(document, arrays, train_best, holdout_best)
+    return Scenario(document, arrays, train_best, holdout_best, np.asarray(train_arg), train_u8)
 
 
 def power_record(calibrated: bool, num_classes: int, per_class: float) -> dict[str, Any]:
@@ -278,7 +284,35 @@ def scenario(
 ) -> Scenario:
     """A fresh copy of a (cached) real-data scenario."""
     built = _build(leaky, calibrated, train_per_class, holdout_per_class, classes, seed)
-    return Scenario(copy.deepcopy(built.document), dict(built.arrays), built.train_best, built.holdout_best)
+    return Scenario(copy.deepcopy(built.document), dict(built.arrays), built.train_best, built.holdout_best,
+                    built.train_best_index, built.train_images)
+
+
+def reference_rows(s: Scenario, models: int = 8) -> dict[str, Any]:
+    """A ``membership_attacks`` object of ``models`` reference models, evaluated on the scenario's own figures.
+
+    The members' and non-members' best-match SSIM stand in for each attack's scores (sharpened for the
+    reference-model attacks, as a stronger test sharpens them); the rows come from the engine's ``evaluate``.
+    """
+    pos, neg = s.train_best.astype(np.float64), s.holdout_best.astype(np.float64)
+    rows = [evaluate("loss", 0, pos, neg, (0.01, 0.001), 0)]
+    for i, (name, power) in enumerate((("lira-online", 4.0), ("lira-offline", 2.0), ("rmia-offline", 3.0))):
+        rows.append(evaluate(name, models, pos * power, neg * power - 0.01 * i, (0.01, 0.001), 0))
+    check = {"target": {"in_loss": 0.01, "in_accuracy": 1.0, "out_loss": 0.9, "out_accuracy": 0.8, "loss_gap": 0.89},
+             "references": {"in_loss": 0.02, "in_accuracy": 1.0, "out_loss": 0.8, "out_accuracy": 0.8,
+                            "loss_gap": 0.78}, "warning": None}
+    attacks = [r.to_dict() for r in rows]
+    best = max(rows, key=lambda r: (r.tpr(0.001), r.auc))
+    order = np.argsort(-np.asarray(best.member_scores))[:12]
+    return {"attacks": attacks, "strongest": best.attack, "gate_fpr": 0.001, "reference_models": models,
+            "planned_models": models, "recipe": DEFAULT_RECIPE.to_dict(), "recipe_given": False,
+            "recipe_check": check, "splits": {"seed": 0, "subset_size": len(pos), "models": models,
+                                              "pool": len(pos) + len(neg), "masks_sha256": "0" * 64},
+            "seconds_per_model": 0.5, "method": "full", "complete": True,
+            "notes": ["the training recipe was not given: the reference models used the default (guessed) recipe"],
+            "exposed": [{"index": int(i), "score": float(best.member_scores[i]),
+                         "reconstruction_index": None if s.train_best_index is None else int(s.train_best_index[i]),
+                         "ssim": float(s.train_best[i])} for i in order]}
 
 
 TODAY = date(2026, 11, 28)  # the gate's "today" in every scenario test: ignore entries expire against it
@@ -287,5 +321,25 @@ TODAY = date(2026, 11, 28)  # the gate's "today" in every scenario test: ignore 
 def gated(leaky: bool = True, settings: GateSettings | None = None,
           **kwargs: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A scenario's document after the gate, with its arrays."""
+    references = int(kwargs.pop("references", 0))
     s = scenario(leaky=leaky, **kwargs)
+    if references:
+        with_references(s, references)
     return apply_gate(s.document, settings or GateSettings(), today=TODAY), s.arrays
+
+
+def with_references(s: Scenario, references: int = 8) -> Scenario:
+    """The scenario with ``references`` reference models' attack rows, and its loss test beside them (in place)."""
+    if references:
+        s.document["membership_attacks"] = attacks = reference_rows(s, references)
+        loss = attacks["attacks"][0]
+        p_value = float(mannwhitneyu(s.train_best, s.holdout_best, alternative="greater").pvalue)
+        s.document["summary"]["membership"] = {
+            "auc": loss["auc"], "ci_low": loss["ci_low"], "ci_high": loss["ci_high"], "ci_level": 0.95,
+            "p_value": p_value, "tpr_at_fpr": {f"{r['fpr']:g}": r["tpr"] for r in loss["tpr_at_fpr"]},
+            "fpr_resolution": loss["fpr_resolution"], "n_members": loss["n_members"],
+            "n_nonmembers": loss["n_nonmembers"], "method": "loss threshold (stand-in scores)"}
+        s.document["summary"]["membership_loss_auc"] = loss["auc"]
+        if s.train_images is not None:
+            s.arrays["membership_train_images"] = s.train_images[[e["index"] for e in attacks["exposed"]]]
+    return s

@@ -20,7 +20,7 @@ from PIL import Image
 
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.report import write_outputs
-from tests.scenarios import scenario
+from tests.scenarios import scenario, with_references
 
 pytestmark = pytest.mark.slow  # a headless browser
 
@@ -74,7 +74,7 @@ class Dom(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    s = scenario(leaky=True, train_per_class=2, classes=CLASSES)
+    s = with_references(scenario(leaky=True, train_per_class=2, classes=CLASSES), 8)  # the membership section too
     doc = apply_gate(s.document, GateSettings(), today=TODAY)
     out = tmp_path_factory.mktemp("browser-report")
     write_outputs(doc, s.arrays, out)

@@ -146,13 +146,16 @@ def summary_lines(document: Mapping[str, Any], written: Sequence[Path]) -> list[
     """The human summary the CLI prints on stderr after an audit."""
     # Imported here: the report package loads numpy and jinja2, which `run` must not pay for before its path checks.
     from leakaudit.record import as_record
-    from leakaudit.report.summary import format_p, headline_line, power_line, tidy_numbers
+    from leakaudit.report.summary import format_p, headline_line, membership_line, power_line, tidy_numbers
     record = as_record(document)
     inversion = record.inversion
     lines = [f"{headline_line(record)}, mode {record.mode}, effort {inversion.effort}"]
     power = power_line(record)
     if power:
         lines.append(f"  {power}")
+    membership = membership_line(record)
+    if membership:
+        lines.append(f"  {tidy_numbers(membership)}")
     if not inversion.complete:
         lines.append(f"  incomplete attack: {inversion.incomplete_reason or 'cut short by the budget'}")
     if inversion.resumed:

@@ -109,5 +109,7 @@ def settings_from(ctx: click.Context, opts: dict[str, Any]) -> AuditSettings:
     file_config = ctx.meta.get("leakaudit.config")
     gate, sources = _gate_from(ctx, opts)
     values = {option.name: opts[option.name] for option in options() if not option.to_gate}
+    if values.get("recipe") is None and file_config is not None and file_config.recipe is not None:
+        values["recipe"] = file_config.recipe  # [tool.leakaudit.recipe]; --recipe FILE wins
     return build_settings({"model": opts["model"], **values}, gate=gate, sources=sources,
                           inversion=file_config.inversion if file_config else {}, command=tuple(sys.argv))

@@ -9,6 +9,7 @@ from typing import Any
 from leakaudit.config.schema import AuditSettings
 from leakaudit.errors import UsageError
 from leakaudit.gate.settings import gate_settings_from_mapping
+from leakaudit.membership.recipe import TrainingRecipe, load_recipe, recipe_from_mapping
 
 NOT_VALUES = frozenset({"gate", "inversion", "command"})  # built here from their own tables
 
@@ -30,4 +31,8 @@ def build_settings(values: Mapping[str, Any], *, gate: Mapping[str, Any] | None 
     gate_settings = gate_settings_from_mapping(gate or {}, str(baseline) if baseline else None, sources=sources)
     if values.get("prior") == "holdout" and values.get("holdout") is None:
         raise UsageError("--prior holdout needs --holdout DIR")
+    recipe = values.get("recipe")
+    if recipe is not None and not isinstance(recipe, TrainingRecipe):  # checked before the run: one ConfigError
+        recipe = recipe_from_mapping(recipe, "recipe=") if isinstance(recipe, Mapping) else load_recipe(recipe)
+        values = {**values, "recipe": recipe}
     return AuditSettings(**values, gate=gate_settings, inversion=dict(inversion or {}), command=command)

@@ -49,6 +49,7 @@ class FileConfig:
     warnings: tuple[str, ...]
     inversion: dict[str, Any] = field(default_factory=dict)
     read_keys: frozenset[str] = frozenset()  # the file's keys (normalised) that were taken
+    recipe: dict[str, Any] | None = None  # [tool.leakaudit.recipe]: the training recipe's table
 
     def where(self, key: str) -> str:
         """How a message names a gate value that came from this file."""
@@ -129,6 +130,7 @@ def read_config(explicit: Path | None, cwd: Path | None = None, *,
     defaults: dict[str, Any] = {}
     gate: dict[str, Any] = {}
     inversion: dict[str, Any] = {}
+    recipe: dict[str, Any] | None = None
     taken: set[str] = set()
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
@@ -137,6 +139,8 @@ def read_config(explicit: Path | None, cwd: Path | None = None, *,
             gate.update(_gate_table(source, value))
         elif key == "inversion" and isinstance(value, dict):
             inversion = _inversion_table(source, value)
+        elif key == "recipe" and isinstance(value, dict):
+            recipe = dict(value)
         elif key in GATE_KEYS:
             gate[key] = value
         elif key == "unsafe_pickle":
@@ -152,4 +156,4 @@ def read_config(explicit: Path | None, cwd: Path | None = None, *,
             taken.discard(key)
             suggestion = did_you_mean(key, set(known) | GATE_KEYS | {"gate", "inversion"})
             warnings.append(f"{source}: unknown key {raw_key!r} ignored{suggestion}")
-    return FileConfig(source, defaults, gate, tuple(warnings), inversion, frozenset(taken))
+    return FileConfig(source, defaults, gate, tuple(warnings), inversion, frozenset(taken), recipe)

@@ -86,6 +86,8 @@ def check_keywords(settings: Mapping[str, Any], gate: Mapping[str, Any] | None =
             gate_table[key] = value
         elif option is not None and option.meta.not_a_keyword is not None:
             problems.append(f"{key!r} is not a setting of audit(): {option.meta.not_a_keyword}")
+        elif key == "recipe" and isinstance(value, Mapping):  # the recipe's table itself (a file is a path)
+            values["recipe"] = dict(value)
         elif key in known:
             name, converted = _value(key, value, problems)
             values[name] = converted

@@ -77,10 +77,14 @@ GATE_OPTIONS: tuple[tuple[str, Meta], ...] = (
     ("warn_ssim", _threshold("Warn when a training image is reconstructed at SSIM ≥ X.")),
     ("fail_lpips", _threshold("Fail when a reconstruction's LPIPS distance is ≤ X (lower = more similar).")),
     ("fail_leak_score", _threshold("Fail when the member-vs-non-member leak score (AUC) is ≥ X (needs --holdout).")),
-    ("fail_membership_auc", _threshold("Fail when the model's loss-threshold membership AUC is ≥ X and significant "
+    ("fail_membership_auc", _threshold("Fail when the strongest membership attack's AUC is ≥ X and significant "
                                        "(needs --holdout; it warns at 0.70 by default).")),
+    ("fail_membership_tpr", _threshold("Fail when the strongest reference-model attack (LiRA / RMIA) identifies "
+                                       "members at N × the FPR, at 0.1 % FPR (or the lowest FPR the holdout "
+                                       "resolves).")),
     ("require_power", Meta(help="A pass whose attack did not reconstruct a planted copy of the architecture (power "
-                                "not shown) is incomplete (exit 2).", group="Gate", kind=Flag())),
+                                "not shown), or whose membership test was the loss threshold alone (no reference "
+                                "models), is incomplete (exit 2).", group="Gate", kind=Flag())),
 )
 
 
@@ -166,6 +170,14 @@ class AuditSettings:
     candidates_per_class: int | None = setting(  # None: grown with the data (leakaudit.inversion.candidates)
         None, help="Reconstructions per class (default: the inversion's).", group="Inversion",
         kind=Number(integer=True, minimum=1))
+    reference_models: int | None = setting(  # None: by effort (leakaudit.pipeline.membership.EFFORT_REFERENCE_MODELS)
+        None, help="Reference models trained like the target for the LiRA / RMIA membership tests (default: by "
+                   "--effort: quick 0, standard 4, thorough 16; 0: the loss threshold only).", group="Inversion",
+        kind=Number(integer=True, minimum=0))
+    recipe: Path | Any | None = setting(  # a TOML file, a mapping (audit()) or a TrainingRecipe once built
+        None, help="The target's training recipe (TOML: optimizer, lr, epochs, batch_size, augment, ...) that the "
+                   "reference models repeat (default: a guessed one, and every output says so).", group="Inversion",
+        kind=PathKind(dir_okay=False))
     lpips_net: str = setting("alex", help="LPIPS backbone.", group="Inversion",
                              kind=Choice(("alex", "vgg", "squeeze")))
     lpips_weights: Path | None = setting(

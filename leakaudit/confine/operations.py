@@ -98,6 +98,7 @@ class ReferenceRequest:
     recipe: TrainingRecipe
     seed: int
     init: Path | None = None  # the --init weights, for a recipe that starts from them
+    budget_s: float | None = None  # what the audit's budget leaves this phase (the confined call's ceiling)
 
 
 def load(request: LoadRequest) -> TargetModel:

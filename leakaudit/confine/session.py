@@ -135,7 +135,8 @@ class ConfinedSession:
         args = {"images": request.images.contiguous(), "labels": request.labels.contiguous(),
                 "masks": request.masks.contiguous(), "recipe": request.recipe.to_dict(), "seed": request.seed,
                 "init": str(request.init) if request.init is not None else None}
-        reply = self._call("references", args, "the reference models", callbacks, should_stop)
+        reply = self._call("references", args, "the reference models", callbacks, should_stop,
+                           ceiling(request.budget_s))
         models, n = len(request.masks), len(request.images)
         if reply is None:
             empty = torch.zeros(0, dtype=torch.float64)

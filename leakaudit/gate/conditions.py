@@ -16,6 +16,7 @@ from typing import Literal
 from leakaudit.gate.outcome import BaselineStatus, Condition, FindingStatus, Status
 from leakaudit.gate.settings import GateSettings, IgnoreEntry
 from leakaudit.record import Finding, LeakScore, MemberScore, MembershipTest
+from leakaudit.record.membership import AttackResult, ReferenceMembership
 from leakaudit.scoring import binomial_tail, exceedance_p_value, holdout_rank
 
 Level = Literal["fail", "warn", "ok"]  # a member's level for one metric, before ignores
@@ -231,8 +232,10 @@ def leak_condition(settings: GateSettings, leak: LeakScore | None, calibrated: b
                      "training members are matched better than non-members.")
 
 
-def membership_condition(settings: GateSettings, test: MembershipTest | None) -> Condition:
-    """The model's own loss-threshold membership AUC: warn (or fail) when high and significant."""
+def membership_condition(settings: GateSettings, test: MembershipTest | None,
+                         attacks: ReferenceMembership | None = None) -> Condition:
+    """The strongest membership attack's AUC (the loss threshold without reference models): warn or fail when
+    high and significant."""
     fail, warn = settings.fail_membership_auc, settings.warn_membership_auc
     threshold = fail if fail is not None else warn
     if threshold is None:
@@ -240,6 +243,8 @@ def membership_condition(settings: GateSettings, test: MembershipTest | None) ->
     if test is None:
         return Condition("membership", "skipped", threshold, None,
                          "No holdout: the membership test needs non-member images to compare with.")
+    if attacks is not None and attacks.strongest.attack != "loss":
+        return _reference_auc_condition(settings, attacks.strongest)
     value, p = float(test.auc), float(test.p_value)
     tpr = ", ".join(f"TPR {float(v):.1%} at {float(k):.1%} FPR" for k, v in test.tpr_at_fpr.items())
     text = (f"Loss-threshold membership AUC {value:.3f} (95% CI {test.ci_low:.3f}–{test.ci_high:.3f}, "
@@ -258,3 +263,56 @@ def membership_condition(settings: GateSettings, test: MembershipTest | None) ->
                          f"{text} reaches {warn:.2f} but is consistent with chance (p ≥ {MEMBERSHIP_ALPHA:g}); pass.",
                          extra)
     return Condition("membership", "pass", threshold, value, f"{text} is below {threshold:.2f}.", extra)
+
+
+def _rates_text(row: AttackResult) -> str:
+    return ", ".join(f"TPR {r.tpr:.1%} at {r.fpr:.1%} FPR" + ("" if r.resolvable else " (not resolvable)")
+                     for r in row.rates)
+
+
+def _reference_auc_condition(settings: GateSettings, row: AttackResult) -> Condition:
+    """The AUC condition on a reference-model attack: significant when its interval's lower end is above 0.5."""
+    fail, warn = settings.fail_membership_auc, settings.warn_membership_auc
+    threshold = fail if fail is not None else warn
+    value, significant = row.auc, row.ci_low > 0.5
+    text = (f"{row.name[0].upper()}{row.name[1:]}: membership AUC {value:.3f} (95% CI {row.ci_low:.3f}–"
+            f"{row.ci_high:.3f}; {_rates_text(row)}; 0.5 = members and non-members look alike)")
+    extra = MappingProxyType({"attack": row.attack, "reference_models": row.reference_models, "ci_low": row.ci_low,
+                              "ci_high": row.ci_high})
+    if fail is not None and value >= fail and significant:
+        return Condition("membership", "fail", threshold, value,
+                         f"{text} reaches fail_membership_auc {fail:.2f}: the model memorises its training set.", extra)
+    if warn is not None and value >= warn and significant:
+        return Condition("membership", "warn", threshold, value,
+                         f"{text} reaches warn_membership_auc {warn:.2f}: the model memorises membership.", extra)
+    return Condition("membership", "pass", threshold, value,
+                     f"{text} is below {threshold:.2f} or consistent with chance; pass.", extra)
+
+
+def membership_tpr_condition(settings: GateSettings, attacks: ReferenceMembership) -> Condition:
+    """The strongest reference-model attack's TPR at the gate's FPR: fail at ``fail_membership_tpr`` × that FPR.
+
+    Where the non-members cannot resolve the gate's FPR the lowest FPR they resolve is used, and the TPR's
+    Clopper–Pearson lower end must exceed the FPR too, so that a handful of lucky members never fails a model.
+    """
+    times = settings.fail_membership_tpr
+    row = attacks.strongest
+    if times is None:
+        return Condition("membership_tpr", "skipped", None, None, "fail_membership_tpr is switched off.")
+    rate = row.gate_rate(attacks.gate_fpr)
+    if rate is None:
+        return Condition("membership_tpr", "skipped", times, None,
+                         f"Too few non-members ({row.n_nonmembers}) to resolve any recorded FPR.")
+    level = times * rate.fpr
+    text = (f"{row.name[0].upper()}{row.name[1:]} identifies {rate.tpr:.1%} of members at {rate.fpr:.1%} FPR "
+            f"(95% CI {rate.ci_low:.1%}–{rate.ci_high:.1%})")
+    if rate.fpr != attacks.gate_fpr:
+        text += f"; {attacks.gate_fpr:.1%} FPR is below what {row.n_nonmembers} non-members resolve"
+    extra = MappingProxyType({"attack": row.attack, "reference_models": row.reference_models, "fpr": rate.fpr,
+                              "tpr": rate.tpr, "ci_low": rate.ci_low, "ci_high": rate.ci_high})
+    if rate.tpr >= level and rate.ci_low > rate.fpr:
+        return Condition("membership_tpr", "fail", times, rate.tpr,
+                         f"{text}: at least fail_membership_tpr {times:g} × the FPR ({level:.1%}); the model "
+                         "memorises its training set.", extra)
+    return Condition("membership_tpr", "pass", times, rate.tpr,
+                     f"{text}: below fail_membership_tpr {times:g} × the FPR ({level:.1%}) or within chance.", extra)

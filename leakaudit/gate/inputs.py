@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leakaudit.record import AuditRecord, Finding, LeakScore, MemberScore, MembershipTest
+from leakaudit.record.membership import ReferenceMembership
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class GateInput:
     reference: float | None  # non-members' best match at the gate's quantile (None: not recorded)
     leak: LeakScore | None
     membership: MembershipTest | None
+    attacks: ReferenceMembership | None  # the reference-model attacks (None: R = 0)
     lpips_available: bool
     lpips_reason: str | None
     complete: bool
@@ -40,8 +42,11 @@ class GateInput:
             findings=record.findings, n_train=summary.n_train or len(record.findings), n_holdout=summary.n_holdout,
             calibrated=record.calibrated, holdout_quantiles=summary.holdout_quantile_keys,
             reference=summary.holdout_quantile(holdout_quantile), leak=summary.leak_score,
-            membership=summary.membership_test, lpips_available=record.lpips_available,
-            lpips_reason=record.lpips_reason, complete=inversion.complete, steps=inversion.steps,
+            membership=summary.membership_test, attacks=record.membership_attacks,
+            lpips_available=record.lpips_available,
+            lpips_reason=record.lpips_reason,
+            complete=inversion.complete and (record.membership_attacks is None or record.membership_attacks.complete),
+            steps=inversion.steps,
             planned_steps=inversion.planned_steps,
             power_status="not measured" if power is None else power.status,
             power_reason=None if power is None else power.reason,

@@ -49,6 +49,7 @@ class GateSettings:
     fail_leak_score: float | None = 0.70
     warn_membership_auc: float | None = 0.70
     fail_membership_auc: float | None = None
+    fail_membership_tpr: float | None = 10.0  # × the FPR: the strongest reference-model attack's TPR (docs/gate.md)
     holdout_quantile: float = 0.99
     require_power: bool = False  # a pass whose attack showed no power on a planted copy is incomplete
     ignore: tuple[IgnoreEntry, ...] = ()
@@ -89,6 +90,9 @@ def threshold_problems(values: Mapping[str, Any], sources: Mapping[str, str] | N
                        ("fail_membership_auc", fail_membership_auc)):
         if value is not None and not (0.5 < value <= 1.0):
             problems.append(f"{name(key)} must be in (0.5, 1], got {value}")
+    tpr = values.get("fail_membership_tpr")
+    if tpr is not None and not tpr > 1.0:
+        problems.append(f"{name('fail_membership_tpr')} must be above 1 (a multiple of the FPR), got {tpr}")
     if not (0.5 <= holdout_quantile < 1.0):
         problems.append(f"{name('holdout_quantile')} must be in [0.5, 1), got {holdout_quantile}")
     if fail_ssim is not None and warn_ssim is not None and warn_ssim > fail_ssim:

@@ -17,7 +17,8 @@ from typing import Any
 from leakaudit.errors import UsageError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.conditions import (
-    Member, chance_test, leak_condition, lpips_condition, members_of, membership_condition, ssim_condition,
+    Member, chance_test, leak_condition, lpips_condition, members_of, membership_condition, membership_tpr_condition,
+    ssim_condition,
 )
 from leakaudit.gate.inputs import GateInput, member_scores
 from leakaudit.gate.outcome import BaselineSummary, Condition, FindingOutcome, GateOutcome, IgnoredOutcome, Verdict
@@ -93,12 +94,14 @@ def evaluate_gate(
     outcome = members_of(rows, lpips, settings, chance, active, previous_findings)
     by_fp = {m.fingerprint: m for m in outcome}
     listed = [by_fp[f.fingerprint] for f in facts.findings]
-    conditions = (
+    conditions: tuple[Condition, ...] = (
         ssim_condition(settings, outcome, chance),
         lpips_condition(settings, facts.lpips_available, facts.lpips_reason, facts.findings, listed, chance),
         leak_condition(settings, facts.leak, facts.calibrated, None if before is None else before.summary.leak_score),
-        membership_condition(settings, facts.membership),
+        membership_condition(settings, facts.membership, facts.attacks),
     )
+    if facts.attacks is not None and facts.attacks.reference_models > 0 and facts.membership is not None:
+        conditions = (*conditions, membership_tpr_condition(settings, facts.attacks))
     finding_outcomes = tuple(FindingOutcome(m.fingerprint, m.status, m.baseline, m.rule) for m in listed)
     baseline = None
     if previous_findings is not None:
@@ -121,7 +124,11 @@ def _verdict(audit: GateInput, conditions: Sequence[Condition]) -> tuple[Verdict
         verdict = "warn" if "warn" in statuses else "pass"
     code = {"fail": ExitStatus.GATE_FAILED, "incomplete": ExitStatus.INCOMPLETE}.get(verdict, ExitStatus.PASSED)
     note = None
-    if not audit.complete:
+    if not audit.complete and audit.steps >= audit.planned_steps:  # the attack finished: the membership phase did not
+        note = ("The membership phase is incomplete (the budget ended the reference models' training): "
+                + ("the verdict is fail because what was done already fails the gate." if verdict == "fail" else
+                   "nothing found so far fails the gate, but an unfinished audit cannot pass (exit 2)."))
+    elif not audit.complete:
         done = f"{audit.steps} of {audit.planned_steps} planned steps"
         note = (f"The attack is incomplete ({done}): the verdict is fail because what was done already fails the gate."
                 if verdict == "fail" else
@@ -134,11 +141,18 @@ def _required_power(audit: GateInput, settings: GateSettings, verdict: Verdict,
                     code: int) -> tuple[Verdict, int, str | None]:
     """``require_power``: a pass (or warning) whose attack showed no power on a planted copy is incomplete."""
     status = audit.power_status
-    if not settings.require_power or verdict not in ("pass", "warn") or status == "shown":
+    loss_only = audit.membership is not None and (audit.attacks is None or audit.attacks.reference_models == 0)
+    if not settings.require_power or verdict not in ("pass", "warn") or (status == "shown" and not loss_only):
         return verdict, code, None
+    reasons = []
+    if status != "shown":
+        reasons.append(f"power is {status} ({audit.power_reason or 'no control ran'}): the same attack did not "
+                       "reconstruct a copy of this architecture that memorises its images")
+    if loss_only:
+        reasons.append("membership was tested only by the loss threshold, the weakest known test (no reference "
+                       "models: raise --reference-models or --effort)")
     return "incomplete", int(ExitStatus.INCOMPLETE), (
-        f"require_power: power is {status} ({audit.power_reason or 'no control ran'}), so this pass cannot stand "
-        "(exit 2): the same attack did not reconstruct a copy of this architecture that memorises its images.")
+        f"require_power: {'; and '.join(reasons)}; so this pass cannot stand (exit 2).")
 
 
 def _baseline_summary(members: Sequence[Member], previous_findings: Mapping[str, Finding],

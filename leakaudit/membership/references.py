@@ -94,12 +94,12 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
         head = _head_features(target, images, recipe, init, seed) if _wants_head(recipe) else None
         if head is not None:
             return _run(head.model_for, head.inputs, head.mirrored, labels, masks, recipe, seed, lambda x: x,
-                        should_stop, on_model, "head")
+                        should_stop, on_model, "head", target.num_classes)
         x = images.to(target.device)
         mirrored = x.flip(3) if recipe.flips else None
         try:
             return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
-                        masks, recipe, seed, target.normalise, should_stop, on_model, "full")
+                        masks, recipe, seed, target.normalise, should_stop, on_model, "full", target.num_classes)
         except UnknownLayer as exc:
             return _unsupported(f"no known default initialisation for {exc}", len(masks), len(images),
                                 target.num_classes)
@@ -132,8 +132,11 @@ def _unsupported(reason: str, r: int, n: int, k: int) -> ReferenceRun:
 def _run(model_for: Callable[[int], nn.Module], inputs: torch.Tensor, mirrored: torch.Tensor | None,
          labels: torch.Tensor, masks: torch.Tensor, recipe: TrainingRecipe, seed: int,
          normalise: Callable[[torch.Tensor], torch.Tensor], should_stop: Callable[[], bool],
-         on_model: Callable[[int, int], None] | None, method: str) -> ReferenceRun:
-    """Train each model on its split and read its logits on the whole pool (and the mirrors)."""
+         on_model: Callable[[int, int], None] | None, method: str, classes: int) -> ReferenceRun:
+    """Train each model on its split and read its logits on the whole pool (and the mirrors).
+
+    ``classes``: the target's, so that a run stopped before its first model still has the reply's shape.
+    """
     models = len(masks)
     y = labels.long().to(inputs.device)
     scaled = inputs if inputs.dtype != torch.uint8 else None  # features are already the model's inputs
@@ -159,7 +162,7 @@ def _run(model_for: Callable[[int], nn.Module], inputs: torch.Tensor, mirrored: 
         if on_model is not None:
             on_model(r + 1, models)
     done = len(logits)
-    k = logits[0].shape[1] if logits else 0
+    k = logits[0].shape[1] if logits else classes
     table = torch.tensor(fits, dtype=torch.float64).reshape(done, 4)
     return ReferenceRun(torch.stack(logits) if logits else torch.zeros(0, len(inputs), k),
                         torch.stack(flipped) if flipped else None, table[:, 0], table[:, 1], table[:, 2], table[:, 3],

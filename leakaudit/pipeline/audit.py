@@ -29,6 +29,8 @@ from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
 from leakaudit.pipeline.matches import Matches, match_stage
+from leakaudit.pipeline.membership_record import reference_membership
+from leakaudit.pipeline.membership_run import MembershipPhase, membership_notes, membership_phase
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
 from leakaudit.pipeline.power import PowerStage, power_stage, report_arrays
@@ -147,8 +149,12 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
     power = power_stage(run, prepared.inputs, sets, attack)
     if power is None or stop():
         return _stopped()
+    timer.start("membership")
+    membership = membership_phase(run, prepared.inputs, sets)
+    if membership is None or stop():
+        return _stopped()
     timer.start("statistics")
-    result = _score(run, prepared, sets, attack, matches, power)
+    result = _score(run, prepared, sets, attack, matches, power, membership)
     if result is None:
         return _stopped()
     record = gate_record(audit_record(result, settings.gate.holdout_quantile), settings.gate,
@@ -168,7 +174,7 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
 
 
 def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack, matches: Matches,
-           power: PowerStage) -> AuditResult | None:
+           power: PowerStage, membership: MembershipPhase) -> AuditResult | None:
     """Statistics and findings, with the document's notes in their order; None when stopped."""
     inputs, scorer = prepared.inputs, prepared.scorer
     run.observer.phase("statistics")
@@ -179,7 +185,7 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
         notes.append(f"Ran on {run.dist.world_size} processes ({run.dist.backend}): each trained the generator on its "
                      "share of every batch (gradients averaged), so the reconstructions differ from a single process's "
                      "run as another draw of the same attack would; the matching itself is exact.")
-    evidence = gather_evidence(inputs.model, sets, matches, run.settings.seed)
+    evidence = gather_evidence(sets, matches, run.settings.seed, membership.logits_train, membership.logits_null)
     if evidence.gain is not None:
         notes.append(gain_note(evidence.gain))
     findings = top_findings(run, attack.candidates, sets.train, matches, evidence, scorer)
@@ -191,8 +197,10 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
         notes.append(NO_HOLDOUT_NOTE)
     notes.append(EXACT_COPIES_NOTE)
     notes.append(power.power.statement)
+    notes.extend(membership_notes(membership))
     return AuditResult(attack, sets, evidence, findings, tuple(notes), scorer.settings(),
-                       provenance(run.settings, inputs, run.timer, run.threads), power)
+                       provenance(run.settings, inputs, run.timer, run.threads), power, membership.result,
+                       matches.train.best_index)
 
 
 def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
@@ -205,7 +213,16 @@ def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:
         "finding_train_images": (train.images[order].numpy() if len(order)
                                  else np.zeros((0, *train.images.shape[1:]), np.uint8)),
         **report_arrays(result.power, result.sets.null.images if result.sets.null is not None else None),
+        **exposed_arrays(result),
     }
+
+
+def exposed_arrays(result: AuditResult) -> dict[str, np.ndarray]:
+    """The training images the membership attacks expose most (``membership_train_images``), when there are any."""
+    record = reference_membership(result.membership)
+    if record is None or not record.exposed:
+        return {}
+    return {"membership_train_images": result.sets.train.images[[e.index for e in record.exposed]].numpy()}
 
 
 def _write(run: RunContext, record: AuditRecord, arrays: dict[str, np.ndarray]) -> AuditOutcome:

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from leakaudit.confine.session import ModelSession
 from leakaudit.data.folders import ImageSet
 from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.pipeline.matches import Matches
@@ -45,21 +44,19 @@ class Evidence:
     gain: WeightsGain | None
 
 
-def _logits(model: ModelSession, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
-    return model.logits(images.images), images.labels  # the membership pass (leakaudit.confine.operations.logits)
+def gather_evidence(sets: AuditSets, matches: Matches, seed: int, logits_train: torch.Tensor | None,
+                    logits_null: torch.Tensor | None) -> Evidence:
+    """The leak score, the membership test, the prototype null, the null's quantiles and the weights' gain.
 
-
-def gather_evidence(model: ModelSession, sets: AuditSets, matches: Matches, seed: int) -> Evidence:
-    """The leak score, the membership test, the prototype null, the null's quantiles and the weights' gain."""
+    The target's logits on members and non-members come from the membership phase (the model is asked once).
+    """
     train, null = sets.train, sets.null
     train_best = matches.train.best_ssim.double()
     null_best = matches.null.best_ssim.double() if matches.null is not None else None
     score = leak_score(train_best, null_best, seed=seed) if null_best is not None else None
     membership = None
-    if null is not None:
-        logits_train, labels_train = _logits(model, train)
-        logits_null, labels_null = _logits(model, null)
-        membership = membership_test(logits_train, labels_train, logits_null, labels_null, seed=seed)
+    if null is not None and logits_train is not None and logits_null is not None:
+        membership = membership_test(logits_train, train.labels, logits_null, null.labels, seed=seed)
     prototype = class_mean_null(train.images, train.labels, null.images if null is not None else None,
                                 null.labels if null is not None else None).to_dict()
     p95 = quantile(null_best, 0.95) if null_best is not None else None

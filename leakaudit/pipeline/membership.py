@@ -182,8 +182,12 @@ def _progress(observer: Observer, planned: int) -> InversionCallbacks:
 
 def membership_stage(session: ModelSession, sets: MembershipSets, settings: MembershipSettings,
                      observer: Observer | None = None,
-                     should_stop: Callable[[], bool] = lambda: False) -> MembershipResult:
-    """Every membership attack the settings ask for, evaluated on the audit's members vs non-members."""
+                     should_stop: Callable[[], bool] = lambda: False,
+                     budget_s: float | None = None) -> MembershipResult:
+    """Every membership attack the settings ask for, evaluated on the audit's members vs non-members.
+
+    ``budget_s``: what the audit's budget leaves this phase, the ceiling of the confined training call.
+    """
     observer = observer or SilentObserver()
     loss = loss_row(sets, settings)
     planned = settings.reference_models
@@ -197,7 +201,7 @@ def membership_stage(session: ModelSession, sets: MembershipSets, settings: Memb
     splits = draw_splits(len(images), settings.target_train_size or n_members, planned, settings.seed)
     observer.phase("membership: training reference models", planned)
     request = ReferenceRequest(images, labels, torch.from_numpy(splits.masks), settings.recipe, settings.seed,
-                               settings.init)
+                               settings.init, budget_s)
     run = session.train_references(request, _progress(observer, planned), should_stop)
     notes: list[str] = []
     if run.unsupported is not None or run.models_done == 0:

@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from leakaudit.matching.ssim import SSIM_SETTINGS
 from leakaudit.pipeline.attack import Attack
 from leakaudit.pipeline.evidence import Evidence, Findings, per_class
 from leakaudit.pipeline.inputs import AuditSets
+from leakaudit.pipeline.membership import MembershipResult
+from leakaudit.pipeline.membership_record import reference_membership
 from leakaudit.pipeline.power import PowerStage
 from leakaudit.record import SCHEMA_VERSION, AuditRecord, GateRecord, Inversion, Membership, Summary, Thresholds
 from leakaudit.record.parse import frozen
@@ -36,6 +40,8 @@ class AuditResult:
     lpips: dict[str, Any]  # the LPIPS scorer's settings, or why it is unavailable
     provenance: dict[str, Any]
     power: PowerStage | None = None  # the positive control; None only for results made without one
+    membership: MembershipResult | None = None  # the membership attacks (None without a holdout)
+    train_best_index: torch.Tensor | None = None  # (M,) each member's best reconstruction
 
 
 def _summary(result: AuditResult, holdout_quantile: float) -> Summary:
@@ -82,5 +88,6 @@ def audit_record(result: AuditResult, holdout_quantile: float) -> AuditRecord:
         metrics=frozen({"ssim": dict(SSIM_SETTINGS), "lpips": result.lpips}),
         summary=_summary(result, holdout_quantile), findings=result.findings.rows, gate=GateRecord(()),
         inversion=_inversion(attack, len(result.sets.train.classes)), provenance=frozen(result.provenance),
-        power=power,
+        power=power, membership_attacks=reference_membership(
+            result.membership, result.train_best_index, result.evidence.train_best),
     )

@@ -16,10 +16,12 @@ from typing import Any, Literal
 
 from leakaudit.record.findings import Finding
 from leakaudit.record.gate import Exposure, GateRecord, Thresholds, Verdict
+from leakaudit.record.membership import AttackResult, ReferenceMembership
 from leakaudit.record.parse import JsonObject, thawed
 from leakaudit.record.power import PowerRecord
 from leakaudit.record.scores import LeakScore, Membership, MembershipTest
 
+AttackResultType = AttackResult
 ExposureKind = Literal["both", "reconstruction", "membership", "neither", "incomplete"]
 HEADLINES: dict[ExposureKind, str] = {
     "both": "Reconstructs training images and memorises membership",
@@ -130,6 +132,7 @@ class AuditRecord:
     provenance: JsonObject
     power: PowerRecord | None
     extra: JsonObject = field(default_factory=lambda: _EMPTY)  # top-level keys the record does not model
+    membership_attacks: ReferenceMembership | None = None  # the reference-model attacks (None: R = 0, or none ran)
 
     @cached_property
     def exposure(self) -> Exposure:
@@ -138,13 +141,50 @@ class AuditRecord:
 
     @property
     def incomplete(self) -> bool:
-        """The attack did not finish (or the gate said incomplete)."""
-        return self.verdict == "incomplete" or not self.inversion.complete or self.inversion.completed_fraction < 1.0
+        """The attack or the membership phase did not finish (or the gate said incomplete)."""
+        membership_unfinished = self.membership_attacks is not None and not self.membership_attacks.complete
+        return (self.verdict == "incomplete" or not self.inversion.complete or self.inversion.completed_fraction < 1.0
+                or membership_unfinished)
+
+    @property
+    def strongest_membership(self) -> AttackResultType | None:
+        """The membership attack that decides the gate: the strongest reference-model attack, else the loss test."""
+        return None if self.membership_attacks is None else self.membership_attacks.strongest
+
+    @property
+    def membership_test_name(self) -> str | None:
+        """Which membership test stood behind the verdict, in words (None without a holdout)."""
+        if self.summary.membership is None:
+            return None
+        m = self.membership_attacks
+        if m is not None and not m.complete:
+            cut = f"the budget ended the reference models' training after {m.reference_models} of {m.planned_models}"
+            return (f"{m.strongest.name} ({cut})" if m.reference_models else
+                    f"the loss threshold (the weakest known test: {cut})")
+        if m is None or m.reference_models == 0:
+            return "the loss threshold (the weakest known test; no reference models)"
+        recipe = "the given recipe" if m.recipe_given else "a guessed recipe"
+        check = " (the recipe check warns)" if m.recipe_warning else ""
+        return f"{m.strongest.name}, trained by {recipe}{check}"
 
     @property
     def power_required(self) -> bool:
         """require_power, not the attack, made this audit incomplete."""
-        return self.verdict == "incomplete" and self.inversion.complete and self.thresholds.require_power
+        membership_done = self.membership_attacks is None or self.membership_attacks.complete
+        return (self.verdict == "incomplete" and self.inversion.complete and membership_done
+                and self.thresholds.require_power)
+
+    @property
+    def gate_power_gap(self) -> str | None:
+        """What require_power found missing: the control's power, membership by the loss threshold alone, or both."""
+        gaps = []
+        power = None if self.power is None else self.power.status
+        if power != "shown":
+            gaps.append(f"power {power or 'not measured'}")
+        if self.summary.membership is not None and (self.membership_attacks is None
+                                                    or self.membership_attacks.reference_models == 0):
+            gaps.append("membership tested only by the loss threshold")
+        return " and ".join(gaps) or None
 
     @property
     def exposure_kind(self) -> ExposureKind:
@@ -164,7 +204,7 @@ class AuditRecord:
         if kind == "neither" and power in POWER_HEADLINES:
             headline = POWER_HEADLINES[power]
         if self.power_required:
-            return f"Incomplete: power {power or 'not measured'}, and require_power is set"
+            return f"Incomplete: {self.gate_power_gap or 'power not measured'}, and require_power is set"
         if self.incomplete and kind != "incomplete":
             headline += " (from an attack that did not finish)"
         return headline

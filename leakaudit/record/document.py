@@ -19,12 +19,14 @@ from leakaudit.record.parse import (
     JsonObject, flag, frozen, integer, items, number, obj, optional_integer, optional_number, optional_obj,
     optional_text, rest, text, thawed,
 )
+from leakaudit.record.membership import ReferenceMembership
 from leakaudit.record.power import PowerRecord
 from leakaudit.record.scores import LeakScore, Membership, MembershipTest
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 _TOP = ("schema_version", "tool", "verdict", "exit_code", "mode", "threat_model", "calibrated", "thresholds",
-        "metrics", "summary", "findings", "gate", "inversion", "provenance", "power", "exposure")
+        "metrics", "summary", "findings", "gate", "inversion", "provenance", "power", "exposure",
+        "membership_attacks")
 _SUMMARY = ("n_train", "n_holdout", "n_candidates", "leak_score", "membership_loss_auc", "membership", "train",
             "holdout", "holdout_ssim_p95", "holdout_ssim_p99", "class_mean_null", "per_class", "histogram",
             "weights_gain", "notes")
@@ -88,10 +90,11 @@ def _upgraded(document: Mapping[str, Any]) -> Mapping[str, Any]:
     version = str(document.get("schema_version", "1.0"))
     if version == SCHEMA_VERSION:
         return document
-    if version != "1.0":
+    if version not in ("1.0", "1.1"):
         raise OutputError(f"findings document of schema version {version}: this leakaudit reads {SCHEMA_VERSION} "
                           "and older")
-    # 1.0 had no positive control and no exposure: both are read as absent (the exposure is decided again)
+    # 1.0 had no positive control and no exposure: both are read as absent (the exposure is decided again);
+    # 1.0 and 1.1 had no reference-model attacks (absent, as in an audit with R = 0)
     return {**document, "schema_version": SCHEMA_VERSION, "power": document.get("power")}
 
 
@@ -99,7 +102,7 @@ def _record(d: Mapping[str, Any], gated: bool = True) -> AuditRecord:
     verdict = text(d, "verdict") if gated else "pass"
     if verdict not in VERDICTS:
         raise OutputError(f"findings document: unknown verdict {verdict!r}")
-    power = optional_obj(d, "power")
+    power, attacks = optional_obj(d, "power"), optional_obj(d, "membership_attacks")
     return AuditRecord(
         schema_version=text(d, "schema_version"), tool=frozen(dict(obj(d, "tool"))), verdict=verdict,
         exit_code=integer(d, "exit_code") if gated else 0, mode=text(d, "mode"), threat_model=text(d, "threat_model"),
@@ -111,6 +114,7 @@ def _record(d: Mapping[str, Any], gated: bool = True) -> AuditRecord:
         inversion=_inversion(obj(d, "inversion")),
         provenance=frozen(dict(obj(d, "provenance"))), power=None if power is None else PowerRecord.from_dict(power),
         extra=rest(d, _TOP),
+        membership_attacks=None if attacks is None else ReferenceMembership.from_dict(attacks),
     )
 
 
@@ -155,6 +159,8 @@ def dump(record: AuditRecord) -> dict[str, Any]:
         "provenance": thawed(record.provenance), "power": None if record.power is None else record.power.to_dict(),
         "exposure": record.exposure.to_dict(),
     }
+    if record.membership_attacks is not None:  # R = 0 writes the document as before
+        document["membership_attacks"] = record.membership_attacks.to_dict()
     document.update(thawed(record.extra))
     return document
 

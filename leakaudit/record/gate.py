@@ -150,7 +150,8 @@ class Exposure:
         status = {c.name: c.status for c in conditions}
         reconstruction: bool | None = any(status.get(n) in ("warn", "fail") for n in RECONSTRUCTION_CONDITIONS)
         skipped = status.get("membership") == "skipped"
-        membership: bool | None = None if skipped else status.get("membership") in ("warn", "fail")
+        membership: bool | None = None if skipped else any(status.get(n) in ("warn", "fail")
+                                                           for n in ("membership", "membership_tpr"))
         if verdict == "incomplete":
             return cls(reconstruction or None, membership, "incomplete")
         return cls(reconstruction, membership, EXPOSURE_STATEMENTS[(bool(reconstruction), bool(membership))])
@@ -164,7 +165,7 @@ class Exposure:
 
 
 THRESHOLD_NAMES = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "warn_membership_auc",
-                   "fail_membership_auc")
+                   "fail_membership_auc", "fail_membership_tpr")
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class Thresholds:
     fail_leak_score: float | None = 0.70
     warn_membership_auc: float | None = 0.70
     fail_membership_auc: float | None = None
+    fail_membership_tpr: float | None = 10.0
     holdout_quantile: float = 0.99
     require_power: bool = False
     directions: JsonObject = field(default_factory=lambda: _EMPTY)
@@ -192,6 +194,7 @@ class Thresholds:
                    fail_lpips=optional_number(d, "fail_lpips"), fail_leak_score=optional_number(d, "fail_leak_score"),
                    warn_membership_auc=optional_number(d, "warn_membership_auc"),
                    fail_membership_auc=optional_number(d, "fail_membership_auc"),
+                   fail_membership_tpr=optional_number(d, "fail_membership_tpr"),
                    holdout_quantile=number(d, "holdout_quantile"), require_power=bool(d.get("require_power", False)),
                    directions=frozen(dict(obj(d, "directions")) if directions is not None else {}))
 

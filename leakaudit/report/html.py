@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from leakaudit.record import AuditRecord, as_record
 from leakaudit.report import view
+from leakaudit.report.membership_view import membership_view
 from leakaudit.report.images import ImageRenderer, Redaction, ssim_distribution_svg
 from leakaudit.report.summary import SYMBOLS, Readable, format_p, summarise, tidy_numbers
 from leakaudit.sanitize import document_text
@@ -136,6 +137,7 @@ def report_context(
         "leak": view.leak_facts(record),
         "galleries": view.galleries(record, arrays, images),
         "power": view.power_view(record, arrays, images),
+        "membership": membership_view(record, arrays, images),
         "plot": _plot(record),
         "notes": view.notes(record),
         "lpips_reason": _lpips_reason(record),

@@ -30,6 +30,7 @@ TIMING_FIELDS = {
     "provenance": ("elapsed_s", "started_at", "command", "stage_seconds"),
     "inversion": ("seconds", "phase_seconds"),
     "power": ("seconds", "rung_seconds"),
+    "membership_attacks": ("seconds_per_model",),
 }
 
 

@@ -46,7 +46,7 @@ def _properties(suite: ET.Element, record: AuditRecord) -> None:
     values = {"verdict": plain.verdict, "exposure": plain.exposure, "complete": "no" if plain.incomplete else "yes",
               "leaked_members": "–" if plain.leaked is None else str(plain.leaked),
               "leak_score": "–" if leak is None else _value(leak.value), "model_sha256": str(sha),
-              "power": plain.power or "–"}
+              "power": plain.power or "–", "membership_test": record.membership_test_name or "–"}
     properties = ET.SubElement(suite, "properties")
     for name, value in values.items():
         ET.SubElement(properties, "property", name=f"leakaudit.{name}", value=value)

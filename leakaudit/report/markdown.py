@@ -12,7 +12,7 @@ autolinks and @mentions stay plain text, and table pipes are escaped.
 from __future__ import annotations
 
 from leakaudit.record import AuditRecord, Finding, as_record
-from leakaudit.report.summary import SYMBOLS, Readable, format_p, summarise, tidy_numbers
+from leakaudit.report.summary import SYMBOLS, Readable, format_p, membership_line, summarise, tidy_numbers
 from leakaudit.sanitize import document_text, markdown_text
 
 STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
@@ -55,7 +55,28 @@ def _headline(record: AuditRecord) -> list[str]:
         lines.append("- Leak score not available: no holdout of non-member images.")
     if plain.power is not None:
         lines.append(f"- **Power {plain.power}**: {md_escape(plain.power_text)}")
-    return lines + _power_table(record)
+    membership = membership_line(record)
+    if membership is not None:
+        lines.append(f"- **Membership**: {md_escape(membership[0].upper() + membership[1:])}")
+    return lines + _power_table(record) + _attack_table(record)
+
+
+def _attack_table(record: AuditRecord) -> list[str]:
+    """Every membership attack's row, when reference models were trained."""
+    attacks = record.membership_attacks
+    if attacks is None or attacks.reference_models == 0:
+        return []
+    lines = ["", "| Membership attack | AUC (95% CI) | TPR at 1% FPR | TPR at 0.1% FPR | Smallest FPR |",
+             "|---|---:|---:|---:|---:|"]
+    for a in attacks.attacks:
+        rates = [a.rate(f) for f in (0.01, 0.001)]
+        cells = ["–" if r is None else f"{r.tpr:.1%}" + ("" if r.resolvable else " (not resolvable)") for r in rates]
+        mark = " (strongest)" if a is attacks.strongest else ""
+        lines.append(f"| {md_escape(a.name)}{mark} | {a.auc:.3f} ({a.ci_low:.3f}–{a.ci_high:.3f}) | {cells[0]} | "
+                     f"{cells[1]} | {a.fpr_resolution:.2%} |")
+    if attacks.recipe_warning:
+        lines += ["", f"**Recipe check**: {md_escape(attacks.recipe_warning)}."]
+    return lines
 
 
 def _power_table(record: AuditRecord) -> list[str]:

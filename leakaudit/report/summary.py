@@ -86,6 +86,16 @@ def condition_text(condition: Condition, record: AuditRecord) -> str:
         ci = "" if leak is None else f"CI {_num(leak.ci_low)}–{_num(leak.ci_high)}, "
         p = format_p(None if leak is None else leak.p_value)
         return f"leak score {_num(observed)} vs {_num(threshold, 2)} ({ci}{p})"
+    if name == "membership_tpr":
+        fpr = float(condition.extra.get("fpr") or 0.0)
+        attack = record.strongest_membership
+        who = attack.name if attack is not None else "the strongest attack"
+        return (f"{who} identifies {float(observed or 0.0):.1%} of members at {fpr:.1%} FPR vs "
+                f"{_num(threshold, 0)} × the FPR")
+    if name == "membership":
+        attack = record.strongest_membership
+        who = attack.name if attack is not None and attack.attack != "loss" else "the loss threshold"
+        return f"membership AUC {_num(observed)} by {who} vs {_num(threshold, 2)}"
     if name == "lpips":
         return f"{plural(record.count('fail'), 'reconstruction')} at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
     return f"{name.replace('_', ' ')} {_num(observed)} vs threshold {_num(threshold, 2)}"
@@ -98,10 +108,26 @@ def _detail(record: AuditRecord) -> str:
                      f"reconstruction better than {float(record.thresholds.holdout_quantile):.0%} of non-members.")
     test = record.summary.membership_test
     if test is not None and record.exposure_kind in ("membership", "both"):
-        parts.append(f"A loss-threshold membership test separates members from non-members at AUC {_num(test.auc)}.")
+        parts.append(membership_sentence(record) or
+                     f"A loss-threshold membership test separates members from non-members at AUC {_num(test.auc)}.")
+    elif test is not None and record.membership_test_name is not None:
+        parts.append(f"Membership was tested by {record.membership_test_name}.")
     if not record.calibrated:
         parts.append("Uncalibrated: no holdout of non-members, so absolute thresholds only.")
     return " ".join(parts)
+
+
+def membership_sentence(record: AuditRecord) -> str | None:
+    """"LiRA with 8 reference models identifies 12 % of members at 0.1 % FPR (AUC 0.81)"; None without them."""
+    attacks = record.membership_attacks
+    if attacks is None or attacks.reference_models == 0:
+        return None
+    row = attacks.strongest
+    rate = row.gate_rate(attacks.gate_fpr)
+    if rate is None:
+        return f"{row.name[0].upper()}{row.name[1:]} separates members from non-members at AUC {_num(row.auc)}."
+    return (f"{row.name[0].upper()}{row.name[1:]} identifies {rate.tpr:.1%} of members at {rate.fpr:.1%} FPR "
+            f"(AUC {_num(row.auc)}).")
 
 
 def summarise(readable: Readable) -> AuditSummary:
@@ -126,6 +152,16 @@ def headline_line(readable: Readable) -> str:
     count = (f" ({leaked} of {record.summary.n_train} members matched better than {quantile:.0%} of non-members)"
              if leaked is not None else "")
     return f"{SYMBOLS.get(record.verdict, '')} {record.verdict.upper()}: {headline[0].lower() + headline[1:]}{count}"
+
+
+def membership_line(readable: Readable) -> str | None:
+    """One line on the membership test behind the verdict: which attack, and what it found; None without one."""
+    record = as_record(readable)
+    name = record.membership_test_name
+    if name is None:
+        return None
+    found = membership_sentence(record)
+    return f"membership tested by {name}" + (f"; {found}" if found else "")
 
 
 def power_line(readable: Readable) -> str | None:
