@@ -98,7 +98,12 @@ def _build(*key: object) -> Scenario:
 
 
 def _build_unthreaded(
-    leaky: bool, calibrated: bool, train_per_class: int, holdout_per_class: int, classes: tuple[str, ...] | None, seed: int
+    leaky: bool,
+    calibrated: bool,
+    train_per_class: int,
+    holdout_per_class: int,
+    classes: tuple[str, ...] | None,
+    seed: int,
 ) -> Scenario:
     images, labels_t, default_classes = bundled_images("digits", 32)
     names = classes or default_classes
@@ -127,7 +132,9 @@ def _build_unthreaded(
     if calibrated:
         holdout_u8 = images[holdout_idx].numpy()
         holdout_labels = all_labels[holdout_idx]
-        holdout_best, _ = _best_same_class(ssim_matrix(cands, torch.from_numpy(holdout_u8)), cand_labels, holdout_labels)
+        holdout_best, _ = _best_same_class(
+            ssim_matrix(cands, torch.from_numpy(holdout_u8)), cand_labels, holdout_labels
+        )
 
     paths = [f"{names[c]}/{i:05d}.png" for c, i in zip(train_labels, train_idx)]
     fingerprints = [

@@ -224,9 +224,14 @@ def leak_condition(settings: GateSettings, leak: LeakScore | None, calibrated: b
                          f"Leak score {interval} reaches {threshold:.2f} but is consistent with chance (one-sided "
                          f"permutation test, p ≥ {LEAK_SCORE_ALPHA:g}): too few members or non-members to tell; pass.")
     if before is not None and float(before.value) >= threshold and value <= float(before.value) + WORSE_MARGIN:
-        return Condition("leak_score", "warn", threshold, value,
-                         f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before.value):.3f}); "
-                         f"not more than {WORSE_MARGIN} above the baseline's value, so reported as a warning.")
+        return Condition(
+            "leak_score",
+            "warn",
+            threshold,
+            value,
+            f"Leak score {interval} reaches {threshold:.2f}, as in the baseline ({float(before.value):.3f}); "
+            f"not more than {WORSE_MARGIN} above the baseline's value, so reported as a warning.",
+        )
     return Condition("leak_score", "fail", threshold, value,
                      f"Leak score {interval} reaches {threshold:.2f} with p < {LEAK_SCORE_ALPHA:g}: "
                      "training members are matched better than non-members.")

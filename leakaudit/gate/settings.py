@@ -97,7 +97,11 @@ def threshold_problems(values: Mapping[str, Any], sources: Mapping[str, str] | N
         problems.append(f"{name('holdout_quantile')} must be in [0.5, 1), got {holdout_quantile}")
     if fail_ssim is not None and warn_ssim is not None and warn_ssim > fail_ssim:
         problems.append(f"{name('warn_ssim')} = {warn_ssim} must not exceed {name('fail_ssim')} = {fail_ssim}")
-    if warn_membership_auc is not None and fail_membership_auc is not None and warn_membership_auc > fail_membership_auc:
+    if (
+        warn_membership_auc is not None
+        and fail_membership_auc is not None
+        and warn_membership_auc > fail_membership_auc
+    ):
         problems.append(f"{name('warn_membership_auc')} = {warn_membership_auc} must not exceed "
                         f"{name('fail_membership_auc')} = {fail_membership_auc}")
     return problems

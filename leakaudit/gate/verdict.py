@@ -80,7 +80,9 @@ def evaluate_gate(
     have expired. Statuses already in a document are ignored, so it can be gated again.
     """
     if not isinstance(audit, GateInput):
-        audit = GateInput.of(audit if isinstance(audit, AuditRecord) else load_ungated(audit), settings.holdout_quantile)
+        audit = GateInput.of(
+            audit if isinstance(audit, AuditRecord) else load_ungated(audit), settings.holdout_quantile
+        )
     facts = audit
     before = None if previous is None else as_record(previous)
     rows = member_scores(members) if members is not None else tuple(f.score for f in facts.findings)

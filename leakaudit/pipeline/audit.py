@@ -84,7 +84,8 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     stop = should_stop or (lambda: False)
     threads = choose_threads(settings.threads)
     run = RunContext(settings, observer or SilentObserver(), stop, dist, StageTimer(), threads)
-    model = open_session(settings, dist, threads, run.observer.note, stop)  # first: the worker's start overlaps the rest
+    # first: the worker's start overlaps the rest
+    model = open_session(settings, dist, threads, run.observer.note, stop)
     try:
         lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
         previous_threads = torch.get_num_threads()
@@ -178,7 +179,8 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     """Statistics and findings, with the document's notes in their order; None when stopped."""
     inputs, scorer = prepared.inputs, prepared.scorer
     run.observer.phase("statistics")
-    notes = [*inputs.model.info.load_notes, *confinement_notes(inputs.model), *sets.notes, *attack.notes]  # e.g. that --unsafe-pickle let code run
+    # the load notes first: e.g. that --unsafe-pickle let code run
+    notes = [*inputs.model.info.load_notes, *confinement_notes(inputs.model), *sets.notes, *attack.notes]
     if matches.note() is not None:
         notes.append(str(matches.note()))
     if run.dist.is_distributed:

@@ -15,7 +15,14 @@ from leakaudit.record import AuditRecord, Finding, as_record
 from leakaudit.report.summary import SYMBOLS, Readable, format_p, membership_line, summarise, tidy_numbers
 from leakaudit.sanitize import document_text, markdown_text
 
-STATUS = {"pass": "✔ pass", "ok": "✔ ok", "warn": "⚠ warn", "fail": "✖ fail", "skipped": "– skipped", "ignored": "⊘ ignored"}
+STATUS = {
+    "pass": "✔ pass",
+    "ok": "✔ ok",
+    "warn": "⚠ warn",
+    "fail": "✖ fail",
+    "skipped": "– skipped",
+    "ignored": "⊘ ignored",
+}
 MAX_ROWS = 10
 SHOWN_ROWS = 5  # in the table; the rest of MAX_ROWS folded into <details>
 MAX_CELL = 40
@@ -129,11 +136,16 @@ def render_markdown(readable: Readable, max_rows: int = MAX_ROWS) -> str:
     record = as_record(readable)
     summary = record.summary
     lines = _headline(record) + [""]
-    lines.append(("Calibrated by a holdout." if record.calibrated else "**Uncalibrated**: no holdout, absolute thresholds.")
-                 + f" Mode: {md_escape(record.mode)}. {summary.n_train} training images, "
-                 f"{summary.n_candidates} reconstructions.")
+    lines.append(
+        ("Calibrated by a holdout." if record.calibrated else "**Uncalibrated**: no holdout, absolute thresholds.")
+        + f" Mode: {md_escape(record.mode)}. {summary.n_train} training images, "
+        f"{summary.n_candidates} reconstructions."
+    )
     if not record.inversion.complete:
-        lines += ["", f"**Incomplete attack**: {md_escape(record.inversion.incomplete_reason or 'cut short by the budget')}"]
+        lines += [
+            "",
+            f"**Incomplete attack**: {md_escape(record.inversion.incomplete_reason or 'cut short by the budget')}",
+        ]
     if record.model_format == "pickle":
         lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
     unconfined = record.unconfined_reason

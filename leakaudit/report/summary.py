@@ -67,7 +67,9 @@ def _ssim_text(condition: Condition, record: AuditRecord) -> str:
     if fails:
         text = f"{plural(fails, 'training image')} reconstructed at SSIM ≥ {_num(t.fail_ssim, 2)}"
     else:
-        text = f"{plural(warns, 'training image')} at SSIM ≥ {_num(t.warn_ssim, 2)} (warn level), none at the fail level"
+        text = (
+            f"{plural(warns, 'training image')} at SSIM ≥ {_num(t.warn_ssim, 2)} (warn level), none at the fail level"
+        )
     chance = " — as many as chance gives" if "consistent with chance" in condition.message else ""
     return f"{text} (best {_num(condition.observed)}){chance}"
 
@@ -97,7 +99,9 @@ def condition_text(condition: Condition, record: AuditRecord) -> str:
         who = attack.name if attack is not None and attack.attack != "loss" else "the loss threshold"
         return f"membership AUC {_num(observed)} by {who} vs {_num(threshold, 2)}"
     if name == "lpips":
-        return f"{plural(record.count('fail'), 'reconstruction')} at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
+        return (
+            f"{plural(record.count('fail'), 'reconstruction')} at LPIPS ≤ {_num(threshold, 2)} (best {_num(observed)})"
+        )
     return f"{name.replace('_', ' ')} {_num(observed)} vs threshold {_num(threshold, 2)}"
 
 
