@@ -16,6 +16,7 @@ from leakaudit.confine.operations import LoadRequest, ReferenceRequest
 from leakaudit.confine.session import ConfinedSession, InProcessSession
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import InversionCallbacks
+from leakaudit.membership.evaluate import AttackRow, Rate
 from leakaudit.membership.recipe import TrainingRecipe, load_recipe, recipe_from_mapping
 from leakaudit.membership.references import train_references
 from leakaudit.membership.splits import draw_splits
@@ -228,3 +229,24 @@ def test_a_malformed_reference_reply_is_refused() -> None:
             results.reference_run({**good, **bad}, 2, 5, 10, flips=False)
     with pytest.raises(results.ReplyError, match="mirrored"):
         results.reference_run(good, 2, 5, 10, flips=True)
+
+
+def _row(attack: str, auc: float, rates: list[tuple[float, float, bool]]) -> AttackRow:
+    return AttackRow(attack, 4, auc, auc - 0.05, auc + 0.05, tuple(Rate(f, t, 0.0, 1.0, ok) for f, t, ok in rates),
+                     1 / 600, (), (), (), 10, 600)
+
+
+def test_a_tpr_the_non_members_cannot_resolve_never_picks_the_strongest_attack() -> None:
+    """600 non-members resolve 1 % FPR but not 0.1 %: the attack that finds more members at 1 % is the strongest."""
+    from leakaudit.membership.evaluate import strongest
+    from leakaudit.record.membership import AttackResult
+
+    loss = _row("loss", 0.99, [(0.01, 0.8, True), (0.001, 0.0, False)])
+    lira = _row("lira-offline", 0.95, [(0.01, 0.3, True), (0.001, 0.2, False)])
+    assert strongest([loss, lira], 0.001).attack == "loss"
+    assert strongest([loss, lira], 0.01).attack == "loss"
+    many = [_row(r.attack, r.auc, [(f, t, True) for f, t, _ in ((x.fpr, x.tpr, x.resolvable) for x in r.rates)])
+            for r in (loss, lira)]  # with enough non-members to resolve 0.1 %, that FPR decides
+    assert strongest(many, 0.001).attack == "lira-offline"
+    rows = tuple(AttackResult.from_dict(r.to_dict()) for r in (loss, lira))
+    assert max(rows, key=lambda r: (r.gate_rate(0.001).tpr, r.auc)).attack == "loss"  # the record's rule agrees

@@ -54,6 +54,12 @@ class AttackRow:
     def tpr(self, fpr: float) -> float:
         return next(r.tpr for r in self.rates if abs(r.fpr - fpr) < 1e-12)
 
+    def gate_tpr(self, fpr: float) -> float:
+        """The TPR the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR they
+        resolve; -1 when they resolve none (so the AUC alone ranks such rows)."""
+        usable = sorted((r for r in self.rates if r.resolvable and r.fpr >= fpr - 1e-12), key=lambda r: r.fpr)
+        return usable[0].tpr if usable else -1.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack, "reference_models": self.reference_models, "auc": self.auc,
                 "ci_low": self.auc_low, "ci_high": self.auc_high, "tpr_at_fpr": [r.to_dict() for r in self.rates],
@@ -103,5 +109,6 @@ def evaluate(attack: str, models: int, member_scores: np.ndarray, nonmember_scor
 
 
 def strongest(rows: tuple[AttackRow, ...] | list[AttackRow], fpr: float) -> AttackRow:
-    """The attack with the highest TPR at the gate's FPR, ties by AUC."""
-    return max(rows, key=lambda r: (r.tpr(fpr), r.auc))
+    """The attack with the highest TPR at the FPR the gate reads (the lowest resolvable one at or above ``fpr``),
+    ties by AUC: a TPR the non-members cannot resolve never decides which attack is strongest."""
+    return max(rows, key=lambda r: (r.gate_tpr(fpr), r.auc))

@@ -134,10 +134,15 @@ class ReferenceMembership:
 
     @property
     def strongest(self) -> AttackResult:
-        """The attack with the highest TPR at the gate's FPR, ties by AUC (the first on a full tie)."""
+        """The attack with the highest TPR at the FPR the gate reads (``gate_rate``: a TPR the non-members cannot
+        resolve never decides), ties by AUC (the first on a full tie)."""
+        def key(row: AttackResult) -> tuple[float, float]:
+            rate = row.gate_rate(self.gate_fpr)
+            return (-1.0 if rate is None else rate.tpr, row.auc)
+
         best = self.attacks[0]
         for row in self.attacks[1:]:
-            if (row.tpr(self.gate_fpr), row.auc) > (best.tpr(self.gate_fpr), best.auc):
+            if key(row) > key(best):
                 best = row
         return best
 
