@@ -69,6 +69,13 @@ def _restore_torch_threads() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def one_thread() -> None:
+    """One torch thread for the test (restored after it): both sides of a comparison sum in the same order,
+    whatever the machine's core count."""
+    torch.set_num_threads(1)
+
+
 # An inversion of a few dozen steps: whole audits of the tiny reference take seconds. The positive control
 # is off here (the config-file twin of --no-power-check); the power tests turn it on with ``QUICK_WITH_POWER``.
 QUICK_INVERSION = """

@@ -193,13 +193,18 @@ def hostile_dir(tiny: TinyReference, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return work
 
 
-def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def _listening(hostile_dir: Path) -> socket.socket:
+    """A socket on 127.0.0.1 whose port the hostile model reads: a connection to it is an escape."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.settimeout(0.5)
     (hostile_dir / "port").write_text(str(listener.getsockname()[1]))
+    return listener
+
+def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = _listening(hostile_dir)
     notes: list[str] = []
     session = _session(notes)
     try:
@@ -224,11 +229,7 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
 
 
 def test_every_thread_of_a_real_worker_is_confined_after_numpy_scipy_and_torch_ran(hostile_dir: Path) -> None:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.5)
-    (hostile_dir / "port").write_text(str(listener.getsockname()[1]))
+    listener = _listening(hostile_dir)
     notes: list[str] = []
     session = _session(notes)
     try:

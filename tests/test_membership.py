@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,13 +51,7 @@ def digits() -> Digits:
     return Digits(images, labels, order[:400], order[400:800])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Both sides of every comparison run with one thread, whatever the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # both sides of every comparison: one thread
 
 
 def _target(d: Digits, recipe: TrainingRecipe) -> TargetModel:

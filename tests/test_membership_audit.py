@@ -7,7 +7,6 @@ is audited with the quick inversion; the membership phase trains its reference m
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,12 +49,7 @@ def pool() -> Pool:
     return Pool((images[members], labels[members]), (images[nonmembers], labels[nonmembers]))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # both sides of every comparison: one thread
 
 
 def _model(pool: Pool, recipe: TrainingRecipe) -> nn.Module:

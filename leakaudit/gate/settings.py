@@ -15,6 +15,7 @@ from datetime import date
 from typing import Any
 
 from leakaudit.errors import ConfigError, did_you_mean
+from leakaudit.record.gate import Thresholds
 
 DIRECTIONS = {
     "ssim": "higher is more similar",
@@ -24,6 +25,9 @@ DIRECTIONS = {
 }
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+DEFAULTS = Thresholds()  # the gate's default thresholds
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,15 @@ class GateSettings:
     file's key), for messages; a key absent there is a default.
     """
 
-    fail_ssim: float | None = 0.70
-    warn_ssim: float | None = 0.45
-    fail_lpips: float | None = None
-    fail_leak_score: float | None = 0.70
-    warn_membership_auc: float | None = 0.70
-    fail_membership_auc: float | None = None
-    fail_membership_tpr: float | None = 10.0  # × the FPR: the strongest reference-model attack's TPR (docs/gate.md)
-    holdout_quantile: float = 0.99
+    # the defaults are the record's (one place, docs/gate.md says why each)
+    fail_ssim: float | None = DEFAULTS.fail_ssim
+    warn_ssim: float | None = DEFAULTS.warn_ssim
+    fail_lpips: float | None = DEFAULTS.fail_lpips
+    fail_leak_score: float | None = DEFAULTS.fail_leak_score
+    warn_membership_auc: float | None = DEFAULTS.warn_membership_auc
+    fail_membership_auc: float | None = DEFAULTS.fail_membership_auc
+    fail_membership_tpr: float | None = DEFAULTS.fail_membership_tpr  # × the FPR: the strongest attack's TPR
+    holdout_quantile: float = DEFAULTS.holdout_quantile
     require_power: bool = False  # a pass whose attack showed no power on a planted copy is incomplete
     ignore: tuple[IgnoreEntry, ...] = ()
     baseline_path: str | None = None

@@ -170,7 +170,7 @@ THRESHOLD_NAMES = ("fail_ssim", "warn_ssim", "fail_lpips", "fail_leak_score", "w
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The thresholds the gate applied (None: that threshold was off)."""
+    """The thresholds the gate applied (None: that threshold was off); the defaults are the gate's own."""
 
     fail_ssim: float | None = 0.70
     warn_ssim: float | None = 0.45
