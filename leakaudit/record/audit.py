@@ -165,6 +165,9 @@ class AuditRecord:
             return "the loss threshold (the weakest known test; no reference models)"
         recipe = "the given recipe" if m.recipe_given else "a guessed recipe"
         check = " (the recipe check warns)" if m.recipe_warning else ""
+        if m.strongest.reference_models <= 0:
+            return (f"the loss threshold, stronger here than the attacks on {m.reference_models} reference models "
+                    f"trained by {recipe}{check}")
         return f"{m.strongest.name}, trained by {recipe}{check}"
 
     @property

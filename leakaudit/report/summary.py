@@ -165,6 +165,8 @@ def membership_line(readable: Readable) -> str | None:
     if name is None:
         return None
     found = membership_sentence(record)
+    if found and found.startswith("The "):  # a clause after the semicolon
+        found = "t" + found[1:]
     return f"membership tested by {name}" + (f"; {found}" if found else "")
 
 
