@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
+from leakaudit.record.membership import gate_rate_of
 from leakaudit.scoring import _bootstrap_aucs, auc, tpr_at_fpr
 
 ROC_POINTS = 200
@@ -57,8 +58,8 @@ class AttackRow:
     def gate_tpr(self, fpr: float) -> float:
         """The TPR the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR they
         resolve; -1 when they resolve none (so the AUC alone ranks such rows)."""
-        usable = sorted((r for r in self.rates if r.resolvable and r.fpr >= fpr - 1e-12), key=lambda r: r.fpr)
-        return usable[0].tpr if usable else -1.0
+        rate = gate_rate_of(self.rates, fpr)
+        return -1.0 if rate is None else rate.tpr
 
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack, "reference_models": self.reference_models, "auc": self.auc,

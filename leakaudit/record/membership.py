@@ -7,9 +7,9 @@ unchanged. The strongest attack, which the gate reads, is derived here once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from leakaudit.record.parse import (
     JsonObject, flag, frozen, integer, items, number, optional_integer, optional_number, optional_obj, text, thawed,
@@ -18,6 +18,22 @@ from leakaudit.record.parse import (
 ATTACK_NAMES = {"loss": "the loss threshold", "lira-online": "LiRA", "lira-offline": "LiRA offline",
                 "rmia-offline": "RMIA"}
 
+
+class _Rate(Protocol):
+    @property
+    def fpr(self) -> float: ...
+    @property
+    def resolvable(self) -> bool: ...
+
+
+_R = TypeVar("_R", bound=_Rate)
+
+
+def gate_rate_of(rates: Iterable[_R], fpr: float) -> _R | None:
+    """The rate the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR above it
+    that they resolve; None when they resolve none. The one rule, for the engine's rows and the record's."""
+    usable = sorted((r for r in rates if r.resolvable and r.fpr >= fpr - 1e-12), key=lambda r: r.fpr)
+    return usable[0] if usable else None
 
 @dataclass(frozen=True)
 class AttackRate:
@@ -73,11 +89,7 @@ class AttackResult:
 
     def gate_rate(self, fpr: float) -> AttackRate | None:
         """The rate at ``fpr``, or at the lowest recorded FPR the non-members resolve when they cannot resolve it."""
-        rate = self.rate(fpr)
-        if rate is not None and rate.resolvable:
-            return rate
-        resolvable = sorted((r for r in self.rates if r.resolvable), key=lambda r: r.fpr)
-        return resolvable[0] if resolvable else None
+        return gate_rate_of(self.rates, fpr)
 
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack, "reference_models": self.reference_models, "auc": self.auc,
