@@ -10,9 +10,15 @@ from torch import nn
 
 from leakaudit.errors import ConfigError
 from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.runtime.threads import torch_threads
 from leakaudit.zoo.architectures import initial_classifier
 from leakaudit.zoo.datasets import pretrained_images
 from leakaudit.zoo.spec import ReferenceData, ReferenceSpec
+
+# Every zoo classifier trains on one thread: the same spec gives the same weights on any CPU machine
+# (another thread count sums in another order), so the demo's figures and the benchmarks' references
+# do not depend on the core count.
+BUILD_THREADS = 1
 
 
 def starting_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int) -> nn.Module:
@@ -30,7 +36,7 @@ def starting_classifier(spec: ReferenceSpec, in_channels: int, num_classes: int)
     x, generator = images.float() / 255.0, torch.Generator().manual_seed(spec.seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    with flush_denormals():
+    with flush_denormals(), torch_threads(BUILD_THREADS):
         for _ in range(spec.pretrain_epochs):
             perm = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), 128):
@@ -64,11 +70,13 @@ def train_classifier(spec: ReferenceSpec, data: ReferenceData,
     """Train the reference classifier on the members; returns it (eval mode) and its accuracies.
 
     ``progress(epoch, epochs)`` is called as each epoch starts (``epoch`` counts from 0). ``start`` is the
-    classifier to train (``starting_classifier``, built here when not given); it is trained in place.
+    classifier to train (``starting_classifier``, built here when not given); it is trained in place. Training
+    runs on ``BUILD_THREADS`` threads whatever the machine, so a spec gives the same weights on every CPU.
     """
     if start is None:
         start = starting_classifier(spec, data.train_images.shape[1], len(data.classes))
-    with flush_denormals():  # near-zero losses make denormal floats: steps ~2–9× slower
+    # near-zero losses make denormal floats: steps ~2–9× slower
+    with flush_denormals(), torch_threads(BUILD_THREADS):
         return _train(spec, data, progress, start)
 
 
