@@ -141,3 +141,16 @@ def test_the_recorder_sees_a_read_in_the_package(one_thread: None) -> None:
         prepare_prior(images, torch.tensor([0, 1, 0, 1]), (1, 8, 8), 2, torch.device("cpu"))  # checks its labels
         float(torch.ones(()))  # the test's own read: not the package's
     assert seen and all(where.startswith("leakaudit/inversion/informed.py:") for where in seen), seen
+
+
+def test_the_progress_losses_are_the_floats_of_the_terms_in_one_read(one_thread: None) -> None:
+    """The clock's one read gives each loss term exactly ``float(term)``, in the order the step reported them."""
+    from leakaudit.inversion.engine import host_floats
+
+    terms = {"ce": torch.tensor(0.1), "anchor": 2.5, "kkt": torch.tensor(1 / 3, dtype=torch.float64),
+             "confidence": torch.tensor([0.7])}
+    with host_reads() as seen:
+        out = host_floats(terms)
+    assert list(out) == list(terms)
+    assert out == {name: float(value) for name, value in terms.items()}
+    assert sum(seen.values()) == 1  # one copy for every tensor

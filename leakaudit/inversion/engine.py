@@ -103,7 +103,8 @@ def host_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     tensors = {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
     read: list[float] = []
     if tensors:  # float64 holds every float32 exactly: the same numbers as float() of each
-        read = torch.stack([t.detach().reshape(()).double() for t in tensors.values()]).tolist()
+        device = next(iter(tensors.values())).device
+        read = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in tensors.values()]).tolist()
     out = dict(zip(tensors, read))
     return {name: out[name] if name in out else float(value) for name, value in values.items()}
 
