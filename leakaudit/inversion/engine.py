@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,18 +80,33 @@ class Clock:
             self.interrupted = self.stopped = True
         return self.stop.asked
 
-    def tick(self, losses: dict[str, float]) -> bool:
-        """Count a step; False when the run must end (budget ceiling, stop request)."""
+    def tick(self, losses: Mapping[str, torch.Tensor | float]) -> bool:
+        """Count a step; False when the run must end (budget ceiling, stop request).
+
+        ``losses`` may be tensors on the device: they are read back here, in one copy, for the progress
+        callback and the result; nothing else in a step loop reads the device (a GPU never waits twice a step).
+        """
         self.steps += 1
-        self.last = losses
+        self.last = host_floats(losses)
         if self.callbacks.on_step:
-            self.callbacks.on_step(self.steps, self.planned, losses)
+            self.callbacks.on_step(self.steps, self.planned, self.last)
         asked = self.stop.asked or (self.should_stop is not None and self.should_stop())
         over = self.config.budget_s is not None and self.elapsed() >= self.config.budget_s
         # Ranks agree on the decision, so they always run the same number of collectives.
         self.interrupted, over = self.dist.any_flags(self.interrupted or asked, over)
         self.stopped = self.stopped or self.interrupted or over
         return not self.stopped
+
+
+def host_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Scalar tensors (any device) and floats → floats, with one read of the device for all the tensors."""
+    tensors = {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+    read: list[float] = []
+    if tensors:  # float64 holds every float32 exactly: the same numbers as float() of each
+        device = next(iter(tensors.values())).device
+        read = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in tensors.values()]).tolist()
+    out = dict(zip(tensors, read))
+    return {name: out[name] if name in out else float(value) for name, value in values.items()}
 
 
 class Checkpointer:

@@ -31,6 +31,15 @@ def generation_size(height: int, width: int, scale: float, min_side: int) -> tup
     return h, w
 
 
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N,) labels → (N, K) float one-hot rows, by indexing an identity matrix.
+
+    The same numbers as ``F.one_hot(labels, K).float()``, without its range check on the host (two reads of
+    the labels' values on the CPU): a step loop reads nothing back, on any device.
+    """
+    return torch.eye(num_classes, device=labels.device)[labels]
+
+
 def hot_patterns(num_classes: int) -> torch.Tensor:
     """(K, K, K): pattern k is a K×K matrix with row k and column k set to 1."""
     eye = torch.eye(num_classes)
@@ -44,9 +53,10 @@ def soft_conditioning(targets: torch.Tensor, num_classes: int, temperature: floa
     """(N,) targets → (N, K) softmaxed random vectors whose argmax is the target."""
     raw = torch.randn(targets.shape[0], num_classes, generator=generator) * temperature  # (N, K)
     top = raw.max(dim=1).values
-    cur = raw.gather(1, targets[:, None].cpu()).squeeze(1)
+    index = targets[:, None].to(raw.device)  # the host's own copy when the caller passes host targets
+    cur = raw.gather(1, index).squeeze(1)
     raw.scatter_(1, raw.argmax(dim=1, keepdim=True), cur[:, None])  # swap the largest entry ...
-    raw.scatter_(1, targets[:, None].cpu(), top[:, None])  # ... with the target's
+    raw.scatter_(1, index, top[:, None])  # ... with the target's
     return torch.softmax(raw, dim=1).to(targets.device)
 
 

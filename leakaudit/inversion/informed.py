@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leakaudit.errors import DataError
-from leakaudit.inversion.generator import ConditionalGenerator
+from leakaudit.inversion.generator import ConditionalGenerator, one_hot
 from leakaudit.inversion.losses import vae_loss
 
 
@@ -55,7 +55,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, H, W), (N,) → μ (N, latent), log σ² (N, latent)."""
-        h = torch.cat([self.net(x), F.one_hot(labels, self.num_classes).float()], dim=1)
+        h = torch.cat([self.net(x), one_hot(labels, self.num_classes)], dim=1)
         mu, logvar = self.head(h).chunk(2, dim=1)
         return mu, logvar.clamp(-10, 10)
 
@@ -97,7 +97,7 @@ def pretrain_step(
         z = mu + eps * (0.5 * logvar).exp()
     else:
         z, logvar = mu, torch.zeros_like(mu)
-    cond = F.one_hot(labels, gen.num_classes).float()
+    cond = one_hot(labels, gen.num_classes)
     recon = torch.sigmoid(gen.low_res(z, cond)) if at_generation_size else gen(z, cond)  # (B, C, H, W) or (.., gh, gw)
     return vae_loss(recon, images, mu, logvar, beta if variational else 0.0)
 

@@ -129,9 +129,18 @@ def perturb(x: torch.Tensor, sigma: float, max_shift: int, generator: torch.Gene
     noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma
     out = x + noise
     if max_shift > 0:
-        dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
-        out = torch.roll(out, shifts=(dy, dx), dims=(2, 3))
+        shift = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)  # (dy, dx)
+        out = circular_shift(out, shift.to(x.device))
     return out.clamp(0.0, 1.0)
+
+
+def circular_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``torch.roll(x, shifts=(dy, dx), dims=(2, 3))`` with the shifts as a tensor: the same pixels, moved by
+    indexing, so the shift is never read back on the host (on a GPU that read would wait for the device)."""
+    height, width = x.shape[-2:]
+    rows = (torch.arange(height, device=x.device) - shift[0]).remainder(height)
+    cols = (torch.arange(width, device=x.device) - shift[1]).remainder(width)
+    return x.index_select(2, rows).index_select(3, cols)
 
 
 def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

@@ -71,8 +71,11 @@ class Batch:
 
 
 def objective(target: TargetModel, weights: Weights, config: InversionConfig, batch: Batch,
-              rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+              rng: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ_t w_t L_t over the terms with a non-zero weight; returns the total and each term's value.
+
+    The values are detached scalar tensors where the batch is (never read here: a read would make a GPU
+    wait in every step); the clock reads them for the progress line.
 
     Call ``total.backward(inputs=...)`` with the variables being optimised, so
     no gradient accumulates in the frozen classifier.
@@ -91,7 +94,7 @@ def objective(target: TargetModel, weights: Weights, config: InversionConfig, ba
 
 
 def _terms(target: TargetModel, weights: Weights, config: InversionConfig, batch: Batch,
-           rng: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+           rng: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x, pre, cond, targets = batch.x, batch.pre, batch.cond, batch.targets
     terms: dict[str, torch.Tensor] = {}
     probe = target.probe(x)
@@ -123,6 +126,6 @@ def _terms(target: TargetModel, weights: Weights, config: InversionConfig, batch
     if weights.l2:
         terms["l2"] = weights.l2 * losses.l2_prior(target.normalise(x))
     total = sum(terms.values(), x.new_zeros(()))
-    report = {name: float(value.detach()) for name, value in terms.items()}
-    report["confidence"] = float(torch.softmax(logits.detach(), 1).gather(1, targets[:, None]).mean())
+    report = {name: value.detach() for name, value in terms.items()}
+    report["confidence"] = torch.softmax(logits.detach(), 1).gather(1, targets[:, None]).mean()
     return total, report

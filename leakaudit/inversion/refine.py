@@ -11,11 +11,10 @@ galleries instead.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
-from leakaudit.inversion.generator import ConditionalGenerator, soft_conditioning
+from leakaudit.inversion.generator import ConditionalGenerator, one_hot, soft_conditioning
 from leakaudit.inversion.informed import LatentGaussian
 from leakaudit.inversion.interrupt import StopPoll, interruptible
 from leakaudit.inversion.losses import logit_margins
@@ -32,7 +31,7 @@ def sample(gen: ConditionalGenerator, latents: LatentGaussian, k: int, per_class
     gen.eval()
     targets = torch.arange(k, device=device).repeat_interleave(per_class)
     z = latents.sample(targets.shape[0], rng)
-    images = gen(z, F.one_hot(targets, k).float())
+    images = gen(z, one_hot(targets, k))
     gen.train()
     return images, targets
 
@@ -81,7 +80,7 @@ def _confident_pool(run: RunState) -> tuple[torch.Tensor, torch.Tensor]:
         if run.clock.stop.poll():  # an interrupted run's candidates are not read: no more classifier passes
             chosen_z.append(z[:per])
         else:
-            m = margins(run.target, gen(z, F.one_hot(t, k).float()), t, stop=run.clock.stop)
+            m = margins(run.target, gen(z, one_hot(t, k)), t, stop=run.clock.stop)
             chosen_z.append(z[m.argsort(descending=True)[:per]])
         chosen_t.append(t[:per])
     return torch.cat(chosen_z), torch.cat(chosen_t)
@@ -99,7 +98,7 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
     weight = share.shape[0] / all_targets.shape[0]  # gradients as in the full batch
     z = pool_z[share].clone().requires_grad_(True)  # (N_r, latent)
     targets = all_targets[share]  # (N_r,)
-    cond = F.one_hot(targets, k).float()
+    cond = one_hot(targets, k)
     # a per-sample residual on the low-resolution pre-activations (zero: off)
     # (N, C, gh, gw)
     delta = torch.zeros(z.shape[0], gen.out_shape[0], *gen.gen_size, device=device, requires_grad=True)
@@ -127,7 +126,7 @@ def select_and_refine(run: RunState, space: RowSpace | None) -> tuple[torch.Tens
 
 
 def _refine_loss(run: RunState, z: torch.Tensor, delta: torch.Tensor, cond: torch.Tensor, targets: torch.Tensor,
-                 space: RowSpace | None) -> tuple[torch.Tensor, dict[str, float]]:
+                 space: RowSpace | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The refinement objective of the candidates' latents ``z`` and pixel residuals ``delta``."""
     gen, config = run.gen, run.config
     pre = gen.low_res(z, cond) + delta
@@ -137,15 +136,15 @@ def _refine_loss(run: RunState, z: torch.Tensor, delta: torch.Tensor, cond: torc
     if space is not None and config.w_span:
         outside = space.outside_fraction(raw).mean()
         loss = loss + config.w_span * outside
-        report["span"] = float(config.w_span * outside.detach())
+        report["span"] = config.w_span * outside.detach()
     if config.w_refine_latent:
         prior = run.latents.standardise(z).pow(2).mean()
         loss = loss + config.w_refine_latent * prior
-        report["latent"] = float(config.w_refine_latent * prior.detach())
+        report["latent"] = config.w_refine_latent * prior.detach()
     if config.refine_pixels and config.w_refine_pixel:
         shift = delta.pow(2).mean()
         loss = loss + config.w_refine_pixel * shift
-        report["pixel_shift"] = float(config.w_refine_pixel * shift.detach())
+        report["pixel_shift"] = config.w_refine_pixel * shift.detach()
     return loss, report
 
 

@@ -153,6 +153,6 @@ def fit(run: RunState, images: torch.Tensor, targets: torch.Tensor) -> torch.Ten
             break
         opt.step()
         kkt.project()
-        if not clock.tick({"kkt": float(residual.detach()), "range": float(outside.detach())}):
+        if not clock.tick({"kkt": residual.detach(), "range": outside.detach()}):
             break
     return x.detach().clamp(0.0, 1.0)

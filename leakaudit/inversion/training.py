@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
-from leakaudit.inversion.generator import soft_conditioning
+from leakaudit.inversion.generator import one_hot, soft_conditioning
 from leakaudit.inversion.informed import Encoder, pretrain_step
 from leakaudit.inversion.interrupt import interruptible
 from leakaudit.inversion.objective import Batch, objective
@@ -55,14 +54,14 @@ def pretrain(run: RunState, prior: Prior) -> None:
         clock.dist.average_gradients(params, idx.shape[0] / batch)
         opt.step()
         ckpt.save(gen, clock.steps + 1, "pretrain")
-        if not clock.tick({"vae": float(loss.detach())}):
+        if not clock.tick({"vae": loss.detach()}):
             break
 
 
 def _conditioning(targets: torch.Tensor, k: int, config: InversionConfig, rng: torch.Generator) -> torch.Tensor:
     if config.diverse:
         return soft_conditioning(targets, k, config.soft_temperature, rng)
-    return F.one_hot(targets, k).float()
+    return one_hot(targets, k)
 
 
 def train_against(run: RunState, phase: str, steps: int, lr: float, anchor: Prior | None) -> None:
@@ -76,12 +75,13 @@ def train_against(run: RunState, phase: str, steps: int, lr: float, anchor: Prio
     params = list(gen.parameters()) + (list(anchor.encoder.parameters()) if anchor is not None else [])
     opt = torch.optim.Adam(params, lr=lr)
     gen.train()
-    targets = torch.arange(k, device=device).repeat(config.batch_per_class)  # (B,)
+    host_targets = torch.arange(k).repeat(config.batch_per_class)  # (B,): the conditioning is drawn on the host
+    targets = host_targets.to(device)
     share = clock.dist.batch_share(targets)  # this rank's positions of the batch (all of it in one process)
     for step in range(steps if not clock.stopped else 0):
         cosine_lr(opt, step, steps, config.lr_final_fraction)
         z = latents.sample(targets.shape[0], rng)[share]  # (B_r, latent): drawn in full, so streams stay in step
-        cond = _conditioning(targets, k, config, rng).to(device)[share]  # (B_r, K)
+        cond = _conditioning(host_targets, k, config, rng).to(device)[share]  # (B_r, K)
         with interruptible(clock.stop):
             pre = gen.low_res(z, cond)  # (B_r, C, h, w)
             loss, report = _against_loss(run, Batch(gen.upsample(pre), pre, cond, targets[share]), anchor)
@@ -96,7 +96,7 @@ def train_against(run: RunState, phase: str, steps: int, lr: float, anchor: Prio
             break
 
 
-def _against_loss(run: RunState, batch: Batch, anchor: Prior | None) -> tuple[torch.Tensor, dict[str, float]]:
+def _against_loss(run: RunState, batch: Batch, anchor: Prior | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The objective of one batch against the classifier, plus the prior's reconstruction when anchored."""
     config, rng = run.config, run.rng
     loss, report = objective(run.target, run.weights, config, batch, rng)
@@ -108,5 +108,5 @@ def _against_loss(run: RunState, batch: Batch, anchor: Prior | None) -> tuple[to
                             rng=rng, at_generation_size=anchor.at_generation_size)
         vae = vae / images[0].numel()  # per pixel, comparable to the classifier terms
         loss = loss + config.w_anchor * vae
-        report["anchor"] = float(config.w_anchor * vae.detach())
+        report["anchor"] = config.w_anchor * vae.detach()
     return loss, report

@@ -23,13 +23,21 @@ import torch
 import torch.nn.functional as F
 
 from leakaudit.errors import DataError
-from leakaudit.matching.ssim import block_ssim, local_stats, prepare, prepare_left, prepare_right, ssim_map_from_stats
+from leakaudit.matching.ssim import (block_ssim, local_stats, prepare, prepare_left, prepare_right,
+                                     ssim_map_from_stats)
 
 # Prepared candidates take ~248·C·(H-10)·(W-10)·4 bytes each (~480 kB at 32×32 gray,
 # ~320 kB at 28×28): 768 MiB holds 2,000 candidates at 28×28 in one group.
 DEFAULT_MAX_PREPARED_BYTES = 768 * 2**20
 PREFILTER_SIDE = 8  # images are average-pooled to 8×8 for the correlation screen
 _PAIR_CHUNK = 4096
+# Large images (more pixels than 64×64): the all-pairs kernel's operands hold 248 numbers per position and image
+# (≈134 MB for one 3×224×224 image) and its matrix products shrink to a few pairs per position, so there each
+# image is scored against the candidates from their local statistics instead (``ssim_map_from_stats``: the same
+# SSIM, in float64), a chunk of candidates at a time within ``_PAIR_BYTES``. Up to 64×64 nothing changes.
+PAIRWISE_ABOVE_PIXELS = 64 * 64
+_PAIR_BYTES = 512 * 2**20
+_PAIR_ARRAYS = 8  # full-size float64 arrays one pair needs at once in ``ssim_map_from_stats``
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,41 @@ def _exact_search(
             done += js.stop - js.start
             if progress is not None:
                 progress(done, total)
+    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
+
+
+@torch.no_grad()
+def _pairwise_search(
+    candidates: torch.Tensor,
+    images: torch.Tensor,
+    k: int,
+    mask: Callable[[slice, slice], torch.Tensor | None],
+    progress: Callable[[int, int], None] | None,
+) -> BestMatches:
+    """Exact search for large images (``PAIRWISE_ABOVE_PIXELS``): one image at a time against every candidate.
+
+    The candidates' local statistics are computed once; each image's once, broadcast over a chunk of
+    candidates (no copy of either side per pair).
+    """
+    n, m = candidates.shape[0], images.shape[0]
+    x = prepare(candidates, torch.float64)  # (N, C, H', W')
+    mx, vx = local_stats(x)
+    chunk = max(1, _PAIR_BYTES // (x[0].numel() * x.element_size() * _PAIR_ARRAYS))
+    scores = torch.empty(n, m)  # (N, M) float32, as the all-pairs kernel gives
+    for j in range(m):
+        y = prepare(images[j : j + 1], torch.float64)  # (1, C, H', W')
+        my, vy = local_stats(y)
+        for c0 in range(0, n, chunk):
+            cs = slice(c0, min(c0 + chunk, n))
+            smap = ssim_map_from_stats(x[cs], y, mx[cs], vx[cs], my, vy)
+            scores[cs, j] = smap.mean(dim=(1, 2, 3)).float()
+        if progress is not None:
+            progress(j + 1, m)
+    disallowed = mask(slice(0, n), slice(0, m))
+    if disallowed is not None:
+        scores.masked_fill_(disallowed, float("-inf"))
+    top_val, top_idx = torch.topk(scores.T, k, dim=1)  # (M, k)
+    near_val, near_idx = scores.max(1)  # (N,)
     return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
 
 
@@ -334,6 +377,8 @@ def best_matches(
         raise DataError("prefilter must be None or a positive number of candidates")
     k = min(k, candidates.shape[0])
     mask = _class_mask(candidate_labels, image_labels, same_class)
+    if prefilter is None and candidates.shape[-2] * candidates.shape[-1] > PAIRWISE_ABOVE_PIXELS:
+        return _pairwise_search(candidates, images, k, mask, progress)
     if prefilter is None:
         return _exact_search(candidates, images, k, image_chunk, max_prepared_bytes, mask, progress)
     return _prefiltered_search(candidates, images, k, prefilter, image_chunk, mask, progress)
