@@ -97,7 +97,7 @@ class LeakedSample:
 
 
 def reconstruction_text(finding: Finding) -> str:
-    """"reconstruction: SSIM 0.812, LPIPS 0.104, 0.31 above the holdout's p95 (fail)"."""
+    """"reconstruction: SSIM 0.812, LPIPS 0.104, +0.310 over the holdout's p95 (fail)"."""
     parts = [f"SSIM {finding.ssim:.3f}"]
     if finding.lpips is not None:
         parts.append(f"LPIPS {finding.lpips:.3f}")
