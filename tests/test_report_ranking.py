@@ -88,10 +88,12 @@ def test_a_member_with_no_finding_is_listed_by_membership_with_its_own_pictures(
     s = with_references(scenario(leaky=True), 8)
     s.document["membership_attacks"]["exposed"] = s.document["membership_attacks"]["exposed"][::-1]
     s.arrays["membership_train_images"] = s.arrays["membership_train_images"][::-1]
-    s.document["findings"] = s.document["findings"][:2]  # the top members by membership have no listed finding
-    s.arrays["finding_train_images"] = s.arrays["finding_train_images"][:2]
     document = _gated(s)
+    document["findings"] = document["findings"][:2]  # the top members by membership have no listed finding
+    s.arrays["finding_train_images"] = s.arrays["finding_train_images"][:2]
     samples = most_leaked(load(document))
+    assert [x.placed_by for x in samples] == ["reconstruction", "membership"] * 2 + ["membership"]
+    assert [x.status for x in samples] == ["fail"] * 5 and samples[0].finding is not None
     alone = [x for x in samples if x.finding is None]
     assert alone and all(x.placed_by == "membership" and x.label == f"training image {x.train_index}" for x in alone)
     html = render_html(document, s.arrays)
