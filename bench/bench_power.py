@@ -7,11 +7,15 @@ else a line says they were skipped), builds the reference under
 fresh process, ``leakaudit run MODEL --data … --holdout …``). Prints the
 model's verdict and exposure, its images per class, the positive control's
 K ladder with each rung's leak score and members at SSIM ≥ 0.4, whether
-power is shown, and the seconds of every stage (the control is ``power``),
-then one Markdown table of it all (what ``bench/README.md`` keeps).
+power is shown, the membership column (the strongest membership attack at
+``--reference-models R``, default 4: its TPR at the FPR the gate reads and its
+AUC, beside the loss threshold's: where membership gives power that
+reconstruction does not), and the seconds of every stage (the control is
+``power``, the reference models ``membership``), then one Markdown table of it
+all (what ``bench/README.md`` keeps).
 
     python bench/bench_power.py                                   # every reference
-    python bench/bench_power.py --models digits-mlp-1pc,digits-mlp-2pc --effort quick
+    python bench/bench_power.py --models digits-mlp-1pc,digits-mlp-2pc --effort quick --reference-models 2
     python bench/bench_power.py --tabulate                        # the table of the audits already written
 """
 
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_verdict import audit_built  # noqa: E402
+from leakaudit.record.membership import AttackResult, ReferenceMembership  # noqa: E402
 from leakaudit.zoo import REAL, build_reference, load_spec, realdata_cache, shipped_audits  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -55,6 +60,27 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{float(value):.2f}"
 
 
+def _attack(attack: AttackResult, fpr: float) -> str:
+    """"RMIA ×4: TPR 35.0% at 1% FPR, AUC 0.72": the TPR the gate reads (at the lowest FPR the non-members resolve)."""
+    rate = attack.gate_rate(fpr)
+    tpr = "TPR –" if rate is None else f"TPR {rate.tpr:.1%} at {rate.fpr:.1%} FPR"
+    models = f" ×{attack.reference_models}" if attack.reference_models else ""
+    return f"{attack.name.split(' with ')[0]}{models}: {tpr}, AUC {attack.auc:.2f}"
+
+
+def membership_columns(doc: dict[str, Any]) -> dict[str, str]:
+    """The strongest membership attack and the loss threshold, each at the FPR the gate reads."""
+    data = doc.get("membership_attacks")
+    if not data:
+        test = doc["summary"].get("membership") or {}
+        loss = "–" if not test else f"loss threshold: AUC {float(test['auc']):.2f} (no reference models)"
+        return {"membership (strongest)": "–", "membership (loss)": loss}
+    attacks = ReferenceMembership.from_dict(data)
+    loss = next((a for a in attacks.attacks if a.attack == "loss"), attacks.attacks[0])
+    return {"membership (strongest)": _attack(attacks.strongest, attacks.gate_fpr),
+            "membership (loss)": _attack(loss, attacks.gate_fpr)}
+
+
 def row(name: str, doc: dict[str, Any]) -> dict[str, str]:
     """One line of the power map."""
     power = doc.get("power") or {}
@@ -74,6 +100,7 @@ def row(name: str, doc: dict[str, Any]) -> dict[str, str]:
         "≥ 0.4": ", ".join(f"{r['members_at_ssim_0_4']}/{r['n_members']}" for r in rungs) or "–",
         "power": power.get("status", "–") + (f" (K ≤ {power['largest_k_shown']})"
                                              if power.get("largest_k_shown") else ""),
+        **membership_columns(doc),
         "inversion s": f"{inversion:.0f}" if inversion is not None else "–",
         "power s": f"{control:.0f}" if control is not None else "–",
         "power / inversion": ratio,
@@ -105,6 +132,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(shipped_audits()))
     parser.add_argument("--effort", default=None, help="--effort of every audit (default: the tool's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-models", type=int, default=4,
+                        help="R of every audit, for the membership column (default 4; 0: the loss threshold only)")
     parser.add_argument("--out", type=Path, default=OUT / "power", help="where each audit writes (one folder each)")
     parser.add_argument("--tabulate", action="store_true",
                         help="run nothing: the table of the documents under --out (runs split over sessions)")
@@ -112,7 +141,8 @@ def main() -> None:
     if args.tabulate:
         print(markdown(written_rows(args.out, [m for m in args.models.split(",") if m])))
         return
-    extra = ["--seed", str(args.seed)] + (["--effort", args.effort] if args.effort else [])
+    extra = ["--seed", str(args.seed), "--reference-models", str(args.reference_models)]
+    extra += ["--effort", args.effort] if args.effort else []
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         missing = available(name)

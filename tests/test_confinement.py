@@ -440,20 +440,33 @@ def test_require_confinement_refuses_before_anything_runs(tiny: TinyReference, t
 
 def _audit(tiny: TinyReference, quick_config: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
-                            str(tiny.holdout_dir), "--out", str(out), "--config", str(quick_config), "-q"], capsys)
+                            str(tiny.holdout_dir), "--out", str(out), "--config", str(quick_config),
+                            "--reference-models", "2", "-q"], capsys)
     assert code in (0, 1), err
     return json.loads((out / "leakaudit.json").read_text())
 
 
+def _membership_rows(document: dict) -> list[tuple[str, int, float, list[float]]]:
+    return [(a["attack"], a["reference_models"], a["auc"], [r["tpr"] for r in a["tpr_at_fpr"]])
+            for a in document["membership_attacks"]["attacks"]]
+
+
+@pytest.mark.slow
 def test_same_document_confined_and_in_process(tiny: TinyReference, quick_config: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The same audit, reference models (R = 2) included, confined and in-process on one thread each."""
+    monkeypatch.setenv("LEAKAUDIT_THREADS", "1")
     confined = _audit(tiny, quick_config, tmp_path / "confined", capsys)
     monkeypatch.setenv("LEAKAUDIT_CONFINEMENT", "off")
     in_process = _audit(tiny, quick_config, tmp_path / "in-process", capsys)
     assert confined["provenance"]["confinement"]["worker"] is True
     assert in_process["provenance"]["confinement"] == {"worker": False,
                                                        "reason": "confinement turned off (LEAKAUDIT_CONFINEMENT=off)"}
+    here, there = _membership_rows(in_process), _membership_rows(confined)
+    assert [r[:2] for r in there] == [r[:2] for r in here] and [r[1] for r in here] == [0, 2, 2, 2]
+    for (_, _, auc_there, tpr_there), (_, _, auc_here, tpr_here) in zip(there, here):
+        assert auc_there == pytest.approx(auc_here, abs=1e-9) and tpr_there == pytest.approx(tpr_here, abs=1e-9)
     unconfined_notes = [n for n in in_process["summary"]["notes"] if n.startswith("The model ran unconfined")]
     assert len(unconfined_notes) == 1
     for doc in (confined, in_process):

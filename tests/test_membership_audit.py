@@ -167,3 +167,26 @@ def test_a_membership_phase_the_budget_cut_short_is_incomplete_never_a_pass() ->
     assert load(document).incomplete
     s.document["membership_attacks"]["complete"] = True
     assert apply_gate(s.document, gate, today=TODAY)["verdict"] == "pass"
+
+
+@pytest.mark.slow
+def test_the_most_leaked_list_names_the_membership_attack_and_every_output_lists_it(
+        memorising: tuple[leakaudit.AuditReport, leakaudit.AuditReport]) -> None:
+    """The real memorising audit: its members identified by the strongest attack are in the list read first."""
+    from leakaudit.cli.console import summary_lines
+    from leakaudit.report import render_markdown
+    from leakaudit.report.markdown import md_escape
+    from leakaudit.report.ranking import most_leaked, sample_line
+
+    document = memorising[0].document
+    record = load(document)
+    samples = most_leaked(record)
+    assert record.membership_attacks is not None
+    strongest = record.membership_attacks.strongest.name
+    identified = [s for s in samples if s.membership is not None and s.membership.identified]
+    assert identified and all(f"membership: {strongest} ranks it " in sample_line(s) for s in identified)
+    assert all("membership" in s.counts for s in identified)
+    terminal, markdown = "\n".join(summary_lines(document, [])), render_markdown(document)
+    for k, s in enumerate(samples, 1):
+        assert f"{k}. {s.status}: {sample_line(s)}" in terminal
+        assert md_escape(sample_line(s)) in markdown

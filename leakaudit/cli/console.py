@@ -146,6 +146,7 @@ def summary_lines(document: Mapping[str, Any], written: Sequence[Path]) -> list[
     """The human summary the CLI prints on stderr after an audit."""
     # Imported here: the report package loads numpy and jinja2, which `run` must not pay for before its path checks.
     from leakaudit.record import as_record
+    from leakaudit.report.ranking import most_leaked_lines
     from leakaudit.report.summary import format_p, headline_line, membership_line, power_line, tidy_numbers
     record = as_record(document)
     inversion = record.inversion
@@ -156,6 +157,8 @@ def summary_lines(document: Mapping[str, Any], written: Sequence[Path]) -> list[
     membership = membership_line(record)
     if membership:
         lines.append(f"  {tidy_numbers(membership)}")
+    ranked = most_leaked_lines(record)
+    lines += [f"  {ranked[0]}", *(f"    {line}" for line in ranked[1:])] if ranked else []
     if not inversion.complete:
         lines.append(f"  incomplete attack: {inversion.incomplete_reason or 'cut short by the budget'}")
     if inversion.resumed:

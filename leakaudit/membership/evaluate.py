@@ -7,65 +7,19 @@ With n non-members no FPR below 1/n can be resolved, and every row says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 from scipy.stats import beta
 
-from leakaudit.record.membership import gate_rate_of
+from leakaudit.record.membership import AttackRate, AttackResult, strongest_attack
 from leakaudit.scoring import _bootstrap_aucs, auc, tpr_at_fpr
 
 ROC_POINTS = 200
 
-
-@dataclass(frozen=True)
-class Rate:
-    """TPR at one FPR level with its Clopper–Pearson interval."""
-
-    fpr: float
-    tpr: float
-    low: float
-    high: float
-    resolvable: bool  # fpr ≥ 1 / n non-members
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fpr": self.fpr, "tpr": self.tpr, "ci_low": self.low, "ci_high": self.high,
-                "resolvable": self.resolvable}
-
-
-@dataclass(frozen=True)
-class AttackRow:
-    """One membership attack evaluated on the audit's members vs non-members."""
-
-    attack: str  # "loss" | "lira-online" | "lira-offline" | "rmia-offline"
-    reference_models: int
-    auc: float
-    auc_low: float
-    auc_high: float
-    rates: tuple[Rate, ...]
-    fpr_resolution: float  # 1 / n non-members
-    roc_fpr: tuple[float, ...]
-    roc_tpr: tuple[float, ...]
-    member_scores: tuple[float, ...]  # in the members' order
-    n_members: int
-    n_nonmembers: int
-    note: str = ""
-
-    def tpr(self, fpr: float) -> float:
-        return next(r.tpr for r in self.rates if abs(r.fpr - fpr) < 1e-12)
-
-    def gate_tpr(self, fpr: float) -> float:
-        """The TPR the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR they
-        resolve; -1 when they resolve none (so the AUC alone ranks such rows)."""
-        rate = gate_rate_of(self.rates, fpr)
-        return -1.0 if rate is None else rate.tpr
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"attack": self.attack, "reference_models": self.reference_models, "auc": self.auc,
-                "ci_low": self.auc_low, "ci_high": self.auc_high, "tpr_at_fpr": [r.to_dict() for r in self.rates],
-                "fpr_resolution": self.fpr_resolution, "roc": {"fpr": list(self.roc_fpr), "tpr": list(self.roc_tpr)},
-                "n_members": self.n_members, "n_nonmembers": self.n_nonmembers, "note": self.note}
+# The engine's row is the record's: ``evaluate`` makes the ``AttackResult`` the document holds, its members' scores
+# beside it (not written), and the strongest attack is chosen by the record's one rule.
+AttackRow = AttackResult
+strongest = strongest_attack
+__all__ = ["AttackRow", "clopper_pearson", "evaluate", "roc_curve", "strongest"]
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -92,7 +46,7 @@ def roc_curve(pos: np.ndarray, neg: np.ndarray,
 
 def evaluate(attack: str, models: int, member_scores: np.ndarray, nonmember_scores: np.ndarray,
              fpr_levels: tuple[float, ...], seed: int, n_boot: int = 500, note: str = "",
-             auc_interval: tuple[float, float, float] | None = None) -> AttackRow:
+             auc_interval: tuple[float, float, float] | None = None) -> AttackResult:
     """The row of one attack; ``auc_interval`` (value, low, high) when computed elsewhere (the loss test's own)."""
     pos, neg = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
     if auc_interval is None:
@@ -103,13 +57,8 @@ def evaluate(attack: str, models: int, member_scores: np.ndarray, nonmember_scor
     for level in fpr_levels:
         tpr = tpr_at_fpr(pos, neg, level)
         low, high = clopper_pearson(int(round(tpr * pos.size)), pos.size)
-        rates.append(Rate(level, tpr, low, high, level >= 1.0 / neg.size))
+        rates.append(AttackRate(level, tpr, low, high, level >= 1.0 / neg.size))
     roc_fpr, roc_tpr = roc_curve(pos, neg)
-    return AttackRow(attack, models, *auc_interval, tuple(rates), 1.0 / neg.size, roc_fpr, roc_tpr,
-                     tuple(float(s) for s in pos), int(pos.size), int(neg.size), note)
+    return AttackResult(attack, models, *auc_interval, tuple(rates), 1.0 / neg.size, roc_fpr, roc_tpr, int(pos.size),
+                        int(neg.size), note, member_scores=tuple(float(s) for s in pos))
 
-
-def strongest(rows: tuple[AttackRow, ...] | list[AttackRow], fpr: float) -> AttackRow:
-    """The attack with the highest TPR at the FPR the gate reads (the lowest resolvable one at or above ``fpr``),
-    ties by AUC: a TPR the non-members cannot resolve never decides which attack is strongest."""
-    return max(rows, key=lambda r: (r.gate_tpr(fpr), r.auc))

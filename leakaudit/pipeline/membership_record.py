@@ -8,19 +8,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from leakaudit.membership.evaluate import AttackRow
 from leakaudit.membership.splits import Splits
 from leakaudit.pipeline.membership import GATE_FPR, MembershipResult
-from leakaudit.record.membership import AttackRate, AttackResult, ExposedMember, ReferenceMembership
+from leakaudit.record.membership import ExposedMember, ReferenceMembership
 from leakaudit.record.parse import frozen
 
 EXPOSED_MEMBERS = 12  # the members the report shows by membership score
-
-
-def attack_result(row: AttackRow) -> AttackResult:
-    rates = tuple(AttackRate(r.fpr, r.tpr, r.low, r.high, r.resolvable) for r in row.rates)
-    return AttackResult(row.attack, row.reference_models, row.auc, row.auc_low, row.auc_high, rates,
-                        row.fpr_resolution, row.roc_fpr, row.roc_tpr, row.n_members, row.n_nonmembers, row.note)
 
 
 def splits_record(splits: Splits) -> dict[str, object]:
@@ -36,13 +29,12 @@ def reference_membership(result: MembershipResult | None, best_index: torch.Tens
     """The record of the attacks; None when no reference model was planned (R = 0: the document is unchanged)."""
     if result is None or result.planned_models == 0:
         return None
-    attacks = tuple(attack_result(row) for row in result.rows)
     record = ReferenceMembership(
-        attacks, gate_fpr, result.reference_models, result.planned_models, frozen(result.recipe.to_dict()),
+        result.rows, gate_fpr, result.reference_models, result.planned_models, frozen(result.recipe.to_dict()),
         result.recipe_given, frozen(result.check.to_dict()) if result.check else None,
         frozen(splits_record(result.splits)) if result.splits is not None else None, result.seconds_per_model,
         result.method, result.complete, result.notes, ())
-    strongest = next(r for r in result.rows if r.attack == record.strongest.attack)
+    strongest = record.strongest
     order = np.argsort(-np.asarray(strongest.member_scores), kind="stable")[:EXPOSED_MEMBERS]
     exposed = tuple(ExposedMember(int(i), float(strongest.member_scores[i]), *_best(int(i), best_index, best_ssim))
                     for i in order)

@@ -7,9 +7,9 @@ unchanged. The strongest attack, which the gate reads, is derived here once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from leakaudit.record.parse import (
     JsonObject, flag, frozen, integer, items, number, optional_integer, optional_number, optional_obj, text, thawed,
@@ -18,22 +18,6 @@ from leakaudit.record.parse import (
 ATTACK_NAMES = {"loss": "the loss threshold", "lira-online": "LiRA", "lira-offline": "LiRA offline",
                 "rmia-offline": "RMIA"}
 
-
-class _Rate(Protocol):
-    @property
-    def fpr(self) -> float: ...
-    @property
-    def resolvable(self) -> bool: ...
-
-
-_R = TypeVar("_R", bound=_Rate)
-
-
-def gate_rate_of(rates: Iterable[_R], fpr: float) -> _R | None:
-    """The rate the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR above it
-    that they resolve; None when they resolve none. The one rule, for the engine's rows and the record's."""
-    usable = sorted((r for r in rates if r.resolvable and r.fpr >= fpr - 1e-12), key=lambda r: r.fpr)
-    return usable[0] if usable else None
 
 @dataclass(frozen=True)
 class AttackRate:
@@ -55,6 +39,16 @@ class AttackRate:
                    flag(d, "resolvable"))
 
 
+def strongest_attack(attacks: Sequence[AttackResult], fpr: float) -> AttackResult:
+    """The attack with the highest TPR at the FPR the gate reads (``gate_rate``: a TPR the non-members cannot
+    resolve never decides), ties by AUC, the first on a full tie. The one rule, for the engine and the record."""
+    def key(row: AttackResult) -> tuple[float, float]:
+        rate = row.gate_rate(fpr)
+        return (-1.0 if rate is None else rate.tpr, row.auc)
+
+    return max(attacks, key=key)
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """One membership attack on the audit's members vs non-members."""
@@ -70,7 +64,10 @@ class AttackResult:
     roc_tpr: tuple[float, ...]
     n_members: int
     n_nonmembers: int
-    note: str
+    note: str = ""
+    # Every member's score, in the members' order, as the engine computed it. Not written to the document (a loaded
+    # record holds none), so it takes no part in comparing records.
+    member_scores: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -88,8 +85,10 @@ class AttackResult:
         return 0.0 if rate is None else rate.tpr
 
     def gate_rate(self, fpr: float) -> AttackRate | None:
-        """The rate at ``fpr``, or at the lowest recorded FPR the non-members resolve when they cannot resolve it."""
-        return gate_rate_of(self.rates, fpr)
+        """The rate the gate reads: at ``fpr`` when the non-members resolve it, else at the lowest recorded FPR above
+        it that they resolve; None when they resolve none."""
+        usable = sorted((r for r in self.rates if r.resolvable and r.fpr >= fpr - 1e-12), key=lambda r: r.fpr)
+        return usable[0] if usable else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack, "reference_models": self.reference_models, "auc": self.auc,
@@ -146,17 +145,8 @@ class ReferenceMembership:
 
     @property
     def strongest(self) -> AttackResult:
-        """The attack with the highest TPR at the FPR the gate reads (``gate_rate``: a TPR the non-members cannot
-        resolve never decides), ties by AUC (the first on a full tie)."""
-        def key(row: AttackResult) -> tuple[float, float]:
-            rate = row.gate_rate(self.gate_fpr)
-            return (-1.0 if rate is None else rate.tpr, row.auc)
-
-        best = self.attacks[0]
-        for row in self.attacks[1:]:
-            if key(row) > key(best):
-                best = row
-        return best
+        """The attack the gate reads (``strongest_attack``)."""
+        return strongest_attack(self.attacks, self.gate_fpr)
 
     @property
     def recipe_warning(self) -> str | None:

@@ -133,7 +133,7 @@ def report_context(
         "banner": {"kind": banner_kind, "text": banner_text, "npz": bool(arrays)},
         "images": images.include,
         "rows": rows,
-        "top": view.top_leaked(rows),
+        "top": view.top_leaked(record, rows, arrays, images),
         "leak": view.leak_facts(record),
         "galleries": view.galleries(record, arrays, images),
         "power": view.power_view(record, arrays, images),

@@ -12,6 +12,7 @@ autolinks and @mentions stay plain text, and table pipes are escaped.
 from __future__ import annotations
 
 from leakaudit.record import AuditRecord, Finding, as_record
+from leakaudit.report.ranking import list_title, most_leaked, sample_line
 from leakaudit.report.summary import SYMBOLS, Readable, format_p, membership_line, summarise, tidy_numbers
 from leakaudit.sanitize import document_text, markdown_text
 
@@ -65,7 +66,18 @@ def _headline(record: AuditRecord) -> list[str]:
     membership = membership_line(record)
     if membership is not None:
         lines.append(f"- **Membership**: {md_escape(membership[0].upper() + membership[1:])}")
-    return lines + _power_table(record) + _attack_table(record)
+    return lines + _most_leaked(record) + _power_table(record) + _attack_table(record)
+
+
+def _most_leaked(record: AuditRecord) -> list[str]:
+    """The images a reviewer reads first, ranked by both signals (``ranking.most_leaked``), each signal named."""
+    samples = most_leaked(record)
+    if not samples:
+        return []
+    lines = ["", f"**{list_title(samples)}** (reconstruction and membership, interleaved; each row names its signals):",
+             ""]
+    return lines + [f"{k}. {STATUS.get(s.status, s.status)}: {md_escape(sample_line(s))}"
+                    for k, s in enumerate(samples, 1)]
 
 
 def _attack_table(record: AuditRecord) -> list[str]:

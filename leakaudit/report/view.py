@@ -16,9 +16,9 @@ import numpy as np
 from leakaudit.record import AuditRecord
 from leakaudit.record.parse import thawed
 from leakaudit.report.images import DIFF_GAIN, ImageRenderer
+from leakaudit.report.ranking import list_title, most_leaked
 from leakaudit.report.summary import format_p
 
-TOP_LEAKED = 5
 GALLERY_PER_CLASS = 12
 GALLERY_MAX_CLASSES = 40
 GALLERY_THUMB_SIDE = 64
@@ -60,10 +60,25 @@ def finding_rows(record: AuditRecord, arrays: Mapping[str, np.ndarray], images: 
     return rows
 
 
-def top_leaked(rows: Sequence[Row], limit: int = TOP_LEAKED) -> list[Row]:
-    """The rows a reviewer should see first: flagged ones, else the best-matched ones."""
-    flagged = [r for r in rows if r["flagged"]]
-    return list(flagged or rows)[:limit]
+def top_leaked(record: AuditRecord, rows: Sequence[Row], arrays: Mapping[str, np.ndarray],
+               images: ImageRenderer) -> dict[str, Any]:
+    """The most-leaked list (``ranking.most_leaked``: both signals, each named) with each image's pictures: its
+    finding's row where it has one, else the exposed member beside its best reconstruction."""
+    samples = most_leaked(record)
+    members, recon = arrays.get("membership_train_images"), arrays.get("images")
+    out = []
+    for s in samples:
+        if s.finding_index is not None and s.finding is not None:
+            row = rows[s.finding_index]
+            pictures, anchor = (row["recon"], row["train"]), f"finding-{s.finding.rank}"
+        else:
+            assert s.membership is not None  # an image on neither list is never ranked
+            m = s.membership
+            best = _pick(recon, -1 if m.member.reconstruction_index is None else m.member.reconstruction_index)
+            pictures, anchor = (images.uri(best), images.uri(_pick(members, m.exposed_index))), f"exposed-{m.rank}"
+        out.append({"s": s, "recon": pictures[0], "train": pictures[1], "anchor": anchor, "label": s.label,
+                    "reasons": list(s.reasons), "status": s.status})
+    return {"title": list_title(samples), "rows": out}
 
 
 def _gallery_source(record: AuditRecord, arrays: Mapping[str, np.ndarray]) -> tuple[str, dict[int, list[int]]]:
