@@ -30,7 +30,8 @@ from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
 from leakaudit.pipeline.matches import Matches, match_stage
 from leakaudit.pipeline.membership_record import reference_membership
-from leakaudit.pipeline.membership_run import MembershipPhase, membership_notes, membership_phase
+from leakaudit.pipeline.membership_run import (MembershipPhase, membership_notes, membership_phase, membership_share,
+                                               release_ranks)
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
 from leakaudit.pipeline.power import PowerStage, power_stage, report_arrays
@@ -144,11 +145,13 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
     matches = match_stage(run, attack, sets)
     if dist.any_true(stop()):
         return _stopped()
-    if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
+    if not dist.is_main:  # every rank's share is in: rank 0 takes it from here, with each rank's reference models
+        membership_share(run, prepared.inputs, sets)
         return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
     timer.start("power")
     power = power_stage(run, prepared.inputs, sets, attack)
     if power is None or stop():
+        release_ranks(run, sets)
         return _stopped()
     timer.start("membership")
     membership = membership_phase(run, prepared.inputs, sets)
