@@ -9,7 +9,7 @@ reference-model training loop against a plain PyTorch loop of the same recipe,
 side by side; ``--head`` audits a fine-tuned head with R = 64 reference heads.
 
     python bench/bench_membership.py --reference fmnist-50            # ~4 min on 2 cores
-    python bench/bench_membership.py --reference fmnist-500 --recipes given --models 4
+    python bench/bench_membership.py --reference fmnist-500 --models 8 --default-models 4 --threads 1
     python bench/bench_membership.py --reference digits-robust
     python bench/bench_membership.py --throughput
     python bench/bench_membership.py --head
@@ -93,7 +93,8 @@ def take(run: ReferenceRun, r: int) -> ReferenceRun:
                    out_accuracy=run.out_accuracy[:r], seconds=run.seconds[:r], models_done=r)
 
 
-def run_reference(name: str, recipes: list[str], models: int) -> None:
+def run_reference(name: str, recipes: list[str], models: int, default_models: int | None = None) -> None:
+    """The target once, then R reference models per recipe (``default_models`` of them for the guessed one)."""
     bench = BENCHES[name]
     images, labels, mi, ni = split(bench)
     started = time.monotonic()
@@ -110,8 +111,9 @@ def run_reference(name: str, recipes: list[str], models: int) -> None:
     pool_labels = torch.cat([labels[mi], labels[ni]])
     for which in recipes:
         recipe = bench.recipe if which == "given" else DEFAULT_RECIPE
-        settings = MembershipSettings(models, recipe, which == "given", seed=0)
-        splits = draw_splits(len(pool), len(mi), models, settings.seed)
+        count = default_models if which != "given" and default_models is not None else models
+        settings = MembershipSettings(count, recipe, which == "given", seed=0)
+        splits = draw_splits(len(pool), len(mi), count, settings.seed)
         request = ReferenceRequest(pool, pool_labels, torch.from_numpy(splits.masks), recipe, settings.seed)
         began = time.monotonic()
         progress = InversionCallbacks(on_step=lambda done, planned, _: print(
@@ -218,6 +220,8 @@ def main() -> int:
     parser.add_argument("--reference", choices=sorted(BENCHES), action="append")
     parser.add_argument("--recipes", default="given,default")
     parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--default-models", type=int, default=None,
+                        help="reference models with the default (guessed) recipe (default: --models)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
@@ -226,7 +230,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.reference or []:
-        run_reference(name, args.recipes.split(","), args.models)
+        run_reference(name, args.recipes.split(","), args.models, args.default_models)
     if args.throughput:
         throughput(args.rounds)
     if args.head:
