@@ -229,3 +229,30 @@ def test_a_checkpoint_of_other_inputs_is_not_read_back(pool: Pool, tmp_path: Pat
     assert store.load(range(2), 40, 10, flips=True) == {}  # no mirrored logits: not this plan's models
     (tmp_path / "reference-1.pt").write_bytes(b"damaged")
     assert sorted(store.load(range(2), 40, 10, flips=False)) == [0]
+
+
+def test_a_phase_the_budget_cut_short_keeps_its_finished_models_and_nothing_else(tmp_path: Path) -> None:
+    from leakaudit.gate.verdict import GateSettings, apply_gate
+    from leakaudit.pipeline.membership_run import clear_checkpoints
+    from leakaudit.record import load
+
+    from .scenarios import TODAY, scenario, with_references
+
+    def folder() -> Path:
+        root = tmp_path / "checkpoints"
+        (root / "membership").mkdir(parents=True, exist_ok=True)
+        (root / "membership" / "reference-0.pt").write_bytes(b"model 0")
+        (root / "resume.pt").write_bytes(b"inversion state")
+        (root / "generator.pt").write_bytes(b"generator")
+        return root
+
+    document = with_references(scenario(leaky=False), 8).document
+    document["membership_attacks"].update(complete=False, reference_models=3)
+    clear_checkpoints(folder(), load(apply_gate(document, GateSettings(), today=TODAY)))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "checkpoints", "checkpoints/membership", "checkpoints/membership/reference-0.pt"]
+    document["membership_attacks"].update(complete=True, reference_models=8)
+    clear_checkpoints(folder(), load(apply_gate(document, GateSettings(), today=TODAY)))
+    assert not (tmp_path / "checkpoints").exists()
+    clear_checkpoints(folder(), None)  # an audit that ended in an error: nothing kept
+    assert not (tmp_path / "checkpoints").exists()

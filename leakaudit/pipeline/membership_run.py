@@ -8,6 +8,7 @@ phase the budget or a stop cuts short leaves the audit incomplete, never a pass.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from leakaudit.pipeline.membership import (
     train_share,
 )
 from leakaudit.pipeline.run_context import RunContext
+from leakaudit.record import AuditRecord
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> M
     if not result.complete:
         reason = (f"the budget ended the membership phase after {result.reference_models} "
                   f"of {result.planned_models} reference models; an unfinished membership test cannot pass: raise "
-                  "--budget or lower --reference-models")
+                  "--budget (the finished models are kept: the same audit trains only the rest) or lower "
+                  "--reference-models")
     return MembershipPhase(logits_train, logits_null, result, reason)
 
 
@@ -139,3 +142,24 @@ def membership_notes(phase: MembershipPhase) -> list[str]:
     if phase.incomplete_reason is not None:
         notes.append(f"The membership phase is incomplete: {phase.incomplete_reason}.")
     return notes
+
+
+def clear_checkpoints(folder: Path, record: AuditRecord | None) -> None:
+    """After an audit that was not stopped: the checkpoint folder removed, but for the finished reference models of a
+    membership phase the budget cut short (the same command with a larger ``--budget`` trains only the rest).
+
+    Nothing is followed through a link: a link in the folder is removed, not its target.
+    """
+    unfinished = record is not None and record.membership_attacks is not None and not record.membership_attacks.complete
+    if not unfinished or folder.is_symlink() or not folder.is_dir():
+        if folder.is_symlink():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        if entry.name == MEMBERSHIP_DIR and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
