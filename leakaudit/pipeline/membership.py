@@ -250,12 +250,18 @@ def _references(session: ModelSession, plan: Plan, sets: MembershipSets, setting
     saved = store.load(range(planned), n, k, settings.recipe.flips)
     todo = [i for i in range(planned) if i not in saved]
     observer.phase("membership: training reference models", planned)
+    delivered: dict[int, ReferenceModel] = {}  # as each finishes (a worker ended by a stop may not reply)
+
+    def keep(model: ReferenceModel, _: int, __: int) -> None:
+        delivered[model.index] = model
+        store.save(model)
+
     share = train_share(session, plan, settings, todo, dist, _progress(observer, len(saved), planned), should_stop,
-                        budget_s, lambda model, _, __: store.save(model))
+                        budget_s, keep)
     for index, model in share.models.items():
-        if index % dist.world_size != dist.rank:  # another rank's: kept here, where the checkpoints are
+        if index not in delivered:  # another rank's: kept here, where the checkpoints are
             store.save(model)
-    run = assemble({**saved, **share.models}, n, k, share.method)
+    run = assemble({**saved, **delivered, **share.models}, n, k, share.method)
     return replace(run, unsupported=share.unsupported), len(saved)
 
 
