@@ -256,3 +256,18 @@ def test_a_phase_the_budget_cut_short_keeps_its_finished_models_and_nothing_else
     assert not (tmp_path / "checkpoints").exists()
     clear_checkpoints(folder(), None)  # an audit that ended in an error: nothing kept
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_stopping_rules_early_check_decides_as_a_full_pass(fitted: nn.Module, pool: Pool) -> None:
+    from leakaudit.membership.training import EVAL_CHUNK, reaches_accuracy
+
+    images = torch.cat([pool.members[0], pool.nonmembers[0]]).repeat(4, 1, 1, 1).float() / 255.0  # 800: two chunks
+    labels = torch.cat([pool.members[1], pool.nonmembers[1]]).repeat(4)
+    assert len(images) > EVAL_CHUNK
+    with torch.no_grad():
+        accuracy = float((fitted(images).argmax(1) == labels).double().mean())
+    assert 0.5 < accuracy < 1.0  # the members fitted, the non-members not all
+    for threshold in (0.5, accuracy, accuracy + 1e-9, 0.99, 1.0):
+        reached, read = reaches_accuracy(fitted, images, labels, threshold)
+        assert reached == (accuracy >= threshold), threshold
+        assert read == accuracy if reached else read != read  # NaN: stopped before the end
