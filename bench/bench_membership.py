@@ -9,7 +9,7 @@ reference-model training loop against a plain PyTorch loop of the same recipe,
 side by side; ``--head`` audits a fine-tuned head with R = 64 reference heads.
 
     python bench/bench_membership.py --reference fmnist-50            # ~4 min on 2 cores
-    python bench/bench_membership.py --reference fmnist-500 --recipes given --models 4
+    python bench/bench_membership.py --reference fmnist-500 --models 8 --default-models 4 --threads 1
     python bench/bench_membership.py --reference digits-robust
     python bench/bench_membership.py --throughput
     python bench/bench_membership.py --head
@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +36,8 @@ from leakaudit.inversion import InversionCallbacks  # noqa: E402
 from leakaudit.membership.splits import draw_splits  # noqa: E402
 from leakaudit.confine.session import InProcessSession  # noqa: E402
 from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe  # noqa: E402
-from leakaudit.membership.references import ReferenceRun  # noqa: E402
+from leakaudit.membership.evaluate import AttackRow  # noqa: E402
+from leakaudit.membership.references import ReferenceModel, assemble  # noqa: E402
 from leakaudit.membership.training import train_module  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
 from leakaudit.pipeline.membership import (Fit, MembershipSets, MembershipSettings, attack_rows,  # noqa: E402
@@ -86,14 +86,8 @@ def cnn(size: int) -> nn.Module:
     return build_classifier(ReferenceSpec(arch="cnn", size=size), 1, 10)
 
 
-def take(run: ReferenceRun, r: int) -> ReferenceRun:
-    """The first r reference models of a run."""
-    return replace(run, logits=run.logits[:r], mirrored=None if run.mirrored is None else run.mirrored[:r],
-                   in_loss=run.in_loss[:r], in_accuracy=run.in_accuracy[:r], out_loss=run.out_loss[:r],
-                   out_accuracy=run.out_accuracy[:r], seconds=run.seconds[:r], models_done=r)
-
-
-def run_reference(name: str, recipes: list[str], models: int) -> None:
+def run_reference(name: str, recipes: list[str], models: int, default_models: int | None = None) -> None:
+    """The target once, then R reference models per recipe (``default_models`` of them for the guessed one)."""
     bench = BENCHES[name]
     images, labels, mi, ni = split(bench)
     started = time.monotonic()
@@ -110,41 +104,43 @@ def run_reference(name: str, recipes: list[str], models: int) -> None:
     pool_labels = torch.cat([labels[mi], labels[ni]])
     for which in recipes:
         recipe = bench.recipe if which == "given" else DEFAULT_RECIPE
-        settings = MembershipSettings(models, recipe, which == "given", seed=0)
-        splits = draw_splits(len(pool), len(mi), models, settings.seed)
+        count = default_models if which != "given" and default_models is not None else models
+        settings = MembershipSettings(count, recipe, which == "given", seed=0)
+        splits = draw_splits(len(pool), len(mi), count, settings.seed)
         request = ReferenceRequest(pool, pool_labels, torch.from_numpy(splits.masks), recipe, settings.seed)
-        began = time.monotonic()
-        progress = InversionCallbacks(on_step=lambda done, planned, _: print(
-            f"  reference model {done}/{planned} ({which}) after {time.monotonic() - began:.0f} s", flush=True))
-        run = session.train_references(request, progress, lambda: False)
         mirrored = session.logits(pool.flip(3)) if recipe.flips else None
-        table(which, sets, settings, splits.masks, run, mirrored)
+        began = time.monotonic()
+        finished: dict[int, ReferenceModel] = {}
+        print(f"  {'recipe':8} {'R':>2} {'attack':13} {'AUC':>6} {'TPR@1%':>7} {'TPR@0.1%':>8}", flush=True)
+        print_rows(which, 0, [loss_row(sets, settings)])
+
+        def on_model(model: ReferenceModel, done: int, planned: int) -> None:
+            """Each R level's rows as soon as its models are trained (a run cut short still reports)."""
+            finished[model.index] = model
+            print(f"  reference model {done}/{planned} ({which}) after {time.monotonic() - began:.0f} s", flush=True)
+            if done in R_LEVELS:
+                run = assemble(finished, len(pool), 10, "full")
+                print_rows(which, done, attack_rows(run, splits.masks[:done], target_logits, mirrored, pool_labels,
+                                                    len(mi), settings))
+
+        target_logits = torch.cat([sets.member_logits, sets.nonmember_logits])
+        run = session.train_references(request, InversionCallbacks(), lambda: False, on_model)
         check = recipe_check(target_fit(sets.member_logits, sets.member_labels, sets.nonmember_logits,
                                         sets.nonmember_labels), run)
         print(f"  recipe check ({which}): target {_fit(check.target)}; references {_fit(check.references)}; "
               f"warning: {check.warning}")
-        print(f"  seconds per reference model ({which}): {float(run.seconds.mean()):.1f}")
+        print(f"  seconds per reference model ({which}): {float(run.seconds.mean()):.1f}", flush=True)
+
+
+def print_rows(which: str, r: int, rows: list[AttackRow]) -> None:
+    for row in rows:
+        print(f"  {which:8} {r:>2} {row.attack:13} {row.auc:6.3f} {row.tpr(0.01):7.3f} {row.tpr(0.001):8.4f}",
+              flush=True)
 
 
 def _fit(fit: Fit) -> str:
     return (f"loss {fit.in_loss:.3f} IN / {fit.out_loss:.3f} OUT, accuracy {fit.in_accuracy:.3f} IN / "
             f"{fit.out_accuracy:.3f} OUT")
-
-
-def table(which: str, sets: MembershipSets, settings: MembershipSettings, masks: np.ndarray, run: ReferenceRun,
-          mirrored: torch.Tensor | None) -> None:
-    """Each attack's AUC and TPR at 1 % and 0.1 % FPR for the first R of the trained models."""
-    print(f"  {'recipe':8} {'R':>2} {'attack':13} {'AUC':>6} {'TPR@1%':>7} {'TPR@0.1%':>8}")
-    loss = loss_row(sets, settings)
-    print(f"  {which:8} {0:>2} {'loss':13} {loss.auc:6.3f} {loss.tpr(0.01):7.3f} {loss.tpr(0.001):8.4f}")
-    target_logits = torch.cat([sets.member_logits, sets.nonmember_logits])
-    labels = torch.cat([sets.member_labels, sets.nonmember_labels])
-    for r in R_LEVELS[1:]:
-        if r > run.models_done:
-            break
-        for row in attack_rows(take(run, r), masks[:r], target_logits, mirrored, labels, len(sets.member_labels),
-                               settings):
-            print(f"  {which:8} {r:>2} {row.attack:13} {row.auc:6.3f} {row.tpr(0.01):7.3f} {row.tpr(0.001):8.4f}")
 
 
 def plain_loop(module: nn.Module, x01: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe, seed: int) -> None:
@@ -218,6 +214,8 @@ def main() -> int:
     parser.add_argument("--reference", choices=sorted(BENCHES), action="append")
     parser.add_argument("--recipes", default="given,default")
     parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--default-models", type=int, default=None,
+                        help="reference models with the default (guessed) recipe (default: --models)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
@@ -226,7 +224,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.reference or []:
-        run_reference(name, args.recipes.split(","), args.models)
+        run_reference(name, args.recipes.split(","), args.models, args.default_models)
     if args.throughput:
         throughput(args.rounds)
     if args.head:

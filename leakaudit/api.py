@@ -106,7 +106,10 @@ def audit(model: Any, train: Any, holdout: Any = None, *, effort: str = AuditSet
     ``[tool.leakaudit.gate]``. ``out``: write every output file there as the
     audit ends; without it nothing is written until ``report.write(folder)``.
     ``settings``: any other ``[tool.leakaudit]`` key (``budget``, ``prior``,
-    ``candidates_per_class``, ``inversion={...}``, ``fail_ssim`` …).
+    ``candidates_per_class``, ``inversion={...}``, ``fail_ssim`` …), and the
+    Python-only ``train_fn``: the owner's training loop for the membership
+    test's reference models, ``train_fn(model, images, labels, *, seed) ->
+    model``, trusted like ``--arch`` (docs/membership.md).
     Raises ``leakaudit.errors.LeakAuditError`` subclasses on bad input.
     """
     built = build_settings(model, train, holdout, effort=effort, gate=gate, init=init, seed=seed, out=out,

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from leakaudit.config.schema import AuditSettings
-from leakaudit.errors import UsageError
+from leakaudit.config.kinds import BadValue, Function
+from leakaudit.config.schema import AuditSettings, all_options
+from leakaudit.errors import ConfigError, UsageError
 from leakaudit.gate.settings import gate_settings_from_mapping
 from leakaudit.membership.recipe import TrainingRecipe, load_recipe, recipe_from_mapping
 
@@ -35,4 +36,18 @@ def build_settings(values: Mapping[str, Any], *, gate: Mapping[str, Any] | None 
     if recipe is not None and not isinstance(recipe, TrainingRecipe):  # checked before the run: one ConfigError
         recipe = recipe_from_mapping(recipe, "recipe=") if isinstance(recipe, Mapping) else load_recipe(recipe)
         values = {**values, "recipe": recipe}
+    _check_functions(values)
     return AuditSettings(**values, gate=gate_settings, inversion=dict(inversion or {}), command=command)
+
+
+def _check_functions(values: Mapping[str, Any]) -> None:
+    """A Python-only function setting that is not callable: one ConfigError naming every one."""
+    problems = []
+    for option in all_options():
+        if isinstance(option.meta.kind, Function) and values.get(option.name) is not None:
+            try:
+                option.meta.kind.convert(values[option.name])
+            except BadValue as exc:
+                problems.append(f"{option.key}=: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leakaudit.config.kinds import BadValue
+from leakaudit.config.kinds import BadValue, Function
 from leakaudit.config.schema import RUN_LEVEL_INVERSION_KEYS, option_by_key
 from leakaudit.errors import ConfigError, UsageError, did_you_mean
 from leakaudit.gate.settings import GATE_KEYS
@@ -88,6 +88,8 @@ def check_keywords(settings: Mapping[str, Any], gate: Mapping[str, Any] | None =
             problems.append(f"{key!r} is not a setting of audit(): {option.meta.not_a_keyword}")
         elif key == "recipe" and isinstance(value, Mapping):  # the recipe's table itself (a file is a path)
             values["recipe"] = dict(value)
+        elif option is not None and isinstance(option.meta.kind, Function):  # checked once, by build_settings
+            values[option.name] = value
         elif key in known:
             name, converted = _value(key, value, problems)
             values[name] = converted

@@ -120,4 +120,16 @@ class IntPair:
         return int(first), int(second)
 
 
-Kind = Text | Number | Choice | Flag | PathKind | Floats | IntPair
+@dataclass(frozen=True)
+class Function:
+    """A Python callable (a setting only ``leakaudit.audit()`` takes: no flag or file value can be a function)."""
+
+    signature: str = ""
+
+    def convert(self, value: Any) -> Any:
+        if not callable(value):
+            raise BadValue(f"{type(value).__name__} {value!r} is not callable; pass a function {self.signature}")
+        return value
+
+
+Kind = Text | Number | Choice | Flag | PathKind | Floats | IntPair | Function

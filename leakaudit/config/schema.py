@@ -16,7 +16,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from leakaudit.config.kinds import Choice, Flag, Floats, IntPair, Kind, Number, PathKind, Text
+from leakaudit.config.kinds import Choice, Flag, Floats, Function, IntPair, Kind, Number, PathKind, Text
 from leakaudit.gate.settings import GateSettings
 
 GROUPS = ("Inputs", "Model", "Gate", "Outputs", "Inversion", "Run")  # the order of `run --help`'s sections
@@ -38,6 +38,11 @@ class Meta:
     short: str | None = None
     in_file: bool = True  # a [tool.leakaudit] key
     not_a_keyword: str | None = None  # why audit() refuses it as a keyword (None: it takes it)
+    on_cli: bool = True  # False: a Python-only setting (a keyword of audit(), no flag and no file key)
+
+    def __post_init__(self) -> None:
+        if not self.on_cli and self.in_file:
+            raise TypeError("a setting without a flag has no [tool.leakaudit] key either: pass in_file=False")
 
 
 def setting(default: Any = MISSING, *, help: str, group: str, kind: Kind, **meta: Any) -> Any:
@@ -178,6 +183,10 @@ class AuditSettings:
         None, help="The target's training recipe (TOML: optimizer, lr, epochs, batch_size, augment, ...) that the "
                    "reference models repeat (default: a guessed one, and every output says so).", group="Inversion",
         kind=PathKind(dir_okay=False))
+    train_fn: Any = setting(  # the owner's own training loop, trusted like --arch (it runs where the model runs)
+        None, help="Your own training function for the reference models: train_fn(model, images, labels, *, seed) "
+                   "-> model (images as the model takes them, trained in place or returned).", group="Inversion",
+        kind=Function("train_fn(model, images, labels, *, seed) -> model"), on_cli=False, in_file=False)
     lpips_net: str = setting("alex", help="LPIPS backbone.", group="Inversion",
                              kind=Choice(("alex", "vgg", "squeeze")))
     lpips_weights: Path | None = setting(
@@ -210,7 +219,14 @@ def _meta(f: Field[Any]) -> Meta | None:
 
 @functools.cache
 def options() -> tuple[Option, ...]:
-    """Every setting a user sets, in ``run --help`` order: the fields, the gate's flags before the Gate fields."""
+    """Every setting the command line offers, in ``run --help`` order: the fields, the gate's flags before the
+    Gate fields. Python-only settings (``on_cli=False``) are left out: ``all_options`` has them."""
+    return tuple(option for option in all_options() if option.meta.on_cli)
+
+
+@functools.cache
+def all_options() -> tuple[Option, ...]:
+    """Every setting a user sets, the Python-only ones among them, in ``run --help`` order."""
     gate_defaults = GateSettings()
     gate = [Option(name, meta, getattr(gate_defaults, name), to_gate=True) for name, meta in GATE_OPTIONS]
     found: list[Option] = []
@@ -227,8 +243,8 @@ def options() -> tuple[Option, ...]:
 
 @functools.cache
 def option_by_key() -> dict[str, Option]:
-    """The options by ``[tool.leakaudit]`` key (= keyword of ``audit()``), file or not."""
-    return {option.key: option for option in options()}
+    """The options by ``[tool.leakaudit]`` key (= keyword of ``audit()``), file, flag or neither."""
+    return {option.key: option for option in all_options()}
 
 
 def defaults() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from leakaudit.confine import results
 from leakaudit.confine.operations import AttackRequest
 from leakaudit.inversion.engine import Checkpointer
 from leakaudit.inversion.resume import RESUME_FILE, clear_state, save_state
+from leakaudit.membership.references import OnModel
 
 
 class _Weights:
@@ -55,6 +56,24 @@ class CheckpointWriter:
         elif name == "clear":
             clear_state(self.folder)
 
+
+
+class ReferenceWriter:
+    """Hands each reference model the worker finished to ``on_model`` (which keeps its checkpoint), checked first."""
+
+    def __init__(self, on_model: OnModel | None, n: int, num_classes: int, flips: bool, planned: int) -> None:
+        self.on_model, self.n, self.num_classes, self.flips, self.planned = on_model, n, num_classes, flips, planned
+        self.done = 0
+
+    def write(self, message: dict[str, Any]) -> None:
+        if message.get("name") != "reference" or self.on_model is None:
+            return
+        fields = message.get("model")
+        if not isinstance(fields, dict):
+            raise results.ReplyError("reference checkpoint")
+        model = results.reference_model(fields, self.n, self.num_classes, self.flips)
+        self.done += 1
+        self.on_model(model, self.done, self.planned)
 
 
 def saved_state(folder: Path | None) -> dict[str, Any] | None:

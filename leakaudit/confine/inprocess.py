@@ -17,7 +17,7 @@ from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequ
 from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.inversion.warmstart import PretrainCache
-from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.references import OnModel, ReferenceModel, ReferenceRun
 from leakaudit.model.target import TargetModel
 from leakaudit.power.control import ControlRun
 
@@ -41,7 +41,7 @@ class ModelSession(Protocol):
                     should_stop: StopCheck) -> ControlRun: ...
 
     def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
-                         should_stop: StopCheck) -> ReferenceRun: ...
+                         should_stop: StopCheck, on_model: OnModel | None = None) -> ReferenceRun: ...
 
     def close(self) -> None: ...
 
@@ -82,14 +82,17 @@ class InProcessSession:
         return operations.control(self._target(), request, callbacks, should_stop, self.pretrain_cache)
 
     def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
-                         should_stop: StopCheck) -> ReferenceRun:
+                         should_stop: StopCheck, on_model: OnModel | None = None) -> ReferenceRun:
+        """``on_model``: each finished model's signals as it finishes (the membership checkpoints)."""
         from leakaudit.confine import operations
 
-        def on_model(done: int, planned: int) -> None:
+        def finished(model: ReferenceModel, done: int, planned: int) -> None:
+            if on_model is not None:
+                on_model(model, done, planned)
             if callbacks.on_step is not None:
                 callbacks.on_step(done, planned, {})
 
-        return operations.train_references(self._target(), request, should_stop, on_model)
+        return operations.train_references(self._target(), request, should_stop, finished)
 
     def _target(self) -> TargetModel:
         if self.target is None:

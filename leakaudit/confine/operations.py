@@ -23,7 +23,7 @@ from leakaudit.runtime.memory import release_free_memory
 from leakaudit.model.target import TargetModel, load_model, wrap_module
 from leakaudit.runtime.numerics import flush_denormals
 from leakaudit.membership.recipe import TrainingRecipe
-from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.references import OnModel, ReferenceRun
 from leakaudit.power.control import ControlRun, run_control
 
 LOGITS_BATCH = 256
@@ -99,6 +99,8 @@ class ReferenceRequest:
     seed: int
     init: Path | None = None  # the --init weights, for a recipe that starts from them
     budget_s: float | None = None  # what the audit's budget leaves this phase (the confined call's ceiling)
+    model_ids: tuple[int, ...] | None = None  # each row's model number in the plan (its seeds); None: 0 … R − 1
+    train_fn: Callable[..., Any] | None = None  # the owner's training loop (train_fn=), trusted like --arch
 
 
 def load(request: LoadRequest) -> TargetModel:
@@ -132,12 +134,12 @@ def control(target: TargetModel, request: ControlRequest, callbacks: InversionCa
 
 
 def train_references(target: TargetModel, request: ReferenceRequest, should_stop: Callable[[], bool],
-                     on_model: Callable[[int, int], None] | None = None) -> ReferenceRun:
+                     on_model: OnModel | None = None) -> ReferenceRun:
     """The reference models of the membership test (``leakaudit.membership.references``)."""
     from leakaudit.membership.references import train_references as run
 
     return run(target, request.images, request.labels, request.masks, request.recipe, request.seed, request.init,
-               should_stop, on_model)
+               should_stop, on_model, request.model_ids, request.train_fn)
 
 
 @torch.no_grad()

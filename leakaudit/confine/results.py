@@ -15,7 +15,7 @@ import torch
 
 from leakaudit.confine.operations import LoadRequest, ModelInfo
 from leakaudit.inversion import InversionResult
-from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.references import ReferenceModel, ReferenceRun
 from leakaudit.power.control import ControlRun
 
 
@@ -176,3 +176,23 @@ def reference_run(f: dict[str, Any], models: int, n: int, num_classes: int, flip
             raise ReplyError(f"{name} has {len(rows[name])} values for {done} models")
     return ReferenceRun(logits=logits, mirrored=mirrored, models_done=done,
                         method=_is(f.get("method"), str, "method"), unsupported=unsupported, **rows)
+
+
+def reference_model(f: dict[str, Any], n: int, num_classes: int, flips: bool) -> ReferenceModel:
+    """One finished reference model's signals (a checkpoint message), shapes checked."""
+    logits = _tensor(f.get("logits"), "logits", torch.float32, 2)
+    if tuple(logits.shape) != (n, num_classes):
+        raise ReplyError(f"reference logits of shape {tuple(logits.shape)}")
+    mirrored = f.get("mirrored")
+    if mirrored is not None and tuple(_tensor(mirrored, "mirrored", torch.float32, 2).shape) != (n, num_classes):
+        raise ReplyError(f"mirrored logits of shape {tuple(mirrored.shape)}")
+    if flips and mirrored is None:
+        raise ReplyError("mirrored logits missing")
+    fit = _is(f.get("fit"), (list, tuple), "fit")
+    if len(fit) != 4:
+        raise ReplyError("fit")
+    index = _is(f.get("index"), int, "index")
+    if index < 0:
+        raise ReplyError(f"index {index}")
+    return ReferenceModel(index, logits, mirrored, tuple(float(_is(v, (int, float), "fit")) for v in fit),  # type: ignore[arg-type]
+                          float(_is(f.get("seconds"), (int, float), "seconds")))

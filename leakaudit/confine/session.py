@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from leakaudit.confine import limits, results, sandbox, spawn
-from leakaudit.confine.checkpoints import CheckpointWriter, saved_state
+from leakaudit.confine.checkpoints import CheckpointWriter, ReferenceWriter, saved_state
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
 from leakaudit.confine.inprocess import InProcessSession, ModelSession, StopCheck
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo, ReferenceRequest
@@ -37,7 +37,9 @@ from leakaudit.runtime.distributed import DistContext
 from leakaudit.errors import (AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError,
                               UsageError)
 from leakaudit.inversion import InversionCallbacks, InversionResult
-from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.recipe import file_table
+from leakaudit.membership.references import OnModel, ReferenceRun
+from leakaudit.membership.training import function_name, function_spec
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
 
@@ -51,6 +53,9 @@ _WARNINGS: dict[str, type[Warning]] = {c.__name__: c for c in (UserWarning, Depr
 REPLY_MARGIN = 1 << 20  # a tensor frame's own structure (names, pickle) beyond the tensors' bytes
 MODEL_REPLY_BYTES = 1 << 30  # the most an inversion, a control or a checkpoint may send back
 BUDGET_MARGIN_S = 30.0  # loading and the membership pass end at the budget plus this, counted from the start
+NOT_IMPORTABLE = ("train_fn {name} has no name the model's confined worker can import it by (a lambda, a local "
+                  "function or one defined in __main__): define it at the top level of a module importable from the "
+                  "working directory, or pass the model as an nn.Module (which runs in this process)")
 
 
 class ConfinedSession:
@@ -131,13 +136,22 @@ class ConfinedSession:
         return self._checked(results.control_run, reply.get("control"), self.info)
 
     def train_references(self, request: ReferenceRequest, callbacks: InversionCallbacks,
-                         should_stop: StopCheck) -> ReferenceRun:
+                         should_stop: StopCheck, on_model: OnModel | None = None) -> ReferenceRun:
+        """``on_model``: each finished model's signals, sent by the worker as it finishes (the checkpoints)."""
+        spec = None
+        if request.train_fn is not None:
+            spec = function_spec(request.train_fn)
+            if spec is None:
+                raise ConfigError(NOT_IMPORTABLE.format(name=function_name(request.train_fn)))
         args = {"images": request.images.contiguous(), "labels": request.labels.contiguous(),
-                "masks": request.masks.contiguous(), "recipe": request.recipe.to_dict(), "seed": request.seed,
-                "init": str(request.init) if request.init is not None else None}
-        reply = self._call("references", args, "the reference models", callbacks, should_stop,
-                           ceiling(request.budget_s))
+                "masks": request.masks.contiguous(), "recipe": file_table(request.recipe), "seed": request.seed,
+                "init": str(request.init) if request.init is not None else None,
+                "model_ids": list(request.model_ids) if request.model_ids is not None else None,
+                "train_fn": spec, "report_models": on_model is not None}
         models, n = len(request.masks), len(request.images)
+        writer = ReferenceWriter(on_model, n, self.info.num_classes, request.recipe.flips, models)
+        reply = self._call("references", args, "the reference models", callbacks, should_stop,
+                           ceiling(request.budget_s), writer)
         if reply is None:
             empty = torch.zeros(0, dtype=torch.float64)
             return ReferenceRun(torch.zeros(0, n, self.info.num_classes), None, empty, empty, empty, empty, empty,
@@ -166,7 +180,8 @@ class ConfinedSession:
 
     def _call(self, op: str, args: dict[str, Any], phase: str, callbacks: InversionCallbacks | None = None,
               should_stop: StopCheck | None = None, ceiling_s: float | None = None,
-              writer: CheckpointWriter | None = None, reply_bytes: int = MODEL_REPLY_BYTES) -> dict[str, Any] | None:
+              writer: CheckpointWriter | ReferenceWriter | None = None,
+              reply_bytes: int = MODEL_REPLY_BYTES) -> dict[str, Any] | None:
         """Send one request and serve the worker until it replies; None when a stop ended it.
 
         ``ceiling_s``: the operation's own ceiling; without one it ends where the audit's budget does (plus
@@ -217,7 +232,7 @@ class ConfinedSession:
                                  "stopped it") from None
 
     def _serve(self, message: dict[str, Any], callbacks: InversionCallbacks | None,
-               writer: CheckpointWriter | None) -> None:
+               writer: CheckpointWriter | ReferenceWriter | None) -> None:
         kind, name = message["kind"], message.get("name")
         if kind == "confined" and "landlock_abi" not in self.confinement:  # sent before the model is opened, once
             record = message.get("record")
@@ -344,7 +359,9 @@ def open_session(settings: AuditSettings, dist: DistContext, threads: int,
             raise UsageError(f"--require-confinement: the model cannot run confined here: {reason}")
         spawn.discard()
         return InProcessSession(reason, dist=dist)
-    code_from_cwd = settings.arch is not None or settings.unsafe_pickle
+    code_from_cwd = settings.arch is not None or settings.unsafe_pickle or settings.train_fn is not None
+    if settings.train_fn is not None and function_spec(settings.train_fn) is None:  # refused before the attack
+        raise ConfigError(NOT_IMPORTABLE.format(name=function_name(settings.train_fn)))
     readable = sandbox.readable_paths(settings.model, settings.init, code_from_cwd)
     return ConfinedSession(readable, settings.budget, settings.seed, threads, on_note, should_stop,
                            sandbox.gpu_wanted(settings.device))

@@ -102,17 +102,25 @@ def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
 def _op_references(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
     from leakaudit.confine import operations
     from leakaudit.membership.recipe import recipe_from_mapping
+    from leakaudit.membership.training import import_function
 
+    spec = args.get("train_fn")
+    ids = args.get("model_ids")
     request = operations.ReferenceRequest(args["images"], args["labels"], args["masks"],
                                           recipe_from_mapping(args["recipe"]), int(args["seed"]),
-                                          Path(args["init"]) if args.get("init") else None)
+                                          Path(args["init"]) if args.get("init") else None,
+                                          model_ids=tuple(int(i) for i in ids) if ids is not None else None,
+                                          train_fn=import_function(str(spec)) if spec else None)
     callbacks = state.relay.callbacks()
+    report = bool(args.get("report_models"))
 
     def stop() -> bool:  # polled between batches: also the watchdog's sign of progress
         state.relay.alive()
         return bool(state.relay.should_stop())
 
-    def on_model(done: int, planned: int) -> None:
+    def on_model(model: Any, done: int, planned: int) -> None:
+        if report:  # the finished model's signals, for the parent's checkpoint (the worker writes nothing)
+            state.relay.send({"kind": "checkpoint", "name": "reference", "model": operations.result_fields(model)})
         if callbacks.on_step is not None:
             callbacks.on_step(done, planned, {})
         state.relay.flush()

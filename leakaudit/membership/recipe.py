@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class TrainingRecipe:
     label_smoothing: float = 0.0
     trained_layers: str | tuple[str, ...] = "all"  # "all" | "head" | parameter name prefixes
     start: str = "fresh"  # "fresh": the architecture's default initialisation; "init": the --init weights
+    function: str | None = None  # the owner's training function (train_fn=) by name, which replaces the loop
 
     @property
     def flips(self) -> bool:
@@ -51,8 +52,11 @@ class TrainingRecipe:
         return n if self.batch_size == "full" else min(int(self.batch_size), max(n, 1))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for the findings document (lists, not tuples)."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain values for the findings document (lists, not tuples); with the owner's function, what still
+        applies beside it (where the copy starts, and the augmentations that decide whether mirrors are queried)."""
+        if self.function is not None:
+            return {"function": f"user function {self.function}", "start": self.start, "augment": list(self.augment)}
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "function"}
         out["augment"] = list(self.augment)
         if isinstance(self.trained_layers, tuple):
             out["trained_layers"] = list(self.trained_layers)
@@ -65,7 +69,7 @@ class TrainingRecipe:
 # that fits its own subset is the right null for them; a regularised target makes the recipe check warn.
 DEFAULT_RECIPE = TrainingRecipe()
 
-_KEYS = tuple(f.name for f in fields(TrainingRecipe))
+_KEYS = tuple(f.name for f in fields(TrainingRecipe) if f.name != "function")  # the file's keys
 
 
 def _number(value: Any) -> bool:
@@ -147,6 +151,11 @@ def recipe_from_mapping(table: Mapping[str, Any], source: str = "the recipe") ->
         if values.get(key) is not None:
             values[key] = float(values[key])
     return TrainingRecipe(**values)
+
+
+def file_table(recipe: TrainingRecipe) -> dict[str, Any]:
+    """The recipe as its file's table (what ``recipe_from_mapping`` reads back), without the owner's function."""
+    return replace(recipe, function=None).to_dict()
 
 
 def load_recipe(path: str | Path) -> TrainingRecipe:

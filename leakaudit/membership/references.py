@@ -12,9 +12,10 @@ and each reference model is a linear head trained on them (seconds, not minutes)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import nn
 
 from leakaudit.errors import ModelError
 from leakaudit.membership.recipe import TrainingRecipe
-from leakaudit.membership.training import eval_logits, train_module, trained_parameters
+from leakaudit.membership.training import eval_logits, train_by_function, train_module, trained_parameters
 from leakaudit.model.features import fixed_batch
 from leakaudit.model.target import TargetModel
 from leakaudit.power.control import _copy_from_init
@@ -30,6 +31,17 @@ from leakaudit.power.reinit import UnknownLayer, fresh_copy
 from leakaudit.runtime.numerics import flush_denormals
 
 HEAD_CHECK_TOLERANCE = 1e-3  # relative: the head applied to the tapped features must give the model's logits
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """One finished reference model's signals: all the attacks read of it, and all a checkpoint keeps (no weights)."""
+
+    index: int  # its row of the splits
+    logits: torch.Tensor  # (N, K) float32 on the pool
+    mirrored: torch.Tensor | None  # (N, K) float32 on the mirrored pool, when the recipe flips
+    fit: tuple[float, float, float, float]  # IN loss, IN accuracy, OUT loss, OUT accuracy
+    seconds: float  # its training and scoring time
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,32 @@ class ReferenceRun:
     models_done: int  # < R when a stop ended the run
     method: str  # "head" (features once, head retrained) | "full"
     unsupported: str | None = None  # why no copy could be made
+
+    def models(self, ids: Sequence[int]) -> list[ReferenceModel]:
+        """The run's finished models one by one; ``ids``: the splits' row of each model the request asked for."""
+        return [ReferenceModel(int(ids[r]), self.logits[r], None if self.mirrored is None else self.mirrored[r],
+                               (float(self.in_loss[r]), float(self.in_accuracy[r]), float(self.out_loss[r]),
+                                float(self.out_accuracy[r])), float(self.seconds[r]))
+                for r in range(self.models_done)]
+
+
+def assemble(models: Mapping[int, ReferenceModel], n: int, k: int, method: str) -> ReferenceRun:
+    """The run of models 0, 1, … as far as every one is finished (models past a gap cannot be used: the attacks
+    read the first R' rows of the splits)."""
+    done = 0
+    while done in models:
+        done += 1
+    rows = [models[i] for i in range(done)]
+    fits = torch.tensor([m.fit for m in rows], dtype=torch.float64).reshape(done, 4)
+    flipped = [m.mirrored for m in rows if m.mirrored is not None]
+    return ReferenceRun(torch.stack([m.logits for m in rows]) if rows else torch.zeros(0, n, k),
+                        torch.stack(flipped) if rows and len(flipped) == done else None, fits[:, 0], fits[:, 1],
+                        fits[:, 2], fits[:, 3], torch.tensor([m.seconds for m in rows], dtype=torch.float64), done,
+                        method)
+
+
+OnModel = Callable[[ReferenceModel, int, int], None]  # a finished model, how many are done, how many planned
+TrainFn = Callable[..., Any]  # the owner's own loop: train_fn(model, images, labels, *, seed) -> model (or None)
 
 
 def _starting_copy(target: TargetModel, recipe: TrainingRecipe, seed: int, init: Path | None) -> nn.Module:
@@ -83,23 +121,30 @@ def _fit_report(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) 
 
 def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
                      recipe: TrainingRecipe, seed: int, init: Path | None = None,
-                     should_stop: Callable[[], bool] = lambda: False,
-                     on_model: Callable[[int, int], None] | None = None) -> ReferenceRun:
-    """Train one reference model per row of ``masks`` (R, N) on the uint8 pool ``images``; seeded per model."""
+                     should_stop: Callable[[], bool] = lambda: False, on_model: OnModel | None = None,
+                     model_ids: Sequence[int] | None = None, train_fn: TrainFn | None = None) -> ReferenceRun:
+    """Train one reference model per row of ``masks`` (R, N) on the uint8 pool ``images``; seeded per model.
+
+    ``model_ids``: each row's model number in the whole plan (default 0 … R − 1): a model's seeds follow its
+    number, so a share of the plan (another rank's, or what a resumed run has left) trains the same models.
+    ``train_fn``: the owner's own training loop in place of the recipe's (``training.train_by_function``).
+    """
+    ids = tuple(range(len(masks))) if model_ids is None else tuple(int(i) for i in model_ids)
     with torch.random.fork_rng(devices=[]), flush_denormals(), torch.jit.optimized_execution(False):
         if target.module is None:
             return _unsupported("the loaded model keeps no module to copy", len(masks), len(images),
                                 target.num_classes)
-        recipe = head_by_init(target, recipe, init)
-        head = _head_features(target, images, recipe, init, seed) if _wants_head(recipe) else None
+        recipe = head_by_init(target, recipe, init) if train_fn is None else recipe
+        wants_head = _wants_head(recipe) and train_fn is None
+        head = _head_features(target, images, recipe, init, seed) if wants_head else None
+        plan = _Plan(labels, masks, ids, recipe, seed, should_stop, on_model, target.num_classes, train_fn)
         if head is not None:
-            return _run(head.model_for, head.inputs, head.mirrored, labels, masks, recipe, seed, lambda x: x,
-                        should_stop, on_model, "head", target.num_classes)
+            return _run(head.model_for, head.inputs, head.mirrored, lambda x: x, plan, "head")
         x = images.to(target.device)
         mirrored = x.flip(3) if recipe.flips else None
         try:
-            return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored, labels,
-                        masks, recipe, seed, target.normalise, should_stop, on_model, "full", target.num_classes)
+            return _run(lambda r: _starting_copy(target, recipe, seed + 1000 * (r + 1), init), x, mirrored,
+                        target.normalise, plan, "full")
         except UnknownLayer as exc:
             return _unsupported(f"no known default initialisation for {exc}", len(masks), len(images),
                                 target.num_classes)
@@ -129,44 +174,52 @@ def _unsupported(reason: str, r: int, n: int, k: int) -> ReferenceRun:
     return ReferenceRun(torch.zeros(0, n, k), None, empty, empty, empty, empty, empty, 0, "none", reason)
 
 
-def _run(model_for: Callable[[int], nn.Module], inputs: torch.Tensor, mirrored: torch.Tensor | None,
-         labels: torch.Tensor, masks: torch.Tensor, recipe: TrainingRecipe, seed: int,
-         normalise: Callable[[torch.Tensor], torch.Tensor], should_stop: Callable[[], bool],
-         on_model: Callable[[int, int], None] | None, method: str, classes: int) -> ReferenceRun:
-    """Train each model on its split and read its logits on the whole pool (and the mirrors).
+@dataclass(frozen=True)
+class _Plan:
+    """What every model of one run shares: its split, its number in the plan, the recipe, the callbacks."""
 
-    ``classes``: the target's, so that a run stopped before its first model still has the reply's shape.
-    """
-    models = len(masks)
-    y = labels.long().to(inputs.device)
+    labels: torch.Tensor
+    masks: torch.Tensor  # (R, N) bool
+    ids: tuple[int, ...]  # each row's model number in the whole plan: its seeds
+    recipe: TrainingRecipe
+    seed: int
+    should_stop: Callable[[], bool]
+    on_model: OnModel | None
+    classes: int  # the target's, so that a run stopped before its first model still has the reply's shape
+    train_fn: TrainFn | None
+
+
+def _run(model_for: Callable[[int], nn.Module], inputs: torch.Tensor, mirrored: torch.Tensor | None,
+         normalise: Callable[[torch.Tensor], torch.Tensor], plan: _Plan, method: str) -> ReferenceRun:
+    """Train each model on its split and read its logits on the whole pool (and the mirrors)."""
+    y = plan.labels.long().to(inputs.device)
     scaled = inputs if inputs.dtype != torch.uint8 else None  # features are already the model's inputs
-    logits, flipped, fits, seconds = [], [], [], []
-    for r in range(models):
-        if should_stop():
+    done: dict[int, ReferenceModel] = {}
+    for r, model_id in enumerate(plan.ids):
+        if plan.should_stop():
             break
         started = time.monotonic()
-        module = model_for(r)
-        mask = masks[r].to(inputs.device)
-        stats = train_module(module, inputs[mask], y[mask], recipe, seed + 7 * (r + 1), normalise, should_stop)
-        if stats.stopped:
+        module = model_for(model_id)
+        mask = plan.masks[r].to(inputs.device)
+        train_seed = plan.seed + 7 * (model_id + 1)
+        if plan.train_fn is not None:
+            module = train_by_function(plan.train_fn, module, inputs[mask], y[mask], train_seed, normalise, model_id)
+        elif train_module(module, inputs[mask], y[mask], plan.recipe, train_seed, normalise,
+                          plan.should_stop).stopped:
             break
         batch = fixed_batch(module)
         pool = scaled if scaled is not None else normalise(inputs.float() / 255.0)
         out = eval_logits(module, pool, batch).cpu()
-        logits.append(out)
+        flipped = None
         if mirrored is not None:
             m = mirrored if mirrored.dtype != torch.uint8 else normalise(mirrored.float() / 255.0)
-            flipped.append(eval_logits(module, m, batch).cpu())
-        fits.append(_fit_report(out, labels.long().cpu(), masks[r].cpu()))
-        seconds.append(time.monotonic() - started)
-        if on_model is not None:
-            on_model(r + 1, models)
-    done = len(logits)
-    k = logits[0].shape[1] if logits else classes
-    table = torch.tensor(fits, dtype=torch.float64).reshape(done, 4)
-    return ReferenceRun(torch.stack(logits) if logits else torch.zeros(0, len(inputs), k),
-                        torch.stack(flipped) if flipped else None, table[:, 0], table[:, 1], table[:, 2], table[:, 3],
-                        torch.tensor(seconds, dtype=torch.float64), done, method)
+            flipped = eval_logits(module, m, batch).cpu()
+        model = ReferenceModel(model_id, out, flipped, _fit_report(out, plan.labels.long().cpu(), plan.masks[r].cpu()),
+                               time.monotonic() - started)
+        done[r] = model
+        if plan.on_model is not None:
+            plan.on_model(model, len(done), len(plan.ids))
+    return assemble(done, len(inputs), plan.classes, method)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
 from leakaudit.pipeline.matches import Matches, match_stage
 from leakaudit.pipeline.membership_record import reference_membership
-from leakaudit.pipeline.membership_run import MembershipPhase, membership_notes, membership_phase
+from leakaudit.pipeline.membership_run import (MembershipPhase, clear_checkpoints, membership_notes, membership_phase,
+                                               membership_share, release_ranks)
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
 from leakaudit.pipeline.power import PowerStage, power_stage, report_arrays
@@ -90,16 +90,16 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
         lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-        interrupted = False
+        interrupted, record = False, None
         try:
             with lock:
                 try:
                     outcome = _run_audit(run, model, write)
-                    interrupted = outcome.exit_status == ExitStatus.INTERRUPTED
+                    interrupted, record = outcome.exit_status == ExitStatus.INTERRUPTED, outcome.record
                     return outcome
                 finally:
                     if dist.is_main and not (interrupted or stop()):
-                        shutil.rmtree(settings.out / CHECKPOINT_DIR, ignore_errors=True)
+                        clear_checkpoints(settings.out / CHECKPOINT_DIR, record)
         finally:
             torch.set_num_threads(previous_threads)
     finally:
@@ -144,11 +144,13 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
     matches = match_stage(run, attack, sets)
     if dist.any_true(stop()):
         return _stopped()
-    if not dist.is_main:  # every rank's share is in: rank 0 takes it from here
+    if not dist.is_main:  # every rank's share is in: rank 0 takes it from here, with each rank's reference models
+        membership_share(run, prepared.inputs, sets)
         return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
     timer.start("power")
     power = power_stage(run, prepared.inputs, sets, attack)
     if power is None or stop():
+        release_ranks(run, sets)
         return _stopped()
     timer.start("membership")
     membership = membership_phase(run, prepared.inputs, sets)

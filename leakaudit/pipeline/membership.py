@@ -9,7 +9,7 @@ each attack. R = 0 is today's loss-threshold test, number for number.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,11 @@ from leakaudit.inversion import InversionCallbacks
 from leakaudit.membership import attacks
 from leakaudit.membership.evaluate import AttackRow, evaluate, strongest
 from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe
-from leakaudit.membership.references import ReferenceRun
+from leakaudit.membership.references import ReferenceModel, ReferenceRun, TrainFn, assemble
 from leakaudit.membership.signals import probability, signal
 from leakaudit.membership.splits import Splits, draw_splits
+from leakaudit.membership.store import ReferenceStore, store_key
+from leakaudit.runtime.distributed import DistContext
 from leakaudit.runtime.progress import Observer, SilentObserver
 from leakaudit.scoring import FPR_LEVELS, membership_test
 
@@ -48,6 +50,8 @@ class MembershipSettings:
     gate_fpr: float = GATE_FPR
     target_train_size: int | None = None  # the target's training-set size when known (else the members')
     init: Path | None = None
+    train_fn: TrainFn | None = None  # the owner's own training loop, in place of the recipe's
+    checkpoint_dir: Path | None = None  # where each finished model's signals are kept for a re-run (None: nowhere)
 
 
 @dataclass(frozen=True)
@@ -176,33 +180,112 @@ def attack_rows(run: ReferenceRun, masks: np.ndarray, target_logits: torch.Tenso
             for name, (s, note) in scores.items()]
 
 
-def _progress(observer: Observer, planned: int) -> InversionCallbacks:
-    return InversionCallbacks(on_step=lambda done, total, _: observer.advance(done, total, "reference models"))
+def _progress(observer: Observer, offset: int, planned: int) -> InversionCallbacks:
+    """The models done so far (``offset``: those read back from a checkpoint) of the ``planned``."""
+    return InversionCallbacks(on_step=lambda done, _, __: observer.advance(offset + done, planned,
+                                                                           "reference models"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The pool (members first, then non-members) and its IN/OUT splits: the same on every rank."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    splits: Splits
+
+
+def plan_of(member_images: torch.Tensor, member_labels: torch.Tensor, nonmember_images: torch.Tensor,
+            nonmember_labels: torch.Tensor, settings: MembershipSettings) -> Plan:
+    images = torch.cat([member_images, nonmember_images])
+    labels = torch.cat([member_labels, nonmember_labels]).long()
+    size = settings.target_train_size or len(member_images)
+    return Plan(images, labels, draw_splits(len(images), size, settings.reference_models, settings.seed))
+
+
+@dataclass(frozen=True)
+class Share:
+    """Reference models trained by this rank (on rank 0 of several: every rank's, gathered) and how."""
+
+    models: dict[int, ReferenceModel]
+    method: str
+    unsupported: str | None
+
+
+def train_share(session: ModelSession, plan: Plan, settings: MembershipSettings, todo: list[int] | None,
+                dist: DistContext, callbacks: InversionCallbacks, should_stop: Callable[[], bool],
+                budget_s: float | None = None, on_model: Callable[[ReferenceModel, int, int], None] | None = None,
+                ) -> Share:
+    """Train this rank's share of the models ``todo`` (model i on rank i % world) and gather them on rank 0.
+
+    ``todo`` is rank 0's (the models no checkpoint holds); the other ranks pass None and receive it. Every rank
+    calls this exactly once per membership phase: its two collectives pair with the other ranks'.
+    """
+    if dist.is_distributed:
+        todo = dist.all_gather_object(todo if dist.is_main else None)[0]
+    mine = [i for i in (todo or []) if i % dist.world_size == dist.rank]
+    request = ReferenceRequest(plan.images, plan.labels, torch.from_numpy(plan.splits.masks[mine]), settings.recipe,
+                               settings.seed, settings.init, budget_s, tuple(mine), settings.train_fn)
+    run = session.train_references(request, callbacks, should_stop, on_model)
+    share = Share({m.index: m for m in run.models(mine)}, run.method, run.unsupported)
+    if not dist.is_distributed:
+        return share
+    with dist.in_stage("the reference models"):
+        parts = [p for p in dist.all_gather_object(share) if p is not None]  # None: rank 0 stopped before its share
+    models = {i: m for part in parts for i, m in part.models.items()}
+    return Share(models, share.method, next((p.unsupported for p in parts if p.unsupported), None))
+
+
+def _references(session: ModelSession, plan: Plan, sets: MembershipSets, settings: MembershipSettings,
+                observer: Observer, should_stop: Callable[[], bool], budget_s: float | None,
+                dist: DistContext) -> tuple[ReferenceRun, int]:
+    """Every reference model: those a checkpoint holds read back, the rest trained (and each saved as it finishes);
+    also how many were read back."""
+    planned = settings.reference_models
+    target_logits = torch.cat([sets.member_logits, sets.nonmember_logits])
+    key = store_key(settings.seed, plan.splits.masks, plan.images, plan.labels, settings.recipe, target_logits,
+                    settings.init)
+    store = ReferenceStore(settings.checkpoint_dir, key)
+    n, k = len(plan.images), target_logits.shape[1]
+    saved = store.load(range(planned), n, k, settings.recipe.flips)
+    todo = [i for i in range(planned) if i not in saved]
+    observer.phase("membership: training reference models", planned)
+    delivered: dict[int, ReferenceModel] = {}  # as each finishes (a worker ended by a stop may not reply)
+
+    def keep(model: ReferenceModel, _: int, __: int) -> None:
+        delivered[model.index] = model
+        store.save(model)
+
+    share = train_share(session, plan, settings, todo, dist, _progress(observer, len(saved), planned), should_stop,
+                        budget_s, keep)
+    for index, model in share.models.items():
+        if index not in delivered:  # another rank's: kept here, where the checkpoints are
+            store.save(model)
+    run = assemble({**saved, **delivered, **share.models}, n, k, share.method)
+    return replace(run, unsupported=share.unsupported), len(saved)
 
 
 def membership_stage(session: ModelSession, sets: MembershipSets, settings: MembershipSettings,
                      observer: Observer | None = None,
                      should_stop: Callable[[], bool] = lambda: False,
-                     budget_s: float | None = None) -> MembershipResult:
+                     budget_s: float | None = None, dist: DistContext | None = None) -> MembershipResult:
     """Every membership attack the settings ask for, evaluated on the audit's members vs non-members.
 
     ``budget_s``: what the audit's budget leaves this phase, the ceiling of the confined training call.
+    ``dist``: rank 0 of several, whose other ranks train their share (``train_share``) meanwhile.
     """
     observer = observer or SilentObserver()
+    dist = dist or DistContext.single()
     loss = loss_row(sets, settings)
     planned = settings.reference_models
     if planned <= 0:
         note = "membership tested by the loss threshold only, the weakest known test (no reference models)"
         return MembershipResult((loss,), loss, settings.recipe, settings.recipe_given, 0, 0, None, None, None,
                                 "loss", True, (note,))
-    images = torch.cat([sets.member_images, sets.nonmember_images])
-    labels = torch.cat([sets.member_labels, sets.nonmember_labels]).long()
+    plan = plan_of(sets.member_images, sets.member_labels, sets.nonmember_images, sets.nonmember_labels, settings)
+    images, labels, splits = plan.images, plan.labels, plan.splits
     n_members = len(sets.member_images)
-    splits = draw_splits(len(images), settings.target_train_size or n_members, planned, settings.seed)
-    observer.phase("membership: training reference models", planned)
-    request = ReferenceRequest(images, labels, torch.from_numpy(splits.masks), settings.recipe, settings.seed,
-                               settings.init, budget_s)
-    run = session.train_references(request, _progress(observer, planned), should_stop)
+    run, resumed = _references(session, plan, sets, settings, observer, should_stop, budget_s, dist)
     notes: list[str] = []
     if run.unsupported is not None or run.models_done == 0:
         why = run.unsupported or "stopped before the first reference model was trained"
@@ -215,8 +298,13 @@ def membership_stage(session: ModelSession, sets: MembershipSets, settings: Memb
     rows = [loss, *attack_rows(run, masks, target_logits, mirrored, labels, n_members, settings)]
     fit = target_fit(sets.member_logits, sets.member_labels, sets.nonmember_logits, sets.nonmember_labels)
     check = recipe_check(fit, run)
-    if not settings.recipe_given:
+    if settings.train_fn is not None:
+        notes.append(f"the reference models were trained by the given training function {settings.recipe.function}")
+    elif not settings.recipe_given:
         notes.append("the training recipe was not given: the reference models used the default (guessed) recipe")
+    if resumed:
+        notes.append(f"{resumed} of the {planned} reference models were read back from the checkpoint of an "
+                     "interrupted run of this audit (their signals, not retrained)")
     if run.models_done < planned:
         notes.append(f"stopped after {run.models_done} of {planned} reference models: the membership phase is "
                      "incomplete")

@@ -8,18 +8,27 @@ phase the budget or a stop cuts short leaves the audit incomplete, never a pass.
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from leakaudit.config import AuditSettings
+from leakaudit.inversion import InversionCallbacks
+from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe
+from leakaudit.membership.store import MEMBERSHIP_DIR
+from leakaudit.membership.training import function_name
+from leakaudit.pipeline.attack import CHECKPOINT_DIR
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets
 from leakaudit.pipeline.membership import (
-    EFFORT_REFERENCE_MODELS, MembershipResult, MembershipSets, MembershipSettings, membership_stage,
+    EFFORT_REFERENCE_MODELS, MembershipResult, MembershipSets, MembershipSettings, membership_stage, plan_of,
+    train_share,
 )
 from leakaudit.pipeline.run_context import RunContext
-from leakaudit.membership.recipe import DEFAULT_RECIPE
+from leakaudit.record import AuditRecord
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,56 @@ def reference_count(settings: AuditSettings) -> int:
     return EFFORT_REFERENCE_MODELS[settings.effort]
 
 
-def stage_settings(settings: AuditSettings, models: int) -> MembershipSettings:
-    """The stage's settings from the audit's: R, the recipe (given or the guessed default), the seed, --init."""
-    recipe = settings.recipe if settings.recipe is not None else DEFAULT_RECIPE
-    return MembershipSettings(reference_models=models, recipe=recipe, recipe_given=settings.recipe is not None,
-                              seed=settings.seed, init=settings.init)
+def stage_settings(settings: AuditSettings, models: int, checkpoint_dir: Path | None = None) -> MembershipSettings:
+    """The stage's settings from the audit's: R, the recipe (given, the owner's function, or the guessed default),
+    the seed, --init, and where finished models are kept (rank 0's checkpoint folder)."""
+    recipe = settings.recipe if isinstance(settings.recipe, TrainingRecipe) else DEFAULT_RECIPE  # built or none
+    if settings.train_fn is not None:
+        recipe = replace(recipe, function=function_name(settings.train_fn))
+    given = settings.recipe is not None or settings.train_fn is not None
+    return MembershipSettings(reference_models=models, recipe=recipe, recipe_given=given, seed=settings.seed,
+                              init=settings.init, train_fn=settings.train_fn, checkpoint_dir=checkpoint_dir)
+
+
+def _checkpoints(run: RunContext) -> Path | None:
+    """Rank 0's folder of the membership checkpoints (the other ranks hand their models to rank 0)."""
+    return run.settings.out / CHECKPOINT_DIR / MEMBERSHIP_DIR if run.dist.is_main else None
+
+
+def ranks_share_membership(run: RunContext, sets: AuditSets) -> bool:
+    """Whether the ranks of a distributed run train the reference models together (then each calls
+    ``membership_phase`` (rank 0), ``membership_share`` or ``release_ranks`` exactly once)."""
+    return run.dist.is_distributed and sets.null is not None and reference_count(run.settings) > 0
+
+
+def membership_share(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> None:
+    """A rank other than 0: train this rank's share of the reference models and hand them to rank 0."""
+    if not ranks_share_membership(run, sets):
+        return
+    assert sets.null is not None
+    settings = stage_settings(run.settings, reference_count(run.settings))
+    plan = plan_of(sets.train.images, sets.train.labels, sets.null.images, sets.null.labels, settings)
+    should_stop = _stop_check(run)
+    train_share(inputs.model, plan, settings, None, run.dist, InversionCallbacks(), should_stop)
+
+
+def release_ranks(run: RunContext, sets: AuditSets) -> None:
+    """Rank 0 stopped before the membership phase: the other ranks, waiting for their share, get none."""
+    if ranks_share_membership(run, sets):
+        run.dist.all_gather_object([])  # the share's list of models to train: empty
+        run.dist.all_gather_object(None)  # and the gather of what they trained: nothing
+
+
+def _stop_check(run: RunContext) -> Callable[[], bool]:
+    """A stop request, or the budget spent (remembered: the phase then reports itself incomplete)."""
+    over_budget = [False]
+
+    def should_stop() -> bool:
+        left = _left_s(run)
+        over_budget[0] = over_budget[0] or (left is not None and left <= 0)
+        return run.stop() or over_budget[0]
+
+    return should_stop
 
 
 def _left_s(run: RunContext) -> float | None:
@@ -60,26 +114,20 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> M
     models = reference_count(run.settings)
     if models > 0:
         run.observer.phase(f"membership: {models} reference models")
-    over_budget = [False]
-
-    def should_stop() -> bool:
-        left = _left_s(run)
-        over_budget[0] = over_budget[0] or (left is not None and left <= 0)
-        return run.stop() or over_budget[0]
-
     left = _left_s(run)
     membership_sets = MembershipSets(sets.train.images, sets.train.labels, sets.null.images, sets.null.labels,
                                      logits_train, logits_null)
-    settings = stage_settings(run.settings, models)
-    result = membership_stage(model, membership_sets, settings, run.observer, should_stop,
-                              budget_s=None if left is None else max(left, 0.0))
+    settings = stage_settings(run.settings, models, _checkpoints(run))
+    result = membership_stage(model, membership_sets, settings, run.observer, _stop_check(run),
+                              budget_s=None if left is None else max(left, 0.0), dist=run.dist)
     if run.stop():
         return None
     reason = None
     if not result.complete:
         reason = (f"the budget ended the membership phase after {result.reference_models} "
                   f"of {result.planned_models} reference models; an unfinished membership test cannot pass: raise "
-                  "--budget or lower --reference-models")
+                  "--budget (the finished models are kept: the same audit trains only the rest) or lower "
+                  "--reference-models")
     return MembershipPhase(logits_train, logits_null, result, reason)
 
 
@@ -94,3 +142,24 @@ def membership_notes(phase: MembershipPhase) -> list[str]:
     if phase.incomplete_reason is not None:
         notes.append(f"The membership phase is incomplete: {phase.incomplete_reason}.")
     return notes
+
+
+def clear_checkpoints(folder: Path, record: AuditRecord | None) -> None:
+    """After an audit that was not stopped: the checkpoint folder removed, but for the finished reference models of a
+    membership phase the budget cut short (the same command with a larger ``--budget`` trains only the rest).
+
+    Nothing is followed through a link: a link in the folder is removed, not its target.
+    """
+    unfinished = record is not None and record.membership_attacks is not None and not record.membership_attacks.complete
+    if not unfinished or folder.is_symlink() or not folder.is_dir():
+        if folder.is_symlink():
+            folder.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        if entry.name == MEMBERSHIP_DIR and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

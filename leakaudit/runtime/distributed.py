@@ -17,8 +17,15 @@ it at the few places where ranks must cooperate:
   (``leakaudit.matching.sharded.sharded_best_matches``).
   Every pair is scored by the same kernel on the same chunk as in one process,
   so the merged result equals the single-process result exactly.
+- **reference models (membership), by model**: model i trains on rank
+  i % world, seeded by its number, so it is the model one process trains;
+  rank 0 sends the list of models to train (those no checkpoint holds) and
+  gathers every rank's models (``all_gather_object``;
+  ``leakaudit.pipeline.membership.train_share``). The other ranks wait for it
+  while rank 0 alone runs the positive control.
 - **outputs**: rank 0 alone writes, after the last collective (the gather of
-  the matching results), i.e. after every rank has finished its share.
+  the reference models, or of the matching results without them), i.e. after
+  every rank has finished its share.
 
 Failure: a rank that raises exits 2 with its rank in the message; torchrun
 then stops the others, and a rank blocked in a collective with a dead peer
