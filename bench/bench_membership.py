@@ -36,7 +36,7 @@ from leakaudit.inversion import InversionCallbacks  # noqa: E402
 from leakaudit.membership.splits import draw_splits  # noqa: E402
 from leakaudit.confine.session import InProcessSession  # noqa: E402
 from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe  # noqa: E402
-from leakaudit.membership.evaluate import AttackRow  # noqa: E402
+from leakaudit.record.membership import AttackResult  # noqa: E402
 from leakaudit.membership.references import ReferenceModel, assemble  # noqa: E402
 from leakaudit.membership.training import train_module  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
@@ -132,7 +132,7 @@ def run_reference(name: str, recipes: list[str], models: int, default_models: in
         print(f"  seconds per reference model ({which}): {float(run.seconds.mean()):.1f}", flush=True)
 
 
-def print_rows(which: str, r: int, rows: list[AttackRow]) -> None:
+def print_rows(which: str, r: int, rows: list[AttackResult]) -> None:
     for row in rows:
         print(f"  {which:8} {r:>2} {row.attack:13} {row.auc:6.3f} {row.tpr(0.01):7.3f} {row.tpr(0.001):8.4f}",
               flush=True)

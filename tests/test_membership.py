@@ -231,7 +231,7 @@ def _row(attack: str, auc: float, rates: list[tuple[float, float, bool]]) -> Att
 
 def test_a_tpr_the_non_members_cannot_resolve_never_picks_the_strongest_attack() -> None:
     """600 non-members resolve 1 % FPR but not 0.1 %: the attack that finds more members at 1 % is the strongest."""
-    from leakaudit.membership.evaluate import strongest
+    from leakaudit.record.membership import strongest_attack as strongest
 
     loss = _row("loss", 0.99, [(0.01, 0.8, True), (0.001, 0.0, False)])
     lira = _row("lira-offline", 0.95, [(0.01, 0.3, True), (0.001, 0.2, False)])

@@ -10,16 +10,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta
 
-from leakaudit.record.membership import AttackRate, AttackResult, strongest_attack
+from leakaudit.record.membership import AttackRate, AttackResult
 from leakaudit.scoring import _bootstrap_aucs, auc, tpr_at_fpr
 
 ROC_POINTS = 200
 
 # The engine's row is the record's: ``evaluate`` makes the ``AttackResult`` the document holds, its members' scores
-# beside it (not written), and the strongest attack is chosen by the record's one rule.
-AttackRow = AttackResult
-strongest = strongest_attack
-__all__ = ["AttackRow", "clopper_pearson", "evaluate", "roc_curve", "strongest"]
+# beside it (not written); the strongest attack is chosen by the record's one rule (``strongest_attack``).
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

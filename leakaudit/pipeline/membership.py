@@ -20,12 +20,13 @@ from leakaudit.confine.operations import ReferenceRequest
 from leakaudit.confine.session import ModelSession
 from leakaudit.inversion import InversionCallbacks
 from leakaudit.membership import attacks
-from leakaudit.membership.evaluate import AttackRow, evaluate, strongest
+from leakaudit.membership.evaluate import evaluate
 from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe
 from leakaudit.membership.references import ReferenceModel, ReferenceRun, TrainFn, assemble
 from leakaudit.membership.signals import probability, signal
 from leakaudit.membership.splits import Splits, draw_splits
 from leakaudit.membership.store import ReferenceStore, store_key
+from leakaudit.record.membership import AttackResult, strongest_attack
 from leakaudit.runtime.distributed import DistContext
 from leakaudit.runtime.progress import Observer, SilentObserver
 from leakaudit.scoring import FPR_LEVELS, membership_test
@@ -88,8 +89,8 @@ class RecipeCheck:
 class MembershipResult:
     """Every attack's row, the strongest, and how the reference models were made."""
 
-    rows: tuple[AttackRow, ...]
-    strongest: AttackRow
+    rows: tuple[AttackResult, ...]
+    strongest: AttackResult
     recipe: TrainingRecipe
     recipe_given: bool
     reference_models: int  # trained (fewer than asked when stopped)
@@ -144,7 +145,7 @@ class MembershipSets:
     nonmember_logits: torch.Tensor
 
 
-def loss_row(sets: MembershipSets, settings: MembershipSettings) -> AttackRow:
+def loss_row(sets: MembershipSets, settings: MembershipSettings) -> AttackResult:
     """The loss threshold (R = 0): ``scoring.membership_test``'s AUC and interval, its scores −CE."""
     test = membership_test(sets.member_logits, sets.member_labels, sets.nonmember_logits, sets.nonmember_labels,
                            seed=settings.seed)
@@ -156,7 +157,7 @@ def loss_row(sets: MembershipSets, settings: MembershipSettings) -> AttackRow:
 
 def attack_rows(run: ReferenceRun, masks: np.ndarray, target_logits: torch.Tensor,
                 target_mirrored: torch.Tensor | None, labels: torch.Tensor, n_members: int,
-                settings: MembershipSettings) -> list[AttackRow]:
+                settings: MembershipSettings) -> list[AttackResult]:
     """LiRA online, LiRA offline and RMIA offline from the reference models' logits; members come first."""
     models = run.models_done
     target_phi = signal(target_logits, labels, target_mirrored).numpy()
@@ -308,6 +309,6 @@ def membership_stage(session: ModelSession, sets: MembershipSets, settings: Memb
     if run.models_done < planned:
         notes.append(f"stopped after {run.models_done} of {planned} reference models: the membership phase is "
                      "incomplete")
-    return MembershipResult(tuple(rows), strongest(rows, settings.gate_fpr), settings.recipe, settings.recipe_given,
-                            run.models_done, planned, check, splits, float(run.seconds.mean()), run.method,
-                            run.models_done == planned, tuple(notes))
+    return MembershipResult(tuple(rows), strongest_attack(rows, settings.gate_fpr), settings.recipe,
+                            settings.recipe_given, run.models_done, planned, check, splits,
+                            float(run.seconds.mean()), run.method, run.models_done == planned, tuple(notes))
