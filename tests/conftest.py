@@ -15,6 +15,10 @@ import torch
 # torchvision's cache at an empty folder for the whole session.
 os.environ["TORCH_HOME"] = str(Path(__file__).parent / ".torch-home-empty")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+# One torch thread in the test process, whatever the machine: a model a fixture trains is the same on any core
+# count, and under `make test` each of the two workers keeps to one of the two cores (two threads per worker
+# contend there and run several times slower). Tests that need another count set it (``_restore_torch_threads``).
+torch.set_num_threads(1)
 
 from leakaudit.cli.commands import main  # noqa: E402
 from leakaudit.exit_codes import ExitStatus  # noqa: E402
