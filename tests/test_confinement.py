@@ -104,7 +104,11 @@ def pooled():
         for name, action in (("pool-write", write), ("pool-connect", connect)):
             pool.submit(attempt, name, action).result()
     for entry in sorted(os.listdir("/proc/self/task")):
-        status = dict(line.split(":", 1) for line in open(f"/proc/self/task/{entry}/status").read().splitlines())
+        try:  # a thread of a pool may end between the listing and the read
+            text = open(f"/proc/self/task/{entry}/status").read()
+        except FileNotFoundError:
+            continue
+        status = dict(line.split(":", 1) for line in text.splitlines())
         print(f"CENSUS {entry} {status['Name'].strip()} seccomp={status['Seccomp'].strip()} "
               f"nnp={status['NoNewPrivs'].strip()}", file=sys.stderr, flush=True)
     return tiny_architecture()

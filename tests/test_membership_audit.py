@@ -69,11 +69,16 @@ def _conditions(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def memorising(pool: Pool) -> tuple[leakaudit.AuditReport, leakaudit.AuditReport]:
+def memorising_module(pool: Pool) -> nn.Module:
+    """The dense classifier trained to memorise its members, once for the module (an audit leaves it as it is)."""
+    return _model(pool, MEMORISE)
+
+
+@pytest.fixture(scope="module")
+def memorising(pool: Pool, memorising_module: nn.Module) -> tuple[leakaudit.AuditReport, leakaudit.AuditReport]:
     """The memorising model audited twice with the same seed, eight reference models and its own recipe."""
-    module = _model(pool, MEMORISE)
-    return tuple(_audit(module, pool, reference_models=8, recipe=MEMORISE.to_dict())  # type: ignore[return-value]
-                 for _ in range(2))
+    return tuple(_audit(memorising_module, pool, reference_models=8,  # type: ignore[return-value]
+                        recipe=MEMORISE.to_dict()) for _ in range(2))
 
 
 @pytest.mark.slow
@@ -114,8 +119,9 @@ def test_a_robust_model_does_not_fail_on_membership(pool: Pool) -> None:
 
 
 @pytest.mark.slow
-def test_no_reference_models_writes_todays_document_and_require_power_says_why(pool: Pool) -> None:
-    report = _audit(_model(pool, MEMORISE), pool, reference_models=0)
+def test_no_reference_models_writes_todays_document_and_require_power_says_why(pool: Pool,
+                                                                             memorising_module: nn.Module) -> None:
+    report = _audit(memorising_module, pool, reference_models=0)
     document = report.document
     assert "membership_attacks" not in document
     assert [c["name"] for c in document["gate"]["conditions"]] == ["ssim", "lpips", "leak_score", "membership"]

@@ -3,7 +3,9 @@ baselines that cannot be trusted refused, interrupted writes reported exactly, m
 
 from __future__ import annotations
 
+import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -104,27 +106,38 @@ def test_membership_test_agrees_with_scikit_learn() -> None:
     assert tpr_at_fpr(np.array([2.0, 3.0]), np.array([0.0, 1.0]), 0.001) == 1.0
 
 
-@pytest.mark.slow
-def test_the_memorising_reference_does_not_pass(tiny: TinyReference, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """Three real digits per class, trained to memorise: whatever the reconstructions, the verdict is not pass."""
-    config = tmp_path / "quick.toml"
+@pytest.fixture(scope="module")
+def memorising_audit(tiny: TinyReference, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    """The tiny reference (three real digits per class, trained to memorise) audited once with the quick inversion:
+    its exit code, its stderr and its output folder. Tests read it; none writes there."""
+    from leakaudit.cli.commands import main
+
+    root = tmp_path_factory.mktemp("memorising")
+    config = root / "quick.toml"
     config.write_text(QUICK_INVERSION)
-    code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
-                            str(tiny.holdout_dir), "--out", str(tmp_path / "o"), "--config", str(config), "--quiet"],
-                           capsys)
-    document = json.loads((tmp_path / "o" / "leakaudit.json").read_text())
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
+              "--out", str(root / "o"), "--config", str(config), "--quiet"])
+    return int(exit_info.value.code or 0), err.getvalue(), root / "o"
+
+
+@pytest.mark.slow
+def test_the_memorising_reference_does_not_pass(memorising_audit: tuple[int, str, Path]) -> None:
+    """Three real digits per class, trained to memorise: whatever the reconstructions, the verdict is not pass."""
+    code, err, out = memorising_audit
+    document = json.loads((out / "leakaudit.json").read_text())
     membership = {c["name"]: c for c in document["gate"]["conditions"]}["membership"]
     assert document["summary"]["membership"]["auc"] > 0.8 and document["summary"]["membership"]["p_value"] < 0.01
     assert membership["status"] == "warn"
     assert document["verdict"] != "pass" and code == document["exit_code"], err
     assert document["exposure"]["membership"] is True
     assert "memorises membership" in document["exposure"]["statement"]
-    assert "memorises membership" in (tmp_path / "o" / "report.html").read_text()
+    assert "memorises membership" in (out / "report.html").read_text()
     assert document["provenance"]["threads"] >= 1
     assert document["inversion"]["effort"] == "standard" and document["inversion"]["complete"] is True
-    assert not (tmp_path / "o" / "checkpoints").exists()
-    assert not (tmp_path / "o" / ".leakaudit.lock").exists()
+    assert not (out / "checkpoints").exists()
+    assert not (out / ".leakaudit.lock").exists()
 
 
 def test_the_membership_fail_level_fails_the_gate() -> None:
@@ -189,11 +202,12 @@ def test_a_forged_baseline_is_refused_before_the_audit(tiny: TinyReference, tmp_
 
 
 @pytest.mark.slow
-def test_a_baseline_of_another_model_is_refused_unless_meant(tiny: TinyReference, tmp_path: Path,
+def test_a_baseline_of_another_model_is_refused_unless_meant(tiny: TinyReference,
+                                                            memorising_audit: tuple[int, str, Path], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = _audit(tiny, tmp_path, capsys, out="first")
+    code, err, first = memorising_audit  # the first audit: the same command as _audit's
     assert code in (0, 1), err
-    baseline = json.loads((tmp_path / "first" / "leakaudit.json").read_text())
+    baseline = json.loads((first / "leakaudit.json").read_text())
     baseline["provenance"]["model"]["sha256"] = "cd" * 32  # the audit of another model
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps(baseline))
