@@ -12,6 +12,8 @@ step's losses for the progress callback (``Clock.tick``).
 
 from __future__ import annotations
 
+import copy
+
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -106,7 +108,7 @@ def host_reads() -> Iterator[Counter[str]]:
 def _reads(tiny: TinyReference, steps: int, **settings: Any) -> Counter[str]:
     """The package's host reads over a run of ``steps`` steps in every phase."""
     data = split_members(tiny.spec)
-    target = TargetModel.from_module(tiny.module, (1, 32, 32), 10, device="cpu")
+    target = TargetModel.from_module(copy.deepcopy(tiny.module), (1, 32, 32), 10, device="cpu")
     config = InversionConfig.for_effort("quick", pretrain_steps=steps, finetune_steps=steps, refine_steps=steps,
                                         kkt_steps=steps, steps=steps, pool_per_class=4, threads=1, seed=0,
                                         **settings)

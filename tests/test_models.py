@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import os
 import pickle
 import zipfile
@@ -252,7 +254,7 @@ def test_input_shape_without_any_hint(tiny: TinyReference, tmp_path: Path) -> No
 
 
 def test_from_module_keeps_weights_frozen(tiny: TinyReference) -> None:
-    target = TargetModel.from_module(tiny.module, (1, 32, 32), device="cpu")
+    target = TargetModel.from_module(copy.deepcopy(tiny.module), (1, 32, 32), device="cpu")
     assert all(not p.requires_grad for p in target.parameters())
     assert os.environ["TORCH_HOME"].endswith(".torch-home-empty")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from leakaudit.inversion import InversionConfig, invert
@@ -27,7 +29,7 @@ def test_flush_denormals_restores_the_callers_setting() -> None:
 
 
 def test_an_inversion_leaves_ieee_floats_as_it_found_them(tiny: TinyReference) -> None:
-    target = TargetModel.from_module(tiny.module, (1, 32, 32), device="cpu")
+    target = TargetModel.from_module(copy.deepcopy(tiny.module), (1, 32, 32), device="cpu")
     config = InversionConfig(width=16, batch_per_class=2, steps=3, pool_per_class=2, candidates_per_class=1,
                              refine_steps=1, kkt_steps=1)
     invert(target, config)

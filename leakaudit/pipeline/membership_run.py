@@ -148,16 +148,18 @@ def clear_checkpoints(folder: Path, record: AuditRecord | None) -> None:
     """After an audit that was not stopped: the checkpoint folder removed, but for the finished reference models of a
     membership phase the budget cut short (the same command with a larger ``--budget`` trains only the rest).
 
-    Nothing is followed through a link: a link in the folder is removed, not its target.
+    Nothing is followed through a link: a folder that is a link is left alone (the audit refused to write through
+    it), and a link inside the folder is removed, not its target.
     """
+    if folder.is_symlink() or not folder.is_dir():
+        return
     unfinished = record is not None and record.membership_attacks is not None and not record.membership_attacks.complete
-    if not unfinished or folder.is_symlink() or not folder.is_dir():
-        if folder.is_symlink():
-            folder.unlink()
+    kept = folder / MEMBERSHIP_DIR
+    if not (unfinished and kept.is_dir() and not kept.is_symlink() and any(kept.iterdir())):
         shutil.rmtree(folder, ignore_errors=True)
         return
     for entry in folder.iterdir():
-        if entry.name == MEMBERSHIP_DIR and entry.is_dir() and not entry.is_symlink():
+        if entry == kept:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
