@@ -22,8 +22,13 @@ torch.set_num_threads(1)
 
 from leakaudit.cli.commands import main  # noqa: E402
 from leakaudit.exit_codes import ExitStatus  # noqa: E402
-from leakaudit.zoo import ReferenceSpec, build_classifier, split_members, train_classifier  # noqa: E402
+from leakaudit.zoo import ReferenceSpec, build_classifier, bundled_images, split_members, train_classifier  # noqa: E402
 from leakaudit.data.folders import write_image_folder  # noqa: E402
+from leakaudit.confine import sandbox  # noqa: E402
+from leakaudit.confine.operations import LoadRequest, ReferenceRequest  # noqa: E402
+from leakaudit.confine.session import ConfinedSession, InProcessSession  # noqa: E402
+from leakaudit.inversion import InversionCallbacks  # noqa: E402
+from leakaudit.membership.references import ReferenceRun  # noqa: E402
 
 
 # The files that take longest, longest first. `make test` hands whole files to two workers in collection order
@@ -41,6 +46,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest files first; the sort is stable, so each file's tests stay together and in their order."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Real digits as (images, labels) of members and of non-members, for the membership tests."""
+
+    members: tuple[torch.Tensor, torch.Tensor]
+    nonmembers: tuple[torch.Tensor, torch.Tensor]
+
+
+def digits_pool(side: int, members: int = 100, nonmembers: int = 100) -> Pool:
+    """A seeded draw of the bundled digits at ``side``: the first ``members`` as members, the next as non-members."""
+    images, labels, _ = bundled_images("digits", side)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    inside, outside = order[:members], order[members:members + nonmembers]
+    return Pool((images[inside], labels[inside]), (images[outside], labels[outside]))
+
+
+def references_confined_and_in_process(path: Path, request: ReferenceRequest, shape: tuple[int, int, int], *,
+                                       callbacks: InversionCallbacks | None = None,
+                                       code_from_cwd: bool = False) -> tuple[ReferenceRun, ReferenceRun]:
+    """The same reference models trained in the confined worker (one thread; ``callbacks`` see its progress) and in
+    this process, from the same model file and torch seed: the two runs to compare."""
+    load = LoadRequest(path, shape_hint=shape, device="cpu")
+    confined = ConfinedSession(sandbox.readable_paths(path.resolve(), None, code_from_cwd), budget_s=None, seed=0,
+                               threads=1)
+    try:
+        confined.load(load)
+        there = confined.train_references(request, callbacks or InversionCallbacks(), lambda: False)
+    finally:
+        confined.close()
+    here = InProcessSession("test")
+    torch.manual_seed(0)
+    here.load(load)
+    return there, here.train_references(request, InversionCallbacks(), lambda: False)
 
 
 @dataclass(frozen=True)

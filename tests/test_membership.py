@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from leakaudit.confine import operations, sandbox
-from leakaudit.confine.operations import LoadRequest, ReferenceRequest
-from leakaudit.confine.session import ConfinedSession, InProcessSession
+from leakaudit.confine.operations import ReferenceRequest
+from leakaudit.confine.session import InProcessSession
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import InversionCallbacks
 from leakaudit.record.membership import AttackRate, AttackResult
@@ -22,8 +22,10 @@ from leakaudit.membership.splits import draw_splits
 from leakaudit.membership.training import train_module
 from leakaudit.model.target import TargetModel
 from leakaudit.pipeline.membership import MembershipSets, MembershipSettings, membership_stage
-from leakaudit.zoo import bundled_images
 from leakaudit.scoring import membership_test
+from leakaudit.zoo import bundled_images
+
+from .conftest import references_confined_and_in_process
 
 SIDE = 16
 MEMORISE = TrainingRecipe(optimizer="adam", lr=1e-3, batch_size=64, epochs=100, until_train_accuracy=None)
@@ -168,19 +170,9 @@ def test_confined_and_in_process_reference_models_agree(digits: Digits, tmp_path
     pool = torch.cat([digits.members[:100], digits.nonmembers[:100]])
     request = ReferenceRequest(digits.images[pool], digits.labels[pool],
                                torch.from_numpy(draw_splits(200, 100, 2, seed=2).masks), recipe, seed=2)
-    load = LoadRequest(path, shape_hint=(1, SIDE, SIDE), device="cpu")
     steps: list[int] = []
-    confined = ConfinedSession(sandbox.readable_paths(path.resolve(), None, False), budget_s=None, seed=0, threads=1)
-    try:
-        confined.load(load)
-        there = confined.train_references(request, InversionCallbacks(on_step=lambda s, p, _: steps.append(s)),
-                                          lambda: False)
-    finally:
-        confined.close()
-    here = InProcessSession("test")
-    torch.manual_seed(0)
-    here.load(load)
-    local = here.train_references(request, InversionCallbacks(), lambda: False)
+    there, local = references_confined_and_in_process(
+        path, request, (1, SIDE, SIDE), callbacks=InversionCallbacks(on_step=lambda s, p, _: steps.append(s)))
     assert steps == [1, 2]  # progress per model
     assert there.models_done == local.models_done == 2 and there.mirrored is not None
     assert torch.equal(there.logits, local.logits) and torch.equal(there.mirrored, local.mirrored)

@@ -7,7 +7,6 @@ is audited with the quick inversion; the membership phase trains its reference m
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from leakaudit.report.json_format import without_timings
 from leakaudit.report.summary import summarise
 from leakaudit.zoo import bundled_images
 
-from .conftest import QUICK_INVERSION, assert_error, run_cli
+from .conftest import QUICK_INVERSION, Pool, assert_error, digits_pool, run_cli
 from .scenarios import TODAY, scenario, with_references
 
 SIDE = 32
@@ -35,18 +34,9 @@ ROBUST = TrainingRecipe(optimizer="adamw", lr=1e-3, weight_decay=1.0, batch_size
                         until_train_accuracy=None, augment=("shift:1",), label_smoothing=0.1)
 
 
-@dataclass(frozen=True)
-class Pool:
-    members: tuple[torch.Tensor, torch.Tensor]
-    nonmembers: tuple[torch.Tensor, torch.Tensor]
-
-
 @pytest.fixture(scope="module")
 def pool() -> Pool:
-    images, labels, _ = bundled_images("digits", SIDE)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    members, nonmembers = order[:100], order[100:200]  # 10 per class: a model fitted to them memorises
-    return Pool((images[members], labels[members]), (images[nonmembers], labels[nonmembers]))
+    return digits_pool(SIDE)  # 100 members, 10 per class: a model fitted to them memorises
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # both sides of every comparison: one thread

@@ -6,7 +6,6 @@ Real digits, real small models trained here; the whole audits use the quick inve
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,16 @@ from torch import nn
 import leakaudit
 from leakaudit import api
 from leakaudit.confine import sandbox
-from leakaudit.confine.operations import LoadRequest, ReferenceRequest
-from leakaudit.confine.session import ConfinedSession, InProcessSession
+from leakaudit.confine.operations import ReferenceRequest
 from leakaudit.errors import ConfigError
 from leakaudit.exit_codes import ExitStatus
-from leakaudit.inversion import InversionCallbacks
 from leakaudit.membership.recipe import TrainingRecipe
 from leakaudit.membership.references import train_references
 from leakaudit.membership.splits import draw_splits
 from leakaudit.membership.training import train_module
 from leakaudit.model.target import TargetModel
-from leakaudit.zoo import bundled_images
 
-from .conftest import QUICK_INVERSION
+from .conftest import QUICK_INVERSION, Pool, digits_pool, references_confined_and_in_process
 
 SIDE = 16
 QUICK = tomllib.loads(QUICK_INVERSION)
@@ -53,18 +49,9 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-@dataclass(frozen=True)
-class Pool:
-    members: tuple[torch.Tensor, torch.Tensor]
-    nonmembers: tuple[torch.Tensor, torch.Tensor]
-
-
 @pytest.fixture(scope="module")
 def pool() -> Pool:
-    images, labels, _ = bundled_images("digits", SIDE)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    members, nonmembers = order[:100], order[100:200]
-    return Pool((images[members], labels[members]), (images[nonmembers], labels[nonmembers]))
+    return digits_pool(SIDE)
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +123,7 @@ def test_the_training_function_runs_in_the_confined_worker_as_in_process(
     labels = torch.cat([pool.members[1][:40], pool.nonmembers[1][:40]])
     request = ReferenceRequest(images, labels, torch.from_numpy(draw_splits(80, 40, 2, seed=1).masks), FIT, seed=1,
                                train_fn=owner_loop)
-    load = LoadRequest(path, shape_hint=(1, SIDE, SIDE), device="cpu")
-    confined = ConfinedSession(sandbox.readable_paths(path.resolve(), None, True), budget_s=None, seed=0, threads=1)
-    try:
-        confined.load(load)
-        there = confined.train_references(request, InversionCallbacks(), lambda: False)
-    finally:
-        confined.close()
-    here = InProcessSession("test")
-    torch.manual_seed(0)
-    here.load(load)
-    local = here.train_references(request, InversionCallbacks(), lambda: False)
+    there, local = references_confined_and_in_process(path, request, (1, SIDE, SIDE), code_from_cwd=True)
     assert there.models_done == local.models_done == 2
     assert torch.equal(there.logits, local.logits)
     assert float(local.in_accuracy.min()) > float(local.out_accuracy.max())  # trained by the loop, not untouched

@@ -43,6 +43,7 @@ from leakaudit.inversion.training import Prior, pretrain, train_against
 from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.runtime.threads import torch_threads
 
 __all__ = ["THREAT_MODELS", "InversionCallbacks", "InversionResult", "invert"]
 
@@ -138,17 +139,12 @@ def _informed(config: InversionConfig, prior: tuple[torch.Tensor, torch.Tensor] 
 @contextlib.contextmanager
 def _run_context(config: InversionConfig, device: torch.device) -> Iterator[None]:
     """Seeded RNG forked from the caller's, flushed denormals, chosen thread count; all restored after."""
-    threads = torch.get_num_threads()
     cuda = [device.index or 0] if device.type == "cuda" else []
+    threads = config.threads or torch.get_num_threads()
     # near-zero-loss models produce denormals: ~9× slower steps without flushing
-    with torch.random.fork_rng(devices=cuda), flush_denormals():
+    with torch.random.fork_rng(devices=cuda), flush_denormals(), torch_threads(threads):
         torch.manual_seed(config.seed)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+        yield
 
 
 def _interpreted(target: TargetModel) -> contextlib.AbstractContextManager[None]:

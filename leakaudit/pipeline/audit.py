@@ -33,6 +33,7 @@ from leakaudit.pipeline.membership_run import (MembershipPhase, clear_checkpoint
                                                membership_share, release_ranks)
 from leakaudit.matching.lpips import LpipsScorer
 from leakaudit.runtime.outlock import output_lock
+from leakaudit.runtime.threads import torch_threads
 from leakaudit.pipeline.power import PowerStage, power_stage, report_arrays
 from leakaudit.runtime.progress import Observer, SilentObserver, StopCheck
 from leakaudit.pipeline.provenance import StageTimer, provenance
@@ -88,20 +89,15 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     model = open_session(settings, dist, threads, run.observer.note, stop)
     try:
         lock = output_lock(settings.out) if dist.is_main else contextlib.nullcontext()
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
         interrupted, record = False, None
-        try:
-            with lock:
-                try:
-                    outcome = _run_audit(run, model, write)
-                    interrupted, record = outcome.exit_status == ExitStatus.INTERRUPTED, outcome.record
-                    return outcome
-                finally:
-                    if dist.is_main and not (interrupted or stop()):
-                        clear_checkpoints(settings.out / CHECKPOINT_DIR, record)
-        finally:
-            torch.set_num_threads(previous_threads)
+        with torch_threads(threads), lock:
+            try:
+                outcome = _run_audit(run, model, write)
+                interrupted, record = outcome.exit_status == ExitStatus.INTERRUPTED, outcome.record
+                return outcome
+            finally:
+                if dist.is_main and not (interrupted or stop()):
+                    clear_checkpoints(settings.out / CHECKPOINT_DIR, record)
     finally:
         model.close()
 
