@@ -10,6 +10,7 @@ when the subset is half the pool.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,11 @@ class Splits:
     def models(self) -> int:
         return int(self.masks.shape[0])
 
+    @property
+    def masks_sha256(self) -> str:
+        """The SHA-256 of the IN/OUT masks (R × N bits), as the document records it and the checkpoints key on it."""
+        return masks_sha256(self.masks)
+
     def in_counts(self) -> np.ndarray:
         """How many models trained on each image."""
         return self.masks.sum(0)
@@ -35,6 +41,11 @@ class Splits:
         """The recorded splits: each model's IN pool indices, compactly."""
         return {"seed": self.seed, "subset_size": self.subset_size, "models": self.models,
                 "in_indices": [np.flatnonzero(m).tolist() for m in self.masks]}
+
+
+def masks_sha256(masks: np.ndarray) -> str:
+    """The SHA-256 of IN/OUT masks packed as bits."""
+    return hashlib.sha256(np.packbits(masks.astype(bool)).tobytes()).hexdigest()
 
 
 def subset_size(pool: int, target_train_size: int) -> int:

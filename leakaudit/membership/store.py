@@ -28,21 +28,17 @@ import torch
 
 from leakaudit.membership.recipe import TrainingRecipe
 from leakaudit.membership.references import ReferenceModel
+from leakaudit.membership.splits import masks_sha256
 from leakaudit.report.atomic import atomic_write
 
 MEMBERSHIP_DIR = "membership"  # under the run's checkpoint folder
 MAX_FILE_BYTES = 1 << 30
 
 
-def splits_sha256(masks: np.ndarray) -> str:
-    """The SHA-256 of the IN/OUT masks (R × N bits), as the document records it."""
-    return hashlib.sha256(np.packbits(masks.astype(bool)).tobytes()).hexdigest()
-
-
 def store_key(seed: int, masks: np.ndarray, images: torch.Tensor, labels: torch.Tensor, recipe: TrainingRecipe,
               target_logits: torch.Tensor, init: Path | None) -> str:
     """What a saved model must match to be used again: seed, splits, pool, recipe, the target, its --init."""
-    digest = hashlib.sha256(f"seed={seed}\0splits={splits_sha256(masks)}\0".encode())
+    digest = hashlib.sha256(f"seed={seed}\0splits={masks_sha256(masks)}\0".encode())
     digest.update(json.dumps(recipe.to_dict(), sort_keys=True).encode())
     for tensor in (images, labels, target_logits):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
