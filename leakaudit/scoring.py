@@ -87,7 +87,7 @@ def leak_score(
         raise DataError("the leak score needs best-match SSIM for at least one member and one non-member")
     value = auc(pos, neg)
     rng = np.random.default_rng(seed)
-    boots = _bootstrap_aucs(pos, neg, n_boot, rng)
+    boots = bootstrap_aucs(pos, neg, n_boot, rng)
     alpha = (1.0 - ci_level) / 2.0
     ci_low, ci_high = ((float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if n_boot
                        else (value, value))
@@ -102,7 +102,7 @@ def leak_score(
                      n_members=int(pos.size), n_nonmembers=int(neg.size), method=LEAK_SCORE_METHOD)
 
 
-def _bootstrap_aucs(pos: np.ndarray, neg: np.ndarray, rounds: int, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_aucs(pos: np.ndarray, neg: np.ndarray, rounds: int, rng: np.random.Generator) -> np.ndarray:
     """AUCs of ``rounds`` bootstrap resamples, each in O(n + m): resampling as counts, no sort per round.
 
     Each positive's place among the sorted negatives is found once; a resample

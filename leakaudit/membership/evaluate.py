@@ -11,7 +11,7 @@ import numpy as np
 from scipy.stats import beta
 
 from leakaudit.record.membership import AttackRate, AttackResult
-from leakaudit.scoring import _bootstrap_aucs, auc, tpr_at_fpr
+from leakaudit.scoring import auc, bootstrap_aucs, tpr_at_fpr
 
 ROC_POINTS = 200
 
@@ -48,7 +48,7 @@ def evaluate(attack: str, models: int, member_scores: np.ndarray, nonmember_scor
     pos, neg = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
     if auc_interval is None:
         value = auc(pos, neg)
-        boots = _bootstrap_aucs(pos, neg, n_boot, np.random.default_rng(seed + 7919))
+        boots = bootstrap_aucs(pos, neg, n_boot, np.random.default_rng(seed + 7919))
         auc_interval = (value, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975)))
     rates = []
     for level in fpr_levels:

@@ -26,8 +26,7 @@ from leakaudit.membership.recipe import TrainingRecipe
 from leakaudit.membership.training import eval_logits, train_by_function, train_module, trained_parameters
 from leakaudit.model.features import fixed_batch
 from leakaudit.model.target import TargetModel
-from leakaudit.power.control import _copy_from_init
-from leakaudit.power.reinit import UnknownLayer, fresh_copy
+from leakaudit.power.reinit import UnknownLayer, copy_from_init, fresh_copy
 from leakaudit.runtime.numerics import flush_denormals
 
 HEAD_CHECK_TOLERANCE = 1e-3  # relative: the head applied to the tapped features must give the model's logits
@@ -93,7 +92,7 @@ def _starting_copy(target: TargetModel, recipe: TrainingRecipe, seed: int, init:
     if recipe.start == "init":
         if init is None:
             raise ModelError("the recipe starts from the initial weights (start = \"init\") but no --init was given")
-        return _copy_from_init(module, init)
+        return copy_from_init(module, init)
     from leakaudit.loading import import_arch
 
     arch = import_arch(target.arch) if target.arch is not None else None

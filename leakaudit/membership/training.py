@@ -20,7 +20,7 @@ from torch import nn
 from leakaudit.errors import ConfigError, ModelError
 from leakaudit.membership.recipe import TrainingRecipe, augmentations
 from leakaudit.model.features import fixed_batch
-from leakaudit.power.control import _forward, _set_mode
+from leakaudit.model.passes import forward, set_mode
 
 EVAL_CHUNK = 512
 
@@ -85,8 +85,8 @@ def _freeze_norms(module: nn.Module) -> None:
 @torch.no_grad()
 def eval_logits(module: nn.Module, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
     """Eval-mode logits of normalised inputs, in chunks (float32 on the inputs' device)."""
-    _set_mode(module, False)
-    return torch.cat([_forward(module, x[i:i + EVAL_CHUNK], batch).float() for i in range(0, len(x), EVAL_CHUNK)])
+    set_mode(module, False)
+    return torch.cat([forward(module, x[i:i + EVAL_CHUNK], batch).float() for i in range(0, len(x), EVAL_CHUNK)])
 
 
 @torch.no_grad()
@@ -99,10 +99,10 @@ def reaches_accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, thresh
     from fitting its training set that is one chunk, not the whole set: the full pass cost a third of each epoch
     on the Fashion-MNIST CNN (bench/bench_membership.py).
     """
-    _set_mode(module, False)
+    set_mode(module, False)
     n, errors = len(x), 0
     for i in range(0, n, EVAL_CHUNK):
-        errors += int((_forward(module, x[i:i + EVAL_CHUNK], batch).argmax(1) != y[i:i + EVAL_CHUNK]).sum())
+        errors += int((forward(module, x[i:i + EVAL_CHUNK], batch).argmax(1) != y[i:i + EVAL_CHUNK]).sum())
         if (n - errors) / n < threshold:
             return False, float("nan")
     accuracy = (n - errors) / n
@@ -131,7 +131,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     plain = not recipe.augment
     steps, epochs, accuracy, stopped = 0, 0, float("nan"), False
     for epoch in range(recipe.epochs):
-        _set_mode(module, True)
+        set_mode(module, True)
         if recipe.trained_layers != "all":
             _freeze_norms(module)
         perm = torch.randperm(len(x01), generator=gen).to(x01.device)
@@ -141,7 +141,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                 break
             idx = perm[start:start + batch]
             xb = clean[idx] if plain else normalise(augment_batch(x01[idx], recipe, gen))
-            loss = F.cross_entropy(_forward(module, xb, static), y[idx], label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(forward(module, xb, static), y[idx], label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -153,7 +153,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
             reached, accuracy = reaches_accuracy(module, clean, y, recipe.until_train_accuracy, static)
             if reached:
                 break
-    _set_mode(module, False)
+    set_mode(module, False)
     for p in params:
         p.requires_grad_(False)
         p.grad = None

@@ -11,7 +11,6 @@ kept. Choosing the members, matching and scoring happen elsewhere
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leakaudit.errors import ModelError
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert
 from leakaudit.inversion.interrupt import StopPoll, interruptible
 from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.loading import import_arch
 from leakaudit.model.features import fixed_batch
+from leakaudit.model.passes import forward, set_mode
 from leakaudit.model.target import TargetModel
 from leakaudit.runtime.numerics import flush_denormals
-from leakaudit.power.reinit import UnknownLayer, fresh_copy
+from leakaudit.power.reinit import UnknownLayer, copy_from_init, fresh_copy
 
 LOSS_BOUND = 1e-3  # mean cross-entropy the control must reach on its members
 CHECK_EVERY = 10  # steps between convergence checks (eval mode: what the inversion sees)
@@ -90,27 +89,6 @@ def stopped_control() -> ControlRun:
     return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0)
 
 
-def _set_mode(module: nn.Module, training: bool) -> None:
-    try:
-        module.train(training)
-    except (NotImplementedError, RuntimeError):  # exported programs are traced in eval mode
-        pass
-
-
-def _forward(module: nn.Module, x: torch.Tensor, batch: int | None) -> torch.Tensor:
-    """The copy's logits; a program traced with a static batch runs chunk by chunk, the last one padded."""
-    if batch is None:
-        return module(x)
-    outs = []
-    for start in range(0, x.shape[0], batch):
-        chunk = x[start : start + batch]
-        n = chunk.shape[0]
-        if n < batch:
-            chunk = torch.cat([chunk, chunk[:1].expand(batch - n, *chunk.shape[1:])])
-        outs.append(module(chunk)[:n])
-    return torch.cat(outs)
-
-
 def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
                 should_stop: Callable[[], bool]) -> tuple[int, float, float]:
     """Full-batch descent until every member is right and the loss is within the bound: (steps, loss, accuracy)."""
@@ -127,22 +105,22 @@ def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Rec
     steps, loss_value, accuracy = 0, float("inf"), 0.0
     while not stop.poll():  # every step: at 224×224 ten steps are minutes
         if steps % CHECK_EVERY == 0 or steps >= recipe.max_steps:
-            _set_mode(module, False)
+            set_mode(module, False)
             with torch.no_grad():
-                logits = _forward(module, x, batch)
+                logits = forward(module, x, batch)
                 loss_value = float(F.cross_entropy(logits, y))
                 accuracy = float((logits.argmax(1) == y).double().mean())
             if (accuracy == 1.0 and loss_value <= recipe.loss_bound) or steps >= recipe.max_steps:
                 break
-        _set_mode(module, True)
+        set_mode(module, True)
         with interruptible(stop):  # a stop inside the step drops it: the copy is not used after a stop
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(_forward(module, x, batch), y).backward()
+            F.cross_entropy(forward(module, x, batch), y).backward()
         if stop.asked:
             break
         opt.step()
         steps += 1
-    _set_mode(module, False)
+    set_mode(module, False)
     for p in params:
         p.requires_grad_(False)
         p.grad = None
@@ -170,18 +148,6 @@ def run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor,
                             chosen, pretrain_cache, init)
 
 
-def _copy_from_init(module: nn.Module, init: Path) -> nn.Module:
-    """A copy of the module holding the initial weights (read by the same vetted loaders as the attack)."""
-    from leakaudit.inversion.initaware import load_initial_state  # the init-aware mode imports the engine
-
-    copied = copy.deepcopy(module)
-    try:
-        copied.load_state_dict(load_initial_state(init))
-    except RuntimeError as exc:
-        raise ModelError(f"--init does not fit the model: {str(exc).splitlines()[0]}") from None
-    return copied
-
-
 def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor, config: InversionConfig, seed: int,
                  prior: tuple[torch.Tensor, torch.Tensor] | None, callbacks: InversionCallbacks | None,
                  stop: Callable[[], bool], recipe: Recipe, pretrain_cache: PretrainCache | None,
@@ -190,7 +156,7 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     if module is None:
         return _unsupported("the loaded model keeps no module to copy")
     if init is not None:
-        copy_module, method = _copy_from_init(module, init), "init"
+        copy_module, method = copy_from_init(module, init), "init"
     else:
         arch = import_arch(target.arch) if target.arch is not None else None
         try:

@@ -1,4 +1,4 @@
-"""A fresh copy of the audited architecture: the loaded module cloned, every tensor re-drawn in place.
+"""Where a copy of the audited architecture starts: fresh weights re-drawn in place, or the ``--init`` weights.
 
 The copy is made from the module object that loading already vetted
 (``copy.deepcopy``), never by reading the file again, so nothing the file
@@ -9,7 +9,9 @@ Linear and Conv weights Kaiming-uniform with ``a = √5`` and biases uniform in
 Plain modules and TorchScript modules name their layer types; for exported
 programs the type is read from the graph operation each tensor feeds. A tensor
 whose layer type has no known default makes the copy unusable: the caller
-reports power as not measured, with the reason.
+reports power as not measured, with the reason. ``copy_from_init`` is the
+other start, for the init-aware attack: the clone loads the ``--init``
+weights, read by the same vetted loaders as the model file.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from leakaudit.errors import ModelError
 
 LINEAR_TYPES = frozenset({"Linear", "LazyLinear", "Bilinear"})
 CONV_TYPES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})
@@ -178,3 +183,15 @@ def fresh_copy(module: nn.Module, seed: int, arch: Callable[[], nn.Module] | Non
     _strip_taps(clone)
     count = _reset_graph(clone, gen) if isinstance(clone, torch.fx.GraphModule) else _reset_modules(clone, gen)
     return Fresh(clone, "reset", count)
+
+
+def copy_from_init(module: nn.Module, init: Path) -> nn.Module:
+    """A copy of ``module`` holding the initial weights of the ``--init`` file."""
+    from leakaudit.inversion.initaware import load_initial_state  # the init-aware mode imports the engine
+
+    copied = copy.deepcopy(module)
+    try:
+        copied.load_state_dict(load_initial_state(init))
+    except RuntimeError as exc:
+        raise ModelError(f"--init does not fit the model: {str(exc).splitlines()[0]}") from None
+    return copied
