@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leakaudit.config import AuditSettings
 from leakaudit.config import build_settings as settings_from_values
@@ -22,6 +22,9 @@ from leakaudit.config.keywords import check_keywords
 from leakaudit.errors import ModelError
 from leakaudit.runtime.progress import Observer, SilentObserver, StopCheck
 from leakaudit.results import AuditReport, OutputOptions
+
+if TYPE_CHECKING:
+    from leakaudit.runtime.distributed import DistContext
 
 API_COMMAND = ("leakaudit.audit",)  # the provenance's command of an audit started from Python
 PARAMETERS = frozenset({"train", "holdout", "effort", "gate", "init", "seed", "out", "progress", "classes"})
@@ -81,7 +84,7 @@ def build_settings(model: Any, train: Any, holdout: Any = None, *, effort: str =
 
 
 def run(settings: AuditSettings, *, observer: Observer | None = None, should_stop: StopCheck | None = None,
-        dist: Any = None, write: bool = True) -> AuditReport:
+        dist: DistContext | None = None, write: bool = True) -> AuditReport:
     """One audit of finished settings, as an ``AuditReport``: the path the CLI and ``audit`` share."""
     from leakaudit.pipeline.audit import run_audit
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import functools
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leakaudit.config.kinds import Choice, Flag, Floats, Function, IntPair, Kind, Number, PathKind, Text
 from leakaudit.gate.settings import GateSettings
+
+if TYPE_CHECKING:
+    from leakaudit.report.images import Redaction
 
 GROUPS = ("Inputs", "Model", "Gate", "Outputs", "Inversion", "Run")  # the order of `run --help`'s sections
 EFFORTS = ("quick", "standard", "thorough")  # the step counts of each: leakaudit.inversion.config.EFFORT_LEVELS
@@ -151,7 +154,7 @@ class AuditSettings:
                         kind=PathKind(file_okay=False))
     top: int = setting(25, help="Findings listed in the report (the gate counts every member, whatever this is).",
                        group="Outputs", kind=Number(integer=True, minimum=1))
-    redact: str = setting("none", help="Blur training images in the report.", group="Outputs",
+    redact: Redaction = setting("none", help="Blur training images in the report.", group="Outputs",
                           kind=Choice(("none", "blur")))
     images: bool = setting(True, help="Include images in the HTML report.", group="Outputs",
                            kind=Flag(negative="--no-images"), flag="--images/--no-images")

@@ -77,12 +77,13 @@ def _pooled_sigma(residuals: np.ndarray, counts: np.ndarray) -> float | None:
 
 def lira_online(target_phi: np.ndarray, fit: Gaussians) -> np.ndarray:
     """log N(φ | μ_in, σ_in) − log N(φ | μ_out, σ_out): the likelihood ratio of IN over OUT."""
-    return norm.logpdf(target_phi, fit.mu_in, fit.sigma_in) - norm.logpdf(target_phi, fit.mu_out, fit.sigma_out)
+    log_in = norm.logpdf(target_phi, fit.mu_in, fit.sigma_in)
+    return np.asarray(log_in - norm.logpdf(target_phi, fit.mu_out, fit.sigma_out))
 
 
 def lira_offline(target_phi: np.ndarray, fit: Gaussians) -> np.ndarray:
     """log Φ((φ − μ_out) / σ_out): how far into OUT's upper tail the target's φ lies (one-sided)."""
-    return norm.logcdf((target_phi - fit.mu_out) / fit.sigma_out)
+    return np.asarray(norm.logcdf((target_phi - fit.mu_out) / fit.sigma_out))
 
 
 def rmia_a(ref_p: np.ndarray, masks: np.ndarray) -> float:

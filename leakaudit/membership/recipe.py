@@ -121,7 +121,7 @@ def _check_value(key: str, value: Any) -> str | None:
     if key == "trained_layers":
         if value in ("all", "head"):
             return None
-        ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value)
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) and v for v in value)
         return None if ok else ("trained_layers must be \"all\", \"head\" or a list of parameter name prefixes, "
                                 f"not {value!r}")
     if key == "start":

@@ -99,7 +99,7 @@ def _starting_copy(target: TargetModel, recipe: TrainingRecipe, seed: int, init:
     copied = fresh_copy(module, seed, arch).module
     if recipe.trained_layers != "all":  # the layers it does not train are the audited model's own (a public backbone)
         trained = {id(p) for p in trained_parameters(copied, recipe)}
-        own = dict(module.named_parameters())
+        own: dict[str, torch.Tensor] = dict(module.named_parameters())
         own.update(dict(module.named_buffers()))
         with torch.no_grad():
             for name, tensor in [*copied.named_parameters(), *copied.named_buffers()]:
@@ -129,7 +129,8 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
     ``train_fn``: the owner's own training loop in place of the recipe's (``training.train_by_function``).
     """
     ids = tuple(range(len(masks))) if model_ids is None else tuple(int(i) for i in model_ids)
-    with torch.random.fork_rng(devices=[]), flush_denormals(), torch.jit.optimized_execution(False):
+    no_profiling = torch.jit.optimized_execution(False)  # type: ignore[attr-defined]  # not in torch.jit's __all__
+    with torch.random.fork_rng(devices=[]), flush_denormals(), no_profiling:
         if target.module is None:
             return _unsupported("the loaded model keeps no module to copy", len(masks), len(images),
                                 target.num_classes)
@@ -263,7 +264,8 @@ def _head_features(target: TargetModel, images: torch.Tensor, recipe: TrainingRe
     feats, logits = _features(target, images)
     w, b = named[weight_name].detach(), named[bias_name].detach() if bias_name else None
     rebuilt = feats @ w.T + (b if b is not None else 0)
-    if not torch.allclose(rebuilt, logits, rtol=HEAD_CHECK_TOLERANCE, atol=HEAD_CHECK_TOLERANCE * logits.abs().max()):
+    atol = HEAD_CHECK_TOLERANCE * float(logits.abs().max())
+    if not torch.allclose(rebuilt, logits, rtol=HEAD_CHECK_TOLERANCE, atol=atol):
         return None
     mirrored = _features(target, images.flip(3))[0] if recipe.flips else None
     if recipe.start == "init" and init is not None:

@@ -35,7 +35,7 @@ class Splits:
 
     def in_counts(self) -> np.ndarray:
         """How many models trained on each image."""
-        return self.masks.sum(0)
+        return np.asarray(self.masks.sum(0))
 
     def to_dict(self) -> dict[str, object]:
         """The recorded splits: each model's IN pool indices, compactly."""
