@@ -175,6 +175,28 @@ def quick_power_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The quick inversion of the audits run on several processes (``launch``) and of the single process they are held
+# to: one torch thread in every process, so each sums in the same order.
+QUICK_ON_RANKS = """
+[inversion]
+steps = 20
+batch_per_class = 4
+pool_per_class = 8
+candidates_per_class = 2
+refine_steps = 10
+kkt_steps = 10
+threads = 1
+"""
+
+
+@pytest.fixture(scope="session")
+def quick_ranks_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config file holding ``QUICK_ON_RANKS``."""
+    path = tmp_path_factory.mktemp("config") / "quick-ranks.toml"
+    path.write_text(QUICK_ON_RANKS)
+    return path
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``leakaudit ARGS`` in this process: exit code, stdout, stderr."""
     with pytest.raises(SystemExit) as exit_info:

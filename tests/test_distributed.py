@@ -263,18 +263,6 @@ def test_a_failed_rank_stops_the_run_with_exit_2_naming_it(tmp_path: Path) -> No
 
 # --- whole audits ------------------------------------------------------------------------
 
-QUICK = """
-[inversion]
-steps = 20
-batch_per_class = 4
-pool_per_class = 8
-candidates_per_class = 2
-refine_steps = 10
-kkt_steps = 10
-threads = 1
-"""
-
-
 def _audit_args(tiny: Any, config: Path, out: Path, model: str | None = None, *extra: str) -> list[str]:
     return ["run", model or str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
             "--prior", "none", "--config", str(config), "--seed", "3", "--top", "10", "--out", str(out), "--quiet",
@@ -282,16 +270,16 @@ def _audit_args(tiny: Any, config: Path, out: Path, model: str | None = None, *e
 
 
 @pytest.mark.slow
-def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, tmp_path: Path) -> None:
+def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, quick_ranks_config: Path,
+                                                              tmp_path: Path) -> None:
     from leakaudit.data.folders import load_image_folder
 
-    config = tmp_path / "quick.toml"
-    config.write_text(QUICK)
-    single = subprocess.run([sys.executable, "-m", "leakaudit", *_audit_args(tiny, config, tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "leakaudit",
+                             *_audit_args(tiny, quick_ranks_config, tmp_path / "one")],
                             env=_env(), capture_output=True, text=True, timeout=240)
     assert single.returncode in (0, 1), single.stderr[-3000:]
     launched = subprocess.run([sys.executable, "-m", "leakaudit", "launch", "--nproc-per-node", "2", "--standalone",
-                               *_audit_args(tiny, config, tmp_path / "two")],
+                               *_audit_args(tiny, quick_ranks_config, tmp_path / "two")],
                               env=_env(), capture_output=True, text=True, timeout=240)
     assert launched.returncode == single.returncode, launched.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "leakaudit.json").read_text())
@@ -315,7 +303,8 @@ def test_two_process_audit_reaches_the_single_process_verdict(tiny: Any, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, tmp_path: Path) -> None:
+def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, quick_ranks_config: Path,
+                                                                  tmp_path: Path) -> None:
     """The architecture builder fails on rank 1 only (say a file missing on one node)."""
     (tmp_path / "node_arch.py").write_text(
         "import os\n"
@@ -325,10 +314,8 @@ def test_a_rank_failing_in_the_audit_exits_2_and_writes_no_report(tiny: Any, tmp
         "        raise FileNotFoundError('/models/extra-weights.bin is missing on this node')\n"
         "    return tiny_architecture()\n"
     )
-    config = tmp_path / "quick.toml"
-    config.write_text(QUICK)
     out = tmp_path / "audit"
-    args = _audit_args(tiny, config, out, str(tiny.state_dict), "--arch", "node_arch:build")
+    args = _audit_args(tiny, quick_ranks_config, out, str(tiny.state_dict), "--arch", "node_arch:build")
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     done = subprocess.run([sys.executable, "-m", "leakaudit", "launch", "--nproc-per-node", "2", "--standalone", *args],

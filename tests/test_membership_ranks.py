@@ -19,18 +19,6 @@ from leakaudit.report.json_format import without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 
-QUICK = """
-power_check = false
-
-[inversion]
-steps = 20
-batch_per_class = 4
-pool_per_class = 8
-candidates_per_class = 2
-refine_steps = 10
-kkt_steps = 10
-threads = 1
-"""
 RECIPE = 'optimizer = "adam"\nlr = 0.003\nbatch_size = 16\nepochs = 40\nuntil_train_accuracy = 1.0\n'
 
 
@@ -43,13 +31,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _args(tiny: Any, tmp_path: Path, out: Path) -> list[str]:
-    config, recipe = tmp_path / "quick.toml", tmp_path / "recipe.toml"
-    config.write_text(QUICK)
+def _args(tiny: Any, config: Path, tmp_path: Path, out: Path) -> list[str]:
+    recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE)
     return ["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-            "--prior", "none", "--config", str(config), "--seed", "3", "--out", str(out), "--quiet",
-            "--reference-models", "3", "--recipe", str(recipe)]
+            "--prior", "none", "--config", str(config), "--no-power-check", "--seed", "3", "--out", str(out),
+            "--quiet", "--reference-models", "3", "--recipe", str(recipe)]
 
 
 def _membership(out: Path) -> dict[str, Any]:
@@ -111,12 +98,14 @@ def test_a_rank_0_stopped_before_the_phase_releases_the_others(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_two_ranks_train_the_reference_models_of_one_process(tiny: Any, tmp_path: Path) -> None:
-    single = subprocess.run([sys.executable, "-m", "leakaudit", *_args(tiny, tmp_path, tmp_path / "one")],
+def test_two_ranks_train_the_reference_models_of_one_process(tiny: Any, quick_ranks_config: Path,
+                                                              tmp_path: Path) -> None:
+    single = subprocess.run([sys.executable, "-m", "leakaudit", *_args(tiny, quick_ranks_config, tmp_path,
+                                                                        tmp_path / "one")],
                             env=_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode in (0, 1), single.stderr[-3000:]
     launched = subprocess.run([sys.executable, "-m", "leakaudit", "launch", "--nproc-per-node", "2", "--standalone",
-                               *_args(tiny, tmp_path, tmp_path / "two")],
+                               *_args(tiny, quick_ranks_config, tmp_path, tmp_path / "two")],
                               env=_env(), capture_output=True, text=True, timeout=300)
     assert launched.returncode in (0, 1), launched.stderr[-3000:]
     one, two = _membership(tmp_path / "one"), _membership(tmp_path / "two")
