@@ -27,6 +27,7 @@ from leakaudit.errors import ModelError
 from leakaudit.loading import (FORMATS, detect_format, import_arch, load_export, load_safetensors, load_torch_save,
                                load_torchscript)
 from leakaudit.model.features import Tap, instrument
+from leakaudit.model.passes import set_mode
 from leakaudit.model.shape import infer_shape, telling
 from leakaudit.runtime.digest import file_sha256
 from leakaudit.sanitize import terminal_text
@@ -129,11 +130,19 @@ class TargetModel:
         device: torch.device | str | None = None,
         fmt: str = "module",
     ) -> TargetModel:
-        """Wrap an in-memory module (plain, TorchScript or exported)."""
+        """Wrap an in-memory module (plain, TorchScript or exported), taking it over: ``module`` itself is changed.
+
+        Its weights are frozen, it moves to ``device`` and into eval mode, and the feature taps are set on it
+        (forward hooks on a plain module, which then no longer pickles; graph nodes on an exported program); it is
+        ``target.module`` afterwards. Pass a module nothing else uses: a copy of the caller's (``copy_module``),
+        or ``wrap_module``, which copies and checks a caller's module. It does not copy itself because every
+        caller in the audit hands it a module it owns (just loaded, or just copied for the positive control),
+        where a second deep copy would double a large model's memory, and not every module can be deep-copied.
+        """
         dev = torch.device(device) if device is not None else _default_device()
         _freeze(module)  # first: moving a module reads each weight's .grad, which warns on a non-leaf
         module = module.to(dev)
-        _set_eval(module)
+        set_mode(module, False)
         forward, tap, note = instrument(module, input_shape, dev)
         k = num_classes if num_classes is not None else _count_classes(forward, input_shape, dev)
         target = cls(forward, list(module.parameters()), input_shape=input_shape, num_classes=k, mean=mean, std=std,
@@ -158,14 +167,6 @@ def _freeze(module: nn.Module) -> None:
             p.detach_()
         except RuntimeError as exc:  # a view of another tensor cannot be detached in place
             raise ModelError(f"cannot freeze the model's weights for the audit ({terminal_text(exc)})") from None
-
-
-def _set_eval(module: nn.Module) -> None:
-    """Eval mode; exported programs refuse ``.eval()`` and are already traced in it."""
-    try:
-        module.eval()
-    except (NotImplementedError, RuntimeError):
-        pass
 
 
 def _default_device() -> torch.device:
@@ -282,7 +283,7 @@ def _checked_target(module: nn.Module, shown: str, fmt: str, input_size: tuple[i
                     mean: Sequence[float] | None, std: Sequence[float] | None,
                     shape_hint: tuple[int, int, int] | None, dev: torch.device) -> TargetModel:
     """One forward pass learns and checks the input shape and classes; then the module is wrapped."""
-    _set_eval(module)
+    set_mode(module, False)
     shape, num_classes, errors = infer_shape(module, input_size, shape_hint, dev)
     if shape is None:
         raise ModelError(
