@@ -137,6 +137,13 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def config_file(tmp_path_factory: pytest.TempPathFactory, name: str, text: str) -> Path:
+    """A session's config file ``name`` holding ``text``, in a folder of its own."""
+    path = tmp_path_factory.mktemp("config") / name
+    path.write_text(text)
+    return path
+
+
 # An inversion of a few dozen steps: whole audits of the tiny reference take seconds. The positive control
 # is off here (the config-file twin of --no-power-check); the power tests turn it on with ``QUICK_WITH_POWER``.
 QUICK_INVERSION = """
@@ -159,9 +166,7 @@ checkpoint_every = 10
 @pytest.fixture(scope="session")
 def quick_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A config file holding ``QUICK_INVERSION``."""
-    path = tmp_path_factory.mktemp("config") / "quick.toml"
-    path.write_text(QUICK_INVERSION)
-    return path
+    return config_file(tmp_path_factory, "quick.toml", QUICK_INVERSION)
 
 
 QUICK_WITH_POWER = QUICK_INVERSION.replace("power_check = false", "power_check = true")
@@ -170,9 +175,7 @@ QUICK_WITH_POWER = QUICK_INVERSION.replace("power_check = false", "power_check =
 @pytest.fixture(scope="session")
 def quick_power_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``QUICK_INVERSION`` with the positive control on, as every audit runs by default."""
-    path = tmp_path_factory.mktemp("config") / "quick-power.toml"
-    path.write_text(QUICK_WITH_POWER)
-    return path
+    return config_file(tmp_path_factory, "quick-power.toml", QUICK_WITH_POWER)
 
 
 # The quick inversion of the audits run on several processes (``launch``) and of the single process they are held
@@ -192,9 +195,7 @@ threads = 1
 @pytest.fixture(scope="session")
 def quick_ranks_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A config file holding ``QUICK_ON_RANKS``."""
-    path = tmp_path_factory.mktemp("config") / "quick-ranks.toml"
-    path.write_text(QUICK_ON_RANKS)
-    return path
+    return config_file(tmp_path_factory, "quick-ranks.toml", QUICK_ON_RANKS)
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
