@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
-from leakaudit.power.control import Recipe, _train_copy  # noqa: E402
+from leakaudit.power.control import Recipe, train_copy  # noqa: E402
 from leakaudit.zoo import (ReferenceSpec, bundled_images, build_classifier, real_images,  # noqa: E402
                                  realdata_cache)
 
@@ -175,7 +175,7 @@ def control_step(case: Case, target: TargetModel, steps: int) -> float:
     y = torch.arange(x.shape[0]) % k
     def run(n: int) -> float:
         began = time.perf_counter()
-        _train_copy(case.module, x, y, Recipe(max_steps=n, loss_bound=-1.0), 0, lambda: False)
+        train_copy(case.module, x, y, Recipe(max_steps=n, loss_bound=-1.0), 0, lambda: False)
         return time.perf_counter() - began
 
     check = run(0)  # a run of no step is one convergence check (no-gradient pass over the members)

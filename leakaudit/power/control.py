@@ -89,7 +89,7 @@ def stopped_control() -> ControlRun:
     return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0)
 
 
-def _train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
+def train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
                 should_stop: Callable[[], bool]) -> tuple[int, float, float]:
     """Full-batch descent until every member is right and the loss is within the bound: (steps, loss, accuracy)."""
     torch.manual_seed(seed)
@@ -168,7 +168,7 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     y = labels.long().to(target.device)
     started = time.monotonic()
     with flush_denormals(), torch.jit.optimized_execution(False):  # TorchScript's profiling passes cost ~5× here
-        steps, loss, accuracy = _train_copy(copy_module, x, y, recipe, seed, stop)
+        steps, loss, accuracy = train_copy(copy_module, x, y, recipe, seed, stop)
     train_seconds = time.monotonic() - started
     memorised = accuracy == 1.0 and loss <= recipe.loss_bound
     notes = [] if memorised else [f"The control did not memorise its members within {recipe.max_steps} steps "
