@@ -90,7 +90,7 @@ def stopped_control() -> ControlRun:
 
 
 def train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
-                should_stop: Callable[[], bool]) -> tuple[int, float, float]:
+               should_stop: Callable[[], bool]) -> tuple[int, float, float]:
     """Full-batch descent until every member is right and the loss is within the bound: (steps, loss, accuracy)."""
     torch.manual_seed(seed)
     params = [p for p in module.parameters()]
