@@ -33,9 +33,9 @@ SPAN_STARTS_FLOOR = 64
 # The classifier work one refinement step may plan at a large input: PERTURBED_COPIES × candidates × one image's
 # counted forward+backward FLOPs. 480 GFLOP holds the floor on ResNet-18 at 224×224 (2 a class × 10 classes × 2
 # copies × 10.9 GFLOP = 435 GFLOP) and 6 a class at 128×128 (3.55 GFLOP). The quick effort's 40 steps then plan
-# 19 TFLOP of refinement, about 5 minutes of one CPU thread (ResNet-18 ran 32 images forward+backward at 224×224
-# in about 5 s, 70 GFLOP/s), once for the audit and once for the positive control's copy: together about two
-# thirds of the default 900 s budget, the rest left to pre-training, the control's training and matching.
+# 17 TFLOP of refinement, measured with the pool's scoring at 9 minutes of wall time on one shared CPU thread
+# (about 5 of CPU time; docs/performance.md), once for the audit and once for the positive control's copy; the
+# 8 a class that 40 members ask for would plan four times that, far past the default 900 s budget on its own.
 REFINE_STEP_FLOPS = 480e9
 
 
