@@ -18,6 +18,7 @@ from torch import nn
 from leakaudit.runtime.distributed import DistContext
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult, invert
 from leakaudit.inversion.initaware import init_aware_inversion
+from leakaudit.inversion.plan import image_flops
 from leakaudit.inversion.warmstart import PretrainCache
 from leakaudit.runtime.memory import release_free_memory
 from leakaudit.model.target import TargetModel, load_model, wrap_module
@@ -40,6 +41,8 @@ class ModelInfo:
     feature_note: str | None  # why penultimate features are unavailable, or None
     device: torch.device
     load_notes: tuple[str, ...]
+    # one image's forward+backward, counted at load (plan.image_flops): plans the work at large inputs; 0: not counted
+    flops_per_image: float = 0.0
 
     @property
     def has_features(self) -> bool:
@@ -48,7 +51,7 @@ class ModelInfo:
     @classmethod
     def of(cls, target: TargetModel) -> ModelInfo:
         return cls(tuple(target.input_shape), int(target.num_classes), target.format, target.sha256,  # type: ignore[arg-type]
-                   target.feature_note, target.device, tuple(target.load_notes))
+                   target.feature_note, target.device, tuple(target.load_notes), image_flops(target))
 
 
 @dataclass(frozen=True)

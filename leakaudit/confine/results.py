@@ -64,7 +64,15 @@ def model_info(fields: dict[str, Any]) -> ModelInfo:
                      _is(fields.get("format"), str, "format"), _optional(fields.get("sha256"), str, "sha256"),
                      _optional(fields.get("feature_note"), str, "feature_note"),
                      torch.device(_is(fields.get("device"), str, "device")),
-                     tuple(_strings(fields.get("load_notes", []), "load_notes")))
+                     tuple(_strings(fields.get("load_notes", []), "load_notes")),
+                     _flops(fields.get("flops_per_image", 0.0)))
+
+
+def _flops(value: Any) -> float:
+    flops = float(_is(value, (int, float), "flops_per_image"))
+    if not 0.0 <= flops < float("inf"):
+        raise ReplyError(f"flops_per_image {flops}")
+    return flops
 
 
 def with_provenance(info: ModelInfo, request: LoadRequest, fmt: str, sha256: str) -> ModelInfo:
@@ -89,7 +97,7 @@ def with_provenance(info: ModelInfo, request: LoadRequest, fmt: str, sha256: str
 def info_fields(info: ModelInfo) -> dict[str, Any]:
     return {"input_shape": list(info.input_shape), "num_classes": info.num_classes, "format": info.format,
             "sha256": info.sha256, "feature_note": info.feature_note, "device": str(info.device),
-            "load_notes": list(info.load_notes)}
+            "load_notes": list(info.load_notes), "flops_per_image": info.flops_per_image}
 
 
 def inversion_result(f: dict[str, Any], info: ModelInfo) -> InversionResult:

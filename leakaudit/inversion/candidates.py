@@ -5,6 +5,11 @@ about two candidates per training image; a fixed handful per class leaves most
 of a large training set to share a few class prototypes. The count is bounded
 by ``ceiling`` per class, because the refinement's cost grows with it and
 matching beyond ``AUTO_PREFILTER_PAIRS`` falls back to the prefilter.
+
+Above 64×64 pixels (``scale.large_input``) a classifier pass costs gigaflops,
+so the count is also capped by the planned work of one refinement step,
+counted in floating-point operations (never timed): ``REFINE_STEP_FLOPS``.
+Up to 64×64 the count is the data's alone, as it always was.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from typing import Any
+
+from leakaudit.inversion.plan import PERTURBED_COPIES
+from leakaudit.inversion.scale import large_input
 
 PER_MEMBER = 2.0  # candidates per training image (Buzaglo et al.)
 FLOOR = 2  # per class: the engine's measured default for a handful of members
@@ -22,6 +30,13 @@ CEILING = 32  # per class: refinement and matching stay within the default budge
 # where 256 reached 87/100. The effort level's span_starts is the ceiling.
 SPAN_STARTS_PER_MEMBER = 8
 SPAN_STARTS_FLOOR = 64
+# The classifier work one refinement step may plan at a large input: PERTURBED_COPIES × candidates × one image's
+# counted forward+backward FLOPs. 480 GFLOP holds the floor on ResNet-18 at 224×224 (2 a class × 10 classes × 2
+# copies × 10.9 GFLOP = 435 GFLOP) and 6 a class at 128×128 (3.55 GFLOP). The quick effort's 40 steps then plan
+# 17 TFLOP of refinement, measured with the pool's scoring at 9 minutes of wall time on one shared CPU thread
+# (about 5 of CPU time; docs/performance.md), once for the audit and once for the positive control's copy; the
+# 8 a class that 40 members ask for would plan four times that, far past the default 900 s budget on its own.
+REFINE_STEP_FLOPS = 480e9
 
 
 def candidates_per_class_for(n_train: int, num_classes: int, *, per_member: float = PER_MEMBER, floor: int = FLOOR,
@@ -46,3 +61,34 @@ def grown(config: Any, n_train: int, num_classes: int, explicit: int | None) -> 
         return config
     per = candidates_per_class_for(n_train, num_classes)
     return replace(config, candidates_per_class=per, pool_per_class=max(config.pool_per_class, per))
+
+
+def work_cap(flops_per_image: float, num_classes: int) -> int:
+    """Candidates per class whose refinement step plans at most ``REFINE_STEP_FLOPS``, never below ``FLOOR``."""
+    step_per_class = PERTURBED_COPIES * max(1, num_classes) * flops_per_image
+    if step_per_class <= 0.0:
+        return CEILING  # not counted: the data's count stands
+    return max(FLOOR, math.floor(REFINE_STEP_FLOPS / step_per_class))
+
+
+def capped_by_work(config: Any, shape: tuple[int, int, int], flops_per_image: float, num_classes: int) -> Any:
+    """The config with its candidates capped by the planned work of a refinement step: only at a large input."""
+    if not large_input(shape):
+        return config
+    allowed = work_cap(flops_per_image, num_classes)
+    if config.candidates_per_class <= allowed:
+        return config
+    return replace(config, candidates_per_class=allowed)
+
+
+def cap_note(asked: int, allowed: int, shape: tuple[int, int, int], flops_per_image: float, num_classes: int) -> str:
+    """What the document says when the planned work capped the candidates."""
+    c, h, w = shape
+    step = PERTURBED_COPIES * asked * num_classes * flops_per_image
+    return (f"Candidates capped by the planned work at {c}×{h}×{w}: the training set asks for {asked} per class "
+            f"(about {PER_MEMBER:g} per member), the planned work allows {allowed}. One refinement step would send "
+            f"{asked * num_classes} candidates and their perturbed copies through the classifier "
+            f"({flops_per_image / 1e9:.1f} GFLOP a forward+backward of one image, {step / 1e9:.0f} GFLOP a step), "
+            f"more than the {REFINE_STEP_FLOPS / 1e9:.0f} GFLOP a step allowed above 64×64 pixels. Fewer candidates "
+            "per member make a weaker attack; the positive control's attack has the same cap; "
+            "--candidates-per-class sets the count explicitly.")

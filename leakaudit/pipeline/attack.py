@@ -21,7 +21,7 @@ from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.confine.operations import AttackRequest, ModelInfo
 from leakaudit.confine.session import ModelSession
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult
-from leakaudit.inversion.candidates import grown
+from leakaudit.inversion.candidates import cap_note, capped_by_work, grown
 from leakaudit.runtime.progress import Observer
 from leakaudit.pipeline.run_context import RunContext
 
@@ -40,14 +40,16 @@ class Attack:
 
 
 def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *,
-                      most_candidates: int | None = None) -> InversionConfig:
+                      most_candidates: int | None = None, model: ModelInfo | None = None) -> InversionConfig:
     """The engine's settings for this run and data: the one place they are resolved.
 
     In order: the effort level's step counts, ``[tool.leakaudit.inversion]``,
     the run's own values (seed, budget, conditioning, prior), then the
     candidates per class: the run's ``candidates_per_class``, else the
-    table's, else grown with the training set (``inversion.candidates``),
-    never above ``most_candidates`` (the positive control's cap).
+    table's, else grown with the training set (``inversion.candidates``) and,
+    at a large input of ``model``, capped by one refinement step's counted
+    work (``candidates.capped_by_work``); never above ``most_candidates`` (the
+    positive control's cap).
     """
     known = {f.name for f in fields(InversionConfig)} - set(RUN_LEVEL_INVERSION_KEYS)
     unknown = sorted(set(settings.inversion) - known)
@@ -66,10 +68,21 @@ def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *
     except TypeError as exc:
         raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
     config: InversionConfig = grown(base, n_train, num_classes, explicit)
+    if model is not None and explicit is None:
+        config = capped_by_work(config, model.input_shape, model.flops_per_image, num_classes)
     if most_candidates is not None and config.candidates_per_class > most_candidates:
         config = replace(config, candidates_per_class=most_candidates,
                          pool_per_class=max(base.pool_per_class, most_candidates))
     return config
+
+
+def work_cap_note(settings: AuditSettings, n_train: int, model: ModelInfo) -> str | None:
+    """What the document says when the planned work capped the candidates the data asked for, else None."""
+    asked = resolve_inversion(settings, n_train, model.num_classes).candidates_per_class
+    allowed = resolve_inversion(settings, n_train, model.num_classes, model=model).candidates_per_class
+    if allowed >= asked:
+        return None
+    return cap_note(asked, allowed, model.input_shape, model.flops_per_image, model.num_classes)
 
 
 def resume_tag(settings: AuditSettings) -> str:
@@ -101,7 +114,7 @@ class _InversionProgress:
 
 def _planned_config(settings: AuditSettings, target: ModelInfo, sets: AuditSets, started: float) -> InversionConfig:
     """The run's engine settings with the candidate count grown to the data and the budget left for it."""
-    config = resolve_inversion(settings, len(sets.train), target.num_classes)
+    config = resolve_inversion(settings, len(sets.train), target.num_classes, model=target)
     if config.budget_s is None:
         return config
     n_images = len(sets.train) + (len(sets.null) if sets.null is not None else 0)  # all the candidates meet
@@ -119,6 +132,9 @@ def run_attack(run: RunContext, model: ModelSession, sets: AuditSets) -> Attack:
     request = AttackRequest(config, prior, sets.informed, settings.init, resume_tag(settings))
     result = model.attack(request, callbacks, stop, settings.out / CHECKPOINT_DIR if dist.is_main else None)
     notes = list(result.notes)
+    cap = work_cap_note(settings, len(sets.train), model.info)
+    if cap is not None:
+        notes.append(cap)
     if result.resumed_from is not None:
         notes.append(f"This run resumed an interrupted run of the same command at its {result.resumed_from} phase "
                      "(the saved state of the phases before it).")

@@ -18,7 +18,7 @@ import torch
 
 from leakaudit.config import AuditSettings
 from leakaudit.pipeline.attack import Attack, resolve_inversion
-from leakaudit.confine.operations import ControlRequest
+from leakaudit.confine.operations import ControlRequest, ModelInfo
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
 from leakaudit.power.control import ControlRun, recipe_for
@@ -45,14 +45,15 @@ def _null_in_holdout(inputs: AuditInputs, sets: AuditSets, seed: int) -> torch.T
     return prior_split(inputs.holdout.labels, seed)[1]
 
 
-def rung_config(settings: AuditSettings, attack: Attack, n_members: int, num_classes: int) -> InversionConfig:
+def rung_config(settings: AuditSettings, attack: Attack, n_members: int, info: ModelInfo) -> InversionConfig:
     """The audit's engine settings, the candidates grown with the control's own members by the audit's rule.
 
     The count never exceeds the audit's own: at the same effort a rung then
-    costs at most what the audit's attack cost, which bounds the stage.
+    costs at most what the audit's attack cost, which bounds the stage. The
+    copy has the audited architecture, so the same planned-work cap applies.
     """
-    config = resolve_inversion(settings, n_members, num_classes,
-                               most_candidates=attack.config.candidates_per_class)
+    config = resolve_inversion(settings, n_members, info.num_classes,
+                               most_candidates=attack.config.candidates_per_class, model=info)
     return replace(config, prior=attack.config.prior)
 
 
@@ -106,7 +107,7 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     method: str | None = None
     for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a copy")
-        config = rung_config(settings, attack, len(rung.members), info.num_classes)
+        config = rung_config(settings, attack, len(rung.members), info)
         if settings.budget is not None:  # --budget bounds the whole audit, the controls included
             left = settings.budget - (time.monotonic() - run.timer.started)
             if left <= 0:
