@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ import pytest
 import torch
 
 from leakaudit import api
+from leakaudit.cli.console import summary_lines
 from leakaudit.data.folders import load_image_folder
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.verdict import GateSettings, apply_gate
 from leakaudit.matching.search import BestMatches, best_matches
 from leakaudit.record import BudgetCut, dump, load
+from leakaudit.report import render_markdown
+from leakaudit.report.junit import render_junit
 from leakaudit.zoo import bundled_images
 
 from .conftest import TinyReference
@@ -215,6 +219,12 @@ def test_a_budget_that_ends_in_matching_keeps_the_members_matched_so_far(tiny: T
     assert any(n.startswith("Incomplete matching: --budget 600 s ended") for n in document["summary"]["notes"])
     assert any(n.startswith("The budget ended the audit during matching, membership") for n in
                document["summary"]["notes"])
+    # every format says which phase the budget cut
+    assert f"  incomplete matching: {cuts['matching']}" in summary_lines(document, [])
+    assert "**Incomplete matching**" in render_markdown(document)
+    junit = {c.get("name"): c for c in ET.fromstring(render_junit(document)).iter("testcase")}
+    assert junit["leakaudit.gate.matching_complete"].find("failure") is not None
+    assert "Incomplete membership: " in report.to_html()
     # a finished attack whose matches already fail keeps failing, as a cut attack does
     failed = apply_gate(document, GateSettings(fail_ssim=0.01, warn_ssim=0.01), today=TODAY)
     assert failed["verdict"] == "fail" and failed["exit_code"] == ExitStatus.GATE_FAILED

@@ -58,7 +58,7 @@ def match_stage(run: RunContext, attack: Attack, sets: AuditSets) -> Matches:
     if train_match.cut:
         return Matches(train_match, None, None, prefilter, _cut_members(run, train_match, len(train)))
     null_match = None
-    if null is not None and not check():
+    if null is not None and not dist.any_true(check()):  # every rank alike: each either matches the pass or not
         observer.phase("matching reconstructions against non-member images", len(null))
         null_match = sharded_best_matches(candidates, null.images, dist, k=5, prefilter=prefilter, should_stop=check,
                                           progress=lambda d, t: observer.advance(d, t, "non-member images"))
@@ -70,7 +70,7 @@ def match_stage(run: RunContext, attack: Attack, sets: AuditSets) -> Matches:
     pre_images = attack.result.pretrained_images
     if sets.informed and pre_images is not None and null is not None:
         what = "matching the pre-trained generator's candidates"
-        if check():
+        if dist.any_true(check()):
             return Matches(train_match, null_match, None, prefilter, _cut_pass(run, what))
         observer.phase("matching the pre-trained generator's candidates (what the weights added)")
         pre = pre_images.detach().float().cpu().clamp(0, 1)
