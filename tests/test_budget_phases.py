@@ -260,3 +260,19 @@ def test_a_stop_request_during_matching_ends_it_at_the_next_chunk(tiny: TinyRefe
     assert report.exit_status == ExitStatus.INTERRUPTED
     assert observer.advances[MEMBER_PASS] == 1  # the second chunk of 512 members was never matched
     assert not (tmp_path / "o" / "leakaudit.json").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_that_ends_as_the_positive_control_starts_leaves_power_and_membership_out(
+        tiny: TinyReference, tmp_path: Path) -> None:
+    observer = BudgetEndsAt("power: control K=")
+    settings = api.build_settings(str(tiny.torchscript), str(tiny.train_dir), str(tiny.holdout_dir), effort="quick",
+                                  seed=1, out=tmp_path / "o", gate=NO_FAIL, **{**QUICK_SETTINGS, "power_check": True})
+    report = api.run(settings, observer=observer, clock=observer.clock)
+    assert observer.jumped and report.exit_status == ExitStatus.INCOMPLETE
+    document = _written(tmp_path / "o", report)
+    cuts = {c["phase"]: c["reason"] for c in document["budget_cuts"]}
+    assert list(cuts) == ["positive control", "membership"]
+    assert cuts["positive control"].startswith("--budget 600 s ended the positive control after 0 of ")
+    assert document["power"]["status"] == "not measured"
+    assert document["summary"]["leak_score"] is not None  # matching finished before it: kept
