@@ -276,3 +276,35 @@ def test_a_budget_that_ends_as_the_positive_control_starts_leaves_power_and_memb
     assert cuts["positive control"].startswith("--budget 600 s ended the positive control after 0 of ")
     assert document["power"]["status"] == "not measured"
     assert document["summary"]["leak_score"] is not None  # matching finished before it: kept
+
+
+@pytest.mark.slow  # the confined worker: a subprocess
+def test_a_worker_past_the_budgets_ceiling_in_the_membership_pass_ends_the_phase_not_the_audit(
+        tiny: TinyReference, tmp_path: Path) -> None:
+    """What a slow model at 224×224 met: the session's deadline (the budget plus its margin) had passed by the time
+    the membership pass asked for the logits. The worker is ended; the phase is left out, said so."""
+    from leakaudit.confine.session import ConfinedSession, open_session
+    from leakaudit.pipeline.inputs import audit_sets, load_inputs
+    from leakaudit.pipeline.membership_run import membership_phase
+    from leakaudit.pipeline.provenance import StageTimer
+    from leakaudit.pipeline.run_context import RunContext
+    from leakaudit.runtime.distributed import DistContext
+
+    observer = BudgetEndsAt("no phase of the audit")  # the audit's own clock: well within the budget
+    settings = api.build_settings(str(tiny.torchscript), str(tiny.train_dir), str(tiny.holdout_dir), effort="quick",
+                                  seed=1, out=tmp_path / "o", **QUICK_SETTINGS)
+    dist = DistContext.single()
+    model = open_session(settings, dist, 1)
+    if not isinstance(model, ConfinedSession):
+        model.close()
+        pytest.skip("the model cannot run confined here: no worker, no ceiling")
+    try:
+        run = RunContext(settings, observer, lambda: False, dist, StageTimer(), 1, observer.clock)
+        inputs = load_inputs(settings, observer, model)
+        model.deadline = time.monotonic()  # the budget and its margin spent in the worker's clock
+        phase = membership_phase(run, inputs, audit_sets(inputs, settings))
+    finally:
+        model.close()
+    assert phase is not None and phase.result is None and phase.logits_train is None
+    assert phase.cut is not None and phase.cut.startswith("--budget 600 s ended the phase (the model's worker ran "
+                                                          "past the budget's ceiling (0 s) during the membership pass")
