@@ -119,8 +119,12 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets,
     membership_sets = MembershipSets(sets.train.images, sets.train.labels, sets.null.images, sets.null.labels,
                                      logits_train, logits_null)
     settings = stage_settings(run.settings, models, _checkpoints(run))
-    result = membership_stage(model, membership_sets, settings, run.observer, StopOrBudget(run),
-                              budget_s=None if left is None else max(left, 0.0), dist=run.dist)
+    try:
+        result = membership_stage(model, membership_sets, settings, run.observer, StopOrBudget(run),
+                                  budget_s=None if left is None else max(left, 0.0), dist=run.dist)
+    except BudgetCeiling as exc:  # the reference models' training, or the mirrored images' logits after it
+        return MembershipPhase(logits_train, logits_null, None, cut=f"{budget_words(run.settings)} ended the "
+                               f"reference-model attacks ({exc}); the loss threshold alone tested membership")
     if run.stop():
         return None
     reason = None
