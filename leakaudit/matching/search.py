@@ -132,6 +132,7 @@ StopCheck = Callable[[], bool]
 
 
 def _asked(should_stop: StopCheck | None) -> bool:
+    """Whether a stop check was given and asks to stop now (searches without one never poll)."""
     return should_stop is not None and bool(should_stop())
 
 

@@ -120,12 +120,11 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a copy")
         config = rung_config(settings, attack, len(rung.members), info.num_classes)
-        left = run.budget_left_s()  # --budget bounds the whole audit, the controls included
-        if left is not None and left <= 0:
+        left = run.budget_left_s()
+        if left is not None and left <= 0:  # --budget bounds the whole audit, the controls included
             cut = cut or f"{budget_words(settings)} ended the positive control after {len(results)} of {len(ks)} rungs"
             break  # the rungs run so far decide; none at all: not measured
-        if left is not None:
-            config = replace(config, budget_s=left)
+        config = config if left is None else replace(config, budget_s=left)
         rung_started = time.monotonic()
         request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
                                  init)
