@@ -122,6 +122,7 @@ def test_a_phase_the_budget_cut_makes_the_audit_incomplete_unless_what_finished_
     assert any(n.startswith("The budget ended the audit during membership") for n in gated["summary"]["notes"])
     record = load(gated)  # validated against the schema
     assert record.budget_cuts == (CUT,) and record.incomplete and record.exposure_kind == "incomplete"
+    assert record.headline == "Incomplete: the budget ended the audit during membership"
     assert dump(record)["budget_cuts"] == [CUT.to_dict()]
     del document["budget_cuts"]
     assert apply_gate(document, GateSettings(), today=TODAY)["verdict"] in ("pass", "warn")
@@ -130,6 +131,7 @@ def test_a_phase_the_budget_cut_makes_the_audit_incomplete_unless_what_finished_
     failed = apply_gate(leaky, GateSettings(), today=TODAY)
     assert failed["verdict"] == "fail" and failed["exit_code"] == ExitStatus.GATE_FAILED  # evidence is evidence
     assert any("already fails the gate" in n for n in failed["summary"]["notes"])
+    assert load(failed).headline.endswith("(from an audit the budget ended during membership)")
 
 
 # --- whole audits ------------------------------------------------------------------------------------------------

@@ -224,8 +224,13 @@ class AuditRecord:
             headline = POWER_HEADLINES[power]
         if self.power_required:
             return f"Incomplete: {self.gate_power_gap or 'power not measured'}, and require_power is set"
+        cut_after = self.inversion.complete and bool(self.budget_cuts)  # the attack finished; a later phase did not
+        phases = ", ".join(dict.fromkeys(c.phase for c in self.budget_cuts))
+        if kind == "incomplete" and cut_after:
+            return f"Incomplete: the budget ended the audit during {phases}"
         if self.incomplete and kind != "incomplete":
-            headline += " (from an attack that did not finish)"
+            headline += f" (from an audit the budget ended during {phases})" if cut_after else (
+                " (from an attack that did not finish)")
         return headline
 
     @property
