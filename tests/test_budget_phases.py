@@ -57,6 +57,8 @@ class StopAfter:
 def _same(a: BestMatches, b: BestMatches, rows: int | None = None) -> bool:
     """Both directions' per-image results equal, bit for bit, over the first ``rows`` images (all by default)."""
     end = len(b.best_index) if rows is None else rows
+    if rows is None and len(a.best_index) != end:
+        return False
     return all(torch.equal(getattr(a, name)[:end], getattr(b, name)[:end])
                for name in ("best_index", "best_ssim", "topk_index", "topk_ssim"))
 
