@@ -84,12 +84,16 @@ def build_settings(model: Any, train: Any, holdout: Any = None, *, effort: str =
 
 
 def run(settings: AuditSettings, *, observer: Observer | None = None, should_stop: StopCheck | None = None,
-        dist: DistContext | None = None, write: bool = True) -> AuditReport:
-    """One audit of finished settings, as an ``AuditReport``: the path the CLI and ``audit`` share."""
+        dist: DistContext | None = None, write: bool = True, clock: Callable[[], float] | None = None) -> AuditReport:
+    """One audit of finished settings, as an ``AuditReport``: the path the CLI and ``audit`` share.
+
+    ``clock``: what ``--budget`` is measured by after loading (``time.monotonic`` unless given; a test moves its
+    own on to end the budget at a chosen phase).
+    """
     from leakaudit.pipeline.audit import run_audit
 
     outcome = run_audit(settings, observer=observer or SilentObserver(), should_stop=should_stop, dist=dist,
-                        write=write)
+                        write=write, clock=clock)
     options = OutputOptions(settings.redact, settings.images, settings.junit, settings.markdown)
     return AuditReport(outcome.document, outcome.exit_status, outcome.arrays, tuple(outcome.written),
                        tuple(outcome.warnings), options)

@@ -33,6 +33,10 @@ class ModelError(LeakAuditError):
     """A model file that cannot be loaded safely or does not fit the data."""
 
 
+class BudgetCeiling(ModelError):
+    """The model's worker ran past the ceiling ``--budget`` sets on one of its operations, and was ended."""
+
+
 class UnsafeModelError(ModelError):
     """A model file that would run code when loaded (a pickled module)."""
 

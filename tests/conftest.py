@@ -38,7 +38,8 @@ LONGEST_FIRST = (
     "test_interruption.py", "test_security_corpus.py", "test_initaware.py", "test_confinement.py",
     "test_power_audit.py", "test_verdict.py", "test_membership_ranks.py", "test_membership_pipeline.py", "test_api.py",
     "test_distributed.py", "test_inversion.py", "test_cli.py",
-    "test_audit_end_to_end.py", "test_membership_audit.py", "test_formats.py", "test_typing.py", "test_record.py",
+    "test_audit_end_to_end.py", "test_membership_audit.py", "test_budget_phases.py", "test_formats.py",
+    "test_typing.py", "test_record.py",
 )
 
 

@@ -161,6 +161,7 @@ def summary_lines(document: Mapping[str, Any], written: Sequence[Path]) -> list[
     lines += [f"  {ranked[0]}", *(f"    {line}" for line in ranked[1:])] if ranked else []
     if not inversion.complete:
         lines.append(f"  incomplete attack: {inversion.incomplete_reason or 'cut short by the budget'}")
+    lines += [f"  incomplete {cut.phase}: {cut.reason}" for cut in record.budget_cuts]
     if inversion.resumed:
         lines.append(f"  resumed an interrupted run at its {inversion.resumed_from} phase")
     score = record.summary.leak_score

@@ -34,8 +34,8 @@ from leakaudit.confine.stderr import SHOWN_LINE_CHARS, WorkerStderr
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
 from leakaudit.config import AuditSettings
 from leakaudit.runtime.distributed import DistContext
-from leakaudit.errors import (AuditInterrupted, ConfigError, DataError, LeakAuditError, ModelError, UnsafeModelError,
-                              UsageError)
+from leakaudit.errors import (AuditInterrupted, BudgetCeiling, ConfigError, DataError, LeakAuditError, ModelError,
+                              UnsafeModelError, UsageError)
 from leakaudit.inversion import InversionCallbacks, InversionResult
 from leakaudit.membership.recipe import file_table
 from leakaudit.membership.references import OnModel, ReferenceRun
@@ -207,7 +207,7 @@ class ConfinedSession:
                 self._end()
                 if verdict == "stop":
                     return None
-                raise ModelError(self._stopped_line(verdict, dog))
+                raise (BudgetCeiling if verdict == "ceiling" else ModelError)(self._stopped_line(verdict, dog))
             if not self._channel.readable(0.1):
                 continue
             try:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit.record import AuditRecord, Finding, LeakScore, MemberScore, MembershipTest
+from leakaudit.record import AuditRecord, BudgetCut, Finding, LeakScore, MemberScore, MembershipTest
 from leakaudit.record.membership import ReferenceMembership
 
 
@@ -34,6 +34,7 @@ class GateInput:
     planned_steps: int
     power_status: str  # shown | not shown | not measured
     power_reason: str | None
+    budget_cuts: tuple[BudgetCut, ...] = ()  # phases after the attack the budget ended
 
     @classmethod
     def of(cls, record: AuditRecord, holdout_quantile: float) -> GateInput:
@@ -45,11 +46,13 @@ class GateInput:
             membership=summary.membership_test, attacks=record.membership_attacks,
             lpips_available=record.lpips_available,
             lpips_reason=record.lpips_reason,
-            complete=inversion.complete and (record.membership_attacks is None or record.membership_attacks.complete),
+            complete=(inversion.complete and not record.budget_cuts
+                      and (record.membership_attacks is None or record.membership_attacks.complete)),
             steps=inversion.steps,
             planned_steps=inversion.planned_steps,
             power_status="not measured" if power is None else power.status,
             power_reason=None if power is None else power.reason,
+            budget_cuts=record.budget_cuts,
         )
 
 

@@ -126,7 +126,12 @@ def _verdict(audit: GateInput, conditions: Sequence[Condition]) -> tuple[Verdict
         verdict = "warn" if "warn" in statuses else "pass"
     code = {"fail": ExitStatus.GATE_FAILED, "incomplete": ExitStatus.INCOMPLETE}.get(verdict, ExitStatus.PASSED)
     note = None
-    if not audit.complete and audit.steps >= audit.planned_steps:  # the attack finished: the membership phase did not
+    if audit.budget_cuts and audit.steps >= audit.planned_steps:  # the attack finished: a later phase did not
+        phases = ", ".join(dict.fromkeys(c.phase for c in audit.budget_cuts))
+        note = (f"The budget ended the audit during {phases}, after the attack: "
+                + ("the verdict is fail because what was done already fails the gate." if verdict == "fail" else
+                   "nothing found so far fails the gate, but an unfinished audit cannot pass (exit 2)."))
+    elif not audit.complete and audit.steps >= audit.planned_steps:  # the attack finished: the membership phase did not
         note = ("The membership phase is incomplete (the budget ended the reference models' training): "
                 + ("the verdict is fail because what was done already fails the gate." if verdict == "fail" else
                    "nothing found so far fails the gate, but an unfinished audit cannot pass (exit 2)."))

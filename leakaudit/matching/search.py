@@ -12,12 +12,17 @@ of downsampled images and computes exact SSIM only for each image's top-P
 candidates (and each candidate's top-P images); it can miss a best match,
 which would understate leakage, so it is opt-in and its recall is measured by
 ``bench/bench_matching.py``.
+
+A stop check (``should_stop``) is polled between chunks; when it asks, the
+search ends at the next chunk with what it has: a prefix of the images, each
+with its best matches over the candidates scored so far (``cut``). Polling
+changes nothing else: an uncut search is the same, number for number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +56,9 @@ class BestMatches:
     missing entries hold index -1 and SSIM NaN (likewise for a candidate with
     no image of its class). ``exact`` is False when the prefilter was used:
     then every score is an exact SSIM, but a better pair may have been skipped.
+    ``cut``: a stop ended the search early; the per-image arrays then cover
+    only the first images (at least one), and ``exact`` says whether every
+    candidate was scored against them.
     """
 
     best_index: torch.Tensor  # (M,) int64
@@ -61,6 +69,7 @@ class BestMatches:
     nearest_ssim: torch.Tensor  # (N,) float32
     exact: bool
     pairs_scored: int
+    cut: bool = False
 
 
 def _check_inputs(
@@ -119,6 +128,14 @@ def _merge_topk(
     return top_val, torch.gather(idx, 1, pos)
 
 
+StopCheck = Callable[[], bool]
+
+
+def _asked(should_stop: StopCheck | None) -> bool:
+    """Whether a stop check was given and asks to stop now (searches without one never poll)."""
+    return should_stop is not None and bool(should_stop())
+
+
 @torch.no_grad()
 def _exact_search(
     candidates: torch.Tensor,
@@ -128,6 +145,7 @@ def _exact_search(
     max_prepared_bytes: int,
     mask: Callable[[slice, slice], torch.Tensor | None],
     progress: Callable[[int, int], None] | None,
+    should_stop: StopCheck | None = None,
 ) -> BestMatches:
     n, m = candidates.shape[0], images.shape[0]
     top_val = torch.full((m, k), float("-inf"))
@@ -139,11 +157,15 @@ def _exact_search(
     group = max(1, min(n, max_prepared_bytes // max(per_candidate, 1)))
     groups = range(0, n, group)
     total = m * len(groups)
-    done = 0
+    done = pairs = 0
     for g0 in groups:
         gs = slice(g0, min(g0 + group, n))
         left = prepare_left(candidates[gs])
         for j0 in range(0, m, image_chunk):
+            if done and _asked(should_stop):  # the images scored so far: those of the first group, or all of them
+                covered = j0 if g0 == 0 else m
+                return _result(top_val[:covered], top_idx[:covered], near_val, near_idx, exact=len(groups) == 1,
+                               pairs_scored=pairs, cut=True)
             js = slice(j0, min(j0 + image_chunk, m))
             scores = block_ssim(left, prepare_right(images[js]))  # (n_g, m_c)
             disallowed = mask(gs, js)
@@ -157,6 +179,7 @@ def _exact_search(
             near_val[gs] = torch.where(better, row_val, near_val[gs])
             near_idx[gs] = torch.where(better, row_pos + j0, near_idx[gs])
             done += js.stop - js.start
+            pairs += (gs.stop - gs.start) * (js.stop - js.start)
             if progress is not None:
                 progress(done, total)
     return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
@@ -169,6 +192,7 @@ def _pairwise_search(
     k: int,
     mask: Callable[[slice, slice], torch.Tensor | None],
     progress: Callable[[int, int], None] | None,
+    should_stop: StopCheck | None = None,
 ) -> BestMatches:
     """Exact search for large images (``PAIRWISE_ABOVE_PIXELS``): one image at a time against every candidate.
 
@@ -180,7 +204,11 @@ def _pairwise_search(
     mx, vx = local_stats(x)
     chunk = max(1, _PAIR_BYTES // (x[0].numel() * x.element_size() * _PAIR_ARRAYS))
     scores = torch.empty(n, m)  # (N, M) float32, as the all-pairs kernel gives
+    covered = m
     for j in range(m):
+        if j and _asked(should_stop):
+            covered = j
+            break
         y = prepare(images[j : j + 1], torch.float64)  # (1, C, H', W')
         my, vy = local_stats(y)
         for c0 in range(0, n, chunk):
@@ -189,22 +217,23 @@ def _pairwise_search(
             scores[cs, j] = smap.mean(dim=(1, 2, 3)).float()
         if progress is not None:
             progress(j + 1, m)
-    disallowed = mask(slice(0, n), slice(0, m))
+    scores = scores[:, :covered]
+    disallowed = mask(slice(0, n), slice(0, covered))
     if disallowed is not None:
         scores.masked_fill_(disallowed, float("-inf"))
     top_val, top_idx = torch.topk(scores.T, k, dim=1)  # (M, k)
     near_val, near_idx = scores.max(1)  # (N,)
-    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
+    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * covered, cut=covered < m)
 
 
 def _result(top_val: torch.Tensor, top_idx: torch.Tensor, near_val: torch.Tensor, near_idx: torch.Tensor, *,
-            exact: bool, pairs_scored: int) -> BestMatches:
+            exact: bool, pairs_scored: int, cut: bool = False) -> BestMatches:
     """Package both directions' results (unfilled slots become index -1 / NaN)."""
     top_val, top_idx = _finalise(top_val, top_idx)
     near_val, near_idx = _finalise(near_val, near_idx)
     return BestMatches(
         best_index=top_idx[:, 0].clone(), best_ssim=top_val[:, 0].clone(), topk_index=top_idx, topk_ssim=top_val,
-        nearest_image=near_idx, nearest_ssim=near_val, exact=exact, pairs_scored=pairs_scored,
+        nearest_image=near_idx, nearest_ssim=near_val, exact=exact, pairs_scored=pairs_scored, cut=cut,
     )
 
 
@@ -223,12 +252,15 @@ def paired_scores(
     cand_idx: torch.Tensor,
     img_idx: torch.Tensor,
     progress: Callable[[int, int], None] | None,
+    should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
     """Exact SSIM (float64) for listed (candidate, image) pairs: (L,) float32.
 
     Each candidate is prepared and its mean/variance maps computed once (up
     front), each image once per chunk of pairs sorted by image, so a pair
-    costs one filtered product instead of five filters.
+    costs one filtered product instead of five filters. ``should_stop`` is
+    polled once the first image's pairs are done; the pairs it leaves unscored
+    are NaN, those of the lowest images scored first.
     """
     total = cand_idx.shape[0]
     out = torch.empty(total, dtype=torch.float32)
@@ -240,6 +272,9 @@ def paired_scores(
     vx_all = torch.cat([var for _, var in stats])
     order = torch.argsort(img_idx, stable=True)  # pairs of one image together
     for s in range(0, total, _PAIR_CHUNK):
+        if s and img_idx[order[s]] != img_idx[order[0]] and _asked(should_stop):
+            out[order[s:]] = float("nan")
+            break
         sel = order[s : s + _PAIR_CHUNK]
         ci, ii = cand_idx[sel], img_idx[sel]
         uniq, inverse = torch.unique(ii, return_inverse=True)
@@ -261,6 +296,7 @@ def _prefiltered_search(
     image_chunk: int,
     mask: Callable[[slice, slice], torch.Tensor | None],
     progress: Callable[[int, int], None] | None,
+    should_stop: StopCheck | None = None,
 ) -> BestMatches:
     n, m = candidates.shape[0], images.shape[0]
     keep = min(max(keep, k), n)
@@ -295,7 +331,19 @@ def _prefiltered_search(
         if progress is not None:
             progress(m + (m * done) // total, 2 * m)
 
-    scores = paired_scores(candidates, images, pair_c, pair_i, scoring_progress)  # (L,)
+    scores = paired_scores(candidates, images, pair_c, pair_i, scoring_progress, should_stop)  # (L,)
+    unscored = torch.isnan(scores)
+    covered = int(pair_i[unscored].min()) if bool(unscored.any()) else m  # images whose pairs were all scored
+    if covered < m:
+        kept = pair_i < covered
+        pair_c, pair_i, scores = pair_c[kept], pair_i[kept], scores[kept]
+    result = _top_from_pairs(pair_c, pair_i, scores, n, covered, k)
+    return replace(result, cut=covered < m)
+
+
+def _top_from_pairs(pair_c: torch.Tensor, pair_i: torch.Tensor, scores: torch.Tensor, n: int, m: int,
+                    k: int) -> BestMatches:
+    """Both directions' best matches over the scored (candidate, image) pairs of the prefiltered search."""
     # Per image top-k over its scored pairs.
     order = torch.argsort(pair_i * 4.0 - scores.double(), stable=True)  # by image, best first (|ssim| ≤ 1)
     pi, pc, ps = pair_i[order], pair_c[order], scores[order]
@@ -312,7 +360,7 @@ def _prefiltered_search(
     hit = scores == near_val[pair_c]
     near_idx = torch.full((n,), m, dtype=torch.int64).scatter_reduce(0, pair_c[hit], pair_i[hit], reduce="amin")
     near_idx[near_idx == m] = -1  # ties: the lowest image index wins
-    return _result(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pairs.shape[0]))
+    return _result(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pair_c.shape[0]))
 
 
 # Above this many candidate-image pairs, exact all-pairs SSIM takes more than a
@@ -354,6 +402,7 @@ def best_matches(
     image_labels: torch.Tensor | None = None,
     same_class: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> BestMatches:
     """Best SSIM matches of candidates (N, C, H, W) float [0, 1] and images (M, C, H, W) uint8 or float.
 
@@ -369,6 +418,8 @@ def best_matches(
     candidate is matched against every image.
     ``progress(done, total)`` is called as the work proceeds (in images; the
     prefiltered search reports screening and exact scoring as two halves).
+    ``should_stop()`` is polled between chunks once the first image is
+    scored: asked, the search ends there (``BestMatches.cut``).
     """
     _check_inputs(candidates, images, candidate_labels, image_labels, same_class, k)
     if image_chunk < 1 or max_prepared_bytes < 1:
@@ -378,7 +429,7 @@ def best_matches(
     k = min(k, candidates.shape[0])
     mask = _class_mask(candidate_labels, image_labels, same_class)
     if prefilter is None and candidates.shape[-2] * candidates.shape[-1] > PAIRWISE_ABOVE_PIXELS:
-        return _pairwise_search(candidates, images, k, mask, progress)
+        return _pairwise_search(candidates, images, k, mask, progress, should_stop)
     if prefilter is None:
-        return _exact_search(candidates, images, k, image_chunk, max_prepared_bytes, mask, progress)
-    return _prefiltered_search(candidates, images, k, prefilter, image_chunk, mask, progress)
+        return _exact_search(candidates, images, k, image_chunk, max_prepared_bytes, mask, progress, should_stop)
+    return _prefiltered_search(candidates, images, k, prefilter, image_chunk, mask, progress, should_stop)

@@ -23,6 +23,8 @@ def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: Di
     per shard, so more pairs may be scored than by one process (never fewer):
     a best match can only come out higher. Choose ``prefilter`` (e.g. with
     ``auto_prefilter``) from the whole set, so that every rank uses the same.
+    A ``should_stop`` that cuts a rank's shard short keeps the shards before it
+    and that shard's prefix: the result covers a prefix of the images on every rank.
     """
     if not ctx.is_distributed:
         return best_matches(candidates, images, **kw)
@@ -45,7 +47,8 @@ def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: Di
     for _, _, err in parts:
         if err is not None:
             raise DistributedError(f"matching failed: {err}")
-    pieces = [(start, bm) for start, bm, _ in parts if bm is not None]
+    shards = [(start, bm) for start, bm, _ in parts if bm is not None]
+    pieces = _prefix(shards)
     if not pieces:  # only when there are no images at all: let best_matches say so
         return best_matches(candidates, images, **kw)
     near_val = torch.full((candidates.shape[0],), float("-inf"))
@@ -68,4 +71,15 @@ def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: Di
         nearest_ssim=near_val,
         exact=all(bm.exact for _, bm in pieces),
         pairs_scored=sum(bm.pairs_scored for _, bm in pieces),
+        cut=any(bm.cut for _, bm in pieces) or len(pieces) < len(shards),
     )
+
+
+def _prefix(pieces: list[tuple[int, BestMatches]]) -> list[tuple[int, BestMatches]]:
+    """The shards up to the first one a stop cut (kept: its own prefix), so that the images covered are a prefix."""
+    kept = []
+    for start, bm in sorted(pieces, key=lambda piece: piece[0]):
+        kept.append((start, bm))
+        if bm.cut:
+            break
+    return kept

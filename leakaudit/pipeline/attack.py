@@ -8,7 +8,6 @@ callbacks, so the engine holds no UI code.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -112,21 +111,21 @@ class _InversionProgress:
         return InversionCallbacks(on_start=self.on_start, on_step=self.on_step, on_phase=self.on_phase)
 
 
-def _planned_config(settings: AuditSettings, target: ModelInfo, sets: AuditSets, started: float) -> InversionConfig:
+def _planned_config(run: RunContext, target: ModelInfo, sets: AuditSets) -> InversionConfig:
     """The run's engine settings with the candidate count grown to the data and the budget left for it."""
-    config = resolve_inversion(settings, len(sets.train), target.num_classes, model=target)
+    config = resolve_inversion(run.settings, len(sets.train), target.num_classes, model=target)
     if config.budget_s is None:
         return config
     n_images = len(sets.train) + (len(sets.null) if sets.null is not None else 0)  # all the candidates meet
     reserve = matching_reserve_s(config.candidates_per_class * target.num_classes, n_images, target.input_shape,
                                  sets.informed)
-    return replace(config, budget_s=inversion_ceiling(config.budget_s, time.monotonic() - started, reserve))
+    return replace(config, budget_s=inversion_ceiling(config.budget_s, run.clock() - run.timer.started, reserve))
 
 
 def run_attack(run: RunContext, model: ModelSession, sets: AuditSets) -> Attack:
     """Invert the classifier in the mode the settings ask for (init-aware, informed or data-free)."""
     settings, stop, dist = run.settings, run.stop, run.dist
-    config = _planned_config(settings, model.info, sets, run.timer.started)
+    config = _planned_config(run, model.info, sets)
     callbacks = _InversionProgress(run.observer).callbacks()
     prior = (sets.prior.images, sets.prior.labels) if sets.prior is not None else None
     request = AttackRequest(config, prior, sets.informed, settings.init, resume_tag(settings))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from leakaudit.pipeline.evidence import gain_note, gather_evidence, members, top
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.verdict import gate_record
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, audit_sets, check_output_folder, load_inputs
-from leakaudit.pipeline.matches import Matches, match_stage
+from leakaudit.pipeline.matches import Matches, match_stage, matched_sets
 from leakaudit.pipeline.membership_record import reference_membership
 from leakaudit.pipeline.membership_run import (MembershipPhase, clear_checkpoints, membership_notes, membership_phase,
                                                membership_share, release_ranks)
@@ -40,7 +42,7 @@ from leakaudit.pipeline.provenance import StageTimer, provenance
 from leakaudit.report import write_outputs
 from leakaudit.pipeline.run_context import RunContext
 from leakaudit.pipeline.verify import check_baseline_provenance, load_baseline, require_evaluable, require_lpips
-from leakaudit.record import AuditRecord, dump
+from leakaudit.record import AuditRecord, BudgetCut, dump
 from leakaudit.record.parse import frozen
 
 NO_HOLDOUT_NOTE = ("No holdout (--holdout): without non-member images the similarity of reconstructions to training "
@@ -69,7 +71,7 @@ def _stopped(written: list[Path] | None = None) -> AuditOutcome:
 
 def run_audit(settings: AuditSettings, observer: Observer | None = None,
               should_stop: StopCheck | None = None, dist: DistContext | None = None, *,
-              write: bool = True) -> AuditOutcome:
+              write: bool = True, clock: Callable[[], float] | None = None) -> AuditOutcome:
     """Run one audit and write its outputs; raises ``LeakAuditError`` on bad input.
 
     ``write=False``: the document and arrays come back unwritten (the Python
@@ -80,11 +82,14 @@ def run_audit(settings: AuditSettings, observer: Observer | None = None,
     collective, so a failed rank leaves no report. The other ranks return an
     empty document. Rank 0 holds the output folder's lock for the whole audit,
     and removes ``OUT/checkpoints/`` afterwards unless a signal stopped it.
+
+    ``clock``: what the phases after loading measure ``--budget`` by (``time.monotonic`` unless given).
     """
     dist = dist or DistContext.single()
     stop = should_stop or (lambda: False)
     threads = choose_threads(settings.threads)
-    run = RunContext(settings, observer or SilentObserver(), stop, dist, StageTimer(), threads)
+    run = RunContext(settings, observer or SilentObserver(), stop, dist, StageTimer(), threads,
+                     clock or time.monotonic)
     # first: the worker's start overlaps the rest
     model = open_session(settings, dist, threads, run.observer.note, stop)
     try:
@@ -140,16 +145,18 @@ def _run_audit(run: RunContext, model: ModelSession, write: bool) -> AuditOutcom
     matches = match_stage(run, attack, sets)
     if dist.any_true(stop()):
         return _stopped()
+    sets = matched_sets(sets, matches)  # the members matched before the budget ended matching, if it did
     if not dist.is_main:  # every rank's share is in: rank 0 takes it from here, with each rank's reference models
         membership_share(run, prepared.inputs, sets)
         return AuditOutcome(document={}, exit_status=ExitStatus.PASSED)
     timer.start("power")
-    power = power_stage(run, prepared.inputs, sets, attack)
+    spent = matches.cut is not None  # then the phases after matching do not run, on every rank alike
+    power = power_stage(run, prepared.inputs, sets, attack, budget_spent=spent)
     if power is None or stop():
         release_ranks(run, sets)
         return _stopped()
     timer.start("membership")
-    membership = membership_phase(run, prepared.inputs, sets)
+    membership = membership_phase(run, prepared.inputs, sets, budget_spent=spent)
     if membership is None or stop():
         return _stopped()
     timer.start("statistics")
@@ -178,7 +185,9 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     inputs, scorer = prepared.inputs, prepared.scorer
     run.observer.phase("statistics")
     # the load notes first: e.g. that --unsafe-pickle let code run
-    notes = [*inputs.model.info.load_notes, *confinement_notes(inputs.model), *sets.notes, *attack.notes]
+    cuts = budget_cuts(matches, power, membership)
+    notes = [*inputs.model.info.load_notes, *confinement_notes(inputs.model), *sets.notes, *attack.notes,
+             *(f"Incomplete {cut.phase}: {cut.reason}." for cut in cuts)]
     if matches.note() is not None:
         notes.append(str(matches.note()))
     if run.dist.is_distributed:
@@ -200,7 +209,13 @@ def _score(run: RunContext, prepared: Prepared, sets: AuditSets, attack: Attack,
     notes.extend(membership_notes(membership))
     return AuditResult(attack, sets, evidence, findings, tuple(notes), scorer.settings(),
                        provenance(run.settings, inputs, run.timer, run.threads), power, membership.result,
-                       matches.train.best_index)
+                       matches.train.best_index, cuts)
+
+
+def budget_cuts(matches: Matches, power: PowerStage, membership: MembershipPhase) -> tuple[BudgetCut, ...]:
+    """The phases after the attack that the budget ended, in the order they run."""
+    cuts = (("matching", matches.cut), ("positive control", power.cut), ("membership", membership.cut))
+    return tuple(BudgetCut(phase, reason) for phase, reason in cuts if reason is not None)
 
 
 def output_arrays(result: AuditResult) -> dict[str, np.ndarray]:

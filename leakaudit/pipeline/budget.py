@@ -11,6 +11,7 @@ from __future__ import annotations
 from leakaudit.config import AuditSettings
 from leakaudit.inversion import InversionResult
 from leakaudit.matching.search import matched_pairs
+from leakaudit.pipeline.run_context import RunContext
 
 MATCH_PAIRS_PER_S = 50_000  # cautious exhaustive-SSIM rate at 32×32 gray on 2 loaded cores
 REPORT_RESERVE_S = 10.0  # statistics, LPIPS, rendering and writing
@@ -37,9 +38,27 @@ def inversion_ceiling(budget_s: float, elapsed_s: float, reserve_s: float) -> fl
 
 def incomplete_reason(result: InversionResult, settings: AuditSettings) -> str:
     """One line: how much of the attack ran, and what to change so that it finishes."""
-    budget = f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"
+    budget = budget_words(settings)
     lower = {"thorough": "standard", "standard": "quick"}.get(settings.effort)
     advice = "raise --budget" + (f" or choose --effort {lower}" if lower else "")
     return (f"{budget} ended the inversion after {result.steps} of its {result.planned_steps} "
             f"planned steps ({result.completed_fraction:.0%}, effort {settings.effort}); an unfinished attack cannot "
             f"pass: {advice}.")
+
+
+class StopOrBudget:
+    """A stage's stop check: a stop request, or the audit's budget spent (remembered, so the stage can say which)."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.spent = False
+
+    def __call__(self) -> bool:
+        left = self.run.budget_left_s()
+        self.spent = self.spent or (left is not None and left <= 0)
+        return self.run.stop() or self.spent
+
+
+def budget_words(settings: AuditSettings) -> str:
+    """How the document names the budget: ``--budget 900 s``."""
+    return f"--budget {settings.budget:g} s" if settings.budget is not None else "the budget"

@@ -127,6 +127,11 @@ def _pixel_digests(images: ImageSet) -> list[str]:
     return [hashlib.sha256(img.numpy().tobytes()).hexdigest() for img in images.images]
 
 
+def take_first(images: ImageSet, count: int) -> ImageSet:
+    """The first ``count`` images of a set (those matching reached before the budget ended it)."""
+    return replace(images, images=images.images[:count], labels=images.labels[:count], paths=images.paths[:count])
+
+
 def _subset(images: ImageSet, keep: torch.Tensor) -> ImageSet:
     idx = torch.nonzero(keep).flatten()
     return replace(images, images=images.images[idx], labels=images.labels[idx],

@@ -4,24 +4,27 @@ The target's logits on members and non-members serve both the loss threshold
 (the statistics stage) and the reference-model attacks, so the model is asked
 once. The phase's share of ``--budget`` is what the earlier phases left; a
 phase the budget or a stop cuts short leaves the audit incomplete, never a pass.
+A budget spent before the target's logits (or the model's worker reaching the
+budget's ceiling while it computes them) leaves the phase out, said so in the
+document, rather than ending the audit with an error.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from leakaudit.config import AuditSettings
+from leakaudit.errors import BudgetCeiling
 from leakaudit.inversion import InversionCallbacks
 from leakaudit.membership.recipe import DEFAULT_RECIPE, TrainingRecipe
 from leakaudit.membership.store import MEMBERSHIP_DIR
 from leakaudit.membership.training import function_name
 from leakaudit.pipeline.attack import CHECKPOINT_DIR
+from leakaudit.pipeline.budget import StopOrBudget, budget_words
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets
 from leakaudit.pipeline.membership import (
     EFFORT_REFERENCE_MODELS, MembershipResult, MembershipSets, MembershipSettings, membership_stage, plan_of,
@@ -39,6 +42,7 @@ class MembershipPhase:
     logits_null: torch.Tensor | None
     result: MembershipResult | None
     incomplete_reason: str | None = None  # why the phase did not finish (the budget); None when it did
+    cut: str | None = None  # why the phase did not run at all (the budget spent before the target's logits)
 
 
 def reference_count(settings: AuditSettings) -> int:
@@ -77,8 +81,7 @@ def membership_share(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> N
     assert sets.null is not None
     settings = stage_settings(run.settings, reference_count(run.settings))
     plan = plan_of(sets.train.images, sets.train.labels, sets.null.images, sets.null.labels, settings)
-    should_stop = _stop_check(run)
-    train_share(inputs.model, plan, settings, None, run.dist, InversionCallbacks(), should_stop)
+    train_share(inputs.model, plan, settings, None, run.dist, InversionCallbacks(), StopOrBudget(run))
 
 
 def release_ranks(run: RunContext, sets: AuditSets) -> None:
@@ -88,38 +91,40 @@ def release_ranks(run: RunContext, sets: AuditSets) -> None:
         run.dist.all_gather_object(None)  # and the gather of what they trained: nothing
 
 
-def _stop_check(run: RunContext) -> Callable[[], bool]:
-    """A stop request, or the budget spent (remembered: the phase then reports itself incomplete)."""
-    over_budget = [False]
+def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets,
+                     budget_spent: bool = False) -> MembershipPhase | None:
+    """The target's logits and every membership attack; None when a stop was asked for.
 
-    def should_stop() -> bool:
-        left = _left_s(run)
-        over_budget[0] = over_budget[0] or (left is not None and left <= 0)
-        return run.stop() or over_budget[0]
-
-    return should_stop
-
-
-def _left_s(run: RunContext) -> float | None:
-    budget = run.settings.budget
-    return None if budget is None else budget - (time.monotonic() - run.timer.started)
-
-
-def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> MembershipPhase | None:
-    """The target's logits and every membership attack; None when a stop was asked for."""
+    ``budget_spent``: an earlier phase used up ``--budget``; the phase then does not run (``cut`` says why).
+    """
     if sets.null is None:
         return MembershipPhase(None, None, None)
+    run.observer.phase("membership: the target's logits on members and non-members")
+    left = run.budget_left_s()
+    if budget_spent or (left is not None and left <= 0):
+        release_ranks(run, sets)
+        return MembershipPhase(None, None, None, cut=f"{budget_words(run.settings)} {NOT_RUN}")
     model = inputs.model
-    logits_train, logits_null = model.logits(sets.train.images), model.logits(sets.null.images)
+    try:
+        logits_train, logits_null = model.logits(sets.train.images), model.logits(sets.null.images)
+    except BudgetCeiling as exc:
+        release_ranks(run, sets)
+        return MembershipPhase(None, None, None, cut=f"{budget_words(run.settings)} ended the phase ({exc})")
+    if run.stop():
+        return None
     models = reference_count(run.settings)
     if models > 0:
         run.observer.phase(f"membership: {models} reference models")
-    left = _left_s(run)
+    left = run.budget_left_s()
     membership_sets = MembershipSets(sets.train.images, sets.train.labels, sets.null.images, sets.null.labels,
                                      logits_train, logits_null)
     settings = stage_settings(run.settings, models, _checkpoints(run))
-    result = membership_stage(model, membership_sets, settings, run.observer, _stop_check(run),
-                              budget_s=None if left is None else max(left, 0.0), dist=run.dist)
+    try:
+        result = membership_stage(model, membership_sets, settings, run.observer, StopOrBudget(run),
+                                  budget_s=None if left is None else max(left, 0.0), dist=run.dist)
+    except BudgetCeiling as exc:  # the reference models' training, or the mirrored images' logits after it
+        return MembershipPhase(logits_train, logits_null, None, cut=f"{budget_words(run.settings)} ended the "
+                               f"reference-model attacks ({exc}); the loss threshold alone tested membership")
     if run.stop():
         return None
     reason = None
@@ -129,6 +134,10 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> M
                   "--budget (the finished models are kept: the same audit trains only the rest) or lower "
                   "--reference-models")
     return MembershipPhase(logits_train, logits_null, result, reason)
+
+
+NOT_RUN = ("was spent before the membership phase could ask the model for its logits: the membership tests did "
+           "not run")
 
 
 def membership_notes(phase: MembershipPhase) -> list[str]:

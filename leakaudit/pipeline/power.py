@@ -18,6 +18,7 @@ import torch
 
 from leakaudit.config import AuditSettings
 from leakaudit.pipeline.attack import Attack, resolve_inversion
+from leakaudit.pipeline.budget import budget_words
 from leakaudit.confine.operations import ControlRequest, ModelInfo
 from leakaudit.pipeline.inputs import AuditInputs, AuditSets, prior_split
 from leakaudit.inversion import InversionCallbacks, InversionConfig
@@ -35,6 +36,7 @@ class PowerStage:
     power: Power
     candidates: dict[int, torch.Tensor]  # K → (N, C, H, W) float32 candidates of that rung
     members: dict[int, torch.Tensor]  # K → (K · classes,) indices into the null set
+    cut: str | None = None  # how far the control got when the budget ended it; None when the budget did not
 
 
 def _null_in_holdout(inputs: AuditInputs, sets: AuditSets, seed: int) -> torch.Tensor:
@@ -55,6 +57,10 @@ def rung_config(settings: AuditSettings, attack: Attack, n_members: int, info: M
     config = resolve_inversion(settings, n_members, info.num_classes,
                                most_candidates=attack.config.candidates_per_class, model=info)
     return replace(config, prior=attack.config.prior)
+
+
+SPENT = "--budget was spent before the control could run"
+NOT_RUN = "was spent before the positive control could run: it did not run"
 
 
 class _Progress:
@@ -81,13 +87,19 @@ def skipped(run: RunContext, inputs: AuditInputs, sets: AuditSets) -> Power | No
     return None
 
 
-def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: Attack) -> PowerStage | None:
-    """Every rung of the ladder, attacked and judged; None when a stop was asked for."""
+def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: Attack,
+                budget_spent: bool = False) -> PowerStage | None:
+    """Every rung of the ladder, attacked and judged; None when a stop was asked for.
+
+    ``budget_spent``: an earlier phase used up ``--budget``, so no rung runs (and the stage says so).
+    """
     info, settings = inputs.model.info, run.settings
     per_class = len(sets.train) / max(info.num_classes, 1)
     reason = skipped(run, inputs, sets)
     if reason is not None:
         return PowerStage(reason, {}, {})
+    if budget_spent:
+        return PowerStage(not_measured(SPENT, per_class), {}, {}, f"{budget_words(settings)} {NOT_RUN}")
     assert sets.null is not None
     null = sets.null
     null_idx = _null_in_holdout(inputs, sets, settings.seed)
@@ -105,14 +117,15 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
     candidates: dict[int, torch.Tensor] = {}
     members: dict[int, torch.Tensor] = {}
     method: str | None = None
+    cut: str | None = None
     for rung in rungs(null.labels, info.num_classes, ks, settings.seed):
         run.observer.phase(f"power: control K={rung.k}: training a copy")
         config = rung_config(settings, attack, len(rung.members), info)
-        if settings.budget is not None:  # --budget bounds the whole audit, the controls included
-            left = settings.budget - (time.monotonic() - run.timer.started)
-            if left <= 0:
-                break  # the rungs run so far decide; none at all: not measured
-            config = replace(config, budget_s=left)
+        left = run.budget_left_s()
+        if left is not None and left <= 0:  # --budget bounds the whole audit, the controls included
+            cut = cut or f"{budget_words(settings)} ended the positive control after {len(results)} of {len(ks)} rungs"
+            break  # the rungs run so far decide; none at all: not measured
+        config = config if left is None else replace(config, budget_s=left)
         rung_started = time.monotonic()
         request = ControlRequest(null.images[rung.members], null.labels[rung.members], config, control_seed, prior,
                                  init)
@@ -122,15 +135,17 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         if control.unsupported is not None:
             return PowerStage(not_measured(control.unsupported, per_class), {}, {})
         method = control.method
+        if not control.complete:
+            cut = f"{budget_words(settings)} ended the control's attack at K={rung.k} (not counted)"
         score = score_rung(control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,
                            settings.seed)
         results.append(_rung_result(rung, control, score, null_idx, rung_started))
         candidates[rung.k] = control.candidates
         members[rung.k] = rung.members
     if not results:
-        return PowerStage(not_measured("--budget was spent before the control could run", per_class), {}, {})
+        return PowerStage(not_measured(SPENT, per_class), {}, {}, cut)
     power = decide(results, per_class, method, recipe_for(init).to_dict(), time.monotonic() - started)
-    return PowerStage(power, candidates, members)
+    return PowerStage(power, candidates, members, cut)
 
 
 def _rung_result(rung: Rung, control: ControlRun, score: RungScore, null_idx: torch.Tensor,

@@ -20,7 +20,8 @@ from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.pipeline.membership import MembershipResult
 from leakaudit.pipeline.membership_record import reference_membership
 from leakaudit.pipeline.power import PowerStage
-from leakaudit.record import SCHEMA_VERSION, AuditRecord, GateRecord, Inversion, Membership, Summary, Thresholds
+from leakaudit.record import (SCHEMA_VERSION, AuditRecord, BudgetCut, GateRecord, Inversion, Membership, Summary,
+                              Thresholds)
 from leakaudit.record.parse import frozen
 from leakaudit.scoring import distribution_summary, histogram, quantile
 from leakaudit.version import __version__
@@ -42,6 +43,7 @@ class AuditResult:
     power: PowerStage | None = None  # the positive control; None only for results made without one
     membership: MembershipResult | None = None  # the membership attacks (None without a holdout)
     train_best_index: torch.Tensor | None = None  # (M,) each member's best reconstruction
+    budget_cuts: tuple[BudgetCut, ...] = ()  # the phases after the attack the budget ended
 
 
 def _summary(result: AuditResult, holdout_quantile: float) -> Summary:
@@ -84,10 +86,11 @@ def audit_record(result: AuditResult, holdout_quantile: float) -> AuditRecord:
     return AuditRecord(
         schema_version=SCHEMA_VERSION, tool=frozen({"name": "leakaudit", "version": __version__}), verdict="pass",
         exit_code=0, mode=attack.result.mode, threat_model=attack.result.threat_model,
-        calibrated=result.sets.null is not None, thresholds=Thresholds(),
+        calibrated=result.evidence.null_best is not None, thresholds=Thresholds(),
         metrics=frozen({"ssim": dict(SSIM_SETTINGS), "lpips": result.lpips}),
         summary=_summary(result, holdout_quantile), findings=result.findings.rows, gate=GateRecord(()),
         inversion=_inversion(attack, len(result.sets.train.classes)), provenance=frozen(result.provenance),
         power=power, membership_attacks=reference_membership(
             result.membership, result.train_best_index, result.evidence.train_best),
+        budget_cuts=result.budget_cuts,
     )

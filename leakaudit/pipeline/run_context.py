@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from leakaudit.config import AuditSettings
@@ -20,3 +22,9 @@ class RunContext:
     dist: DistContext
     timer: StageTimer  # the stages' wall times; the budget counts from its start
     threads: int  # torch CPU threads of this audit (recorded in the provenance)
+    clock: Callable[[], float] = time.monotonic  # what the budget is measured by (a test may move it on)
+
+    def budget_left_s(self) -> float | None:
+        """Seconds of ``--budget`` left (negative once spent); None without a budget."""
+        budget = self.settings.budget
+        return None if budget is None else budget - (self.clock() - self.timer.started)

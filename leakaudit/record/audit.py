@@ -113,6 +113,21 @@ class Inversion:
 
 
 @dataclass(frozen=True)
+class BudgetCut:
+    """A phase after the attack that the budget ended (matching, the control, membership), and how far it got."""
+
+    phase: str  # "matching" | "positive control" | "membership"
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"phase": self.phase, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BudgetCut:
+        return cls(str(d["phase"]), str(d["reason"]))
+
+
+@dataclass(frozen=True)
 class AuditRecord:
     """One gated audit: the model's findings and figures, the gate's decision, the control, the provenance."""
 
@@ -133,6 +148,7 @@ class AuditRecord:
     power: PowerRecord | None
     extra: JsonObject = field(default_factory=lambda: _EMPTY)  # top-level keys the record does not model
     membership_attacks: ReferenceMembership | None = None  # the reference-model attacks (None: R = 0, or none ran)
+    budget_cuts: tuple[BudgetCut, ...] = ()  # the phases after the attack the budget ended, in order
 
     @cached_property
     def exposure(self) -> Exposure:
@@ -141,10 +157,10 @@ class AuditRecord:
 
     @property
     def incomplete(self) -> bool:
-        """The attack or the membership phase did not finish (or the gate said incomplete)."""
+        """The attack, or a phase after it, did not finish (or the gate said incomplete)."""
         membership_unfinished = self.membership_attacks is not None and not self.membership_attacks.complete
         return (self.verdict == "incomplete" or not self.inversion.complete or self.inversion.completed_fraction < 1.0
-                or membership_unfinished)
+                or membership_unfinished or bool(self.budget_cuts))
 
     @property
     def strongest_membership(self) -> AttackResultType | None:
@@ -175,7 +191,7 @@ class AuditRecord:
         """require_power, not the attack, made this audit incomplete."""
         membership_done = self.membership_attacks is None or self.membership_attacks.complete
         return (self.verdict == "incomplete" and self.inversion.complete and membership_done
-                and self.thresholds.require_power)
+                and not self.budget_cuts and self.thresholds.require_power)
 
     @property
     def gate_power_gap(self) -> str | None:
@@ -208,8 +224,13 @@ class AuditRecord:
             headline = POWER_HEADLINES[power]
         if self.power_required:
             return f"Incomplete: {self.gate_power_gap or 'power not measured'}, and require_power is set"
+        cut_after = self.inversion.complete and bool(self.budget_cuts)  # the attack finished; a later phase did not
+        phases = ", ".join(dict.fromkeys(c.phase for c in self.budget_cuts))
+        if kind == "incomplete" and cut_after:
+            return f"Incomplete: the budget ended the audit during {phases}"
         if self.incomplete and kind != "incomplete":
-            headline += " (from an attack that did not finish)"
+            headline += f" (from an audit the budget ended during {phases})" if cut_after else (
+                " (from an attack that did not finish)")
         return headline
 
     @property

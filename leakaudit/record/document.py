@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from leakaudit.errors import OutputError
-from leakaudit.record.audit import AuditRecord, Inversion, Summary
+from leakaudit.record.audit import AuditRecord, BudgetCut, Inversion, Summary
 from leakaudit.record.findings import Finding
 from leakaudit.record.gate import VERDICTS, Exposure, GateRecord, Thresholds
 from leakaudit.record.parse import (
@@ -26,7 +26,7 @@ from leakaudit.record.scores import LeakScore, Membership, MembershipTest
 SCHEMA_VERSION = "1.2"
 _TOP = ("schema_version", "tool", "verdict", "exit_code", "mode", "threat_model", "calibrated", "thresholds",
         "metrics", "summary", "findings", "gate", "inversion", "provenance", "power", "exposure",
-        "membership_attacks")
+        "membership_attacks", "budget_cuts")
 _SUMMARY = ("n_train", "n_holdout", "n_candidates", "leak_score", "membership_loss_auc", "membership", "train",
             "holdout", "holdout_ssim_p95", "holdout_ssim_p99", "class_mean_null", "per_class", "histogram",
             "weights_gain", "notes")
@@ -115,6 +115,7 @@ def _record(d: Mapping[str, Any], gated: bool = True) -> AuditRecord:
         provenance=frozen(dict(obj(d, "provenance"))), power=None if power is None else PowerRecord.from_dict(power),
         extra=rest(d, _TOP),
         membership_attacks=None if attacks is None else ReferenceMembership.from_dict(attacks),
+        budget_cuts=tuple(BudgetCut.from_dict(c) for c in items(d, "budget_cuts")),
     )
 
 
@@ -161,6 +162,8 @@ def dump(record: AuditRecord) -> dict[str, Any]:
     }
     if record.membership_attacks is not None:  # R = 0 writes the document as before
         document["membership_attacks"] = record.membership_attacks.to_dict()
+    if record.budget_cuts:  # a run the budget let finish writes the document as before
+        document["budget_cuts"] = [c.to_dict() for c in record.budget_cuts]
     document.update(thawed(record.extra))
     return document
 

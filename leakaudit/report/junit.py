@@ -90,6 +90,8 @@ def render_junit(readable: Readable) -> str:
     if not inversion.complete:  # an unfinished attack is its own failing case, whatever the conditions say
         cases.append(Case("attack_complete", "fail", inversion.planned_steps, inversion.steps,
                           inversion.incomplete_reason or "the attack was cut short by the budget"))
+    cases += [Case(f"{cut.phase.replace(' ', '_')}_complete", "fail", None, None, cut.reason)
+              for cut in record.budget_cuts]  # a phase after the attack the budget ended: likewise
     power = _power_case(record)
     if power is not None:
         cases.append(power)

@@ -158,6 +158,8 @@ def render_markdown(readable: Readable, max_rows: int = MAX_ROWS) -> str:
             "",
             f"**Incomplete attack**: {md_escape(record.inversion.incomplete_reason or 'cut short by the budget')}",
         ]
+    for cut in record.budget_cuts:
+        lines += ["", f"**Incomplete {md_escape(cut.phase)}**: {md_escape(cut.reason)}"]
     if record.model_format == "pickle":
         lines += ["", "**Warning: --unsafe-pickle.** The model file was unpickled, so code from it ran."]
     unconfined = record.unconfined_reason
