@@ -19,10 +19,10 @@ from leakaudit.config import AuditSettings
 from leakaudit.confine import results
 from leakaudit.confine.operations import ModelInfo
 from leakaudit.inversion import InversionResult
-from leakaudit.inversion.candidates import FLOOR, REFINE_STEP_FLOPS, work_cap
+from leakaudit.inversion.candidates import FLOOR, REFINE_FLOPS, REFINE_STEP_FLOPS, REFINE_STEPS_FLOOR, work_cap
 from leakaudit.inversion.plan import PERTURBED_COPIES, budget_message
 from leakaudit.model.target import TargetModel
-from leakaudit.pipeline.attack import Attack, resolve_inversion, work_cap_note
+from leakaudit.pipeline.attack import Attack, resolve_inversion, work_cap_notes
 from leakaudit.pipeline.power import rung_config
 
 N_TRAIN = 40  # 4 members a class: the data asks for 8 candidates a class
@@ -90,8 +90,8 @@ def test_up_to_64x64_the_plan_is_exactly_as_before(info_64: ModelInfo) -> None:
             assert resolve_inversion(settings, n_train, 10, model=info_64) == before
     # a 64×64 model as costly as ResNet-18 at 224 still plans what the data asks for
     costly = dataclasses.replace(info_64, flops_per_image=1e13)
-    assert resolve_inversion(_settings(), N_TRAIN, 10, model=costly).candidates_per_class == 8
-    assert work_cap_note(_settings(), N_TRAIN, costly) is None
+    assert resolve_inversion(_settings(), N_TRAIN, 10, model=costly) == resolve_inversion(_settings(), N_TRAIN, 10)
+    assert work_cap_notes(_settings(), N_TRAIN, costly) == []
 
 
 def test_an_explicit_count_wins_over_the_cap(r18_224: tuple[TargetModel, ModelInfo]) -> None:
@@ -99,17 +99,17 @@ def test_an_explicit_count_wins_over_the_cap(r18_224: tuple[TargetModel, ModelIn
     assert resolve_inversion(_settings(candidates_per_class=8), N_TRAIN, 10, model=info).candidates_per_class == 8
     table = _settings(inversion={"candidates_per_class": 5})
     assert resolve_inversion(table, N_TRAIN, 10, model=info).candidates_per_class == 5
-    assert work_cap_note(_settings(candidates_per_class=8), N_TRAIN, info) is None
+    assert not any("Candidates capped" in n for n in work_cap_notes(_settings(candidates_per_class=8), N_TRAIN, info))
 
 
 def test_the_document_note_says_what_was_asked_and_what_the_work_allows(
         r18_224: tuple[TargetModel, ModelInfo]) -> None:
     _, info = r18_224
-    note = work_cap_note(_settings(), N_TRAIN, info)
-    assert note is not None
+    note = next(n for n in work_cap_notes(_settings(), N_TRAIN, info) if "Candidates capped" in n)
     assert "3×224×224" in note and "asks for 8 per class" in note and "allows 2" in note
     assert "10.9 GFLOP" in note and "--candidates-per-class" in note
-    assert work_cap_note(_settings(), 4, info) is None  # the data asks for the floor: nothing was capped
+    # the data asks for the floor: nothing was capped
+    assert not any("Candidates capped" in n for n in work_cap_notes(_settings(), 4, info))
 
 
 def test_the_budget_message_plans_the_capped_count(r18_224: tuple[TargetModel, ModelInfo]) -> None:
@@ -133,3 +133,33 @@ def test_the_positive_controls_attack_gets_the_cap_too(r18_224: tuple[TargetMode
     assert rung_config(_settings(), attack, N_TRAIN, info).candidates_per_class == FLOOR
     assert rung_config(_settings(), attack, N_TRAIN, dataclasses.replace(info, flops_per_image=0.0)
                        ).candidates_per_class == 8  # not counted: the audit's own count bounds it, as before
+
+
+def test_the_quick_refinement_at_224_is_cut_to_its_planned_work(r18_224: tuple[TargetModel, ModelInfo]) -> None:
+    _, info = r18_224
+    quick = resolve_inversion(_settings(), N_TRAIN, 10, model=info)
+    planned = resolve_inversion(_settings(), N_TRAIN, 10)
+    assert REFINE_STEPS_FLOOR <= quick.refine_steps < planned.refine_steps == 40
+    step = PERTURBED_COPIES * quick.candidates_per_class * 10 * info.flops_per_image
+    assert quick.refine_steps * step <= REFINE_FLOPS["quick"] < (quick.refine_steps + 1) * step
+    # standard keeps its own steps (the candidate cap already holds a step within REFINE_STEP_FLOPS)
+    standard = AuditSettings(model=Path("m.pt"), data=Path("train"))
+    assert resolve_inversion(standard, N_TRAIN, 10, model=info).refine_steps == \
+        resolve_inversion(standard, N_TRAIN, 10).refine_steps
+    # an explicit refine_steps stands; the note names what was cut
+    assert resolve_inversion(_settings(inversion={"refine_steps": 40}), N_TRAIN, 10, model=info).refine_steps == 40
+    notes = work_cap_notes(_settings(), N_TRAIN, info)
+    assert any("effort quick plans 40" in n and f"allow {quick.refine_steps}" in n for n in notes)
+
+
+def test_the_positive_controls_attack_takes_the_audits_refinement_steps(info_128: ModelInfo) -> None:
+    info = info_128
+    audit_config = resolve_inversion(_settings(), N_TRAIN, 10, model=info)  # 6 candidates a class: steps cut
+    assert audit_config.refine_steps < 40
+    # the control's 10 members ask for fewer candidates, whose steps alone the work would allow more of
+    assert resolve_inversion(_settings(), 10, 10, model=info).refine_steps > audit_config.refine_steps
+    result = InversionResult(images=torch.zeros(0, 3, 128, 128), targets=torch.zeros(0, dtype=torch.int64),
+                             confidence=torch.zeros(0), mode="informed", threat_model="informed", steps=0,
+                             planned_steps=0, seconds=0.0, completed_fraction=1.0)
+    attack = Attack(result, audit_config, result.images, (), None)
+    assert rung_config(_settings(), attack, 10, info).refine_steps == audit_config.refine_steps

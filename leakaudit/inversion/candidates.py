@@ -8,8 +8,10 @@ matching beyond ``AUTO_PREFILTER_PAIRS`` falls back to the prefilter.
 
 Above 64×64 pixels (``scale.large_input``) a classifier pass costs gigaflops,
 so the count is also capped by the planned work of one refinement step,
-counted in floating-point operations (never timed): ``REFINE_STEP_FLOPS``.
-Up to 64×64 the count is the data's alone, as it always was.
+counted in floating-point operations (never timed): ``REFINE_STEP_FLOPS``;
+and the refinement's steps by the work of the whole stage at the effort level
+(``REFINE_FLOPS``). Up to 64×64 the count and the steps are the data's and the
+effort's alone, as they always were.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ SPAN_STARTS_FLOOR = 64
 # (about 5 of CPU time; docs/performance.md), once for the audit and once for the positive control's copy; the
 # 8 a class that 40 members ask for would plan four times that, far past the default 900 s budget on its own.
 REFINE_STEP_FLOPS = 480e9
+# The classifier work the whole refinement may plan at a large input, by effort level: the steps are cut to fit,
+# never below REFINE_STEPS_FLOOR. Quick's 10.5 TFLOP is 24 of its 40 steps on ResNet-18 at 224×224 (436 GFLOP a step
+# at the floor's 2 candidates a class), which with the positive control's copy brings the whole quick audit within
+# the default 900 s budget on one CPU thread (bench/README.md, "ResNet-18 at 224×224"). Standard and thorough allow
+# their own steps at REFINE_STEP_FLOPS a step (100 × 480 GFLOP, 250 × 480 GFLOP): only quick is cut.
+REFINE_FLOPS = {"quick": 10.5e12, "standard": 48e12, "thorough": 120e12}
+REFINE_STEPS_FLOOR = 10
 
 
 def candidates_per_class_for(n_train: int, num_classes: int, *, per_member: float = PER_MEMBER, floor: int = FLOOR,
@@ -71,14 +80,27 @@ def work_cap(flops_per_image: float, num_classes: int) -> int:
     return max(FLOOR, math.floor(REFINE_STEP_FLOPS / step_per_class))
 
 
-def capped_by_work(config: Any, shape: tuple[int, int, int], flops_per_image: float, num_classes: int) -> Any:
-    """The config with its candidates capped by the planned work of a refinement step: only at a large input."""
+def steps_cap(effort: str, candidates_per_class: int, flops_per_image: float, num_classes: int) -> int | None:
+    """Refinement steps whose planned work stays within the effort's ``REFINE_FLOPS`` (None: not counted)."""
+    step = PERTURBED_COPIES * candidates_per_class * max(1, num_classes) * flops_per_image
+    if step <= 0.0:
+        return None
+    return max(REFINE_STEPS_FLOOR, math.floor(REFINE_FLOPS[effort] / step))
+
+
+def capped_by_work(config: Any, shape: tuple[int, int, int], flops_per_image: float, num_classes: int, *,
+                   candidates: bool = True, steps: bool = True) -> Any:
+    """The config with its candidates and refinement steps capped by their planned work, only at a large input;
+    ``candidates`` / ``steps`` false: that value was set explicitly and stands."""
     if not large_input(shape):
         return config
     allowed = work_cap(flops_per_image, num_classes)
-    if config.candidates_per_class <= allowed:
-        return config
-    return replace(config, candidates_per_class=allowed)
+    if candidates and config.candidates_per_class > allowed:
+        config = replace(config, candidates_per_class=allowed)
+    most_steps = steps_cap(config.effort, config.candidates_per_class, flops_per_image, num_classes)
+    if steps and most_steps is not None and config.refine_steps > most_steps:
+        config = replace(config, refine_steps=most_steps)
+    return config
 
 
 def cap_note(asked: int, allowed: int, shape: tuple[int, int, int], flops_per_image: float, num_classes: int) -> str:
@@ -92,3 +114,12 @@ def cap_note(asked: int, allowed: int, shape: tuple[int, int, int], flops_per_im
             f"more than the {REFINE_STEP_FLOPS / 1e9:.0f} GFLOP a step allowed above 64×64 pixels. Fewer candidates "
             "per member make a weaker attack; the positive control's attack has the same cap; "
             "--candidates-per-class sets the count explicitly.")
+
+
+def steps_note(effort: str, asked: int, allowed: int, shape: tuple[int, int, int]) -> str:
+    """What the document says when the planned work cut the refinement's steps."""
+    c, h, w = shape
+    return (f"Refinement steps cut by the planned work at {c}×{h}×{w}: effort {effort} plans {asked}, the "
+            f"{REFINE_FLOPS[effort] / 1e12:g} TFLOP of classifier work its refinement may plan above 64×64 pixels "
+            f"allow {allowed}. Fewer steps make a weaker attack; the positive control's attack has the same cut; "
+            "refine_steps in [tool.leakaudit.inversion] sets them explicitly.")

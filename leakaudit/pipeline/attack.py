@@ -20,7 +20,7 @@ from leakaudit.pipeline.inputs import AuditSets
 from leakaudit.confine.operations import AttackRequest, ModelInfo
 from leakaudit.confine.session import ModelSession
 from leakaudit.inversion import InversionCallbacks, InversionConfig, InversionResult
-from leakaudit.inversion.candidates import cap_note, capped_by_work, grown
+from leakaudit.inversion.candidates import cap_note, capped_by_work, grown, steps_note
 from leakaudit.runtime.progress import Observer
 from leakaudit.pipeline.run_context import RunContext
 
@@ -47,8 +47,9 @@ def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *
     candidates per class: the run's ``candidates_per_class``, else the
     table's, else grown with the training set (``inversion.candidates``) and,
     at a large input of ``model``, capped by one refinement step's counted
-    work (``candidates.capped_by_work``); never above ``most_candidates`` (the
-    positive control's cap).
+    work, the refinement's steps by the whole stage's
+    (``candidates.capped_by_work``; explicit values stand); never above
+    ``most_candidates`` (the positive control's cap).
     """
     known = {f.name for f in fields(InversionConfig)} - set(RUN_LEVEL_INVERSION_KEYS)
     unknown = sorted(set(settings.inversion) - known)
@@ -67,21 +68,27 @@ def resolve_inversion(settings: AuditSettings, n_train: int, num_classes: int, *
     except TypeError as exc:
         raise ConfigError(f"[tool.leakaudit.inversion]: {exc}") from None
     config: InversionConfig = grown(base, n_train, num_classes, explicit)
-    if model is not None and explicit is None:
-        config = capped_by_work(config, model.input_shape, model.flops_per_image, num_classes)
+    if model is not None:
+        config = capped_by_work(config, model.input_shape, model.flops_per_image, num_classes,
+                                candidates=explicit is None, steps="refine_steps" not in settings.inversion)
     if most_candidates is not None and config.candidates_per_class > most_candidates:
         config = replace(config, candidates_per_class=most_candidates,
                          pool_per_class=max(base.pool_per_class, most_candidates))
     return config
 
 
-def work_cap_note(settings: AuditSettings, n_train: int, model: ModelInfo) -> str | None:
-    """What the document says when the planned work capped the candidates the data asked for, else None."""
-    asked = resolve_inversion(settings, n_train, model.num_classes).candidates_per_class
-    allowed = resolve_inversion(settings, n_train, model.num_classes, model=model).candidates_per_class
-    if allowed >= asked:
-        return None
-    return cap_note(asked, allowed, model.input_shape, model.flops_per_image, model.num_classes)
+def work_cap_notes(settings: AuditSettings, n_train: int, model: ModelInfo) -> list[str]:
+    """What the document says when the planned work capped the candidates the data asked for or the refinement
+    steps the effort plans (nothing when neither was)."""
+    asked = resolve_inversion(settings, n_train, model.num_classes)
+    allowed = resolve_inversion(settings, n_train, model.num_classes, model=model)
+    notes = []
+    if allowed.candidates_per_class < asked.candidates_per_class:
+        notes.append(cap_note(asked.candidates_per_class, allowed.candidates_per_class, model.input_shape,
+                              model.flops_per_image, model.num_classes))
+    if allowed.refine_steps < asked.refine_steps:
+        notes.append(steps_note(settings.effort, asked.refine_steps, allowed.refine_steps, model.input_shape))
+    return notes
 
 
 def resume_tag(settings: AuditSettings) -> str:
@@ -131,9 +138,7 @@ def run_attack(run: RunContext, model: ModelSession, sets: AuditSets) -> Attack:
     request = AttackRequest(config, prior, sets.informed, settings.init, resume_tag(settings))
     result = model.attack(request, callbacks, stop, settings.out / CHECKPOINT_DIR if dist.is_main else None)
     notes = list(result.notes)
-    cap = work_cap_note(settings, len(sets.train), model.info)
-    if cap is not None:
-        notes.append(cap)
+    notes.extend(work_cap_notes(settings, len(sets.train), model.info))
     if result.resumed_from is not None:
         notes.append(f"This run resumed an interrupted run of the same command at its {result.resumed_from} phase "
                      "(the saved state of the phases before it).")

@@ -52,11 +52,12 @@ def rung_config(settings: AuditSettings, attack: Attack, n_members: int, info: M
 
     The count never exceeds the audit's own: at the same effort a rung then
     costs at most what the audit's attack cost, which bounds the stage. The
-    copy has the audited architecture, so the same planned-work cap applies.
+    copy has the audited architecture, so the same planned-work cap applies,
+    and its refinement takes the audit's own steps: the same attack.
     """
     config = resolve_inversion(settings, n_members, info.num_classes,
                                most_candidates=attack.config.candidates_per_class, model=info)
-    return replace(config, prior=attack.config.prior)
+    return replace(config, prior=attack.config.prior, refine_steps=attack.config.refine_steps)
 
 
 SPENT = "--budget was spent before the control could run"
