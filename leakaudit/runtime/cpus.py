@@ -12,8 +12,10 @@ second thread and lose most when a neighbour takes a core, so an audit uses
 half the usable CPUs (at least one). Measured again for large inputs, where a
 second thread might pay (bench/bench_cost.py --compare-threads, load average
 about 12): one forward+backward of 20 images of ResNet-18 at 224×224 took
-31.6 s on 1 thread and 47.4 s on 2, so the choice is the same for every
-input size.
+31.6 s on 1 thread and 47.4 s on 2; beside one busy process (load average
+about 2), 3.8 s and 5.6 s (at 128×128, 1.2 s and 3.4 s). So the choice is the
+same for every input size: a second thread pays only on an otherwise idle
+machine, which an audit cannot count on.
 
 The count depends on what the process is allowed, never on the load of the
 moment: another thread count sums in another order and moves SSIM values by
