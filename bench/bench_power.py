@@ -16,6 +16,7 @@ all (what ``bench/README.md`` keeps).
 
     python bench/bench_power.py                                   # every reference
     python bench/bench_power.py --models digits-mlp-1pc,digits-mlp-2pc --effort quick --reference-models 2
+    python bench/bench_power.py --models fashion-resnet18-5k --effort quick --reference-models 2 --budget 5400
     python bench/bench_power.py --tabulate                        # the table of the audits already written
 """
 
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference-models", type=int, default=4,
                         help="R of every audit, for the membership column (default 4; 0: the loss threshold only)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="--budget of every audit in seconds (default: the tool's; a large model's reference "
+                             "models need more)")
     parser.add_argument("--out", type=Path, default=OUT / "power", help="where each audit writes (one folder each)")
     parser.add_argument("--tabulate", action="store_true",
                         help="run nothing: the table of the documents under --out (runs split over sessions)")
@@ -143,6 +147,7 @@ def main() -> None:
         return
     extra = ["--seed", str(args.seed), "--reference-models", str(args.reference_models)]
     extra += ["--effort", args.effort] if args.effort else []
+    extra += ["--budget", str(args.budget)] if args.budget else []
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         missing = available(name)
