@@ -24,7 +24,8 @@ from leakaudit.cli.console import summary_lines
 from leakaudit.data.folders import load_image_folder
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.gate.verdict import GateSettings, apply_gate
-from leakaudit.matching.search import BestMatches, best_matches
+from leakaudit.matching.search import best_matches
+from leakaudit.matching.topk import BestMatches
 from leakaudit.record import BudgetCut, dump, load
 from leakaudit.report import render_markdown
 from leakaudit.report.junit import render_junit

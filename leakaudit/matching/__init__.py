@@ -7,7 +7,8 @@ The statistics of what a match means are in ``leakaudit.scoring``.
 
 from leakaudit.matching.duplicates import DuplicateGroup, NearDuplicates, near_duplicates
 from leakaudit.matching.null import ClassMeanNull, class_mean_null, class_means
-from leakaudit.matching.search import BestMatches, best_matches
+from leakaudit.matching.search import best_matches
+from leakaudit.matching.topk import BestMatches
 from leakaudit.matching.ssim import SSIM_SETTINGS, ssim_matrix, ssim_pairs
 
 __all__ = [

@@ -22,12 +22,14 @@ changes nothing else: an uncut search is the same, number for number.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from leakaudit.errors import DataError
+from leakaudit.matching.topk import (BestMatches, StopCheck, asked, check_inputs, class_mask, merge_topk,
+                                     result_of)
 from leakaudit.matching.ssim import (block_ssim, local_stats, prepare, prepare_left, prepare_right,
                                      ssim_map_from_stats)
 
@@ -43,97 +45,6 @@ _PAIR_CHUNK = 4096
 PAIRWISE_ABOVE_PIXELS = 64 * 64
 _PAIR_BYTES = 512 * 2**20
 _PAIR_ARRAYS = 8  # full-size float64 arrays one pair needs at once in ``ssim_map_from_stats``
-
-
-@dataclass(frozen=True)
-class BestMatches:
-    """Best matches in both directions.
-
-    Per image (M): ``best_index`` / ``best_ssim`` (the top candidate) and
-    ``topk_index`` / ``topk_ssim`` (M, k), best first. Per candidate (N):
-    ``nearest_image`` / ``nearest_ssim``. When matching is restricted to the
-    same class and an image has fewer than k candidates of its class, the
-    missing entries hold index -1 and SSIM NaN (likewise for a candidate with
-    no image of its class). ``exact`` is False when the prefilter was used:
-    then every score is an exact SSIM, but a better pair may have been skipped.
-    ``cut``: a stop ended the search early; the per-image arrays then cover
-    only the first images (at least one), and ``exact`` says whether every
-    candidate was scored against them.
-    """
-
-    best_index: torch.Tensor  # (M,) int64
-    best_ssim: torch.Tensor  # (M,) float32
-    topk_index: torch.Tensor  # (M, k) int64
-    topk_ssim: torch.Tensor  # (M, k) float32
-    nearest_image: torch.Tensor  # (N,) int64
-    nearest_ssim: torch.Tensor  # (N,) float32
-    exact: bool
-    pairs_scored: int
-    cut: bool = False
-
-
-def _check_inputs(
-    candidates: torch.Tensor,
-    images: torch.Tensor,
-    candidate_labels: torch.Tensor | None,
-    image_labels: torch.Tensor | None,
-    same_class: bool,
-    k: int,
-) -> None:
-    if candidates.ndim != 4 or images.ndim != 4:
-        raise DataError(
-            f"candidates and images must be (N, C, H, W); got {tuple(candidates.shape)} and {tuple(images.shape)}"
-        )
-    if candidates.shape[1:] != images.shape[1:]:
-        raise DataError(
-            f"candidates are {tuple(candidates.shape[1:])} but images are {tuple(images.shape[1:])} (C, H, W)"
-        )
-    if candidates.shape[0] == 0 or images.shape[0] == 0:
-        raise DataError("matching needs at least one candidate and one image")
-    if k < 1:
-        raise DataError("k must be at least 1")
-    if same_class:
-        if candidate_labels is None or image_labels is None:
-            raise DataError("same_class matching needs candidate_labels and image_labels")
-        if candidate_labels.shape != (candidates.shape[0],) or image_labels.shape != (images.shape[0],):
-            raise DataError("candidate_labels and image_labels must have one label per image")
-
-
-def _class_mask(
-    candidate_labels: torch.Tensor | None, image_labels: torch.Tensor | None, same_class: bool
-) -> Callable[[slice, slice], torch.Tensor | None]:
-    """A function giving, for a (candidate slice, image slice) block, where pairs are not allowed."""
-
-    def mask(ci: slice, ij: slice) -> torch.Tensor | None:
-        if not same_class or candidate_labels is None or image_labels is None:
-            return None
-        return candidate_labels[ci, None] != image_labels[None, ij]  # (n, m)
-
-    return mask
-
-
-def _finalise(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mark disallowed (-inf) entries as index -1 and SSIM NaN."""
-    missing = torch.isneginf(values)
-    return values.masked_fill(missing, float("nan")), index.masked_fill(missing, -1)
-
-
-def _merge_topk(
-    run_val: torch.Tensor, run_idx: torch.Tensor, new_val: torch.Tensor, new_idx: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two (m, ·) score lists into the best k per row."""
-    val = torch.cat([run_val, new_val], 1)
-    idx = torch.cat([run_idx, new_idx], 1)
-    top_val, pos = torch.topk(val, min(k, val.shape[1]), dim=1)
-    return top_val, torch.gather(idx, 1, pos)
-
-
-StopCheck = Callable[[], bool]
-
-
-def _asked(should_stop: StopCheck | None) -> bool:
-    """Whether a stop check was given and asks to stop now (searches without one never poll)."""
-    return should_stop is not None and bool(should_stop())
 
 
 @torch.no_grad()
@@ -162,9 +73,9 @@ def _exact_search(
         gs = slice(g0, min(g0 + group, n))
         left = prepare_left(candidates[gs])
         for j0 in range(0, m, image_chunk):
-            if done and _asked(should_stop):  # the images scored so far: those of the first group, or all of them
+            if done and asked(should_stop):  # the images scored so far: those of the first group, or all of them
                 covered = j0 if g0 == 0 else m
-                return _result(top_val[:covered], top_idx[:covered], near_val, near_idx, exact=len(groups) == 1,
+                return result_of(top_val[:covered], top_idx[:covered], near_val, near_idx, exact=len(groups) == 1,
                                pairs_scored=pairs, cut=True)
             js = slice(j0, min(j0 + image_chunk, m))
             scores = block_ssim(left, prepare_right(images[js]))  # (n_g, m_c)
@@ -173,7 +84,7 @@ def _exact_search(
                 scores.masked_fill_(disallowed, float("-inf"))
             kk = min(k, scores.shape[0])
             blk_val, blk_pos = torch.topk(scores.T, kk, dim=1)  # (m_c, kk)
-            top_val[js], top_idx[js] = _merge_topk(top_val[js], top_idx[js], blk_val, blk_pos + g0, k)
+            top_val[js], top_idx[js] = merge_topk(top_val[js], top_idx[js], blk_val, blk_pos + g0, k)
             row_val, row_pos = scores.max(1)  # (n_g,)
             better = row_val > near_val[gs]
             near_val[gs] = torch.where(better, row_val, near_val[gs])
@@ -182,7 +93,7 @@ def _exact_search(
             pairs += (gs.stop - gs.start) * (js.stop - js.start)
             if progress is not None:
                 progress(done, total)
-    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
+    return result_of(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * m)
 
 
 @torch.no_grad()
@@ -206,7 +117,7 @@ def _pairwise_search(
     scores = torch.empty(n, m)  # (N, M) float32, as the all-pairs kernel gives
     covered = m
     for j in range(m):
-        if j and _asked(should_stop):
+        if j and asked(should_stop):
             covered = j
             break
         y = prepare(images[j : j + 1], torch.float64)  # (1, C, H', W')
@@ -223,18 +134,7 @@ def _pairwise_search(
         scores.masked_fill_(disallowed, float("-inf"))
     top_val, top_idx = torch.topk(scores.T, k, dim=1)  # (M, k)
     near_val, near_idx = scores.max(1)  # (N,)
-    return _result(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * covered, cut=covered < m)
-
-
-def _result(top_val: torch.Tensor, top_idx: torch.Tensor, near_val: torch.Tensor, near_idx: torch.Tensor, *,
-            exact: bool, pairs_scored: int, cut: bool = False) -> BestMatches:
-    """Package both directions' results (unfilled slots become index -1 / NaN)."""
-    top_val, top_idx = _finalise(top_val, top_idx)
-    near_val, near_idx = _finalise(near_val, near_idx)
-    return BestMatches(
-        best_index=top_idx[:, 0].clone(), best_ssim=top_val[:, 0].clone(), topk_index=top_idx, topk_ssim=top_val,
-        nearest_image=near_idx, nearest_ssim=near_val, exact=exact, pairs_scored=pairs_scored, cut=cut,
-    )
+    return result_of(top_val, top_idx, near_val, near_idx, exact=True, pairs_scored=n * covered, cut=covered < m)
 
 
 def screen_features(images: torch.Tensor, side: int = PREFILTER_SIDE) -> torch.Tensor:
@@ -272,7 +172,7 @@ def paired_scores(
     vx_all = torch.cat([var for _, var in stats])
     order = torch.argsort(img_idx, stable=True)  # pairs of one image together
     for s in range(0, total, _PAIR_CHUNK):
-        if s and img_idx[order[s]] != img_idx[order[0]] and _asked(should_stop):
+        if s and img_idx[order[s]] != img_idx[order[0]] and asked(should_stop):
             out[order[s:]] = float("nan")
             break
         sel = order[s : s + _PAIR_CHUNK]
@@ -316,7 +216,7 @@ def _prefiltered_search(
         img_cand[js], img_allowed[js] = pos, ~torch.isneginf(val)
         kk = min(keep_img, corr.shape[1])
         cval, cpos = torch.topk(corr, kk, dim=1)  # (N, kk)
-        cand_val, cand_img = _merge_topk(cand_val, cand_img, cval, cpos + j0, keep_img)
+        cand_val, cand_img = merge_topk(cand_val, cand_img, cval, cpos + j0, keep_img)
         if progress is not None:  # screening is the first half of the work reported
             progress(js.stop, 2 * m)
     # Exact SSIM for the screened pairs of both directions.
@@ -360,7 +260,7 @@ def _top_from_pairs(pair_c: torch.Tensor, pair_i: torch.Tensor, scores: torch.Te
     hit = scores == near_val[pair_c]
     near_idx = torch.full((n,), m, dtype=torch.int64).scatter_reduce(0, pair_c[hit], pair_i[hit], reduce="amin")
     near_idx[near_idx == m] = -1  # ties: the lowest image index wins
-    return _result(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pair_c.shape[0]))
+    return result_of(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pair_c.shape[0]))
 
 
 # Above this many candidate-image pairs, exact all-pairs SSIM takes more than a
@@ -421,13 +321,13 @@ def best_matches(
     ``should_stop()`` is polled between chunks once the first image is
     scored: asked, the search ends there (``BestMatches.cut``).
     """
-    _check_inputs(candidates, images, candidate_labels, image_labels, same_class, k)
+    check_inputs(candidates, images, candidate_labels, image_labels, same_class, k)
     if image_chunk < 1 or max_prepared_bytes < 1:
         raise DataError("image_chunk and max_prepared_bytes must be positive")
     if prefilter is not None and prefilter < 1:
         raise DataError("prefilter must be None or a positive number of candidates")
     k = min(k, candidates.shape[0])
-    mask = _class_mask(candidate_labels, image_labels, same_class)
+    mask = class_mask(candidate_labels, image_labels, same_class)
     if prefilter is None and candidates.shape[-2] * candidates.shape[-1] > PAIRWISE_ABOVE_PIXELS:
         return _pairwise_search(candidates, images, k, mask, progress, should_stop)
     if prefilter is None:

@@ -8,7 +8,8 @@ import torch
 
 from leakaudit.runtime.distributed import DistContext, DistributedError
 from leakaudit.errors import LeakAuditError
-from leakaudit.matching.search import BestMatches, best_matches
+from leakaudit.matching.search import best_matches
+from leakaudit.matching.topk import BestMatches
 
 
 def sharded_best_matches(candidates: torch.Tensor, images: torch.Tensor, ctx: DistContext, **kw: Any) -> BestMatches:

@@ -21,7 +21,8 @@ import torch
 from leakaudit.pipeline.attack import Attack
 from leakaudit.pipeline.budget import StopOrBudget, budget_words
 from leakaudit.pipeline.inputs import AuditSets, take_first
-from leakaudit.matching.search import BestMatches, auto_prefilter
+from leakaudit.matching.search import auto_prefilter
+from leakaudit.matching.topk import BestMatches
 from leakaudit.matching.sharded import sharded_best_matches
 from leakaudit.pipeline.run_context import RunContext
 
