@@ -136,6 +136,9 @@ def power_stage(run: RunContext, inputs: AuditInputs, sets: AuditSets, attack: A
         if control.unsupported is not None:
             return PowerStage(not_measured(control.unsupported, per_class), {}, {})
         method = control.method
+        if not control.complete and control.candidates.shape[0] == 0:  # the budget ended it before its attack
+            cut = f"{budget_words(settings)} ended the positive control's training at K={rung.k}"
+            break
         if not control.complete:
             cut = f"{budget_words(settings)} ended the control's attack at K={rung.k} (not counted)"
         score = score_rung(control.candidates, null.images[rung.members], null.images[rung.null], settings.gate,

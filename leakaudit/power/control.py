@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -167,9 +167,17 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     x = ((images.float() / 255.0).to(target.device) - target.mean) / target.std
     y = labels.long().to(target.device)
     started = time.monotonic()
+    deadline = None if config.budget_s is None else started + config.budget_s  # the budget covers training too
+    train_stop = stop if deadline is None else (lambda: stop() or time.monotonic() >= deadline)
     with flush_denormals(), torch.jit.optimized_execution(False):  # TorchScript's profiling passes cost ~5× here
-        steps, loss, accuracy = train_copy(copy_module, x, y, recipe, seed, stop)
+        steps, loss, accuracy = train_copy(copy_module, x, y, recipe, seed, train_stop)
     train_seconds = time.monotonic() - started
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:  # spent in training: no attack, incomplete
+        empty = torch.zeros(0)
+        return ControlRun(empty, empty.long(), steps, loss, accuracy, False, False, method, train_seconds, 0.0,
+                          ("The budget ended the control's training before its attack.",))
+    config = config if left is None else replace(config, budget_s=left)
     memorised = accuracy == 1.0 and loss <= recipe.loss_bound
     notes = [] if memorised else [f"The control did not memorise its members within {recipe.max_steps} steps "
                                   f"(accuracy {accuracy:.3f}, loss {loss:.2g})."]
