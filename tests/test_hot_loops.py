@@ -13,7 +13,6 @@ step's losses for the progress callback (``Clock.tick``).
 from __future__ import annotations
 
 import copy
-
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator

@@ -107,18 +107,17 @@ def test_membership_test_agrees_with_scikit_learn() -> None:
 
 
 @pytest.fixture(scope="module")
-def memorising_audit(tiny: TinyReference, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+def memorising_audit(tiny: TinyReference, quick_config: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
     """The tiny reference (three real digits per class, trained to memorise) audited once with the quick inversion:
     its exit code, its stderr and its output folder. Tests read it; none writes there."""
     from leakaudit.cli.commands import main
 
     root = tmp_path_factory.mktemp("memorising")
-    config = root / "quick.toml"
-    config.write_text(QUICK_INVERSION)
     err = io.StringIO()
     with redirect_stdout(io.StringIO()), redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
         main(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout", str(tiny.holdout_dir),
-              "--out", str(root / "o"), "--config", str(config), "--quiet"])
+              "--out", str(root / "o"), "--config", str(quick_config), "--quiet"])
     return int(exit_info.value.code or 0), err.getvalue(), root / "o"
 
 

@@ -34,10 +34,8 @@ SPAN_STARTS_PER_MEMBER = 8
 SPAN_STARTS_FLOOR = 64
 # The classifier work one refinement step may plan at a large input: PERTURBED_COPIES × candidates × one image's
 # counted forward+backward FLOPs. 480 GFLOP holds the floor on ResNet-18 at 224×224 (2 a class × 10 classes × 2
-# copies × 10.9 GFLOP = 435 GFLOP) and 6 a class at 128×128 (3.55 GFLOP). The quick effort's 40 steps then plan
-# 17 TFLOP of refinement, measured with the pool's scoring at 9 minutes of wall time on one shared CPU thread
-# (about 5 of CPU time; docs/performance.md), once for the audit and once for the positive control's copy; the
-# 8 a class that 40 members ask for would plan four times that, far past the default 900 s budget on its own.
+# copies × 10.9 GFLOP = 435 GFLOP) and 6 a class at 128×128 (3.55 GFLOP); the 8 a class that 40 members ask for
+# would plan four times that a step, far past the default 900 s budget on its own (docs/performance.md).
 REFINE_STEP_FLOPS = 480e9
 # The classifier work the whole refinement may plan at a large input, by effort level: the steps are cut to fit,
 # never below REFINE_STEPS_FLOOR. Quick's 10.5 TFLOP is 24 of its 40 steps on ResNet-18 at 224×224 (436 GFLOP a step
@@ -72,9 +70,14 @@ def grown(config: Any, n_train: int, num_classes: int, explicit: int | None) -> 
     return replace(config, candidates_per_class=per, pool_per_class=max(config.pool_per_class, per))
 
 
+def step_flops(candidates_per_class: int, num_classes: int, flops_per_image: float) -> float:
+    """The classifier work of one refinement step: every candidate and its perturbed copy, forward and backward."""
+    return PERTURBED_COPIES * candidates_per_class * max(1, num_classes) * flops_per_image
+
+
 def work_cap(flops_per_image: float, num_classes: int) -> int:
     """Candidates per class whose refinement step plans at most ``REFINE_STEP_FLOPS``, never below ``FLOOR``."""
-    step_per_class = PERTURBED_COPIES * max(1, num_classes) * flops_per_image
+    step_per_class = step_flops(1, num_classes, flops_per_image)
     if step_per_class <= 0.0:
         return CEILING  # not counted: the data's count stands
     return max(FLOOR, math.floor(REFINE_STEP_FLOPS / step_per_class))
@@ -82,7 +85,7 @@ def work_cap(flops_per_image: float, num_classes: int) -> int:
 
 def steps_cap(effort: str, candidates_per_class: int, flops_per_image: float, num_classes: int) -> int | None:
     """Refinement steps whose planned work stays within the effort's ``REFINE_FLOPS`` (None: not counted)."""
-    step = PERTURBED_COPIES * candidates_per_class * max(1, num_classes) * flops_per_image
+    step = step_flops(candidates_per_class, num_classes, flops_per_image)
     if step <= 0.0:
         return None
     return max(REFINE_STEPS_FLOOR, math.floor(REFINE_FLOPS[effort] / step))
@@ -106,7 +109,7 @@ def capped_by_work(config: Any, shape: tuple[int, int, int], flops_per_image: fl
 def cap_note(asked: int, allowed: int, shape: tuple[int, int, int], flops_per_image: float, num_classes: int) -> str:
     """What the document says when the planned work capped the candidates."""
     c, h, w = shape
-    step = PERTURBED_COPIES * asked * num_classes * flops_per_image
+    step = step_flops(asked, num_classes, flops_per_image)
     return (f"Candidates capped by the planned work at {c}×{h}×{w}: the training set asks for {asked} per class "
             f"(about {PER_MEMBER:g} per member), the planned work allows {allowed}. One refinement step would send "
             f"{asked * num_classes} candidates and their perturbed copies through the classifier "

@@ -22,7 +22,6 @@ changes nothing else: an uncut search is the same, number for number.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +75,7 @@ def _exact_search(
             if done and asked(should_stop):  # the images scored so far: those of the first group, or all of them
                 covered = j0 if g0 == 0 else m
                 return result_of(top_val[:covered], top_idx[:covered], near_val, near_idx, exact=len(groups) == 1,
-                               pairs_scored=pairs, cut=True)
+                                 pairs_scored=pairs, cut=True)
             js = slice(j0, min(j0 + image_chunk, m))
             scores = block_ssim(left, prepare_right(images[js]))  # (n_g, m_c)
             disallowed = mask(gs, js)
@@ -237,12 +236,11 @@ def _prefiltered_search(
     if covered < m:
         kept = pair_i < covered
         pair_c, pair_i, scores = pair_c[kept], pair_i[kept], scores[kept]
-    result = _top_from_pairs(pair_c, pair_i, scores, n, covered, k)
-    return replace(result, cut=covered < m)
+    return _top_from_pairs(pair_c, pair_i, scores, n, covered, k, cut=covered < m)
 
 
 def _top_from_pairs(pair_c: torch.Tensor, pair_i: torch.Tensor, scores: torch.Tensor, n: int, m: int,
-                    k: int) -> BestMatches:
+                    k: int, cut: bool) -> BestMatches:
     """Both directions' best matches over the scored (candidate, image) pairs of the prefiltered search."""
     # Per image top-k over its scored pairs.
     order = torch.argsort(pair_i * 4.0 - scores.double(), stable=True)  # by image, best first (|ssim| ≤ 1)
@@ -260,7 +258,7 @@ def _top_from_pairs(pair_c: torch.Tensor, pair_i: torch.Tensor, scores: torch.Te
     hit = scores == near_val[pair_c]
     near_idx = torch.full((n,), m, dtype=torch.int64).scatter_reduce(0, pair_c[hit], pair_i[hit], reduce="amin")
     near_idx[near_idx == m] = -1  # ties: the lowest image index wins
-    return result_of(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pair_c.shape[0]))
+    return result_of(top_val, top_idx, near_val, near_idx, exact=False, pairs_scored=int(pair_c.shape[0]), cut=cut)
 
 
 # Above this many candidate-image pairs, exact all-pairs SSIM takes more than a

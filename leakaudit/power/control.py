@@ -78,15 +78,22 @@ class ControlRun:
     unsupported: str | None = None  # why no copy could be made (then nothing else is filled)
 
 
-def _unsupported(reason: str) -> ControlRun:
+def _without_attack(steps: int = 0, final_loss: float = float("nan"), accuracy: float = 0.0, method: str = "none",
+                    train_seconds: float = 0.0, notes: tuple[str, ...] = (),
+                    unsupported: str | None = None) -> ControlRun:
+    """A control that produced no candidates: not memorised as far as the audit knows, and not complete."""
     empty = torch.zeros(0)
-    return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0, (), reason)
+    return ControlRun(empty, empty.long(), steps, final_loss, accuracy, False, False, method, train_seconds, 0.0,
+                      notes, unsupported)
+
+
+def _unsupported(reason: str) -> ControlRun:
+    return _without_attack(unsupported=reason)
 
 
 def stopped_control() -> ControlRun:
     """What a control stopped from outside leaves: nothing, and not complete (the audit stops right after)."""
-    empty = torch.zeros(0)
-    return ControlRun(empty, empty.long(), 0, float("nan"), 0.0, False, False, "none", 0.0, 0.0)
+    return _without_attack()
 
 
 def train_copy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, seed: int,
@@ -174,9 +181,8 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     train_seconds = time.monotonic() - started
     left = None if deadline is None else deadline - time.monotonic()
     if left is not None and left <= 0:  # spent in training: no attack, incomplete
-        empty = torch.zeros(0)
-        return ControlRun(empty, empty.long(), steps, loss, accuracy, False, False, method, train_seconds, 0.0,
-                          ("The budget ended the control's training before its attack.",))
+        return _without_attack(steps, loss, accuracy, method, train_seconds,
+                               ("The budget ended the control's training before its attack.",))
     config = config if left is None else replace(config, budget_s=left)
     memorised = accuracy == 1.0 and loss <= recipe.loss_bound
     notes = [] if memorised else [f"The control did not memorise its members within {recipe.max_steps} steps "
