@@ -17,11 +17,13 @@ step, which is why it runs only in one process and below a weight count.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.engine import RunState, cosine_lr
@@ -45,17 +47,52 @@ def differentiable(params: list[torch.Tensor]) -> Iterator[None]:
 
 
 def residual(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
-             params: list[torch.Tensor]) -> torch.Tensor:
+             params: list[torch.Tensor], norm: torch.Tensor | None = None) -> torch.Tensor:
     """‖θ − Σ λ_i ∇_θ m_i‖² / ‖θ‖², differentiable in x01 and λ; call inside ``differentiable(params)``."""
     weighted = (lam * logit_margins(target.logits(x01), targets)).sum()
-    return fit_error(params, torch.autograd.grad(weighted, params, create_graph=True))
+    return fit_error(params, torch.autograd.grad(weighted, params, create_graph=True), norm)
 
 
-def fit_error(params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """‖θ − g‖² / ‖θ‖² for weights θ and a combination g of their margin gradients (differentiable in g)."""
-    diff = sum(((p - g) ** 2).sum() for p, g in zip(params, grads))
-    norm = sum((p.detach() ** 2).sum() for p in params)
-    return diff / norm
+class _SquaredDistance(torch.autograd.Function):
+    """‖θ − g‖² of one weight tensor, differentiable in g only.
+
+    The same value and gradient as autograd's ``((θ − g) ** 2).sum()``, bit for bit
+    (−2·grad·(θ − g) is one exact scaling away from autograd's −(grad · 2(θ − g))),
+    in one weight-sized multiply instead of four weight-sized passes: beside a
+    small classifier those passes were a third of the stage's step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        diff = theta.detach() - g
+        ctx.save_for_backward(diff)
+        return (diff**2).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (diff,) = ctx.saved_tensors
+        return None, diff * (-2.0 * grad)
+
+
+def squared_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖θ‖² of the weights (a constant of the stage: computed once)."""
+    return _total((p.detach() ** 2).sum() for p in params)
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Python's ``sum`` of the weights' terms (0 + t₁ + t₂ + …): a tensor, the weights never being empty."""
+    return cast(torch.Tensor, sum(terms))
+
+
+def fit_error(params: list[torch.Tensor], grads: Sequence[torch.Tensor],
+              norm: torch.Tensor | None = None) -> torch.Tensor:
+    """‖θ − g‖² / ‖θ‖² for weights θ and a combination g of their margin gradients (differentiable in g).
+
+    ``norm``: ‖θ‖² when the caller holds it (``squared_norm``), saving its weight-sized passes every step.
+    """
+    diff = _total(_SquaredDistance.apply(p, g) for p, g in zip(params, grads))
+    return diff / (squared_norm(params) if norm is None else norm)
 
 
 def initial_scale(target: TargetModel, x01: torch.Tensor, targets: torch.Tensor, params: list[torch.Tensor]) -> float:
@@ -73,8 +110,7 @@ def common_scale(params: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> f
     sq = sum((g * g).sum() for g in grads)
     if float(sq) == 0.0:
         return 1.0
-    theta_sq = sum((p.detach() ** 2).sum() for p in params)
-    return max(float(dot / sq), 0.1 * float((theta_sq / sq).sqrt()))
+    return max(float(dot / sq), 0.1 * float((squared_norm(params) / sq).sqrt()))
 
 
 class Stationarity:
@@ -84,6 +120,7 @@ class Stationarity:
         self.target = target
         self.targets = targets
         self.params = list(target.parameters())
+        self.norm = squared_norm(self.params)
         with differentiable(self.params):
             self.scale = initial_scale(target, x01.detach(), targets, self.params)
         self.floor = floor * self.scale
@@ -91,7 +128,7 @@ class Stationarity:
 
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
         with differentiable(self.params):
-            return residual(self.target, x01, self.targets, self.lam, self.params)
+            return residual(self.target, x01, self.targets, self.lam, self.params, self.norm)
 
     @torch.no_grad()
     def project(self) -> None:
