@@ -130,7 +130,7 @@ class DistContext:
             _import_before_joining()
             try:
                 tdist.init_process_group(backend=backend, timeout=dt.timedelta(seconds=timeout),
-                                         **({"device_id": dev} if dev.type == "cuda" else {}))
+                                         device_id=dev if dev.type == "cuda" else None)  # None: torch's default
             except Exception as exc:  # rendezvous failures: wrong address, port in use, peers missing
                 raise DistributedError(
                     f"cannot join the process group at "
@@ -371,9 +371,25 @@ def _default_device(local_rank: int) -> torch.device:
 def _resolve_device(device: str | None, local_rank: int) -> torch.device:
     if device is None:
         return _default_device(local_rank)
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DistributedError(f"--device {device}: not a device torch knows (cpu, cuda, cuda:N, mps, ...)") from None
     if dev.type == "cuda" and dev.index is None:
         if not torch.cuda.is_available():
             raise DistributedError("--device cuda but no GPU is visible to this process")
         return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
+    _check_usable(dev, device)
     return dev
+
+
+def _check_usable(dev: torch.device, asked: str) -> None:
+    """A device that is named but absent fails here, in one line, before any work: not as a traceback at the first
+    tensor placed on it, minutes into the audit."""
+    if dev.type == "cpu":
+        return
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as exc:  # torch says "not compiled with CUDA" by an assertion
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DistributedError(f"--device {asked} is not usable in this process: {reason}") from None
