@@ -231,6 +231,15 @@ def test_a_phase_the_budget_cut_short_keeps_its_finished_models_and_nothing_else
     document["membership_attacks"].update(complete=True, reference_models=8)
     clear_checkpoints(folder(), load(apply_gate(document, GateSettings(), today=TODAY)))
     assert not (tmp_path / "checkpoints").exists()
+    # the worker's ceiling ended the reference models' training: no attacks' record, only the cut; kept alike
+    del document["membership_attacks"]
+    document["budget_cuts"] = [{"phase": "membership", "reason": "the budget ended the reference-model attacks"}]
+    clear_checkpoints(folder(), load(apply_gate(document, GateSettings(), today=TODAY)))
+    assert (tmp_path / "checkpoints" / "membership" / "reference-0.pt").read_bytes() == b"model 0"
+    assert not (tmp_path / "checkpoints" / "resume.pt").exists()
+    document["budget_cuts"] = [{"phase": "positive control", "reason": "the budget ended the control"}]
+    clear_checkpoints(folder(), load(apply_gate(document, GateSettings(), today=TODAY)))
+    assert not (tmp_path / "checkpoints").exists()  # membership never started: nothing of it to keep
     clear_checkpoints(folder(), None)  # an audit that ended in an error: nothing kept
     assert not (tmp_path / "checkpoints").exists()
 

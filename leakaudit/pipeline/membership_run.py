@@ -123,8 +123,10 @@ def membership_phase(run: RunContext, inputs: AuditInputs, sets: AuditSets,
         result = membership_stage(model, membership_sets, settings, run.observer, StopOrBudget(run),
                                   budget_s=None if left is None else max(left, 0.0), dist=run.dist)
     except BudgetCeiling as exc:  # the reference models' training, or the mirrored images' logits after it
-        return MembershipPhase(logits_train, logits_null, None, cut=f"{budget_words(run.settings)} ended the "
-                               f"reference-model attacks ({exc}); the loss threshold alone tested membership")
+        cut = (f"{budget_words(run.settings)} ended the reference-model attacks ({exc}); the loss threshold alone "
+               "tested membership; the finished reference models are kept: the same audit with a larger --budget "
+               "trains only the rest")
+        return MembershipPhase(logits_train, logits_null, None, cut=cut)
     if run.stop():
         return None
     reason = None
@@ -153,6 +155,13 @@ def membership_notes(phase: MembershipPhase) -> list[str]:
     return notes
 
 
+def membership_unfinished(record: AuditRecord) -> bool:
+    """Whether the budget cut the membership phase short: the attacks' record says incomplete, or the worker's
+    ceiling ended the reference models' training (then there is no attacks' record, only the cut)."""
+    attacks = record.membership_attacks
+    return (attacks is not None and not attacks.complete) or any(c.phase == "membership" for c in record.budget_cuts)
+
+
 def clear_checkpoints(folder: Path, record: AuditRecord | None) -> None:
     """After an audit that was not stopped: the checkpoint folder removed, but for the finished reference models of a
     membership phase the budget cut short (the same command with a larger ``--budget`` trains only the rest).
@@ -162,7 +171,7 @@ def clear_checkpoints(folder: Path, record: AuditRecord | None) -> None:
     """
     if folder.is_symlink() or not folder.is_dir():
         return
-    unfinished = record is not None and record.membership_attacks is not None and not record.membership_attacks.complete
+    unfinished = record is not None and membership_unfinished(record)
     kept = folder / MEMBERSHIP_DIR
     if not (unfinished and kept.is_dir() and not kept.is_symlink() and any(kept.iterdir())):
         shutil.rmtree(folder, ignore_errors=True)
