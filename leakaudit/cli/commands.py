@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +28,9 @@ from leakaudit.config import AuditSettings
 from leakaudit.errors import AuditInterrupted, LeakAuditError, UsageError
 from leakaudit.exit_codes import ExitStatus
 from leakaudit.sanitize import terminal_text
+
+if TYPE_CHECKING:
+    from leakaudit.report.images import Redaction  # the report's modules import numpy: only for the checker
 
 
 # --- commands -----------------------------------------------------------------------
@@ -48,7 +51,7 @@ def cli() -> None:
              short_help="Audit a model against its training images.")
 @run_options
 @click.pass_context
-def run(ctx: click.Context, **opts: Any) -> None:
+def run(ctx: click.Context, /, **opts: Any) -> None:
     """Audit MODEL against its training images (--data)."""
     if opts["data"] is None:
         raise UsageError("--data DIR is required (the training images: an image folder, an .npz file or Parquet)")
@@ -212,7 +215,7 @@ def launch(ctx: click.Context, args: tuple[str, ...]) -> None:
 @click.option("--images/--no-images", default=AuditSettings.images, show_default=True,
               help="Include images in the report.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def report(result: Path, out: Path | None, redact: str, images: bool, debug: bool) -> None:
+def report(result: Path, out: Path | None, redact: Redaction, images: bool, debug: bool) -> None:
     """Re-render the HTML report from RESULT (a leakaudit.json) without re-running the audit."""
     from leakaudit.report import load_outputs, render_report_file  # numpy and jinja2 only for this command
 

@@ -57,8 +57,8 @@ def _record(param: click.Parameter, ctx: click.Context) -> tuple[str, str] | Non
 class GroupedCommand(click.Command):
     """A command whose help lists its options by group, then its exit codes and examples."""
 
-    def __init__(self, *args: object, examples: Sequence[tuple[str, str]] = (), **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, examples: Sequence[tuple[str, str]] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # click.Command's own arguments, passed through as given
         self.examples = tuple(examples)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -76,11 +76,12 @@ def launch(torchrun_args: Sequence[str], program_args: Sequence[str], module: st
     failed first.
     """
     try:
-        args = parse_args([*torchrun_args, "--module", module, *program_args])
+        # torch.distributed.run leaves parse_args and run unannotated
+        args = parse_args([*torchrun_args, "--module", module, *program_args])  # type: ignore[no-untyped-call]
     except SystemExit as exc:  # argparse: bad torchrun options
         raise DistributedError(f"invalid torchrun options: {' '.join(torchrun_args)}") from exc
     try:
-        elastic_run(args)
+        elastic_run(args)  # type: ignore[no-untyped-call]
     except ChildFailedError as exc:
         return _outcome_of(exc)
     return LaunchOutcome(exit_code=0)

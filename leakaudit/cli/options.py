@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,7 +19,13 @@ from leakaudit.config import AuditSettings, Option, build_settings, options, rea
 from leakaudit.config.kinds import BadValue, Choice, Flag, Floats, IntPair, Kind, Number, PathKind
 from leakaudit.gate.settings import THRESHOLD_KEYS
 
-class FloatList(click.ParamType):
+if TYPE_CHECKING:
+    _FloatsParam = click.ParamType[tuple[float, ...], Any]
+else:  # click 8.1's ParamType takes no type arguments (subscripting it would fail)
+    _FloatsParam = click.ParamType
+
+
+class FloatList(_FloatsParam):
     """``0.485,0.456,0.406`` (or one value for every channel)."""
 
     name = "FLOATS"

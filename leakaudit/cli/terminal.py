@@ -103,9 +103,10 @@ class RichObserver:
             self._progress.remove_task(self._task)
             return
         phase = self._phase
-        complete = not phase.total or phase.done >= phase.total
+        total = phase.total or 0  # None or 0: nothing counted, so complete
+        complete = not total or phase.done >= total
         ending = ("✓" if complete else "ended here" if phase.shared
-                  else f"stopped at {100 * phase.done / phase.total:.0f}%")
+                  else f"stopped at {100 * phase.done / total:.0f}%")
         self._progress.update(self._task, detail=ending)
         self._progress.stop_task(self._task)  # left where it got to: no jump to 100 %
 

@@ -74,8 +74,7 @@ def _find_table(explicit: Path | None, cwd: Path | None) -> tuple[Path | None, d
     if explicit is not None:
         doc = _read_toml(explicit)
         tool = doc.get("tool")
-        nested = isinstance(tool, dict) and "leakaudit" in tool
-        table = tool["leakaudit"] if nested else doc  # type: ignore[index]
+        table = tool["leakaudit"] if isinstance(tool, dict) and "leakaudit" in tool else doc
         source = explicit
     else:
         candidate = (cwd or Path.cwd()) / "pyproject.toml"

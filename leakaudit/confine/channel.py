@@ -78,7 +78,8 @@ def decode(codec: bytes, payload: bytes | bytearray) -> dict[str, Any]:
         elif codec == TENSORS:
             import torch
 
-            message = torch.load(_Reader(payload), map_location="cpu", weights_only=True)
+            # torch.load reads any binary file object; its annotation names IO[bytes] only
+            message = torch.load(_Reader(payload), map_location="cpu", weights_only=True)  # type: ignore[arg-type]
         else:
             raise FrameError(f"unknown frame codec {codec!r}")
     except FrameError:

@@ -46,8 +46,7 @@ class CheckpointWriter:
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise results.ReplyError("generator checkpoint")
             step, phase = results.integer(message.get("step")), str(message.get("phase"))
-            Checkpointer(self.folder, self.config).save(_Weights(state), step, phase,  # type: ignore[arg-type]
-                                                        force=True)
+            Checkpointer(self.folder, self.config).save(_Weights(state), step, phase, force=True)
         elif name == "resume":
             key, next_phase, state = message.get("key"), message.get("next_phase"), message.get("state")
             if not isinstance(key, str) or not isinstance(next_phase, str) or not isinstance(state, dict):

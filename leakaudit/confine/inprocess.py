@@ -54,7 +54,8 @@ class InProcessSession:
         self.confinement: dict[str, Any] = {"worker": False, "reason": reason}
         self.target = target
         self.dist = dist
-        self.info = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
+        # None until ``load`` (as in ConfinedSession): the audit reads it only after loading
+        self.info: ModelInfo = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
         self.pretrain_cache = PretrainCache()  # the attack's informed pre-training, for the controls
 
     def load(self, request: LoadRequest) -> ModelInfo:

@@ -50,7 +50,8 @@ class ModelInfo:
 
     @classmethod
     def of(cls, target: TargetModel) -> ModelInfo:
-        return cls(tuple(target.input_shape), int(target.num_classes), target.format, target.sha256,  # type: ignore[arg-type]
+        c, h, w = target.input_shape
+        return cls((c, h, w), int(target.num_classes), target.format, target.sha256,
                    target.feature_note, target.device, tuple(target.load_notes), image_flops(target))
 
 
@@ -108,11 +109,12 @@ class ReferenceRequest:
 
 def load(request: LoadRequest) -> TargetModel:
     """A file loaded safely, or an in-memory module checked the same way (shape, classes, normalisation)."""
-    common = dict(input_size=request.input_size, mean=request.mean, std=request.std, shape_hint=request.shape_hint,
-                  device=request.device)
     if isinstance(request.path, nn.Module):
-        return wrap_module(request.path, **common)
-    return load_model(request.path, arch=request.arch, unsafe_pickle=request.unsafe_pickle, **common)
+        return wrap_module(request.path, input_size=request.input_size, mean=request.mean, std=request.std,
+                           shape_hint=request.shape_hint, device=request.device)
+    return load_model(request.path, arch=request.arch, unsafe_pickle=request.unsafe_pickle,
+                      input_size=request.input_size, mean=request.mean, std=request.std,
+                      shape_hint=request.shape_hint, device=request.device)
 
 
 def attack(target: TargetModel, request: AttackRequest, callbacks: InversionCallbacks,

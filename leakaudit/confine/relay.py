@@ -110,10 +110,11 @@ class Relay:
             if folder is not None:
                 relay.send({"kind": "checkpoint", "name": "clear"})
 
-        invert_module.Checkpointer = RelayCheckpointer  # type: ignore[misc]
-        invert_module.save_state = save_state
-        invert_module.load_state = load_state
-        invert_module.clear_state = clear_state
+        # looked up by name (the package's ``invert`` is the function): a plain module to the checker, so set by name
+        replacements: dict[str, object] = {"Checkpointer": RelayCheckpointer, "save_state": save_state,
+                                           "load_state": load_state, "clear_state": clear_state}
+        for name, value in replacements.items():
+            setattr(invert_module, name, value)
 
 
 def _cpu(value: Any) -> Any:

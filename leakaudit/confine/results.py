@@ -41,10 +41,10 @@ def _optional(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
 
 
 def _tensor(value: Any, name: str, dtype: torch.dtype | None = None, ndim: int | None = None) -> torch.Tensor:
-    _is(value, torch.Tensor, name)
-    if (dtype is not None and value.dtype != dtype) or (ndim is not None and value.dim() != ndim):
-        raise ReplyError(f"{name} is a {value.dtype} tensor of shape {tuple(value.shape)}")
-    return value
+    tensor: torch.Tensor = _is(value, torch.Tensor, name)
+    if (dtype is not None and tensor.dtype != dtype) or (ndim is not None and tensor.dim() != ndim):
+        raise ReplyError(f"{name} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}")
+    return tensor
 
 
 def _floats(value: Any, name: str) -> dict[str, float]:
@@ -60,7 +60,7 @@ def model_info(fields: dict[str, Any]) -> ModelInfo:
     shape = tuple(_is(v, int, "input_shape") for v in _is(fields.get("input_shape"), (list, tuple), "input_shape"))
     if len(shape) != 3 or min(shape) < 1:
         raise ReplyError(f"input_shape {shape}")
-    return ModelInfo(shape, _is(fields.get("num_classes"), int, "num_classes"),  # type: ignore[arg-type]
+    return ModelInfo(shape, _is(fields.get("num_classes"), int, "num_classes"),
                      _is(fields.get("format"), str, "format"), _optional(fields.get("sha256"), str, "sha256"),
                      _optional(fields.get("feature_note"), str, "feature_note"),
                      torch.device(_is(fields.get("device"), str, "device")),
@@ -202,5 +202,6 @@ def reference_model(f: dict[str, Any], n: int, num_classes: int, flips: bool) ->
     index = _is(f.get("index"), int, "index")
     if index < 0:
         raise ReplyError(f"index {index}")
-    return ReferenceModel(index, logits, mirrored, tuple(float(_is(v, (int, float), "fit")) for v in fit),  # type: ignore[arg-type]
+    in_loss, in_accuracy, out_loss, out_accuracy = (float(_is(v, (int, float), "fit")) for v in fit)
+    return ReferenceModel(index, logits, mirrored, (in_loss, in_accuracy, out_loss, out_accuracy),
                           float(_is(f.get("seconds"), (int, float), "seconds")))

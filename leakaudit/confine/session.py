@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ from leakaudit.membership.references import OnModel, ReferenceRun
 from leakaudit.membership.training import function_name, function_spec
 from leakaudit.power.control import ControlRun, stopped_control
 from leakaudit.sanitize import terminal_text
+
+_T = TypeVar("_T")
 
 __all__ = ["BUDGET_MARGIN_S", "MODEL_REPLY_BYTES", "REPLY_MARGIN", "ConfinedSession", "InProcessSession",
            "ModelSession", "StopCheck", "confinement_notes", "open_session"]
@@ -74,7 +76,7 @@ class ConfinedSession:
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
         self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
-        self.info: ModelInfo = None  # type: ignore[assignment]
+        self.info: ModelInfo = None  # type: ignore[assignment]  # None until ``load``, which the audit calls first
         self._stderr = WorkerStderr()
         # the worker's first message, read before it imports anything that starts a thread (``worker.main``); the
         # CLI sends it to a worker it starts before its own imports (``spawn.prestart``), which is then taken here
@@ -273,7 +275,8 @@ class ConfinedSession:
             error.add_note("the worker's traceback:\n" + "\n".join(terminal_text(line) for line in trace.splitlines()))
         raise error
 
-    def _checked(self, check: Callable[..., Any], *values: Any) -> Any:
+    def _checked(self, check: Callable[..., _T], *values: Any) -> _T:
+        """``check`` over the worker's untrusted reply fields (any type: a wrong one is a malformed reply)."""
         try:
             return check(*values)
         except (results.ReplyError, TypeError, ValueError, AttributeError) as exc:

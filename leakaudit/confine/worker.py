@@ -56,8 +56,10 @@ def _op_load(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
         raise state.refusal
     state.confinement = sandbox.confine_threads(state.confinement)
     state.relay.send({"kind": "confined", "record": state.confinement})
-    request = operations.LoadRequest(**{k: (Path(v) if k == "path" else tuple(v) if isinstance(v, list) else v)
-                                        for k, v in args["request"].items()})
+    # decoded from the wire: each field's value as the parent sent it, the path and the lists rebuilt
+    fields: dict[str, Any] = {k: (Path(v) if k == "path" else tuple(v) if isinstance(v, list) else v)
+                              for k, v in args["request"].items()}
+    request = operations.LoadRequest(**fields)
     state.target = operations.load(request)
     return {"info": results.info_fields(operations.ModelInfo.of(state.target))}
 
@@ -74,7 +76,7 @@ def _op_attack(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
 
     prior = args.get("prior")
     request = operations.AttackRequest(
-        config=InversionConfig(**args["config"]), prior=tuple(prior) if prior is not None else None,  # type: ignore[arg-type]
+        config=InversionConfig(**args["config"]), prior=tuple(prior) if prior is not None else None,
         informed=bool(args["informed"]), init=Path(args["init"]) if args.get("init") else None,
         resume_tag=str(args.get("resume_tag", "")))
     state.relay.resume_state = args.get("resume_state")
@@ -91,7 +93,7 @@ def _op_control(state: WorkerState, args: dict[str, Any]) -> dict[str, Any]:
 
     prior = args.get("prior")
     request = operations.ControlRequest(args["images"], args["labels"], InversionConfig(**args["config"]),
-                                        int(args["seed"]), tuple(prior) if prior is not None else None,  # type: ignore[arg-type]
+                                        int(args["seed"]), tuple(prior) if prior is not None else None,
                                         Path(args["init"]) if args.get("init") else None)
     run = operations.control(state.target, request, state.relay.callbacks(), state.relay.should_stop,
                              state.cache())

@@ -90,7 +90,8 @@ def to_uint8(images: np.ndarray, what: str) -> np.ndarray:
     low, high = float(images.min()), float(images.max())
     if low < 0.0 or high > 1.0:
         raise DataError(f"{what}: float images must lie in [0, 1] (found {low:g} … {high:g}); pass uint8 for 0–255")
-    return np.rint(images.astype(np.float32) * np.float32(255.0)).astype(np.uint8)
+    pixels: np.ndarray = np.rint(images.astype(np.float32) * np.float32(255.0)).astype(np.uint8)
+    return pixels
 
 
 def check_labels(labels: np.ndarray, n_images: int, what: str) -> np.ndarray:

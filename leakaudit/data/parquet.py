@@ -141,7 +141,7 @@ def _layout(schema: Any, shown: str) -> Layout:
     if not pa.types.is_integer(schema.field(label).type):
         raise DataError(f"{shown}: column {terminal_text(label)!r} is {schema.field(label).type}, not integer labels")
     feature = features.get(label)
-    names_list = feature.get("names") if _feature_type(feature) == "ClassLabel" else None
+    names_list = feature.get("names") if isinstance(feature, dict) and _feature_type(feature) == "ClassLabel" else None
     try:
         classes = class_names(names_list, shown) if names_list else None
     except DataError:

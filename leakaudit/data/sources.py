@@ -34,8 +34,13 @@ __all__ = ["ArraySource", "DatasetSource", "FolderSource", "ImageSource", "LoadS
 class ImageSource(Protocol):
     """One input of an audit, before the model says what shape its images must have."""
 
-    kind: str  # folder | npz | parquet | arrays | dataset
-    count_noun: str  # what a class is called in messages ("class folders", "class names")
+    @property
+    def kind(self) -> str:
+        """folder | npz | parquet | arrays | dataset (read-only: the sources are frozen dataclasses)."""
+
+    @property
+    def count_noun(self) -> str:
+        """What a class is called in messages ("class folders", "class names")."""
 
     @property
     def path(self) -> Path | None:

@@ -9,6 +9,7 @@ default only with a new row there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from leakaudit.config import EFFORTS, AuditSettings
 from leakaudit.errors import ConfigError
@@ -163,5 +164,6 @@ class InversionConfig:
         """The settings of an effort level, with explicit overrides on top."""
         if effort not in EFFORT_LEVELS:
             raise ConfigError(f"effort must be one of {', '.join(EFFORTS)}, not {effort!r}")
-        values: dict[str, object] = {**EFFORT_LEVELS[effort], **overrides, "effort": effort}
-        return cls(**values)  # type: ignore[arg-type]
+        # any field by name, each value checked by __post_init__
+        values: dict[str, Any] = {**EFFORT_LEVELS[effort], **overrides, "effort": effort}
+        return cls(**values)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -109,6 +110,12 @@ def host_floats(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     return {name: out[name] if name in out else float(value) for name, value in values.items()}
 
 
+class Checkpointed(Protocol):
+    """What a generator checkpoint saves: the generator, or its weights as the confined worker sent them."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+
 class Checkpointer:
     """Writes ``generator.pt`` into the checkpoint folder every N steps (atomically, never through a link)."""
 
@@ -117,7 +124,7 @@ class Checkpointer:
         self.every = config.checkpoint_every
         self.config = asdict(config)
 
-    def save(self, gen: ConditionalGenerator, step: int, phase: str, force: bool = False) -> None:
+    def save(self, gen: Checkpointed, step: int, phase: str, force: bool = False) -> None:
         if self.folder is None or (not force and (self.every <= 0 or step % self.every)):
             return
         payload = {"generator": gen.state_dict(), "step": step, "phase": phase, "config": self.config}

@@ -71,7 +71,8 @@ class _UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = F.interpolate(x, size=size, mode="nearest")
-        return self.drop(F.leaky_relu(self.norm(self.conv(x)), 0.2))
+        out: torch.Tensor = self.drop(F.leaky_relu(self.norm(self.conv(x)), 0.2))
+        return out
 
 
 class ConditionalGenerator(nn.Module):
@@ -135,7 +136,8 @@ class ConditionalGenerator(nn.Module):
         if self.use_matrix:
             h = torch.cat([h, self.hot_matrix(cond, self.mid_size)], dim=1)  # (N, width + 1, mh, mw)
         h = self.up2(h, self.gen_size)  # (N, width/2, gh, gw)
-        return self.head(h)  # (N, C, gh, gw)
+        pre: torch.Tensor = self.head(h)  # (N, C, gh, gw)
+        return pre
 
     def upsample(self, pre: torch.Tensor) -> torch.Tensor:
         """Pre-activation low-resolution images → (N, C, H, W) in [0, 1]."""

@@ -30,13 +30,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from leakaudit.errors import ConfigError, ModelError
+from leakaudit.inversion.config import InversionConfig
 from leakaudit.inversion.featurespan import (FeatureSpan, feature_span, first_linear_forward, linear_update,
                                              push_into_span)
 from leakaudit.inversion.invert import InversionCallbacks, InversionResult, invert
@@ -104,7 +104,7 @@ def extreme_image(basis: np.ndarray, objective: np.ndarray) -> np.ndarray | None
                   b_eq=[1.0], bounds=[(None, None)] * r, method="highs")
     if res.status != 0:
         return None
-    x = basis.T @ res.x
+    x: np.ndarray = basis.T @ res.x  # scipy has no stubs: res.x is the optimum's float array
     return x / max(float(x.max()), 1e-12)
 
 
@@ -314,7 +314,7 @@ def _labelled(target: TargetModel, parts: list[torch.Tensor]) -> tuple[torch.Ten
     return images, targets, logits.softmax(1).gather(1, targets[:, None]).flatten()
 
 
-def span_push(config: Any) -> SpanPush | None:
+def span_push(config: InversionConfig) -> SpanPush | None:
     """The feature-span stage's settings from the inversion config; None when it is off (0 steps)."""
     if config.span_steps <= 0:
         return None
@@ -322,7 +322,8 @@ def span_push(config: Any) -> SpanPush | None:
 
 
 def init_aware_inversion(target: TargetModel, init_path: Path, prior: tuple[torch.Tensor, torch.Tensor] | None,
-                         config: Any, should_stop: Callable[[], bool] | None, callbacks: Any) -> Any:
+                         config: InversionConfig, should_stop: Callable[[], bool] | None,
+                         callbacks: InversionCallbacks | None) -> InversionResult:
     """The audit's entry point: an ``InversionResult`` of the init-aware mode.
 
     When the update has no usable span (an adaptive optimiser breaks it) the

@@ -154,7 +154,9 @@ def _interpreted(target: TargetModel) -> contextlib.AbstractContextManager[None]
     ResNet-18 at 224×224 that made refinement steps many times a plain forward+backward (the control's
     training turns them off for the same reason). Gated on the input size (scale.py): below it nothing changes.
     """
-    return torch.jit.optimized_execution(False) if large_input(target.input_shape) else contextlib.nullcontext()
+    if large_input(target.input_shape):
+        return torch.jit.optimized_execution(False)  # type: ignore[attr-defined]  # not in torch.jit's __all__
+    return contextlib.nullcontext()
 
 
 def _new_run(req: _Request, notes: list[str]) -> RunState:

@@ -86,7 +86,7 @@ def at_effort(config: InversionConfig, effort: str) -> InversionConfig:
     """These settings with another effort level's steps and pool (the run's own choices otherwise kept)."""
     base = InversionConfig()
     levels = {name: getattr(base, name) for values in EFFORT_LEVELS.values() for name in values}
-    return dataclasses.replace(config, **{**levels, **EFFORT_LEVELS[effort]}, effort=effort)  # type: ignore[arg-type]
+    return dataclasses.replace(config, **{**levels, **EFFORT_LEVELS[effort]}, effort=effort)
 
 
 def budget_message(target: TargetModel, config: InversionConfig, informed: bool, stationarity_steps: int,

@@ -230,8 +230,9 @@ def check_graph(path: Path, program: torch.export.ExportedProgram) -> None:
             if node.op == "call_function" and target is operator.getitem:
                 continue
             if isinstance(target, torch._ops.HigherOrderOperator):
+                name = target.name()  # type: ignore[no-untyped-call]  # torch leaves HigherOrderOperator.name bare
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph calls higher-order operator "
-                                       f"torch.ops.higher_order.{terminal_text(target.name())}, which runs submodule "
+                                       f"torch.ops.higher_order.{terminal_text(name)}, which runs submodule "
                                        "graphs (namespace 'higher_order' is not one leakaudit allows)")
             if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
                 raise UnsafeModelError(f"{terminal_text(path)}: the exported graph has a {node.op} node "

@@ -106,7 +106,8 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, not unsafe
-            module = torch.jit.load(str(path), map_location=device)
+            module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]  # torch leaves it bare
+                str(path), map_location=device)
     except (RuntimeError, ValueError, OSError, zipfile.BadZipFile, torch.jit.Error) as exc:
         raise ModelError(
             f"{terminal_text(path)}: TorchScript archive could not be loaded ({terminal_text(_load_message(exc))})"

@@ -52,14 +52,14 @@ def import_arch(spec: str) -> Callable[[], nn.Module]:
     finally:
         if added:
             sys.path.remove(cwd)
-    target = module
+    target: object = module
     for part in attr.split("."):
         target = getattr(target, part, None)
         if target is None:
             raise ModelError(f"--arch {spec}: {module_name!r} has no attribute {attr!r}")
     if not callable(target):
         raise ModelError(f"--arch {spec}: {attr!r} is not callable")
-    return target  # type: ignore[return-value]
+    return target
 
 
 def _keys(keys: list[str]) -> str:
@@ -106,7 +106,7 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return inner
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return obj  # type: ignore[return-value]
+            return obj
     raise ModelError(f"{terminal_text(path)}: the file loads, but holds {type(obj).__name__}, "
                      "not a state_dict of tensors")
 

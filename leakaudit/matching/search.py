@@ -141,7 +141,8 @@ def screen_features(images: torch.Tensor, side: int = PREFILTER_SIDE) -> torch.T
     x = prepare(images)
     x = F.adaptive_avg_pool2d(x, (min(side, x.shape[2]), min(side, x.shape[3]))).flatten(1)
     x = x - x.mean(1, keepdim=True)
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    unit: torch.Tensor = x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    return unit
 
 
 @torch.no_grad()

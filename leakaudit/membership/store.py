@@ -103,7 +103,8 @@ def _model(state: object, key: str, index: int, n: int, k: int, flips: bool) -> 
                      and logits.dtype == torch.float32 and isinstance(fit, torch.Tensor) and fit.numel() == 4
                      and (mirrored is None if not flips else isinstance(mirrored, torch.Tensor)
                           and tuple(mirrored.shape) == (n, k) and mirrored.dtype == torch.float32))
-        if shapes_ok and isinstance(fit, torch.Tensor):
-            values = tuple(float(v) for v in fit.double().tolist())
-            return ReferenceModel(index, logits, mirrored, values, float(state.get("seconds", 0.0)))  # type: ignore[arg-type]
+        if shapes_ok and isinstance(logits, torch.Tensor) and isinstance(fit, torch.Tensor):
+            in_loss, in_accuracy, out_loss, out_accuracy = (float(v) for v in fit.double().tolist())
+            return ReferenceModel(index, logits, mirrored, (in_loss, in_accuracy, out_loss, out_accuracy),
+                                  float(state.get("seconds", 0.0)))
     return None

@@ -143,7 +143,7 @@ def train_module(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
             xb = clean[idx] if plain else normalise(augment_batch(x01[idx], recipe, gen))
             loss = F.cross_entropy(forward(module, xb, static), y[idx], label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+            loss.backward()
             opt.step()
             steps += 1
         epochs = epoch + 1

@@ -7,7 +7,8 @@ one forward pass, and a note says why features are missing when they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -133,7 +134,8 @@ def _instrument_hooks(module: nn.Module, tap: Tap,
 def _script_leaves(module: torch.jit.ScriptModule) -> list[torch.jit.ScriptModule]:
     """Flatten nested Sequentials of a scripted module into the order they run."""
     leaves: list[torch.jit.ScriptModule] = []
-    for child in module.children():
+    # a scripted module's children are scripted too (torch types children() as plain modules)
+    for child in cast(Iterator[torch.jit.ScriptModule], module.children()):
         if getattr(child, "original_name", "") == "Sequential":
             leaves.extend(_script_leaves(child))
         else:
@@ -168,7 +170,7 @@ def _graph_tap(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> Callabl
     values = [outputs[0], linears[linear].inputsAt(0)]
     for norm in norms:
         values += [norm.inputsAt(0), norm.inputsAt(3), norm.inputsAt(4)]
-    packed = graph.create("prim::TupleConstruct", values)
+    packed = graph.create("prim::TupleConstruct", values)  # type: ignore[call-arg]  # the stub omits num_outputs=1
     graph.appendNode(packed)
     packed.output().setType(torch._C.TupleType([v.type() for v in values]))
     graph.eraseOutput(0)
@@ -181,6 +183,7 @@ def _graph_tap(module: torch.jit.ScriptModule, tap: Tap, linear: int) -> Callabl
     record_bn = _batch_stats_record(tap)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor
         logits, features, *norm_values = function(module._c, x)
         record(features)
         for i in range(0, len(norm_values), 3):
@@ -218,7 +221,7 @@ def _chain_children(module: torch.jit.ScriptModule, tap: Tap,
             x = leaf(x)
         return x
 
-    chained.__leakaudit_module__ = module  # type: ignore[attr-defined]
+    chained.__leakaudit_module__ = module  # type: ignore[attr-defined]  # a function's own attribute, set at run time
     return chained, None
 
 

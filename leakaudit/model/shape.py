@@ -20,10 +20,11 @@ def _first_layer(module: nn.Module) -> tuple[str, int] | None:
     """Kind and input width of the first Conv2d/Linear layer (plain or TorchScript modules)."""
     for m in module.modules():
         kind = type(m).__name__ if not isinstance(m, torch.jit.ScriptModule) else getattr(m, "original_name", "")
+        # by name: a scripted layer is not an nn.Conv2d / nn.Linear, so neither class's attributes are typed here
         if kind == "Conv2d" and hasattr(m, "in_channels"):
-            return "conv", int(m.in_channels)
+            return "conv", int(getattr(m, "in_channels"))
         if kind == "Linear" and hasattr(m, "in_features"):
-            return "linear", int(m.in_features)
+            return "linear", int(getattr(m, "in_features"))
     return None
 
 
@@ -51,7 +52,8 @@ def _export_input_shape(module: nn.Module) -> tuple[int, int, int] | None:
             val = node.meta.get("val")
             if val is not None and hasattr(val, "shape") and len(val.shape) == 4:
                 try:
-                    return tuple(int(s) for s in val.shape[1:])  # type: ignore[return-value]
+                    c, h, w = (int(s) for s in val.shape[1:])
+                    return c, h, w
                 except TypeError:
                     return None
     return None

@@ -24,9 +24,9 @@ from leakaudit.matching.null import class_mean_null
 from leakaudit.pipeline.run_context import RunContext
 from leakaudit.record import Finding, MemberScore
 from leakaudit.record.parse import frozen
+from leakaudit.record.scores import LeakScore, MembershipTest
 from leakaudit.scoring import (
-    EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, LeakScore, MembershipTest, WeightsGain, leak_score, membership_test, quantile,
-    weights_gain,
+    EVIDENCE_MAX_P, EVIDENCE_MIN_AUC, WeightsGain, leak_score, membership_test, quantile, weights_gain,
 )
 
 

@@ -176,7 +176,8 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     started = time.monotonic()
     deadline = None if config.budget_s is None else started + config.budget_s  # the budget covers training too
     train_stop = stop if deadline is None else (lambda: stop() or time.monotonic() >= deadline)
-    with flush_denormals(), torch.jit.optimized_execution(False):  # TorchScript's profiling passes cost ~5× here
+    # not in torch.jit's __all__; TorchScript's profiling passes cost ~5× here
+    with flush_denormals(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
         steps, loss, accuracy = train_copy(copy_module, x, y, recipe, seed, train_stop)
     train_seconds = time.monotonic() - started
     left = None if deadline is None else deadline - time.monotonic()

@@ -127,7 +127,7 @@ def _graph_kinds(module: torch.fx.GraphModule) -> dict[str, str]:
 def _reset_graph(module: torch.fx.GraphModule, gen: torch.Generator) -> int:
     """Re-draw an exported program's state by the layer types its graph shows."""
     kinds = _graph_kinds(module)
-    tensors = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     count = 0
     for name in sorted(tensors):

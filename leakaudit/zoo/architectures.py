@@ -67,10 +67,11 @@ def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
     """
     from torchvision.models import resnet18  # torchvision is slow to import: only for this arch
 
-    model = resnet18(num_classes=num_classes)
+    model: nn.Module = resnet18(num_classes=num_classes)
     if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.conv1 = conv1
     return model
 
 

@@ -60,7 +60,8 @@ def bundled_images(dataset: str, size: int = 32) -> tuple[torch.Tensor, torch.Te
     if dataset == "lfw":
         from skimage.data import lfw_subset  # scikit-image is slow to import: only for the faces
 
-        faces = lfw_subset()  # (200, 25, 25) float in [0, 1]; first 100 faces
+        # (200, 25, 25) float in [0, 1]; first 100 faces
+        faces = lfw_subset()  # type: ignore[no-untyped-call]  # scikit-image leaves it unannotated
         labels = np.array([0] * 100 + [1] * 100, dtype=np.int64)
         return _upsample(faces, size), torch.from_numpy(labels), ("face", "non-face")
     raise ConfigError(f"unknown bundled dataset {dataset!r}")
