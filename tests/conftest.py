@@ -1,4 +1,5 @@
-"""Shared fixtures and helpers: a tiny classifier trained once per session on real digits, CLI runners."""
+"""Shared fixtures and helpers: a tiny classifier trained once per session on real digits, CLI runners, the clean
+export and the hostile working directory of the security tests, the inversion tests' short run."""
 
 from __future__ import annotations
 
@@ -27,19 +28,22 @@ from leakaudit.data.folders import write_image_folder  # noqa: E402
 from leakaudit.confine import sandbox  # noqa: E402
 from leakaudit.confine.operations import LoadRequest, ReferenceRequest  # noqa: E402
 from leakaudit.confine.session import ConfinedSession, InProcessSession  # noqa: E402
-from leakaudit.inversion import InversionCallbacks  # noqa: E402
+from leakaudit.inversion import InversionCallbacks, InversionConfig  # noqa: E402
 from leakaudit.membership.references import ReferenceRun  # noqa: E402
+
+from . import payloads  # noqa: E402
+from .payloads.arch import HOSTILE_ARCH  # noqa: E402
 
 
 # The files that take longest, longest first. `make test` hands whole files to two workers in collection order
 # (``--dist loadfile --no-loadscope-reorder``): started first, they do not leave one worker busy at the end while
 # the other waits. Measured with ``--durations``; a file not named here runs after them, in its usual order.
 LONGEST_FIRST = (
-    "test_interruption.py", "test_security_corpus.py", "test_initaware.py", "test_confinement.py",
+    "test_interruption.py", "test_initaware.py", "test_confinement_limits.py", "test_security_pt2.py",
     "test_power_audit.py", "test_verdict.py", "test_membership_ranks.py", "test_membership_pipeline.py", "test_api.py",
-    "test_distributed.py", "test_inversion.py", "test_cli.py",
-    "test_audit_end_to_end.py", "test_membership_audit.py", "test_budget_phases.py", "test_formats.py",
-    "test_typing.py", "test_record.py",
+    "test_distributed.py", "test_security_torchscript.py", "test_security_pickles.py", "test_inversion.py",
+    "test_cli.py", "test_audit_end_to_end.py", "test_membership_audit.py", "test_budget_phases.py", "test_formats.py",
+    "test_security_folders.py", "test_typing.py", "test_record.py", "test_confinement_results.py",
 )
 
 
@@ -218,3 +222,47 @@ def assert_no_result(out_dir: Path) -> None:
     """A failed run leaves no result files behind."""
     for name in ("leakaudit.json", "report.html", "reconstructions.npz"):
         assert not (out_dir / name).exists(), f"{name} written by a failed run"
+
+
+# --- hostile inputs and the confined worker --------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def clean_pt2(tiny: TinyReference, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny classifier exported to a ``.pt2`` file: the clean archive the hostile ones are edited from."""
+    return payloads.exported(tiny.module, tmp_path_factory.mktemp("pt2") / "clean.pt2")
+
+
+# The confinement tests run only where the worker can be confined.
+NEEDS_CONFINEMENT = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
+                                       reason=f"no confinement here: {sandbox.unavailable_reason()}")
+
+
+def _session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True,
+             budget_s: float | None = None) -> ConfinedSession:
+    """A confined session for the model in the working directory, its notes appended to ``notes``."""
+    return ConfinedSession(sandbox.readable_paths(model.resolve(), None, arch), budget_s=budget_s, seed=0,
+                           threads=1, on_note=notes.append)
+
+
+@pytest.fixture
+def hostile_dir(tiny: TinyReference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the hostile --arch module, the tiny weights, and a folder for markers."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "hostile.py").write_text(HOSTILE_ARCH)
+    (work / "weights.pth").write_bytes(tiny.state_dict.read_bytes())
+    (work / "markers").mkdir()
+    (tmp_path / "secret.txt").write_text("the-secret-in-a-file")
+    monkeypatch.setenv("LEAKAUDIT_TEST_SECRET", "the-secret-in-the-environment")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent.parent), str(work)]))
+    return work
+
+
+# --- the inversion tests ---------------------------------------------------------------------------------------
+
+# A short run of the inversion engine: every phase runs, a few seconds each.
+QUICK = InversionConfig(
+    threads=1, steps=20, pretrain_steps=20, finetune_steps=10, refine_steps=10, kkt_steps=10, pool_per_class=4,
+    candidates_per_class=2, batch_per_class=2, pretrain_batch=16, width=16, latent_dim=8, embed_dim=8,
+)

@@ -27,7 +27,6 @@ def _members(tiny: TinyReference) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_a_budget_spent_in_the_controls_training_ends_it_without_an_attack(tiny: TinyReference) -> None:
-    torch.set_num_threads(1)
     target = load_model(tiny.torchscript, device="cpu")
     images, labels = _members(tiny)
     config = InversionConfig.for_effort("quick", **SMALL, budget_s=1e-9)  # type: ignore[arg-type]
@@ -37,8 +36,7 @@ def test_a_budget_spent_in_the_controls_training_ends_it_without_an_attack(tiny:
     assert any("budget ended the control's training" in note for note in control.notes)
 
 
-def test_a_budget_the_control_does_not_reach_changes_nothing(tiny: TinyReference) -> None:
-    torch.set_num_threads(1)
+def test_a_budget_the_control_does_not_reach_changes_nothing(tiny: TinyReference, one_thread: None) -> None:
     target = load_model(tiny.torchscript, device="cpu")
     images, labels = _members(tiny)
     unbounded = run_control(target, images, labels, InversionConfig.for_effort("quick", **SMALL), seed=1)  # type: ignore[arg-type]

@@ -1,10 +1,8 @@
-"""The inversion engine on real tiny classifiers trained on real digits."""
+"""The inversion engine on real tiny classifiers: the loop, its modes, stops and checkpoints, and its priors."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,13 @@ import torch.nn.functional as F
 
 from leakaudit.errors import ConfigError
 from leakaudit.inversion import ConditionalGenerator, InversionCallbacks, InversionConfig, invert, split_prior
-from leakaudit.inversion import losses
-from leakaudit.inversion.generator import hot_patterns, soft_conditioning
 from leakaudit.inversion.rowspace import first_layer_rowspace
 from leakaudit.inversion.stationarity import Stationarity
 from leakaudit.matching.ssim import ssim_matrix
 from leakaudit.model.target import TargetModel
 from leakaudit.zoo import ReferenceSpec, load_spec, split_members, train_classifier
 
-# A short run: every phase runs, a few seconds each.
-QUICK = InversionConfig(
-    threads=1, steps=20, pretrain_steps=20, finetune_steps=10, refine_steps=10, kkt_steps=10, pool_per_class=4,
-    candidates_per_class=2, batch_per_class=2, pretrain_batch=16, width=16, latent_dim=8, embed_dim=8,
-)
+from .conftest import QUICK
 
 
 @dataclasses.dataclass
@@ -64,94 +56,6 @@ def cnn_bn() -> Reference:
     spec = ReferenceSpec(name="t-cnn-bn", train_per_class=5, holdout_per_class=4, size=16, arch="cnn-bn", epochs=5,
                          batch_size=25)
     return _reference(spec)
-
-
-# --- generator ---------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 32, 32), (1, 20, 28), (3, 9, 13), (1, 8, 8)])
-@pytest.mark.parametrize("classes", [2, 10])
-@pytest.mark.parametrize("conditioning", ["vector", "matrix", "both"])
-def test_generator_output_shape_and_range(shape: tuple[int, int, int], classes: int, conditioning: str) -> None:
-    torch.manual_seed(0)
-    gen = ConditionalGenerator(shape, classes, conditioning=conditioning, width=16, latent_dim=8, embed_dim=8)
-    targets = torch.arange(classes).repeat(3)
-    with torch.no_grad():
-        x = gen(torch.randn(len(targets), 8) * 5, F.one_hot(targets, classes).float())
-    assert x.shape == (len(targets), *shape)
-    assert x.dtype == torch.float32
-    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-
-
-@pytest.mark.parametrize("conditioning", ["vector", "matrix", "both"])
-def test_each_conditioning_changes_the_image_with_the_label(conditioning: str) -> None:
-    torch.manual_seed(0)
-    gen = ConditionalGenerator((1, 16, 16), 4, conditioning=conditioning, width=16, latent_dim=8, embed_dim=8).eval()
-    z = torch.randn(1, 8).expand(4, 8)
-    x = gen(z, torch.eye(4))  # same noise, four labels
-    assert (x[0] - x[1]).abs().max() > 1e-4
-    assert (x[2] - x[3]).abs().max() > 1e-4
-
-
-def test_soft_conditioning_argmax_is_target() -> None:
-    targets = torch.tensor([0, 3, 9, 9, 1] * 20)
-    p = soft_conditioning(targets, 10, 2.0, torch.Generator().manual_seed(1))
-    assert torch.equal(p.argmax(1), targets)
-    assert torch.allclose(p.sum(1), torch.ones(len(targets)))
-    assert float(p.max(1).values.min()) < 0.999  # soft, not one-hot
-
-
-def test_hot_patterns_mark_row_and_column() -> None:
-    pat = hot_patterns(3)
-    assert pat.shape == (3, 3, 3)
-    assert torch.equal(pat[1], torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]]))
-
-
-# --- losses against hand-computed values ------------------------------------
-
-def test_kl_against_hand_value() -> None:
-    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
-    logits = torch.log(torch.tensor([[0.25, 0.75], [0.8, 0.2]]))
-    expected = (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + 1.0 * math.log(1 / 0.8)) / 2
-    assert losses.kl_loss(p, logits).item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_ce_against_hand_value() -> None:
-    logits = torch.log(torch.tensor([[0.25, 0.75], [0.8, 0.2]]))
-    expected = -(math.log(0.75) + math.log(0.2)) / 2
-    assert losses.ce_loss(logits, torch.tensor([1, 1])).item() == pytest.approx(expected, abs=1e-6)
-
-
-def test_cosine_and_orthogonality_against_hand_values() -> None:
-    phi = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
-    c = 1 / math.sqrt(2)  # cos(φ0, φ1) = cos(φ1, φ2); cos(φ0, φ2) = 0
-    assert losses.cosine_loss(phi).item() == pytest.approx((2 * c + 2 * c + 0) / 6, abs=1e-6)
-    # ‖Φ̂Φ̂ᵀ − I‖²_F / N²: the off-diagonal cosines squared, diagonal exactly 0
-    assert losses.orthogonality_loss(phi).item() == pytest.approx(4 * c * c / 9, abs=1e-6)
-
-
-def test_total_variation_against_hand_value() -> None:
-    x = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])  # one bright pixel
-    # vertical diffs: (0-0)², (0-1)² → mean 0.5; horizontal: (1-0)², (0-0)² → mean 0.5
-    assert losses.total_variation(x).item() == pytest.approx(1.0)
-
-
-def test_margin_and_range_and_bn_against_hand_values() -> None:
-    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 5.0, 4.5]])
-    # margins 2 and 0.5 → hinge at 1: max(0, 1-2) = 0, max(0, 1-0.5) = 0.5
-    assert losses.margin_loss(logits, torch.tensor([0, 1]), 1.0).item() == pytest.approx(0.25)
-    assert losses.range_loss(torch.tensor([7.0, -8.0, 0.0, 1.0]), limit=6.0).item() == pytest.approx((1 + 4) / 4)
-    stats = [(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))]
-    assert losses.bn_stats_loss(stats).item() == pytest.approx(1.0 + 1.0)
-
-
-def test_gradient_norm_against_hand_value() -> None:
-    w = torch.tensor([[1.0, -1.0]], requires_grad=True)  # logits = [w·x, 0]
-    x = torch.tensor([[2.0, 1.0]])
-    logits = torch.cat([x @ w.T, torch.zeros(1, 1)], dim=1)
-    ce = F.cross_entropy(logits, torch.tensor([0]))
-    # dCE/dw = (σ(1) − 1) x
-    expected = ((1 / (1 + math.exp(-1)) - 1) ** 2) * (4 + 1)
-    assert losses.gradient_norm_loss(ce, [w]).item() == pytest.approx(expected, rel=1e-5)
 
 
 # --- the loop ----------------------------------------------------------------
@@ -266,6 +170,29 @@ def test_members_matched_better_than_non_members(mlp_1pc: Reference) -> None:
     assert np.mean(best_members) > np.mean(best_non) + 0.05
 
 
+def test_a_run_stopped_inside_a_refine_step_resumes_there_and_completes(mlp_1pc: Reference, tmp_path: Path) -> None:
+    module = mlp_1pc.target.module
+    assert module is not None
+    raised: list[float] = []
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def arm(name: str) -> None:
+        if name == "refine":
+            hooks.append(module.register_forward_pre_hook(lambda mod, args: raised.append(1.0)))
+
+    try:
+        first = invert(mlp_1pc.target, QUICK, callbacks=InversionCallbacks(on_phase=arm), checkpoint_dir=tmp_path,
+                       should_stop=lambda: bool(raised))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert first.interrupted and first.steps == QUICK.steps  # every training step, no refine step
+    again = invert(mlp_1pc.target, QUICK, checkpoint_dir=tmp_path)
+    assert again.resumed_from == "refine" and again.complete
+    fresh = invert(mlp_1pc.target, QUICK)
+    assert torch.equal(again.images, fresh.images)  # the dropped step left nothing behind
+
+
 # --- the first layer's row space ----------------------------------------------
 
 def test_rowspace_holds_the_members_of_the_small_init_mlp(mlp_1pc: Reference) -> None:
@@ -374,88 +301,3 @@ def test_stationarity_stage_skipped_for_convolutions_or_too_many_weights(mlp_1pc
     big = invert(mlp_1pc.target, dataclasses.replace(QUICK, kkt_max_params=1000))
     assert any("above the double-backprop limit of 1,000" in n for n in big.notes)
     assert big.planned_steps == QUICK.steps + QUICK.refine_steps
-
-
-# --- stop requests inside a step ----------------------------------------------
-
-def test_a_stop_inside_a_long_step_ends_the_run_within_seconds() -> None:
-    from torchvision.models import resnet18
-
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10)
-    target = TargetModel.from_module(model, (3, 224, 224), 10, device="cpu")
-    raised: list[float] = []
-
-    def arm(name: str) -> None:  # once the attack trains: the checks of the model at wrapping ran before
-        if name == "train":
-            model.layer2.register_forward_pre_hook(lambda mod, args: raised.append(time.monotonic()))
-
-    result = invert(target, dataclasses.replace(QUICK, batch_per_class=4), callbacks=InversionCallbacks(on_phase=arm),
-                    should_stop=lambda: bool(raised))
-    ended = time.monotonic()
-    assert raised, "the stop was never asked for"
-    assert ended - raised[0] <= 5.0  # the stop came in the middle of the first step's forward pass
-    assert result.interrupted and not result.complete
-    assert result.steps == 0  # that step was dropped, not applied
-    assert result.images.shape == (20, 3, 224, 224)
-
-
-def test_a_run_stopped_inside_a_refine_step_resumes_there_and_completes(mlp_1pc: Reference, tmp_path: Path) -> None:
-    module = mlp_1pc.target.module
-    assert module is not None
-    raised: list[float] = []
-    hooks: list[torch.utils.hooks.RemovableHandle] = []
-
-    def arm(name: str) -> None:
-        if name == "refine":
-            hooks.append(module.register_forward_pre_hook(lambda mod, args: raised.append(1.0)))
-
-    try:
-        first = invert(mlp_1pc.target, QUICK, callbacks=InversionCallbacks(on_phase=arm), checkpoint_dir=tmp_path,
-                       should_stop=lambda: bool(raised))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert first.interrupted and first.steps == QUICK.steps  # every training step, no refine step
-    again = invert(mlp_1pc.target, QUICK, checkpoint_dir=tmp_path)
-    assert again.resumed_from == "refine" and again.complete
-    fresh = invert(mlp_1pc.target, QUICK)
-    assert torch.equal(again.images, fresh.images)  # the dropped step left nothing behind
-
-
-# --- the planned work and the budget ---------------------------------------------
-
-def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_would() -> None:
-    from torchvision.models import resnet18
-
-    from leakaudit.inversion.plan import budget_message, plan
-
-    torch.manual_seed(0)
-    target = TargetModel.from_module(resnet18(num_classes=10), (3, 224, 224), 10, device="cpu")
-    standard = InversionConfig.for_effort("standard", budget_s=1200.0)
-    quick = InversionConfig.for_effort("quick", budget_s=1200.0)
-    # counted, not timed: ResNet-18 forward at 224×224 is 1.8 G multiply-adds (3.6 GFLOP), ×3 with the backward
-    assert plan(target, standard, True, 0).flops_per_pass == pytest.approx(3 * 3.63e9, rel=0.01)
-    assert plan(target, quick, True, 0).passes < plan(target, standard, True, 0).passes
-    message = budget_message(target, standard, True, 0, threads=1)
-    assert message is not None and "effort quick would" in message
-    assert budget_message(target, quick, True, 0, threads=1) is None  # it fits: nothing to say
-    assert budget_message(target, dataclasses.replace(standard, budget_s=None), True, 0, threads=1) is None
-    data_free = budget_message(target, standard, False, 0, threads=1)
-    assert data_free is not None and "no effort level would" in data_free
-
-
-def test_an_informed_attack_on_a_large_input_runs_every_phase_on_the_cheap_path() -> None:
-    from leakaudit.zoo import bundled_images
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
-                                torch.nn.Flatten(), torch.nn.Linear(128, 10))
-    target = TargetModel.from_module(model, (3, 96, 96), 10, device="cpu")
-    images, labels, _ = bundled_images("digits", 32)  # gray 32×32: the engine brings them to 3×96×96
-    keep = torch.cat([torch.nonzero(labels == c).flatten()[:4] for c in range(10)])
-    result = invert(target, QUICK, prior=(images[keep], labels[keep]), should_stop=lambda: False)
-    assert result.complete and result.mode == "informed"
-    assert result.images.shape == (20, 3, 96, 96) and 0 <= float(result.images.min()) <= float(result.images.max()) <= 1
-    assert result.pretrained_images is not None and result.pretrained_images.shape == (20, 3, 96, 96)
-    assert set(result.phase_seconds) == {"pretrain", "finetune", "refine"}
