@@ -10,6 +10,13 @@ two JSON documents once timings are left out (``identical`` is the bar).
 
     python bench/bench_verdict.py                                  # every reference
     python bench/bench_verdict.py --models digits-mlp-1pc,digits-mlp-20pc --load 2
+    python bench/bench_verdict.py --device cuda     # the CPU's document against a GPU's (float noise allowed)
+
+With ``--device``, the second run is on that device instead of under load
+(the first with ``--device cpu``): the same verdict is the bar, the leading
+figures are printed side by side, and the JSON paths that differ are listed
+(a GPU's floats differ in their last bits, which may move a score, never a
+verdict that is not at its threshold).
 """
 
 from __future__ import annotations
@@ -97,6 +104,34 @@ def describe(label: str, code: int, doc: dict[str, Any] | None, wall: float) -> 
             f"| stages: {stages} | inversion phases: {phases}")
 
 
+def leading(doc: dict[str, Any]) -> str:
+    """The figures a reader compares first: verdict, leak score, findings, power, membership's loss AUC."""
+    summary = doc["summary"]
+    leak = summary.get("leak_score") or {}
+    score = leak.get("value") if isinstance(leak, dict) else leak
+    power = (doc.get("power") or {}).get("status")
+    return (f"verdict {doc['verdict']}, leak score {score}, findings {len(doc.get('findings') or [])}, "
+            f"power {power}, loss AUC {summary.get('membership_loss_auc')}")
+
+
+def against_device(models: list[str], extra: list[str], device: str) -> None:
+    """Each reference audited on the CPU and on ``device``: the verdicts, the leading figures, what differs."""
+    same = 0
+    for name in models:
+        print(name)
+        cpu = audit(name, OUT / "device" / name / "cpu", [*extra, "--device", "cpu"])
+        print(describe("cpu", *cpu))
+        dev = audit(name, OUT / "device" / name / device.replace(":", "-"), [*extra, "--device", device])
+        print(describe(device, *dev))
+        if cpu[1] is None or dev[1] is None:
+            continue
+        same += cpu[1]["verdict"] == dev[1]["verdict"]
+        print(f"    cpu: {leading(cpu[1])}\n    {device}: {leading(dev[1])}")
+        diff = differences(without_timings(cpu[1]), without_timings(dev[1]))
+        print(f"    JSON apart from timings: {len(diff)} difference(s): " + ", ".join(diff[:12]))
+    print(f"{same} of {len(models)} references: the same verdict on the CPU and on {device}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -104,12 +139,16 @@ def main() -> None:
                         help="busy processes in the loaded run (default: usable CPUs)")
     parser.add_argument("--effort", default=None, help="--effort of both runs (default: the tool's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="compare the CPU's run with one on this device (cuda)")
     args = parser.parse_args()
     load = usable_cpus() if args.load is None else args.load
     extra = ["--seed", str(args.seed)] + (["--effort", args.effort] if args.effort else [])
+    models = [m for m in args.models.split(",") if m]
+    if args.device:
+        against_device(models, extra, args.device)
+        return
     print(f"usable CPUs {usable_cpus()}, loaded runs beside {load} busy process(es), extra flags: {' '.join(extra)}")
     identical = 0
-    models = [m for m in args.models.split(",") if m]
     for name in models:
         print(name)
         idle = audit(name, OUT / "verdict" / name / "idle", extra)
