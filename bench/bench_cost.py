@@ -24,7 +24,6 @@ batch), reference epoch (the members).
     python bench/bench_cost.py --models resnet18 --sizes 224 --steps 3 --threads 1
     python bench/bench_cost.py --models mlp,cnn --script        # TorchScript-compiled classifiers
     python bench/bench_cost.py --device cuda --models mlp,cnn,resnet18 --sizes 224   # on a GPU (wall clock)
-    python bench/bench_cost.py --flops --models mlp,cnn,resnet18 --sizes 224  # the pre-training's arithmetic
     python bench/bench_cost.py --models mlp,cnn --steps 10 --rounds 5   # each cell: median ratio of 5 rounds, range
     python bench/bench_cost.py --adam --models mlp,cnn                  # Adam's step against a forward+backward
 
@@ -42,21 +41,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert  # noqa: E402
-from leakaudit.inversion.generator import ConditionalGenerator, one_hot  # noqa: E402
-from leakaudit.inversion.informed import Encoder  # noqa: E402
-from leakaudit.inversion.scale import large_input  # noqa: E402
 from leakaudit.inversion.stationarity import differentiable  # noqa: E402
 from leakaudit.model.target import TargetModel  # noqa: E402
 from leakaudit.power.control import Recipe, train_copy  # noqa: E402
@@ -287,38 +281,6 @@ def compare_threads(case: Case, batch: int, rounds: int) -> tuple[float, float]:
     return statistics.median(seen[1]), statistics.median(seen[2])
 
 
-def pretrain_flops(case: Case, k: int = 10) -> tuple[float, float, float]:
-    """GFLOP of one pre-training step's parts, forward+backward on ``pretrain_batch`` prior images (counted by
-    ``torch.utils.flop_counter``): the encoder, the generator, and the classifier's own pass on as many images.
-
-    The step has no classifier pass; the third figure is what its ratio is measured against.
-    """
-    config = InversionConfig.for_effort("quick")
-    batch = config.pretrain_batch
-    gen = ConditionalGenerator(case.shape, k, latent_dim=config.latent_dim, embed_dim=config.embed_dim,
-                               width=config.width, conditioning=config.conditioning, dropout=config.dropout,
-                               gen_scale=config.gen_scale, min_gen_side=config.min_gen_side)
-    at_gen = large_input(case.shape)  # large inputs: the prior is fitted at the generation size (scale.py)
-    side = gen.gen_size if at_gen else case.shape[1:]
-    enc = Encoder((case.shape[0], *side), k, config.latent_dim)
-    x = torch.rand(batch, case.shape[0], *side)
-    y = torch.arange(batch) % k
-
-    def counted(step: Callable[[], torch.Tensor]) -> float:
-        with FlopCounterMode(display=False) as counter:
-            step().backward()
-        return counter.get_total_flops() / 1e9
-
-    encoder = counted(lambda: enc(x, y)[0].sum())
-    generator = counted(lambda: (gen.low_res if at_gen else gen)(torch.randn(batch, config.latent_dim),
-                                                                  one_hot(y, k)).sum())
-    module = case.module.to("cpu").train(False)
-    images = torch.rand(batch, *case.shape)
-    with differentiable(list(module.parameters())):
-        classifier = counted(lambda: F.cross_entropy(module(images), y))
-    return encoder, generator, classifier
-
-
 def adam_steps(case: Case, rounds: int = 3, steps: int = 20) -> dict[str, tuple[float, float]]:
     """Seconds of one forward+backward on the members and of one Adam step, with torch's default Adam on the CPU
     (one weight tensor at a time) and with ``fused=True``: median of ``rounds`` rounds of ``steps`` steps."""
@@ -369,8 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", action="store_true", help="TorchScript-compile the classifiers")
     parser.add_argument("--adam", action="store_true",
                         help="only: one Adam step (torch's default, and fused) against a forward+backward")
-    parser.add_argument("--flops", action="store_true",
-                        help="only: the pre-training step's arithmetic (encoder, generator) against the classifier's")
     parser.add_argument("--compare-threads", action="store_true",
                         help="only: one forward+backward of 20 images at 1 vs 2 threads per case")
     args = parser.parse_args(argv)
@@ -395,14 +355,6 @@ def main(argv: list[str] | None = None) -> int:
             count = sum(p.numel() for p in case.module.parameters()) / 1e6
             print(f"| {case.name} | {count:.2f} M | {fb:.4f} | {default:.4f} s ({default / fb:.2f}×) "
                   f"| {fused:.4f} s ({fused / fb:.2f}×) |", flush=True)
-        return 0
-    if args.flops:
-        print("| model | input | encoder GFLOP | generator GFLOP | classifier F+B GFLOP (same batch) | "
-              "step / classifier |\n|---|---|---|---|---|---|")
-        for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
-            enc, gen, clf = pretrain_flops(case)
-            print(f"| {case.name} | {case.shape[-1]}×{case.shape[-1]} | {enc:.2f} | {gen:.2f} | {clf:.2f} | "
-                  f"{(enc + gen) / clf:.2f}× |", flush=True)
         return 0
     rows = []
     for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
