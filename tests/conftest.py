@@ -237,7 +237,7 @@ NEEDS_CONFINEMENT = pytest.mark.skipif(sandbox.unavailable_reason() is not None,
                                        reason=f"no confinement here: {sandbox.unavailable_reason()}")
 
 
-def _session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True,
+def confined_session(notes: list[str], model: Path = Path("weights.pth"), arch: bool = True,
              budget_s: float | None = None) -> ConfinedSession:
     """A confined session for the model in the working directory, its notes appended to ``notes``."""
     return ConfinedSession(sandbox.readable_paths(model.resolve(), None, arch), budget_s=budget_s, seed=0,

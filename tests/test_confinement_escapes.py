@@ -12,7 +12,7 @@ import pytest
 
 from leakaudit.confine.operations import LoadRequest
 
-from .conftest import NEEDS_CONFINEMENT, TinyReference, _session, assert_error, run_cli
+from .conftest import NEEDS_CONFINEMENT, TinyReference, assert_error, confined_session, run_cli
 
 pytestmark = NEEDS_CONFINEMENT
 
@@ -31,7 +31,7 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     listener = _listening(hostile_dir)
     notes: list[str] = []
-    session = _session(notes)
+    session = confined_session(notes)
     try:
         info = session.load(LoadRequest(Path("weights.pth"), arch="hostile:make", shape_hint=(1, 32, 32), device="cpu"))
         assert info.num_classes == 10  # the model still loads: only what it must not do failed
@@ -56,7 +56,7 @@ def test_model_code_cannot_write_exec_connect_fork_or_signal(hostile_dir: Path,
 def test_every_thread_of_a_real_worker_is_confined_after_numpy_scipy_and_torch_ran(hostile_dir: Path) -> None:
     listener = _listening(hostile_dir)
     notes: list[str] = []
-    session = _session(notes)
+    session = confined_session(notes)
     try:
         session.load(LoadRequest(Path("weights.pth"), arch="hostile:pooled", shape_hint=(1, 32, 32), device="cpu"))
     finally:

@@ -14,7 +14,7 @@ import torch
 from leakaudit.confine.operations import LoadRequest
 from leakaudit.errors import ModelError
 
-from .conftest import NEEDS_CONFINEMENT, TinyReference, _session
+from .conftest import NEEDS_CONFINEMENT, TinyReference, confined_session
 
 pytestmark = NEEDS_CONFINEMENT
 
@@ -22,7 +22,7 @@ pytestmark = NEEDS_CONFINEMENT
 @pytest.mark.slow
 def test_a_membership_pass_slow_batch_by_batch_ends_at_the_budget(hostile_dir: Path) -> None:
     started = time.monotonic()
-    session = _session([], budget_s=20)
+    session = confined_session([], budget_s=20)
     try:
         session.load(LoadRequest(Path("weights.pth"), arch="hostile:sleepy", shape_hint=(1, 32, 32), device="cpu"))
         with pytest.raises(ModelError, match="ran past the budget's ceiling .* during the membership pass; stopped it: "
@@ -36,7 +36,7 @@ def test_a_membership_pass_slow_batch_by_batch_ends_at_the_budget(hostile_dir: P
 @pytest.mark.slow
 def test_a_load_that_keeps_sending_progress_ends_at_the_budget(hostile_dir: Path) -> None:
     started = time.monotonic()
-    session = _session([], budget_s=20)
+    session = confined_session([], budget_s=20)
     try:
         with pytest.raises(ModelError, match="ran past the budget's ceiling .* during loading the model"):
             session.load(LoadRequest(Path("weights.pth"), arch="hostile:keepalive", shape_hint=(1, 32, 32),
@@ -78,7 +78,7 @@ def test_a_hostile_workers_output_leaves_the_parents_memory_bounded(hostile_dir:
 
 
 def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(hostile_dir: Path) -> None:
-    session = _session([])
+    session = confined_session([])
     try:
         session.load(LoadRequest(Path("weights.pth"), arch="hostile:flaky", shape_hint=(1, 32, 32), device="cpu"))
         with pytest.raises(ModelError, match="the model's worker failed during the membership pass: RuntimeError: "
@@ -92,7 +92,7 @@ def test_a_failing_forward_is_a_clear_error_that_carries_the_workers_traceback(h
 
 def test_memory_limit_is_a_clear_error(hostile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEAKAUDIT_WORKER_MEMORY_GIB", "1.5")
-    session = _session([])
+    session = confined_session([])
     try:
         with pytest.raises(ModelError, match=r"the model's worker ran out of memory \(limit 1.5 GiB\)"):
             session.load(LoadRequest(Path("weights.pth"), arch="hostile:hog", shape_hint=(1, 32, 32), device="cpu"))

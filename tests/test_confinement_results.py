@@ -11,7 +11,7 @@ import torch
 from leakaudit.confine.operations import LoadRequest
 from leakaudit.report.json_format import without_timings
 
-from .conftest import NEEDS_CONFINEMENT, TinyReference, _session, run_cli
+from .conftest import NEEDS_CONFINEMENT, TinyReference, confined_session, run_cli
 
 pytestmark = NEEDS_CONFINEMENT
 
@@ -72,7 +72,7 @@ def test_a_membership_pass_over_many_batches_runs_confined_and_agrees(tiny: Tiny
 
     images = torch.randint(0, 256, (17 * LOGITS_BATCH, 1, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    session = _session([], tiny.torchscript, arch=False)
+    session = confined_session([], tiny.torchscript, arch=False)
     try:
         session.load(LoadRequest(tiny.torchscript))
         confined = session.logits(images)

@@ -12,7 +12,7 @@ from leakaudit.exit_codes import ExitStatus
 
 from . import payloads
 from .conftest import TinyReference, run_cli
-from .payloads.harness import _quick_config, refused
+from .payloads.harness import quick_config_file, refused
 
 
 def test_escape_sequences_in_tensor_keys_never_reach_the_terminal(tiny: TinyReference, tmp_path: Path,
@@ -47,7 +47,7 @@ def test_a_model_warning_in_a_loop_is_shown_once_and_not_under_quiet(quiet: bool
     assert any("all good" in str(w.message) for w in caught)
     capsys.readouterr()
     code, _, err = run_cli(["run", str(chatty), "--data", str(tiny.train_dir), "--out", str(tmp_path / "o"),
-                            "--config", str(_quick_config(tmp_path)), *(["--quiet"] if quiet else [])], capsys)
+                            "--config", str(quick_config_file(tmp_path)), *(["--quiet"] if quiet else [])], capsys)
     assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
     assert "\x1b" not in err, err
     warned = [line for line in err.splitlines() if "UserWarning" in line]

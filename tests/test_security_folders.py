@@ -14,7 +14,7 @@ from PIL import Image
 from leakaudit.exit_codes import ExitStatus
 
 from .conftest import TinyReference, run_cli
-from .payloads.harness import REPO, _limited, _outside, _quick_config, _snapshot, refused
+from .payloads.harness import REPO, outside_folder, quick_config_file, refused, run_limited, snapshot
 
 
 def _folder(tmp_path: Path, tiny: TinyReference) -> Path:
@@ -40,8 +40,8 @@ def test_hostile_image_files_are_skipped_under_a_memory_limit(tiny: TinyReferenc
     deep = np.zeros((5000, 8000), dtype=np.uint16)
     Image.fromarray(deep).save(data / "1" / "deep.png")  # 40 Mpx, 16-bit, a few kilobytes
     os.mkfifo(data / "2" / "pipe.png")
-    result = _limited(["run", str(tiny.torchscript), "--data", str(data), "--out", str(tmp_path / "out"),
-                       "--budget", "600", "--format", "json", "--quiet", "--config", str(_quick_config(tmp_path)),
+    result = run_limited(["run", str(tiny.torchscript), "--data", str(data), "--out", str(tmp_path / "out"),
+                       "--budget", "600", "--format", "json", "--quiet", "--config", str(quick_config_file(tmp_path)),
                        "--max-image-mb", "1"],
                       REPO)
     assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
@@ -85,13 +85,13 @@ def test_out_may_not_overlap_the_image_folders(tiny: TinyReference, tmp_path: Pa
 
 def _planted(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     """OUT, and an outside folder with files (and a folder) that links in OUT will point at."""
-    outside, _ = _outside(tmp_path)
+    outside, _ = outside_folder(tmp_path)
     (outside / "folder").mkdir()
     for name in ("lock", "probe", "folder/resume.pt", "folder/generator.pt", "tmp", "report"):
         (outside / name).write_bytes(f"outside: {name}\n".encode())
     out = tmp_path / "out"
     out.mkdir()
-    return out, outside, _snapshot(outside)
+    return out, outside, snapshot(outside)
 
 
 def test_the_lock_is_never_opened_through_a_link(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_the_lock_is_never_opened_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="hard link"):
         with output_lock(out):
             pass
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     (out / LOCK_NAME).unlink()
     with output_lock(out):  # a real lock still works, and a stale lock file of its own is reused
         assert (out / LOCK_NAME).read_text().strip() == str(os.getpid())
@@ -122,7 +122,7 @@ def test_the_write_probe_never_writes_through_a_link(tmp_path: Path) -> None:
     for name in ("probe", "tmp"):
         (out / f".leakaudit-write-test.{name}").symlink_to(outside / name)
     check_output_folder(out)
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     assert sorted(p.name for p in out.iterdir()) == [".leakaudit-write-test", ".leakaudit-write-test.probe",
                                                       ".leakaudit-write-test.tmp"]
 
@@ -134,7 +134,7 @@ def test_atomic_writes_replace_a_planted_link_and_never_write_through_one(tmp_pa
     (out / "report.html").symlink_to(outside / "report")
     atomic_write_text(out / "report.html", "new report")
     assert not (out / "report.html").is_symlink() and (out / "report.html").read_text() == "new report"
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     assert [p.name for p in out.iterdir()] == ["report.html"]  # no temporary file left
 
 
@@ -155,7 +155,7 @@ def test_checkpoints_never_go_through_a_linked_folder(tmp_path: Path) -> None:
     generator = ConditionalGenerator((1, 8, 8), 2, width=4)
     with pytest.raises(OutputError, match="checkpoints is a symbolic link"):
         Checkpointer(folder, InversionConfig()).save(generator, step=0, phase="train", force=True)
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
 
     folder.unlink()  # a real folder with links planted at the checkpoint's names and temporary names
     folder.mkdir()
@@ -168,7 +168,7 @@ def test_checkpoints_never_go_through_a_linked_folder(tmp_path: Path) -> None:
     assert load_state(folder, "key")["next_phase"] == "next"
     clear_state(folder)
     assert not (folder / RESUME_FILE).exists() and (folder / "generator.pt").is_file()
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
 
 
 @pytest.mark.slow
@@ -180,9 +180,9 @@ def test_an_audit_with_a_linked_checkpoint_folder_touches_nothing_outside(tiny: 
     (out / ".leakaudit-write-test").symlink_to(outside / "probe")
     capsys.readouterr()
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--out", str(out),
-                            "--quiet", "--config", str(_quick_config(tmp_path))], capsys)
+                            "--quiet", "--config", str(quick_config_file(tmp_path))], capsys)
     assert code == ExitStatus.ERROR, err
     assert err.strip().splitlines() == [f"leakaudit: error: {out / 'checkpoints'} is a symbolic link; leakaudit "
                                         "writes only into a folder it made there (remove the link)"], err
-    assert _snapshot(outside) == before
+    assert snapshot(outside) == before
     assert (out / "checkpoints").is_symlink() and not (out / "leakaudit.json").exists()

@@ -14,7 +14,8 @@ from leakaudit.exit_codes import ExitStatus
 
 from . import payloads
 from .conftest import TinyReference, run_cli
-from .payloads.harness import REPO, _limited, _live, _outside, _quick_config, _snapshot, refused
+from .payloads.harness import (REPO, assert_payload_runs, outside_folder, quick_config_file, refused, run_limited,
+                               snapshot)
 
 
 def test_config_file_cannot_switch_on_pickle_loading(tiny: TinyReference, tmp_path: Path,
@@ -36,7 +37,7 @@ def test_config_file_cannot_switch_on_pickle_loading(tiny: TinyReference, tmp_pa
                          ids=["state_dict zip bomb", "safetensors header"])
 def test_memory_bombs_in_model_files(build: object, named: str, tiny: TinyReference, tmp_path: Path) -> None:
     hostile = build(tmp_path / "bomb.bin")  # type: ignore[operator]
-    result = _limited(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "out"), "--quiet",
+    result = run_limited(["run", str(hostile), "--data", str(tiny.train_dir), "--out", str(tmp_path / "out"), "--quiet",
                        "--arch", "tests.conftest:tiny_architecture"], REPO)
     assert result.returncode == ExitStatus.ERROR, result.stderr
     assert named in result.stderr and result.stderr.count("\n") == 1, result.stderr
@@ -84,7 +85,7 @@ def test_unsafe_pickle_says_so_everywhere(tiny: TinyReference, tmp_path: Path,
     torch.save(module, model)
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(model), "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
-                            "--budget", "600", "--config", str(_quick_config(tmp_path)),
+                            "--budget", "600", "--config", str(quick_config_file(tmp_path)),
                             "--junit", str(tmp_path / "j.xml"),
                             "--markdown", str(tmp_path / "s.md")], capsys)
     assert code in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), err
@@ -117,8 +118,9 @@ def test_a_pickled_module_on_pythonpath_is_audited_and_cannot_forge_its_provenan
     model = payloads.forging_pickle(work, trained)
     out = tmp_path / "out"
     result = _cli(["run", "kit.pt", "--data", str(tiny.train_dir), "--out", str(out), "--unsafe-pickle",
-                   "--budget", "600", "--config", str(_quick_config(tmp_path)), "--markdown", str(tmp_path / "s.md"),
-                   "--junit", str(tmp_path / "j.xml")], work, {"PYTHONPATH": str(work)})
+                   "--budget", "600", "--config", str(quick_config_file(tmp_path)),
+                   "--markdown", str(tmp_path / "s.md"), "--junit", str(tmp_path / "j.xml")],
+                  work, {"PYTHONPATH": str(work)})
     assert result.returncode in (ExitStatus.PASSED, ExitStatus.GATE_FAILED), result.stderr
     assert "FORGING the model's provenance" in result.stderr  # the payload ran, in the worker
     document = json.loads((out / "leakaudit.json").read_text())
@@ -133,18 +135,18 @@ def test_a_pickled_module_on_pythonpath_is_audited_and_cannot_forge_its_provenan
 def test_init_file_is_vetted_like_the_model(tiny: TinyReference, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """``--init`` goes through the model's loaders: a TorchScript ``__setstate__`` never runs."""
-    outside, before = _outside(tmp_path)
+    outside, before = outside_folder(tmp_path)
     marker = outside / "pwned"
     hostile = payloads.torchscript_setstate(tmp_path, tmp_path / "init.pt", marker)
-    _live(marker, lambda: torch.jit.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.jit.load(str(hostile)))
     capsys.readouterr()
     out = tmp_path / "out"
     code, _, err = run_cli(["run", str(tiny.torchscript), "--data", str(tiny.train_dir), "--holdout",
                             str(tiny.holdout_dir), "--init", str(hostile), "--out", str(out), "--quiet",
-                            "--config", str(_quick_config(tmp_path))], capsys)
+                            "--config", str(quick_config_file(tmp_path))], capsys)
     assert code == ExitStatus.ERROR, err
     assert f"--init {hostile}" in err and "__setstate__" in err and "refused before loading" in err, err
-    assert not marker.exists() and _snapshot(outside) == before
+    assert not marker.exists() and snapshot(outside) == before
     assert not (out / "leakaudit.json").exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from . import payloads
 from .conftest import TinyReference
-from .payloads.harness import _live, _outside, _snapshot, refused
+from .payloads.harness import assert_payload_runs, outside_folder, refused, snapshot
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_pt2_pickle_paths_are_refused(case: str, named: str, clean_pt2: Path, ti
              "opaque constant": payloads.pt2_opaque_constant}[case]
     hostile = build(clean_pt2, tmp_path / "hostile.pt2", marker)
     if case != "opaque constant":  # the opaque constant's config is refused by torch's deserialiser after it ran
-        _live(marker, lambda: torch.export.load(str(hostile)))
+        assert_payload_runs(marker, lambda: torch.export.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert named in line and "refused before loading" in line, line
     assert not marker.exists()
@@ -42,7 +42,7 @@ def test_pt2_opaque_constant_payload_is_live(clean_pt2: Path, tmp_path: Path) ->
 
     marker = tmp_path / "pwned"
     hostile = payloads.pt2_opaque_constant(clean_pt2, tmp_path / "hostile.pt2", marker)
-    _live(marker, lambda: _load_constants(PT2ArchiveReader(str(hostile)), "model"))
+    assert_payload_runs(marker, lambda: _load_constants(PT2ArchiveReader(str(hostile)), "model"))
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_pt2_shape_expression_that_runs_code_is_refused(tiny: TinyReference, tmp
     marker = tmp_path / "pwned"
     clean = payloads.exported_dynamic(tiny.module, tmp_path / "dynamic.pt2")
     hostile = payloads.pt2_shape_expression(clean, tmp_path / "hostile.pt2", marker)
-    _live(marker, lambda: torch.export.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.export.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "shape expression" in line and "open(" in line and "refused before loading" in line, line
     assert not marker.exists()
@@ -84,13 +84,13 @@ def test_pt2_shape_expression_that_runs_code_is_refused(tiny: TinyReference, tmp
 def test_pt2_entries_that_differ_only_in_case_are_refused(kind: str, clean_pt2: Path, tiny: TinyReference,
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A twin of a vetted entry, named in other case, is what PyTorch's reader may read instead: refused."""
-    outside, before = _outside(tmp_path)
+    outside, before = outside_folder(tmp_path)
     marker = outside / "pwned"
     hostile = payloads.pt2_case_twin(clean_pt2, tmp_path / "hostile.pt2", marker, kind)
-    _live(marker, lambda: torch.export.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.export.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "differ only in letter case" in line and f"data/{kind}/MODEL" in line, line
-    assert not marker.exists() and _snapshot(outside) == before
+    assert not marker.exists() and snapshot(outside) == before
 
 
 def test_pt2_every_config_the_layout_admits_is_vetted(clean_pt2: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from . import payloads
 from .conftest import TinyReference
-from .payloads.harness import _live, _outside, _snapshot, refused
+from .payloads.harness import assert_payload_runs, outside_folder, refused, snapshot
 
 
 def test_torchscript_forward_that_maps_a_file_is_refused(tiny: TinyReference, tmp_path: Path,
@@ -22,7 +22,7 @@ def test_torchscript_forward_that_maps_a_file_is_refused(tiny: TinyReference, tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         live = torch.jit.load(str(hostile))
-    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    assert_payload_runs(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "forward calls aten::from_file" in line and "refused before running" in line, line
     assert not marker.exists()
@@ -32,7 +32,7 @@ def test_torchscript_setstate_is_refused_before_loading(tiny: TinyReference, tmp
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
     hostile = payloads.torchscript_setstate(tmp_path, tmp_path / "evil.pt", marker)
-    _live(marker, lambda: torch.jit.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.jit.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "__setstate__" in line and "refused before loading" in line, line
     assert not marker.exists()
@@ -56,7 +56,7 @@ def test_torchscript_code_outside_forward_is_checked(build: object, tiny: TinyRe
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         live = torch.jit.load(str(hostile))
-    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    assert_payload_runs(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "calls aten::from_file" in line, line
     assert not marker.exists()
@@ -83,30 +83,30 @@ def test_a_duplicated_archive_entry_is_refused(tiny: TinyReference, tmp_path: Pa
 def test_torchscript_code_in_other_letter_case_is_checked(part: str, tiny: TinyReference, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """PyTorch's reader finds ``code/…py`` ignoring case: the renamed code is still vetted before loading."""
-    outside, before = _outside(tmp_path)
+    outside, before = outside_folder(tmp_path)
     marker = outside / "pwned"
     hostile = payloads.torchscript_case(tmp_path, tmp_path / "evil.pt", marker, part)
-    _live(marker, lambda: torch.jit.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.jit.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "__setstate__" in line and "refused before loading" in line, line
     assert (".PY" if part == "suffix" else "/CODE/") in line, line
-    assert not marker.exists() and _snapshot(outside) == before
+    assert not marker.exists() and snapshot(outside) == before
 
 
 @pytest.mark.parametrize(("how", "named"), [("fork", "prim::fork"), ("await", "prim::awaitable")])
 def test_torchscript_forked_work_is_refused(how: str, named: str, tiny: TinyReference, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A forked or deferred function's code is in a subgraph attribute: walked, and forking is refused outright."""
-    outside, before = _outside(tmp_path)
+    outside, before = outside_folder(tmp_path)
     marker = outside / "pwned"
     hostile = payloads.torchscript_fork(tmp_path / "fork.pt", marker, how)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         live = torch.jit.load(str(hostile))
-    _live(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
+    assert_payload_runs(marker, lambda: live(torch.zeros(1, 1, 32, 32)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert f"forward calls {named}" in line and "refused before running" in line, line
-    assert not marker.exists() and _snapshot(outside) == before
+    assert not marker.exists() and snapshot(outside) == before
 
 
 def test_torchscript_graph_walk_enters_subgraphs(tmp_path: Path) -> None:
@@ -126,10 +126,10 @@ def test_torchscript_graph_walk_enters_subgraphs(tmp_path: Path) -> None:
 def test_torchscript_setstate_split_over_two_lines_is_refused(tiny: TinyReference, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """TorchScript's lexer joins a backslash-newline: ``def \\`` then ``__setstate__`` still defines it."""
-    outside, before = _outside(tmp_path)
+    outside, before = outside_folder(tmp_path)
     marker = outside / "pwned"
     hostile = payloads.torchscript_setstate_continued(tmp_path, tmp_path / "evil.pt", marker)
-    _live(marker, lambda: torch.jit.load(str(hostile)))
+    assert_payload_runs(marker, lambda: torch.jit.load(str(hostile)))
     line = refused(capsys, hostile, tiny.train_dir, tmp_path / "out")
     assert "__setstate__" in line and "refused before loading" in line, line
-    assert not marker.exists() and _snapshot(outside) == before
+    assert not marker.exists() and snapshot(outside) == before

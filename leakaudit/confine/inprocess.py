@@ -27,8 +27,10 @@ StopCheck = Callable[[], bool]
 class ModelSession(Protocol):
     """What the audit may do with the model under audit."""
 
-    info: ModelInfo
     confinement: dict[str, Any]
+
+    @property
+    def info(self) -> ModelInfo: ...
 
     def load(self, request: LoadRequest) -> ModelInfo: ...
 
@@ -47,23 +49,34 @@ class ModelSession(Protocol):
 
 
 
-class InProcessSession:
+class HoldsModelInfo:
+    """A session's description of its loaded model, which the audit reads only after ``load``."""
+
+    _info: ModelInfo | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise RuntimeError("the model's description was read before the model was loaded")
+        return self._info
+
+
+class InProcessSession(HoldsModelInfo):
     """The model in this process: today's behaviour, with the session's interface."""
 
     def __init__(self, reason: str, target: TargetModel | None = None, dist: DistContext | None = None) -> None:
         self.confinement: dict[str, Any] = {"worker": False, "reason": reason}
         self.target = target
         self.dist = dist
-        # None until ``load`` (as in ConfinedSession): the audit reads it only after loading
-        self.info: ModelInfo = ModelInfo.of(target) if target is not None else None  # type: ignore[assignment]
+        self._info = ModelInfo.of(target) if target is not None else None  # else set by ``load``
         self.pretrain_cache = PretrainCache()  # the attack's informed pre-training, for the controls
 
     def load(self, request: LoadRequest) -> ModelInfo:
         from leakaudit.confine import operations
 
         self.target = operations.load(request)
-        self.info = ModelInfo.of(self.target)
-        return self.info
+        self._info = ModelInfo.of(self.target)
+        return self._info
 
     def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
                checkpoint_dir: Path | None) -> InversionResult:

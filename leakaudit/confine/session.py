@@ -28,7 +28,7 @@ from torch import nn
 from leakaudit.confine import limits, results, sandbox, spawn
 from leakaudit.confine.checkpoints import CheckpointWriter, ReferenceWriter, saved_state
 from leakaudit.confine.channel import Channel, ChannelClosed, FrameError
-from leakaudit.confine.inprocess import InProcessSession, ModelSession, StopCheck
+from leakaudit.confine.inprocess import HoldsModelInfo, InProcessSession, ModelSession, StopCheck
 from leakaudit.confine.operations import AttackRequest, ControlRequest, LoadRequest, ModelInfo, ReferenceRequest
 from leakaudit.confine.stderr import SHOWN_LINE_CHARS, WorkerStderr
 from leakaudit.confine.watchdog import KILL_GRACE_S, Watchdog, ceiling, stall_bound
@@ -60,7 +60,7 @@ NOT_IMPORTABLE = ("train_fn {name} has no name the model's confined worker can i
                   "working directory, or pass the model as an nn.Module (which runs in this process)")
 
 
-class ConfinedSession:
+class ConfinedSession(HoldsModelInfo):
     """The model in a confined worker; the worker starts at once, so its imports overlap the parent's work."""
 
     def __init__(self, readable: list[Path], budget_s: float | None, seed: int, threads: int,
@@ -76,7 +76,6 @@ class ConfinedSession:
         self.memory_bytes = limits.memory_limit()
         self.confinement: dict[str, Any] = {"worker": True}
         self.census: list[dict[str, Any]] = []  # every thread of the worker as it confined itself
-        self.info: ModelInfo = None  # type: ignore[assignment]  # None until ``load``, which the audit calls first
         self._stderr = WorkerStderr()
         # the worker's first message, read before it imports anything that starts a thread (``worker.main``); the
         # CLI sends it to a worker it starts before its own imports (``spawn.prestart``), which is then taken here
@@ -103,8 +102,8 @@ class ConfinedSession:
         if reply is None:
             raise AuditInterrupted("stopped while the model was loading")
         info = self._checked(results.model_info, reply.get("info"))
-        self.info = self._checked(results.with_provenance, info, request, fmt, sha256)
-        return self.info
+        self._info = self._checked(results.with_provenance, info, request, fmt, sha256)
+        return self._info
 
     def attack(self, request: AttackRequest, callbacks: InversionCallbacks, should_stop: StopCheck,
                checkpoint_dir: Path | None) -> InversionResult:

@@ -42,7 +42,7 @@ from leakaudit.inversion.scale import large_input
 from leakaudit.inversion.training import Prior, pretrain, train_against
 from leakaudit.inversion.warmstart import PretrainCache, Pretrained, pretrain_key
 from leakaudit.model.target import TargetModel
-from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.runtime.numerics import flush_denormals, without_jit_profiling
 from leakaudit.runtime.threads import torch_threads
 
 __all__ = ["THREAT_MODELS", "InversionCallbacks", "InversionResult", "invert"]
@@ -155,7 +155,7 @@ def _interpreted(target: TargetModel) -> contextlib.AbstractContextManager[None]
     training turns them off for the same reason). Gated on the input size (scale.py): below it nothing changes.
     """
     if large_input(target.input_shape):
-        return torch.jit.optimized_execution(False)  # type: ignore[attr-defined]  # not in torch.jit's __all__
+        return without_jit_profiling()
     return contextlib.nullcontext()
 
 

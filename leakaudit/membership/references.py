@@ -27,7 +27,7 @@ from leakaudit.membership.training import eval_logits, train_by_function, train_
 from leakaudit.model.features import fixed_batch
 from leakaudit.model.target import TargetModel
 from leakaudit.power.reinit import UnknownLayer, copy_from_init, fresh_copy
-from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.runtime.numerics import flush_denormals, without_jit_profiling
 
 HEAD_CHECK_TOLERANCE = 1e-3  # relative: the head applied to the tapped features must give the model's logits
 
@@ -129,8 +129,7 @@ def train_references(target: TargetModel, images: torch.Tensor, labels: torch.Te
     ``train_fn``: the owner's own training loop in place of the recipe's (``training.train_by_function``).
     """
     ids = tuple(range(len(masks))) if model_ids is None else tuple(int(i) for i in model_ids)
-    no_profiling = torch.jit.optimized_execution(False)  # type: ignore[attr-defined]  # not in torch.jit's __all__
-    with torch.random.fork_rng(devices=[]), flush_denormals(), no_profiling:
+    with torch.random.fork_rng(devices=[]), flush_denormals(), without_jit_profiling():
         if target.module is None:
             return _unsupported("the loaded model keeps no module to copy", len(masks), len(images),
                                 target.num_classes)

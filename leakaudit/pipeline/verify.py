@@ -51,7 +51,7 @@ def check_baseline_provenance(previous: AuditRecord, inputs: AuditInputs, settin
     differences = []
     model_sha = provenance["model"]["sha256"]
     if model_sha != inputs.model.info.sha256:  # a loaded model always has its digest (file or state_dict)
-        this = inputs.model.info.sha256[:12]  # type: ignore[index]  # typed optional only before loading
+        this = (inputs.model.info.sha256 or "none")[:12]
         differences.append(f"another model (sha256 {str(model_sha)[:12]}…, this one {this}…)")
     data_sha = provenance["data"]["manifest_sha256"]
     if data_sha != inputs.train.manifest_sha256:

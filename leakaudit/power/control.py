@@ -27,7 +27,7 @@ from leakaudit.loading import import_arch
 from leakaudit.model.features import fixed_batch
 from leakaudit.model.passes import forward, set_mode
 from leakaudit.model.target import TargetModel
-from leakaudit.runtime.numerics import flush_denormals
+from leakaudit.runtime.numerics import flush_denormals, without_jit_profiling
 from leakaudit.power.reinit import UnknownLayer, copy_from_init, fresh_copy
 
 LOSS_BOUND = 1e-3  # mean cross-entropy the control must reach on its members
@@ -176,8 +176,7 @@ def _run_control(target: TargetModel, images: torch.Tensor, labels: torch.Tensor
     started = time.monotonic()
     deadline = None if config.budget_s is None else started + config.budget_s  # the budget covers training too
     train_stop = stop if deadline is None else (lambda: stop() or time.monotonic() >= deadline)
-    # not in torch.jit's __all__; TorchScript's profiling passes cost ~5× here
-    with flush_denormals(), torch.jit.optimized_execution(False):  # type: ignore[attr-defined]
+    with flush_denormals(), without_jit_profiling():  # TorchScript's profiling passes cost ~5× here
         steps, loss, accuracy = train_copy(copy_module, x, y, recipe, seed, train_stop)
     train_seconds = time.monotonic() - started
     left = None if deadline is None else deadline - time.monotonic()

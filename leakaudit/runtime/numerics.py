@@ -1,4 +1,4 @@
-"""Process-wide numeric settings, changed only for as long as they are needed."""
+"""Process-wide numeric and execution settings, changed only for as long as they are needed."""
 
 from __future__ import annotations
 
@@ -29,3 +29,12 @@ def flush_denormals() -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(before)
+
+
+def without_jit_profiling() -> contextlib.AbstractContextManager[None]:
+    """TorchScript models run by the interpreter alone inside the block: no profiling and re-optimisation.
+
+    The graph executor re-specialises a scripted graph for every new batch shape and differentiates it
+    symbolically; in training loops and large-input attacks that costs several times a plain forward+backward.
+    """
+    return torch.jit.optimized_execution(False)  # type: ignore[attr-defined]  # not in torch.jit's __all__

@@ -32,7 +32,7 @@ def refused(capsys: pytest.CaptureFixture[str], model: Path, data: Path, out: Pa
     return lines[0]
 
 
-def _live(marker: Path, load: object) -> None:
+def assert_payload_runs(marker: Path, load: object) -> None:
     """The payload is real: plain PyTorch runs it (the marker appears), then the marker is removed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -44,7 +44,7 @@ def _live(marker: Path, load: object) -> None:
     marker.unlink()
 
 
-def _limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
@@ -53,20 +53,20 @@ def _limited(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def _quick_config(tmp_path: Path) -> Path:
+def quick_config_file(tmp_path: Path) -> Path:
     path = tmp_path / "quick.toml"
     path.write_text(QUICK_INVERSION)
     return path
 
 
-def _outside(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+def outside_folder(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A folder outside OUT with a file in it, and what it holds: every test checks it is left as it was."""
     outside = tmp_path / "outside"
     outside.mkdir(exist_ok=True)
     (outside / "keep.txt").write_bytes(b"outside OUT\n")
-    return outside, _snapshot(outside)
+    return outside, snapshot(outside)
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
+def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
             for p in sorted(folder.rglob("*"))}
