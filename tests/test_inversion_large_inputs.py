@@ -54,6 +54,7 @@ def test_a_budget_that_cannot_hold_the_plan_is_announced_with_the_effort_that_wo
     assert plan(target, quick, True, 0).passes < plan(target, standard, True, 0).passes
     message = budget_message(target, standard, True, 0, threads=1)
     assert message is not None and "effort quick would" in message
+    assert "may end incomplete (exit 2)" in message  # a nominal rate: a warning, never a promise
     assert budget_message(target, quick, True, 0, threads=1) is None  # it fits: nothing to say
     assert budget_message(target, dataclasses.replace(standard, budget_s=None), True, 0, threads=1) is None
     data_free = budget_message(target, standard, False, 0, threads=1)

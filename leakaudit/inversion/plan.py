@@ -27,8 +27,9 @@ from leakaudit.inversion.config import EFFORT_LEVELS, InversionConfig
 from leakaudit.model.target import TargetModel
 
 # Nominal rates of one forward+backward's floating-point operations, per second: a CPU thread of the
-# 2-core development machine (ResNet-18 at 224×224: 32 images forward+backward in about 5 s on one thread)
-# and a data-centre GPU. Estimates for the warning only: nothing in an audit's document depends on them.
+# 2-core development machine and a data-centre GPU. Measured there, ResNet-18's forward+backward runs at
+# 73–97 GFLOP/s on an idle thread and below 10 beside busy neighbours; 30 sits between. Estimates for the
+# warning only: nothing in an audit's document depends on them.
 CPU_FLOPS_PER_THREAD = 30e9
 GPU_FLOPS = 5e12
 BACKWARD_FACTOR = 3.0  # forward+backward ≈ 3 forwards
@@ -108,4 +109,5 @@ def budget_message(target: TargetModel, config: InversionConfig, informed: bool,
     advice = f"effort {fits[-1]} would (about {seconds(at_effort(config, fits[-1])):.0f} s)" if fits else \
         "no effort level would; raise the budget"
     return (f"planned work: about {needed:.0f} s of classifier passes at a nominal rate, more than the budget of "
-            f"{config.budget_s:.0f} s: the attack will stop unfinished; {advice}")
+            f"{config.budget_s:.0f} s left, with the audit's later phases still to come: the audit may end incomplete "
+            f"(exit 2); {advice}")
