@@ -32,7 +32,7 @@ from leakaudit.report.junit import render_junit
 from leakaudit.zoo import bundled_images
 
 from .conftest import TinyReference
-from .scenarios import TODAY, scenario
+from .scenarios import TODAY, scenario, with_references
 
 PAST_THE_BUDGET_S = 1e6
 MEMBER_PASS = "matching reconstructions against training images"
@@ -135,6 +135,17 @@ def test_a_phase_the_budget_cut_makes_the_audit_incomplete_unless_what_finished_
     assert failed["verdict"] == "fail" and failed["exit_code"] == ExitStatus.GATE_FAILED  # evidence is evidence
     assert any("already fails the gate" in n for n in failed["summary"]["notes"])
     assert load(failed).headline.endswith("(from an audit the budget ended during membership)")
+
+
+def test_a_membership_phase_the_budget_cut_short_is_named_in_the_headline_not_the_attack() -> None:
+    s = with_references(scenario(leaky=False), 4)
+    s.document["membership_attacks"].update(complete=False, reference_models=1)  # 1 of 4 models, then the budget
+    record = load(apply_gate(s.document, GateSettings(), today=TODAY))
+    assert record.verdict == "incomplete" and record.inversion.complete
+    assert record.headline == "Incomplete: the budget ended the audit during membership"
+    s.document["budget_cuts"] = [BudgetCut("positive control", "--budget 900 s ended the control's attack").to_dict()]
+    both = load(apply_gate(s.document, GateSettings(), today=TODAY))
+    assert both.headline == "Incomplete: the budget ended the audit during positive control, membership"
 
 
 # --- whole audits ------------------------------------------------------------------------------------------------

@@ -224,14 +224,24 @@ class AuditRecord:
             headline = POWER_HEADLINES[power]
         if self.power_required:
             return f"Incomplete: {self.gate_power_gap or 'power not measured'}, and require_power is set"
-        cut_after = self.inversion.complete and bool(self.budget_cuts)  # the attack finished; a later phase did not
-        phases = ", ".join(dict.fromkeys(c.phase for c in self.budget_cuts))
-        if kind == "incomplete" and cut_after:
+        phases = ", ".join(self.unfinished_after_attack)
+        if kind == "incomplete" and phases:
             return f"Incomplete: the budget ended the audit during {phases}"
         if self.incomplete and kind != "incomplete":
-            headline += f" (from an audit the budget ended during {phases})" if cut_after else (
+            headline += f" (from an audit the budget ended during {phases})" if phases else (
                 " (from an attack that did not finish)")
         return headline
+
+    @property
+    def unfinished_after_attack(self) -> tuple[str, ...]:
+        """The phases the budget left unfinished after a finished attack: its recorded cuts, and a membership phase
+        whose reference models it cut short (recorded on the attacks' own record, not as a cut)."""
+        if not self.inversion.complete:
+            return ()
+        phases = [c.phase for c in self.budget_cuts]
+        if self.membership_attacks is not None and not self.membership_attacks.complete:
+            phases.append("membership")
+        return tuple(dict.fromkeys(phases))
 
     @property
     def holdout_reference(self) -> float | None:
