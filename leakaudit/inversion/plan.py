@@ -108,6 +108,6 @@ def budget_message(target: TargetModel, config: InversionConfig, informed: bool,
     fits = [e for e in EFFORTS if seconds(at_effort(config, e)) <= config.budget_s]
     advice = f"effort {fits[-1]} would (about {seconds(at_effort(config, fits[-1])):.0f} s)" if fits else \
         "no effort level would; raise the budget"
-    return (f"planned work: about {needed:.0f} s of classifier passes at a nominal rate, more than the budget of "
-            f"{config.budget_s:.0f} s left, with the audit's later phases still to come: the audit may end incomplete "
-            f"(exit 2); {advice}")
+    return (f"planned work: about {needed:.0f} s of classifier passes at a nominal rate, more than the "
+            f"{config.budget_s:.0f} s of budget left, with the audit's later phases still to come: the audit may end "
+            f"incomplete (exit 2); {advice}")
