@@ -120,7 +120,7 @@ def test_the_budget_message_plans_the_capped_count(r18_224: tuple[TargetModel, M
     # on one thread at the nominal rate, the quick plan with the floor's candidates fits the default budget
     assert budget_message(target, capped, True, 0, threads=1) is None
     message = budget_message(target, asked, True, 0, threads=1)
-    assert message is not None and "more than the budget of 900 s" in message
+    assert message is not None and "more than the 900 s of budget left" in message
 
 
 def test_the_positive_controls_attack_gets_the_cap_too(r18_224: tuple[TargetModel, ModelInfo]) -> None:
