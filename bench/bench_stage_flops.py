@@ -14,7 +14,11 @@ machine or its load: one step a stage is enough.
     python bench/bench_stage_flops.py                           # mlp, cnn, fashion-cnn (when cached), 32×32 / 28×28
     python bench/bench_stage_flops.py --models resnet18 --sizes 64,224
     python bench/bench_stage_flops.py --pretrain-split --models mlp,cnn,resnet18 --sizes 64,224
+    python bench/bench_stage_flops.py --rates --models mlp,cnn,resnet18 --sizes 64,128,224
 
+``--rates`` prints instead each classifier's measured rate (counted GFLOP of one
+forward+backward over its median seconds, one thread, batches of 20 and 80):
+what the planned-work line's nominal 30 GFLOP/s a thread stands for.
 ``--pretrain-split`` prints instead the pre-training step's parts (the
 encoder's and the generator's GFLOP on one batch of prior images) beside the
 classifier's forward+backward on as many images: that stage has no
@@ -35,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_cost import (MEMBERS_PER_CLASS, STAGES, Case, adam_training, cases,  # noqa: E402
-                              members)
+                              forward_backward, members)
 from leakaudit.inversion import InversionCallbacks, InversionConfig, invert  # noqa: E402
 from leakaudit.inversion.generator import ConditionalGenerator, one_hot  # noqa: E402
 from leakaudit.inversion.informed import Encoder  # noqa: E402
@@ -165,8 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,224", help="ResNet-18 input sides")
     parser.add_argument("--pretrain-split", action="store_true",
                         help="only: the pre-training step's arithmetic (encoder, generator) against the classifier's")
+    parser.add_argument("--rates", action="store_true",
+                        help="only: each classifier's forward+backward rate in GFLOP/s, one thread")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.rates:
+        print("| model | input | batch | GFLOP | seconds | GFLOP/s |\n|---|---|---|---|---|---|")
+        for case in cases(args.models.split(","), [int(s) for s in args.sizes.split(",")]):
+            target = TargetModel.from_module(case.module.to("cpu").eval(), case.shape, 10, device=torch.device("cpu"))
+            for batch in (20, 80):
+                flops, seconds = classifier_pass(target, batch), forward_backward(target, batch, reps=3)
+                print(f"| {case.name} | {case.shape[-1]}×{case.shape[-1]} | {batch} | {flops / 1e9:.1f} | "
+                      f"{seconds:.3f} | {flops / seconds / 1e9:.0f} |", flush=True)
+        return 0
     if args.pretrain_split:
         print("| model | input | encoder GFLOP | generator GFLOP | classifier F+B GFLOP (same batch) | "
               "step / classifier |\n|---|---|---|---|---|---|")
